@@ -1,0 +1,250 @@
+//! The configuration schema. Defaults live in the shipped, commented `kateway.toml`, which is
+//! compiled in as the base layer; a user file overrides any subset; `KATEWAY_<SECTION>_<KEY>`
+//! environment variables override both. Validation names the key and its allowed range.
+
+use crate::units::{ByteSize, Dur};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use toml::Value;
+
+/// The shipped defaults.
+pub const DEFAULT_TOML: &str = include_str!("../../kateway.toml");
+
+/// Everything the gateway can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, cores, timeouts.
+    pub server: ServerConfig,
+    /// Request and message limits.
+    pub limits: LimitsConfig,
+    /// Subscribe behaviour.
+    pub subscribe: SubscribeConfig,
+    /// The embedded log store.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub cores: u32,
+    pub pin_cores: bool,
+    pub ring_entries: u32,
+    pub backlog: i32,
+    pub max_connections_per_core: u32,
+    pub request_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub shutdown_timeout: Dur,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_message_bytes: ByteSize,
+    pub max_key_bytes: ByteSize,
+    pub max_tag_bytes: ByteSize,
+    pub max_header_bytes: ByteSize,
+    pub max_batch_messages: u32,
+    pub max_batch_bytes: ByteSize,
+    pub max_pending_bytes_per_core: ByteSize,
+}
+
+/// `[subscribe]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeConfig {
+    pub default_wait: Dur,
+    pub max_wait: Dur,
+    pub max_batch: u32,
+    pub max_batch_bytes: ByteSize,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub default_partitions: u32,
+    pub segment_bytes: ByteSize,
+    pub index_interval_bytes: ByteSize,
+    pub fsync_interval: Dur,
+    pub fsync_bytes: ByteSize,
+    pub retention_hours: u64,
+    pub retention_bytes: ByteSize,
+    pub retention_check_interval: Dur,
+    pub offsets_compact_bytes: ByteSize,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+const SECTIONS: [&str; 5] = ["server", "limits", "subscribe", "store", "log"];
+
+impl Config {
+    /// The shipped defaults alone.
+    pub fn defaults() -> Self {
+        Self::load(None, std::iter::empty()).expect("the shipped kateway.toml is valid")
+    }
+
+    /// Defaults, overridden by `file` (if any), overridden by `env` pairs named
+    /// `KATEWAY_<SECTION>_<KEY>`; then validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
+        let mut base: Value = toml::from_str(DEFAULT_TOML).map_err(|e| e.to_string())?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let user: Value =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            merge(&mut base, user);
+        }
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("KATEWAY_") {
+                apply_env(&mut base, rest, &v)?;
+            }
+        }
+        let cfg: Config = base.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges; every message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        fn range(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+            if v < lo || v > hi {
+                Err(format!("{key} = {v} is out of range {lo}..={hi}"))
+            } else {
+                Ok(())
+            }
+        }
+        let s = &self.server;
+        s.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("server.listen = {:?}: {e}", s.listen))?;
+        range("server.cores", s.cores.into(), 0, 1024)?;
+        range("server.ring_entries", s.ring_entries.into(), 64, 32768)?;
+        range("server.max_connections_per_core", s.max_connections_per_core.into(), 1, 10_000_000)?;
+        let l = &self.limits;
+        range("limits.max_message_bytes", l.max_message_bytes.0, 1, 64 << 20)?;
+        range("limits.max_key_bytes", l.max_key_bytes.0, 1, 65535)?;
+        range("limits.max_tag_bytes", l.max_tag_bytes.0, 1, 65535)?;
+        range("limits.max_header_bytes", l.max_header_bytes.0, 1024, 1 << 20)?;
+        range("limits.max_batch_messages", l.max_batch_messages.into(), 1, 1_000_000)?;
+        range("limits.max_batch_bytes", l.max_batch_bytes.0, 1, 1 << 30)?;
+        range("limits.max_pending_bytes_per_core", l.max_pending_bytes_per_core.0, 1 << 20, 1 << 40)?;
+        let sub = &self.subscribe;
+        range("subscribe.max_batch", sub.max_batch.into(), 1, 100_000)?;
+        range("subscribe.max_batch_bytes", sub.max_batch_bytes.0, 1, 1 << 30)?;
+        if sub.default_wait > sub.max_wait {
+            return Err("subscribe.default_wait must not exceed subscribe.max_wait".into());
+        }
+        let st = &self.store;
+        range("store.default_partitions", st.default_partitions.into(), 0, 10_000)?;
+        range("store.segment_bytes", st.segment_bytes.0, 1 << 20, 4 << 30)?;
+        range("store.index_interval_bytes", st.index_interval_bytes.0, 64, 1 << 20)?;
+        range("store.fsync_bytes", st.fsync_bytes.0, 1, 1 << 40)?;
+        range("store.offsets_compact_bytes", st.offsets_compact_bytes.0, 4096, 1 << 30)?;
+        if st.fsync_interval.0.is_zero() {
+            return Err("store.fsync_interval must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Table(b), Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn apply_env(base: &mut Value, rest: &str, raw: &str) -> Result<(), String> {
+    let lower = rest.to_ascii_lowercase();
+    let Some(section) = SECTIONS
+        .iter()
+        .find(|s| lower.starts_with(&format!("{s}_")))
+    else {
+        return Err(format!("unknown environment override KATEWAY_{rest}"));
+    };
+    let key = &lower[section.len() + 1..];
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_owned()));
+    let table = base
+        .get_mut(*section)
+        .and_then(Value::as_table_mut)
+        .ok_or_else(|| format!("missing section {section}"))?;
+    if !table.contains_key(key) {
+        return Err(format!("unknown setting {section}.{key} (from KATEWAY_{rest})"));
+    }
+    table.insert(key.to_owned(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::defaults();
+        assert_eq!(c.server.listen, "127.0.0.1:9191");
+        assert_eq!(c.limits.max_message_bytes.0, 512 * 1024);
+        assert_eq!(c.store.fsync_interval.0, Duration::from_millis(50));
+        assert_eq!(c.store.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let env = vec![
+            ("KATEWAY_SERVER_LISTEN".to_string(), "0.0.0.0:1234".to_string()),
+            ("KATEWAY_SERVER_CORES".to_string(), "3".to_string()),
+            ("KATEWAY_STORE_FSYNC_INTERVAL".to_string(), "5ms".to_string()),
+            ("HOME".to_string(), "/x".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:1234");
+        assert_eq!(c.server.cores, 3);
+        assert_eq!(c.store.fsync_interval.0, Duration::from_millis(5));
+        let bad = vec![("KATEWAY_SERVER_RING_ENTRIES".to_string(), "1".to_string())];
+        let err = Config::load(None, bad).unwrap_err();
+        assert!(err.contains("server.ring_entries"), "{err}");
+        let unknown = vec![("KATEWAY_SERVER_NOPE".to_string(), "1".to_string())];
+        assert!(Config::load(None, unknown).unwrap_err().contains("server.nope"));
+    }
+
+    #[test]
+    fn file_overrides() {
+        let dir = std::env::temp_dir().join(format!("kwcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k.toml");
+        std::fs::write(&f, "[limits]\nmax_message_bytes = \"1KiB\"\n").unwrap();
+        let c = Config::load(Some(&f), std::iter::empty()).unwrap();
+        assert_eq!(c.limits.max_message_bytes.0, 1024);
+        std::fs::write(&f, "[limits]\nmax_mesage_bytes = 1\n").unwrap();
+        assert!(Config::load(Some(&f), std::iter::empty()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

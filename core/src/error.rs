@@ -1,0 +1,163 @@
+//! The error taxonomy. Every failure that can reach a client is an [`Error`] with an
+//! [`ErrorKind`]; the kind fixes the stable numeric `code`, the HTTP status (`code / 100`), where
+//! the failure came from and whether retrying can help. Turning an error into an HTTP response
+//! happens in exactly one place, in the shards' API edge.
+
+use std::borrow::Cow;
+
+/// Where a failure originated; tells operators whom to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The request was wrong; retrying the same request will fail again.
+    Client,
+    /// The local disk or log engine failed.
+    Disk,
+    /// The gateway is overloaded or shutting down; retrying later can succeed.
+    Capacity,
+    /// A bug or an unexpected state inside the gateway.
+    Internal,
+}
+
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $name:ident = $code:literal, $origin:ident;)*) => {
+        /// Every failure kind with its stable code. `code / 100` is the HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorKind { $($(#[$doc])* $name,)* }
+
+        impl ErrorKind {
+            /// The stable numeric code sent to clients as `"code"`.
+            pub const fn code(self) -> u32 { match self { $(ErrorKind::$name => $code,)* } }
+            /// Where failures of this kind come from.
+            pub const fn origin(self) -> Origin { match self { $(ErrorKind::$name => Origin::$origin,)* } }
+        }
+    };
+}
+
+kinds! {
+    /// The request could not be parsed as HTTP/1.1.
+    MalformedHttp = 40000, Client;
+    /// An app, topic, version or group name breaks the naming rules.
+    InvalidName = 40001, Client;
+    /// A query parameter or header has an invalid value.
+    InvalidParam = 40002, Client;
+    /// A batch body could not be decoded.
+    InvalidBatch = 40003, Client;
+    /// A subscribe call without `group`.
+    MissingGroup = 40004, Client;
+    /// An acknowledgement names an impossible partition or offset.
+    InvalidAck = 40005, Client;
+    /// A request body is not what the route expects.
+    InvalidBody = 40006, Client;
+    /// A required header such as `Appid` is missing.
+    MissingHeader = 40007, Client;
+    /// The topic does not exist.
+    UnknownTopic = 40400, Client;
+    /// No route matches the path.
+    UnknownRoute = 40401, Client;
+    /// The route exists but not for this method.
+    MethodNotAllowed = 40500, Client;
+    /// The client was too slow to send its request.
+    RequestTimeout = 40800, Client;
+    /// The resource already exists.
+    Conflict = 40900, Client;
+    /// Content-Length is required and missing.
+    LengthRequired = 41100, Client;
+    /// A message, batch or body is over its limit.
+    PayloadTooLarge = 41300, Client;
+    /// The request's headers are over the limit.
+    HeadersTooLarge = 43100, Client;
+    /// The core has too much work in flight; retry after the advertised delay.
+    Overloaded = 42900, Capacity;
+    /// A bug or an unexpected state.
+    Internal = 50000, Internal;
+    /// The request uses a protocol feature the gateway does not implement.
+    NotImplemented = 50100, Client;
+    /// The log engine failed to write or sync; the core refuses writes until restarted.
+    StorageFailed = 50300, Disk;
+    /// The gateway is shutting down.
+    ShuttingDown = 50301, Capacity;
+    /// Too many connections on this core.
+    TooManyConnections = 50302, Capacity;
+}
+
+impl ErrorKind {
+    /// The HTTP status for this kind.
+    pub const fn status(self) -> u16 {
+        (self.code() / 100) as u16
+    }
+
+    /// Whether the same request may succeed if retried later.
+    pub const fn retryable(self) -> bool {
+        matches!(self.origin(), Origin::Capacity | Origin::Disk)
+    }
+}
+
+/// A failure with its kind and a message for humans.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{msg}")]
+pub struct Error {
+    kind: ErrorKind,
+    msg: Cow<'static, str>,
+}
+
+impl Error {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, msg: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            msg: msg.into(),
+        }
+    }
+
+    /// The kind, which fixes code, status and origin.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message for humans.
+    pub fn message(&self) -> &str {
+        &self.msg
+    }
+
+    /// Shorthand for the HTTP status.
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// Seconds a client should wait before retrying, for capacity failures.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self.kind.origin() {
+            Origin::Capacity => Some(1),
+            Origin::Disk => Some(5),
+            _ => None,
+        }
+    }
+
+    /// Shorthand for an [`ErrorKind::InvalidParam`] error.
+    pub fn param(msg: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::InvalidParam, msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_code_div_100() {
+        for k in [
+            ErrorKind::MalformedHttp,
+            ErrorKind::UnknownTopic,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::HeadersTooLarge,
+            ErrorKind::Overloaded,
+            ErrorKind::ShuttingDown,
+        ] {
+            assert_eq!(k.status() as u32, k.code() / 100);
+        }
+        assert_eq!(ErrorKind::HeadersTooLarge.status(), 431);
+        assert!(ErrorKind::Overloaded.retryable());
+        assert!(!ErrorKind::InvalidName.retryable());
+        assert_eq!(Error::new(ErrorKind::ShuttingDown, "x").retry_after(), Some(1));
+    }
+}

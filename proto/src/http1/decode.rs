@@ -1,0 +1,486 @@
+//! HTTP/1.1 request decoding. [`Decoder::decode`] takes bytes from the connection's read buffer
+//! and yields [`Event`]s: a complete [`Request`] (head plus whole body), or a request to send
+//! `100 Continue`. It keeps state between calls, so any split of the input decodes the same.
+//!
+//! Limits: a head over `max_head` bytes or with too many headers is [`HttpError::HeadersTooLarge`]
+//! (431); a body over `max_body` is [`HttpError::BodyTooLarge`] (413), detected from
+//! `Content-Length` before the body is read; anything malformed is [`HttpError::Malformed`] (400).
+//! Requests with both `Content-Length` and `Transfer-Encoding`, or with conflicting lengths, are
+//! rejected (RFC 9112 §6.3), which closes the door on request smuggling.
+
+use super::chunked::{ChunkedDecoder, ChunkedError};
+use bytes::{Bytes, BytesMut};
+use std::ops::Range;
+
+const MAX_HEADERS: usize = 64;
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest head (request line and headers).
+    pub max_head: usize,
+    /// Largest body.
+    pub max_body: usize,
+}
+
+/// Request methods the gateway distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Other,
+}
+
+impl Method {
+    fn parse(s: &str) -> Self {
+        match s {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// A decoding failure; each maps to one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// 400: the request is not valid HTTP/1.1.
+    Malformed(&'static str),
+    /// 431: the head is over the limit.
+    HeadersTooLarge,
+    /// 413: the body is over the limit.
+    BodyTooLarge,
+    /// 501: a transfer coding other than chunked.
+    UnsupportedTransferEncoding,
+}
+
+impl HttpError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::Malformed(_) => 400,
+            HttpError::HeadersTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+            HttpError::UnsupportedTransferEncoding => 501,
+        }
+    }
+}
+
+/// A complete request. Header names and values are ranges into `head`, so decoding a request
+/// allocates only the header table.
+#[derive(Debug)]
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// HTTP minor version (0 or 1).
+    pub minor: u8,
+    /// Whether the connection may serve another request after this one.
+    pub keep_alive: bool,
+    head: Bytes,
+    target: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    /// The whole request body.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        let t = self.target_str();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// The raw query string (after `?`), or "".
+    pub fn query(&self) -> &str {
+        self.target_str().split_once('?').map_or("", |(_, q)| q)
+    }
+
+    fn target_str(&self) -> &str {
+        // The target was checked to be ASCII when the head was parsed.
+        std::str::from_utf8(&self.head[self.target.clone()]).unwrap_or("")
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.head[v.clone()])
+    }
+
+    /// The first value of header `name` as UTF-8 text.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every header as `(name, value)`.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
+    }
+}
+
+/// What the decoder produced.
+#[derive(Debug)]
+pub enum Event {
+    /// The client sent `Expect: 100-continue` and is waiting; write `100 Continue`.
+    Continue,
+    /// A complete request.
+    Request(Request),
+}
+
+#[derive(Debug)]
+enum Body {
+    Length(usize),
+    Chunked(ChunkedDecoder),
+}
+
+#[derive(Debug)]
+struct Pending {
+    req: Request,
+    body: Body,
+    expect_continue: bool,
+}
+
+/// Decoder state for one connection.
+#[derive(Debug)]
+pub struct Decoder {
+    limits: Limits,
+    pending: Option<Pending>,
+}
+
+impl Decoder {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            pending: None,
+        }
+    }
+
+    /// Whether part of a request has been received (the head, or some of its bytes).
+    pub fn in_progress(&self, buf: &BytesMut) -> bool {
+        self.pending.is_some() || !buf.is_empty()
+    }
+
+    /// Decodes the next event from `buf`, consuming the bytes it used. `Ok(None)` means more
+    /// input is needed. After an error the connection must be closed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, HttpError> {
+        if self.pending.is_none() {
+            // Tolerate CRLFs between pipelined requests (RFC 9112 §2.2).
+            while buf.len() >= 2 && &buf[..2] == b"\r\n" {
+                let _ = buf.split_to(2);
+            }
+            match self.decode_head(buf)? {
+                Some(p) => self.pending = Some(p),
+                None => return Ok(None),
+            }
+        }
+        let p = self.pending.as_mut().expect("pending request");
+        let done = match &mut p.body {
+            Body::Length(n) => {
+                if buf.len() >= *n {
+                    p.req.body = buf.split_to(*n).freeze();
+                    true
+                } else {
+                    false
+                }
+            }
+            Body::Chunked(c) => match c.decode(buf) {
+                Ok(true) => {
+                    p.req.body = c.take_body().freeze();
+                    true
+                }
+                Ok(false) => false,
+                Err(ChunkedError::TooLarge) => return Err(HttpError::BodyTooLarge),
+                Err(ChunkedError::Invalid(m)) => return Err(HttpError::Malformed(m)),
+            },
+        };
+        if done {
+            let p = self.pending.take().expect("pending request");
+            return Ok(Some(Event::Request(p.req)));
+        }
+        if p.expect_continue {
+            p.expect_continue = false;
+            return Ok(Some(Event::Continue));
+        }
+        Ok(None)
+    }
+
+    fn decode_head(&mut self, buf: &mut BytesMut) -> Result<Option<Pending>, HttpError> {
+        let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut hdrs);
+        let n = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > self.limits.max_head {
+                    return Err(HttpError::HeadersTooLarge);
+                }
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+            Err(httparse::Error::Version) => {
+                return Err(HttpError::Malformed("unsupported HTTP version"))
+            }
+            Err(_) => return Err(HttpError::Malformed("malformed request head")),
+        };
+        if n > self.limits.max_head {
+            return Err(HttpError::HeadersTooLarge);
+        }
+        let base = buf.as_ptr() as usize;
+        let range_of = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        let method = Method::parse(req.method.unwrap_or(""));
+        let minor = req.version.unwrap_or(1);
+        let path = req.path.unwrap_or("");
+        if !path.starts_with('/') && path != "*" {
+            return Err(HttpError::Malformed("request target must be origin-form"));
+        }
+        let target = range_of(path.as_bytes());
+        let mut headers = Vec::with_capacity(req.headers.len());
+        let mut content_length: Option<usize> = None;
+        let mut chunked = false;
+        let mut has_te = false;
+        let mut conn_close = false;
+        let mut conn_keep_alive = false;
+        let mut expect_continue = false;
+        for h in req.headers.iter() {
+            let name = h.name.as_bytes();
+            let value = h.value;
+            headers.push((range_of(name), range_of(value)));
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let v = std::str::from_utf8(value)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .ok_or(HttpError::Malformed("invalid Content-Length"))?;
+                if content_length.is_some_and(|c| c != v) {
+                    return Err(HttpError::Malformed("conflicting Content-Length"));
+                }
+                content_length = Some(v);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                has_te = true;
+                let v = String::from_utf8_lossy(value).to_ascii_lowercase();
+                let last = v.rsplit(',').next().map(str::trim).unwrap_or("");
+                if last != "chunked" {
+                    return Err(HttpError::UnsupportedTransferEncoding);
+                }
+                if v.split(',').map(str::trim).any(|c| c != "chunked") {
+                    return Err(HttpError::UnsupportedTransferEncoding);
+                }
+                chunked = true;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for tok in value.split(|&b| b == b',') {
+                    let tok = tok.trim_ascii();
+                    if tok.eq_ignore_ascii_case(b"close") {
+                        conn_close = true;
+                    } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                        conn_keep_alive = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                if value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = minor >= 1;
+                } else {
+                    return Err(HttpError::Malformed("unsupported Expect"));
+                }
+            }
+        }
+        if has_te && content_length.is_some() {
+            return Err(HttpError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if has_te && minor == 0 {
+            return Err(HttpError::Malformed("Transfer-Encoding in HTTP/1.0"));
+        }
+        if let Some(len) = content_length {
+            if len > self.limits.max_body {
+                return Err(HttpError::BodyTooLarge);
+            }
+        }
+        let keep_alive = if minor == 0 {
+            conn_keep_alive && !conn_close
+        } else {
+            !conn_close
+        };
+        let head = buf.split_to(n).freeze();
+        let body = if chunked {
+            Body::Chunked(ChunkedDecoder::new(self.limits.max_body))
+        } else {
+            Body::Length(content_length.unwrap_or(0))
+        };
+        let no_body = matches!(body, Body::Length(0));
+        Ok(Some(Pending {
+            req: Request {
+                method,
+                minor,
+                keep_alive,
+                head,
+                target,
+                headers,
+                body: Bytes::new(),
+            },
+            body,
+            expect_continue: expect_continue && !no_body,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head: 8192,
+        max_body: 1 << 20,
+    };
+
+    /// Feeds `input` split at every byte boundary (in two parts) and checks that every split
+    /// decodes to the same requests as feeding it whole.
+    fn decode_all_splits(input: &[u8]) -> Vec<(Method, String, String, Vec<u8>, bool)> {
+        let mut reference: Option<Vec<_>> = None;
+        for split in 0..=input.len() {
+            let mut d = Decoder::new(LIMITS);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for part in [&input[..split], &input[split..]] {
+                buf.extend_from_slice(part);
+                while let Some(ev) = d.decode(&mut buf).unwrap() {
+                    if let Event::Request(r) = ev {
+                        out.push((
+                            r.method,
+                            r.path().to_string(),
+                            r.query().to_string(),
+                            r.body.to_vec(),
+                            r.keep_alive,
+                        ));
+                    }
+                }
+            }
+            assert!(buf.is_empty(), "split {split}: leftover {:?}", buf);
+            match &reference {
+                None => reference = Some(out),
+                Some(r) => assert_eq!(r, &out, "split {split}"),
+            }
+        }
+        reference.unwrap()
+    }
+
+    #[test]
+    fn pipelined_requests_at_every_split() {
+        let input = b"POST /v1/msgs/t/v1?key=a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /alive HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /v1/msgs/t/v1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let reqs = decode_all_splits(input);
+        assert_eq!(reqs.len(), 4);
+        assert_eq!(reqs[0].0, Method::Post);
+        assert_eq!(reqs[0].1, "/v1/msgs/t/v1");
+        assert_eq!(reqs[0].2, "key=a");
+        assert_eq!(reqs[0].3, b"hello");
+        assert_eq!(reqs[1].1, "/alive");
+        assert_eq!(reqs[2].3, b"abc");
+        assert!(reqs[2].4);
+        assert!(!reqs[3].4);
+    }
+
+    #[test]
+    fn http10_defaults_to_close() {
+        let reqs = decode_all_splits(b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!reqs[0].4);
+        assert!(reqs[1].4);
+    }
+
+    #[test]
+    fn expect_continue_is_signalled_once() {
+        let mut d = Decoder::new(LIMITS);
+        let mut buf = BytesMut::from(
+            &b"POST /v1/msgs/t/v1 HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"[..],
+        );
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Event::Continue))));
+        assert!(matches!(d.decode(&mut buf), Ok(None)));
+        buf.extend_from_slice(b"abc");
+        match d.decode(&mut buf) {
+            Ok(Some(Event::Request(r))) => assert_eq!(&r.body[..], b"abc"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn err_of(input: &[u8]) -> HttpError {
+        let mut d = Decoder::new(Limits {
+            max_head: 256,
+            max_body: 16,
+        });
+        let mut buf = BytesMut::from(input);
+        loop {
+            match d.decode(&mut buf) {
+                Err(e) => return e,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("no error for {:?}", String::from_utf8_lossy(input)),
+            }
+        }
+    }
+
+    #[test]
+    fn limits_and_malformed_input() {
+        assert!(matches!(err_of(b"GARBAGE\r\n\r\n"), HttpError::Malformed(_)));
+        assert!(matches!(err_of(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), HttpError::Malformed(_)));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
+        assert_eq!(err_of(big.as_bytes()), HttpError::HeadersTooLarge);
+        let partial_big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(300));
+        assert_eq!(err_of(partial_big.as_bytes()), HttpError::HeadersTooLarge);
+        assert_eq!(
+            err_of(b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n"),
+            HttpError::BodyTooLarge
+        );
+        assert_eq!(
+            err_of(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n"),
+            HttpError::BodyTooLarge
+        );
+        assert!(matches!(
+            err_of(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            err_of(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            err_of(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            err_of(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert_eq!(
+            err_of(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            HttpError::UnsupportedTransferEncoding
+        );
+    }
+
+    #[test]
+    fn headers_are_case_insensitive() {
+        let mut d = Decoder::new(LIMITS);
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX-Tag: a;b\r\nappid: app1\r\n\r\n"[..]);
+        let Ok(Some(Event::Request(r))) = d.decode(&mut buf) else {
+            panic!()
+        };
+        assert_eq!(r.header("x-tag"), Some(&b"a;b"[..]));
+        assert_eq!(r.header_str("AppId"), Some("app1"));
+        assert_eq!(r.headers().count(), 2);
+    }
+}

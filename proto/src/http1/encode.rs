@@ -1,0 +1,160 @@
+//! HTTP/1.1 response encoding straight into the connection's write buffer. No intermediate
+//! header map: a [`Response`] writes the status line, then each header as it is added, then the
+//! framing headers and the body.
+
+use bytes::{BufMut, BytesMut};
+
+/// The reason phrase for the statuses the gateway sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A response being written into `out`. Add headers, then finish with one of the `body*` calls.
+pub struct Response<'a> {
+    out: &'a mut BytesMut,
+    status: u16,
+}
+
+impl<'a> Response<'a> {
+    /// Starts a response: writes the status line and the `Server` and `Date` headers.
+    pub fn new(out: &'a mut BytesMut, status: u16, date: &[u8]) -> Self {
+        out.reserve(256);
+        out.put_slice(b"HTTP/1.1 ");
+        put_u64(out, status as u64);
+        out.put_u8(b' ');
+        out.put_slice(reason(status).as_bytes());
+        out.put_slice(b"\r\nserver: kateway\r\ndate: ");
+        out.put_slice(date);
+        out.put_slice(b"\r\n");
+        Self { out, status }
+    }
+
+    /// Adds a header.
+    pub fn header(self, name: &str, value: &[u8]) -> Self {
+        self.out.put_slice(name.as_bytes());
+        self.out.put_slice(b": ");
+        self.out.put_slice(value);
+        self.out.put_slice(b"\r\n");
+        self
+    }
+
+    /// Adds a header with a decimal integer value.
+    pub fn header_int(self, name: &str, value: i64) -> Self {
+        self.out.put_slice(name.as_bytes());
+        self.out.put_slice(b": ");
+        put_i64(self.out, value);
+        self.out.put_slice(b"\r\n");
+        self
+    }
+
+    /// Adds `connection: close` when `close` is set.
+    pub fn close_if(self, close: bool) -> Self {
+        if close {
+            self.out.put_slice(b"connection: close\r\n");
+        }
+        self
+    }
+
+    /// Finishes with a body of known length (none for 1xx/204/304).
+    pub fn body(self, content_type: &str, body: &[u8]) {
+        let no_body = self.status == 204 || self.status == 304 || self.status < 200;
+        if !no_body {
+            if !body.is_empty() {
+                self.out.put_slice(b"content-type: ");
+                self.out.put_slice(content_type.as_bytes());
+                self.out.put_slice(b"\r\n");
+            }
+            self.out.put_slice(b"content-length: ");
+            put_u64(self.out, body.len() as u64);
+            self.out.put_slice(b"\r\n");
+        }
+        self.out.put_slice(b"\r\n");
+        if !no_body {
+            self.out.put_slice(body);
+        }
+    }
+
+    /// Finishes the head of a chunked response; the caller appends chunks with
+    /// [`super::chunked::encode_chunk`] and ends with [`super::chunked::encode_last`].
+    pub fn chunked(self, content_type: &str) {
+        self.out.put_slice(b"content-type: ");
+        self.out.put_slice(content_type.as_bytes());
+        self.out.put_slice(b"\r\ntransfer-encoding: chunked\r\n\r\n");
+    }
+}
+
+/// Writes `100 Continue`.
+pub fn write_continue(out: &mut BytesMut) {
+    out.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+/// Appends the decimal form of `v`.
+pub fn put_u64(out: &mut BytesMut, v: u64) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.put_slice(&b[i..]);
+}
+
+/// Appends the decimal form of `v`.
+pub fn put_i64(out: &mut BytesMut, v: i64) {
+    if v < 0 {
+        out.put_u8(b'-');
+    }
+    put_u64(out, v.unsigned_abs());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_head_and_body() {
+        let mut out = BytesMut::new();
+        Response::new(&mut out, 201, b"Mon, 30 Nov 2026 00:00:00 GMT")
+            .header_int("x-offset", -1)
+            .close_if(true)
+            .body("application/json", b"{}");
+        let s = String::from_utf8(out.to_vec()).unwrap();
+        assert!(s.starts_with("HTTP/1.1 201 Created\r\nserver: kateway\r\n"));
+        assert!(s.contains("x-offset: -1\r\n"));
+        assert!(s.contains("connection: close\r\n"));
+        assert!(s.ends_with("content-length: 2\r\n\r\n{}"));
+        let mut out = BytesMut::new();
+        Response::new(&mut out, 204, b"d").body("x", b"ignored");
+        assert!(out.ends_with(b"date: d\r\n\r\n"));
+        let mut n = BytesMut::new();
+        put_u64(&mut n, 0);
+        put_i64(&mut n, -42);
+        put_u64(&mut n, u64::MAX);
+        assert_eq!(&n[..], b"0-4218446744073709551615");
+    }
+}
