@@ -346,9 +346,9 @@ mod tests {
         let (mut p, _) = Partition::open(dir.path(), CFG).unwrap();
         fill(&mut p, 500);
         let before = p.segments.len();
-        let removed = p.enforce_retention(5000, None).unwrap();
+        let removed = p.enforce_retention(9000, None).unwrap();
         assert!(removed > 0 && p.segments.len() == before - removed);
-        assert!(p.size_bytes() <= 5000 + CFG.segment_bytes);
+        assert!(p.size_bytes() <= 9000 + CFG.segment_bytes);
         assert!(p.start() > 0);
         let rs = p.read(0, 1, usize::MAX).unwrap();
         assert_eq!(rs[0].offset, p.start(), "reads below start begin at start");
