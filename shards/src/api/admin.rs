@@ -1,0 +1,271 @@
+//! Provisioning and status: topics (create/alter/delete through core 0), partition offsets,
+//! group status and lag, process status and Prometheus metrics (summed over cores).
+
+use super::{caller, Out};
+use crate::mesh::{AdminOp, Msg, PartitionInfo};
+use crate::metrics::Snapshot;
+use crate::shard::{now_ms, Shard};
+use crate::topics::TopicMeta;
+use kateway_core::units::parse_size;
+use kateway_core::{Error, ErrorKind, GroupName, TopicName};
+use kateway_proto::http1::{Method, Request};
+use kateway_proto::query;
+use serde_json::json;
+use std::rc::Rc;
+
+fn num<T: std::str::FromStr>(q: &str, name: &str) -> Result<Option<T>, Error> {
+    match query::raw(q, name) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| Error::param(format!("invalid {name} {v:?}"))),
+    }
+}
+
+/// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
+pub async fn topic(
+    shard: &Rc<Shard>,
+    req: &Request,
+    method: Method,
+    appid: &str,
+    topic: &str,
+    ver: &str,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
+    let name = TopicName::new(appid, topic, ver)?.storage_name();
+    let q = req.query();
+    let partitions: Option<u32> = num(q, "partitions")?;
+    if partitions.is_some_and(|p| p == 0 || p > 10_000) {
+        return Err(Error::param("partitions must be 1..=10000"));
+    }
+    let retention_hours: Option<u64> = num(q, "retention.hours")?;
+    let retention_bytes = match query::raw(q, "retention.bytes") {
+        None => None,
+        Some(v) => Some(parse_size(v).map_err(Error::param)?),
+    };
+    let op = match method {
+        Method::Post => {
+            let default = match shard.cfg.store.default_partitions {
+                0 => shard.cores() as u32,
+                n => n,
+            };
+            AdminOp::Create(TopicMeta {
+                name,
+                partitions: partitions.unwrap_or(default),
+                retention_hours,
+                retention_bytes,
+                created_ms: now_ms(),
+            })
+        }
+        Method::Put => AdminOp::Alter { name, partitions, retention_hours, retention_bytes },
+        _ => AdminOp::Delete(name),
+    };
+    let meta = shard.mesh.call(0, move |reply| Msg::Admin { op, reply }).await??;
+    let status = if method == Method::Post { 201 } else { 200 };
+    let body = json!({
+        "topic": meta.name,
+        "partitions": meta.partitions,
+        "retention_hours": meta.retention_hours,
+        "retention_bytes": meta.retention_bytes,
+    });
+    out.json(status, body.to_string().as_bytes());
+    Ok(())
+}
+
+/// Gathers partition offsets (and groups with `prefix`) from every core.
+async fn gather(shard: &Rc<Shard>, meta: &TopicMeta, prefix: &str) -> Result<Vec<PartitionInfo>, Error> {
+    let mut all = Vec::new();
+    for core in 0..shard.cores() {
+        if core == shard.id {
+            all.extend(shard.info_local(&meta.name, prefix));
+        } else {
+            let (topic, group_prefix) = (meta.name.clone(), prefix.to_owned());
+            all.extend(shard.mesh.call(core, move |reply| Msg::Info { topic, group_prefix, reply }).await?);
+        }
+    }
+    all.sort_by_key(|i| i.partition);
+    Ok(all)
+}
+
+/// `GET /v1/partitions/:appid/:topic/:ver`
+pub async fn partitions(shard: &Rc<Shard>, appid: &str, topic: &str, ver: &str, out: &mut Out<'_>) -> Result<(), Error> {
+    let meta = shard.topic(&TopicName::new(appid, topic, ver)?.storage_name())?;
+    let infos = gather(shard, &meta, "\u{0}").await?;
+    let parts: Vec<_> = infos
+        .iter()
+        .map(|i| json!({"partition": i.partition, "oldest": i.oldest, "newest": i.newest}))
+        .collect();
+    let body = json!({"topic": meta.name, "partitions": meta.partitions, "offsets": parts});
+    out.json(200, body.to_string().as_bytes());
+    Ok(())
+}
+
+/// `GET /v1/status/:appid/:topic/:ver?group=`: the caller's groups on a topic with their
+/// committed offsets and lag per partition.
+pub async fn topic_status(
+    shard: &Rc<Shard>,
+    req: &Request,
+    appid: &str,
+    topic: &str,
+    ver: &str,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
+    let me = caller(req)?;
+    let meta = shard.topic(&TopicName::new(appid, topic, ver)?.storage_name())?;
+    let (prefix, exact) = match query::raw(req.query(), "group") {
+        Some(g) if !g.is_empty() => (GroupName::new(me, g)?.to_string(), true),
+        _ => (format!("{me}."), false),
+    };
+    let infos = gather(shard, &meta, &prefix).await?;
+    let mut groups: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    if exact {
+        groups.insert(prefix.clone(), Vec::new());
+    }
+    for i in &infos {
+        let mut names: Vec<&str> = i.groups.iter().map(|(g, _)| g.as_str()).collect();
+        if exact && names.is_empty() {
+            names.push(&prefix);
+        }
+        for g in names {
+            if exact && g != prefix {
+                continue;
+            }
+            let committed = i.groups.iter().find(|(n, _)| n == g).map(|(_, o)| *o);
+            let lag = i.newest - committed.unwrap_or(i.oldest).clamp(i.oldest, i.newest);
+            groups.entry(g.to_owned()).or_default().push(json!({
+                "partition": i.partition,
+                "oldest": i.oldest,
+                "newest": i.newest,
+                "committed": committed,
+                "lag": lag,
+            }));
+        }
+    }
+    let groups: Vec<_> = groups
+        .into_iter()
+        .map(|(g, parts)| {
+            let lag: u64 = parts.iter().filter_map(|p| p["lag"].as_u64()).sum();
+            let short = g.split_once('.').map_or(g.as_str(), |(_, s)| s).to_owned();
+            json!({"group": short, "lag": lag, "partitions": parts})
+        })
+        .collect();
+    let body = json!({"topic": meta.name, "groups": groups});
+    out.json(200, body.to_string().as_bytes());
+    Ok(())
+}
+
+/// This core's metrics plus log sizes.
+pub fn local_snapshot(shard: &Shard) -> Snapshot {
+    let mut s = shard.metrics.snapshot();
+    for p in shard.parts.borrow().values() {
+        s.log_bytes += p.borrow().log.size_bytes();
+        s.partitions += 1;
+    }
+    s
+}
+
+async fn all_metrics(shard: &Rc<Shard>) -> Result<Snapshot, Error> {
+    let mut total = Snapshot::default();
+    for core in 0..shard.cores() {
+        if core == shard.id {
+            total.add(&local_snapshot(shard));
+        } else {
+            total.add(&shard.mesh.call(core, |reply| Msg::Metrics { reply }).await?);
+        }
+    }
+    Ok(total)
+}
+
+/// `GET /metrics`
+pub async fn metrics(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), Error> {
+    let text = all_metrics(shard).await?.render(shard.cores());
+    out.response(200).body("text/plain; version=0.0.4", text.as_bytes());
+    Ok(())
+}
+
+/// `GET /v1/status`
+pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), Error> {
+    let m = all_metrics(shard).await?;
+    let body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend": "embedded",
+        "cores": shard.cores(),
+        "uptime_s": shard.started.elapsed().as_secs(),
+        "topics": shard.topics.borrow().len(),
+        "connections": m.http_connections_active,
+        "log_bytes": m.log_bytes,
+        "shutting_down": shard.shutdown.get(),
+    });
+    out.json(200, body.to_string().as_bytes());
+    Ok(())
+}
+
+/// Core 0: applies a topic administration call to the catalog and every core. Calls are
+/// serialised by the caller.
+pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Error> {
+    let data = shard.cfg.store.data_dir.clone();
+    let mut catalog: Vec<TopicMeta> = shard.topics.borrow().values().map(|m| (**m).clone()).collect();
+    catalog.sort_by(|a, b| a.name.cmp(&b.name));
+    match op {
+        AdminOp::Create(meta) => {
+            if catalog.iter().any(|t| t.name == meta.name) {
+                return Err(Error::new(ErrorKind::Conflict, format!("topic {} already exists", meta.name)));
+            }
+            catalog.push(meta.clone());
+            crate::topics::store(&data, &catalog)?;
+            broadcast_apply(shard, &meta).await?;
+            Ok(meta)
+        }
+        AdminOp::Alter { name, partitions, retention_hours, retention_bytes } => {
+            let t = catalog
+                .iter_mut()
+                .find(|t| t.name == name)
+                .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}")))?;
+            if let Some(p) = partitions {
+                if p < t.partitions {
+                    return Err(Error::param(format!("partitions can only grow (now {})", t.partitions)));
+                }
+                t.partitions = p;
+            }
+            if retention_hours.is_some() {
+                t.retention_hours = retention_hours;
+            }
+            if retention_bytes.is_some() {
+                t.retention_bytes = retention_bytes;
+            }
+            let meta = t.clone();
+            crate::topics::store(&data, &catalog)?;
+            broadcast_apply(shard, &meta).await?;
+            Ok(meta)
+        }
+        AdminOp::Delete(name) => {
+            let meta = catalog
+                .iter()
+                .find(|t| t.name == name)
+                .cloned()
+                .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}")))?;
+            catalog.retain(|t| t.name != name);
+            crate::topics::store(&data, &catalog)?;
+            for core in 0..shard.cores() {
+                if core == shard.id {
+                    shard.drop_topic(&name);
+                } else {
+                    let n = name.clone();
+                    shard.mesh.call(core, move |reply| Msg::Drop { name: n, reply }).await?;
+                }
+            }
+            let _ = std::fs::remove_dir_all(crate::topics::topic_dir(&data, &name));
+            Ok(meta)
+        }
+    }
+}
+
+async fn broadcast_apply(shard: &Rc<Shard>, meta: &TopicMeta) -> Result<(), Error> {
+    for core in 0..shard.cores() {
+        if core == shard.id {
+            shard.apply_topic(meta.clone())?;
+        } else {
+            let m = meta.clone();
+            shard.mesh.call(core, move |reply| Msg::Apply { meta: m, reply }).await??;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! Subscribe: `GET /v1/msgs/:appid/:topic/:ver?group=` (long poll, batch, explicit ack, tag
+//! filter) and `PUT /v1/offsets/...` (batch ack).
+//!
+//! Groups are stateless for clients: the owner core of each partition keeps the group's cursor
+//! (next offset to hand out) and committed offset, so any request on any connection continues
+//! where the group is, and two consumers of one group never get the same message (each fetch
+//! advances the cursor on the owner core, which serialises them). With auto-ack (the default)
+//! delivery commits; with `ack=1` only acknowledgements commit, and after a restart the group
+//! resumes from its last committed offset, so unacknowledged messages come back.
+
+use super::{caller, Out};
+use crate::mesh::{Delivered, Fetch, Msg, Reset};
+use crate::metrics;
+use crate::shard::Shard;
+use crate::topics::TopicMeta;
+use bytes::{Bytes, BytesMut};
+use kateway_core::units::parse_duration;
+use kateway_core::{Error, ErrorKind, GroupName, TopicName};
+use kateway_proto::batch;
+use kateway_proto::http1::chunked::{encode_chunk, encode_last};
+use kateway_proto::http1::Request;
+use kateway_proto::query;
+use std::rc::Rc;
+use std::time::Instant;
+
+fn bad_ack(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::new(ErrorKind::InvalidAck, msg)
+}
+
+/// Handles a subscribe long poll.
+pub async fn subscribe(
+    shard: &Rc<Shard>,
+    req: &Request,
+    appid: &str,
+    topic: &str,
+    ver: &str,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
+    let me = caller(req)?;
+    let name = TopicName::new(appid, topic, ver)?.storage_name();
+    let meta = shard.topic(&name)?;
+    let q = req.query();
+    let scfg = &shard.cfg.subscribe;
+    let group = match query::raw(q, "group") {
+        None | Some("") => return Err(Error::new(ErrorKind::MissingGroup, "missing group parameter")),
+        Some(g) => GroupName::new(me, g)?.to_string(),
+    };
+    let batch_n = match query::raw(q, "batch") {
+        None => None,
+        Some(b) => match b.parse::<u32>() {
+            Ok(n) if n >= 1 && n <= scfg.max_batch => Some(n as usize),
+            _ => return Err(Error::param(format!("invalid batch {b:?}: use 1..={}", scfg.max_batch))),
+        },
+    };
+    let wait = match query::raw(q, "wait") {
+        None => scfg.default_wait.0,
+        Some(w) => match parse_duration(w) {
+            Ok(d) if d <= scfg.max_wait.0 => d,
+            _ => return Err(Error::param(format!("invalid wait {w:?}: a duration up to {:?}", scfg.max_wait.0))),
+        },
+    };
+    let reset = match query::raw(q, "reset") {
+        None | Some("oldest") => Reset::Oldest,
+        Some("newest") => Reset::Newest,
+        Some(r) => return Err(Error::param(format!("invalid reset {r:?}: use newest or oldest"))),
+    };
+    let explicit = matches!(query::raw(q, "ack"), Some("1") | Some("true"));
+    if explicit {
+        if let Some((p, o)) = ack_headers(req, &meta)? {
+            commit(shard, &meta, p, &group, o + 1).await?;
+        }
+    }
+    let tags: Vec<Bytes> = req
+        .header("x-tag")
+        .map(|t| {
+            t.split(|&b| b == b';')
+                .map(|s| s.trim_ascii())
+                .filter(|s| !s.is_empty())
+                .map(Bytes::copy_from_slice)
+                .collect()
+        })
+        .unwrap_or_default();
+    let ndjson = req.header_str("accept").is_some_and(|a| a.contains(batch::NDJSON));
+    let fetch = Fetch {
+        topic: name.clone(),
+        group,
+        max: batch_n.unwrap_or(1),
+        max_bytes: scfg.max_batch_bytes.0 as usize,
+        reset,
+        auto_ack: !explicit,
+        tags,
+    };
+
+    let msgs = poll(shard, &meta, fetch, Instant::now() + wait).await?;
+    if msgs.is_empty() {
+        out.close |= shard.shutdown.get();
+        out.response(204).body("", b"");
+        return Ok(());
+    }
+    if batch_n.is_none() && !ndjson {
+        let m = &msgs[0];
+        let mut r = out
+            .response(200)
+            .header_int("x-partition", m.partition.into())
+            .header_int("x-offset", m.offset as i64);
+        if !m.key.is_empty() {
+            r = r.header("x-key", &m.key);
+        }
+        if !m.tags.is_empty() {
+            r = r.header("x-tag", &m.tags);
+        }
+        r.body("application/octet-stream", &m.value);
+        return Ok(());
+    }
+    let size: usize = msgs.iter().map(|m| m.value.len() + 64).sum();
+    let mut body = BytesMut::with_capacity(size);
+    for m in &msgs {
+        if ndjson {
+            batch::put_json_line(&mut body, m.partition, m.offset, m.timestamp, &m.key, &m.tags, &m.value);
+        } else {
+            batch::put_record(&mut body, m.partition, m.offset, &m.value);
+        }
+    }
+    let ctype = if ndjson { batch::NDJSON } else { "application/octet-stream" };
+    out.response(200).chunked(ctype);
+    encode_chunk(out.buf, &body);
+    encode_last(out.buf);
+    Ok(())
+}
+
+/// Reads `X-Partition`/`X-Offset` of an explicit ack: both or neither; `-1` means nothing.
+fn ack_headers(req: &Request, meta: &TopicMeta) -> Result<Option<(u32, u64)>, Error> {
+    let p = req.header_str("x-partition").map(str::trim);
+    let o = req.header_str("x-offset").map(str::trim);
+    let (p, o) = match (p, o) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(o)) => (p, o),
+        _ => return Err(bad_ack("partial ack: send both X-Partition and X-Offset")),
+    };
+    let p: i64 = p.parse().map_err(|_| bad_ack("ack with bad partition"))?;
+    let o: i64 = o.parse().map_err(|_| bad_ack("ack with bad offset"))?;
+    if p == -1 && o == -1 {
+        return Ok(None);
+    }
+    if p < 0 || p >= meta.partitions as i64 || o < 0 {
+        return Err(bad_ack(format!("ack names partition {p} offset {o}, which does not exist")));
+    }
+    Ok(Some((p as u32, o as u64)))
+}
+
+/// Commits `next` (the next offset to consume) for a group on the partition's owner core.
+async fn commit(shard: &Rc<Shard>, meta: &TopicMeta, p: u32, group: &str, next: u64) -> Result<(), Error> {
+    let owner = meta.owner(p, shard.cores());
+    if owner == shard.id {
+        return shard.commit_local(&meta.name, p, group, next).await;
+    }
+    metrics::inc(&shard.metrics.mesh_messages_total);
+    let (topic, group) = (meta.name.clone(), group.to_owned());
+    shard
+        .mesh
+        .call(owner, move |reply| Msg::Commit { topic, partition: p, group, offset: next, reply })
+        .await?
+}
+
+/// Fetches from every core owning partitions of the topic, this core first.
+async fn fetch_all(shard: &Rc<Shard>, meta: &TopicMeta, f: &Fetch) -> Result<Vec<Delivered>, Error> {
+    let cores = shard.cores();
+    let mut owners: Vec<usize> = (0..meta.partitions).map(|p| meta.owner(p, cores)).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let mine = owners.iter().position(|&c| c == shard.id);
+    if let Some(i) = mine {
+        owners.rotate_left(i);
+    }
+    let mut out = Vec::new();
+    for core in owners {
+        let left = f.max - out.len();
+        if left == 0 {
+            break;
+        }
+        let mut f = f.clone();
+        f.max = left;
+        let got = if core == shard.id {
+            shard.fetch_local(&f)?
+        } else {
+            metrics::inc(&shard.metrics.mesh_messages_total);
+            shard.mesh.call(core, move |reply| Msg::Fetch { fetch: f, reply }).await??
+        };
+        out.extend(got);
+    }
+    Ok(out)
+}
+
+/// A long poll parked on a topic: registered with the owner cores while it lives.
+struct Parked {
+    shard: Rc<Shard>,
+    topic: Rc<str>,
+    remote: Vec<usize>,
+}
+
+impl Parked {
+    async fn new(shard: &Rc<Shard>, meta: &TopicMeta) -> Self {
+        let topic: Rc<str> = Rc::from(meta.name.as_str());
+        let cores = shard.cores();
+        let mut remote: Vec<usize> = (0..meta.partitions)
+            .map(|p| meta.owner(p, cores))
+            .filter(|&c| c != shard.id)
+            .collect();
+        remote.sort_unstable();
+        remote.dedup();
+        let first = {
+            let mut parked = shard.parked.borrow_mut();
+            let n = parked.entry(topic.clone()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        metrics::inc(&shard.metrics.sub_parked_polls);
+        if first {
+            for &c in &remote {
+                shard.mesh.send(c, Msg::Interest { topic: meta.name.clone(), core: shard.id, delta: 1 }).await;
+            }
+        }
+        Self { shard: shard.clone(), topic, remote }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        metrics::dec(&self.shard.metrics.sub_parked_polls);
+        let last = {
+            let mut parked = self.shard.parked.borrow_mut();
+            let n = parked.get_mut(&self.topic).map(|n| {
+                *n -= 1;
+                *n
+            });
+            if n == Some(0) {
+                parked.remove(&self.topic);
+            }
+            n == Some(0)
+        };
+        if last {
+            for &c in &self.remote {
+                let mesh = self.shard.mesh.clone();
+                let msg = Msg::Interest { topic: self.topic.to_string(), core: self.shard.id, delta: -1 };
+                monoio::spawn(async move { mesh.send(c, msg).await });
+            }
+        }
+    }
+}
+
+/// Fetches; if nothing is there, parks until new data, the deadline or shutdown.
+async fn poll(shard: &Rc<Shard>, meta: &TopicMeta, f: Fetch, deadline: Instant) -> Result<Vec<Delivered>, Error> {
+    let ev = shard.topic_event(&meta.name);
+    let mut seen = ev.epoch();
+    let msgs = fetch_all(shard, meta, &f).await?;
+    if !msgs.is_empty() || shard.shutdown.get() || Instant::now() >= deadline {
+        return Ok(msgs);
+    }
+    // Register before fetching again: a Wake for data appended after the owners saw the
+    // interest is then guaranteed, and data appended before it is found by this fetch.
+    let _parked = Parked::new(shard, meta).await;
+    loop {
+        let msgs = fetch_all(shard, meta, &f).await?;
+        if !msgs.is_empty() || shard.shutdown.get() {
+            return Ok(msgs);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(msgs);
+        }
+        if ev.epoch() == seen {
+            let _ = monoio::time::timeout(left, ev.wait(seen)).await;
+        }
+        seen = ev.epoch();
+        if shard.topics.borrow().get(meta.name.as_str()).is_none() {
+            return Err(Error::new(ErrorKind::UnknownTopic, format!("topic {} was deleted", meta.name)));
+        }
+    }
+}
+
+/// `PUT /v1/offsets/:appid/:topic/:ver/:group` with `[{"partition":p,"offset":o}]`, where `o`
+/// is the last processed offset; the group resumes at `o + 1`.
+pub async fn ack_batch(
+    shard: &Rc<Shard>,
+    req: &Request,
+    appid: &str,
+    topic: &str,
+    ver: &str,
+    group: &str,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AckItem {
+        partition: u32,
+        offset: u64,
+    }
+    let me = caller(req)?;
+    let name = TopicName::new(appid, topic, ver)?.storage_name();
+    let meta = shard.topic(&name)?;
+    let group = GroupName::new(me, group)?.to_string();
+    let items: Vec<AckItem> = serde_json::from_slice(&req.body)
+        .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("invalid ack json body: {e}")))?;
+    if items.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidBody, "empty ack list"));
+    }
+    for it in &items {
+        if it.partition >= meta.partitions {
+            return Err(bad_ack(format!("partition {} does not exist", it.partition)));
+        }
+    }
+    for it in &items {
+        commit(shard, &meta, it.partition, &group, it.offset + 1).await?;
+    }
+    out.json(200, b"{\"ok\":1}");
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! One core's life: open the partitions it owns, bind its `SO_REUSEPORT` listener, run the
+//! inbox (requests from other cores), the flusher, retention and the accept loop; on `Drain`
+//! stop accepting and wait for connections to finish; on `Stop` flush, sync and return.
+
+use crate::api;
+use crate::conn;
+use crate::flusher;
+use crate::mesh::{Mesh, Msg};
+use crate::metrics;
+use crate::shard::Shard;
+use crate::topics::TopicMeta;
+use kateway_core::config::Config;
+use kateway_core::{Error, ErrorKind};
+use monoio::net::{ListenerOpts, TcpListener};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Everything a core needs to start.
+pub struct CoreInit {
+    pub id: usize,
+    pub cfg: Rc<Config>,
+    pub mesh: Mesh,
+    pub inbox: flume::Receiver<Msg>,
+    pub topics: Vec<TopicMeta>,
+    /// Told `Ok(())` once the core listens, or why it could not start.
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// Runs a core to completion.
+pub async fn run(init: CoreInit) {
+    let shard = Rc::new(Shard::new(init.id, init.cfg.clone(), init.mesh.clone()));
+    for t in init.topics {
+        if let Err(e) = shard.apply_topic(t) {
+            let _ = init.ready.send(Err(e.to_string()));
+            return;
+        }
+    }
+    let opts = ListenerOpts::new().reuse_port(true).backlog(init.cfg.server.backlog);
+    let listener = match TcpListener::bind_with_config(init.cfg.server.listen.as_str(), &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = init.ready.send(Err(format!("cannot listen on {}: {e}", init.cfg.server.listen)));
+            return;
+        }
+    };
+    monoio::spawn(inbox(shard.clone(), init.inbox));
+    let flusher = monoio::spawn(flusher::run(shard.clone()));
+    monoio::spawn(flusher::retention(shard.clone()));
+    monoio::spawn(accept(shard.clone(), listener));
+    let _ = init.ready.send(Ok(()));
+    tracing::debug!(core = shard.id, "core ready");
+    flusher.await;
+    tracing::debug!(core = shard.id, "core stopped");
+}
+
+async fn accept(shard: Rc<Shard>, listener: TcpListener) {
+    let max = shard.cfg.server.max_connections_per_core as u64;
+    loop {
+        let seen = shard.shutdown_event.epoch();
+        if shard.shutdown.get() {
+            return;
+        }
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = shard.shutdown_event.wait(seen) => return,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            // EMFILE and friends: back off instead of spinning.
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let m = &shard.metrics;
+        metrics::inc(&m.http_connections_accepted_total);
+        if m.http_connections_active.get() >= max {
+            metrics::inc(&m.http_connections_rejected_total);
+            monoio::spawn(reject(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        metrics::inc(&m.http_connections_active);
+        let s = shard.clone();
+        monoio::spawn(async move {
+            conn::serve(s.clone(), stream).await;
+            metrics::dec(&s.metrics.http_connections_active);
+        });
+    }
+}
+
+async fn reject(mut stream: monoio::net::TcpStream) {
+    use monoio::io::AsyncWriteRentExt;
+    let mut buf = bytes::BytesMut::new();
+    let mut out = api::Out { buf: &mut buf, close: true, head: false };
+    api::write_error(&mut out, &Error::new(ErrorKind::TooManyConnections, "too many connections on this core"), None);
+    let _ = stream.write_all(buf).await;
+}
+
+async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
+    let admin_busy = Rc::new(Cell::new(false));
+    while let Ok(msg) = rx.recv_async().await {
+        match msg {
+            Msg::Append { topic, partition, items, ack, reply } => {
+                let s = shard.clone();
+                monoio::spawn(async move {
+                    let _ = reply.send(s.publish_local(&topic, partition, &items, ack).await);
+                });
+            }
+            Msg::Fetch { fetch, reply } => {
+                let _ = reply.send(shard.fetch_local(&fetch));
+            }
+            Msg::Commit { topic, partition, group, offset, reply } => {
+                let s = shard.clone();
+                monoio::spawn(async move {
+                    let _ = reply.send(s.commit_local(&topic, partition, &group, offset).await);
+                });
+            }
+            Msg::Info { topic, group_prefix, reply } => {
+                let _ = reply.send(shard.info_local(&topic, &group_prefix));
+            }
+            Msg::Interest { topic, core, delta } => shard.add_interest(&topic, core, delta),
+            Msg::Wake { topic } => shard.topic_event(&topic).notify(),
+            Msg::Admin { op, reply } => {
+                let s = shard.clone();
+                let busy = admin_busy.clone();
+                monoio::spawn(async move {
+                    // Serialise administration calls on core 0.
+                    while busy.get() {
+                        monoio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    busy.set(true);
+                    let r = api::apply_admin(&s, op).await;
+                    busy.set(false);
+                    let _ = reply.send(r);
+                });
+            }
+            Msg::Apply { meta, reply } => {
+                let _ = reply.send(shard.apply_topic(meta));
+            }
+            Msg::Drop { name, reply } => {
+                shard.drop_topic(&name);
+                let _ = reply.send(());
+            }
+            Msg::Metrics { reply } => {
+                let _ = reply.send(api::local_snapshot(&shard));
+            }
+            Msg::Drain { reply } => {
+                shard.begin_shutdown();
+                let s = shard.clone();
+                monoio::spawn(async move {
+                    while s.metrics.http_connections_active.get() > 0 {
+                        monoio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let _ = reply.send(());
+                });
+            }
+            Msg::Stop => {
+                shard.stop_event.notify();
+                shard.dur.work.notify();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! kateway-shards: the thread-per-core gateway.
+//!
+//! [`runtime`] starts one pinned monoio reactor per core. Each core ([`core`]) owns a listener,
+//! its connections ([`conn`]), the partitions assigned to it and their group offsets
+//! ([`shard`]), a group-commit flusher ([`flusher`]) and its metrics ([`metrics`]). Cores share
+//! nothing mutable; they exchange owned messages over bounded channels ([`mesh`]). Requests
+//! are routed and answered at the edge ([`api`]), where errors become responses in one place.
+
+pub mod api;
+pub mod conn;
+pub mod core;
+pub mod date;
+pub mod event;
+pub mod flusher;
+pub mod mesh;
+pub mod metrics;
+pub mod runtime;
+pub mod shard;
+pub mod topics;

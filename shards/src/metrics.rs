@@ -1,0 +1,173 @@
+//! Per-core metrics: plain counters and fixed-bucket histograms in `Cell`s (no atomics, no
+//! locks), copied into a [`Snapshot`] on request, summed over cores at scrape time and rendered
+//! in the Prometheus text format. Names follow `kateway_<subsystem>_<what>_<unit>`.
+
+use std::cell::Cell;
+use std::fmt::Write;
+
+/// Histogram bucket upper bounds in seconds.
+pub const BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    10.0,
+];
+
+/// A latency histogram owned by one core.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [Cell<u64>; BUCKETS.len() + 1],
+    sum_ns: Cell<u64>,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS.iter().position(|&b| s <= b).unwrap_or(BUCKETS.len());
+        self.counts[i].set(self.counts[i].get() + 1);
+        self.sum_ns.set(self.sum_ns.get() + d.as_nanos() as u64);
+    }
+
+    fn snapshot(&self) -> HistSnapshot {
+        HistSnapshot {
+            counts: std::array::from_fn(|i| self.counts[i].get()),
+            sum_ns: self.sum_ns.get(),
+        }
+    }
+}
+
+/// A copy of a histogram that can cross threads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistSnapshot {
+    counts: [u64; BUCKETS.len() + 1],
+    sum_ns: u64,
+}
+
+impl HistSnapshot {
+    fn add(&mut self, o: &HistSnapshot) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum_ns += o.sum_ns;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cum += self.counts[i];
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.counts[BUCKETS.len()];
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {cum}");
+    }
+}
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// One core's counters and histograms.
+        #[derive(Default)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $name: Cell<u64>,)*
+            /// Request latency, from complete request to response queued.
+            pub request_seconds: Histogram,
+            /// Duration of each group-commit fsync round.
+            pub fsync_seconds: Histogram,
+        }
+
+        /// A copy of every core's metrics, summed.
+        #[derive(Debug, Clone, Default)]
+        pub struct Snapshot {
+            $(#[doc = $help] pub $name: u64,)*
+            /// See [`Metrics::request_seconds`].
+            pub request_seconds: HistSnapshot,
+            /// See [`Metrics::fsync_seconds`].
+            pub fsync_seconds: HistSnapshot,
+            /// Bytes stored in log segments.
+            pub log_bytes: u64,
+            /// Partitions owned.
+            pub partitions: u64,
+        }
+
+        impl Metrics {
+            /// Copies the counters.
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot {
+                    $($name: self.$name.get(),)*
+                    request_seconds: self.request_seconds.snapshot(),
+                    fsync_seconds: self.fsync_seconds.snapshot(),
+                    log_bytes: 0,
+                    partitions: 0,
+                }
+            }
+        }
+
+        impl Snapshot {
+            /// Adds another core's snapshot.
+            pub fn add(&mut self, o: &Snapshot) {
+                $(self.$name += o.$name;)*
+                self.request_seconds.add(&o.request_seconds);
+                self.fsync_seconds.add(&o.fsync_seconds);
+                self.log_bytes += o.log_bytes;
+                self.partitions += o.partitions;
+            }
+
+            fn render_counters(&self, out: &mut String) {
+                $(
+                    let name = concat!("kateway_", stringify!($name));
+                    let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+                    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}\n{name} {}", $help, self.$name);
+                )*
+            }
+        }
+    };
+}
+
+counters! {
+    http_requests_total: "HTTP requests answered.",
+    http_responses_2xx_total: "Responses with a 2xx status.",
+    http_responses_4xx_total: "Responses with a 4xx status.",
+    http_responses_5xx_total: "Responses with a 5xx status.",
+    http_connections_accepted_total: "Connections accepted.",
+    http_connections_active: "Connections open now.",
+    http_connections_rejected_total: "Connections refused because the core was full.",
+    pub_messages_total: "Messages published.",
+    pub_bytes_total: "Payload bytes published.",
+    sub_messages_total: "Messages delivered to subscribers.",
+    sub_bytes_total: "Payload bytes delivered to subscribers.",
+    sub_parked_polls: "Long polls waiting for messages now.",
+    log_writes_total: "Flush cycles that wrote to segment files.",
+    log_written_bytes_total: "Bytes written to segment files.",
+    log_fsyncs_total: "Group-commit fsync rounds.",
+    mesh_messages_total: "Messages sent to other cores.",
+}
+
+impl Snapshot {
+    /// Renders the Prometheus text format.
+    pub fn render(&self, cores: usize) -> String {
+        let mut out = String::with_capacity(8192);
+        let _ = writeln!(out, "# HELP kateway_cores Reactor cores.\n# TYPE kateway_cores gauge\nkateway_cores {cores}");
+        self.render_counters(&mut out);
+        let _ = writeln!(out, "# HELP kateway_log_size_bytes Bytes stored in log segments.\n# TYPE kateway_log_size_bytes gauge\nkateway_log_size_bytes {}", self.log_bytes);
+        let _ = writeln!(out, "# HELP kateway_log_partitions Partitions stored.\n# TYPE kateway_log_partitions gauge\nkateway_log_partitions {}", self.partitions);
+        self.request_seconds.render(&mut out, "kateway_http_request_duration_seconds", "Request latency.");
+        self.fsync_seconds.render(&mut out, "kateway_log_fsync_duration_seconds", "Group-commit fsync latency.");
+        out
+    }
+}
+
+/// Adds one to a counter.
+pub fn inc(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+/// Adds `n` to a counter.
+pub fn add(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+/// Subtracts one from a gauge.
+pub fn dec(c: &Cell<u64>) {
+    c.set(c.get().saturating_sub(1));
+}

@@ -1,0 +1,439 @@
+//! One core's state: its copy of the topic catalog, the partitions it owns (logs, group
+//! offsets, group cursors), the group-commit generations, the topic wake-up events of its parked
+//! long polls, and its metrics. Everything here is touched by this core's thread only; other
+//! cores reach it through [`crate::mesh`]. No `RefCell` borrow is held across an `.await`.
+
+use crate::event::Event;
+use crate::mesh::{Ack, Delivered, Fetch, Item, Mesh, PartitionInfo, Reset};
+use crate::metrics::{self, Metrics};
+use crate::topics::{self, TopicMeta};
+use kateway_core::config::Config;
+use kateway_core::{Error, ErrorKind};
+use kateway_log::{OffsetLog, Partition, PartitionConfig};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A partition this core owns.
+pub struct OwnedPartition {
+    pub log: Partition,
+    pub offsets: OffsetLog,
+    /// Next offset to hand out per group (ahead of the committed offset with explicit acks).
+    pub cursors: HashMap<String, u64>,
+    /// Written since the last fsync.
+    pub unsynced: bool,
+    /// Cached fsync handles: (segment base or offsets generation, file).
+    pub sync_log: Option<(u64, Rc<monoio::fs::File>)>,
+    pub sync_offsets: Option<(u64, Rc<monoio::fs::File>)>,
+}
+
+/// Key of an owned partition.
+pub type PartKey = (Rc<str>, u32);
+
+/// Group-commit bookkeeping: appends join generation `next`; the flusher writes a generation
+/// (`written`), then fsyncs it (`synced`).
+#[derive(Default)]
+pub struct Durability {
+    pub next: Cell<u64>,
+    pub written: Cell<u64>,
+    pub synced: Cell<u64>,
+    /// The highest generation an `ack=all` caller waits to see synced.
+    pub sync_wanted: Cell<u64>,
+    /// Moves after every write and every sync.
+    pub progress: Event,
+    /// Wakes the flusher.
+    pub work: Event,
+    /// Set when a write or fsync failed: the core refuses further writes.
+    pub failed: RefCell<Option<String>>,
+}
+
+/// One core's shard.
+pub struct Shard {
+    pub id: usize,
+    pub cfg: Rc<Config>,
+    pub mesh: Mesh,
+    pub topics: RefCell<HashMap<Rc<str>, Rc<TopicMeta>>>,
+    pub parts: RefCell<HashMap<PartKey, Rc<RefCell<OwnedPartition>>>>,
+    /// Owned partitions written since the last flush.
+    pub dirty: RefCell<Vec<PartKey>>,
+    /// Appended bytes not yet written.
+    pub pending_bytes: Cell<usize>,
+    pub dur: Durability,
+    /// Long-poll wake-ups per topic.
+    pub topic_events: RefCell<HashMap<Rc<str>, Rc<Event>>>,
+    /// Long polls parked on this core per topic.
+    pub parked: RefCell<HashMap<Rc<str>, usize>>,
+    /// Per topic, how many parked polls each core has (as owner of partitions).
+    pub interest: RefCell<HashMap<Rc<str>, Vec<i64>>>,
+    pub rr: Cell<usize>,
+    pub metrics: Metrics,
+    pub shutdown: Cell<bool>,
+    pub shutdown_event: Event,
+    pub stop_event: Event,
+    pub started: std::time::Instant,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn storage_err(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::StorageFailed, format!("storage: {e}"))
+}
+
+impl Shard {
+    pub fn new(id: usize, cfg: Rc<Config>, mesh: Mesh) -> Self {
+        let dur = Durability::default();
+        dur.next.set(1);
+        Self {
+            id,
+            cfg,
+            mesh,
+            topics: Default::default(),
+            parts: Default::default(),
+            dirty: Default::default(),
+            pending_bytes: Cell::new(0),
+            dur,
+            topic_events: Default::default(),
+            parked: Default::default(),
+            interest: Default::default(),
+            rr: Cell::new(id),
+            metrics: Metrics::default(),
+            shutdown: Cell::new(false),
+            shutdown_event: Event::default(),
+            stop_event: Event::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn cores(&self) -> usize {
+        self.mesh.cores()
+    }
+
+    /// The topic's metadata, or 404.
+    pub fn topic(&self, name: &str) -> Result<Rc<TopicMeta>, Error> {
+        self.topics
+            .borrow()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}")))
+    }
+
+    fn part(&self, topic: &str, p: u32) -> Result<Rc<RefCell<OwnedPartition>>, Error> {
+        let key: Rc<str> = Rc::from(topic);
+        self.parts
+            .borrow()
+            .get(&(key, p))
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown partition {topic}/{p}")))
+    }
+
+    /// Installs a topic and opens the partitions this core owns (recovering them).
+    pub fn apply_topic(&self, meta: TopicMeta) -> Result<(), Error> {
+        let name: Rc<str> = Rc::from(meta.name.as_str());
+        let pcfg = PartitionConfig {
+            segment_bytes: self.cfg.store.segment_bytes.0,
+            index_interval: self.cfg.store.index_interval_bytes.0,
+        };
+        for p in 0..meta.partitions {
+            if meta.owner(p, self.cores()) != self.id {
+                continue;
+            }
+            let key = (name.clone(), p);
+            if self.parts.borrow().contains_key(&key) {
+                continue;
+            }
+            let dir = topics::partition_dir(&self.cfg.store.data_dir, &meta.name, p);
+            let (log, report) = Partition::open(&dir, pcfg).map_err(storage_err)?;
+            if report.truncated_bytes > 0 {
+                tracing::warn!(core = self.id, topic = %meta.name, partition = p,
+                    dropped_bytes = report.truncated_bytes, next_offset = report.next_offset,
+                    "recovery truncated a torn or corrupt log tail");
+            }
+            let offsets = OffsetLog::open(&dir, self.cfg.store.offsets_compact_bytes.0).map_err(storage_err)?;
+            self.parts.borrow_mut().insert(
+                key,
+                Rc::new(RefCell::new(OwnedPartition {
+                    log,
+                    offsets,
+                    cursors: HashMap::new(),
+                    unsynced: false,
+                    sync_log: None,
+                    sync_offsets: None,
+                })),
+            );
+        }
+        self.topics.borrow_mut().insert(name, Rc::new(meta));
+        Ok(())
+    }
+
+    /// Forgets a topic and deletes this core's partitions of it.
+    pub fn drop_topic(&self, name: &str) {
+        self.topics.borrow_mut().remove(name);
+        let keys: Vec<PartKey> = self.parts.borrow().keys().filter(|(t, _)| &**t == name).cloned().collect();
+        for k in keys {
+            self.parts.borrow_mut().remove(&k);
+            let dir = topics::partition_dir(&self.cfg.store.data_dir, name, k.1);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(core = self.id, dir = %dir.display(), "cannot remove partition: {e}");
+            }
+        }
+        self.dirty.borrow_mut().retain(|(t, _)| &**t != name);
+        self.topic_event(name).notify();
+    }
+
+    /// Picks the partition for a keyless publish: one this core owns if it has any.
+    pub fn pick_partition(&self, meta: &TopicMeta) -> u32 {
+        let n = self.rr.get();
+        self.rr.set(n.wrapping_add(1));
+        let cores = self.cores();
+        let owned = (0..meta.partitions).filter(|&p| meta.owner(p, cores) == self.id).count();
+        if owned == 0 {
+            return (n % meta.partitions as usize) as u32;
+        }
+        let k = n % owned;
+        (0..meta.partitions)
+            .filter(|&p| meta.owner(p, cores) == self.id)
+            .nth(k)
+            .expect("k < owned")
+    }
+
+    /// Refuses writes when the core is failed, shutting down or has too much unwritten data.
+    pub fn admit_write(&self) -> Result<(), Error> {
+        if let Some(e) = self.dur.failed.borrow().as_ref() {
+            return Err(Error::new(ErrorKind::StorageFailed, format!("log failed earlier: {e}")));
+        }
+        if self.pending_bytes.get() > self.cfg.limits.max_pending_bytes_per_core.0 as usize {
+            return Err(Error::new(ErrorKind::Overloaded, "too much unwritten data on this core"));
+        }
+        Ok(())
+    }
+
+    /// Appends to an owned partition (no I/O) and returns the offsets and the generation.
+    pub fn append_local(&self, topic: &str, p: u32, items: &[Item]) -> Result<(Vec<u64>, u64), Error> {
+        self.admit_write()?;
+        let part = self.part(topic, p)?;
+        let ts = now_ms();
+        let mut offsets = Vec::with_capacity(items.len());
+        let mut bytes = 0usize;
+        {
+            let mut st = part.borrow_mut();
+            let before = st.log.pending_bytes();
+            for it in items {
+                offsets.push(st.log.append(ts, &it.key, &it.tags, &it.value));
+                bytes += it.value.len();
+            }
+            self.pending_bytes.set(self.pending_bytes.get() + st.log.pending_bytes() - before);
+        }
+        self.mark_dirty(topic, p);
+        metrics::add(&self.metrics.pub_messages_total, items.len() as u64);
+        metrics::add(&self.metrics.pub_bytes_total, bytes as u64);
+        Ok((offsets, self.dur.next.get()))
+    }
+
+    fn mark_dirty(&self, topic: &str, p: u32) {
+        let mut d = self.dirty.borrow_mut();
+        if !d.iter().any(|(t, q)| *q == p && &**t == topic) {
+            d.push((Rc::from(topic), p));
+        }
+        self.dur.work.notify();
+    }
+
+    /// Waits until generation `gen` reached the durability `ack` asks for.
+    pub async fn wait_durable(&self, gen: u64, ack: Ack) -> Result<(), Error> {
+        let target = match ack {
+            Ack::Async => return Ok(()),
+            Ack::Local => &self.dur.written,
+            Ack::All => {
+                if self.dur.sync_wanted.get() < gen {
+                    self.dur.sync_wanted.set(gen);
+                    self.dur.work.notify();
+                }
+                &self.dur.synced
+            }
+        };
+        loop {
+            if target.get() >= gen {
+                return Ok(());
+            }
+            if let Some(e) = self.dur.failed.borrow().as_ref() {
+                return Err(Error::new(ErrorKind::StorageFailed, format!("log failed: {e}")));
+            }
+            let seen = self.dur.progress.epoch();
+            self.dur.progress.wait(seen).await;
+        }
+    }
+
+    /// Appends locally and waits for durability.
+    pub async fn publish_local(&self, topic: &str, p: u32, items: &[Item], ack: Ack) -> Result<Vec<u64>, Error> {
+        let (offsets, gen) = self.append_local(topic, p, items)?;
+        self.wait_durable(gen, ack).await?;
+        Ok(offsets)
+    }
+
+    /// Hands out messages of a group from this core's partitions of a topic.
+    pub fn fetch_local(&self, f: &Fetch) -> Result<Vec<Delivered>, Error> {
+        let meta = self.topic(&f.topic)?;
+        let cores = self.cores();
+        let mine: Vec<u32> = (0..meta.partitions).filter(|&p| meta.owner(p, cores) == self.id).collect();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        if mine.is_empty() {
+            return Ok(out);
+        }
+        let start = self.rr.get();
+        self.rr.set(start.wrapping_add(1));
+        for i in 0..mine.len() {
+            if out.len() >= f.max || bytes >= f.max_bytes {
+                break;
+            }
+            let p = mine[(start + i) % mine.len()];
+            let part = self.part(&f.topic, p)?;
+            let mut st = part.borrow_mut();
+            let st = &mut *st;
+            let (oldest, end) = (st.log.start(), st.log.end());
+            let cursor = match st.cursors.get(&f.group) {
+                Some(&c) => c,
+                None => match st.offsets.get(&f.group) {
+                    Some(c) => c,
+                    None => match f.reset {
+                        Reset::Oldest => oldest,
+                        Reset::Newest => end,
+                    },
+                },
+            };
+            // After recovery truncated a tail, or retention removed the head, clamp.
+            let mut cursor = cursor.clamp(oldest, end);
+            if cursor < end {
+                let recs = st
+                    .log
+                    .read(cursor, f.max - out.len(), f.max_bytes - bytes)
+                    .map_err(storage_err)?;
+                for r in recs {
+                    cursor = r.offset + 1;
+                    if !f.tags.is_empty() && !tags_match(&r.tags, &f.tags) {
+                        continue;
+                    }
+                    bytes += r.value.len();
+                    out.push(Delivered {
+                        partition: p,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key,
+                        tags: r.tags,
+                        value: r.value,
+                    });
+                }
+            }
+            st.cursors.insert(f.group.clone(), cursor);
+            if f.auto_ack && st.offsets.commit(&f.group, cursor) {
+                self.mark_dirty(&f.topic, p);
+            }
+        }
+        metrics::add(&self.metrics.sub_messages_total, out.len() as u64);
+        metrics::add(&self.metrics.sub_bytes_total, bytes as u64);
+        Ok(out)
+    }
+
+    /// Commits a group's offset (the next offset to consume) and waits until it is durable.
+    pub async fn commit_local(&self, topic: &str, p: u32, group: &str, offset: u64) -> Result<(), Error> {
+        self.admit_write()?;
+        let part = self.part(topic, p)?;
+        {
+            let mut st = part.borrow_mut();
+            let end = st.log.end();
+            if offset > end {
+                return Err(Error::new(
+                    ErrorKind::InvalidAck,
+                    format!("offset {} is beyond the end of partition {p} ({end})", offset.saturating_sub(1)),
+                ));
+            }
+            if !st.offsets.commit(group, offset) {
+                return Ok(());
+            }
+            if st.cursors.get(group).is_none_or(|&c| c < offset) {
+                st.cursors.insert(group.to_owned(), offset);
+            }
+        }
+        self.mark_dirty(topic, p);
+        let gen = self.dur.next.get();
+        self.wait_durable(gen, Ack::All).await
+    }
+
+    /// Offsets of this core's partitions of a topic and of the groups with the given prefix.
+    pub fn info_local(&self, topic: &str, group_prefix: &str) -> Vec<PartitionInfo> {
+        let parts = self.parts.borrow();
+        let mut out: Vec<PartitionInfo> = parts
+            .iter()
+            .filter(|((t, _), _)| &**t == topic)
+            .map(|((_, p), st)| {
+                let st = st.borrow();
+                PartitionInfo {
+                    partition: *p,
+                    oldest: st.log.start(),
+                    newest: st.log.end(),
+                    groups: st
+                        .offsets
+                        .groups()
+                        .filter(|(g, _)| g.starts_with(group_prefix))
+                        .map(|(g, o)| (g.to_owned(), o))
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|i| i.partition);
+        out
+    }
+
+    /// The wake-up event of a topic on this core.
+    pub fn topic_event(&self, topic: &str) -> Rc<Event> {
+        if let Some(e) = self.topic_events.borrow().get(topic) {
+            return e.clone();
+        }
+        let e = Rc::new(Event::default());
+        self.topic_events.borrow_mut().insert(Rc::from(topic), e.clone());
+        e
+    }
+
+    /// Records that `core` has `delta` more (or fewer) polls parked on `topic`.
+    pub fn add_interest(&self, topic: &str, core: usize, delta: i64) {
+        let mut m = self.interest.borrow_mut();
+        let v = m.entry(Rc::from(topic)).or_insert_with(|| vec![0; self.cores()]);
+        v[core] += delta;
+        if v.iter().all(|&c| c <= 0) {
+            m.remove(topic);
+        }
+    }
+
+    /// Starts shutdown: no new connections or long polls; parked polls wake up and answer 204.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.set(true);
+        self.shutdown_event.notify();
+        for e in self.topic_events.borrow().values() {
+            e.notify();
+        }
+    }
+}
+
+/// Whether a message's `;`-separated tags contain one of the wanted tags.
+pub fn tags_match(tags: &[u8], wanted: &[bytes::Bytes]) -> bool {
+    tags.split(|&b| b == b';')
+        .map(|t| t.trim_ascii())
+        .any(|t| !t.is_empty() && wanted.iter().any(|w| &w[..] == t))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tag_matching() {
+        let w = vec![bytes::Bytes::from_static(b"b"), bytes::Bytes::from_static(b"z")];
+        assert!(super::tags_match(b"a;b", &w));
+        assert!(super::tags_match(b" z ", &w));
+        assert!(!super::tags_match(b"a;bb", &w));
+        assert!(!super::tags_match(b"", &w));
+    }
+}
