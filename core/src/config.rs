@@ -114,7 +114,9 @@ impl Config {
                 apply_env(&mut base, rest, &v)?;
             }
         }
-        let cfg: Config = base.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let cfg: Config = base
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -134,27 +136,72 @@ impl Config {
             .map_err(|e| format!("server.listen = {:?}: {e}", s.listen))?;
         range("server.cores", s.cores.into(), 0, 1024)?;
         range("server.ring_entries", s.ring_entries.into(), 64, 32768)?;
-        range("server.max_connections_per_core", s.max_connections_per_core.into(), 1, 10_000_000)?;
+        range(
+            "server.max_connections_per_core",
+            s.max_connections_per_core.into(),
+            1,
+            10_000_000,
+        )?;
         let l = &self.limits;
-        range("limits.max_message_bytes", l.max_message_bytes.0, 1, 64 << 20)?;
+        range(
+            "limits.max_message_bytes",
+            l.max_message_bytes.0,
+            1,
+            64 << 20,
+        )?;
         range("limits.max_key_bytes", l.max_key_bytes.0, 1, 65535)?;
         range("limits.max_tag_bytes", l.max_tag_bytes.0, 1, 65535)?;
-        range("limits.max_header_bytes", l.max_header_bytes.0, 1024, 1 << 20)?;
-        range("limits.max_batch_messages", l.max_batch_messages.into(), 1, 1_000_000)?;
+        range(
+            "limits.max_header_bytes",
+            l.max_header_bytes.0,
+            1024,
+            1 << 20,
+        )?;
+        range(
+            "limits.max_batch_messages",
+            l.max_batch_messages.into(),
+            1,
+            1_000_000,
+        )?;
         range("limits.max_batch_bytes", l.max_batch_bytes.0, 1, 1 << 30)?;
-        range("limits.max_pending_bytes_per_core", l.max_pending_bytes_per_core.0, 1 << 20, 1 << 40)?;
+        range(
+            "limits.max_pending_bytes_per_core",
+            l.max_pending_bytes_per_core.0,
+            1 << 20,
+            1 << 40,
+        )?;
         let sub = &self.subscribe;
         range("subscribe.max_batch", sub.max_batch.into(), 1, 100_000)?;
-        range("subscribe.max_batch_bytes", sub.max_batch_bytes.0, 1, 1 << 30)?;
+        range(
+            "subscribe.max_batch_bytes",
+            sub.max_batch_bytes.0,
+            1,
+            1 << 30,
+        )?;
         if sub.default_wait > sub.max_wait {
             return Err("subscribe.default_wait must not exceed subscribe.max_wait".into());
         }
         let st = &self.store;
-        range("store.default_partitions", st.default_partitions.into(), 0, 10_000)?;
+        range(
+            "store.default_partitions",
+            st.default_partitions.into(),
+            0,
+            10_000,
+        )?;
         range("store.segment_bytes", st.segment_bytes.0, 1 << 20, 4 << 30)?;
-        range("store.index_interval_bytes", st.index_interval_bytes.0, 64, 1 << 20)?;
+        range(
+            "store.index_interval_bytes",
+            st.index_interval_bytes.0,
+            64,
+            1 << 20,
+        )?;
         range("store.fsync_bytes", st.fsync_bytes.0, 1, 1 << 40)?;
-        range("store.offsets_compact_bytes", st.offsets_compact_bytes.0, 4096, 1 << 30)?;
+        range(
+            "store.offsets_compact_bytes",
+            st.offsets_compact_bytes.0,
+            4096,
+            1 << 30,
+        )?;
         if st.fsync_interval.0.is_zero() {
             return Err("store.fsync_interval must be greater than 0".into());
         }
@@ -196,7 +243,9 @@ fn apply_env(base: &mut Value, rest: &str, raw: &str) -> Result<(), String> {
         .and_then(Value::as_table_mut)
         .ok_or_else(|| format!("missing section {section}"))?;
     if !table.contains_key(key) {
-        return Err(format!("unknown setting {section}.{key} (from KATEWAY_{rest})"));
+        return Err(format!(
+            "unknown setting {section}.{key} (from KATEWAY_{rest})"
+        ));
     }
     table.insert(key.to_owned(), value);
     Ok(())
@@ -219,9 +268,15 @@ mod tests {
     #[test]
     fn env_overrides_and_validation() {
         let env = vec![
-            ("KATEWAY_SERVER_LISTEN".to_string(), "0.0.0.0:1234".to_string()),
+            (
+                "KATEWAY_SERVER_LISTEN".to_string(),
+                "0.0.0.0:1234".to_string(),
+            ),
             ("KATEWAY_SERVER_CORES".to_string(), "3".to_string()),
-            ("KATEWAY_STORE_FSYNC_INTERVAL".to_string(), "5ms".to_string()),
+            (
+                "KATEWAY_STORE_FSYNC_INTERVAL".to_string(),
+                "5ms".to_string(),
+            ),
             ("HOME".to_string(), "/x".to_string()),
         ];
         let c = Config::load(None, env).unwrap();
@@ -232,7 +287,9 @@ mod tests {
         let err = Config::load(None, bad).unwrap_err();
         assert!(err.contains("server.ring_entries"), "{err}");
         let unknown = vec![("KATEWAY_SERVER_NOPE".to_string(), "1".to_string())];
-        assert!(Config::load(None, unknown).unwrap_err().contains("server.nope"));
+        assert!(Config::load(None, unknown)
+            .unwrap_err()
+            .contains("server.nope"));
     }
 
     #[test]

@@ -158,6 +158,9 @@ mod tests {
         assert_eq!(ErrorKind::HeadersTooLarge.status(), 431);
         assert!(ErrorKind::Overloaded.retryable());
         assert!(!ErrorKind::InvalidName.retryable());
-        assert_eq!(Error::new(ErrorKind::ShuttingDown, "x").retry_after(), Some(1));
+        assert_eq!(
+            Error::new(ErrorKind::ShuttingDown, "x").retry_after(),
+            Some(1)
+        );
     }
 }

@@ -50,7 +50,10 @@ pub fn parse_ndjson(
     let mut start = 0;
     let b = &body[..];
     while start < b.len() {
-        let end = b[start..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| start + i);
+        let end = b[start..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |i| start + i);
         let mut line_end = end;
         if line_end > start && b[line_end - 1] == b'\r' {
             line_end -= 1;
@@ -97,7 +100,9 @@ pub fn parse_binary(
         if kl > max_key {
             return Err(bad("key too long"));
         }
-        let key = (i + kl <= b.len()).then(|| body.slice(i..i + kl)).ok_or(bad("truncated key"))?;
+        let key = (i + kl <= b.len())
+            .then(|| body.slice(i..i + kl))
+            .ok_or(bad("truncated key"))?;
         i += kl;
         let vl = b.get(i..i + 4).ok_or(bad("truncated value length"))?;
         let vl = u32::from_be_bytes([vl[0], vl[1], vl[2], vl[3]]) as usize;
@@ -202,8 +207,14 @@ mod tests {
         let v: Vec<_> = items.iter().map(|i| i.value.to_vec()).collect();
         assert_eq!(v, vec![b"a".to_vec(), b"bb".to_vec(), b" ccc".to_vec()]);
         assert_eq!(parse_ndjson(&body, 2, 100), Err(BatchError::TooMany));
-        assert_eq!(parse_ndjson(&body, 10, 2), Err(BatchError::MessageTooLarge { index: 2 }));
-        assert_eq!(parse_ndjson(&Bytes::from_static(b"\n\n"), 10, 10), Err(BatchError::Empty));
+        assert_eq!(
+            parse_ndjson(&body, 10, 2),
+            Err(BatchError::MessageTooLarge { index: 2 })
+        );
+        assert_eq!(
+            parse_ndjson(&Bytes::from_static(b"\n\n"), 10, 10),
+            Err(BatchError::Empty)
+        );
     }
 
     #[test]
@@ -219,7 +230,8 @@ mod tests {
         for cut in 1..body.len() {
             let r = parse_binary(&body.slice(..cut), 10, 100, 10);
             assert!(
-                matches!(r, Err(BatchError::Invalid { .. })) || r.as_ref().map(|v| v.len()) == Ok(1),
+                matches!(r, Err(BatchError::Invalid { .. }))
+                    || r.as_ref().map(|v| v.len()) == Ok(1),
                 "cut {cut}: {r:?}"
             );
         }

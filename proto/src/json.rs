@@ -48,6 +48,9 @@ mod tests {
         let mut out = BytesMut::new();
         put_str(&mut out, "a\"b\\c\nd\u{1}é");
         assert_eq!(&out[..], "\"a\\\"b\\\\c\\nd\\u0001é\"".as_bytes());
-        assert_eq!(&error_body("x", 40400)[..], b"{\"errmsg\":\"x\",\"code\":40400}");
+        assert_eq!(
+            &error_body("x", 40400)[..],
+            b"{\"errmsg\":\"x\",\"code\":40400}"
+        );
     }
 }

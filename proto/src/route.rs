@@ -15,15 +15,37 @@ pub enum Route<'a> {
     /// `POST /v1/msgs/:topic/:ver`
     Publish { topic: &'a str, ver: &'a str },
     /// `GET /v1/msgs/:appid/:topic/:ver`
-    Subscribe { appid: &'a str, topic: &'a str, ver: &'a str },
+    Subscribe {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+    },
     /// `PUT /v1/offsets/:appid/:topic/:ver/:group`
-    AckBatch { appid: &'a str, topic: &'a str, ver: &'a str, group: &'a str },
+    AckBatch {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+        group: &'a str,
+    },
     /// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
-    Topic { method: Method, appid: &'a str, topic: &'a str, ver: &'a str },
+    Topic {
+        method: Method,
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+    },
     /// `GET /v1/partitions/:appid/:topic/:ver`
-    Partitions { appid: &'a str, topic: &'a str, ver: &'a str },
+    Partitions {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+    },
     /// `GET /v1/status/:appid/:topic/:ver`
-    TopicStatus { appid: &'a str, topic: &'a str, ver: &'a str },
+    TopicStatus {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+    },
 }
 
 /// Why no route matched.
@@ -39,7 +61,10 @@ pub enum RouteError {
 pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError> {
     use Method::*;
     use RouteError::*;
-    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
     let mut segs = [""; 8];
     let mut n = 0;
     for s in path.split('/').skip(1) {
@@ -68,12 +93,22 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
         ["v1", "offsets", appid, topic, ver, group] => allow(
             method == Put,
             "PUT",
-            Route::AckBatch { appid, topic, ver, group },
+            Route::AckBatch {
+                appid,
+                topic,
+                ver,
+                group,
+            },
         ),
         ["v1", "topics", appid, topic, ver] => allow(
             matches!(method, Post | Put | Delete),
             "POST, PUT, DELETE",
-            Route::Topic { method, appid, topic, ver },
+            Route::Topic {
+                method,
+                appid,
+                topic,
+                ver,
+            },
         ),
         ["v1", "partitions", appid, topic, ver] => {
             allow(get, "GET", Route::Partitions { appid, topic, ver })
@@ -94,21 +129,34 @@ mod tests {
         assert_eq!(route(Method::Get, "/alive"), Ok(Route::Alive));
         assert_eq!(
             route(Method::Post, "/v1/msgs/orders/v1"),
-            Ok(Route::Publish { topic: "orders", ver: "v1" })
+            Ok(Route::Publish {
+                topic: "orders",
+                ver: "v1"
+            })
         );
         assert_eq!(
             route(Method::Get, "/v1/msgs/app/orders/v1"),
-            Ok(Route::Subscribe { appid: "app", topic: "orders", ver: "v1" })
+            Ok(Route::Subscribe {
+                appid: "app",
+                topic: "orders",
+                ver: "v1"
+            })
         );
         assert_eq!(
             route(Method::Get, "/v1/msgs/orders/v1"),
             Err(RouteError::MethodNotAllowed("POST"))
         );
         assert_eq!(route(Method::Get, "/v1/nope"), Err(RouteError::NotFound));
-        assert_eq!(route(Method::Get, "/a/b/c/d/e/f/g/h/i/j"), Err(RouteError::NotFound));
+        assert_eq!(
+            route(Method::Get, "/a/b/c/d/e/f/g/h/i/j"),
+            Err(RouteError::NotFound)
+        );
         assert!(matches!(
             route(Method::Delete, "/v1/topics/a/t/v1"),
-            Ok(Route::Topic { method: Method::Delete, .. })
+            Ok(Route::Topic {
+                method: Method::Delete,
+                ..
+            })
         ));
         assert_eq!(
             route(Method::Get, "/v1/topics/a/t/v1"),

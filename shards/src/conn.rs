@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::http1::encode::write_continue;
 use kateway_proto::http1::{Decoder, Event, Limits};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::rc::Rc;
@@ -21,7 +22,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let cfg = &shard.cfg;
     let limits = Limits {
         max_head: cfg.limits.max_header_bytes.0 as usize,
-        max_body: (cfg.limits.max_batch_bytes.0.max(cfg.limits.max_message_bytes.0) as usize).max(1 << 16),
+        max_body: (cfg
+            .limits
+            .max_batch_bytes
+            .0
+            .max(cfg.limits.max_message_bytes.0) as usize)
+            .max(1 << 16),
     };
     let mut decoder = Decoder::new(limits);
     let mut rbuf = BytesMut::new();
@@ -41,7 +47,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 }
                 Err(e) => {
                     let err = api::http_error(&e);
-                    let mut out = api::Out { buf: &mut wbuf, close: true, head: false };
+                    let mut out = api::Out {
+                        buf: &mut wbuf,
+                        close: true,
+                        head: false,
+                    };
                     api::write_error(&mut out, &err, None);
                     count_error(&shard);
                     close = true;
@@ -65,13 +75,20 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         if shard.shutdown.get() && !partial {
             return;
         }
-        let timeout = if partial { cfg.server.request_timeout.0 } else { cfg.server.idle_timeout.0 };
+        let timeout = if partial {
+            cfg.server.request_timeout.0
+        } else {
+            cfg.server.idle_timeout.0
+        };
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
             rbuf.reserve(READ_CHUNK);
         }
         let seen = shard.shutdown_event.epoch();
+        let filled = rbuf.len();
+        // Read into the spare capacity after what is buffered.
+        let spare = rbuf.slice_mut(filled..);
         let read = monoio::select! {
-            r = monoio::time::timeout(timeout, stream.read(rbuf)) => Some(r),
+            r = monoio::time::timeout(timeout, stream.read(spare)) => Some(r),
             _ = shard.shutdown_event.wait(seen), if !partial => None,
         };
         match read {
@@ -80,7 +97,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 if partial {
                     let err = Error::new(ErrorKind::RequestTimeout, "request not received in time");
                     let mut buf = BytesMut::new();
-                    let mut out = api::Out { buf: &mut buf, close: true, head: false };
+                    let mut out = api::Out {
+                        buf: &mut buf,
+                        close: true,
+                        head: false,
+                    };
                     api::write_error(&mut out, &err, None);
                     count_error(&shard);
                     let _ = stream.write_all(buf).await;
@@ -88,7 +109,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 return;
             }
             Some(Ok((res, buf))) => {
-                rbuf = buf;
+                rbuf = buf.into_inner();
                 match res {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}

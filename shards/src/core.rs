@@ -36,11 +36,16 @@ pub async fn run(init: CoreInit) {
             return;
         }
     }
-    let opts = ListenerOpts::new().reuse_port(true).backlog(init.cfg.server.backlog);
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .backlog(init.cfg.server.backlog);
     let listener = match TcpListener::bind_with_config(init.cfg.server.listen.as_str(), &opts) {
         Ok(l) => l,
         Err(e) => {
-            let _ = init.ready.send(Err(format!("cannot listen on {}: {e}", init.cfg.server.listen)));
+            let _ = init.ready.send(Err(format!(
+                "cannot listen on {}: {e}",
+                init.cfg.server.listen
+            )));
             return;
         }
     };
@@ -90,8 +95,19 @@ async fn accept(shard: Rc<Shard>, listener: TcpListener) {
 async fn reject(mut stream: monoio::net::TcpStream) {
     use monoio::io::AsyncWriteRentExt;
     let mut buf = bytes::BytesMut::new();
-    let mut out = api::Out { buf: &mut buf, close: true, head: false };
-    api::write_error(&mut out, &Error::new(ErrorKind::TooManyConnections, "too many connections on this core"), None);
+    let mut out = api::Out {
+        buf: &mut buf,
+        close: true,
+        head: false,
+    };
+    api::write_error(
+        &mut out,
+        &Error::new(
+            ErrorKind::TooManyConnections,
+            "too many connections on this core",
+        ),
+        None,
+    );
     let _ = stream.write_all(buf).await;
 }
 
@@ -99,7 +115,13 @@ async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
     let admin_busy = Rc::new(Cell::new(false));
     while let Ok(msg) = rx.recv_async().await {
         match msg {
-            Msg::Append { topic, partition, items, ack, reply } => {
+            Msg::Append {
+                topic,
+                partition,
+                items,
+                ack,
+                reply,
+            } => {
                 let s = shard.clone();
                 monoio::spawn(async move {
                     let _ = reply.send(s.publish_local(&topic, partition, &items, ack).await);
@@ -108,13 +130,23 @@ async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
             Msg::Fetch { fetch, reply } => {
                 let _ = reply.send(shard.fetch_local(&fetch));
             }
-            Msg::Commit { topic, partition, group, offset, reply } => {
+            Msg::Commit {
+                topic,
+                partition,
+                group,
+                offset,
+                reply,
+            } => {
                 let s = shard.clone();
                 monoio::spawn(async move {
                     let _ = reply.send(s.commit_local(&topic, partition, &group, offset).await);
                 });
             }
-            Msg::Info { topic, group_prefix, reply } => {
+            Msg::Info {
+                topic,
+                group_prefix,
+                reply,
+            } => {
                 let _ = reply.send(shard.info_local(&topic, &group_prefix));
             }
             Msg::Interest { topic, core, delta } => shard.add_interest(&topic, core, delta),

@@ -59,6 +59,9 @@ mod tests {
     #[test]
     fn formats_imf_fixdate() {
         assert_eq!(&super::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(&super::format(1_796_073_164), b"Mon, 30 Nov 2026 21:12:44 GMT");
+        assert_eq!(
+            &super::format(1_796_073_164),
+            b"Mon, 30 Nov 2026 21:12:44 GMT"
+        );
     }
 }

@@ -90,8 +90,13 @@ fn write_dirty(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> u64 {
         };
         let mut st = part.borrow_mut();
         let before = st.log.pending_bytes();
-        let res = st.log.write_pending().and_then(|n| st.offsets.write_pending().map(|_| n));
-        shard.pending_bytes.set(shard.pending_bytes.get().saturating_sub(before));
+        let res = st
+            .log
+            .write_pending()
+            .and_then(|n| st.offsets.write_pending().map(|_| n));
+        shard
+            .pending_bytes
+            .set(shard.pending_bytes.get().saturating_sub(before));
         match res {
             Ok(n) => {
                 total += n as u64;
@@ -114,7 +119,13 @@ fn write_dirty(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> u64 {
             .interest
             .borrow()
             .get(&t)
-            .map(|v| v.iter().enumerate().filter(|(c, &n)| n > 0 && *c != shard.id).map(|(c, _)| c).collect())
+            .map(|v| {
+                v.iter()
+                    .enumerate()
+                    .filter(|(c, &n)| n > 0 && *c != shard.id)
+                    .map(|(c, _)| c)
+                    .collect()
+            })
             .unwrap_or_default();
         for core in interested {
             let mesh = shard.mesh.clone();
@@ -177,24 +188,47 @@ fn cached(
 }
 
 fn fail(shard: &Shard, msg: &str) {
-    tracing::error!(core = shard.id, "log write failed, refusing further writes on this core: {msg}");
-    shard.dur.failed.borrow_mut().get_or_insert_with(|| msg.to_owned());
+    tracing::error!(
+        core = shard.id,
+        "log write failed, refusing further writes on this core: {msg}"
+    );
+    shard
+        .dur
+        .failed
+        .borrow_mut()
+        .get_or_insert_with(|| msg.to_owned());
     shard.dur.progress.notify();
 }
 
 /// Periodically enforces retention on this core's partitions.
 pub async fn retention(shard: Rc<Shard>) {
-    let every = shard.cfg.store.retention_check_interval.0.max(Duration::from_millis(100));
+    let every = shard
+        .cfg
+        .store
+        .retention_check_interval
+        .0
+        .max(Duration::from_millis(100));
     loop {
         monoio::time::sleep(every).await;
         if shard.stop_event.epoch() > 0 {
             return;
         }
-        let parts: Vec<(PartKey, _)> = shard.parts.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let parts: Vec<(PartKey, _)> = shard
+            .parts
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for ((topic, p), part) in parts {
-            let Ok(meta) = shard.topic(&topic) else { continue };
-            let hours = meta.retention_hours.unwrap_or(shard.cfg.store.retention_hours);
-            let bytes = meta.retention_bytes.unwrap_or(shard.cfg.store.retention_bytes.0);
+            let Ok(meta) = shard.topic(&topic) else {
+                continue;
+            };
+            let hours = meta
+                .retention_hours
+                .unwrap_or(shard.cfg.store.retention_hours);
+            let bytes = meta
+                .retention_bytes
+                .unwrap_or(shard.cfg.store.retention_bytes.0);
             let age = (hours > 0).then(|| Duration::from_secs(hours * 3600));
             if let Err(e) = part.borrow_mut().log.enforce_retention(bytes, age) {
                 tracing::warn!(core = shard.id, topic = %topic, partition = p, "retention: {e}");

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "kateway", version, about = "Thread-per-core HTTP Pub/Sub gateway with an embedded log store")]
+#[command(
+    name = "kateway",
+    version,
+    about = "Thread-per-core HTTP Pub/Sub gateway with an embedded log store"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -41,7 +45,12 @@ fn main() {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Defaults => print!("{}", kateway_core::config::DEFAULT_TOML),
-        Cmd::Serve { config, listen, data_dir, cores } => {
+        Cmd::Serve {
+            config,
+            listen,
+            data_dir,
+            cores,
+        } => {
             let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -64,7 +73,10 @@ fn main() {
             }
             let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(false)
+                .init();
             if let Err(e) = kateway_shards::runtime::run(cfg) {
                 eprintln!("kateway: {e}");
                 std::process::exit(1);

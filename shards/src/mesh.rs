@@ -83,7 +83,10 @@ pub enum Msg {
         reply: Reply<Result<Vec<u64>, Error>>,
     },
     /// Fetch for a group from the receiver's partitions of a topic.
-    Fetch { fetch: Fetch, reply: Reply<Result<Vec<Delivered>, Error>> },
+    Fetch {
+        fetch: Fetch,
+        reply: Reply<Result<Vec<Delivered>, Error>>,
+    },
     /// Commit a group's offset on a partition (durably before answering).
     Commit {
         topic: String,
@@ -93,15 +96,29 @@ pub enum Msg {
         reply: Reply<Result<(), Error>>,
     },
     /// Offsets of the receiver's partitions of a topic; groups whose name starts with the prefix.
-    Info { topic: String, group_prefix: String, reply: Reply<Vec<PartitionInfo>> },
+    Info {
+        topic: String,
+        group_prefix: String,
+        reply: Reply<Vec<PartitionInfo>>,
+    },
     /// The sender has (delta > 0) or no longer has (delta < 0) long polls parked on a topic.
-    Interest { topic: String, core: usize, delta: i64 },
+    Interest {
+        topic: String,
+        core: usize,
+        delta: i64,
+    },
     /// New data on a topic the receiver asked about.
     Wake { topic: String },
     /// Core 0 only: create, alter or delete a topic.
-    Admin { op: AdminOp, reply: Reply<Result<TopicMeta, Error>> },
+    Admin {
+        op: AdminOp,
+        reply: Reply<Result<TopicMeta, Error>>,
+    },
     /// Install (or replace) a topic's metadata and open the receiver's partitions of it.
-    Apply { meta: TopicMeta, reply: Reply<Result<(), Error>> },
+    Apply {
+        meta: TopicMeta,
+        reply: Reply<Result<(), Error>>,
+    },
     /// Forget a topic and remove the receiver's partitions of it.
     Drop { name: String, reply: Reply<()> },
     /// The receiver's metrics.
@@ -155,7 +172,11 @@ impl Mesh {
     }
 
     /// Sends a request and waits for its answer.
-    pub async fn call<T>(&self, core: usize, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, Error> {
+    pub async fn call<T>(
+        &self,
+        core: usize,
+        make: impl FnOnce(Reply<T>) -> Msg,
+    ) -> Result<T, Error> {
         let (tx, rx) = flume::bounded(1);
         self.send(core, make(tx)).await;
         rx.recv_async()

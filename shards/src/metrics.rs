@@ -22,7 +22,10 @@ impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: std::time::Duration) {
         let s = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|&b| s <= b).unwrap_or(BUCKETS.len());
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
         self.counts[i].set(self.counts[i].get() + 1);
         self.sum_ns.set(self.sum_ns.get() + d.as_nanos() as u64);
     }
@@ -151,8 +154,16 @@ impl Snapshot {
         self.render_counters(&mut out);
         let _ = writeln!(out, "# HELP kateway_log_size_bytes Bytes stored in log segments.\n# TYPE kateway_log_size_bytes gauge\nkateway_log_size_bytes {}", self.log_bytes);
         let _ = writeln!(out, "# HELP kateway_log_partitions Partitions stored.\n# TYPE kateway_log_partitions gauge\nkateway_log_partitions {}", self.partitions);
-        self.request_seconds.render(&mut out, "kateway_http_request_duration_seconds", "Request latency.");
-        self.fsync_seconds.render(&mut out, "kateway_log_fsync_duration_seconds", "Group-commit fsync latency.");
+        self.request_seconds.render(
+            &mut out,
+            "kateway_http_request_duration_seconds",
+            "Request latency.",
+        );
+        self.fsync_seconds.render(
+            &mut out,
+            "kateway_log_fsync_duration_seconds",
+            "Group-commit fsync latency.",
+        );
         out
     }
 }

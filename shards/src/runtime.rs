@@ -15,16 +15,23 @@ pub fn run(cfg: Config) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
     };
-    std::fs::create_dir_all(&cfg.store.data_dir)
-        .map_err(|e| format!("cannot create data dir {}: {e}", cfg.store.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.store.data_dir).map_err(|e| {
+        format!(
+            "cannot create data dir {}: {e}",
+            cfg.store.data_dir.display()
+        )
+    })?;
     let topics = crate::topics::load(&cfg.store.data_dir)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (mesh, inboxes) = Mesh::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let cfg = Arc::new(cfg);
     let signals = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut sig = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut sig = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let mut threads = Vec::new();
     for (id, inbox) in inboxes.into_iter().enumerate() {
         let cfg = cfg.clone();
@@ -38,7 +45,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 if let Some(cpu) = cpu {
                     core_affinity::set_for_current(cpu);
                 }
-                let init = CoreInit { id, cfg: Rc::new((*cfg).clone()), mesh, inbox, topics, ready };
+                let init = CoreInit {
+                    id,
+                    cfg: Rc::new((*cfg).clone()),
+                    mesh,
+                    inbox,
+                    topics,
+                    ready,
+                };
                 reactor(id, cfg.server.ring_entries, init);
             })
             .map_err(|e| format!("cannot start core thread: {e}"))?;
@@ -92,7 +106,10 @@ fn reactor(id: usize, entries: u32, init: CoreInit) {
         match rt {
             Ok(mut rt) => return rt.block_on(core::run(init)),
             Err(e) => {
-                tracing::warn!(core = id, "io_uring with SINGLE_ISSUER|DEFER_TASKRUN failed ({e}); trying default flags");
+                tracing::warn!(
+                    core = id,
+                    "io_uring with SINGLE_ISSUER|DEFER_TASKRUN failed ({e}); trying default flags"
+                );
                 if let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                     .with_entries(entries)
                     .enable_timer()

@@ -125,11 +125,12 @@ impl Shard {
 
     fn part(&self, topic: &str, p: u32) -> Result<Rc<RefCell<OwnedPartition>>, Error> {
         let key: Rc<str> = Rc::from(topic);
-        self.parts
-            .borrow()
-            .get(&(key, p))
-            .cloned()
-            .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown partition {topic}/{p}")))
+        self.parts.borrow().get(&(key, p)).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownTopic,
+                format!("unknown partition {topic}/{p}"),
+            )
+        })
     }
 
     /// Installs a topic and opens the partitions this core owns (recovering them).
@@ -154,7 +155,8 @@ impl Shard {
                     dropped_bytes = report.truncated_bytes, next_offset = report.next_offset,
                     "recovery truncated a torn or corrupt log tail");
             }
-            let offsets = OffsetLog::open(&dir, self.cfg.store.offsets_compact_bytes.0).map_err(storage_err)?;
+            let offsets = OffsetLog::open(&dir, self.cfg.store.offsets_compact_bytes.0)
+                .map_err(storage_err)?;
             self.parts.borrow_mut().insert(
                 key,
                 Rc::new(RefCell::new(OwnedPartition {
@@ -174,7 +176,13 @@ impl Shard {
     /// Forgets a topic and deletes this core's partitions of it.
     pub fn drop_topic(&self, name: &str) {
         self.topics.borrow_mut().remove(name);
-        let keys: Vec<PartKey> = self.parts.borrow().keys().filter(|(t, _)| &**t == name).cloned().collect();
+        let keys: Vec<PartKey> = self
+            .parts
+            .borrow()
+            .keys()
+            .filter(|(t, _)| &**t == name)
+            .cloned()
+            .collect();
         for k in keys {
             self.parts.borrow_mut().remove(&k);
             let dir = topics::partition_dir(&self.cfg.store.data_dir, name, k.1);
@@ -191,7 +199,9 @@ impl Shard {
         let n = self.rr.get();
         self.rr.set(n.wrapping_add(1));
         let cores = self.cores();
-        let owned = (0..meta.partitions).filter(|&p| meta.owner(p, cores) == self.id).count();
+        let owned = (0..meta.partitions)
+            .filter(|&p| meta.owner(p, cores) == self.id)
+            .count();
         if owned == 0 {
             return (n % meta.partitions as usize) as u32;
         }
@@ -205,16 +215,27 @@ impl Shard {
     /// Refuses writes when the core is failed, shutting down or has too much unwritten data.
     pub fn admit_write(&self) -> Result<(), Error> {
         if let Some(e) = self.dur.failed.borrow().as_ref() {
-            return Err(Error::new(ErrorKind::StorageFailed, format!("log failed earlier: {e}")));
+            return Err(Error::new(
+                ErrorKind::StorageFailed,
+                format!("log failed earlier: {e}"),
+            ));
         }
         if self.pending_bytes.get() > self.cfg.limits.max_pending_bytes_per_core.0 as usize {
-            return Err(Error::new(ErrorKind::Overloaded, "too much unwritten data on this core"));
+            return Err(Error::new(
+                ErrorKind::Overloaded,
+                "too much unwritten data on this core",
+            ));
         }
         Ok(())
     }
 
     /// Appends to an owned partition (no I/O) and returns the offsets and the generation.
-    pub fn append_local(&self, topic: &str, p: u32, items: &[Item]) -> Result<(Vec<u64>, u64), Error> {
+    pub fn append_local(
+        &self,
+        topic: &str,
+        p: u32,
+        items: &[Item],
+    ) -> Result<(Vec<u64>, u64), Error> {
         self.admit_write()?;
         let part = self.part(topic, p)?;
         let ts = now_ms();
@@ -227,7 +248,8 @@ impl Shard {
                 offsets.push(st.log.append(ts, &it.key, &it.tags, &it.value));
                 bytes += it.value.len();
             }
-            self.pending_bytes.set(self.pending_bytes.get() + st.log.pending_bytes() - before);
+            self.pending_bytes
+                .set(self.pending_bytes.get() + st.log.pending_bytes() - before);
         }
         self.mark_dirty(topic, p);
         metrics::add(&self.metrics.pub_messages_total, items.len() as u64);
@@ -261,7 +283,10 @@ impl Shard {
                 return Ok(());
             }
             if let Some(e) = self.dur.failed.borrow().as_ref() {
-                return Err(Error::new(ErrorKind::StorageFailed, format!("log failed: {e}")));
+                return Err(Error::new(
+                    ErrorKind::StorageFailed,
+                    format!("log failed: {e}"),
+                ));
             }
             let seen = self.dur.progress.epoch();
             self.dur.progress.wait(seen).await;
@@ -269,7 +294,13 @@ impl Shard {
     }
 
     /// Appends locally and waits for durability.
-    pub async fn publish_local(&self, topic: &str, p: u32, items: &[Item], ack: Ack) -> Result<Vec<u64>, Error> {
+    pub async fn publish_local(
+        &self,
+        topic: &str,
+        p: u32,
+        items: &[Item],
+        ack: Ack,
+    ) -> Result<Vec<u64>, Error> {
         let (offsets, gen) = self.append_local(topic, p, items)?;
         self.wait_durable(gen, ack).await?;
         Ok(offsets)
@@ -279,7 +310,9 @@ impl Shard {
     pub fn fetch_local(&self, f: &Fetch) -> Result<Vec<Delivered>, Error> {
         let meta = self.topic(&f.topic)?;
         let cores = self.cores();
-        let mine: Vec<u32> = (0..meta.partitions).filter(|&p| meta.owner(p, cores) == self.id).collect();
+        let mine: Vec<u32> = (0..meta.partitions)
+            .filter(|&p| meta.owner(p, cores) == self.id)
+            .collect();
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if mine.is_empty() {
@@ -340,7 +373,13 @@ impl Shard {
     }
 
     /// Commits a group's offset (the next offset to consume) and waits until it is durable.
-    pub async fn commit_local(&self, topic: &str, p: u32, group: &str, offset: u64) -> Result<(), Error> {
+    pub async fn commit_local(
+        &self,
+        topic: &str,
+        p: u32,
+        group: &str,
+        offset: u64,
+    ) -> Result<(), Error> {
         self.admit_write()?;
         let part = self.part(topic, p)?;
         {
@@ -349,7 +388,10 @@ impl Shard {
             if offset > end {
                 return Err(Error::new(
                     ErrorKind::InvalidAck,
-                    format!("offset {} is beyond the end of partition {p} ({end})", offset.saturating_sub(1)),
+                    format!(
+                        "offset {} is beyond the end of partition {p} ({end})",
+                        offset.saturating_sub(1)
+                    ),
                 ));
             }
             if !st.offsets.commit(group, offset) {
@@ -395,14 +437,18 @@ impl Shard {
             return e.clone();
         }
         let e = Rc::new(Event::default());
-        self.topic_events.borrow_mut().insert(Rc::from(topic), e.clone());
+        self.topic_events
+            .borrow_mut()
+            .insert(Rc::from(topic), e.clone());
         e
     }
 
     /// Records that `core` has `delta` more (or fewer) polls parked on `topic`.
     pub fn add_interest(&self, topic: &str, core: usize, delta: i64) {
         let mut m = self.interest.borrow_mut();
-        let v = m.entry(Rc::from(topic)).or_insert_with(|| vec![0; self.cores()]);
+        let v = m
+            .entry(Rc::from(topic))
+            .or_insert_with(|| vec![0; self.cores()]);
         v[core] += delta;
         if v.iter().all(|&c| c <= 0) {
             m.remove(topic);
@@ -430,7 +476,10 @@ pub fn tags_match(tags: &[u8], wanted: &[bytes::Bytes]) -> bool {
 mod tests {
     #[test]
     fn tag_matching() {
-        let w = vec![bytes::Bytes::from_static(b"b"), bytes::Bytes::from_static(b"z")];
+        let w = vec![
+            bytes::Bytes::from_static(b"b"),
+            bytes::Bytes::from_static(b"z"),
+        ];
         assert!(super::tags_match(b"a;b", &w));
         assert!(super::tags_match(b" z ", &w));
         assert!(!super::tags_match(b"a;bb", &w));

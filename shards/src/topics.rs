@@ -60,10 +60,11 @@ pub fn load(data: &Path) -> Result<Vec<TopicMeta>, String> {
     let path = catalog_path(data);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let topics: Vec<TopicMeta> = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let topics: Vec<TopicMeta> =
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
             for t in &topics {
-                TopicName::parse_storage(&t.name).map_err(|e| format!("{}: {e}", path.display()))?;
+                TopicName::parse_storage(&t.name)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             Ok(topics)
         }
@@ -83,7 +84,9 @@ pub fn store(data: &Path, topics: &[TopicMeta]) -> Result<(), Error> {
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&json).and_then(|_| f.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 #[cfg(test)]

@@ -381,7 +381,8 @@ mod tests {
 
     #[test]
     fn pipelined_requests_at_every_split() {
-        let input = b"POST /v1/msgs/t/v1?key=a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+        let input =
+            b"POST /v1/msgs/t/v1?key=a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
 GET /alive HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /v1/msgs/t/v1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
 GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
@@ -399,7 +400,9 @@ GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
 
     #[test]
     fn http10_defaults_to_close() {
-        let reqs = decode_all_splits(b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let reqs = decode_all_splits(
+            b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        );
         assert!(!reqs[0].4);
         assert!(reqs[1].4);
     }
@@ -436,8 +439,14 @@ GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
 
     #[test]
     fn limits_and_malformed_input() {
-        assert!(matches!(err_of(b"GARBAGE\r\n\r\n"), HttpError::Malformed(_)));
-        assert!(matches!(err_of(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), HttpError::Malformed(_)));
+        assert!(matches!(
+            err_of(b"GARBAGE\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            err_of(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
         assert_eq!(err_of(big.as_bytes()), HttpError::HeadersTooLarge);
         let partial_big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(300));
@@ -482,5 +491,29 @@ GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
         assert_eq!(r.header("x-tag"), Some(&b"a;b"[..]));
         assert_eq!(r.header_str("AppId"), Some("app1"));
         assert_eq!(r.headers().count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod big_head {
+    use super::*;
+
+    #[test]
+    fn head_over_limit_in_pieces_is_431() {
+        let input = format!("GET /alive HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+        let mut d = Decoder::new(Limits {
+            max_head: 8192,
+            max_body: 1 << 20,
+        });
+        let mut buf = BytesMut::new();
+        let mut res = Ok(None);
+        for chunk in input.as_bytes().chunks(4096) {
+            buf.extend_from_slice(chunk);
+            res = d.decode(&mut buf);
+            if res.is_err() {
+                break;
+            }
+        }
+        assert_eq!(res.unwrap_err(), HttpError::HeadersTooLarge);
     }
 }

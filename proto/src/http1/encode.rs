@@ -99,7 +99,8 @@ impl<'a> Response<'a> {
     pub fn chunked(self, content_type: &str) {
         self.out.put_slice(b"content-type: ");
         self.out.put_slice(content_type.as_bytes());
-        self.out.put_slice(b"\r\ntransfer-encoding: chunked\r\n\r\n");
+        self.out
+            .put_slice(b"\r\ntransfer-encoding: chunked\r\n\r\n");
     }
 }
 

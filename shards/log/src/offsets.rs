@@ -87,7 +87,14 @@ impl OffsetLog {
             return false;
         }
         self.committed.insert(group.to_owned(), offset);
-        record::encode(&mut self.pending, self.seq, 0, group.as_bytes(), b"", &offset.to_be_bytes());
+        record::encode(
+            &mut self.pending,
+            self.seq,
+            0,
+            group.as_bytes(),
+            b"",
+            &offset.to_be_bytes(),
+        );
         self.seq += 1;
         true
     }
@@ -169,7 +176,10 @@ mod tests {
         o.commit("a.g", 9);
         o.write_pending().unwrap();
         drop(o);
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("offsets.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("offsets.log"))
+            .unwrap();
         f.write_all(&[0, 0, 0, 99, 1]).unwrap();
         let mut o = OffsetLog::open(dir.path(), 4096).unwrap();
         assert_eq!(o.get("a.g"), Some(9));
@@ -179,7 +189,12 @@ mod tests {
             o.write_pending().unwrap();
         }
         assert!(o.file().0 > 0, "compacted at least once");
-        assert!(std::fs::metadata(dir.path().join("offsets.log")).unwrap().len() <= 4096);
+        assert!(
+            std::fs::metadata(dir.path().join("offsets.log"))
+                .unwrap()
+                .len()
+                <= 4096
+        );
         drop(o);
         let o = OffsetLog::open(dir.path(), 4096).unwrap();
         assert_eq!(o.get("a.g"), Some(209));

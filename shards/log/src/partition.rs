@@ -67,8 +67,12 @@ impl Partition {
         let count = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
             let sealed = i + 1 < count;
-            let (seg, dropped) =
-                Segment::open(segment::log_path(dir, base), base, sealed, cfg.index_interval)?;
+            let (seg, dropped) = Segment::open(
+                segment::log_path(dir, base),
+                base,
+                sealed,
+                cfg.index_interval,
+            )?;
             report.truncated_bytes += dropped;
             if let Some(prev) = segments.last() {
                 if prev.next_offset != seg.base {
@@ -217,7 +221,11 @@ impl Partition {
 
     /// Deletes whole sealed segments beyond `max_bytes` (0 = unlimited) or last written more
     /// than `max_age` ago (`None` = unlimited). Returns how many were removed.
-    pub fn enforce_retention(&mut self, max_bytes: u64, max_age: Option<Duration>) -> Result<usize> {
+    pub fn enforce_retention(
+        &mut self,
+        max_bytes: u64,
+        max_age: Option<Duration>,
+    ) -> Result<usize> {
         let mut removed = 0;
         let now = SystemTime::now();
         while self.segments.len() > 1 {
@@ -267,7 +275,12 @@ mod tests {
 
     fn fill(p: &mut Partition, n: u64) {
         for i in 0..n {
-            let off = p.append(i as i64, format!("k{i}").as_bytes(), b"t", format!("value-{i}").as_bytes());
+            let off = p.append(
+                i as i64,
+                format!("k{i}").as_bytes(),
+                b"t",
+                format!("value-{i}").as_bytes(),
+            );
             assert_eq!(off, i);
             if i % 7 == 0 {
                 p.write_pending().unwrap();
@@ -292,26 +305,49 @@ mod tests {
         // Reads from every offset, with small limits, start exactly there.
         for from in (0..500).step_by(37) {
             let rs = p.read(from, 3, usize::MAX).unwrap();
-            assert_eq!(rs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![from, from + 1, from + 2].into_iter().filter(|&o| o < 500).collect::<Vec<_>>());
+            assert_eq!(
+                rs.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                vec![from, from + 1, from + 2]
+                    .into_iter()
+                    .filter(|&o| o < 500)
+                    .collect::<Vec<_>>()
+            );
         }
-        assert_eq!(p.read(1, 10, 1).unwrap().len(), 1, "byte limit still yields one record");
+        assert_eq!(
+            p.read(1, 10, 1).unwrap().len(),
+            1,
+            "byte limit still yields one record"
+        );
         drop(p);
         let (p, rep) = Partition::open(dir.path(), CFG).unwrap();
         assert_eq!(rep.next_offset, 500);
         assert_eq!(rep.truncated_bytes, 0);
         assert_eq!(p.read(0, 10_000, usize::MAX).unwrap().len(), 500);
-        assert_eq!(p.read(499, 10, usize::MAX).unwrap()[0].value, &b"value-499"[..]);
+        assert_eq!(
+            p.read(499, 10, usize::MAX).unwrap()[0].value,
+            &b"value-499"[..]
+        );
     }
 
     #[test]
     fn torn_tail_is_truncated_and_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = Partition::open(dir.path(), PartitionConfig { segment_bytes: 1 << 20, index_interval: 256 }).unwrap();
+        let (mut p, _) = Partition::open(
+            dir.path(),
+            PartitionConfig {
+                segment_bytes: 1 << 20,
+                index_interval: 256,
+            },
+        )
+        .unwrap();
         fill(&mut p, 50);
         let path = p.segments.last().unwrap().path.clone();
         drop(p);
         // A torn write: half a record's worth of garbage after the last good record.
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(&[0, 0, 0, 60, 1, 2, 3, 4, 1, 0, 0]).unwrap();
         drop(f);
         let (mut p, rep) = Partition::open(dir.path(), CFG).unwrap();
@@ -325,7 +361,14 @@ mod tests {
     #[test]
     fn corrupt_record_in_the_middle_drops_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = Partition::open(dir.path(), PartitionConfig { segment_bytes: 1 << 20, index_interval: 256 }).unwrap();
+        let (mut p, _) = Partition::open(
+            dir.path(),
+            PartitionConfig {
+                segment_bytes: 1 << 20,
+                index_interval: 256,
+            },
+        )
+        .unwrap();
         fill(&mut p, 20);
         let path = p.segments.last().unwrap().path.clone();
         let size = p.segments.last().unwrap().size;
@@ -337,7 +380,10 @@ mod tests {
         let (p, rep) = Partition::open(dir.path(), CFG).unwrap();
         assert!(rep.truncated_bytes > 0 && rep.truncated_bytes < size);
         assert!(rep.next_offset < 20);
-        assert_eq!(p.read(0, 100, usize::MAX).unwrap().len() as u64, rep.next_offset);
+        assert_eq!(
+            p.read(0, 100, usize::MAX).unwrap().len() as u64,
+            rep.next_offset
+        );
     }
 
     #[test]
@@ -352,9 +398,17 @@ mod tests {
         assert!(p.start() > 0);
         let rs = p.read(0, 1, usize::MAX).unwrap();
         assert_eq!(rs[0].offset, p.start(), "reads below start begin at start");
-        assert_eq!(p.enforce_retention(0, Some(Duration::from_secs(3600))).unwrap(), 0);
+        assert_eq!(
+            p.enforce_retention(0, Some(Duration::from_secs(3600)))
+                .unwrap(),
+            0
+        );
         std::thread::sleep(Duration::from_millis(50));
-        assert!(p.enforce_retention(0, Some(Duration::from_millis(10))).unwrap() > 0);
+        assert!(
+            p.enforce_retention(0, Some(Duration::from_millis(10)))
+                .unwrap()
+                > 0
+        );
         assert_eq!(p.segments.len(), 1);
     }
 }

@@ -35,7 +35,14 @@ pub fn encoded_len(key: &[u8], tags: &[u8], value: &[u8]) -> usize {
 }
 
 /// Appends an encoded record to `out`.
-pub fn encode(out: &mut BytesMut, offset: u64, timestamp: i64, key: &[u8], tags: &[u8], value: &[u8]) {
+pub fn encode(
+    out: &mut BytesMut,
+    offset: u64,
+    timestamp: i64,
+    key: &[u8],
+    tags: &[u8],
+    value: &[u8],
+) {
     let total = encoded_len(key, tags, value);
     out.reserve(total);
     let start = out.len();
@@ -123,12 +130,22 @@ mod tests {
         encode(&mut out, 7, 1234, b"k", b"a;b", b"hello");
         encode(&mut out, 8, 1235, b"", b"", b"x");
         let buf = out.freeze();
-        let Decoded::Record(r, n) = decode(&buf, 0) else { panic!() };
-        assert_eq!((r.offset, r.timestamp, &r.key[..], &r.tags[..], &r.value[..]), (7, 1234, &b"k"[..], &b"a;b"[..], &b"hello"[..]));
-        let Decoded::Record(r2, _) = decode(&buf, n) else { panic!() };
+        let Decoded::Record(r, n) = decode(&buf, 0) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.offset, r.timestamp, &r.key[..], &r.tags[..], &r.value[..]),
+            (7, 1234, &b"k"[..], &b"a;b"[..], &b"hello"[..])
+        );
+        let Decoded::Record(r2, _) = decode(&buf, n) else {
+            panic!()
+        };
         assert_eq!(r2.offset, 8);
         for cut in 0..n {
-            assert!(matches!(decode(&buf.slice(..cut), 0), Decoded::Incomplete(_)), "cut {cut}");
+            assert!(
+                matches!(decode(&buf.slice(..cut), 0), Decoded::Incomplete(_)),
+                "cut {cut}"
+            );
         }
         let mut bad = buf.to_vec();
         bad[HEADER + 2] ^= 0xff;

@@ -98,7 +98,9 @@ impl Segment {
         let Ok(data) = std::fs::read(index_path(&self.path)) else {
             return false;
         };
-        if data.len() < 24 || u32::from_be_bytes(data[0..4].try_into().unwrap_or([0; 4])) != INDEX_MAGIC {
+        if data.len() < 24
+            || u32::from_be_bytes(data[0..4].try_into().unwrap_or([0; 4])) != INDEX_MAGIC
+        {
             return false;
         }
         let size = u64::from_be_bytes(data[4..12].try_into().unwrap_or([0; 8]));
@@ -135,7 +137,8 @@ impl Segment {
                             break 'outer;
                         }
                         if self.since_index >= interval {
-                            self.index.push(((expect - self.base) as u32, (pos + at as u64) as u32));
+                            self.index
+                                .push(((expect - self.base) as u32, (pos + at as u64) as u32));
                             self.since_index = 0;
                         }
                         self.since_index += n as u64;
@@ -188,7 +191,8 @@ impl Segment {
             .write_all_at(data, self.size)
             .map_err(|e| LogError::io("write", &self.path, e))?;
         for &(off, p) in index {
-            self.index.push(((off - self.base) as u32, (self.size + p as u64) as u32));
+            self.index
+                .push(((off - self.base) as u32, (self.size + p as u64) as u32));
         }
         self.size += data.len() as u64;
         self.next_offset = next_offset;
@@ -208,7 +212,8 @@ impl Segment {
             data.extend_from_slice(&p.to_be_bytes());
         }
         let mut f = File::create(&path).map_err(|e| LogError::io("create", &path, e))?;
-        f.write_all(&data).map_err(|e| LogError::io("write", &path, e))?;
+        f.write_all(&data)
+            .map_err(|e| LogError::io("write", &path, e))?;
         Ok(())
     }
 
@@ -224,9 +229,14 @@ impl Segment {
     ) -> Result<bool> {
         let rel = (from - self.base) as u32;
         let i = self.index.partition_point(|&(o, _)| o <= rel);
-        let mut pos = if i == 0 { 0 } else { self.index[i - 1].1 as u64 };
+        let mut pos = if i == 0 {
+            0
+        } else {
+            self.index[i - 1].1 as u64
+        };
         while pos < self.size {
-            let want = max_bytes.saturating_add(record::HEADER)
+            let want = max_bytes
+                .saturating_add(record::HEADER)
                 .clamp(64 << 10, 4 << 20)
                 .min((self.size - pos) as usize);
             let chunk = self.read_chunk(pos, want)?;

@@ -16,7 +16,10 @@ use std::rc::Rc;
 fn num<T: std::str::FromStr>(q: &str, name: &str) -> Result<Option<T>, Error> {
     match query::raw(q, name) {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| Error::param(format!("invalid {name} {v:?}"))),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::param(format!("invalid {name} {v:?}"))),
     }
 }
 
@@ -55,10 +58,18 @@ pub async fn topic(
                 created_ms: now_ms(),
             })
         }
-        Method::Put => AdminOp::Alter { name, partitions, retention_hours, retention_bytes },
+        Method::Put => AdminOp::Alter {
+            name,
+            partitions,
+            retention_hours,
+            retention_bytes,
+        },
         _ => AdminOp::Delete(name),
     };
-    let meta = shard.mesh.call(0, move |reply| Msg::Admin { op, reply }).await??;
+    let meta = shard
+        .mesh
+        .call(0, move |reply| Msg::Admin { op, reply })
+        .await??;
     let status = if method == Method::Post { 201 } else { 200 };
     let body = json!({
         "topic": meta.name,
@@ -71,14 +82,27 @@ pub async fn topic(
 }
 
 /// Gathers partition offsets (and groups with `prefix`) from every core.
-async fn gather(shard: &Rc<Shard>, meta: &TopicMeta, prefix: &str) -> Result<Vec<PartitionInfo>, Error> {
+async fn gather(
+    shard: &Rc<Shard>,
+    meta: &TopicMeta,
+    prefix: &str,
+) -> Result<Vec<PartitionInfo>, Error> {
     let mut all = Vec::new();
     for core in 0..shard.cores() {
         if core == shard.id {
             all.extend(shard.info_local(&meta.name, prefix));
         } else {
             let (topic, group_prefix) = (meta.name.clone(), prefix.to_owned());
-            all.extend(shard.mesh.call(core, move |reply| Msg::Info { topic, group_prefix, reply }).await?);
+            all.extend(
+                shard
+                    .mesh
+                    .call(core, move |reply| Msg::Info {
+                        topic,
+                        group_prefix,
+                        reply,
+                    })
+                    .await?,
+            );
         }
     }
     all.sort_by_key(|i| i.partition);
@@ -86,7 +110,13 @@ async fn gather(shard: &Rc<Shard>, meta: &TopicMeta, prefix: &str) -> Result<Vec
 }
 
 /// `GET /v1/partitions/:appid/:topic/:ver`
-pub async fn partitions(shard: &Rc<Shard>, appid: &str, topic: &str, ver: &str, out: &mut Out<'_>) -> Result<(), Error> {
+pub async fn partitions(
+    shard: &Rc<Shard>,
+    appid: &str,
+    topic: &str,
+    ver: &str,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
     let meta = shard.topic(&TopicName::new(appid, topic, ver)?.storage_name())?;
     let infos = gather(shard, &meta, "\u{0}").await?;
     let parts: Vec<_> = infos
@@ -168,7 +198,12 @@ async fn all_metrics(shard: &Rc<Shard>) -> Result<Snapshot, Error> {
         if core == shard.id {
             total.add(&local_snapshot(shard));
         } else {
-            total.add(&shard.mesh.call(core, |reply| Msg::Metrics { reply }).await?);
+            total.add(
+                &shard
+                    .mesh
+                    .call(core, |reply| Msg::Metrics { reply })
+                    .await?,
+            );
         }
     }
     Ok(total)
@@ -177,7 +212,8 @@ async fn all_metrics(shard: &Rc<Shard>) -> Result<Snapshot, Error> {
 /// `GET /metrics`
 pub async fn metrics(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), Error> {
     let text = all_metrics(shard).await?.render(shard.cores());
-    out.response(200).body("text/plain; version=0.0.4", text.as_bytes());
+    out.response(200)
+        .body("text/plain; version=0.0.4", text.as_bytes());
     Ok(())
 }
 
@@ -202,26 +238,41 @@ pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), 
 /// serialised by the caller.
 pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Error> {
     let data = shard.cfg.store.data_dir.clone();
-    let mut catalog: Vec<TopicMeta> = shard.topics.borrow().values().map(|m| (**m).clone()).collect();
+    let mut catalog: Vec<TopicMeta> = shard
+        .topics
+        .borrow()
+        .values()
+        .map(|m| (**m).clone())
+        .collect();
     catalog.sort_by(|a, b| a.name.cmp(&b.name));
     match op {
         AdminOp::Create(meta) => {
             if catalog.iter().any(|t| t.name == meta.name) {
-                return Err(Error::new(ErrorKind::Conflict, format!("topic {} already exists", meta.name)));
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("topic {} already exists", meta.name),
+                ));
             }
             catalog.push(meta.clone());
             crate::topics::store(&data, &catalog)?;
             broadcast_apply(shard, &meta).await?;
             Ok(meta)
         }
-        AdminOp::Alter { name, partitions, retention_hours, retention_bytes } => {
-            let t = catalog
-                .iter_mut()
-                .find(|t| t.name == name)
-                .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}")))?;
+        AdminOp::Alter {
+            name,
+            partitions,
+            retention_hours,
+            retention_bytes,
+        } => {
+            let t = catalog.iter_mut().find(|t| t.name == name).ok_or_else(|| {
+                Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}"))
+            })?;
             if let Some(p) = partitions {
                 if p < t.partitions {
-                    return Err(Error::param(format!("partitions can only grow (now {})", t.partitions)));
+                    return Err(Error::param(format!(
+                        "partitions can only grow (now {})",
+                        t.partitions
+                    )));
                 }
                 t.partitions = p;
             }
@@ -241,7 +292,9 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
                 .iter()
                 .find(|t| t.name == name)
                 .cloned()
-                .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}")))?;
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}"))
+                })?;
             catalog.retain(|t| t.name != name);
             crate::topics::store(&data, &catalog)?;
             for core in 0..shard.cores() {
@@ -249,7 +302,10 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
                     shard.drop_topic(&name);
                 } else {
                     let n = name.clone();
-                    shard.mesh.call(core, move |reply| Msg::Drop { name: n, reply }).await?;
+                    shard
+                        .mesh
+                        .call(core, move |reply| Msg::Drop { name: n, reply })
+                        .await?;
                 }
             }
             let _ = std::fs::remove_dir_all(crate::topics::topic_dir(&data, &name));
@@ -264,7 +320,10 @@ async fn broadcast_apply(shard: &Rc<Shard>, meta: &TopicMeta) -> Result<(), Erro
             shard.apply_topic(meta.clone())?;
         } else {
             let m = meta.clone();
-            shard.mesh.call(core, move |reply| Msg::Apply { meta: m, reply }).await??;
+            shard
+                .mesh
+                .call(core, move |reply| Msg::Apply { meta: m, reply })
+                .await??;
         }
     }
     Ok(())

@@ -51,9 +51,16 @@ pub async fn handle(shard: &Rc<Shard>, req: Request, buf: &mut BytesMut) -> bool
     let start = out.buf.len();
     let result = match route(req.method, req.path()) {
         Ok(r) => dispatch(shard, &req, r, &mut out).await,
-        Err(RouteError::NotFound) => Err(Error::new(ErrorKind::UnknownRoute, format!("no route for {}", req.path()))),
+        Err(RouteError::NotFound) => Err(Error::new(
+            ErrorKind::UnknownRoute,
+            format!("no route for {}", req.path()),
+        )),
         Err(RouteError::MethodNotAllowed(allow)) => {
-            write_error(&mut out, &Error::new(ErrorKind::MethodNotAllowed, "method not allowed"), Some(allow));
+            write_error(
+                &mut out,
+                &Error::new(ErrorKind::MethodNotAllowed, "method not allowed"),
+                Some(allow),
+            );
             Ok(())
         }
     };
@@ -73,7 +80,12 @@ pub async fn handle(shard: &Rc<Shard>, req: Request, buf: &mut BytesMut) -> bool
     out.close
 }
 
-async fn dispatch(shard: &Rc<Shard>, req: &Request, r: Route<'_>, out: &mut Out<'_>) -> Result<(), Error> {
+async fn dispatch(
+    shard: &Rc<Shard>,
+    req: &Request,
+    r: Route<'_>,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
     match r {
         Route::Alive => {
             out.json(200, b"{\"ok\":1}");
@@ -82,11 +94,27 @@ async fn dispatch(shard: &Rc<Shard>, req: &Request, r: Route<'_>, out: &mut Out<
         Route::Metrics => admin::metrics(shard, out).await,
         Route::ProcessStatus => admin::process_status(shard, out).await,
         Route::Publish { topic, ver } => publish::publish(shard, req, topic, ver, out).await,
-        Route::Subscribe { appid, topic, ver } => subscribe::subscribe(shard, req, appid, topic, ver, out).await,
-        Route::AckBatch { appid, topic, ver, group } => subscribe::ack_batch(shard, req, appid, topic, ver, group, out).await,
-        Route::Topic { method, appid, topic, ver } => admin::topic(shard, req, method, appid, topic, ver, out).await,
-        Route::Partitions { appid, topic, ver } => admin::partitions(shard, appid, topic, ver, out).await,
-        Route::TopicStatus { appid, topic, ver } => admin::topic_status(shard, req, appid, topic, ver, out).await,
+        Route::Subscribe { appid, topic, ver } => {
+            subscribe::subscribe(shard, req, appid, topic, ver, out).await
+        }
+        Route::AckBatch {
+            appid,
+            topic,
+            ver,
+            group,
+        } => subscribe::ack_batch(shard, req, appid, topic, ver, group, out).await,
+        Route::Topic {
+            method,
+            appid,
+            topic,
+            ver,
+        } => admin::topic(shard, req, method, appid, topic, ver, out).await,
+        Route::Partitions { appid, topic, ver } => {
+            admin::partitions(shard, appid, topic, ver, out).await
+        }
+        Route::TopicStatus { appid, topic, ver } => {
+            admin::topic_status(shard, req, appid, topic, ver, out).await
+        }
     }
 }
 
@@ -118,12 +146,17 @@ pub fn write_error(out: &mut Out<'_>, e: &Error, allow: Option<&str>) {
 /// Maps a decoding failure to the error taxonomy.
 pub fn http_error(e: &HttpError) -> Error {
     match e {
-        HttpError::Malformed(m) => Error::new(ErrorKind::MalformedHttp, format!("malformed request: {m}")),
-        HttpError::HeadersTooLarge => Error::new(ErrorKind::HeadersTooLarge, "request headers too large"),
-        HttpError::BodyTooLarge => Error::new(ErrorKind::PayloadTooLarge, "request body too large"),
-        HttpError::UnsupportedTransferEncoding => {
-            Error::new(ErrorKind::NotImplemented, "only chunked transfer coding is supported")
+        HttpError::Malformed(m) => {
+            Error::new(ErrorKind::MalformedHttp, format!("malformed request: {m}"))
         }
+        HttpError::HeadersTooLarge => {
+            Error::new(ErrorKind::HeadersTooLarge, "request headers too large")
+        }
+        HttpError::BodyTooLarge => Error::new(ErrorKind::PayloadTooLarge, "request body too large"),
+        HttpError::UnsupportedTransferEncoding => Error::new(
+            ErrorKind::NotImplemented,
+            "only chunked transfer coding is supported",
+        ),
     }
 }
 

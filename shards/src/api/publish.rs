@@ -24,7 +24,11 @@ fn parse_ack(q: &str) -> Result<Ack, Error> {
     let ack = match query::raw(q, "ack") {
         None | Some("all") => Ack::All,
         Some("local") => Ack::Local,
-        Some(other) => return Err(Error::param(format!("invalid ack {other:?}: use all or local"))),
+        Some(other) => {
+            return Err(Error::param(format!(
+                "invalid ack {other:?}: use all or local"
+            )))
+        }
     };
     Ok(match query::raw(q, "async") {
         Some("1") | Some("true") => Ack::Async,
@@ -34,7 +38,9 @@ fn parse_ack(q: &str) -> Result<Ack, Error> {
 }
 
 fn parse_key(q: &str, max: usize) -> Result<Option<Bytes>, Error> {
-    let Some(k) = query::get(q, "key").map_err(|_| Error::param("key is not valid percent-encoding"))? else {
+    let Some(k) =
+        query::get(q, "key").map_err(|_| Error::param("key is not valid percent-encoding"))?
+    else {
         return Ok(None);
     };
     check_key(&k, max)?;
@@ -46,13 +52,21 @@ fn check_key(k: &[u8], max: usize) -> Result<(), Error> {
         return Err(Error::param(format!("key longer than {max} bytes")));
     }
     if std::str::from_utf8(k).is_err() || k.iter().any(|b| b.is_ascii_control()) {
-        return Err(Error::param("key must be UTF-8 text without control characters"));
+        return Err(Error::param(
+            "key must be UTF-8 text without control characters",
+        ));
     }
     Ok(())
 }
 
 /// Handles a publish.
-pub async fn publish(shard: &Rc<Shard>, req: &Request, topic: &str, ver: &str, out: &mut Out<'_>) -> Result<(), Error> {
+pub async fn publish(
+    shard: &Rc<Shard>,
+    req: &Request,
+    topic: &str,
+    ver: &str,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
     let appid = caller(req)?;
     let name = TopicName::new(appid, topic, ver)?.storage_name();
     let meta = shard.topic(&name)?;
@@ -60,24 +74,37 @@ pub async fn publish(shard: &Rc<Shard>, req: &Request, topic: &str, ver: &str, o
     let lim = &shard.cfg.limits;
     let ack = parse_ack(q)?;
     if query::raw(q, "delay").is_some() || query::raw(q, "due").is_some() {
-        return Err(Error::new(ErrorKind::NotImplemented, "delayed messages are not supported yet"));
+        return Err(Error::new(
+            ErrorKind::NotImplemented,
+            "delayed messages are not supported yet",
+        ));
     }
     let key = parse_key(q, lim.max_key_bytes.0 as usize)?;
     let tags = match req.header("x-tag") {
         Some(t) if t.len() > lim.max_tag_bytes.0 as usize => {
-            return Err(Error::param(format!("X-Tag longer than {} bytes", lim.max_tag_bytes.0)))
+            return Err(Error::param(format!(
+                "X-Tag longer than {} bytes",
+                lim.max_tag_bytes.0
+            )))
         }
         Some(t) => Bytes::copy_from_slice(t.trim_ascii()),
         None => Bytes::new(),
     };
-    let ctype = req
-        .header_str("content-type")
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let ctype = req.header_str("content-type").map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
     let max_msg = lim.max_message_bytes.0 as usize;
     let is_batch = matches!(ctype.as_deref(), Some(batch::NDJSON) | Some(batch::BINARY));
     let items: Vec<batch::BatchItem> = if is_batch {
         if req.body.len() as u64 > lim.max_batch_bytes.0 {
-            return Err(too_large(format!("batch larger than {} bytes", lim.max_batch_bytes.0)));
+            return Err(too_large(format!(
+                "batch larger than {} bytes",
+                lim.max_batch_bytes.0
+            )));
         }
         let max_n = lim.max_batch_messages as usize;
         let parsed = if ctype.as_deref() == Some(batch::NDJSON) {
@@ -87,13 +114,14 @@ pub async fn publish(shard: &Rc<Shard>, req: &Request, topic: &str, ver: &str, o
         };
         let items = parsed.map_err(|e| match e {
             BatchError::TooMany => too_large(format!("more than {max_n} messages in a batch")),
-            BatchError::MessageTooLarge { index } => {
-                too_large(format!("message {index} of the batch is larger than {max_msg} bytes"))
-            }
+            BatchError::MessageTooLarge { index } => too_large(format!(
+                "message {index} of the batch is larger than {max_msg} bytes"
+            )),
             BatchError::Empty => Error::new(ErrorKind::InvalidBatch, "empty batch"),
-            BatchError::Invalid { index, reason } => {
-                Error::new(ErrorKind::InvalidBatch, format!("invalid batch at message {index}: {reason}"))
-            }
+            BatchError::Invalid { index, reason } => Error::new(
+                ErrorKind::InvalidBatch,
+                format!("invalid batch at message {index}: {reason}"),
+            ),
         })?;
         for it in &items {
             if let Some(k) = &it.key {
@@ -103,7 +131,10 @@ pub async fn publish(shard: &Rc<Shard>, req: &Request, topic: &str, ver: &str, o
         items
     } else {
         if req.body.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidBody, "empty message: the body is the message"));
+            return Err(Error::new(
+                ErrorKind::InvalidBody,
+                "empty message: the body is the message",
+            ));
         }
         if req.body.len() > max_msg {
             return Err(too_large(format!("message larger than {max_msg} bytes")));
@@ -119,8 +150,19 @@ pub async fn publish(shard: &Rc<Shard>, req: &Request, topic: &str, ver: &str, o
     let mut by_part: BTreeMap<u32, Vec<(usize, Item)>> = BTreeMap::new();
     for (i, it) in items.into_iter().enumerate() {
         let k = it.key.or_else(|| key.clone()).unwrap_or_default();
-        let p = if k.is_empty() { keyless } else { partition_for_key(&k, meta.partitions) };
-        by_part.entry(p).or_default().push((i, Item { key: k, tags: tags.clone(), value: it.value }));
+        let p = if k.is_empty() {
+            keyless
+        } else {
+            partition_for_key(&k, meta.partitions)
+        };
+        by_part.entry(p).or_default().push((
+            i,
+            Item {
+                key: k,
+                tags: tags.clone(),
+                value: it.value,
+            },
+        ));
     }
     let n: usize = by_part.values().map(Vec::len).sum();
     let mut results = vec![(0u32, 0u64); n];
@@ -134,7 +176,13 @@ pub async fn publish(shard: &Rc<Shard>, req: &Request, topic: &str, ver: &str, o
             let topic = name.clone();
             shard
                 .mesh
-                .call(owner, move |reply| Msg::Append { topic, partition: p, items, ack, reply })
+                .call(owner, move |reply| Msg::Append {
+                    topic,
+                    partition: p,
+                    items,
+                    ack,
+                    reply,
+                })
                 .await??
         };
         for (i, o) in idx.into_iter().zip(offsets) {

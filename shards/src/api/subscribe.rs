@@ -42,27 +42,46 @@ pub async fn subscribe(
     let q = req.query();
     let scfg = &shard.cfg.subscribe;
     let group = match query::raw(q, "group") {
-        None | Some("") => return Err(Error::new(ErrorKind::MissingGroup, "missing group parameter")),
+        None | Some("") => {
+            return Err(Error::new(
+                ErrorKind::MissingGroup,
+                "missing group parameter",
+            ))
+        }
         Some(g) => GroupName::new(me, g)?.to_string(),
     };
     let batch_n = match query::raw(q, "batch") {
         None => None,
         Some(b) => match b.parse::<u32>() {
             Ok(n) if n >= 1 && n <= scfg.max_batch => Some(n as usize),
-            _ => return Err(Error::param(format!("invalid batch {b:?}: use 1..={}", scfg.max_batch))),
+            _ => {
+                return Err(Error::param(format!(
+                    "invalid batch {b:?}: use 1..={}",
+                    scfg.max_batch
+                )))
+            }
         },
     };
     let wait = match query::raw(q, "wait") {
         None => scfg.default_wait.0,
         Some(w) => match parse_duration(w) {
             Ok(d) if d <= scfg.max_wait.0 => d,
-            _ => return Err(Error::param(format!("invalid wait {w:?}: a duration up to {:?}", scfg.max_wait.0))),
+            _ => {
+                return Err(Error::param(format!(
+                    "invalid wait {w:?}: a duration up to {:?}",
+                    scfg.max_wait.0
+                )))
+            }
         },
     };
     let reset = match query::raw(q, "reset") {
         None | Some("oldest") => Reset::Oldest,
         Some("newest") => Reset::Newest,
-        Some(r) => return Err(Error::param(format!("invalid reset {r:?}: use newest or oldest"))),
+        Some(r) => {
+            return Err(Error::param(format!(
+                "invalid reset {r:?}: use newest or oldest"
+            )))
+        }
     };
     let explicit = matches!(query::raw(q, "ack"), Some("1") | Some("true"));
     if explicit {
@@ -80,7 +99,9 @@ pub async fn subscribe(
                 .collect()
         })
         .unwrap_or_default();
-    let ndjson = req.header_str("accept").is_some_and(|a| a.contains(batch::NDJSON));
+    let ndjson = req
+        .header_str("accept")
+        .is_some_and(|a| a.contains(batch::NDJSON));
     let fetch = Fetch {
         topic: name.clone(),
         group,
@@ -116,12 +137,24 @@ pub async fn subscribe(
     let mut body = BytesMut::with_capacity(size);
     for m in &msgs {
         if ndjson {
-            batch::put_json_line(&mut body, m.partition, m.offset, m.timestamp, &m.key, &m.tags, &m.value);
+            batch::put_json_line(
+                &mut body,
+                m.partition,
+                m.offset,
+                m.timestamp,
+                &m.key,
+                &m.tags,
+                &m.value,
+            );
         } else {
             batch::put_record(&mut body, m.partition, m.offset, &m.value);
         }
     }
-    let ctype = if ndjson { batch::NDJSON } else { "application/octet-stream" };
+    let ctype = if ndjson {
+        batch::NDJSON
+    } else {
+        "application/octet-stream"
+    };
     out.response(200).chunked(ctype);
     encode_chunk(out.buf, &body);
     encode_last(out.buf);
@@ -143,13 +176,21 @@ fn ack_headers(req: &Request, meta: &TopicMeta) -> Result<Option<(u32, u64)>, Er
         return Ok(None);
     }
     if p < 0 || p >= meta.partitions as i64 || o < 0 {
-        return Err(bad_ack(format!("ack names partition {p} offset {o}, which does not exist")));
+        return Err(bad_ack(format!(
+            "ack names partition {p} offset {o}, which does not exist"
+        )));
     }
     Ok(Some((p as u32, o as u64)))
 }
 
 /// Commits `next` (the next offset to consume) for a group on the partition's owner core.
-async fn commit(shard: &Rc<Shard>, meta: &TopicMeta, p: u32, group: &str, next: u64) -> Result<(), Error> {
+async fn commit(
+    shard: &Rc<Shard>,
+    meta: &TopicMeta,
+    p: u32,
+    group: &str,
+    next: u64,
+) -> Result<(), Error> {
     let owner = meta.owner(p, shard.cores());
     if owner == shard.id {
         return shard.commit_local(&meta.name, p, group, next).await;
@@ -158,12 +199,22 @@ async fn commit(shard: &Rc<Shard>, meta: &TopicMeta, p: u32, group: &str, next: 
     let (topic, group) = (meta.name.clone(), group.to_owned());
     shard
         .mesh
-        .call(owner, move |reply| Msg::Commit { topic, partition: p, group, offset: next, reply })
+        .call(owner, move |reply| Msg::Commit {
+            topic,
+            partition: p,
+            group,
+            offset: next,
+            reply,
+        })
         .await?
 }
 
 /// Fetches from every core owning partitions of the topic, this core first.
-async fn fetch_all(shard: &Rc<Shard>, meta: &TopicMeta, f: &Fetch) -> Result<Vec<Delivered>, Error> {
+async fn fetch_all(
+    shard: &Rc<Shard>,
+    meta: &TopicMeta,
+    f: &Fetch,
+) -> Result<Vec<Delivered>, Error> {
     let cores = shard.cores();
     let mut owners: Vec<usize> = (0..meta.partitions).map(|p| meta.owner(p, cores)).collect();
     owners.sort_unstable();
@@ -184,7 +235,10 @@ async fn fetch_all(shard: &Rc<Shard>, meta: &TopicMeta, f: &Fetch) -> Result<Vec
             shard.fetch_local(&f)?
         } else {
             metrics::inc(&shard.metrics.mesh_messages_total);
-            shard.mesh.call(core, move |reply| Msg::Fetch { fetch: f, reply }).await??
+            shard
+                .mesh
+                .call(core, move |reply| Msg::Fetch { fetch: f, reply })
+                .await??
         };
         out.extend(got);
     }
@@ -217,10 +271,24 @@ impl Parked {
         metrics::inc(&shard.metrics.sub_parked_polls);
         if first {
             for &c in &remote {
-                shard.mesh.send(c, Msg::Interest { topic: meta.name.clone(), core: shard.id, delta: 1 }).await;
+                shard
+                    .mesh
+                    .send(
+                        c,
+                        Msg::Interest {
+                            topic: meta.name.clone(),
+                            core: shard.id,
+                            delta: 1,
+                        },
+                    )
+                    .await;
             }
         }
-        Self { shard: shard.clone(), topic, remote }
+        Self {
+            shard: shard.clone(),
+            topic,
+            remote,
+        }
     }
 }
 
@@ -241,7 +309,11 @@ impl Drop for Parked {
         if last {
             for &c in &self.remote {
                 let mesh = self.shard.mesh.clone();
-                let msg = Msg::Interest { topic: self.topic.to_string(), core: self.shard.id, delta: -1 };
+                let msg = Msg::Interest {
+                    topic: self.topic.to_string(),
+                    core: self.shard.id,
+                    delta: -1,
+                };
                 monoio::spawn(async move { mesh.send(c, msg).await });
             }
         }
@@ -249,7 +321,12 @@ impl Drop for Parked {
 }
 
 /// Fetches; if nothing is there, parks until new data, the deadline or shutdown.
-async fn poll(shard: &Rc<Shard>, meta: &TopicMeta, f: Fetch, deadline: Instant) -> Result<Vec<Delivered>, Error> {
+async fn poll(
+    shard: &Rc<Shard>,
+    meta: &TopicMeta,
+    f: Fetch,
+    deadline: Instant,
+) -> Result<Vec<Delivered>, Error> {
     let ev = shard.topic_event(&meta.name);
     let mut seen = ev.epoch();
     let msgs = fetch_all(shard, meta, &f).await?;
@@ -273,7 +350,10 @@ async fn poll(shard: &Rc<Shard>, meta: &TopicMeta, f: Fetch, deadline: Instant) 
         }
         seen = ev.epoch();
         if shard.topics.borrow().get(meta.name.as_str()).is_none() {
-            return Err(Error::new(ErrorKind::UnknownTopic, format!("topic {} was deleted", meta.name)));
+            return Err(Error::new(
+                ErrorKind::UnknownTopic,
+                format!("topic {} was deleted", meta.name),
+            ));
         }
     }
 }
@@ -299,14 +379,21 @@ pub async fn ack_batch(
     let name = TopicName::new(appid, topic, ver)?.storage_name();
     let meta = shard.topic(&name)?;
     let group = GroupName::new(me, group)?.to_string();
-    let items: Vec<AckItem> = serde_json::from_slice(&req.body)
-        .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("invalid ack json body: {e}")))?;
+    let items: Vec<AckItem> = serde_json::from_slice(&req.body).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidBody,
+            format!("invalid ack json body: {e}"),
+        )
+    })?;
     if items.is_empty() {
         return Err(Error::new(ErrorKind::InvalidBody, "empty ack list"));
     }
     for it in &items {
         if it.partition >= meta.partitions {
-            return Err(bad_ack(format!("partition {} does not exist", it.partition)));
+            return Err(bad_ack(format!(
+                "partition {} does not exist",
+                it.partition
+            )));
         }
     }
     for it in &items {

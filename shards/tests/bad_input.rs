@@ -1,0 +1,141 @@
+//! Bad input gets a clear 4xx with a JSON error, and the process keeps serving.
+
+mod support;
+use support::Gateway;
+
+fn still_serving(g: &Gateway) {
+    assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
+}
+
+#[test]
+fn malformed_and_oversized_requests() {
+    let g = Gateway::start_with(&[("KATEWAY_LIMITS_MAX_MESSAGE_BYTES", "1KiB")]);
+    g.create_topic("app1", "t", 1);
+
+    let mut c = g.connect();
+    c.send_raw(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    let r = c.read_response().unwrap();
+    r.assert_error(400);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
+
+    let mut c = g.connect();
+    let big = format!("GET /alive HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    c.send_raw(big.as_bytes()).unwrap();
+    c.read_response().unwrap().assert_error(431);
+
+    // A body over the message limit, announced by Content-Length.
+    let r = g.req(
+        "POST",
+        "/v1/msgs/t/v1",
+        &[("Appid", "app1")],
+        &vec![b'x'; 2048],
+    );
+    r.assert_error(413);
+
+    let mut c = g.connect();
+    c.send_raw(b"POST /v1/msgs/t/v1 HTTP/1.1\r\nAppid: app1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n").unwrap();
+    c.read_response().unwrap().assert_error(400);
+
+    // A valid chunked body is accepted.
+    let mut c = g.connect();
+    c.send_raw(b"POST /v1/msgs/t/v1 HTTP/1.1\r\nAppid: app1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+    assert_eq!(c.read_response().unwrap().status, 201);
+
+    still_serving(&g);
+}
+
+#[test]
+fn api_errors_have_statuses_and_json_bodies() {
+    let g = Gateway::start();
+    g.create_topic("app1", "t", 1);
+    g.req("POST", "/v1/msgs/nope/v1", &[("Appid", "app1")], b"x")
+        .assert_error(404);
+    g.req(
+        "GET",
+        "/v1/msgs/app1/nope/v1?group=g",
+        &[("Appid", "app2")],
+        b"",
+    )
+    .assert_error(404);
+    g.req("GET", "/v1/msgs/app1/t/v1", &[("Appid", "app2")], b"")
+        .assert_error(400);
+    g.req(
+        "GET",
+        "/v1/msgs/app1/t/v1?group=bad.name",
+        &[("Appid", "app2")],
+        b"",
+    )
+    .assert_error(400);
+    g.req("POST", "/v1/msgs/t/v1", &[], b"x").assert_error(400);
+    g.req("POST", "/v1/msgs/t/v1", &[("Appid", "app1")], b"")
+        .assert_error(400);
+    g.req(
+        "POST",
+        "/v1/msgs/t/v1?ack=maybe",
+        &[("Appid", "app1")],
+        b"x",
+    )
+    .assert_error(400);
+    g.req("GET", "/v1/unknown", &[], b"").assert_error(404);
+    let r = g.req("DELETE", "/v1/msgs/t/v1", &[], b"");
+    r.assert_error(405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    g.req("POST", "/v1/topics/app1/t/v1", &[], b"")
+        .assert_error(409);
+    // A bad batch line: a truncated binary record.
+    g.req(
+        "POST",
+        "/v1/msgs/t/v1",
+        &[
+            ("Appid", "app1"),
+            ("Content-Type", "application/vnd.kateway.batch"),
+        ],
+        &[0, 0, 0, 0, 0, 9, b'a'],
+    )
+    .assert_error(400);
+    g.req(
+        "GET",
+        "/v1/msgs/app1/t/v1?group=g&ack=1&wait=1s",
+        &[("Appid", "app2"), ("X-Partition", "0")],
+        b"",
+    )
+    .assert_error(400);
+    g.req(
+        "GET",
+        "/v1/msgs/app1/t/v1?group=g&batch=0",
+        &[("Appid", "app2")],
+        b"",
+    )
+    .assert_error(400);
+    still_serving(&g);
+}
+
+#[test]
+fn silent_client_gets_408_and_is_disconnected() {
+    let g = Gateway::start_with(&[("KATEWAY_SERVER_REQUEST_TIMEOUT", "1s")]);
+    let mut c = g.connect();
+    c.send_raw(b"POST /v1/msgs/t/v1 HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    c.read_response().unwrap().assert_error(408);
+    assert!(c.is_closed());
+    still_serving(&g);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let g = Gateway::start();
+    g.create_topic("app1", "t", 1);
+    let mut c = g.connect();
+    let one = "POST /v1/msgs/t/v1?ack=local HTTP/1.1\r\nAppid: app1\r\nContent-Length: 1\r\n\r\nx";
+    c.send_raw(format!("{one}{one}{one}").as_bytes()).unwrap();
+    for want in 0..3 {
+        let r = c.read_response().unwrap();
+        assert_eq!(r.header("x-offset"), Some(want.to_string().as_str()));
+    }
+    // Expect: 100-continue gets an interim response before the body is sent.
+    c.send_raw(b"POST /v1/msgs/t/v1 HTTP/1.1\r\nAppid: app1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap();
+    assert_eq!(c.read_response().unwrap().status, 100);
+    c.send_raw(b"ok").unwrap();
+    assert_eq!(c.read_response().unwrap().status, 201);
+}

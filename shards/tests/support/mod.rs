@@ -1,0 +1,358 @@
+//! Test support: start the real `kateway` binary on a free loopback port with its own data
+//! directory, and a small blocking HTTP/1.1 client over `std::net::TcpStream` (independent of
+//! the server's codec, and able to send malformed bytes on purpose).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub addr: String,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra_env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    /// Starts a gateway with 2 cores on a fresh data directory.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut g = Gateway {
+            child: None,
+            addr: String::new(),
+            data,
+            _tmp: Some(tmp),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        g.spawn();
+        g
+    }
+
+    /// (Re)starts the process on the same data directory and a new port.
+    pub fn spawn(&mut self) {
+        self.addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kateway"));
+        cmd.args([
+            "serve",
+            "--cores",
+            "2",
+            "--listen",
+            &self.addr,
+            "--data-dir",
+        ])
+        .arg(&self.data)
+        .env("KATEWAY_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start kateway"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.try_request("GET", "/alive", &[], b"") {
+                assert_eq!(r.status, 200);
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn connect(&self) -> Conn {
+        Self::connect_to(&self.addr)
+    }
+
+    pub fn connect_to(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { s, buf: Vec::new() }
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
+        let s = TcpStream::connect(&self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut c = Conn { s, buf: Vec::new() };
+        c.send(method, path, headers, body)?;
+        c.read_response()
+    }
+
+    /// One request on a fresh connection.
+    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.try_request(method, path, headers, body).unwrap()
+    }
+
+    pub fn create_topic(&self, appid: &str, topic: &str, partitions: u32) {
+        let r = self.req(
+            "POST",
+            &format!("/v1/topics/{appid}/{topic}/v1?partitions={partitions}"),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+
+    pub fn publish(&self, appid: &str, topic: &str, query: &str, body: &[u8]) -> Resp {
+        let r = self.req(
+            "POST",
+            &format!("/v1/msgs/{topic}/v1?{query}"),
+            &[("Appid", appid)],
+            body,
+        );
+        assert!(
+            r.status == 201 || r.status == 202,
+            "publish: {} {}",
+            r.status,
+            r.text()
+        );
+        r
+    }
+
+    pub fn sub(
+        &self,
+        me: &str,
+        owner: &str,
+        topic: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut h = vec![("Appid", me)];
+        h.extend_from_slice(headers);
+        self.req(
+            "GET",
+            &format!("/v1/msgs/{owner}/{topic}/v1?{query}"),
+            &h,
+            b"",
+        )
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not json ({e}): {}", self.text()))
+    }
+    /// Asserts a JSON error body with the given status.
+    pub fn assert_error(&self, status: u16) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let j = self.json();
+        assert!(j["errmsg"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
+        assert_eq!(j["code"].as_u64().unwrap() / 100, status as u64, "{j}");
+    }
+}
+
+pub struct Conn {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.s.write_all(&bytes)
+    }
+
+    pub fn send_raw(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(raw)
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut tmp = [0u8; 65536];
+        let n = self.s.read(&mut tmp)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+
+    fn line(&mut self) -> std::io::Result<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let l = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Ok(l);
+            }
+            self.fill()?;
+        }
+    }
+
+    fn exact(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            self.fill()?;
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    pub fn read_response(&mut self) -> std::io::Result<Resp> {
+        let status_line = self.line()?;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let l = self.line()?;
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if status == 100 {
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+            });
+        }
+        if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let size =
+                    usize::from_str_radix(self.line()?.split(';').next().unwrap().trim(), 16)
+                        .unwrap();
+                if size == 0 {
+                    self.line()?;
+                    break;
+                }
+                body.extend(self.exact(size)?);
+                self.exact(2)?;
+            }
+        } else if let Some(n) = get("content-length") {
+            body = self.exact(n.parse().unwrap())?;
+        }
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn req(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.send(method, path, headers, body).unwrap();
+        self.read_response().unwrap()
+    }
+
+    /// Whether the server closed the connection (reads EOF).
+    pub fn is_closed(&mut self) -> bool {
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0))
+            || matches!(self.s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// Decodes the original's binary batch records.
+pub fn records(body: &[u8]) -> Vec<(u32, u64, Vec<u8>)> {
+    kateway_proto::batch::decode_records(body).expect("valid records")
+}
