@@ -2,6 +2,10 @@
 
 use std::borrow::Cow;
 
+/// A value whose percent-encoding is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadEncoding;
+
 /// The raw (still percent-encoded) value of the first `name` parameter; `Some("")` for a bare
 /// `name` or `name=`.
 pub fn raw<'a>(query: &'a str, name: &str) -> Option<&'a str> {
@@ -12,7 +16,7 @@ pub fn raw<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The percent-decoded value of `name`; `Err` if the encoding is broken.
-pub fn get<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, [u8]>>, ()> {
+pub fn get<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, [u8]>>, BadEncoding> {
     match raw(query, name) {
         None => Ok(None),
         Some(v) => decode(v).map(Some),
@@ -20,7 +24,7 @@ pub fn get<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, [u8]>>, ()> 
 }
 
 /// Percent-decodes `s` (and `+` as space, as HTML forms encode it).
-pub fn decode(s: &str) -> Result<Cow<'_, [u8]>, ()> {
+pub fn decode(s: &str) -> Result<Cow<'_, [u8]>, BadEncoding> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Ok(Cow::Borrowed(s.as_bytes()));
     }
@@ -30,9 +34,9 @@ pub fn decode(s: &str) -> Result<Cow<'_, [u8]>, ()> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = b.get(i + 1..i + 3).ok_or(())?;
-                let h = std::str::from_utf8(hex).map_err(|_| ())?;
-                out.push(u8::from_str_radix(h, 16).map_err(|_| ())?);
+                let hex = b.get(i + 1..i + 3).ok_or(BadEncoding)?;
+                let h = std::str::from_utf8(hex).map_err(|_| BadEncoding)?;
+                out.push(u8::from_str_radix(h, 16).map_err(|_| BadEncoding)?);
                 i += 3;
             }
             b'+' => {

@@ -14,6 +14,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::rc::Rc;
+use std::time::Instant;
 
 const READ_CHUNK: usize = 4096;
 
@@ -32,6 +33,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut decoder = Decoder::new(limits);
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
+    let mut request_started: Option<Instant> = None;
     loop {
         // Answer every complete request in the buffer.
         let mut close = false;
@@ -40,6 +42,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 Ok(None) => break,
                 Ok(Some(Event::Continue)) => write_continue(&mut wbuf),
                 Ok(Some(Event::Request(req))) => {
+                    request_started = None;
                     if api::handle(&shard, req, &mut wbuf).await {
                         close = true;
                         break;
@@ -75,9 +78,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         if shard.shutdown.get() && !partial {
             return;
         }
+        // A request must arrive whole within request_timeout of its first byte, however slowly
+        // the client trickles it in; between requests the idle timeout applies.
         let timeout = if partial {
-            cfg.server.request_timeout.0
+            let started = *request_started.get_or_insert_with(Instant::now);
+            cfg.server.request_timeout.0.saturating_sub(started.elapsed())
         } else {
+            request_started = None;
             cfg.server.idle_timeout.0
         };
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {

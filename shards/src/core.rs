@@ -4,6 +4,7 @@
 
 use crate::api;
 use crate::conn;
+use crate::event::Event;
 use crate::flusher;
 use crate::mesh::{Mesh, Msg};
 use crate::metrics;
@@ -112,7 +113,7 @@ async fn reject(mut stream: monoio::net::TcpStream) {
 }
 
 async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
-    let admin_busy = Rc::new(Cell::new(false));
+    let admin_busy = Rc::new((Cell::new(false), Event::default()));
     while let Ok(msg) = rx.recv_async().await {
         match msg {
             Msg::Append {
@@ -156,12 +157,15 @@ async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
                 let busy = admin_busy.clone();
                 monoio::spawn(async move {
                     // Serialise administration calls on core 0.
-                    while busy.get() {
-                        monoio::time::sleep(Duration::from_millis(1)).await;
+                    let (flag, done) = &*busy;
+                    while flag.get() {
+                        let seen = done.epoch();
+                        done.wait(seen).await;
                     }
-                    busy.set(true);
+                    flag.set(true);
                     let r = api::apply_admin(&s, op).await;
-                    busy.set(false);
+                    flag.set(false);
+                    done.notify();
                     let _ = reply.send(r);
                 });
             }

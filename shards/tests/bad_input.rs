@@ -139,3 +139,46 @@ fn pipelined_requests_are_answered_in_order() {
     c.send_raw(b"ok").unwrap();
     assert_eq!(c.read_response().unwrap().status, 201);
 }
+
+#[test]
+fn trickling_client_cannot_hold_a_connection_past_the_request_timeout() {
+    let g = Gateway::start_with(&[("KATEWAY_SERVER_REQUEST_TIMEOUT", "1s")]);
+    let mut c = g.connect();
+    let head = b"POST /v1/msgs/t/v1 HTTP/1.1\r\nContent-Length: 100\r\n\r\n";
+    c.send_raw(head).unwrap();
+    // One byte every 200 ms: each read is quick, but the request as a whole is too slow.
+    let writer = c.s.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut w = writer;
+        for sent in 0..99 {
+            if std::io::Write::write_all(&mut w, b"x").is_err() {
+                return sent;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        99
+    });
+    c.read_response().unwrap().assert_error(408);
+    let sent = t.join().unwrap();
+    assert!(sent < 99, "the server closed the connection while the client was still trickling");
+}
+
+#[test]
+fn head_gets_headers_without_a_body() {
+    let g = Gateway::start();
+    let mut c = g.connect();
+    c.send_raw(b"HEAD /alive HTTP/1.1\r\n\r\nGET /alive HTTP/1.1\r\n\r\n").unwrap();
+    // The HEAD response carries GET's Content-Length but no body, so the next response follows
+    // immediately.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while raw.windows(8).filter(|w| w == b"HTTP/1.1").count() < 2 || !raw.ends_with(b"{\"ok\":1}") {
+        let n = std::io::Read::read(&mut c.s, &mut buf).unwrap();
+        assert!(n > 0);
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(raw).unwrap();
+    let (head, get) = text.split_at(text.rfind("HTTP/1.1 200").unwrap());
+    assert!(head.ends_with("content-length: 8\r\n\r\n"), "{head}");
+    assert!(get.ends_with("{\"ok\":1}"));
+}

@@ -46,6 +46,6 @@ fn sigterm_ends_long_polls_and_finishes_publishes() {
     let s = g.sub("app2", "app1", "t", "group=after&batch=10&wait=2s", &[]);
     let values: std::collections::HashSet<Vec<u8>> =
         support::records(&s.body).into_iter().map(|r| r.2).collect();
-    assert!(values.contains(&b"before"[..].to_vec()));
-    assert!(values.contains(&b"inflight"[..].to_vec()), "{values:?}");
+    assert!(values.contains(&b"before"[..]));
+    assert!(values.contains(&b"inflight"[..]), "{values:?}");
 }

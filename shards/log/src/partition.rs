@@ -141,10 +141,8 @@ impl Partition {
         let index = std::mem::take(&mut self.pending_index);
         let next = self.next_offset;
         let active = self.segments.last_mut().expect("one segment");
-        if let Err(e) = active.append(&data, next, &index) {
-            // Nothing after the failed write may be acknowledged; the caller poisons the core.
-            return Err(e);
-        }
+        // On failure nothing after this write may be acknowledged: the caller stops writing.
+        active.append(&data, next, &index)?;
         active.since_index = self.since_index;
         Ok(data.len())
     }

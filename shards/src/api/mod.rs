@@ -68,6 +68,12 @@ pub async fn handle(shard: &Rc<Shard>, req: Request, buf: &mut BytesMut) -> bool
         out.buf.truncate(start);
         write_error(&mut out, &e, None);
     }
+    if out.head {
+        // HEAD: the same head as GET, no body.
+        if let Some(end) = out.buf[start..].windows(4).position(|w| w == b"\r\n\r\n") {
+            out.buf.truncate(start + end + 4);
+        }
+    }
     let m = &shard.metrics;
     metrics::inc(&m.http_requests_total);
     match out.buf.get(start + 9) {

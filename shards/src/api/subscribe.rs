@@ -209,7 +209,8 @@ async fn commit(
         .await?
 }
 
-/// Fetches from every core owning partitions of the topic, this core first.
+/// Fetches from every core owning partitions of the topic, starting with a different core on
+/// every call.
 async fn fetch_all(
     shard: &Rc<Shard>,
     meta: &TopicMeta,
@@ -219,10 +220,11 @@ async fn fetch_all(
     let mut owners: Vec<usize> = (0..meta.partitions).map(|p| meta.owner(p, cores)).collect();
     owners.sort_unstable();
     owners.dedup();
-    let mine = owners.iter().position(|&c| c == shard.id);
-    if let Some(i) = mine {
-        owners.rotate_left(i);
-    }
+    // Rotate the starting core per request so that no core's partitions starve the others'.
+    let turn = shard.rr.get();
+    shard.rr.set(turn.wrapping_add(1));
+    let n = owners.len();
+    owners.rotate_left(turn % n);
     let mut out = Vec::new();
     for core in owners {
         let left = f.max - out.len();
