@@ -156,10 +156,11 @@ pub fn decode_records(mut b: &[u8]) -> Option<Vec<(u32, u64, Vec<u8>)>> {
         }
         let p = i32::from_be_bytes(b[0..4].try_into().ok()?) as u32;
         let o = i64::from_be_bytes(b[4..12].try_into().ok()?) as u64;
-        let l = i32::from_be_bytes(b[12..16].try_into().ok()?) as usize;
-        let payload = b.get(16..16 + l)?.to_vec();
+        let l = i32::from_be_bytes(b[12..16].try_into().ok()?);
+        let end = 16usize.checked_add(usize::try_from(l).ok()?)?;
+        let payload = b.get(16..end)?.to_vec();
         out.push((p, o, payload));
-        b = &b[16 + l..];
+        b = &b[end..];
     }
     Some(out)
 }
@@ -244,6 +245,10 @@ mod tests {
         put_record(&mut out, 3, 42, b"xyz");
         put_record(&mut out, 0, 0, b"");
         let recs = decode_records(&out).unwrap();
+        // A negative or overflowing length is rejected, not trusted (found by fuzzing).
+        let mut neg = vec![0u8; 12];
+        neg.extend_from_slice(&(-99i32).to_be_bytes());
+        assert_eq!(decode_records(&neg), None);
         assert_eq!(recs, vec![(3, 42, b"xyz".to_vec()), (0, 0, vec![])]);
         let mut j = BytesMut::new();
         put_json_line(&mut j, 1, 2, 3, b"k", b"a;b", b"hi");
