@@ -82,7 +82,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         // the client trickles it in; between requests the idle timeout applies.
         let timeout = if partial {
             let started = *request_started.get_or_insert_with(Instant::now);
-            cfg.server.request_timeout.0.saturating_sub(started.elapsed())
+            cfg.server
+                .request_timeout
+                .0
+                .saturating_sub(started.elapsed())
         } else {
             request_started = None;
             cfg.server.idle_timeout.0

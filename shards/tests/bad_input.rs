@@ -160,14 +160,18 @@ fn trickling_client_cannot_hold_a_connection_past_the_request_timeout() {
     });
     c.read_response().unwrap().assert_error(408);
     let sent = t.join().unwrap();
-    assert!(sent < 99, "the server closed the connection while the client was still trickling");
+    assert!(
+        sent < 99,
+        "the server closed the connection while the client was still trickling"
+    );
 }
 
 #[test]
 fn head_gets_headers_without_a_body() {
     let g = Gateway::start();
     let mut c = g.connect();
-    c.send_raw(b"HEAD /alive HTTP/1.1\r\n\r\nGET /alive HTTP/1.1\r\n\r\n").unwrap();
+    c.send_raw(b"HEAD /alive HTTP/1.1\r\n\r\nGET /alive HTTP/1.1\r\n\r\n")
+        .unwrap();
     // The HEAD response carries GET's Content-Length but no body, so the next response follows
     // immediately.
     let mut raw = Vec::new();
