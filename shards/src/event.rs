@@ -7,11 +7,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-/// An epoch that tasks can wait on.
+/// An epoch that tasks can wait on. Each waiting future owns one slot for its waker and frees
+/// it when dropped, so abandoned waits (a `select!` that took another branch, a closed
+/// connection) leave nothing behind and every poll is O(1).
 #[derive(Default)]
 pub struct Event {
     epoch: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
+    slots: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl Event {
@@ -23,14 +26,29 @@ impl Event {
     /// Moves the epoch and wakes every waiter.
     pub fn notify(&self) {
         self.epoch.set(self.epoch.get() + 1);
-        for w in self.wakers.borrow_mut().drain(..) {
+        let woken: Vec<Waker> = self
+            .slots
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for w in woken {
             w.wake();
         }
     }
 
     /// Resolves once the epoch differs from `seen`.
     pub fn wait(&self, seen: u64) -> Wait<'_> {
-        Wait { ev: self, seen }
+        Wait {
+            ev: self,
+            seen,
+            slot: None,
+        }
+    }
+
+    /// Waiting futures registered now (for tests and metrics).
+    pub fn waiters(&self) -> usize {
+        self.slots.borrow().iter().filter(|s| s.is_some()).count()
     }
 }
 
@@ -38,20 +56,47 @@ impl Event {
 pub struct Wait<'a> {
     ev: &'a Event,
     seen: u64,
+    slot: Option<usize>,
 }
 
 impl Future for Wait<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.ev.epoch.get() != self.seen {
             return Poll::Ready(());
         }
-        let mut w = self.ev.wakers.borrow_mut();
-        if !w.iter().any(|x| x.will_wake(cx.waker())) {
-            w.push(cx.waker().clone());
+        let mut slots = self.ev.slots.borrow_mut();
+        match self.slot {
+            Some(k) => match &mut slots[k] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            },
+            None => {
+                let k = match self.ev.free.borrow_mut().pop() {
+                    Some(k) => {
+                        slots[k] = Some(cx.waker().clone());
+                        k
+                    }
+                    None => {
+                        slots.push(Some(cx.waker().clone()));
+                        slots.len() - 1
+                    }
+                };
+                drop(slots);
+                self.slot = Some(k);
+            }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.slot {
+            self.ev.slots.borrow_mut()[k] = None;
+            self.ev.free.borrow_mut().push(k);
+        }
     }
 }
 
@@ -73,5 +118,39 @@ impl Future for YieldNow {
         self.0 = true;
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn dropped_waits_free_their_slot_and_notify_wakes() {
+        let ev = Event::default();
+        let flag = Arc::new(Flag(Default::default()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..1000 {
+            let mut w = Box::pin(ev.wait(ev.epoch()));
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(ev.waiters(), 0, "abandoned waits leave nothing behind");
+        assert_eq!(ev.slots.borrow().len(), 1, "one slot reused");
+        let mut w = Box::pin(ev.wait(ev.epoch()));
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+        ev.notify();
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(w.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -7,7 +7,7 @@ use crate::mesh::{Mesh, Msg};
 use kateway_core::config::Config;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Runs the gateway until a termination signal; returns an error if it cannot start.
 pub fn run(cfg: Config) -> Result<(), String> {
@@ -15,6 +15,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
     };
+    raise_nofile();
     std::fs::create_dir_all(&cfg.store.data_dir).map_err(|e| {
         format!(
             "cannot create data dir {}: {e}",
@@ -26,7 +27,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (mesh, inboxes) = Mesh::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let cfg = Arc::new(cfg);
-    let signals = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut sig = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -67,7 +67,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
     }
     tracing::info!(listen = %cfg.server.listen, cores, data = %cfg.store.data_dir.display(), "kateway serving");
-    let _ = signals;
     if let Some(s) = sig.forever().next() {
         tracing::info!(signal = s, "shutting down");
     }
@@ -126,5 +125,23 @@ fn reactor(id: usize, entries: u32, init: CoreInit) {
         .build()
         .expect("epoll runtime");
     rt.block_on(core::run(init));
-    let _ = Duration::ZERO;
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard one (and the hard one
+/// too when privileged), and say so when the result is low.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if setrlimit(Resource::RLIMIT_NOFILE, 1 << 20, 1 << 20).is_err() {
+        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < 65536 {
+            tracing::warn!(
+                nofile = soft,
+                "open-file limit is low; raise LimitNOFILE for many connections"
+            );
+        }
+    }
 }

@@ -1,0 +1,453 @@
+//! `compare`: kateway against the `noop` ceiling and the `baseline-tokio` gateway, measured in the
+//! same run, with the servers pinned to one CPU and the client to another, in alternating rounds.
+
+use crate::client::{self, Load};
+use crate::procstat;
+use crate::scenario::{self, create_topic, measure, Kind, Measured, Shape};
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The kateway binary.
+    #[arg(long, default_value = "target/release/kateway")]
+    pub kateway: PathBuf,
+    /// CPU the servers run on.
+    #[arg(long, default_value_t = 0)]
+    pub server_cpu: usize,
+    /// CPU the load generator runs on.
+    #[arg(long, default_value_t = 1)]
+    pub client_cpu: usize,
+    /// Rounds; each round runs every server once per scenario.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 5)]
+    pub duration_s: u64,
+    #[arg(long, default_value_t = 1)]
+    pub warmup_s: u64,
+    /// Connections for the closed-loop runs.
+    #[arg(long, default_value_t = 64)]
+    pub conns: usize,
+    /// Idle connections and parked long polls for the memory scenario (each).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle: usize,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-report.json")]
+    pub out: PathBuf,
+    /// Message size.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+}
+
+struct Server {
+    name: &'static str,
+    addr: String,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(
+    name: &'static str,
+    cpu: usize,
+    program: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Server> {
+    let addr = args
+        .iter()
+        .skip_while(|a| *a != "--listen")
+        .nth(1)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no --listen"))?;
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
+        .arg(cpu.to_string())
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Server { name, addr, child })
+}
+
+fn stats(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    json!({"min": s[0], "median": s[s.len() / 2], "max": s[s.len() - 1], "all": v})
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s[s.len() / 2]
+}
+
+fn cmd_out(c: &str, args: &[&str]) -> String {
+    Command::new(c)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "kernel": cmd_out("uname", &["-r"]),
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "commit": cmd_out("git", &["rev-parse", "--short", "HEAD"]),
+        "dirty": !cmd_out("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        "rustc": cmd_out("rustc", &["--version"]),
+    })
+}
+
+pub fn run(a: CompareArgs) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?.to_string_lossy().into_owned();
+    let tmp = std::env::temp_dir().join(format!("kateway-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let kw = a.kateway.to_string_lossy().into_owned();
+    let port = |_: ()| format!("127.0.0.1:{}", free_port());
+    let kateway = start(
+        "kateway",
+        a.server_cpu,
+        &kw,
+        &[
+            "serve".into(),
+            "--cores".into(),
+            "1".into(),
+            "--listen".into(),
+            port(()),
+            "--data-dir".into(),
+            tmp.join("kateway").to_string_lossy().into(),
+        ],
+        &[
+            ("KATEWAY_SERVER_PIN_CORES", "false"),
+            ("KATEWAY_LOG_LEVEL", "warn"),
+        ],
+    )?;
+    let noop = start(
+        "noop",
+        a.server_cpu,
+        &me,
+        &[
+            "serve-noop".into(),
+            "--listen".into(),
+            port(()),
+            "--cpus".into(),
+            a.server_cpu.to_string(),
+        ],
+        &[],
+    )?;
+    let baseline = start(
+        "baseline-tokio",
+        a.server_cpu,
+        &me,
+        &[
+            "serve-baseline".into(),
+            "--listen".into(),
+            port(()),
+            "--threads".into(),
+            "1".into(),
+            "--data".into(),
+            tmp.join("baseline").to_string_lossy().into(),
+        ],
+        &[],
+    )?;
+    create_topic(&kateway.addr, "bench", "t", 1)?;
+    create_topic(&kateway.addr, "bench", "empty", 1)?;
+    let servers = [&kateway, &noop, &baseline];
+    let load =
+        |addr: &str, kind: Kind, shape: &Shape, group: &str, conns: usize, rate: Option<f64>| {
+            let (requests, count) = scenario::requests(kind, shape, group);
+            Load {
+                addr: addr.to_owned(),
+                cpus: vec![a.client_cpu],
+                conns_per_cpu: conns,
+                warmup: Duration::from_secs(a.warmup_s),
+                duration: Duration::from_secs(a.duration_s),
+                rate,
+                requests,
+                count,
+            }
+        };
+    let shape = |ack: &str| Shape {
+        size: a.size,
+        ack: ack.into(),
+        keyed: false,
+        batch: 100,
+        appid: "bench".into(),
+        topic: "t".into(),
+    };
+    let mut report = json!({"machine": machine(), "settings": {
+        "rounds": a.rounds, "duration_s": a.duration_s, "warmup_s": a.warmup_s, "conns": a.conns,
+        "message_bytes": a.size, "server_cpu": a.server_cpu, "client_cpu": a.client_cpu,
+        "kateway": {"cores": 1, "fsync_interval": "50ms (default)"},
+    }, "scenarios": {}});
+    let mut rows: Vec<String> = Vec::new();
+
+    // Single publish, both durabilities, the three servers in alternating order.
+    let mut kateway_local_peak = 0.0;
+    for ack in ["local", "all"] {
+        let mut runs: Vec<(&str, Vec<Measured>)> =
+            servers.iter().map(|s| (s.name, Vec::new())).collect();
+        for round in 0..a.rounds {
+            for k in 0..servers.len() {
+                let i = (k + round) % servers.len();
+                let s = servers[i];
+                eprintln!("[publish ack={ack}] round {} {}", round + 1, s.name);
+                let m = measure(
+                    &load(&s.addr, Kind::Publish, &shape(ack), "", a.conns, None),
+                    Some(s.child.id()),
+                );
+                eprintln!(
+                    "    {:.0} req/s, {:.2} us CPU/req, p99 {} us, foreign CPU {:.2}s",
+                    m.outcome.rps(),
+                    m.cpu_us_per_req(),
+                    m.outcome.p99_us,
+                    m.foreign_cpu_s
+                );
+                runs[i].1.push(m);
+            }
+        }
+        let rps = |i: usize| {
+            runs[i]
+                .1
+                .iter()
+                .map(|m| m.outcome.rps())
+                .collect::<Vec<_>>()
+        };
+        let pcpu = |i: usize| runs[i].1.iter().map(|m| m.per_cpu()).collect::<Vec<_>>();
+        let ratio = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a / b).collect::<Vec<_>>();
+        if ack == "local" {
+            kateway_local_peak = median(&rps(0));
+        }
+        let mut sc = json!({});
+        for (i, (name, ms)) in runs.iter().enumerate() {
+            sc[*name] = json!({
+                "requests_per_s": stats(&rps(i)),
+                "requests_per_cpu_s": stats(&pcpu(i)),
+                "cpu_us_per_request": stats(&ms.iter().map(|m| m.cpu_us_per_req()).collect::<Vec<_>>()),
+                "p99_us": stats(&ms.iter().map(|m| m.outcome.p99_us as f64).collect::<Vec<_>>()),
+                "errors": ms.iter().map(|m| m.outcome.errors + m.outcome.non_2xx).sum::<u64>(),
+            });
+            rows.push(format!(
+                "| publish ack={ack} | {name} | {:.0} | {:.0} | {:.2} | {:.0} |",
+                median(&rps(i)),
+                median(&pcpu(i)),
+                median(&ms.iter().map(|m| m.cpu_us_per_req()).collect::<Vec<_>>()),
+                median(
+                    &ms.iter()
+                        .map(|m| m.outcome.p99_us as f64)
+                        .collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let r = json!({
+            "kateway/noop": {"requests_per_s": stats(&ratio(&rps(0), &rps(1))), "per_cpu_s": stats(&ratio(&pcpu(0), &pcpu(1)))},
+            "kateway/baseline-tokio": {"requests_per_s": stats(&ratio(&rps(0), &rps(2))), "per_cpu_s": stats(&ratio(&pcpu(0), &pcpu(2)))},
+        });
+        for (k, v) in r.as_object().unwrap() {
+            rows.push(format!(
+                "| publish ack={ack} | **{k}** | ×{:.2} | ×{:.2} (min {:.2}, max {:.2}) | | |",
+                v["requests_per_s"]["median"].as_f64().unwrap(),
+                v["per_cpu_s"]["median"].as_f64().unwrap(),
+                v["per_cpu_s"]["min"].as_f64().unwrap(),
+                v["per_cpu_s"]["max"].as_f64().unwrap(),
+            ));
+        }
+        sc["ratios"] = r;
+        report["scenarios"][format!("publish_ack_{ack}")] = sc;
+    }
+
+    // Batch publish (100 per request) and batch subscribe (100 per response), kateway only.
+    for (label, kind, ack) in [
+        ("publish-batch ack=local", Kind::PublishBatch, "local"),
+        ("subscribe batch=100", Kind::Subscribe, "local"),
+    ] {
+        let mut ms = Vec::new();
+        for round in 0..a.rounds {
+            eprintln!("[{label}] round {}", round + 1);
+            let group = format!("sub{round}");
+            let m = measure(
+                &load(&kateway.addr, kind, &shape(ack), &group, 8, None),
+                Some(kateway.child.id()),
+            );
+            eprintln!(
+                "    {:.0} msg/s, {:.2} us CPU/req",
+                m.outcome.mps(),
+                m.cpu_us_per_req()
+            );
+            ms.push(m);
+        }
+        let mps: Vec<f64> = ms.iter().map(|m| m.outcome.mps()).collect();
+        let per_cpu: Vec<f64> = ms
+            .iter()
+            .map(|m| m.outcome.messages as f64 / m.server_cpu_s.max(1e-9))
+            .collect();
+        rows.push(format!(
+            "| {label} | kateway | {:.0} msg/s | {:.0} msg/CPU-s | | |",
+            median(&mps),
+            median(&per_cpu)
+        ));
+        report["scenarios"][label] =
+            json!({"messages_per_s": stats(&mps), "messages_per_cpu_s": stats(&per_cpu)});
+    }
+
+    // Open-loop latency at half of kateway's peak (ack=local).
+    let rate = (kateway_local_peak / 2.0).max(1000.0);
+    let mut ms = Vec::new();
+    for round in 0..a.rounds {
+        eprintln!("[latency ack=local at {rate:.0} req/s] round {}", round + 1);
+        let m = measure(
+            &load(
+                &kateway.addr,
+                Kind::Publish,
+                &shape("local"),
+                "",
+                32,
+                Some(rate),
+            ),
+            Some(kateway.child.id()),
+        );
+        eprintln!(
+            "    p50 {} us, p99 {} us, p99.9 {} us",
+            m.outcome.p50_us, m.outcome.p99_us, m.outcome.p999_us
+        );
+        ms.push(m);
+    }
+    let q = |f: fn(&client::Outcome) -> u64| {
+        ms.iter().map(|m| f(&m.outcome) as f64).collect::<Vec<_>>()
+    };
+    rows.push(format!(
+        "| latency, open loop {rate:.0} req/s ack=local | kateway | p50 {:.0} us | p99 {:.0} us | p99.9 {:.0} us | max {:.0} us |",
+        median(&q(|o| o.p50_us)),
+        median(&q(|o| o.p99_us)),
+        median(&q(|o| o.p999_us)),
+        median(&q(|o| o.max_us)),
+    ));
+    report["scenarios"]["latency_half_peak"] = json!({"rate": rate, "p50_us": stats(&q(|o| o.p50_us)), "p90_us": stats(&q(|o| o.p90_us)), "p99_us": stats(&q(|o| o.p99_us)), "p999_us": stats(&q(|o| o.p999_us)), "max_us": stats(&q(|o| o.max_us))});
+
+    // Memory per idle connection and per parked long poll.
+    if a.idle > 0 {
+        let (idle_kib, parked_kib) = crate::compare::connections(&kateway, a.idle)?;
+        rows.push(format!(
+            "| memory, {} idle connections | kateway | {idle_kib:.1} KiB each | | | |",
+            a.idle
+        ));
+        rows.push(format!(
+            "| memory, {} parked long polls | kateway | {parked_kib:.1} KiB each | | | |",
+            a.idle
+        ));
+        report["scenarios"]["connections"] = json!({"count": a.idle, "rss_kib_per_idle_connection": idle_kib, "rss_kib_per_parked_poll": parked_kib});
+    }
+
+    println!("\n| scenario | server | requests/s (median) | per server CPU second | CPU us/request | p99 us |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!("{r}");
+    }
+    report["table"] = json!(rows);
+    std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("\nreport written to {}", a.out.display());
+    drop((kateway, noop, baseline));
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Opens `n` idle keep-alive connections, then `n` parked long polls; returns the server's RSS
+/// growth per connection and per poll, in KiB.
+fn connections(kateway: &Server, n: usize) -> anyhow::Result<(f64, f64)> {
+    let pid = kateway.child.id();
+    let addr = kateway.addr.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, u64)>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut rt = client::runtime();
+        rt.block_on(async move {
+            use monoio::io::AsyncWriteRentExt;
+            std::thread::sleep(Duration::from_millis(500));
+            let base = procstat::rss_bytes(pid).unwrap_or(0);
+            let mut idle = Vec::with_capacity(n);
+            let alive = client::request("GET", "/alive", &[], b"");
+            for _ in 0..n {
+                let mut s = monoio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .expect("connect");
+                let (r, _) = s.write_all(alive.clone()).await;
+                r.expect("write");
+                let mut buf = bytes::BytesMut::with_capacity(512);
+                client::read_response(&mut s, &mut buf)
+                    .await
+                    .expect("alive");
+                idle.push(s);
+            }
+            monoio::time::sleep(Duration::from_millis(500)).await;
+            let with_idle = procstat::rss_bytes(pid).unwrap_or(0);
+            let poll = client::request(
+                "GET",
+                "/v1/msgs/bench/empty/v1?group=mem&wait=300s",
+                &[("Appid", "benchsub")],
+                b"",
+            );
+            let mut parked = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut s = monoio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .expect("connect");
+                let (r, _) = s.write_all(poll.clone()).await;
+                r.expect("write");
+                parked.push(s);
+            }
+            monoio::time::sleep(Duration::from_millis(1500)).await;
+            let with_parked = procstat::rss_bytes(pid).unwrap_or(0);
+            let _ = tx.send((base, with_idle, with_parked));
+            let _ = done_rx.recv();
+            drop(idle);
+            drop(parked);
+        })
+    });
+    let (base, with_idle, with_parked) = rx.recv()?;
+    let _ = done_tx.send(());
+    let kib = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 1024.0 / n as f64;
+    eprintln!(
+        "[connections] rss base {} KiB, +{n} idle {} KiB, +{n} parked {} KiB",
+        base / 1024,
+        with_idle / 1024,
+        with_parked / 1024
+    );
+    Ok((kib(base, with_idle), kib(with_idle, with_parked)))
+}

@@ -1,0 +1,220 @@
+//! Scenarios: the requests each one sends and how its responses count as messages, plus the
+//! `run` command that drives one of them against a running server.
+
+use crate::client::{self, Count, Load, Outcome};
+use crate::procstat;
+use bytes::{Bytes, BytesMut};
+use std::time::{Duration, Instant};
+
+/// Which load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Kind {
+    /// One message per request.
+    Publish,
+    /// `--batch` messages per request (ndjson).
+    PublishBatch,
+    /// Batch subscribe (`--batch` per response) from the oldest message.
+    Subscribe,
+}
+
+/// Shape of the messages and the target topic.
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
+pub struct Shape {
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// ack=all or ack=local.
+    #[arg(long, default_value = "local")]
+    pub ack: String,
+    /// Use a partition key (cycling over 1024 keys).
+    #[arg(long)]
+    pub keyed: bool,
+    /// Messages per request (publish-batch) or per response (subscribe).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Topic owner app.
+    #[arg(long, default_value = "bench")]
+    pub appid: String,
+    /// Topic.
+    #[arg(long, default_value = "t")]
+    pub topic: String,
+}
+
+/// Requests and counting rule for a scenario.
+pub fn requests(kind: Kind, shape: &Shape, group: &str) -> (Vec<Bytes>, Count) {
+    let payload: Vec<u8> = (0..shape.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let app = [("Appid", shape.appid.as_str())];
+    match kind {
+        Kind::Publish => {
+            let keys = if shape.keyed { 1024 } else { 1 };
+            let reqs = (0..keys)
+                .map(|k| {
+                    let key = if shape.keyed {
+                        format!("&key=k{k}")
+                    } else {
+                        String::new()
+                    };
+                    let path = format!("/v1/msgs/{}/v1?ack={}{key}", shape.topic, shape.ack);
+                    client::request("POST", &path, &app, &payload)
+                })
+                .collect();
+            (reqs, Count::One)
+        }
+        Kind::PublishBatch => {
+            let mut body = BytesMut::new();
+            for _ in 0..shape.batch {
+                body.extend_from_slice(&payload);
+                body.extend_from_slice(b"\n");
+            }
+            let path = format!("/v1/msgs/{}/v1?ack={}", shape.topic, shape.ack);
+            let h = [
+                ("Appid", shape.appid.as_str()),
+                ("Content-Type", "application/x-ndjson"),
+            ];
+            (
+                vec![client::request("POST", &path, &h, &body)],
+                Count::Fixed(shape.batch as u64),
+            )
+        }
+        Kind::Subscribe => {
+            let path = format!(
+                "/v1/msgs/{}/{}/v1?group={group}&batch={}&wait=0s",
+                shape.appid, shape.topic, shape.batch
+            );
+            (
+                vec![client::request("GET", &path, &[("Appid", "benchsub")], b"")],
+                Count::Records,
+            )
+        }
+    }
+}
+
+/// Arguments of `run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value = "publish")]
+    pub scenario: Kind,
+    #[arg(long, default_value = "127.0.0.1:9191")]
+    pub addr: String,
+    /// The server's pid, to report its CPU time per request.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[command(flatten)]
+    pub shape: Shape,
+    /// Connections per client CPU.
+    #[arg(long, default_value_t = 64)]
+    pub conns: usize,
+    /// Client CPUs.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub cpus: Vec<usize>,
+    #[arg(long, default_value = "10")]
+    pub duration_s: u64,
+    #[arg(long, default_value = "2")]
+    pub warmup_s: u64,
+    /// Open loop at this many requests per second (default: closed loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Create the topic first (kateway only).
+    #[arg(long)]
+    pub create_topic: bool,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measured {
+    pub outcome: Outcome,
+    pub server_cpu_s: f64,
+    pub foreign_cpu_s: f64,
+}
+
+impl Measured {
+    /// Requests per server CPU second.
+    pub fn per_cpu(&self) -> f64 {
+        self.outcome.requests as f64 / self.server_cpu_s.max(1e-9)
+    }
+    pub fn cpu_us_per_req(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.outcome.requests.max(1) as f64
+    }
+}
+
+/// Runs a load while measuring the server's CPU time over the measured window.
+pub fn measure(load: &Load, pid: Option<u32>) -> Measured {
+    let me = std::process::id();
+    let exclude: Vec<u32> = [Some(me), pid].into_iter().flatten().collect();
+    let sampler = pid.map(|pid| {
+        let (warmup, duration) = (load.warmup, load.duration);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200) + warmup);
+            let t0 = Instant::now();
+            let c0 = procstat::cpu_time(pid).unwrap_or_default();
+            let f0 = procstat::foreign_cpu(&exclude);
+            std::thread::sleep(duration);
+            let c1 = procstat::cpu_time(pid).unwrap_or_default();
+            let f1 = procstat::foreign_cpu(&exclude);
+            let scale = duration.as_secs_f64() / t0.elapsed().as_secs_f64();
+            (
+                (c1 - c0).as_secs_f64() * scale,
+                (f1.saturating_sub(f0)).as_secs_f64(),
+            )
+        })
+    });
+    let outcome = client::run(load);
+    let (server_cpu_s, foreign_cpu_s) = sampler
+        .map(|s| s.join().unwrap_or((0.0, 0.0)))
+        .unwrap_or((0.0, 0.0));
+    Measured {
+        outcome,
+        server_cpu_s,
+        foreign_cpu_s,
+    }
+}
+
+/// Creates a topic on kateway (409 when it exists is fine).
+pub fn create_topic(addr: &str, appid: &str, topic: &str, partitions: u32) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(s, "POST /v1/topics/{appid}/{topic}/v1?partitions={partitions} HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    anyhow::ensure!(
+        resp.starts_with("HTTP/1.1 201") || resp.starts_with("HTTP/1.1 409"),
+        "create topic: {resp}"
+    );
+    Ok(())
+}
+
+pub fn run_cli(a: RunArgs) -> anyhow::Result<()> {
+    if a.create_topic {
+        create_topic(&a.addr, &a.shape.appid, &a.shape.topic, 1)?;
+    }
+    let (requests, count) = requests(a.scenario, &a.shape, &format!("g{}", std::process::id()));
+    let load = Load {
+        addr: a.addr.clone(),
+        cpus: a.cpus.clone(),
+        conns_per_cpu: a.conns,
+        warmup: Duration::from_secs(a.warmup_s),
+        duration: Duration::from_secs(a.duration_s),
+        rate: a.rate,
+        requests,
+        count,
+    };
+    eprintln!(
+        "running {:?} against {} for {}s (+{}s warm-up)...",
+        a.scenario, a.addr, a.duration_s, a.warmup_s
+    );
+    let m = measure(&load, a.pid);
+    let o = &m.outcome;
+    println!(
+        "requests/s {:.0}  messages/s {:.0}  errors {}  non-2xx {}  p50 {}us  p90 {}us  p99 {}us  p99.9 {}us  max {}us",
+        o.rps(), o.mps(), o.errors, o.non_2xx, o.p50_us, o.p90_us, o.p99_us, o.p999_us, o.max_us
+    );
+    if a.pid.is_some() {
+        println!(
+            "server CPU {:.2}s  {:.2}us/request  {:.0} requests per CPU second",
+            m.server_cpu_s,
+            m.cpu_us_per_req(),
+            m.per_cpu()
+        );
+    }
+    Ok(())
+}
