@@ -28,9 +28,13 @@ pub struct CompareArgs {
     pub duration_s: u64,
     #[arg(long, default_value_t = 1)]
     pub warmup_s: u64,
-    /// Connections for the closed-loop runs.
+    /// Connections for the closed-loop `ack=local` runs.
     #[arg(long, default_value_t = 64)]
     pub conns: usize,
+    /// Connections for the closed-loop `ack=all` runs: group commit amortises each fsync over
+    /// the requests waiting for it, so durable throughput needs more requests in flight.
+    #[arg(long, default_value_t = 256)]
+    pub conns_all: usize,
     /// Idle connections and parked long polls for the memory scenario (each).
     #[arg(long, default_value_t = 10_000)]
     pub idle: usize,
@@ -213,7 +217,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         topic: "t".into(),
     };
     let mut report = json!({"machine": machine(), "settings": {
-        "rounds": a.rounds, "duration_s": a.duration_s, "warmup_s": a.warmup_s, "conns": a.conns,
+        "rounds": a.rounds, "duration_s": a.duration_s, "warmup_s": a.warmup_s, "conns_ack_local": a.conns, "conns_ack_all": a.conns_all,
         "message_bytes": a.size, "server_cpu": a.server_cpu, "client_cpu": a.client_cpu,
         "kateway": {"cores": 1, "fsync_interval": "50ms (default)"},
     }, "scenarios": {}});
@@ -230,7 +234,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 let s = servers[i];
                 eprintln!("[publish ack={ack}] round {} {}", round + 1, s.name);
                 let m = measure(
-                    &load(&s.addr, Kind::Publish, &shape(ack), "", a.conns, None),
+                    &load(&s.addr, Kind::Publish, &shape(ack), "", if ack == "all" { a.conns_all } else { a.conns }, None),
                     Some(s.child.id()),
                 );
                 eprintln!(
@@ -265,7 +269,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 "errors": ms.iter().map(|m| m.outcome.errors + m.outcome.non_2xx).sum::<u64>(),
             });
             rows.push(format!(
-                "| publish ack={ack} | {name} | {:.0} | {:.0} | {:.2} | {:.0} |",
+                "| publish ack={ack}, {} conns | {name} | {:.0} | {:.0} | {:.2} | {:.0} |",
+                if ack == "all" { a.conns_all } else { a.conns },
                 median(&rps(i)),
                 median(&pcpu(i)),
                 median(&ms.iter().map(|m| m.cpu_us_per_req()).collect::<Vec<_>>()),
@@ -362,8 +367,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     report["scenarios"]["latency_half_peak"] = json!({"rate": rate, "p50_us": stats(&q(|o| o.p50_us)), "p90_us": stats(&q(|o| o.p90_us)), "p99_us": stats(&q(|o| o.p99_us)), "p999_us": stats(&q(|o| o.p999_us)), "max_us": stats(&q(|o| o.max_us))});
 
     // Memory per idle connection and per parked long poll.
-    if a.idle > 0 {
-        let (idle_kib, parked_kib) = crate::compare::connections(&kateway, a.idle)?;
+    // Both processes need a descriptor per connection; stay within what this host allows.
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s) as usize;
+    let idle = a.idle.min(limit.saturating_sub(512) / 2);
+    if idle < a.idle {
+        eprintln!("[connections] open-file limit {limit}: measuring {idle} of each instead of {}", a.idle);
+    }
+    if idle > 0 {
+        let (idle_kib, parked_kib) = crate::compare::connections(&kateway, idle)?;
         rows.push(format!(
             "| memory, {} idle connections | kateway | {idle_kib:.1} KiB each | | | |",
             a.idle
