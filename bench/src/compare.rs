@@ -234,7 +234,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 let s = servers[i];
                 eprintln!("[publish ack={ack}] round {} {}", round + 1, s.name);
                 let m = measure(
-                    &load(&s.addr, Kind::Publish, &shape(ack), "", if ack == "all" { a.conns_all } else { a.conns }, None),
+                    &load(
+                        &s.addr,
+                        Kind::Publish,
+                        &shape(ack),
+                        "",
+                        if ack == "all" { a.conns_all } else { a.conns },
+                        None,
+                    ),
                     Some(s.child.id()),
                 );
                 eprintln!(
@@ -332,46 +339,81 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             json!({"messages_per_s": stats(&mps), "messages_per_cpu_s": stats(&per_cpu)});
     }
 
-    // Open-loop latency at half of kateway's peak (ack=local).
+    // Open-loop latency at half of kateway's peak (ack=local), kateway and the noop ceiling
+    // driven identically, so the client's own contribution is visible.
     let rate = (kateway_local_peak / 2.0).max(1000.0);
-    let mut ms = Vec::new();
-    for round in 0..a.rounds {
-        eprintln!("[latency ack=local at {rate:.0} req/s] round {}", round + 1);
-        let m = measure(
-            &load(
-                &kateway.addr,
-                Kind::Publish,
-                &shape("local"),
-                "",
-                32,
-                Some(rate),
-            ),
-            Some(kateway.child.id()),
-        );
-        eprintln!(
-            "    p50 {} us, p99 {} us, p99.9 {} us",
-            m.outcome.p50_us, m.outcome.p99_us, m.outcome.p999_us
-        );
-        ms.push(m);
+    let mut lat = json!({"rate": rate});
+    for s in [&kateway, &noop] {
+        let mut ms = Vec::new();
+        for round in 0..a.rounds {
+            eprintln!(
+                "[latency ack=local at {rate:.0} req/s] round {} {}",
+                round + 1,
+                s.name
+            );
+            let m = measure(
+                &load(&s.addr, Kind::Publish, &shape("local"), "", 32, Some(rate)),
+                Some(s.child.id()),
+            );
+            eprintln!(
+                "    p50 {} us, p99 {} us, p99.9 {} us",
+                m.outcome.p50_us, m.outcome.p99_us, m.outcome.p999_us
+            );
+            ms.push(m);
+        }
+        let q = |f: fn(&client::Outcome) -> u64| {
+            ms.iter().map(|m| f(&m.outcome) as f64).collect::<Vec<_>>()
+        };
+        rows.push(format!(
+            "| latency, open loop {rate:.0} req/s ack=local | {} | p50 {:.0} us | p99 {:.0} us | p99.9 {:.0} us | max {:.0} us |",
+            s.name,
+            median(&q(|o| o.p50_us)),
+            median(&q(|o| o.p99_us)),
+            median(&q(|o| o.p999_us)),
+            median(&q(|o| o.max_us)),
+        ));
+        lat[s.name] = json!({"p50_us": stats(&q(|o| o.p50_us)), "p90_us": stats(&q(|o| o.p90_us)), "p99_us": stats(&q(|o| o.p99_us)), "p999_us": stats(&q(|o| o.p999_us)), "max_us": stats(&q(|o| o.max_us))});
     }
-    let q = |f: fn(&client::Outcome) -> u64| {
-        ms.iter().map(|m| f(&m.outcome) as f64).collect::<Vec<_>>()
-    };
-    rows.push(format!(
-        "| latency, open loop {rate:.0} req/s ack=local | kateway | p50 {:.0} us | p99 {:.0} us | p99.9 {:.0} us | max {:.0} us |",
-        median(&q(|o| o.p50_us)),
-        median(&q(|o| o.p99_us)),
-        median(&q(|o| o.p999_us)),
-        median(&q(|o| o.max_us)),
-    ));
-    report["scenarios"]["latency_half_peak"] = json!({"rate": rate, "p50_us": stats(&q(|o| o.p50_us)), "p90_us": stats(&q(|o| o.p90_us)), "p99_us": stats(&q(|o| o.p99_us)), "p999_us": stats(&q(|o| o.p999_us)), "max_us": stats(&q(|o| o.max_us))});
+    report["scenarios"]["latency_half_peak"] = lat;
 
-    // Memory per idle connection and per parked long poll.
+    // End-to-end: publish -> long-polling subscriber.
+    let e2e_rate = 10_000.0;
+    let mut e2es = Vec::new();
+    for round in 0..a.rounds {
+        eprintln!("[e2e at {e2e_rate:.0} msg/s] round {}", round + 1);
+        let r = crate::e2e::run(
+            &kateway.addr,
+            a.client_cpu,
+            e2e_rate,
+            Duration::from_secs(a.warmup_s),
+            Duration::from_secs(a.duration_s),
+            "t",
+        )?;
+        eprintln!(
+            "    {} messages, p50 {} us, p99 {} us, max {} us",
+            r.messages, r.p50_us, r.p99_us, r.max_us
+        );
+        e2es.push(r);
+    }
+    let eq = |f: fn(&crate::e2e::E2e) -> u64| e2es.iter().map(|e| f(e) as f64).collect::<Vec<_>>();
+    rows.push(format!(
+        "| end to end, {e2e_rate:.0} msg/s, publish -> long poll | kateway | p50 {:.0} us | p99 {:.0} us | p99.9 {:.0} us | max {:.0} us |",
+        median(&eq(|e| e.p50_us)),
+        median(&eq(|e| e.p99_us)),
+        median(&eq(|e| e.p999_us)),
+        median(&eq(|e| e.max_us)),
+    ));
+    report["scenarios"]["e2e"] = json!({"rate": e2e_rate, "p50_us": stats(&eq(|e| e.p50_us)), "p99_us": stats(&eq(|e| e.p99_us)), "p999_us": stats(&eq(|e| e.p999_us)), "max_us": stats(&eq(|e| e.max_us)), "messages": eq(|e| e.messages)});
+
     // Both processes need a descriptor per connection; stay within what this host allows.
-    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s) as usize;
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(s, _)| s) as usize;
     let idle = a.idle.min(limit.saturating_sub(512) / 2);
     if idle < a.idle {
-        eprintln!("[connections] open-file limit {limit}: measuring {idle} of each instead of {}", a.idle);
+        eprintln!(
+            "[connections] open-file limit {limit}: measuring {idle} of each instead of {}",
+            a.idle
+        );
     }
     if idle > 0 {
         let (idle_kib, parked_kib) = crate::compare::connections(&kateway, idle)?;

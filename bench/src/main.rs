@@ -10,6 +10,7 @@
 mod baseline;
 mod client;
 mod compare;
+mod e2e;
 mod noop;
 mod procstat;
 mod scenario;

@@ -12,7 +12,10 @@ fn http_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("http1");
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_publish_request", |b| {
-        let mut d = Decoder::new(Limits { max_head: 8192, max_body: 1 << 20 });
+        let mut d = Decoder::new(Limits {
+            max_head: 8192,
+            max_body: 1 << 20,
+        });
         let mut buf = BytesMut::with_capacity(4096);
         b.iter(|| {
             buf.extend_from_slice(REQ);
@@ -41,14 +44,17 @@ fn log(c: &mut Criterion) {
         })
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = PartitionConfig { segment_bytes: 256 << 20, index_interval: 4096 };
+    let cfg = PartitionConfig {
+        segment_bytes: 256 << 20,
+        index_interval: 4096,
+    };
     let (mut p, _) = Partition::open(&dir.path().join("append"), cfg).expect("open");
     g.bench_function("append_100B_write_every_64", |b| {
         let mut n = 0u64;
         b.iter(|| {
             black_box(p.append(0, b"", b"", &value));
             n += 1;
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 p.write_pending().expect("write");
             }
         })

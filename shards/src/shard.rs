@@ -123,9 +123,40 @@ impl Shard {
             .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}")))
     }
 
+    /// The topic's interned name (the catalog's key), so lookups need no allocation.
+    fn interned(&self, topic: &str) -> Option<Rc<str>> {
+        self.topics
+            .borrow()
+            .get_key_value(topic)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// The topic of `(appid, topic, ver)`, validated and looked up without allocating.
+    pub fn lookup(&self, appid: &str, topic: &str, ver: &str) -> Result<Rc<TopicMeta>, Error> {
+        use kateway_core::names::{validate_part, validate_ver};
+        validate_part("appid", appid)?;
+        validate_part("topic", topic)?;
+        validate_ver(ver)?;
+        thread_local! {
+            static NAME: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        NAME.with(|n| {
+            let mut n = n.borrow_mut();
+            n.clear();
+            n.push_str(appid);
+            n.push('.');
+            n.push_str(topic);
+            n.push('.');
+            n.push_str(ver);
+            self.topic(&n)
+        })
+    }
+
     fn part(&self, topic: &str, p: u32) -> Result<Rc<RefCell<OwnedPartition>>, Error> {
-        let key: Rc<str> = Rc::from(topic);
-        self.parts.borrow().get(&(key, p)).cloned().ok_or_else(|| {
+        let found = self
+            .interned(topic)
+            .and_then(|key| self.parts.borrow().get(&(key, p)).cloned());
+        found.ok_or_else(|| {
             Error::new(
                 ErrorKind::UnknownTopic,
                 format!("unknown partition {topic}/{p}"),
@@ -260,7 +291,8 @@ impl Shard {
     fn mark_dirty(&self, topic: &str, p: u32) {
         let mut d = self.dirty.borrow_mut();
         if !d.iter().any(|(t, q)| *q == p && &**t == topic) {
-            d.push((Rc::from(topic), p));
+            let key = self.interned(topic).unwrap_or_else(|| Rc::from(topic));
+            d.push((key, p));
         }
         self.dur.work.notify();
     }

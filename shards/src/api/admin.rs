@@ -117,7 +117,7 @@ pub async fn partitions(
     ver: &str,
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
-    let meta = shard.topic(&TopicName::new(appid, topic, ver)?.storage_name())?;
+    let meta = shard.lookup(appid, topic, ver)?;
     let infos = gather(shard, &meta, "\u{0}").await?;
     let parts: Vec<_> = infos
         .iter()
@@ -139,7 +139,7 @@ pub async fn topic_status(
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
     let me = caller(req)?;
-    let meta = shard.topic(&TopicName::new(appid, topic, ver)?.storage_name())?;
+    let meta = shard.lookup(appid, topic, ver)?;
     let (prefix, exact) = match query::raw(req.query(), "group") {
         Some(g) if !g.is_empty() => (GroupName::new(me, g)?.to_string(), true),
         _ => (format!("{me}."), false),

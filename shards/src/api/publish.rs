@@ -6,9 +6,10 @@ use super::{caller, Out};
 use crate::mesh::{Ack, Item, Msg};
 use crate::metrics;
 use crate::shard::Shard;
+use crate::topics::TopicMeta;
 use bytes::{BufMut, Bytes, BytesMut};
 use kateway_core::partitioner::partition_for_key;
-use kateway_core::{Error, ErrorKind, TopicName};
+use kateway_core::{Error, ErrorKind};
 use kateway_proto::batch::{self, BatchError};
 use kateway_proto::http1::encode::put_u64;
 use kateway_proto::http1::Request;
@@ -68,8 +69,7 @@ pub async fn publish(
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
     let appid = caller(req)?;
-    let name = TopicName::new(appid, topic, ver)?.storage_name();
-    let meta = shard.topic(&name)?;
+    let meta = shard.lookup(appid, topic, ver)?;
     let q = req.query();
     let lim = &shard.cfg.limits;
     let ack = parse_ack(q)?;
@@ -145,7 +145,32 @@ pub async fn publish(
         }]
     };
 
-    // Place every message; keyless ones of one request share one partition.
+    let status = if ack == Ack::Async { 202 } else { 201 };
+    let mut body = BytesMut::with_capacity(48);
+    if !is_batch {
+        // The common case: one message, one partition, no grouping.
+        let item = Item {
+            key: key.unwrap_or_default(),
+            tags,
+            value: req.body.clone(),
+        };
+        let p = if item.key.is_empty() {
+            shard.pick_partition(&meta)
+        } else {
+            partition_for_key(&item.key, meta.partitions)
+        };
+        let offsets = append(shard, &meta, p, vec![item], ack).await?;
+        let o = offsets[0];
+        put_result(&mut body, p, o);
+        out.response(status)
+            .header_int("x-partition", p.into())
+            .header_int("x-offset", o as i64)
+            .body("application/json", &body);
+        return Ok(());
+    }
+
+    // A batch: keyless messages of one request share one partition; keyed ones are grouped by
+    // partition, one append (local or through the mesh) per partition.
     let keyless = shard.pick_partition(&meta);
     let mut by_part: BTreeMap<u32, Vec<(usize, Item)>> = BTreeMap::new();
     for (i, it) in items.into_iter().enumerate() {
@@ -155,64 +180,61 @@ pub async fn publish(
         } else {
             partition_for_key(&k, meta.partitions)
         };
-        by_part.entry(p).or_default().push((
-            i,
-            Item {
-                key: k,
-                tags: tags.clone(),
-                value: it.value,
-            },
-        ));
+        let item = Item {
+            key: k,
+            tags: tags.clone(),
+            value: it.value,
+        };
+        by_part.entry(p).or_default().push((i, item));
     }
     let n: usize = by_part.values().map(Vec::len).sum();
     let mut results = vec![(0u32, 0u64); n];
     for (p, entries) in by_part {
         let (idx, items): (Vec<usize>, Vec<Item>) = entries.into_iter().unzip();
-        let owner = meta.owner(p, shard.cores());
-        let offsets = if owner == shard.id {
-            shard.publish_local(&name, p, &items, ack).await?
-        } else {
-            metrics::inc(&shard.metrics.mesh_messages_total);
-            let topic = name.clone();
-            shard
-                .mesh
-                .call(owner, move |reply| Msg::Append {
-                    topic,
-                    partition: p,
-                    items,
-                    ack,
-                    reply,
-                })
-                .await??
-        };
+        let offsets = append(shard, &meta, p, items, ack).await?;
         for (i, o) in idx.into_iter().zip(offsets) {
             results[i] = (p, o);
         }
     }
-
-    let status = if ack == Ack::Async { 202 } else { 201 };
-    let mut body = BytesMut::with_capacity(32 + n * 32);
-    if is_batch {
-        body.put_slice(b"{\"count\":");
-        put_u64(&mut body, n as u64);
-        body.put_slice(b",\"results\":[");
-        for (i, (p, o)) in results.iter().enumerate() {
-            if i > 0 {
-                body.put_u8(b',');
-            }
-            put_result(&mut body, *p, *o);
+    body.reserve(32 + n * 32);
+    body.put_slice(b"{\"count\":");
+    put_u64(&mut body, n as u64);
+    body.put_slice(b",\"results\":[");
+    for (i, (p, o)) in results.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
         }
-        body.put_slice(b"]}");
-        out.json(status, &body);
-    } else {
-        let (p, o) = results[0];
-        put_result(&mut body, p, o);
-        out.response(status)
-            .header_int("x-partition", p.into())
-            .header_int("x-offset", o as i64)
-            .body("application/json", &body);
+        put_result(&mut body, *p, *o);
     }
+    body.put_slice(b"]}");
+    out.json(status, &body);
     Ok(())
+}
+
+/// Appends to partition `p` on its owner core and waits for the durability asked for.
+async fn append(
+    shard: &Rc<Shard>,
+    meta: &TopicMeta,
+    p: u32,
+    items: Vec<Item>,
+    ack: Ack,
+) -> Result<Vec<u64>, Error> {
+    let owner = meta.owner(p, shard.cores());
+    if owner == shard.id {
+        return shard.publish_local(&meta.name, p, &items, ack).await;
+    }
+    metrics::inc(&shard.metrics.mesh_messages_total);
+    let topic = meta.name.clone();
+    shard
+        .mesh
+        .call(owner, move |reply| Msg::Append {
+            topic,
+            partition: p,
+            items,
+            ack,
+            reply,
+        })
+        .await?
 }
 
 fn put_result(body: &mut BytesMut, p: u32, o: u64) {

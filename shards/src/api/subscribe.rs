@@ -15,7 +15,7 @@ use crate::shard::Shard;
 use crate::topics::TopicMeta;
 use bytes::{Bytes, BytesMut};
 use kateway_core::units::parse_duration;
-use kateway_core::{Error, ErrorKind, GroupName, TopicName};
+use kateway_core::{Error, ErrorKind, GroupName};
 use kateway_proto::batch;
 use kateway_proto::http1::chunked::{encode_chunk, encode_last};
 use kateway_proto::http1::Request;
@@ -37,8 +37,8 @@ pub async fn subscribe(
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
     let me = caller(req)?;
-    let name = TopicName::new(appid, topic, ver)?.storage_name();
-    let meta = shard.topic(&name)?;
+    let meta = shard.lookup(appid, topic, ver)?;
+    let name = meta.name.clone();
     let q = req.query();
     let scfg = &shard.cfg.subscribe;
     let group = match query::raw(q, "group") {
@@ -378,8 +378,7 @@ pub async fn ack_batch(
         offset: u64,
     }
     let me = caller(req)?;
-    let name = TopicName::new(appid, topic, ver)?.storage_name();
-    let meta = shard.topic(&name)?;
+    let meta = shard.lookup(appid, topic, ver)?;
     let group = GroupName::new(me, group)?.to_string();
     let items: Vec<AckItem> = serde_json::from_slice(&req.body).map_err(|e| {
         Error::new(
