@@ -16,9 +16,11 @@ fi
 bench $((SECS + 3)) --scenario "$SCENARIO" --pid "$KW_PID" "$@" > "$OUT/$SCENARIO.bench.txt" &
 BENCH=$!
 sleep 2
-perf record -F 999 -g --call-graph dwarf,16384 -p "$KW_PID" -o "$OUT/$SCENARIO.perf.data" -- sleep "$SECS" 2>/dev/null
 perf stat -e task-clock,context-switches,cpu-migrations,page-faults,cycles,instructions \
-  -p "$KW_PID" -- sleep 1 2> "$OUT/$SCENARIO.stat.txt" || true
+  -p "$KW_PID" -- sleep "$SECS" 2> "$OUT/$SCENARIO.stat.txt" &
+STAT=$!
+perf record -F 999 -g --call-graph dwarf,16384 -p "$KW_PID" -o "$OUT/$SCENARIO.perf.data" -- sleep "$SECS" 2>/dev/null
+wait "$STAT" || true
 wait "$BENCH"
 perf script -i "$OUT/$SCENARIO.perf.data" 2>/dev/null | inferno-collapse-perf > "$OUT/$SCENARIO.folded"
 inferno-flamegraph --title "kateway $SCENARIO $*" < "$OUT/$SCENARIO.folded" > "$OUT/$SCENARIO.svg"

@@ -328,3 +328,23 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) 
     b.extend_from_slice(body);
     Bytes::from(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_records_and_builds_requests() {
+        let mut b = BytesMut::new();
+        kateway_proto::batch::put_record(&mut b, 0, 1, b"abc");
+        kateway_proto::batch::put_record(&mut b, 1, 2, b"");
+        assert_eq!(count_records(&b), 2);
+        assert_eq!(
+            count_records(&b[..b.len() - 1]),
+            1,
+            "a truncated record is not counted"
+        );
+        let r = request("POST", "/v1/msgs/t/v1", &[("Appid", "a")], b"xy");
+        assert_eq!(&r[..], b"POST /v1/msgs/t/v1 HTTP/1.1\r\nHost: bench\r\nAppid: a\r\nContent-Length: 2\r\n\r\nxy");
+    }
+}

@@ -235,9 +235,19 @@ impl Segment {
             self.index[i - 1].1 as u64
         };
         while pos < self.size {
-            let want = max_bytes
+            // Read about what the caller can take (guessing 256 bytes a record), not the whole
+            // byte budget: a reader far behind the end would otherwise copy megabytes per call.
+            // The loop reads on if the guess was short.
+            let left = max_records.saturating_sub(out.len());
+            let want = left
+                .saturating_mul(256)
                 .saturating_add(record::HEADER)
-                .clamp(64 << 10, 4 << 20)
+                .min(
+                    max_bytes
+                        .saturating_sub(*bytes)
+                        .saturating_add(record::HEADER),
+                )
+                .clamp(4 << 10, 4 << 20)
                 .min((self.size - pos) as usize);
             let chunk = self.read_chunk(pos, want)?;
             let mut at = 0usize;
