@@ -38,6 +38,8 @@ start_kateway() {
 
 stop_kateway() {
   kill -TERM "$KW_PID" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$KW_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$KW_PID" 2>/dev/null || true
   wait "$KW_PID" 2>/dev/null || true
   rm -rf "$DATA"
 }

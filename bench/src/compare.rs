@@ -419,13 +419,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let (idle_kib, parked_kib) = crate::compare::connections(&kateway, idle)?;
         rows.push(format!(
             "| memory, {} idle connections | kateway | {idle_kib:.1} KiB each | | | |",
-            a.idle
+            idle
         ));
         rows.push(format!(
             "| memory, {} parked long polls | kateway | {parked_kib:.1} KiB each | | | |",
-            a.idle
+            idle
         ));
-        report["scenarios"]["connections"] = json!({"count": a.idle, "rss_kib_per_idle_connection": idle_kib, "rss_kib_per_parked_poll": parked_kib});
+        report["scenarios"]["connections"] = json!({"count": idle, "rss_kib_per_idle_connection": idle_kib, "rss_kib_per_parked_poll": parked_kib});
     }
 
     println!("\n| scenario | server | requests/s (median) | per server CPU second | CPU us/request | p99 us |");
