@@ -143,7 +143,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("kateway-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let kw = a.kateway.to_string_lossy().into_owned();
+    let kw = kateway_binary(&a.kateway)?;
     let port = |_: ()| format!("127.0.0.1:{}", free_port());
     let kateway = start(
         "kateway",
@@ -503,4 +503,34 @@ fn connections(kateway: &Server, n: usize) -> anyhow::Result<(f64, f64)> {
         with_parked / 1024
     );
     Ok((kib(base, with_idle), kib(with_idle, with_parked)))
+}
+
+/// The kateway binary to benchmark: the given path, or the workspace's release build, built
+/// first when it is missing (so `cargo run -p kateway-bench -- compare` works on a fresh clone).
+fn kateway_binary(given: &std::path::Path) -> anyhow::Result<String> {
+    if given.exists() {
+        return Ok(given.to_string_lossy().into_owned());
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let built = root.join("target/release/kateway");
+    if !built.exists() {
+        eprintln!("building {} ...", built.display());
+        let ok = Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "kateway-shards",
+                "--bin",
+                "kateway",
+            ])
+            .current_dir(&root)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "cargo build of kateway failed");
+    }
+    Ok(built.to_string_lossy().into_owned())
 }
