@@ -186,3 +186,29 @@ fn head_gets_headers_without_a_body() {
     assert!(head.ends_with("content-length: 8\r\n\r\n"), "{head}");
     assert!(get.ends_with("{\"ok\":1}"));
 }
+
+#[test]
+fn connections_beyond_the_core_limit_get_503_with_retry_after() {
+    let g = Gateway::start_with(&[("KATEWAY_SERVER_MAX_CONNECTIONS_PER_CORE", "2")]);
+    // Hold connections on both cores (2 each), then one more must be refused.
+    let mut held: Vec<_> = Vec::new();
+    let mut refused = None;
+    for _ in 0..10 {
+        let mut c = g.connect();
+        c.send_raw(b"GET /alive HTTP/1.1\r\n\r\n").unwrap();
+        let r = c.read_response().unwrap();
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200);
+        held.push(c);
+    }
+    let r = refused.expect("a connection beyond the limit was refused");
+    r.assert_error(503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(held.len() <= 4);
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    still_serving(&g);
+}

@@ -2,21 +2,38 @@
 //! the message lands on a partition another core owns.
 
 mod support;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::Gateway;
 
 #[test]
-fn empty_topic_answers_204_after_wait() {
-    let g = Gateway::start();
+fn empty_topic_parks_the_poll_then_answers_204() {
+    let g = std::sync::Arc::new(Gateway::start());
     g.create_topic("app1", "t", 2);
-    let t0 = Instant::now();
-    let s = g.sub("app2", "app1", "t", "group=g&wait=1s", &[]);
+    let g2 = g.clone();
+    let poll = std::thread::spawn(move || g2.sub("app2", "app1", "t", "group=g&wait=2s", &[]));
+    // While the poll waits, the gateway reports it as parked.
+    let mut parked = 0.0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        parked = metric(&g, "kateway_sub_parked_polls");
+        if parked >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(parked, 1.0, "the poll is parked, not answered at once");
+    let s = poll.join().unwrap();
     assert_eq!(s.status, 204);
     assert!(s.body.is_empty());
-    assert!(
-        t0.elapsed() >= Duration::from_millis(900),
-        "it waited before answering"
-    );
+    assert_eq!(metric(&g, "kateway_sub_parked_polls"), 0.0);
+}
+
+fn metric(g: &Gateway, name: &str) -> f64 {
+    let m = g.req("GET", "/metrics", &[], b"").text();
+    m.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
 }
 
 #[test]
