@@ -52,24 +52,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// A number, or a string with a unit: how sizes and durations appear in configuration.
+fn number_or_text<'de, D, T>(
+    d: D,
+    from_n: fn(u64) -> T,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(from_n(n)),
+        Raw::S(s) => parse(&s).map_err(serde::de::Error::custom),
+    }
+}
+
 /// A byte size read from a number or a string with a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_size(&s)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, ByteSize, |s| parse_size(s).map(ByteSize))
     }
 }
 
@@ -79,18 +89,11 @@ pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
-            Raw::S(s) => parse_duration(&s)
-                .map(Dur)
-                .map_err(serde::de::Error::custom),
-        }
+        number_or_text(
+            d,
+            |n| Dur(Duration::from_secs(n)),
+            |s| parse_duration(s).map(Dur),
+        )
     }
 }
 

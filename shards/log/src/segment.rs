@@ -46,7 +46,11 @@ impl Segment {
             .truncate(true)
             .open(&path)
             .map_err(|e| LogError::io("create", &path, e))?;
-        Ok(Self {
+        Ok(Self::empty(base, file, path))
+    }
+
+    fn empty(base: u64, file: File, path: PathBuf) -> Self {
+        Self {
             base,
             file,
             path,
@@ -54,7 +58,7 @@ impl Segment {
             next_offset: base,
             index: Vec::new(),
             since_index: 0,
-        })
+        }
     }
 
     /// Opens an existing segment. A sealed segment with a matching index is trusted; otherwise
@@ -69,15 +73,7 @@ impl Segment {
             .metadata()
             .map_err(|e| LogError::io("stat", &path, e))?
             .len();
-        let mut seg = Self {
-            base,
-            file,
-            path,
-            size: 0,
-            next_offset: base,
-            index: Vec::new(),
-            since_index: 0,
-        };
+        let mut seg = Self::empty(base, file, path);
         if sealed && seg.load_index(len) {
             return Ok((seg, 0));
         }
