@@ -26,6 +26,8 @@ pub struct OwnedPartition {
     /// Cached fsync handles: (segment base or offsets generation, file).
     pub sync_log: Option<(u64, Rc<monoio::fs::File>)>,
     pub sync_offsets: Option<(u64, Rc<monoio::fs::File>)>,
+    /// The group-commit generation of the latest offset commit: durable once it is synced.
+    pub offsets_gen: u64,
 }
 
 /// Key of an owned partition.
@@ -197,6 +199,7 @@ impl Shard {
                     unsynced: false,
                     sync_log: None,
                     sync_offsets: None,
+                    offsets_gen: 0,
                 })),
             );
         }
@@ -396,6 +399,7 @@ impl Shard {
             }
             st.cursors.insert(f.group.clone(), cursor);
             if f.auto_ack && st.offsets.commit(&f.group, cursor) {
+                st.offsets_gen = self.dur.next.get();
                 self.mark_dirty(&f.topic, p);
             }
         }
@@ -414,7 +418,7 @@ impl Shard {
     ) -> Result<(), Error> {
         self.admit_write()?;
         let part = self.part(topic, p)?;
-        {
+        let gen = {
             let mut st = part.borrow_mut();
             let end = st.log.end();
             if offset > end {
@@ -426,15 +430,17 @@ impl Shard {
                     ),
                 ));
             }
-            if !st.offsets.commit(group, offset) {
-                return Ok(());
-            }
             if st.cursors.get(group).is_none_or(|&c| c < offset) {
                 st.cursors.insert(group.to_owned(), offset);
             }
-        }
-        self.mark_dirty(topic, p);
-        let gen = self.dur.next.get();
+            if st.offsets.commit(group, offset) {
+                st.offsets_gen = self.dur.next.get();
+                self.mark_dirty(topic, p);
+            }
+            // Already committed at this offset: answer once that commit is durable (a retried
+            // acknowledgement must not be answered before the first one is on disk).
+            st.offsets_gen
+        };
         self.wait_durable(gen, Ack::All).await
     }
 
