@@ -1,0 +1,107 @@
+//! kateway-kafka-bridge: the Kafka side of the gateway, on librdkafka (`rdkafka`). It knows
+//! nothing about HTTP.
+//!
+//! * [`Producer`]: one per core. Two librdkafka producers behind it: `acks=all` with idempotence
+//!   for durable publishes, `acks=1` for leader-acknowledged and fire-and-forget ones. Keys are
+//!   placed with `murmur2_random`, Kafka's default partitioner, so a key lands on the same
+//!   partition as with the embedded store or a Java client. Sending never blocks: it enqueues and
+//!   returns a [`Delivery`] whose future resolves on librdkafka's delivery report, from any
+//!   executor (the report arrives on librdkafka's thread and wakes the waiting task).
+//! * [`Admin`]: create, grow and delete topics, and read partition counts.
+//!
+//! Failures are [`BridgeError`]s that say whether the broker was unreachable or timed out (the
+//! cases the gateway answers by buffering locally) or the request itself was refused.
+
+mod admin;
+mod producer;
+
+pub use admin::Admin;
+pub use producer::{Ack, Delivery, Producer};
+
+use std::time::Duration;
+
+/// How to reach Kafka and how to batch.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// How long a producer waits to fill a batch (`linger.ms`).
+    pub linger: Duration,
+    /// How long a message may wait for delivery before it fails (`message.timeout.ms`).
+    pub message_timeout: Duration,
+    /// Admin and metadata request timeout.
+    pub request_timeout: Duration,
+    /// `client.id` prefix.
+    pub client_id: String,
+}
+
+impl BridgeConfig {
+    /// Defaults for `brokers`: 1 ms linger, 10 s message timeout, 10 s admin timeout.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            linger: Duration::from_millis(1),
+            message_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            client_id: "kateway".into(),
+        }
+    }
+}
+
+/// A Kafka failure, classified for the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// Kafka could not be reached or did not answer in time; retrying later can succeed.
+    #[error("kafka unavailable: {0}")]
+    Unavailable(String),
+    /// Kafka refused the request (unknown topic, invalid partition count, ...).
+    #[error("kafka refused: {0}")]
+    Refused(String),
+    /// The topic already exists.
+    #[error("topic exists: {0}")]
+    TopicExists(String),
+    /// The topic does not exist.
+    #[error("unknown topic: {0}")]
+    UnknownTopic(String),
+    /// The client could not be configured.
+    #[error("kafka client configuration: {0}")]
+    Config(String),
+}
+
+impl BridgeError {
+    /// Whether the failure means "Kafka is unreachable right now" (buffer and retry) rather
+    /// than "this request is wrong".
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, BridgeError::Unavailable(_))
+    }
+
+    pub(crate) fn from_kafka(e: rdkafka::error::KafkaError) -> Self {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+        let code = e.rdkafka_error_code();
+        match code {
+            Some(C::TopicAlreadyExists) => BridgeError::TopicExists(e.to_string()),
+            Some(C::UnknownTopicOrPartition) | Some(C::UnknownTopic) => {
+                BridgeError::UnknownTopic(e.to_string())
+            }
+            Some(
+                C::MessageTimedOut
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+                | C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::NetworkException
+                | C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::QueueFull,
+            ) => BridgeError::Unavailable(e.to_string()),
+            _ => match e {
+                KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => {
+                    BridgeError::Config(e.to_string())
+                }
+                _ => BridgeError::Refused(e.to_string()),
+            },
+        }
+    }
+}

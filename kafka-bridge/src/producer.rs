@@ -1,0 +1,134 @@
+//! Per-core producers and delivery futures.
+
+use crate::{BridgeConfig, BridgeError};
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The record header that carries a message's tags (`a;b`), as sent in `X-Tag`.
+pub const TAGS_HEADER: &str = "kateway-tags";
+
+/// Durability of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Acknowledged by all in-sync replicas (`acks=all`, idempotent producer).
+    All,
+    /// Acknowledged by the partition leader (`acks=1`).
+    Local,
+    /// Enqueued in the producer; the delivery report is not awaited.
+    Async,
+}
+
+/// One core's producers.
+pub struct Producer {
+    all: FutureProducer,
+    local: FutureProducer,
+}
+
+fn client(cfg: &BridgeConfig, acks: &str, suffix: &str) -> Result<FutureProducer, BridgeError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", format!("{}-{suffix}", cfg.client_id))
+        .set("acks", acks)
+        .set(
+            "enable.idempotence",
+            if acks == "all" { "true" } else { "false" },
+        )
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", cfg.linger.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            cfg.message_timeout.as_millis().max(1).to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            cfg.request_timeout.as_millis().max(1).to_string(),
+        )
+        .set("compression.type", "none");
+    c.create().map_err(BridgeError::from_kafka)
+}
+
+impl Producer {
+    /// Creates the producers (no connection is made until the first send).
+    pub fn new(cfg: &BridgeConfig, core: usize) -> Result<Self, BridgeError> {
+        Ok(Self {
+            all: client(cfg, "all", &format!("{core}-all"))?,
+            local: client(cfg, "1", &format!("{core}-local"))?,
+        })
+    }
+
+    /// Enqueues a message for `partition` (or Kafka's partitioner when `None`: murmur2 of the
+    /// key, random without one). Never blocks.
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        tags: &[u8],
+        value: &[u8],
+        ack: Ack,
+    ) -> Result<Delivery, BridgeError> {
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(value);
+        if !key.is_empty() {
+            rec = rec.key(key);
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        if !tags.is_empty() {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: TAGS_HEADER,
+                value: Some(tags),
+            }));
+        }
+        let producer = if ack == Ack::All {
+            &self.all
+        } else {
+            &self.local
+        };
+        match producer.send_result(rec) {
+            Ok(f) if ack == Ack::Async => {
+                drop(f);
+                Ok(Delivery::Queued)
+            }
+            Ok(f) => Ok(Delivery::Pending(f)),
+            Err((e, _)) => Err(BridgeError::from_kafka(e)),
+        }
+    }
+
+    /// Waits until every queued message was delivered or failed, at most `timeout`.
+    pub fn flush(&self, timeout: std::time::Duration) -> Result<(), BridgeError> {
+        use rdkafka::producer::Producer as _;
+        self.all.flush(timeout).map_err(BridgeError::from_kafka)?;
+        self.local.flush(timeout).map_err(BridgeError::from_kafka)
+    }
+}
+
+/// The outcome of a send: a future of `(partition, offset)`.
+pub enum Delivery {
+    /// Waiting for the delivery report.
+    Pending(DeliveryFuture),
+    /// Fire-and-forget: resolves at once with offset -1.
+    Queued,
+}
+
+impl Future for Delivery {
+    type Output = Result<(i32, i64), BridgeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Delivery::Queued => Poll::Ready(Ok((-1, -1))),
+            Delivery::Pending(f) => match Pin::new(f).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(_canceled)) => {
+                    Poll::Ready(Err(BridgeError::Unavailable("producer closed".into())))
+                }
+                Poll::Ready(Ok(Ok(d))) => Poll::Ready(Ok((d.partition, d.offset))),
+                Poll::Ready(Ok(Err((e, _)))) => Poll::Ready(Err(BridgeError::from_kafka(e))),
+            },
+        }
+    }
+}
