@@ -7,15 +7,19 @@
 //!   partition as with the embedded store or a Java client. Sending never blocks: it enqueues and
 //!   returns a [`Delivery`] whose future resolves on librdkafka's delivery report, from any
 //!   executor (the report arrives on librdkafka's thread and wakes the waiting task).
+//! * [`GroupConsumer`]: one consumer-group membership per process, group and topic, with
+//!   explicit commits that Kafka's own tools see.
 //! * [`Admin`]: create, grow and delete topics, and read partition counts.
 //!
 //! Failures are [`BridgeError`]s that say whether the broker was unreachable or timed out (the
 //! cases the gateway answers by buffering locally) or the request itself was refused.
 
 mod admin;
+mod consumer;
 mod producer;
 
 pub use admin::Admin;
+pub use consumer::{GroupConsumer, Record, Reset};
 pub use producer::{Ack, Delivery, Producer};
 
 use std::time::Duration;

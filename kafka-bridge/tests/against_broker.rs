@@ -195,3 +195,104 @@ fn unreachable_kafka_is_reported_as_unavailable() {
     let err = block_on(d).unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
+
+#[test]
+fn members_of_a_group_split_partitions_and_commits_are_visible_to_kafka() {
+    use kateway_kafka_bridge::{GroupConsumer, Reset};
+    let cfg = BridgeConfig::new(brokers());
+    let admin = Admin::new(&cfg).unwrap();
+    let topic = unique("group");
+    block_on(admin.create_topic(&topic, 4, 1, None, None)).unwrap();
+    assert_eq!(partitions_eventually(&admin, &topic, 4).unwrap(), 4);
+    let group = format!("sub{}.g", std::process::id());
+    let a = GroupConsumer::join(&cfg, &group, &topic, Reset::Oldest).unwrap();
+    let b = GroupConsumer::join(&cfg, &group, &topic, Reset::Oldest).unwrap();
+    // Drive the group until both members own partitions between them all.
+    let mut joined = false;
+    for _ in 0..300 {
+        assert!(a.poll(10, Duration::from_millis(50)).unwrap().is_empty());
+        assert!(b.poll(10, Duration::from_millis(50)).unwrap().is_empty());
+        let (pa, pb) = (a.assignment().unwrap(), b.assignment().unwrap());
+        if !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4 {
+            joined = true;
+            break;
+        }
+    }
+    assert!(joined, "both members got partitions");
+    let producer = Producer::new(&cfg, 0).unwrap();
+    let deliveries: Vec<_> = (0..40)
+        .map(|i| {
+            producer
+                .send(
+                    &topic,
+                    None,
+                    format!("k{i}").as_bytes(),
+                    b"",
+                    format!("m{i}").as_bytes(),
+                    Ack::All,
+                )
+                .unwrap()
+        })
+        .collect();
+    for d in deliveries {
+        block_on(d).unwrap();
+    }
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        if got_a.len() + got_b.len() >= 40 {
+            break;
+        }
+        got_a.extend(a.poll(100, Duration::from_millis(50)).unwrap());
+        got_b.extend(b.poll(100, Duration::from_millis(50)).unwrap());
+    }
+    let (pa, pb) = (a.assignment().unwrap(), b.assignment().unwrap());
+    assert!(got_a.iter().all(|r| pa.contains(&r.partition)));
+    assert!(got_b.iter().all(|r| pb.contains(&r.partition)));
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both members consumed"
+    );
+    let mut all: Vec<Vec<u8>> = got_a
+        .iter()
+        .chain(&got_b)
+        .map(|r| r.value.clone())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "every message once");
+    assert_eq!(got_a.len() + got_b.len(), 40, "no duplicates");
+    // Commit what each member consumed; Kafka reports the same offsets to any client.
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for (member, recs) in [(&a, &got_a), (&b, &got_b)] {
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        for r in recs {
+            let e = last.entry(r.partition).or_insert(r.offset);
+            *e = (*e).max(r.offset);
+        }
+        for (p, o) in last {
+            member.commit(p, o + 1).unwrap();
+            next.insert(p, o + 1);
+        }
+    }
+    let viewer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&topic, p);
+    }
+    let committed = viewer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    for e in committed.elements() {
+        let want = next
+            .get(&e.partition())
+            .copied()
+            .map_or(Offset::Invalid, Offset::Offset);
+        assert_eq!(e.offset(), want, "partition {}", e.partition());
+    }
+    drop((a, b));
+    block_on(admin.delete_topic(&topic)).unwrap();
+}

@@ -1,0 +1,136 @@
+//! Consumer-group membership: one [`GroupConsumer`] per gateway process, group and topic,
+//! shared by every request of that group, so HTTP clients that reconnect cause no rebalance.
+//! Offsets are committed to Kafka explicitly (never automatically), so Kafka's own tools see
+//! exactly what the gateway acknowledged. `poll` blocks for up to its wait: call it from a thread
+//! dedicated to the membership, never from a reactor.
+
+use crate::{BridgeConfig, BridgeError};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// Where a group without committed offsets starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    Oldest,
+    Newest,
+}
+
+/// A consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Vec<u8>,
+    pub tags: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// One membership of a Kafka consumer group on one topic.
+pub struct GroupConsumer {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl GroupConsumer {
+    /// Joins `group` (the Kafka group id, `<subscriber appid>.<group>`) on `topic`.
+    pub fn join(
+        cfg: &BridgeConfig,
+        group: &str,
+        topic: &str,
+        reset: Reset,
+    ) -> Result<Self, BridgeError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("{}-{group}", cfg.client_id))
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if reset == Reset::Oldest {
+                    "earliest"
+                } else {
+                    "latest"
+                },
+            )
+            .set("session.timeout.ms", "10000")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()
+            .map_err(BridgeError::from_kafka)?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(BridgeError::from_kafka)?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Up to `max` records: waits up to `wait` for the first, then takes what is already there.
+    pub fn poll(&self, max: usize, wait: Duration) -> Result<Vec<Record>, BridgeError> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + wait;
+        while out.len() < max {
+            let left = if out.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(left) {
+                None if out.is_empty() && Instant::now() < deadline => continue,
+                None => break,
+                Some(Err(e)) => {
+                    let e = BridgeError::from_kafka(e);
+                    if out.is_empty() && !e.is_unavailable() {
+                        return Err(e);
+                    }
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let tags = m
+                        .headers()
+                        .and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == crate::producer::TAGS_HEADER)
+                                .and_then(|h| h.value.map(<[u8]>::to_vec))
+                        })
+                        .unwrap_or_default();
+                    out.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis().unwrap_or(0),
+                        key: m.key().unwrap_or_default().to_vec(),
+                        tags,
+                        value: m.payload().unwrap_or_default().to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits `next` (the next offset to consume) for `partition`, waiting for the broker.
+    pub fn commit(&self, partition: i32, next: i64) -> Result<(), BridgeError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
+            .map_err(BridgeError::from_kafka)?;
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(BridgeError::from_kafka)
+    }
+
+    /// The partitions this membership owns now.
+    pub fn assignment(&self) -> Result<Vec<i32>, BridgeError> {
+        let tpl = self
+            .consumer
+            .assignment()
+            .map_err(BridgeError::from_kafka)?;
+        let mut p: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        p.sort_unstable();
+        Ok(p)
+    }
+}
