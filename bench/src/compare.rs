@@ -416,7 +416,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         );
     }
     if idle > 0 {
-        let (idle_kib, parked_kib) = crate::compare::connections(&kateway, idle)?;
+        let (idle_kib, parked_kib) = connections(kateway.child.id(), &kateway.addr, idle)?;
         rows.push(format!(
             "| memory, {} idle connections | kateway | {idle_kib:.1} KiB each | | | |",
             idle
@@ -441,11 +441,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `n` idle keep-alive connections, then `n` parked long polls; returns the server's RSS
-/// growth per connection and per poll, in KiB.
-fn connections(kateway: &Server, n: usize) -> anyhow::Result<(f64, f64)> {
-    let pid = kateway.child.id();
-    let addr = kateway.addr.clone();
+/// Opens `n` idle keep-alive connections, then `n` parked long polls on `bench/empty/v1`; returns
+/// the server's RSS growth per connection and per poll, in KiB.
+pub fn connections(pid: u32, addr: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+    let addr = addr.to_owned();
     let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, u64)>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {

@@ -15,6 +15,11 @@ pub enum Kind {
     PublishBatch,
     /// Batch subscribe (`--batch` per response) from the oldest message.
     Subscribe,
+    /// `--idle` idle keep-alive connections, then as many parked long polls: server RSS per each.
+    Connections,
+    /// Publish at `--rate` (default 10 000/s) and measure publish-to-delivery latency through a
+    /// long-polling subscriber.
+    E2e,
 }
 
 /// Shape of the messages and the target topic.
@@ -76,6 +81,7 @@ pub fn requests(kind: Kind, shape: &Shape, group: &str) -> (Vec<Bytes>, Count) {
                 Count::Fixed(shape.batch as u64),
             )
         }
+        Kind::Connections | Kind::E2e => unreachable!("not a request loop"),
         Kind::Subscribe => {
             let path = format!(
                 "/v1/msgs/{}/{}/v1?group={group}&batch={}&wait=0s",
@@ -117,6 +123,9 @@ pub struct RunArgs {
     /// Create the topic first (kateway only).
     #[arg(long)]
     pub create_topic: bool,
+    /// Connections (and parked polls) for the `connections` scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub idle: usize,
 }
 
 /// One measured run.
@@ -186,6 +195,36 @@ pub fn create_topic(addr: &str, appid: &str, topic: &str, partitions: u32) -> an
 pub fn run_cli(a: RunArgs) -> anyhow::Result<()> {
     if a.create_topic {
         create_topic(&a.addr, &a.shape.appid, &a.shape.topic, 1)?;
+    }
+    match a.scenario {
+        Kind::Connections => {
+            let pid = a
+                .pid
+                .ok_or_else(|| anyhow::anyhow!("the connections scenario needs --pid"))?;
+            create_topic(&a.addr, "bench", "empty", 1)?;
+            let (idle, parked) = crate::compare::connections(pid, &a.addr, a.idle)?;
+            println!("server RSS per idle connection {idle:.1} KiB, per parked long poll {parked:.1} KiB ({} each)", a.idle);
+            return Ok(());
+        }
+        Kind::E2e => {
+            let rate = a.rate.unwrap_or(10_000.0);
+            let cpu = a.cpus.first().copied().unwrap_or(1);
+            let warmup = Duration::from_secs(a.warmup_s);
+            let r = crate::e2e::run(
+                &a.addr,
+                cpu,
+                rate,
+                warmup,
+                Duration::from_secs(a.duration_s),
+                &a.shape.topic,
+            )?;
+            println!(
+                "end to end at {rate:.0} msg/s: {} messages, p50 {}us  p99 {}us  p99.9 {}us  max {}us",
+                r.messages, r.p50_us, r.p99_us, r.p999_us, r.max_us
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     let (requests, count) = requests(a.scenario, &a.shape, &format!("g{}", std::process::id()));
     let load = Load {
