@@ -37,7 +37,7 @@ enum Cmd {
         #[arg(long)]
         cores: Option<u32>,
     },
-    /// Print the effective configuration defaults (the shipped kateway.toml).
+    /// Print the shipped kateway.toml: every setting with its default and range.
     Defaults,
 }
 
