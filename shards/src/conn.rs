@@ -9,7 +9,7 @@ use crate::shard::Shard;
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::http1::encode::write_continue;
-use kateway_proto::http1::{Decoder, Event, Limits};
+use kateway_proto::http1::{Decoder, Event, Limits, Method};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -43,9 +43,20 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 Ok(Some(Event::Continue)) => write_continue(&mut wbuf),
                 Ok(Some(Event::Request(req))) => {
                     request_started = None;
-                    if api::handle(&shard, req, &mut wbuf).await {
-                        close = true;
-                        break;
+                    let may_park = req.method == Method::Get && req.path().starts_with("/v1/msgs/");
+                    let done = if may_park {
+                        handle_watching(&shard, req, &mut wbuf, &mut stream, &mut rbuf).await
+                    } else {
+                        Some(api::handle(&shard, req, &mut wbuf).await)
+                    };
+                    match done {
+                        // The client went away during a long poll: the poll is dropped.
+                        None => return,
+                        Some(true) => {
+                            close = true;
+                            break;
+                        }
+                        Some(false) => {}
                     }
                 }
                 Err(e) => {
@@ -128,6 +139,47 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
     }
 }
+
+/// Handles a request that may park (a subscribe), watching the socket while it waits: if the
+/// client closes the connection, the request is dropped at once, so a vanished subscriber does
+/// not hold its long poll (and its place among the parked polls) until the deadline. Bytes of a
+/// pipelined next request that arrive meanwhile are kept in `rbuf`. Returns `None` when the
+/// client went away, else whether to close after the response.
+async fn handle_watching(
+    shard: &Rc<Shard>,
+    req: kateway_proto::http1::Request,
+    wbuf: &mut BytesMut,
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+) -> Option<bool> {
+    let mut fut = std::pin::pin!(api::handle(shard, req, wbuf));
+    {
+        // Most subscribes are answered at once; only a poll that is still waiting after a
+        // moment pays for a readiness watch (io_uring poll, which consumes no data).
+        let watch = async {
+            monoio::time::sleep(WATCH_AFTER).await;
+            stream.readable(false).await
+        };
+        monoio::select! {
+            close = &mut fut => return Some(close),
+            _ = watch => {}
+        }
+    }
+    // Readable while the poll waits: either the peer closed, or it pipelined another request.
+    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+        rbuf.reserve(READ_CHUNK);
+    }
+    let filled = rbuf.len();
+    let (res, buf) = stream.read(std::mem::take(rbuf).slice_mut(filled..)).await;
+    *rbuf = buf.into_inner();
+    match res {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(fut.await),
+    }
+}
+
+/// How long a subscribe may run before its socket is watched for the client going away.
+const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn count_error(shard: &Shard) {
     metrics::inc(&shard.metrics.http_requests_total);

@@ -69,3 +69,39 @@ fn publish_wakes_a_parked_poll_on_every_partition() {
         assert_eq!(s.header("x-partition"), Some(p.to_string().as_str()));
     }
 }
+
+#[test]
+fn a_subscriber_that_disconnects_releases_its_long_poll() {
+    let g = Gateway::start();
+    g.create_topic("app1", "t", 2);
+    let mut c = g.connect();
+    c.send_raw(b"GET /v1/msgs/app1/t/v1?group=g&wait=60s HTTP/1.1\r\nAppid: app2\r\n\r\n")
+        .unwrap();
+    let mut parked = 0.0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        parked = metric(&g, "kateway_sub_parked_polls");
+        if parked >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(parked, 1.0);
+    drop(c);
+    // Well before the 60 s deadline, the gateway notices and drops the poll.
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(20));
+        parked = metric(&g, "kateway_sub_parked_polls");
+        if parked == 0.0 {
+            break;
+        }
+    }
+    assert_eq!(parked, 0.0, "the vanished subscriber's poll was released");
+    // A subscriber that pipelines a second request behind a parked poll is served in order.
+    let mut c = g.connect();
+    c.send_raw(b"GET /v1/msgs/app1/t/v1?group=p&wait=1s HTTP/1.1\r\nAppid: app2\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.send_raw(b"GET /alive HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(c.read_response().unwrap().status, 204);
+    assert_eq!(c.read_response().unwrap().status, 200);
+}
