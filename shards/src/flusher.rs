@@ -82,6 +82,10 @@ pub async fn run(shard: Rc<Shard>) {
 /// got new records.
 fn write_dirty(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> u64 {
     let dirty = std::mem::take(&mut *shard.dirty.borrow_mut());
+    if shard.dur.failed.borrow().is_some() {
+        // After a failed write or fsync nothing more is written (or acknowledged) on this core.
+        return 0;
+    }
     let mut total = 0u64;
     let mut topics: Vec<Rc<str>> = Vec::new();
     for key in dirty {
