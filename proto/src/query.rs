@@ -9,10 +9,28 @@ pub struct BadEncoding;
 /// The raw (still percent-encoded) value of the first `name` parameter; `Some("")` for a bare
 /// `name` or `name=`.
 pub fn raw<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
+    // Byte-wise: this runs several times per request on the hot path.
+    let q = query.as_bytes();
+    let n = name.as_bytes();
+    let mut start = 0;
+    while start <= q.len() {
+        let end = q[start..]
+            .iter()
+            .position(|&b| b == b'&')
+            .map_or(q.len(), |i| start + i);
+        let pair = &q[start..end];
+        if pair.len() >= n.len() && &pair[..n.len()] == n {
+            if pair.len() == n.len() {
+                return Some("");
+            }
+            if pair[n.len()] == b'=' {
+                // Both ends are at ASCII bytes ('=' and '&' or the end), so this is a char boundary.
+                return Some(&query[start + n.len() + 1..end]);
+            }
+        }
+        start = end + 1;
+    }
+    None
 }
 
 /// The percent-decoded value of `name`; `Err` if the encoding is broken.
@@ -62,6 +80,11 @@ mod tests {
         assert_eq!(raw(q, "group"), Some("g1"));
         assert_eq!(raw(q, "flag"), Some(""));
         assert_eq!(raw(q, "nope"), None);
+        assert_eq!(raw(q, "grou"), None, "a prefix of a name is not the name");
+        assert_eq!(raw("", "a"), None);
+        assert_eq!(raw("a=1&b=2&a=3", "a"), Some("1"));
+        assert_eq!(raw("x=é&k=ü", "k"), Some("ü"));
+        assert_eq!(raw("&&k=v&", "k"), Some("v"));
         assert_eq!(get(q, "key").unwrap().unwrap().as_ref(), b"a/b c");
         assert!(get("key=%zz", "key").is_err());
         assert!(get("key=%4", "key").is_err());

@@ -12,6 +12,11 @@ use kateway_core::{Error, ErrorKind};
 use kateway_log::{OffsetLog, Partition, PartitionConfig};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+/// Maps keyed by names the core already holds: Fx hashing instead of SipHash, since several
+/// lookups happen per request and the tables' keys come from the catalog, not from clients.
+pub type Map<K, V> = HashMap<K, V, BuildHasherDefault<rustc_hash::FxHasher>>;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,7 +25,7 @@ pub struct OwnedPartition {
     pub log: Partition,
     pub offsets: OffsetLog,
     /// Next offset to hand out per group (ahead of the committed offset with explicit acks).
-    pub cursors: HashMap<String, u64>,
+    pub cursors: Map<String, u64>,
     /// Written since the last fsync.
     pub unsynced: bool,
     /// Cached fsync handles: (segment base or offsets generation, file).
@@ -55,19 +60,19 @@ pub struct Shard {
     pub id: usize,
     pub cfg: Rc<Config>,
     pub mesh: Mesh,
-    pub topics: RefCell<HashMap<Rc<str>, Rc<TopicMeta>>>,
-    pub parts: RefCell<HashMap<PartKey, Rc<RefCell<OwnedPartition>>>>,
+    pub topics: RefCell<Map<Rc<str>, Rc<TopicMeta>>>,
+    pub parts: RefCell<Map<PartKey, Rc<RefCell<OwnedPartition>>>>,
     /// Owned partitions written since the last flush.
     pub dirty: RefCell<Vec<PartKey>>,
     /// Appended bytes not yet written.
     pub pending_bytes: Cell<usize>,
     pub dur: Durability,
     /// Long-poll wake-ups per topic.
-    pub topic_events: RefCell<HashMap<Rc<str>, Rc<Event>>>,
+    pub topic_events: RefCell<Map<Rc<str>, Rc<Event>>>,
     /// Long polls parked on this core per topic.
-    pub parked: RefCell<HashMap<Rc<str>, usize>>,
+    pub parked: RefCell<Map<Rc<str>, usize>>,
     /// Per topic, how many parked polls each core has (as owner of partitions).
-    pub interest: RefCell<HashMap<Rc<str>, Vec<i64>>>,
+    pub interest: RefCell<Map<Rc<str>, Vec<i64>>>,
     pub rr: Cell<usize>,
     pub metrics: Metrics,
     pub shutdown: Cell<bool>,
@@ -195,7 +200,7 @@ impl Shard {
                 Rc::new(RefCell::new(OwnedPartition {
                     log,
                     offsets,
-                    cursors: HashMap::new(),
+                    cursors: Map::default(),
                     unsynced: false,
                     sync_log: None,
                     sync_offsets: None,
