@@ -243,17 +243,8 @@ async fn conn_main(
 }
 
 /// Counts `[partition i32][offset i64][length i32][payload]` records.
-pub fn count_records(mut b: &[u8]) -> u64 {
-    let mut n = 0;
-    while b.len() >= 16 {
-        let l = i32::from_be_bytes([b[12], b[13], b[14], b[15]]).max(0) as usize;
-        if b.len() < 16 + l {
-            break;
-        }
-        b = &b[16 + l..];
-        n += 1;
-    }
-    n
+pub fn count_records(b: &[u8]) -> u64 {
+    kateway_proto::batch::records(b).count() as u64
 }
 
 /// Reads one response; returns its status and body.

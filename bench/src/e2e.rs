@@ -77,11 +77,10 @@ pub fn run(
                     r?;
                     let (_, body) = client::read_response(&mut sub, &mut sbuf).await?;
                     let arrived = now_ns();
-                    let mut b = &body[..];
-                    while b.len() >= 16 + 20 {
-                        let l = i32::from_be_bytes([b[12], b[13], b[14], b[15]]) as usize;
-                        let stamp: u64 = std::str::from_utf8(&b[16..36])
-                            .ok()
+                    for (_, _, payload) in kateway_proto::batch::records(&body) {
+                        let stamp: u64 = payload
+                            .get(..20)
+                            .and_then(|d| std::str::from_utf8(d).ok())
                             .and_then(|s| s.parse().ok())
                             .unwrap_or(0);
                         let sent =
@@ -91,7 +90,6 @@ pub fn run(
                                 .borrow_mut()
                                 .record((arrived.saturating_sub(stamp) / 1000).max(1));
                         }
-                        b = &b[16 + l..];
                     }
                 }
                 anyhow::Ok(())

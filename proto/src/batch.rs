@@ -147,22 +147,64 @@ pub fn put_record(out: &mut BytesMut, partition: u32, offset: u64, payload: &[u8
     out.put_slice(payload);
 }
 
-/// Decodes subscribe records in the original's binary format: `(partition, offset, payload)`.
-pub fn decode_records(mut b: &[u8]) -> Option<Vec<(u32, u64, Vec<u8>)>> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        if b.len() < 16 {
+/// Iterates over subscribe records in the original's binary format without copying:
+/// `(partition, offset, payload)`. It stops at the end or at the first malformed record
+/// (truncated, or a negative length); [`Records::is_malformed`] tells which.
+pub fn records(b: &[u8]) -> Records<'_> {
+    Records {
+        rest: b,
+        malformed: false,
+    }
+}
+
+/// Iterator returned by [`records`].
+pub struct Records<'a> {
+    rest: &'a [u8],
+    malformed: bool,
+}
+
+impl Records<'_> {
+    /// Whether iteration stopped at a malformed record rather than at the end.
+    pub fn is_malformed(&self) -> bool {
+        self.malformed
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = (u32, u64, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.rest;
+        if b.is_empty() || self.malformed {
             return None;
         }
-        let p = i32::from_be_bytes(b[0..4].try_into().ok()?) as u32;
-        let o = i64::from_be_bytes(b[4..12].try_into().ok()?) as u64;
-        let l = i32::from_be_bytes(b[12..16].try_into().ok()?);
-        let end = 16usize.checked_add(usize::try_from(l).ok()?)?;
-        let payload = b.get(16..end)?.to_vec();
-        out.push((p, o, payload));
-        b = &b[end..];
+        let parsed = (|| {
+            let head = b.get(..16)?;
+            let p = i32::from_be_bytes(head[0..4].try_into().ok()?) as u32;
+            let o = i64::from_be_bytes(head[4..12].try_into().ok()?) as u64;
+            let l = i32::from_be_bytes(head[12..16].try_into().ok()?);
+            let end = 16usize.checked_add(usize::try_from(l).ok()?)?;
+            Some((p, o, b.get(16..end)?, end))
+        })();
+        match parsed {
+            Some((p, o, payload, end)) => {
+                self.rest = &b[end..];
+                Some((p, o, payload))
+            }
+            None => {
+                self.malformed = true;
+                None
+            }
+        }
     }
-    Some(out)
+}
+
+/// Decodes subscribe records in the original's binary format: `(partition, offset, payload)`;
+/// `None` if any record is malformed.
+pub fn decode_records(b: &[u8]) -> Option<Vec<(u32, u64, Vec<u8>)>> {
+    let mut it = records(b);
+    let out = it.by_ref().map(|(p, o, v)| (p, o, v.to_vec())).collect();
+    (!it.is_malformed()).then_some(out)
 }
 
 /// Appends one subscribe record as a JSON line.
@@ -245,6 +287,14 @@ mod tests {
         put_record(&mut out, 3, 42, b"xyz");
         put_record(&mut out, 0, 0, b"");
         let recs = decode_records(&out).unwrap();
+        let mut it = records(&out[..out.len() - 1]);
+        assert_eq!(it.next(), Some((3, 42, &b"xyz"[..])));
+        assert_eq!(
+            it.next(),
+            None,
+            "the truncated second record is not yielded"
+        );
+        assert!(it.is_malformed());
         // A negative or overflowing length is rejected, not trusted (found by fuzzing).
         let mut neg = vec![0u8; 12];
         neg.extend_from_slice(&(-99i32).to_be_bytes());
