@@ -6,21 +6,12 @@ use std::collections::HashSet;
 use support::{records, Gateway};
 
 fn drain(g: &Gateway, group: &str, query: &str) -> Vec<(u32, u64, Vec<u8>)> {
-    let mut all = Vec::new();
-    loop {
-        let s = g.sub(
-            "app2",
-            "app1",
-            "t",
-            &format!("group={group}&batch=50&wait=1s{query}"),
-            &[],
-        );
-        if s.status == 204 {
-            return all;
-        }
-        assert_eq!(s.status, 200, "{}", s.text());
-        all.extend(records(&s.body));
-    }
+    g.drain(
+        "app2",
+        "app1",
+        "t",
+        &format!("group={group}&batch=50&wait=1s{query}"),
+    )
 }
 
 #[test]

@@ -12,28 +12,12 @@ fn empty_topic_parks_the_poll_then_answers_204() {
     let g2 = g.clone();
     let poll = std::thread::spawn(move || g2.sub("app2", "app1", "t", "group=g&wait=2s", &[]));
     // While the poll waits, the gateway reports it as parked.
-    let mut parked = 0.0;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(20));
-        parked = metric(&g, "kateway_sub_parked_polls");
-        if parked >= 1.0 {
-            break;
-        }
-    }
+    let parked = g.metric_until("kateway_sub_parked_polls", 50, |v| v >= 1.0);
     assert_eq!(parked, 1.0, "the poll is parked, not answered at once");
     let s = poll.join().unwrap();
     assert_eq!(s.status, 204);
     assert!(s.body.is_empty());
-    assert_eq!(metric(&g, "kateway_sub_parked_polls"), 0.0);
-}
-
-fn metric(g: &Gateway, name: &str) -> f64 {
-    let m = g.req("GET", "/metrics", &[], b"").text();
-    m.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
+    assert_eq!(g.metric("kateway_sub_parked_polls"), 0.0);
 }
 
 #[test]
@@ -77,24 +61,13 @@ fn a_subscriber_that_disconnects_releases_its_long_poll() {
     let mut c = g.connect();
     c.send_raw(b"GET /v1/msgs/app1/t/v1?group=g&wait=60s HTTP/1.1\r\nAppid: app2\r\n\r\n")
         .unwrap();
-    let mut parked = 0.0;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(20));
-        parked = metric(&g, "kateway_sub_parked_polls");
-        if parked >= 1.0 {
-            break;
-        }
-    }
-    assert_eq!(parked, 1.0);
+    assert_eq!(
+        g.metric_until("kateway_sub_parked_polls", 50, |v| v >= 1.0),
+        1.0
+    );
     drop(c);
     // Well before the 60 s deadline, the gateway notices and drops the poll.
-    for _ in 0..100 {
-        std::thread::sleep(Duration::from_millis(20));
-        parked = metric(&g, "kateway_sub_parked_polls");
-        if parked == 0.0 {
-            break;
-        }
-    }
+    let parked = g.metric_until("kateway_sub_parked_polls", 100, |v| v == 0.0);
     assert_eq!(parked, 0.0, "the vanished subscriber's poll was released");
     // A subscriber that pipelines a second request behind a parked poll is served in order.
     let mut c = g.connect();

@@ -59,13 +59,7 @@ fn metrics_and_process_status() {
     assert_eq!(s["cores"], 2);
     assert_eq!(s["backend"], "embedded");
     let m = g.req("GET", "/metrics", &[], b"").text();
-    let value = |name: &str| -> f64 {
-        m.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in\n{m}"))
-    };
+    let value = |name: &str| support::metric_value(&m, name);
     assert_eq!(value("kateway_pub_messages_total"), 5.0);
     assert_eq!(value("kateway_pub_bytes_total"), 25.0);
     assert!(value("kateway_log_fsyncs_total") >= 1.0);

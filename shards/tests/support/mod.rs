@@ -178,6 +178,45 @@ impl Gateway {
         )
     }
 
+    /// Subscribes with `query` until the answer is 204; every record of the 200 answers (binary
+    /// batch format).
+    pub fn drain(
+        &self,
+        me: &str,
+        owner: &str,
+        topic: &str,
+        query: &str,
+    ) -> Vec<(u32, u64, Vec<u8>)> {
+        let mut all = Vec::new();
+        loop {
+            let s = self.sub(me, owner, topic, query, &[]);
+            if s.status == 204 {
+                return all;
+            }
+            assert_eq!(s.status, 200, "{}", s.text());
+            all.extend(records(&s.body));
+        }
+    }
+
+    /// The current value of metric `name`.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.req("GET", "/metrics", &[], b"").text(), name)
+    }
+
+    /// Reads metric `name` every 20 ms, at most `tries` times, until `ok` holds; returns the
+    /// last value read.
+    pub fn metric_until(&self, name: &str, tries: usize, ok: impl Fn(f64) -> bool) -> f64 {
+        let mut v = f64::NAN;
+        for _ in 0..tries {
+            std::thread::sleep(Duration::from_millis(20));
+            v = self.metric(name);
+            if ok(v) {
+                break;
+            }
+        }
+        v
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
@@ -352,4 +391,14 @@ impl Conn {
 /// Decodes the original's binary batch records.
 pub fn records(body: &[u8]) -> Vec<(u32, u64, Vec<u8>)> {
     kateway_proto::batch::decode_records(body).expect("valid records")
+}
+
+/// The value of metric `name` in a Prometheus text scrape.
+pub fn metric_value(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in\n{scrape}"))
 }
