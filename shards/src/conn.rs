@@ -18,6 +18,16 @@ use std::time::Instant;
 
 const READ_CHUNK: usize = 4096;
 
+/// The read buffer's spare capacity after what is buffered (made at least half a chunk), for a
+/// read that appends.
+fn spare(mut rbuf: BytesMut) -> monoio::buf::SliceMut<BytesMut> {
+    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+        rbuf.reserve(READ_CHUNK);
+    }
+    let filled = rbuf.len();
+    rbuf.slice_mut(filled..)
+}
+
 /// Serves a connection until it closes.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let cfg = &shard.cfg;
@@ -101,13 +111,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             request_started = None;
             cfg.server.idle_timeout.0
         };
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-            rbuf.reserve(READ_CHUNK);
-        }
         let seen = shard.shutdown_event.epoch();
-        let filled = rbuf.len();
-        // Read into the spare capacity after what is buffered.
-        let spare = rbuf.slice_mut(filled..);
+        let spare = spare(rbuf);
         let read = monoio::select! {
             r = monoio::time::timeout(timeout, stream.read(spare)) => Some(r),
             _ = shard.shutdown_event.wait(seen), if !partial => None,
@@ -166,11 +171,7 @@ async fn handle_watching(
         }
     }
     // Readable while the poll waits: either the peer closed, or it pipelined another request.
-    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-        rbuf.reserve(READ_CHUNK);
-    }
-    let filled = rbuf.len();
-    let (res, buf) = stream.read(std::mem::take(rbuf).slice_mut(filled..)).await;
+    let (res, buf) = stream.read(spare(std::mem::take(rbuf))).await;
     *rbuf = buf.into_inner();
     match res {
         Ok(0) | Err(_) => None,
