@@ -5,7 +5,6 @@
 
 use kateway_core::{Error, ErrorKind, TopicName};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What the catalog knows about a topic.
@@ -77,16 +76,10 @@ pub fn load(data: &Path) -> Result<Vec<TopicMeta>, String> {
 pub fn store(data: &Path, topics: &[TopicMeta]) -> Result<(), Error> {
     let path = catalog_path(data);
     let dir = path.parent().expect("meta dir");
-    let io = |e: std::io::Error| Error::new(ErrorKind::StorageFailed, format!("catalog: {e}"));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = path.with_extension("json.tmp");
+    let failed = |e: String| Error::new(ErrorKind::StorageFailed, format!("catalog: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
     let json = serde_json::to_vec_pretty(topics).expect("catalog serialises");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&json).and_then(|_| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
+    kateway_log::partition::replace_file(&path, &json).map_err(|e| failed(e.to_string()))
 }
 
 #[cfg(test)]

@@ -2,15 +2,14 @@
 //! (key = group storage name, value = committed offset as u64 BE) in `offsets.log` next to the
 //! partition's segments. Replay on open rebuilds the map (last record per group wins) and
 //! truncates a torn tail. When the file outgrows the compaction threshold it is rewritten with
-//! one record per group (write to a temporary file, fsync, rename, fsync the directory).
+//! one record per group ([`replace_file`]: temporary file, fsync, rename, fsync the directory).
 
-use crate::partition::sync_dir;
+use crate::partition::replace_file;
 use crate::record::{self, Decoded};
 use crate::{LogError, Result};
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -136,15 +135,7 @@ impl OffsetLog {
         for (i, (g, o)) in self.committed.iter().enumerate() {
             record::encode(&mut buf, i as u64, 0, g.as_bytes(), b"", &o.to_be_bytes());
         }
-        let tmp = self.path.with_extension("log.tmp");
-        let mut f = File::create(&tmp).map_err(|e| LogError::io("create", &tmp, e))?;
-        f.write_all(&buf)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| LogError::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| LogError::io("rename", &self.path, e))?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
+        replace_file(&self.path, &buf)?;
         self.file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -165,6 +156,7 @@ impl OffsetLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn replay_torn_tail_and_compaction() {

@@ -261,6 +261,24 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| LogError::io("fsync dir", dir, e))
 }
 
+/// Replaces `path` with `data` atomically and durably: write a temporary file beside it, fsync,
+/// rename over `path`, fsync the directory. A crash leaves either the old or the new content.
+pub fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(|e| LogError::io("create", &tmp, e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| LogError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| LogError::io("rename", path, e))?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
