@@ -35,6 +35,22 @@ pub struct OwnedPartition {
     pub offsets_gen: u64,
 }
 
+/// A topic as one core sees it: the catalog entry and the partitions this core owns, computed
+/// once when the topic is applied rather than on every publish and fetch.
+pub struct LocalTopic {
+    pub meta: TopicMeta,
+    /// Partitions of the topic owned by this core, ascending.
+    pub owned: Vec<u32>,
+}
+
+impl std::ops::Deref for LocalTopic {
+    type Target = TopicMeta;
+
+    fn deref(&self) -> &TopicMeta {
+        &self.meta
+    }
+}
+
 /// Key of an owned partition.
 pub type PartKey = (Rc<str>, u32);
 
@@ -60,7 +76,7 @@ pub struct Shard {
     pub id: usize,
     pub cfg: Rc<Config>,
     pub mesh: Mesh,
-    pub topics: RefCell<Map<Rc<str>, Rc<TopicMeta>>>,
+    pub topics: RefCell<Map<Rc<str>, Rc<LocalTopic>>>,
     pub parts: RefCell<Map<PartKey, Rc<RefCell<OwnedPartition>>>>,
     /// Owned partitions written since the last flush.
     pub dirty: RefCell<Vec<PartKey>>,
@@ -122,7 +138,7 @@ impl Shard {
     }
 
     /// The topic's metadata, or 404.
-    pub fn topic(&self, name: &str) -> Result<Rc<TopicMeta>, Error> {
+    pub fn topic(&self, name: &str) -> Result<Rc<LocalTopic>, Error> {
         self.topics
             .borrow()
             .get(name)
@@ -139,7 +155,7 @@ impl Shard {
     }
 
     /// The topic of `(appid, topic, ver)`, validated and looked up without allocating.
-    pub fn lookup(&self, appid: &str, topic: &str, ver: &str) -> Result<Rc<TopicMeta>, Error> {
+    pub fn lookup(&self, appid: &str, topic: &str, ver: &str) -> Result<Rc<LocalTopic>, Error> {
         use kateway_core::names::{validate_part, validate_ver};
         validate_part("appid", appid)?;
         validate_part("topic", topic)?;
@@ -208,7 +224,12 @@ impl Shard {
                 })),
             );
         }
-        self.topics.borrow_mut().insert(name, Rc::new(meta));
+        let owned = (0..meta.partitions)
+            .filter(|&p| meta.owner(p, self.cores()) == self.id)
+            .collect();
+        self.topics
+            .borrow_mut()
+            .insert(name, Rc::new(LocalTopic { meta, owned }));
         Ok(())
     }
 
@@ -234,21 +255,13 @@ impl Shard {
     }
 
     /// Picks the partition for a keyless publish: one this core owns if it has any.
-    pub fn pick_partition(&self, meta: &TopicMeta) -> u32 {
+    pub fn pick_partition(&self, topic: &LocalTopic) -> u32 {
         let n = self.rr.get();
         self.rr.set(n.wrapping_add(1));
-        let cores = self.cores();
-        let owned = (0..meta.partitions)
-            .filter(|&p| meta.owner(p, cores) == self.id)
-            .count();
-        if owned == 0 {
-            return (n % meta.partitions as usize) as u32;
+        match topic.owned.len() {
+            0 => (n % topic.partitions as usize) as u32,
+            owned => topic.owned[n % owned],
         }
-        let k = n % owned;
-        (0..meta.partitions)
-            .filter(|&p| meta.owner(p, cores) == self.id)
-            .nth(k)
-            .expect("k < owned")
     }
 
     /// Refuses writes when the core is failed, shutting down or has too much unwritten data.
@@ -348,11 +361,8 @@ impl Shard {
 
     /// Hands out messages of a group from this core's partitions of a topic.
     pub fn fetch_local(&self, f: &Fetch) -> Result<Vec<Delivered>, Error> {
-        let meta = self.topic(&f.topic)?;
-        let cores = self.cores();
-        let mine: Vec<u32> = (0..meta.partitions)
-            .filter(|&p| meta.owner(p, cores) == self.id)
-            .collect();
+        let topic = self.topic(&f.topic)?;
+        let mine = &topic.owned;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if mine.is_empty() {

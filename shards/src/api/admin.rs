@@ -242,7 +242,7 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
         .topics
         .borrow()
         .values()
-        .map(|m| (**m).clone())
+        .map(|m| m.meta.clone())
         .collect();
     catalog.sort_by(|a, b| a.name.cmp(&b.name));
     match op {
