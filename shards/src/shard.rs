@@ -41,6 +41,8 @@ pub struct LocalTopic {
     pub meta: TopicMeta,
     /// Partitions of the topic owned by this core, ascending.
     pub owned: Vec<u32>,
+    /// Every core that owns a partition of the topic, ascending.
+    pub owner_cores: Vec<usize>,
 }
 
 impl std::ops::Deref for LocalTopic {
@@ -227,9 +229,17 @@ impl Shard {
         let owned = (0..meta.partitions)
             .filter(|&p| meta.owner(p, self.cores()) == self.id)
             .collect();
-        self.topics
-            .borrow_mut()
-            .insert(name, Rc::new(LocalTopic { meta, owned }));
+        let mut owner_cores: Vec<usize> = (0..meta.partitions)
+            .map(|p| meta.owner(p, self.cores()))
+            .collect();
+        owner_cores.sort_unstable();
+        owner_cores.dedup();
+        let topic = LocalTopic {
+            meta,
+            owned,
+            owner_cores,
+        };
+        self.topics.borrow_mut().insert(name, Rc::new(topic));
         Ok(())
     }
 

@@ -11,7 +11,7 @@
 use super::{caller, Out};
 use crate::mesh::{Delivered, Fetch, Msg, Reset};
 use crate::metrics;
-use crate::shard::Shard;
+use crate::shard::{LocalTopic, Shard};
 use crate::topics::TopicMeta;
 use bytes::{Bytes, BytesMut};
 use kateway_core::units::parse_duration;
@@ -213,20 +213,16 @@ async fn commit(
 /// every call.
 async fn fetch_all(
     shard: &Rc<Shard>,
-    meta: &TopicMeta,
+    topic: &LocalTopic,
     f: &Fetch,
 ) -> Result<Vec<Delivered>, Error> {
-    let cores = shard.cores();
-    let mut owners: Vec<usize> = (0..meta.partitions).map(|p| meta.owner(p, cores)).collect();
-    owners.sort_unstable();
-    owners.dedup();
     // Rotate the starting core per request so that no core's partitions starve the others'.
     let turn = shard.rr.get();
     shard.rr.set(turn.wrapping_add(1));
+    let owners = &topic.owner_cores;
     let n = owners.len();
-    owners.rotate_left(turn % n);
     let mut out = Vec::new();
-    for core in owners {
+    for core in (0..n).map(|i| owners[(turn + i) % n]) {
         let left = f.max - out.len();
         if left == 0 {
             break;
@@ -255,15 +251,14 @@ struct Parked {
 }
 
 impl Parked {
-    async fn new(shard: &Rc<Shard>, meta: &TopicMeta) -> Self {
+    async fn new(shard: &Rc<Shard>, meta: &LocalTopic) -> Self {
         let topic: Rc<str> = Rc::from(meta.name.as_str());
-        let cores = shard.cores();
-        let mut remote: Vec<usize> = (0..meta.partitions)
-            .map(|p| meta.owner(p, cores))
+        let remote: Vec<usize> = meta
+            .owner_cores
+            .iter()
+            .copied()
             .filter(|&c| c != shard.id)
             .collect();
-        remote.sort_unstable();
-        remote.dedup();
         let first = {
             let mut parked = shard.parked.borrow_mut();
             let n = parked.entry(topic.clone()).or_insert(0);
@@ -325,7 +320,7 @@ impl Drop for Parked {
 /// Fetches; if nothing is there, parks until new data, the deadline or shutdown.
 async fn poll(
     shard: &Rc<Shard>,
-    meta: &TopicMeta,
+    meta: &LocalTopic,
     f: Fetch,
     deadline: Instant,
 ) -> Result<Vec<Delivered>, Error> {
