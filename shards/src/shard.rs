@@ -274,6 +274,25 @@ impl Shard {
         }
     }
 
+    /// Runs `local(arg)` when `core` is this core; otherwise sends `core` the request that
+    /// `remote(arg, reply)` builds and waits for its answer. `arg` goes to whichever runs.
+    pub async fn on_core<A, T, F>(
+        &self,
+        core: usize,
+        arg: A,
+        local: impl FnOnce(A) -> F,
+        remote: impl FnOnce(A, crate::mesh::Reply<T>) -> crate::mesh::Msg,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        if core == self.id {
+            return Ok(local(arg).await);
+        }
+        metrics::inc(&self.metrics.mesh_messages_total);
+        self.mesh.call(core, |reply| remote(arg, reply)).await
+    }
+
     /// Refuses writes when the core is failed, shutting down or has too much unwritten data.
     pub fn admit_write(&self) -> Result<(), Error> {
         if let Some(e) = self.dur.failed.borrow().as_ref() {

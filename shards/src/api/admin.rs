@@ -89,21 +89,19 @@ async fn gather(
 ) -> Result<Vec<PartitionInfo>, Error> {
     let mut all = Vec::new();
     for core in 0..shard.cores() {
-        if core == shard.id {
-            all.extend(shard.info_local(&meta.name, prefix));
-        } else {
-            let (topic, group_prefix) = (meta.name.clone(), prefix.to_owned());
-            all.extend(
-                shard
-                    .mesh
-                    .call(core, move |reply| Msg::Info {
-                        topic,
-                        group_prefix,
-                        reply,
-                    })
-                    .await?,
-            );
-        }
+        let infos = shard
+            .on_core(
+                core,
+                (),
+                |()| async { shard.info_local(&meta.name, prefix) },
+                |(), reply| Msg::Info {
+                    topic: meta.name.clone(),
+                    group_prefix: prefix.to_owned(),
+                    reply,
+                },
+            )
+            .await?;
+        all.extend(infos);
     }
     all.sort_by_key(|i| i.partition);
     Ok(all)
@@ -195,16 +193,15 @@ pub fn local_snapshot(shard: &Shard) -> Snapshot {
 async fn all_metrics(shard: &Rc<Shard>) -> Result<Snapshot, Error> {
     let mut total = Snapshot::default();
     for core in 0..shard.cores() {
-        if core == shard.id {
-            total.add(&local_snapshot(shard));
-        } else {
-            total.add(
-                &shard
-                    .mesh
-                    .call(core, |reply| Msg::Metrics { reply })
-                    .await?,
-            );
-        }
+        let s = shard
+            .on_core(
+                core,
+                (),
+                |()| async { local_snapshot(shard) },
+                |(), reply| Msg::Metrics { reply },
+            )
+            .await?;
+        total.add(&s);
     }
     Ok(total)
 }
@@ -298,15 +295,17 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
             catalog.retain(|t| t.name != name);
             crate::topics::store(&data, &catalog)?;
             for core in 0..shard.cores() {
-                if core == shard.id {
-                    shard.drop_topic(&name);
-                } else {
-                    let n = name.clone();
-                    shard
-                        .mesh
-                        .call(core, move |reply| Msg::Drop { name: n, reply })
-                        .await?;
-                }
+                shard
+                    .on_core(
+                        core,
+                        (),
+                        |()| async { shard.drop_topic(&name) },
+                        |(), reply| Msg::Drop {
+                            name: name.clone(),
+                            reply,
+                        },
+                    )
+                    .await?;
             }
             let _ = std::fs::remove_dir_all(crate::topics::topic_dir(&data, &name));
             Ok(meta)
@@ -316,15 +315,17 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
 
 async fn broadcast_apply(shard: &Rc<Shard>, meta: &TopicMeta) -> Result<(), Error> {
     for core in 0..shard.cores() {
-        if core == shard.id {
-            shard.apply_topic(meta.clone())?;
-        } else {
-            let m = meta.clone();
-            shard
-                .mesh
-                .call(core, move |reply| Msg::Apply { meta: m, reply })
-                .await??;
-        }
+        shard
+            .on_core(
+                core,
+                (),
+                |()| async { shard.apply_topic(meta.clone()) },
+                |(), reply| Msg::Apply {
+                    meta: meta.clone(),
+                    reply,
+                },
+            )
+            .await??;
     }
     Ok(())
 }

@@ -4,7 +4,6 @@
 
 use super::{caller, Out};
 use crate::mesh::{Ack, Item, Msg};
-use crate::metrics;
 use crate::shard::Shard;
 use crate::topics::TopicMeta;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -220,20 +219,19 @@ async fn append(
     ack: Ack,
 ) -> Result<Vec<u64>, Error> {
     let owner = meta.owner(p, shard.cores());
-    if owner == shard.id {
-        return shard.publish_local(&meta.name, p, &items, ack).await;
-    }
-    metrics::inc(&shard.metrics.mesh_messages_total);
-    let topic = meta.name.clone();
     shard
-        .mesh
-        .call(owner, move |reply| Msg::Append {
-            topic,
-            partition: p,
+        .on_core(
+            owner,
             items,
-            ack,
-            reply,
-        })
+            |items| async move { shard.publish_local(&meta.name, p, &items, ack).await },
+            |items, reply| Msg::Append {
+                topic: meta.name.clone(),
+                partition: p,
+                items,
+                ack,
+                reply,
+            },
+        )
         .await?
 }
 

@@ -192,20 +192,19 @@ async fn commit(
     next: u64,
 ) -> Result<(), Error> {
     let owner = meta.owner(p, shard.cores());
-    if owner == shard.id {
-        return shard.commit_local(&meta.name, p, group, next).await;
-    }
-    metrics::inc(&shard.metrics.mesh_messages_total);
-    let (topic, group) = (meta.name.clone(), group.to_owned());
     shard
-        .mesh
-        .call(owner, move |reply| Msg::Commit {
-            topic,
-            partition: p,
-            group,
-            offset: next,
-            reply,
-        })
+        .on_core(
+            owner,
+            (),
+            |()| shard.commit_local(&meta.name, p, group, next),
+            |(), reply| Msg::Commit {
+                topic: meta.name.clone(),
+                partition: p,
+                group: group.to_owned(),
+                offset: next,
+                reply,
+            },
+        )
         .await?
 }
 
@@ -229,15 +228,14 @@ async fn fetch_all(
         }
         let mut f = f.clone();
         f.max = left;
-        let got = if core == shard.id {
-            shard.fetch_local(&f)?
-        } else {
-            metrics::inc(&shard.metrics.mesh_messages_total);
-            shard
-                .mesh
-                .call(core, move |reply| Msg::Fetch { fetch: f, reply })
-                .await??
-        };
+        let got = shard
+            .on_core(
+                core,
+                f,
+                |f| async move { shard.fetch_local(&f) },
+                |fetch, reply| Msg::Fetch { fetch, reply },
+            )
+            .await??;
         out.extend(got);
     }
     Ok(out)
