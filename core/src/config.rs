@@ -22,6 +22,8 @@ pub struct Config {
     pub subscribe: SubscribeConfig,
     /// The embedded log store.
     pub store: StoreConfig,
+    /// The Kafka backend and its hinted handoff.
+    pub kafka: KafkaConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -68,6 +70,7 @@ pub struct SubscribeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    pub backend: Backend,
     pub data_dir: PathBuf,
     pub default_partitions: u32,
     pub segment_bytes: ByteSize,
@@ -81,13 +84,43 @@ pub struct StoreConfig {
 }
 
 /// `[log]`
+/// Where topics live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded log store on this host.
+    Embedded,
+    /// An Apache Kafka cluster, with the local log as hinted-handoff buffer.
+    Kafka,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub client_id: String,
+    pub replication_factor: i32,
+    pub linger: Dur,
+    pub produce_timeout: Dur,
+    pub request_timeout: Dur,
+    pub handoff_max_bytes: ByteSize,
+    pub handoff_segment_bytes: ByteSize,
+    pub replay_batch: u32,
+    pub replay_backoff: Dur,
+    pub metadata_refresh: Dur,
+    pub group_idle_timeout: Dur,
+    pub session_timeout: Dur,
+}
+
+/// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
 }
 
-const SECTIONS: [&str; 5] = ["server", "limits", "subscribe", "store", "log"];
+const SECTIONS: [&str; 6] = ["server", "limits", "subscribe", "store", "kafka", "log"];
 
 impl Config {
     /// The shipped defaults alone.
@@ -204,6 +237,29 @@ impl Config {
         )?;
         if st.fsync_interval.0.is_zero() {
             return Err("store.fsync_interval must be greater than 0".into());
+        }
+        let k = &self.kafka;
+        if st.backend == Backend::Kafka && k.brokers.trim().is_empty() {
+            return Err("store.backend = \"kafka\" needs kafka.brokers (host:port,...)".into());
+        }
+        range(
+            "kafka.replication_factor",
+            (k.replication_factor + 1) as u64,
+            0,
+            33,
+        )
+        .map_err(|_| {
+            "kafka.replication_factor must be -1 (broker default) or 1..=32".to_string()
+        })?;
+        range(
+            "kafka.handoff_segment_bytes",
+            k.handoff_segment_bytes.0,
+            1 << 20,
+            4 << 30,
+        )?;
+        range("kafka.replay_batch", k.replay_batch.into(), 1, 100_000)?;
+        if k.produce_timeout.0 < std::time::Duration::from_millis(100) {
+            return Err("kafka.produce_timeout must be at least 100ms".into());
         }
         Ok(())
     }

@@ -78,6 +78,10 @@ kinds! {
     ShuttingDown = 50301, Capacity;
     /// Too many connections on this core.
     TooManyConnections = 50302, Capacity;
+    /// Kafka cannot be reached for a request that cannot be buffered (subscribe, administration).
+    KafkaUnavailable = 50303, Capacity;
+    /// Kafka is unreachable and the hinted-handoff buffer is at its disk budget.
+    HandoffFull = 50304, Capacity;
 }
 
 impl ErrorKind {

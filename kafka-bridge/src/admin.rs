@@ -4,16 +4,22 @@
 //! path.
 
 use crate::{BridgeConfig, BridgeError};
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
 /// A Kafka admin client.
 pub struct Admin {
     client: AdminClient<DefaultClientContext>,
     timeout: Duration,
+    brokers: String,
 }
 
 fn topic_result(r: Result<String, (String, RDKafkaErrorCode)>) -> Result<(), BridgeError> {
@@ -41,6 +47,7 @@ impl Admin {
         Ok(Self {
             client,
             timeout: cfg.request_timeout,
+            brokers: cfg.brokers.clone(),
         })
     }
 
@@ -115,5 +122,97 @@ impl Admin {
             return Err(BridgeError::UnknownTopic(name.to_owned()));
         }
         Ok(t.partitions().len() as u32)
+    }
+
+    /// Sets a topic's retention by time and size (`None` = the broker's default). Both are
+    /// always sent: Kafka's AlterConfigs replaces the topic's whole override set.
+    pub async fn set_retention(
+        &self,
+        name: &str,
+        retention: Option<Duration>,
+        retention_bytes: Option<u64>,
+    ) -> Result<(), BridgeError> {
+        let ms = retention.map(|d| d.as_millis().to_string());
+        let bytes = retention_bytes.map(|b| b.to_string());
+        let mut c = AlterConfig::new(ResourceSpecifier::Topic(name));
+        if let Some(ms) = &ms {
+            c = c.set("retention.ms", ms);
+        }
+        if let Some(b) = &bytes {
+            c = c.set("retention.bytes", b);
+        }
+        let res = self
+            .client
+            .alter_configs([&c], &self.opts())
+            .await
+            .map_err(BridgeError::from_kafka)?;
+        for r in res {
+            if let Err((_, code)) = r {
+                return Err(BridgeError::Refused(format!("{name}: {code}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The oldest and next offsets of every partition of a topic, in partition order. Blocks.
+    pub fn watermarks(&self, name: &str) -> Result<Vec<(i64, i64)>, BridgeError> {
+        let n = self.partitions(name)?;
+        (0..n as i32)
+            .map(|p| {
+                self.client
+                    .inner()
+                    .fetch_watermarks(name, p, self.timeout)
+                    .map_err(BridgeError::from_kafka)
+            })
+            .collect()
+    }
+
+    /// The offsets `group` committed on each of the topic's first `partitions` partitions
+    /// (`None` where it has none), read from the group coordinator. Blocks.
+    pub fn committed(
+        &self,
+        group: &str,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Vec<Option<i64>>, BridgeError> {
+        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(BridgeError::from_kafka)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition(name, p);
+        }
+        let got = c
+            .committed_offsets(tpl, self.timeout)
+            .map_err(BridgeError::from_kafka)?;
+        let mut out = vec![None; partitions as usize];
+        for e in got.elements() {
+            if let (Offset::Offset(o), Some(slot)) =
+                (e.offset(), out.get_mut(e.partition() as usize))
+            {
+                *slot = Some(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Names of the consumer groups the cluster knows that start with `prefix`. Blocks.
+    pub fn groups(&self, prefix: &str) -> Result<Vec<String>, BridgeError> {
+        let list = self
+            .client
+            .inner()
+            .fetch_group_list(None, self.timeout)
+            .map_err(BridgeError::from_kafka)?;
+        let mut names: Vec<String> = list
+            .groups()
+            .iter()
+            .map(|g| g.name().to_owned())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 }

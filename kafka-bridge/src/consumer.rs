@@ -57,7 +57,12 @@ impl GroupConsumer {
                     "latest"
                 },
             )
-            .set("session.timeout.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                cfg.session_timeout.as_millis().max(1000).to_string(),
+            )
+            .set("queued.max.messages.kbytes", "8192")
+            .set("reconnect.backoff.max.ms", "1000")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .create()
             .map_err(BridgeError::from_kafka)?;
@@ -80,37 +85,63 @@ impl GroupConsumer {
             } else {
                 Duration::ZERO
             };
-            match self.consumer.poll(left) {
+            match self.poll_one(left) {
                 None if out.is_empty() && Instant::now() < deadline => continue,
                 None => break,
                 Some(Err(e)) => {
-                    let e = BridgeError::from_kafka(e);
                     if out.is_empty() && !e.is_unavailable() {
                         return Err(e);
                     }
                     break;
                 }
-                Some(Ok(m)) => {
-                    let tags = m
-                        .headers()
-                        .and_then(|h| {
-                            h.iter()
-                                .find(|h| h.key == crate::producer::TAGS_HEADER)
-                                .and_then(|h| h.value.map(<[u8]>::to_vec))
-                        })
-                        .unwrap_or_default();
-                    out.push(Record {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        timestamp: m.timestamp().to_millis().unwrap_or(0),
-                        key: m.key().unwrap_or_default().to_vec(),
-                        tags,
-                        value: m.payload().unwrap_or_default().to_vec(),
-                    });
-                }
+                Some(Ok(m)) => out.push(m),
             }
         }
         Ok(out)
+    }
+
+    /// One record, waiting up to `wait`; `None` when none arrived. Also serves the group's
+    /// rebalance callbacks, so a membership must call it regularly even when idle.
+    pub fn poll_one(&self, wait: Duration) -> Option<Result<Record, BridgeError>> {
+        match self.consumer.poll(wait)? {
+            Err(e) => Some(Err(BridgeError::from_kafka(e))),
+            Ok(m) => {
+                let tags = m
+                    .headers()
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == crate::producer::TAGS_HEADER)
+                            .and_then(|h| h.value.map(<[u8]>::to_vec))
+                    })
+                    .unwrap_or_default();
+                Some(Ok(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis().unwrap_or(0),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    tags,
+                    value: m.payload().unwrap_or_default().to_vec(),
+                }))
+            }
+        }
+    }
+
+    /// Stops (`true`) or restarts fetching on every assigned partition, so that a membership
+    /// with nobody to deliver to does not read ahead without bound.
+    pub fn set_paused(&self, paused: bool) -> Result<(), BridgeError> {
+        let tpl = self
+            .consumer
+            .assignment()
+            .map_err(BridgeError::from_kafka)?;
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        if paused {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        }
+        .map_err(BridgeError::from_kafka)
     }
 
     /// Commits `next` (the next offset to consume) for `partition`, waiting for the broker.

@@ -37,6 +37,8 @@ pub struct BridgeConfig {
     pub request_timeout: Duration,
     /// `client.id` prefix.
     pub client_id: String,
+    /// Consumer-group session timeout (`session.timeout.ms`).
+    pub session_timeout: Duration,
 }
 
 impl BridgeConfig {
@@ -48,6 +50,7 @@ impl BridgeConfig {
             message_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             client_id: "kateway".into(),
+            session_timeout: Duration::from_secs(10),
         }
     }
 }

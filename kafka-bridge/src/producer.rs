@@ -47,7 +47,9 @@ fn client(cfg: &BridgeConfig, acks: &str, suffix: &str) -> Result<FutureProducer
             "request.timeout.ms",
             cfg.request_timeout.as_millis().max(1).to_string(),
         )
-        .set("compression.type", "none");
+        .set("compression.type", "none")
+        // Find a restarted broker within a second rather than librdkafka's default ten.
+        .set("reconnect.backoff.max.ms", "1000");
     c.create().map_err(BridgeError::from_kafka)
 }
 
@@ -71,7 +73,26 @@ impl Producer {
         value: &[u8],
         ack: Ack,
     ) -> Result<Delivery, BridgeError> {
+        self.send_at(topic, partition, key, tags, value, None, ack)
+    }
+
+    /// [`Producer::send`] with the record's timestamp (ms since the epoch) set explicitly, as
+    /// when a buffered message is replayed with the time it was published.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        tags: &[u8],
+        value: &[u8],
+        timestamp: Option<i64>,
+        ack: Ack,
+    ) -> Result<Delivery, BridgeError> {
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(value);
+        if let Some(ts) = timestamp {
+            rec = rec.timestamp(ts);
+        }
         if !key.is_empty() {
             rec = rec.key(key);
         }

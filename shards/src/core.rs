@@ -24,13 +24,32 @@ pub struct CoreInit {
     pub mesh: Mesh,
     pub inbox: flume::Receiver<Msg>,
     pub topics: Vec<TopicMeta>,
+    /// The Kafka backend's shared state; `None` with the embedded store.
+    pub kafka: Option<std::sync::Arc<crate::kafka::KafkaShared>>,
     /// Told `Ok(())` once the core listens, or why it could not start.
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
 /// Runs a core to completion.
 pub async fn run(init: CoreInit) {
-    let shard = Rc::new(Shard::new(init.id, init.cfg.clone(), init.mesh.clone()));
+    let kafka = match init.kafka {
+        None => None,
+        Some(shared) => {
+            match crate::kafka::KafkaCore::new(shared, &init.cfg, init.id, init.mesh.cores()) {
+                Ok(k) => Some(Rc::new(k)),
+                Err(e) => {
+                    let _ = init.ready.send(Err(e));
+                    return;
+                }
+            }
+        }
+    };
+    let shard = Rc::new(Shard::new(
+        init.id,
+        init.cfg.clone(),
+        init.mesh.clone(),
+        kafka,
+    ));
     for t in init.topics {
         if let Err(e) = shard.apply_topic(t) {
             let _ = init.ready.send(Err(e.to_string()));
@@ -52,7 +71,14 @@ pub async fn run(init: CoreInit) {
     };
     monoio::spawn(inbox(shard.clone(), init.inbox));
     let flusher = monoio::spawn(flusher::run(shard.clone()));
-    monoio::spawn(flusher::retention(shard.clone()));
+    if shard.kafka.is_some() {
+        monoio::spawn(crate::kafka::replay::run(shard.clone()));
+        if shard.id == 0 {
+            monoio::spawn(crate::kafka::topics::refresh(shard.clone()));
+        }
+    } else {
+        monoio::spawn(flusher::retention(shard.clone()));
+    }
     monoio::spawn(accept(shard.clone(), listener));
     let _ = init.ready.send(Ok(()));
     tracing::debug!(core = shard.id, "core ready");
@@ -125,7 +151,7 @@ async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
             } => {
                 let s = shard.clone();
                 monoio::spawn(async move {
-                    let _ = reply.send(s.publish_local(&topic, partition, &items, ack).await);
+                    let _ = reply.send(s.publish_local(&topic, partition, items, ack).await);
                 });
             }
             Msg::Fetch { fetch, reply } => {

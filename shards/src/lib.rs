@@ -5,6 +5,8 @@
 //! ([`shard`]), a group-commit flusher ([`flusher`]) and its metrics ([`metrics`]). Cores share
 //! nothing mutable; they exchange owned messages over bounded channels ([`mesh`]). Requests
 //! are routed and answered at the edge ([`api`]), where errors become responses in one place.
+//! With the Kafka backend ([`kafka`]) the partitions a core owns are hinted-handoff logs in
+//! front of Kafka, and consumer groups are Kafka's.
 
 pub mod api;
 pub mod conn;
@@ -12,6 +14,7 @@ pub mod core;
 pub mod date;
 pub mod event;
 pub mod flusher;
+pub mod kafka;
 pub mod mesh;
 pub mod metrics;
 pub mod runtime;

@@ -1,5 +1,5 @@
 //! The `kateway` binary: `kateway serve [--config FILE] [--listen ADDR] [--data-dir DIR]
-//! [--cores N]`. Configuration layers: shipped defaults, then the file, then `KATEWAY_*`
+//! [--cores N] [--backend embedded|kafka] [--brokers HOST:PORT,...]`. Configuration layers: shipped defaults, then the file, then `KATEWAY_*`
 //! environment variables, then these flags.
 
 use clap::{Parser, Subcommand};
@@ -36,6 +36,12 @@ enum Cmd {
         /// Reactor cores, 0 = all (server.cores).
         #[arg(long)]
         cores: Option<u32>,
+        /// Where topics live: embedded or kafka (store.backend).
+        #[arg(long, value_parser = ["embedded", "kafka"])]
+        backend: Option<String>,
+        /// Kafka bootstrap brokers, host:port[,host:port...] (kafka.brokers).
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// Print the shipped kateway.toml: every setting with its default and range.
     Defaults,
@@ -50,6 +56,8 @@ fn main() {
             listen,
             data_dir,
             cores,
+            backend,
+            brokers,
         } => {
             let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,
@@ -66,6 +74,16 @@ fn main() {
             }
             if let Some(c) = cores {
                 cfg.server.cores = c;
+            }
+            if let Some(b) = backend {
+                cfg.store.backend = if b == "kafka" {
+                    kateway_core::config::Backend::Kafka
+                } else {
+                    kateway_core::config::Backend::Embedded
+                };
+            }
+            if let Some(b) = brokers {
+                cfg.kafka.brokers = b;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("kateway: configuration error: {e}");

@@ -29,6 +29,15 @@ pub struct Item {
     pub value: Bytes,
 }
 
+/// Where a publish landed: one offset per message (`-1` where none is known yet: buffered in
+/// the handoff log, or queued with `async=1` on the Kafka backend).
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub offsets: Vec<i64>,
+    /// Some messages went to the hinted-handoff log instead of Kafka.
+    pub buffered: bool,
+}
+
 /// A record handed to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Delivered {
@@ -80,7 +89,7 @@ pub enum Msg {
         partition: u32,
         items: Vec<Item>,
         ack: Ack,
-        reply: Reply<Result<Vec<u64>, Error>>,
+        reply: Reply<Result<Published, Error>>,
     },
     /// Fetch for a group from the receiver's partitions of a topic.
     Fetch {
@@ -140,6 +149,9 @@ pub enum AdminOp {
         retention_bytes: Option<u64>,
     },
     Delete(String),
+    /// Kafka backend: record a topic that exists in Kafka (created by this or another gateway),
+    /// replacing what the catalog knew about it.
+    Learn(TopicMeta),
 }
 
 /// Senders to every core's inbox.

@@ -144,6 +144,14 @@ counters! {
     log_written_bytes_total: "Bytes written to segment files.",
     log_fsyncs_total: "Group-commit fsync rounds.",
     mesh_messages_total: "Messages sent to other cores.",
+    handoff_buffered_messages_total: "Publishes written to the hinted-handoff log because Kafka was unreachable.",
+    handoff_replayed_messages_total: "Buffered messages replayed to Kafka.",
+    handoff_rejected_total: "Publishes refused because the handoff log was at its disk budget.",
+    handoff_dropped_total: "Buffered messages Kafka refused for good during replay.",
+    handoff_backlog_messages: "Messages in the handoff log not yet replayed to Kafka.",
+    handoff_bytes: "Bytes held by the handoff logs.",
+    kafka_breaker_open: "Cores whose Kafka circuit breaker is open.",
+    kafka_produce_errors_total: "Publishes Kafka refused (other than by being unreachable).",
 }
 
 impl Snapshot {

@@ -23,6 +23,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         )
     })?;
     let topics = crate::topics::load(&cfg.store.data_dir)?;
+    let kafka = match cfg.store.backend {
+        kateway_core::config::Backend::Embedded => None,
+        kateway_core::config::Backend::Kafka => Some(crate::kafka::KafkaShared::start(&cfg)?),
+    };
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (mesh, inboxes) = Mesh::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -37,6 +41,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let cfg = cfg.clone();
         let mesh = mesh.clone();
         let topics = topics.clone();
+        let kafka = kafka.clone();
         let ready = ready_tx.clone();
         let cpu = (cfg.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let t = std::thread::Builder::new()
@@ -51,6 +56,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     mesh,
                     inbox,
                     topics,
+                    kafka,
                     ready,
                 };
                 reactor(id, cfg.server.ring_entries, init);
@@ -66,7 +72,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a core thread died during startup".into()),
         }
     }
-    tracing::info!(listen = %cfg.server.listen, cores, data = %cfg.store.data_dir.display(), "kateway serving");
+    tracing::info!(listen = %cfg.server.listen, cores, data = %cfg.store.data_dir.display(),
+        backend = ?cfg.store.backend, "kateway serving");
     if let Some(s) = sig.forever().next() {
         tracing::info!(signal = s, "shutting down");
     }

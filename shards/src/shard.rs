@@ -4,7 +4,8 @@
 //! cores reach it through [`crate::mesh`]. No `RefCell` borrow is held across an `.await`.
 
 use crate::event::Event;
-use crate::mesh::{Ack, Delivered, Fetch, Item, Mesh, PartitionInfo, Reset};
+use crate::kafka::KafkaCore;
+use crate::mesh::{Ack, Delivered, Fetch, Item, Mesh, PartitionInfo, Published, Reset};
 use crate::metrics::{self, Metrics};
 use crate::topics::{self, TopicMeta};
 use kateway_core::config::Config;
@@ -78,6 +79,8 @@ pub struct Shard {
     pub id: usize,
     pub cfg: Rc<Config>,
     pub mesh: Mesh,
+    /// The Kafka backend's per-core state; `None` with the embedded store.
+    pub kafka: Option<Rc<KafkaCore>>,
     pub topics: RefCell<Map<Rc<str>, Rc<LocalTopic>>>,
     pub parts: RefCell<Map<PartKey, Rc<RefCell<OwnedPartition>>>>,
     /// Owned partitions written since the last flush.
@@ -111,13 +114,14 @@ fn storage_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Shard {
-    pub fn new(id: usize, cfg: Rc<Config>, mesh: Mesh) -> Self {
+    pub fn new(id: usize, cfg: Rc<Config>, mesh: Mesh, kafka: Option<Rc<KafkaCore>>) -> Self {
         let dur = Durability::default();
         dur.next.set(1);
         Self {
             id,
             cfg,
             mesh,
+            kafka,
             topics: Default::default(),
             parts: Default::default(),
             dirty: Default::default(),
@@ -177,7 +181,26 @@ impl Shard {
         })
     }
 
-    fn part(&self, topic: &str, p: u32) -> Result<Rc<RefCell<OwnedPartition>>, Error> {
+    /// The topic of `(appid, topic, ver)`. With the Kafka backend, a topic this gateway has not
+    /// seen yet is looked up in Kafka (it may have been created through another gateway) and
+    /// added to the catalog.
+    pub async fn resolve(
+        &self,
+        appid: &str,
+        topic: &str,
+        ver: &str,
+    ) -> Result<Rc<LocalTopic>, Error> {
+        match self.lookup(appid, topic, ver) {
+            Err(e) if e.kind() == ErrorKind::UnknownTopic && self.kafka.is_some() => {
+                crate::kafka::topics::learn(self, &format!("{appid}.{topic}.{ver}")).await?;
+                self.lookup(appid, topic, ver)
+            }
+            r => r,
+        }
+    }
+
+    /// An owned partition, or 404.
+    pub fn part(&self, topic: &str, p: u32) -> Result<Rc<RefCell<OwnedPartition>>, Error> {
         let found = self
             .interned(topic)
             .and_then(|key| self.parts.borrow().get(&(key, p)).cloned());
@@ -193,7 +216,10 @@ impl Shard {
     pub fn apply_topic(&self, meta: TopicMeta) -> Result<(), Error> {
         let name: Rc<str> = Rc::from(meta.name.as_str());
         let pcfg = PartitionConfig {
-            segment_bytes: self.cfg.store.segment_bytes.0,
+            segment_bytes: match self.kafka {
+                Some(_) => self.cfg.kafka.handoff_segment_bytes.0,
+                None => self.cfg.store.segment_bytes.0,
+            },
             index_interval: self.cfg.store.index_interval_bytes.0,
         };
         for p in 0..meta.partitions {
@@ -204,7 +230,7 @@ impl Shard {
             if self.parts.borrow().contains_key(&key) {
                 continue;
             }
-            let dir = topics::partition_dir(&self.cfg.store.data_dir, &meta.name, p);
+            let dir = topics::partition_dir(&topics::root(&self.cfg), &meta.name, p);
             let (log, report) = Partition::open(&dir, pcfg).map_err(storage_err)?;
             if report.truncated_bytes > 0 {
                 tracing::warn!(core = self.id, topic = %meta.name, partition = p,
@@ -255,7 +281,7 @@ impl Shard {
             .collect();
         for k in keys {
             self.parts.borrow_mut().remove(&k);
-            let dir = topics::partition_dir(&self.cfg.store.data_dir, name, k.1);
+            let dir = topics::partition_dir(&topics::root(&self.cfg), name, k.1);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(core = self.id, dir = %dir.display(), "cannot remove partition: {e}");
             }
@@ -317,28 +343,40 @@ impl Shard {
         p: u32,
         items: &[Item],
     ) -> Result<(Vec<u64>, u64), Error> {
+        let r = self.append_records(topic, p, items)?;
+        let bytes: usize = items.iter().map(|i| i.value.len()).sum();
+        metrics::add(&self.metrics.pub_messages_total, items.len() as u64);
+        metrics::add(&self.metrics.pub_bytes_total, bytes as u64);
+        Ok(r)
+    }
+
+    /// [`Shard::append_local`] without counting the messages as published (the handoff log
+    /// holds messages already counted).
+    pub fn append_records(
+        &self,
+        topic: &str,
+        p: u32,
+        items: &[Item],
+    ) -> Result<(Vec<u64>, u64), Error> {
         self.admit_write()?;
         let part = self.part(topic, p)?;
         let ts = now_ms();
         let mut offsets = Vec::with_capacity(items.len());
-        let mut bytes = 0usize;
         {
             let mut st = part.borrow_mut();
             let before = st.log.pending_bytes();
             for it in items {
                 offsets.push(st.log.append(ts, &it.key, &it.tags, &it.value));
-                bytes += it.value.len();
             }
             self.pending_bytes
                 .set(self.pending_bytes.get() + st.log.pending_bytes() - before);
         }
         self.mark_dirty(topic, p);
-        metrics::add(&self.metrics.pub_messages_total, items.len() as u64);
-        metrics::add(&self.metrics.pub_bytes_total, bytes as u64);
         Ok((offsets, self.dur.next.get()))
     }
 
-    fn mark_dirty(&self, topic: &str, p: u32) {
+    /// Queues a partition for the flusher.
+    pub fn mark_dirty(&self, topic: &str, p: u32) {
         let mut d = self.dirty.borrow_mut();
         if !d.iter().any(|(t, q)| *q == p && &**t == topic) {
             let key = self.interned(topic).unwrap_or_else(|| Rc::from(topic));
@@ -375,17 +413,24 @@ impl Shard {
         }
     }
 
-    /// Appends locally and waits for durability.
+    /// Publishes to a partition this core owns: appends to the log and waits for durability,
+    /// or with the Kafka backend sends to Kafka (or the handoff log).
     pub async fn publish_local(
-        &self,
+        self: &Rc<Self>,
         topic: &str,
         p: u32,
-        items: &[Item],
+        items: Vec<Item>,
         ack: Ack,
-    ) -> Result<Vec<u64>, Error> {
-        let (offsets, gen) = self.append_local(topic, p, items)?;
+    ) -> Result<Published, Error> {
+        if self.kafka.is_some() {
+            return crate::kafka::handoff::publish(self, topic, p, items, ack).await;
+        }
+        let (offsets, gen) = self.append_local(topic, p, &items)?;
         self.wait_durable(gen, ack).await?;
-        Ok(offsets)
+        Ok(Published {
+            offsets: offsets.into_iter().map(|o| o as i64).collect(),
+            buffered: false,
+        })
     }
 
     /// Hands out messages of a group from this core's partitions of a topic.

@@ -40,14 +40,24 @@ pub fn owner(name: &str, p: u32, cores: usize) -> usize {
     ((h as u64 + p as u64) % cores as u64) as usize
 }
 
-/// Directory of partition `p` of topic `name`.
-pub fn partition_dir(data: &Path, name: &str, p: u32) -> PathBuf {
-    data.join("topics").join(name).join(p.to_string())
+/// Where partition logs live: `<data>/topics` with the embedded backend, `<data>/handoff` (the
+/// hinted-handoff buffer) with the Kafka backend.
+pub fn root(cfg: &kateway_core::config::Config) -> PathBuf {
+    let dir = match cfg.store.backend {
+        kateway_core::config::Backend::Embedded => "topics",
+        kateway_core::config::Backend::Kafka => "handoff",
+    };
+    cfg.store.data_dir.join(dir)
 }
 
-/// Directory of topic `name`.
-pub fn topic_dir(data: &Path, name: &str) -> PathBuf {
-    data.join("topics").join(name)
+/// Directory of partition `p` of topic `name` under `root`.
+pub fn partition_dir(root: &Path, name: &str, p: u32) -> PathBuf {
+    root.join(name).join(p.to_string())
+}
+
+/// Directory of topic `name` under `root`.
+pub fn topic_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(name)
 }
 
 fn catalog_path(data: &Path) -> PathBuf {

@@ -248,6 +248,17 @@ impl Partition {
         Ok(removed)
     }
 
+    /// Deletes whole sealed segments whose records all lie below `offset` (records a consumer
+    /// such as the handoff replayer no longer needs). Returns how many were removed.
+    pub fn drop_before(&mut self, offset: u64) -> Result<usize> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[0].next_offset <= offset {
+            self.segments.remove(0).remove()?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// The partition's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

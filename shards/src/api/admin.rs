@@ -66,10 +66,34 @@ pub async fn topic(
         },
         _ => AdminOp::Delete(name),
     };
-    let meta = shard
+    if shard.kafka.is_some() && method == Method::Put {
+        // Altering a topic created through another gateway: learn it first.
+        shard.resolve(appid, topic, ver).await?;
+    }
+    let kafka_delete = shard.kafka.is_some() && method == Method::Delete;
+    let op = match shard.kafka {
+        Some(_) => crate::kafka::topics::administer(shard, op).await?,
+        None => op,
+    };
+    let fallback = match &op {
+        AdminOp::Delete(name) => Some(name.clone()),
+        _ => None,
+    };
+    let meta = match shard
         .mesh
         .call(0, move |reply| Msg::Admin { op, reply })
-        .await??;
+        .await?
+    {
+        // Deleted in Kafka, though this gateway had not seen the topic yet.
+        Err(e) if kafka_delete && e.kind() == ErrorKind::UnknownTopic => TopicMeta {
+            name: fallback.unwrap_or_default(),
+            partitions: 0,
+            retention_hours: None,
+            retention_bytes: None,
+            created_ms: 0,
+        },
+        r => r?,
+    };
     let status = if method == Method::Post { 201 } else { 200 };
     let body = json!({
         "topic": meta.name,
@@ -86,7 +110,11 @@ async fn gather(
     shard: &Rc<Shard>,
     meta: &TopicMeta,
     prefix: &str,
+    exact: bool,
 ) -> Result<Vec<PartitionInfo>, Error> {
+    if shard.kafka.is_some() {
+        return crate::kafka::topics::info(shard, meta, prefix, exact).await;
+    }
     let mut all = Vec::new();
     for core in 0..shard.cores() {
         let infos = shard
@@ -115,8 +143,8 @@ pub async fn partitions(
     ver: &str,
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
-    let meta = shard.lookup(appid, topic, ver)?;
-    let infos = gather(shard, &meta, "\u{0}").await?;
+    let meta = shard.resolve(appid, topic, ver).await?;
+    let infos = gather(shard, &meta, "\u{0}", false).await?;
     let parts: Vec<_> = infos
         .iter()
         .map(|i| json!({"partition": i.partition, "oldest": i.oldest, "newest": i.newest}))
@@ -137,12 +165,12 @@ pub async fn topic_status(
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
     let me = caller(req)?;
-    let meta = shard.lookup(appid, topic, ver)?;
+    let meta = shard.resolve(appid, topic, ver).await?;
     let (prefix, exact) = match query::raw(req.query(), "group") {
         Some(g) if !g.is_empty() => (GroupName::new(me, g)?.to_string(), true),
         _ => (format!("{me}."), false),
     };
-    let infos = gather(shard, &meta, &prefix).await?;
+    let infos = gather(shard, &meta, &prefix, exact).await?;
     let mut groups: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
     if exact {
         groups.insert(prefix.clone(), Vec::new());
@@ -180,12 +208,23 @@ pub async fn topic_status(
     Ok(())
 }
 
-/// This core's metrics plus log sizes.
+/// This core's metrics plus log sizes (and, on the Kafka backend, its handoff backlog and
+/// breaker).
 pub fn local_snapshot(shard: &Shard) -> Snapshot {
     let mut s = shard.metrics.snapshot();
     for p in shard.parts.borrow().values() {
         s.log_bytes += p.borrow().log.size_bytes();
         s.partitions += 1;
+    }
+    if let Some(k) = &shard.kafka {
+        s.kafka_breaker_open = k.breaker_open.get().into();
+        s.handoff_bytes = crate::kafka::handoff::handoff_bytes(shard);
+        s.handoff_backlog_messages = shard
+            .parts
+            .borrow()
+            .keys()
+            .map(|(t, p)| crate::kafka::handoff::backlog(shard, t, *p))
+            .sum();
     }
     s
 }
@@ -219,7 +258,9 @@ pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), 
     let m = all_metrics(shard).await?;
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "backend": "embedded",
+        "backend": if shard.kafka.is_some() { "kafka" } else { "embedded" },
+        "handoff_backlog_messages": m.handoff_backlog_messages,
+        "kafka_breaker_open_cores": m.kafka_breaker_open,
         "cores": shard.cores(),
         "uptime_s": shard.started.elapsed().as_secs(),
         "topics": shard.topics.borrow().len(),
@@ -284,6 +325,16 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
             broadcast_apply(shard, &meta).await?;
             Ok(meta)
         }
+        AdminOp::Learn(meta) => {
+            match catalog.iter_mut().find(|t| t.name == meta.name) {
+                Some(t) if *t == meta => return Ok(meta),
+                Some(t) => *t = meta.clone(),
+                None => catalog.push(meta.clone()),
+            }
+            crate::topics::store(&data, &catalog)?;
+            broadcast_apply(shard, &meta).await?;
+            Ok(meta)
+        }
         AdminOp::Delete(name) => {
             let meta = catalog
                 .iter()
@@ -307,7 +358,10 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
                     )
                     .await?;
             }
-            let _ = std::fs::remove_dir_all(crate::topics::topic_dir(&data, &name));
+            let _ = std::fs::remove_dir_all(crate::topics::topic_dir(
+                &crate::topics::root(&shard.cfg),
+                &name,
+            ));
             Ok(meta)
         }
     }

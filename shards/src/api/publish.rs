@@ -3,14 +3,14 @@
 //! through the mesh when another core owns it. The answer waits for the durability asked for.
 
 use super::{caller, Out};
-use crate::mesh::{Ack, Item, Msg};
+use crate::mesh::{Ack, Item, Msg, Published};
 use crate::shard::Shard;
 use crate::topics::TopicMeta;
 use bytes::{BufMut, Bytes, BytesMut};
 use kateway_core::partitioner::partition_for_key;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::batch::{self, BatchError};
-use kateway_proto::http1::encode::put_u64;
+use kateway_proto::http1::encode::{put_i64, put_u64};
 use kateway_proto::http1::Request;
 use kateway_proto::query;
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ pub async fn publish(
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
     let appid = caller(req)?;
-    let meta = shard.lookup(appid, topic, ver)?;
+    let meta = shard.resolve(appid, topic, ver).await?;
     let q = req.query();
     let lim = &shard.cfg.limits;
     let ack = parse_ack(q)?;
@@ -158,13 +158,17 @@ pub async fn publish(
         } else {
             partition_for_key(&item.key, meta.partitions)
         };
-        let offsets = append(shard, &meta, p, vec![item], ack).await?;
-        let o = offsets[0];
+        let done = append(shard, &meta, p, vec![item], ack).await?;
+        let o = done.offsets[0];
         put_result(&mut body, p, o);
-        out.response(status)
+        let mut r = out
+            .response(status)
             .header_int("x-partition", p.into())
-            .header_int("x-offset", o as i64)
-            .body("application/json", &body);
+            .header_int("x-offset", o);
+        if done.buffered {
+            r = r.header("x-kateway-buffered", b"1");
+        }
+        r.body("application/json", &body);
         return Ok(());
     }
 
@@ -187,11 +191,13 @@ pub async fn publish(
         by_part.entry(p).or_default().push((i, item));
     }
     let n: usize = by_part.values().map(Vec::len).sum();
-    let mut results = vec![(0u32, 0u64); n];
+    let mut results = vec![(0u32, 0i64); n];
+    let mut buffered = false;
     for (p, entries) in by_part {
         let (idx, items): (Vec<usize>, Vec<Item>) = entries.into_iter().unzip();
-        let offsets = append(shard, &meta, p, items, ack).await?;
-        for (i, o) in idx.into_iter().zip(offsets) {
+        let done = append(shard, &meta, p, items, ack).await?;
+        buffered |= done.buffered;
+        for (i, o) in idx.into_iter().zip(done.offsets) {
             results[i] = (p, o);
         }
     }
@@ -206,7 +212,11 @@ pub async fn publish(
         put_result(&mut body, *p, *o);
     }
     body.put_slice(b"]}");
-    out.json(status, &body);
+    let mut r = out.response(status);
+    if buffered {
+        r = r.header("x-kateway-buffered", b"1");
+    }
+    r.body("application/json", &body);
     Ok(())
 }
 
@@ -217,13 +227,13 @@ async fn append(
     p: u32,
     items: Vec<Item>,
     ack: Ack,
-) -> Result<Vec<u64>, Error> {
+) -> Result<Published, Error> {
     let owner = meta.owner(p, shard.cores());
     shard
         .on_core(
             owner,
             items,
-            |items| async move { shard.publish_local(&meta.name, p, &items, ack).await },
+            |items| async move { shard.publish_local(&meta.name, p, items, ack).await },
             |items, reply| Msg::Append {
                 topic: meta.name.clone(),
                 partition: p,
@@ -235,10 +245,10 @@ async fn append(
         .await?
 }
 
-fn put_result(body: &mut BytesMut, p: u32, o: u64) {
+fn put_result(body: &mut BytesMut, p: u32, o: i64) {
     body.put_slice(b"{\"partition\":");
     put_u64(body, p.into());
     body.put_slice(b",\"offset\":");
-    put_u64(body, o);
+    put_i64(body, o);
     body.put_u8(b'}');
 }

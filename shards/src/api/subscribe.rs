@@ -9,6 +9,7 @@
 //! resumes from its last committed offset, so unacknowledged messages come back.
 
 use super::{caller, Out};
+use crate::kafka::groups::{self, FetchReq, GroupReq};
 use crate::mesh::{Delivered, Fetch, Msg, Reset};
 use crate::metrics;
 use crate::shard::{LocalTopic, Shard};
@@ -37,7 +38,7 @@ pub async fn subscribe(
     out: &mut Out<'_>,
 ) -> Result<(), Error> {
     let me = caller(req)?;
-    let meta = shard.lookup(appid, topic, ver)?;
+    let meta = shard.resolve(appid, topic, ver).await?;
     let name = meta.name.clone();
     let q = req.query();
     let scfg = &shard.cfg.subscribe;
@@ -191,6 +192,21 @@ async fn commit(
     group: &str,
     next: u64,
 ) -> Result<(), Error> {
+    if shard.kafka.is_some() {
+        let (reply, rx) = flume::bounded(1);
+        let req = GroupReq::Commit {
+            partition: p,
+            next,
+            reply,
+        };
+        groups::send(shard, group, &meta.name, Reset::Oldest, req)?;
+        return rx.recv_async().await.map_err(|_| {
+            Error::new(
+                ErrorKind::KafkaUnavailable,
+                "consumer group membership closed",
+            )
+        })?;
+    }
     let owner = meta.owner(p, shard.cores());
     shard
         .on_core(
@@ -322,6 +338,9 @@ async fn poll(
     f: Fetch,
     deadline: Instant,
 ) -> Result<Vec<Delivered>, Error> {
+    if shard.kafka.is_some() {
+        return poll_kafka(shard, meta, f, deadline).await;
+    }
     let ev = shard.topic_event(&meta.name);
     let mut seen = ev.epoch();
     let msgs = fetch_all(shard, meta, &f).await?;
@@ -353,6 +372,43 @@ async fn poll(
     }
 }
 
+/// Kafka backend: asks the group's membership, which answers when it has records or at the
+/// deadline; shutdown answers at once (the membership then keeps the records).
+async fn poll_kafka(
+    shard: &Rc<Shard>,
+    meta: &LocalTopic,
+    f: Fetch,
+    deadline: Instant,
+) -> Result<Vec<Delivered>, Error> {
+    if shard.shutdown.get() {
+        return Ok(Vec::new());
+    }
+    let (reply, rx) = flume::bounded(1);
+    let req = GroupReq::Fetch(FetchReq {
+        max: f.max,
+        max_bytes: f.max_bytes,
+        deadline,
+        tags: f.tags,
+        auto_ack: f.auto_ack,
+        reply,
+    });
+    groups::send(shard, &f.group, &meta.name, f.reset, req)?;
+    metrics::inc(&shard.metrics.sub_parked_polls);
+    let seen = shard.shutdown_event.epoch();
+    let got = monoio::select! {
+        r = rx.recv_async() => r.map_err(|_| {
+            Error::new(ErrorKind::KafkaUnavailable, "consumer group membership closed")
+        }),
+        _ = shard.shutdown_event.wait(seen) => Ok(Ok(Vec::new())),
+    };
+    metrics::dec(&shard.metrics.sub_parked_polls);
+    let msgs = got??;
+    metrics::add(&shard.metrics.sub_messages_total, msgs.len() as u64);
+    let bytes: usize = msgs.iter().map(|m| m.value.len()).sum();
+    metrics::add(&shard.metrics.sub_bytes_total, bytes as u64);
+    Ok(msgs)
+}
+
 /// `PUT /v1/offsets/:appid/:topic/:ver/:group` with `[{"partition":p,"offset":o}]`, where `o`
 /// is the last processed offset; the group resumes at `o + 1`.
 pub async fn ack_batch(
@@ -371,7 +427,7 @@ pub async fn ack_batch(
         offset: u64,
     }
     let me = caller(req)?;
-    let meta = shard.lookup(appid, topic, ver)?;
+    let meta = shard.resolve(appid, topic, ver).await?;
     let group = GroupName::new(me, group)?.to_string();
     let items: Vec<AckItem> = serde_json::from_slice(&req.body).map_err(|e| {
         Error::new(

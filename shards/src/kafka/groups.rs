@@ -1,0 +1,297 @@
+//! Consumer groups on the Kafka backend: one membership per process, group and topic, each on
+//! a thread of its own (librdkafka's consumer API blocks), shared by every subscribe and ack of
+//! that group on every core. HTTP clients that come and go therefore cause no rebalance.
+//!
+//! The membership thread keeps a small read-ahead buffer and serves waiting fetches from it in
+//! arrival order. With auto-ack, the offsets of what it hands out are committed to Kafka before
+//! the next poll; with explicit acks only acknowledgements commit. A fetch whose requester went
+//! away (its reply channel is closed) puts its records back. Records of partitions the group
+//! rebalanced away are dropped from the buffer: the new owner reads them from the committed
+//! offset. A membership unused for `kafka.group_idle_timeout` leaves the group.
+
+use super::{kafka_err, KafkaShared};
+use crate::mesh::{Delivered, Reset};
+use crate::shard::{tags_match, Shard};
+use bytes::Bytes;
+use kateway_core::{Error, ErrorKind};
+use kateway_kafka_bridge::{GroupConsumer, Record, Reset as KReset};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A request to a membership.
+pub enum GroupReq {
+    /// Up to `max` records (and about `max_bytes`), waiting until `deadline` for the first.
+    Fetch(FetchReq),
+    /// Commit `next` (the next offset to consume) on a partition.
+    Commit {
+        partition: u32,
+        next: u64,
+        reply: flume::Sender<Result<(), Error>>,
+    },
+}
+
+/// A fetch waiting in a membership.
+pub struct FetchReq {
+    pub max: usize,
+    pub max_bytes: usize,
+    pub deadline: Instant,
+    pub tags: Vec<Bytes>,
+    pub auto_ack: bool,
+    pub reply: flume::Sender<Result<Vec<Delivered>, Error>>,
+}
+
+fn key(group: &str, topic: &str) -> String {
+    format!("{group}\n{topic}")
+}
+
+/// Sends `req` to the membership of `group` on `topic`, joining the group if this process is
+/// not a member yet.
+pub fn send(
+    shard: &Shard,
+    group: &str,
+    topic: &str,
+    reset: Reset,
+    mut req: GroupReq,
+) -> Result<(), Error> {
+    let k = shard.kafka.as_ref().expect("kafka backend");
+    let id = key(group, topic);
+    for _ in 0..2 {
+        let tx = k.groups.borrow().get(&id).cloned();
+        let tx = match tx {
+            Some(tx) => tx,
+            None => {
+                let tx = join(&k.shared, &id, group, topic, reset, &shard.cfg)?;
+                k.groups.borrow_mut().insert(id.clone(), tx.clone());
+                tx
+            }
+        };
+        match tx.try_send(req) {
+            Ok(()) => return Ok(()),
+            Err(flume::TrySendError::Full(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Overloaded,
+                    "too many requests waiting for this group",
+                ))
+            }
+            Err(flume::TrySendError::Disconnected(r)) => {
+                // The membership left after being idle: join again.
+                k.groups.borrow_mut().remove(&id);
+                req = r;
+            }
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Internal,
+        "group membership keeps closing",
+    ))
+}
+
+/// The registry's membership for `id`, started if there is none.
+fn join(
+    shared: &Arc<KafkaShared>,
+    id: &str,
+    group: &str,
+    topic: &str,
+    reset: Reset,
+    cfg: &kateway_core::config::Config,
+) -> Result<flume::Sender<GroupReq>, Error> {
+    let prefetch = cfg.subscribe.max_batch;
+    let idle = cfg.kafka.group_idle_timeout.0;
+    let mut reg = shared.groups.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = reg.get(id).filter(|tx| !tx.is_disconnected()) {
+        return Ok(tx.clone());
+    }
+    let reset = match reset {
+        Reset::Oldest => KReset::Oldest,
+        Reset::Newest => KReset::Newest,
+    };
+    let consumer = GroupConsumer::join(&shared.bridge, group, topic, reset).map_err(kafka_err)?;
+    let (tx, rx) = flume::bounded(1024);
+    reg.insert(id.to_owned(), tx.clone());
+    let shared = shared.clone();
+    let id = id.to_owned();
+    std::thread::Builder::new()
+        .name("kateway-group".into())
+        .spawn(move || {
+            Member {
+                consumer,
+                rx,
+                buf: VecDeque::new(),
+                waiting: VecDeque::new(),
+                prefetch: prefetch as usize,
+                assigned: Vec::new(),
+                paused: false,
+            }
+            .run(&shared, &id, idle)
+        })
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("cannot start group thread: {e}"),
+            )
+        })?;
+    Ok(tx)
+}
+
+struct Member {
+    consumer: GroupConsumer,
+    rx: flume::Receiver<GroupReq>,
+    buf: VecDeque<Record>,
+    waiting: VecDeque<FetchReq>,
+    prefetch: usize,
+    assigned: Vec<i32>,
+    paused: bool,
+}
+
+impl Member {
+    fn run(mut self, shared: &KafkaShared, id: &str, idle: Duration) {
+        tracing::debug!(group = %id.replace('\n', " "), "joined consumer group");
+        let mut last_used = Instant::now();
+        loop {
+            let first = if self.waiting.is_empty() {
+                self.rx.recv_timeout(Duration::from_millis(20)).ok()
+            } else {
+                self.rx.try_recv().ok()
+            };
+            let mut next = first;
+            while let Some(req) = next {
+                last_used = Instant::now();
+                match req {
+                    GroupReq::Fetch(f) => self.waiting.push_back(f),
+                    GroupReq::Commit {
+                        partition,
+                        next,
+                        reply,
+                    } => {
+                        let r = self
+                            .consumer
+                            .commit(partition as i32, next as i64)
+                            .map_err(kafka_err);
+                        let _ = reply.send(r);
+                    }
+                }
+                next = self.rx.try_recv().ok();
+            }
+            if !self.waiting.is_empty() {
+                last_used = Instant::now();
+            }
+            self.fill();
+            self.serve();
+            if self.waiting.is_empty() && last_used.elapsed() > idle {
+                let mut reg = shared.groups.lock().unwrap_or_else(|e| e.into_inner());
+                if self.rx.is_empty() {
+                    reg.remove(id);
+                    drop(reg);
+                    tracing::debug!(group = %id.replace('\n', " "), "left idle consumer group");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Polls Kafka: reads ahead while the buffer is short or someone waits, and always serves
+    /// rebalances.
+    fn fill(&mut self) {
+        let want = !self.waiting.is_empty() || self.buf.len() < self.prefetch;
+        if want == self.paused && self.consumer.set_paused(!want).is_ok() {
+            self.paused = !want;
+        }
+        let wait = if self.waiting.is_empty() || !self.buf.is_empty() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        let mut got = self.consumer.poll_one(wait);
+        let mut n = 0;
+        while let Some(r) = got {
+            match r {
+                Ok(rec) => self.buf.push_back(rec),
+                Err(e) => {
+                    tracing::debug!("consumer poll: {e}");
+                    break;
+                }
+            }
+            n += 1;
+            if n >= self.prefetch.max(1) {
+                break;
+            }
+            got = self.consumer.poll_one(Duration::ZERO);
+        }
+        if let Ok(now) = self.consumer.assignment() {
+            if now != self.assigned {
+                // Rebalanced: partitions given away are read by their new owner from the
+                // committed offset.
+                self.buf.retain(|r| now.contains(&r.partition));
+                self.assigned = now;
+                if self.paused {
+                    let _ = self.consumer.set_paused(true);
+                }
+            }
+        }
+    }
+
+    /// Answers waiting fetches, oldest first.
+    fn serve(&mut self) {
+        let now = Instant::now();
+        while let Some(f) = self.waiting.front() {
+            if f.reply.is_disconnected() {
+                self.waiting.pop_front();
+                continue;
+            }
+            if self.buf.is_empty() && now < f.deadline {
+                return;
+            }
+            let f = self.waiting.pop_front().expect("front");
+            let mut out = Vec::new();
+            let mut taken = Vec::new();
+            let mut bytes = 0;
+            while out.len() < f.max && bytes < f.max_bytes {
+                let Some(r) = self.buf.pop_front() else { break };
+                let keep = f.tags.is_empty() || tags_match(&r.tags, &f.tags);
+                if keep {
+                    bytes += r.value.len();
+                    out.push(Delivered {
+                        partition: r.partition as u32,
+                        offset: r.offset as u64,
+                        timestamp: r.timestamp,
+                        key: Bytes::copy_from_slice(&r.key),
+                        tags: Bytes::copy_from_slice(&r.tags),
+                        value: Bytes::copy_from_slice(&r.value),
+                    });
+                }
+                taken.push(r);
+            }
+            if out.is_empty() && !taken.is_empty() && now < f.deadline {
+                // Only filtered-out messages: consumed for this group, keep waiting.
+                self.commit_taken(&taken, f.auto_ack);
+                self.waiting.push_front(f);
+                continue;
+            }
+            if f.reply.send(Ok(out)).is_err() {
+                // The requester went away: the records go back, uncommitted.
+                for r in taken.into_iter().rev() {
+                    self.buf.push_front(r);
+                }
+                continue;
+            }
+            self.commit_taken(&taken, f.auto_ack);
+        }
+    }
+
+    fn commit_taken(&self, taken: &[Record], auto_ack: bool) {
+        if !auto_ack {
+            return;
+        }
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for r in taken {
+            let e = next.entry(r.partition).or_insert(0);
+            *e = (*e).max(r.offset + 1);
+        }
+        for (p, o) in next {
+            if let Err(e) = self.consumer.commit(p, o) {
+                tracing::warn!(partition = p, "auto-ack commit failed: {e}");
+            }
+        }
+    }
+}

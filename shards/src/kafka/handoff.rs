@@ -1,0 +1,211 @@
+//! Publishing on the Kafka backend, with hinted handoff. On the partition's owner core:
+//!
+//! * normally the messages go to this core's producer (`ack=all`: acks=all and idempotence;
+//!   `ack=local`: acks=1), and the answer carries Kafka's partition and offset;
+//! * when Kafka is unreachable, the breaker is open or a produce timed out, the messages are
+//!   appended to the partition's handoff log instead (fsynced for `ack=all`, written for
+//!   `ack=local`) and answered 201 with `X-Offset: -1` and `X-Kateway-Buffered: 1`;
+//! * while a partition has a backlog in the handoff log, or a publish of it is on its way into
+//!   the log, new publishes of that partition go to the log too, behind it, so order holds;
+//! * past the disk budget, a publish that would be buffered is refused with 503 + Retry-After.
+//!
+//! The [`super::Lane`] tickets make each partition's publishes complete in the order they
+//! started, whichever way each one went.
+
+use super::{kafka_err, KafkaCore};
+use crate::mesh::{Ack, Item, Published};
+use crate::metrics;
+use crate::shard::Shard;
+use kateway_core::{Error, ErrorKind};
+use kateway_kafka_bridge::{Ack as KAck, BridgeError};
+use std::rc::Rc;
+
+/// The offsets-log entry holding a handoff partition's replay cursor (next offset to replay).
+pub const REPLAY_CURSOR: &str = "replay";
+
+/// Messages of an owned partition still waiting in its handoff log (appended, not replayed).
+pub fn backlog(shard: &Shard, topic: &str, p: u32) -> u64 {
+    shard.part(topic, p).map_or(0, |part| {
+        let st = part.borrow();
+        let cursor = st
+            .offsets
+            .get(REPLAY_CURSOR)
+            .unwrap_or(0)
+            .max(st.log.start());
+        st.log.next_offset().saturating_sub(cursor)
+    })
+}
+
+/// Publishes `items` to partition `p` (owned by this core). With `async=1` the answer does not
+/// wait: delivery, or buffering on failure, continues in the background.
+pub async fn publish(
+    shard: &Rc<Shard>,
+    topic: &str,
+    p: u32,
+    items: Vec<Item>,
+    ack: Ack,
+) -> Result<Published, Error> {
+    let k = shard.kafka.clone().expect("kafka backend");
+    let key = shard
+        .part(topic, p)
+        .map(|_| (Rc::<str>::from(topic), p))
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::UnknownTopic,
+                format!("unknown partition {topic}/{p}"),
+            )
+        })?;
+    let lane = k.lane(&key);
+    let ticket = lane.ticket();
+    let n = items.len();
+    let bytes: usize = items.iter().map(|i| i.value.len()).sum();
+    metrics::add(&shard.metrics.pub_messages_total, n as u64);
+    metrics::add(&shard.metrics.pub_bytes_total, bytes as u64);
+    // Finish in a task of its own, so that a caller that goes away cannot leave the lane
+    // waiting for a ticket that never finishes.
+    let s = shard.clone();
+    let topic: Rc<str> = key.0.clone();
+    let task = monoio::spawn(async move {
+        let lane = lane.clone();
+        let r = complete(&s, &k, &lane, ticket, &topic, p, items, ack).await;
+        if let Err(e) = &r {
+            if ack == Ack::Async {
+                tracing::error!(core = s.id, topic = %topic, partition = p, "async publish lost: {e}");
+            }
+        }
+        r
+    });
+    if ack == Ack::Async {
+        return Ok(Published {
+            offsets: vec![-1; n],
+            buffered: false,
+        });
+    }
+    task.await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    shard: &Rc<Shard>,
+    k: &Rc<KafkaCore>,
+    lane: &super::Lane,
+    ticket: u64,
+    topic: &str,
+    p: u32,
+    items: Vec<Item>,
+    ack: Ack,
+) -> Result<Published, Error> {
+    let n = items.len();
+    let direct =
+        !k.breaker_open.get() && lane.buffering.get() == 0 && backlog(shard, topic, p) == 0;
+    if !direct {
+        lane.buffering.set(lane.buffering.get() + 1);
+        lane.turn(ticket).await;
+        let r = buffer(shard, k, topic, p, &items, ack).await;
+        lane.buffering.set(lane.buffering.get() - 1);
+        lane.finish(ticket);
+        r?;
+        return Ok(Published {
+            offsets: vec![-1; n],
+            buffered: true,
+        });
+    }
+    let kack = if ack == Ack::All {
+        KAck::All
+    } else {
+        KAck::Local
+    };
+    let sends: Vec<_> = items
+        .iter()
+        .map(|it| {
+            k.producer
+                .send(topic, Some(p as i32), &it.key, &it.tags, &it.value, kack)
+        })
+        .collect();
+    let mut offsets = Vec::with_capacity(n);
+    let mut failed = Vec::new();
+    let mut refused: Option<BridgeError> = None;
+    for (i, s) in sends.into_iter().enumerate() {
+        let r = match s {
+            Ok(d) => d.await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok((_, o)) => offsets.push(o),
+            Err(e) => {
+                offsets.push(-1);
+                if e.is_unavailable() {
+                    if failed.is_empty() {
+                        k.open_breaker(shard.id, &e.to_string());
+                        lane.buffering.set(lane.buffering.get() + 1);
+                    }
+                    failed.push(i);
+                } else {
+                    metrics::inc(&shard.metrics.kafka_produce_errors_total);
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+    }
+    lane.turn(ticket).await;
+    let r = if failed.is_empty() {
+        Ok(())
+    } else {
+        let again: Vec<Item> = failed.iter().map(|&i| items[i].clone()).collect();
+        let r = buffer(shard, k, topic, p, &again, ack).await;
+        lane.buffering.set(lane.buffering.get() - 1);
+        r
+    };
+    lane.finish(ticket);
+    r?;
+    if let Some(e) = refused {
+        return Err(kafka_err(e));
+    }
+    Ok(Published {
+        offsets,
+        buffered: !failed.is_empty(),
+    })
+}
+
+/// Bytes this core's handoff logs hold on disk and in memory.
+pub fn handoff_bytes(shard: &Shard) -> u64 {
+    shard
+        .parts
+        .borrow()
+        .values()
+        .map(|p| {
+            let st = p.borrow();
+            st.log.size_bytes() + st.log.pending_bytes() as u64
+        })
+        .sum()
+}
+
+/// Appends to the handoff log at the durability `ack` asks for.
+async fn buffer(
+    shard: &Rc<Shard>,
+    k: &KafkaCore,
+    topic: &str,
+    p: u32,
+    items: &[Item],
+    ack: Ack,
+) -> Result<(), Error> {
+    if k.budget > 0 && handoff_bytes(shard) >= k.budget {
+        metrics::add(&shard.metrics.handoff_rejected_total, items.len() as u64);
+        return Err(Error::new(
+            ErrorKind::HandoffFull,
+            "kafka is unreachable and the local handoff buffer is full",
+        ));
+    }
+    let (_, gen) = shard.append_records(topic, p, items)?;
+    metrics::add(
+        &shard.metrics.handoff_buffered_messages_total,
+        items.len() as u64,
+    );
+    k.replay_wake.notify();
+    let level = if ack == Ack::All {
+        Ack::All
+    } else {
+        Ack::Local
+    };
+    shard.wait_durable(gen, level).await
+}

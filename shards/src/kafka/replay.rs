@@ -1,0 +1,171 @@
+//! The replayer: one task per core that drains the core's handoff logs to Kafka. For each
+//! partition with a backlog it reads a batch from the durable replay cursor, sends it with
+//! acks=all and the messages' original timestamps, and only after Kafka acknowledged every
+//! message moves the cursor (an offsets-log entry the flusher fsyncs) and deletes segments left
+//! wholly behind it. A crash between Kafka's acknowledgement and the cursor's fsync replays
+//! those messages again: delivery is at least once, never lost.
+//!
+//! A failed round keeps (or opens) the breaker and backs off; a successful one closes it.
+
+use super::handoff::{backlog, REPLAY_CURSOR};
+use crate::metrics;
+use crate::shard::{PartKey, Shard};
+use kateway_kafka_bridge::{Ack as KAck, BridgeError};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Largest payload one replay round reads from a partition.
+const ROUND_BYTES: usize = 4 << 20;
+
+enum Round {
+    /// Nothing written yet to replay.
+    Idle,
+    Sent(usize),
+    Failed(BridgeError),
+}
+
+/// Runs until the core stops.
+pub async fn run(shard: Rc<Shard>) {
+    let k = shard.kafka.clone().expect("kafka backend");
+    let backoff = shard
+        .cfg
+        .kafka
+        .replay_backoff
+        .0
+        .max(Duration::from_millis(10));
+    loop {
+        if shard.stop_event.epoch() > 0 {
+            return;
+        }
+        let seen = k.replay_wake.epoch();
+        let work: Vec<PartKey> = shard
+            .parts
+            .borrow()
+            .keys()
+            .filter(|(t, p)| backlog(&shard, t, *p) > 0)
+            .cloned()
+            .collect();
+        if work.is_empty() {
+            if k.breaker_open.get() {
+                // Nothing buffered to probe Kafka with: let the next publish try it directly.
+                monoio::time::sleep(backoff).await;
+                k.close_breaker(shard.id);
+                continue;
+            }
+            let _ = monoio::time::timeout(Duration::from_secs(1), k.replay_wake.wait(seen)).await;
+            continue;
+        }
+        let mut sent = 0;
+        let mut failure = None;
+        for (topic, p) in &work {
+            match round(&shard, topic, *p).await {
+                Round::Idle => {}
+                Round::Sent(n) => sent += n,
+                Round::Failed(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            k.open_breaker(shard.id, &e.to_string());
+            monoio::time::sleep(backoff).await;
+        } else if sent > 0 {
+            k.close_breaker(shard.id);
+        } else {
+            // Buffered but not yet written by the flusher: look again shortly.
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Replays one batch of one partition.
+async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
+    let k = shard.kafka.clone().expect("kafka backend");
+    let Ok(part) = shard.part(topic, p) else {
+        return Round::Idle;
+    };
+    let batch = shard.cfg.kafka.replay_batch as usize;
+    let recs = {
+        let st = part.borrow();
+        let cursor = st
+            .offsets
+            .get(REPLAY_CURSOR)
+            .unwrap_or(0)
+            .max(st.log.start());
+        match st.log.read(cursor, batch, ROUND_BYTES) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(
+                    core = shard.id,
+                    topic,
+                    partition = p,
+                    "handoff log read failed: {e}"
+                );
+                return Round::Failed(BridgeError::Unavailable(format!("handoff read: {e}")));
+            }
+        }
+    };
+    let Some(last) = recs.last().map(|r| r.offset) else {
+        return Round::Idle;
+    };
+    let sends: Vec<_> = recs
+        .iter()
+        .map(|r| {
+            k.producer.send_at(
+                topic,
+                Some(p as i32),
+                &r.key,
+                &r.tags,
+                &r.value,
+                Some(r.timestamp),
+                KAck::All,
+            )
+        })
+        .collect();
+    let mut first_err = None;
+    for s in sends {
+        let r = match s {
+            Ok(d) => d.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() || matches!(e, BridgeError::UnknownTopic(_)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                // Kafka will never take this message (too large for the broker, ...): keeping
+                // it would block the partition forever.
+                metrics::inc(&shard.metrics.handoff_dropped_total);
+                tracing::error!(
+                    core = shard.id,
+                    topic,
+                    partition = p,
+                    "kafka refused a buffered message, dropping it: {e}"
+                );
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Round::Failed(e);
+    }
+    let n = recs.len();
+    {
+        let mut st = part.borrow_mut();
+        if st.offsets.commit(REPLAY_CURSOR, last + 1) {
+            st.offsets_gen = shard.dur.next.get();
+        }
+        if let Err(e) = st.log.drop_before(last + 1) {
+            tracing::warn!(
+                core = shard.id,
+                topic,
+                partition = p,
+                "cannot delete replayed segments: {e}"
+            );
+        }
+    }
+    shard.mark_dirty(topic, p);
+    metrics::add(&shard.metrics.handoff_replayed_messages_total, n as u64);
+    Round::Sent(n)
+}
