@@ -248,6 +248,17 @@ impl Partition {
         Ok(removed)
     }
 
+    /// Seals the active segment and starts a new one, if it holds records and nothing is
+    /// pending; lets [`Partition::drop_before`] reclaim a log whose records were all consumed.
+    pub fn roll_if_written(&mut self) -> Result<bool> {
+        let active = self.segments.last().expect("one segment");
+        if active.size == 0 || !self.pending.is_empty() {
+            return Ok(false);
+        }
+        self.roll()?;
+        Ok(true)
+    }
+
     /// Deletes whole sealed segments whose records all lie below `offset` (records a consumer
     /// such as the handoff replayer no longer needs). Returns how many were removed.
     pub fn drop_before(&mut self, offset: u64) -> Result<usize> {

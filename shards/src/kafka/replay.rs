@@ -156,6 +156,17 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
         if st.offsets.commit(REPLAY_CURSOR, last + 1) {
             st.offsets_gen = shard.dur.next.get();
         }
+        if st.log.next_offset() == last + 1 {
+            // Drained: start a fresh segment so the replayed one can go.
+            if let Err(e) = st.log.roll_if_written() {
+                tracing::warn!(
+                    core = shard.id,
+                    topic,
+                    partition = p,
+                    "cannot roll handoff log: {e}"
+                );
+            }
+        }
         if let Err(e) = st.log.drop_before(last + 1) {
             tracing::warn!(
                 core = shard.id,

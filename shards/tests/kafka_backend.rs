@@ -1,0 +1,289 @@
+//! The gateway on the Kafka backend against the real broker `scripts/test` starts: publishes
+//! land in Kafka with the right keys, tags and partitions (read back with a plain librdkafka
+//! consumer), subscribers read through real consumer groups whose commits Kafka's own offset
+//! API shows, and two gateway processes split a group's partitions without duplicates.
+
+mod support;
+
+use kateway_core::partitioner::partition_for_key;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+use support::kafka::{committed, gateway, read_topic, shared_brokers, stable_members};
+use support::records;
+
+fn unique(name: &str) -> String {
+    format!("{name}{}x{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+#[test]
+fn publish_lands_in_kafka_and_groups_commit_there() {
+    let brokers = shared_brokers();
+    let g = gateway(&brokers, &[]);
+    let topic = unique("orders");
+    let name = format!("app.{topic}.v1");
+    g.create_topic("app", &topic, 4);
+    let st = g.req("GET", "/v1/status", &[], b"").json();
+    assert_eq!(st["backend"], "kafka");
+
+    // 40 keyed messages (some tagged) and 10 keyless ones, one by one and in one batch.
+    let mut sent: HashMap<(i32, i64), (String, String)> = HashMap::new();
+    for i in 0..40 {
+        let key = format!("user-{}", i % 7);
+        let value = format!("order {i}");
+        let mut h = vec![("Appid", "app")];
+        if i % 3 == 0 {
+            h.push(("X-Tag", "vip"));
+        }
+        let r = g.req(
+            "POST",
+            &format!("/v1/msgs/{topic}/v1?key={key}"),
+            &h,
+            value.as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert!(r.header("x-kateway-buffered").is_none());
+        let p: i32 = r.header("x-partition").unwrap().parse().unwrap();
+        let o: i64 = r.header("x-offset").unwrap().parse().unwrap();
+        assert_eq!(p as u32, partition_for_key(key.as_bytes(), 4), "{key}");
+        assert!(o >= 0);
+        sent.insert((p, o), (key, value));
+    }
+    let batch: String = (0..10)
+        .map(|i| format!("keyless {i}\n"))
+        .collect();
+    let r = g.req(
+        "POST",
+        &format!("/v1/msgs/{topic}/v1"),
+        &[("Appid", "app"), ("Content-Type", "application/x-ndjson")],
+        batch.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let res = r.json();
+    assert_eq!(res["count"], 10);
+    for (i, x) in res["results"].as_array().unwrap().iter().enumerate() {
+        let key = (
+            x["partition"].as_i64().unwrap() as i32,
+            x["offset"].as_i64().unwrap(),
+        );
+        sent.insert(key, (String::new(), format!("keyless {i}")));
+    }
+
+    // What Kafka holds, read without the gateway.
+    let stored = read_topic(&brokers, &name, 4);
+    assert_eq!(stored.len(), 50);
+    for s in &stored {
+        let (key, value) = &sent[&(s.partition, s.offset)];
+        assert_eq!(&String::from_utf8_lossy(&s.key), key);
+        assert_eq!(&String::from_utf8_lossy(&s.value), value);
+        let n: usize = value.rsplit(' ').next().unwrap().parse().unwrap();
+        let tagged = key.starts_with("user") && n % 3 == 0;
+        assert_eq!(s.tags, if tagged { b"vip".to_vec() } else { Vec::new() });
+    }
+
+    // Auto-ack group: everything once, then 204; Kafka shows the group's commits at the ends.
+    let got = g.drain("app", "app", &topic, "group=all&batch=100&wait=3s");
+    let mut values: Vec<Vec<u8>> = got.iter().map(|r| r.2.clone()).collect();
+    values.sort();
+    let mut want: Vec<Vec<u8>> = sent.values().map(|v| v.1.clone().into_bytes()).collect();
+    want.sort();
+    assert_eq!(values, want);
+    let ends: Vec<i64> = (0..4)
+        .map(|p| stored.iter().filter(|s| s.partition == p).count() as i64)
+        .collect();
+    let c = committed(&brokers, "app.all", &name, 4);
+    for p in 0..4 {
+        let want = (ends[p] > 0).then_some(ends[p]);
+        assert_eq!(c[p], want, "partition {p}: {c:?}");
+    }
+    let status = g
+        .req(
+            "GET",
+            &format!("/v1/status/app/{topic}/v1?group=all"),
+            &[("Appid", "app")],
+            b"",
+        )
+        .json();
+    assert_eq!(status["groups"][0]["lag"], 0, "{status}");
+
+    // Tag filter: only tagged messages (0, 3, .., 39), each once.
+    let mut vip = Vec::new();
+    loop {
+        let s = g.sub(
+            "app",
+            "app",
+            &topic,
+            "group=vip&batch=100&wait=2s",
+            &[("X-Tag", "vip")],
+        );
+        if s.status == 204 {
+            break;
+        }
+        assert_eq!(s.status, 200, "{}", s.text());
+        vip.extend(records(&s.body).into_iter().map(|r| r.2));
+    }
+    vip.sort();
+    let mut want_vip: Vec<Vec<u8>> = (0..40)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("order {i}").into_bytes())
+        .collect();
+    want_vip.sort();
+    assert_eq!(vip, want_vip);
+
+    // Explicit acks: nothing is committed until the batch ack, then exactly what was acked.
+    let s = g.sub(
+        "app",
+        "app",
+        &topic,
+        "group=manual&ack=1&batch=100&wait=3s",
+        &[],
+    );
+    assert_eq!(s.status, 200);
+    let recs = records(&s.body);
+    assert!(!recs.is_empty());
+    assert_eq!(committed(&brokers, "app.manual", &name, 4), vec![None; 4]);
+    let (p0, o0, _) = recs[0].clone();
+    let ack = format!("[{{\"partition\":{p0},\"offset\":{o0}}}]");
+    let r = g.req(
+        "PUT",
+        &format!("/v1/offsets/app/{topic}/v1/manual"),
+        &[("Appid", "app")],
+        ack.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = committed(&brokers, "app.manual", &name, 4);
+    assert_eq!(c[p0 as usize], Some(o0 as i64 + 1), "{c:?}");
+
+    // Partition offsets come from Kafka.
+    let parts = g
+        .req("GET", &format!("/v1/partitions/app/{topic}/v1"), &[], b"")
+        .json();
+    let newest: Vec<i64> = parts["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["newest"].as_i64().unwrap())
+        .collect();
+    assert_eq!(newest, ends);
+}
+
+#[test]
+fn topics_are_administered_in_kafka_and_learnt_by_other_gateways() {
+    let brokers = shared_brokers();
+    let a = gateway(&brokers, &[]);
+    let b = gateway(&brokers, &[]);
+    let topic = unique("admin");
+    a.create_topic("app", &topic, 2);
+    // Another gateway publishes to it without having created it.
+    let r = b.publish("app", &topic, "key=k", b"hello");
+    assert!(r.header("x-kateway-buffered").is_none());
+    let dup = a.req("POST", &format!("/v1/topics/app/{topic}/v1"), &[], b"");
+    assert_eq!(dup.status, 409, "{}", dup.text());
+    let grown = b.req(
+        "PUT",
+        &format!("/v1/topics/app/{topic}/v1?partitions=3"),
+        &[],
+        b"",
+    );
+    assert_eq!(grown.status, 200, "{}", grown.text());
+    assert_eq!(grown.json()["partitions"], 3);
+    let parts = b
+        .req("GET", &format!("/v1/partitions/app/{topic}/v1"), &[], b"")
+        .json();
+    assert_eq!(parts["offsets"].as_array().unwrap().len(), 3);
+    let del = a.req("DELETE", &format!("/v1/topics/app/{topic}/v1"), &[], b"");
+    assert_eq!(del.status, 200, "{}", del.text());
+    let gone = a.req(
+        "POST",
+        &format!("/v1/msgs/{topic}/v1"),
+        &[("Appid", "app")],
+        b"x",
+    );
+    assert_eq!(gone.status, 404, "{}", gone.text());
+    let missing = a.req(
+        "POST",
+        &format!("/v1/msgs/{}/v1", unique("never")),
+        &[("Appid", "app")],
+        b"x",
+    );
+    assert_eq!(missing.status, 404, "{}", missing.text());
+}
+
+#[test]
+fn two_gateways_split_a_groups_partitions() {
+    let brokers = shared_brokers();
+    let a = gateway(&brokers, &[]);
+    let b = gateway(&brokers, &[]);
+    let topic = unique("split");
+    let name = format!("app.{topic}.v1");
+    a.create_topic("app", &topic, 4);
+
+    // Both gateways join the group through long polls, until Kafka shows two stable members.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for g in [&a, &b] {
+            let s = g.sub("app", "app", &topic, "group=workers&wait=200ms", &[]);
+            assert_eq!(s.status, 204, "{}", s.text());
+        }
+        if stable_members(&brokers, "app.workers") == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never had two stable members"
+        );
+    }
+
+    let n = 400;
+    for i in 0..n {
+        a.publish(
+            "app",
+            &topic,
+            &format!("key=k{}", i % 50),
+            format!("m{i}").as_bytes(),
+        );
+    }
+    let mut seen: Vec<(u32, u64, Vec<u8>)> = Vec::new();
+    let mut by_gateway: [BTreeSet<u32>; 2] = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < n && Instant::now() < deadline {
+        for (i, g) in [&a, &b].into_iter().enumerate() {
+            let s = g.sub(
+                "app",
+                "app",
+                &topic,
+                "group=workers&batch=50&wait=200ms",
+                &[],
+            );
+            if s.status == 200 {
+                for r in records(&s.body) {
+                    by_gateway[i].insert(r.0);
+                    seen.push(r);
+                }
+            }
+        }
+    }
+    let unique_offsets: HashSet<(u32, u64)> = seen.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(
+        unique_offsets.len(),
+        seen.len(),
+        "a message was delivered twice"
+    );
+    assert_eq!(seen.len(), n, "not every message was delivered");
+    assert!(
+        !by_gateway[0].is_empty() && !by_gateway[1].is_empty(),
+        "both gateways should serve partitions: {by_gateway:?}"
+    );
+    assert!(
+        by_gateway[0].is_disjoint(&by_gateway[1]),
+        "the gateways shared a partition: {by_gateway:?}"
+    );
+    let c = committed(&brokers, "app.workers", &name, 4);
+    let total: i64 = c.iter().map(|o| o.unwrap_or(0)).sum();
+    assert_eq!(total, n as i64, "{c:?}");
+}
