@@ -37,7 +37,7 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
         let key = format!("user-{}", i % 7);
         let value = format!("order {i}");
         let mut h = vec![("Appid", "app")];
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             h.push(("X-Tag", "vip"));
         }
         let r = g.req(
@@ -82,7 +82,7 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
         assert_eq!(&String::from_utf8_lossy(&s.key), key);
         assert_eq!(&String::from_utf8_lossy(&s.value), value);
         let n: usize = value.rsplit(' ').next().unwrap().parse().unwrap();
-        let tagged = key.starts_with("user") && n % 3 == 0;
+        let tagged = key.starts_with("user") && n.is_multiple_of(3);
         assert_eq!(s.tags, if tagged { b"vip".to_vec() } else { Vec::new() });
     }
 
@@ -129,7 +129,7 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
     }
     vip.sort();
     let mut want_vip: Vec<Vec<u8>> = (0..40)
-        .filter(|i| i % 3 == 0)
+        .filter(|i| i.is_multiple_of(3))
         .map(|i| format!("order {i}").into_bytes())
         .collect();
     want_vip.sort();
