@@ -33,7 +33,7 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
 
     // 40 keyed messages (some tagged) and 10 keyless ones, one by one and in one batch.
     let mut sent: HashMap<(i32, i64), (String, String)> = HashMap::new();
-    for i in 0..40 {
+    for i in 0..40u32 {
         let key = format!("user-{}", i % 7);
         let value = format!("order {i}");
         let mut h = vec![("Appid", "app")];
@@ -128,7 +128,7 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
         vip.extend(records(&s.body).into_iter().map(|r| r.2));
     }
     vip.sort();
-    let mut want_vip: Vec<Vec<u8>> = (0..40)
+    let mut want_vip: Vec<Vec<u8>> = (0..40u32)
         .filter(|i| i.is_multiple_of(3))
         .map(|i| format!("order {i}").into_bytes())
         .collect();
