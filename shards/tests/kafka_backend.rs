@@ -54,9 +54,7 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
         assert!(o >= 0);
         sent.insert((p, o), (key, value));
     }
-    let batch: String = (0..10)
-        .map(|i| format!("keyless {i}\n"))
-        .collect();
+    let batch: String = (0..10).map(|i| format!("keyless {i}\n")).collect();
     let r = g.req(
         "POST",
         &format!("/v1/msgs/{topic}/v1"),
