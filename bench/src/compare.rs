@@ -46,10 +46,10 @@ pub struct CompareArgs {
     pub size: usize,
 }
 
-struct Server {
-    name: &'static str,
-    addr: String,
-    child: Child,
+pub(crate) struct Server {
+    pub name: &'static str,
+    pub addr: String,
+    pub child: Child,
 }
 
 impl Drop for Server {
@@ -59,7 +59,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -67,9 +67,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(
+/// Starts a server on the CPUs `cpus` (a taskset list) and waits until it listens.
+pub(crate) fn start(
     name: &'static str,
-    cpu: usize,
+    cpus: &str,
     program: &str,
     args: &[String],
     env: &[(&str, &str)],
@@ -82,7 +83,7 @@ fn start(
         .ok_or_else(|| anyhow::anyhow!("no --listen"))?;
     let mut cmd = Command::new("taskset");
     cmd.arg("-c")
-        .arg(cpu.to_string())
+        .arg(cpus)
         .arg(program)
         .args(args)
         .stdout(Stdio::null())
@@ -99,13 +100,13 @@ fn start(
     Ok(Server { name, addr, child })
 }
 
-fn stats(v: &[f64]) -> Value {
+pub(crate) fn stats(v: &[f64]) -> Value {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     json!({"min": s[0], "median": s[s.len() / 2], "max": s[s.len() - 1], "all": v})
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     s[s.len() / 2]
@@ -119,7 +120,7 @@ fn cmd_out(c: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -147,7 +148,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let port = |_: ()| format!("127.0.0.1:{}", free_port());
     let kateway = start(
         "kateway",
-        a.server_cpu,
+        &a.server_cpu.to_string(),
         &kw,
         &[
             "serve".into(),
@@ -165,7 +166,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     )?;
     let noop = start(
         "noop",
-        a.server_cpu,
+        &a.server_cpu.to_string(),
         &me,
         &[
             "serve-noop".into(),
@@ -178,7 +179,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     )?;
     let baseline = start(
         "baseline-tokio",
-        a.server_cpu,
+        &a.server_cpu.to_string(),
         &me,
         &[
             "serve-baseline".into(),
@@ -506,7 +507,7 @@ pub fn connections(pid: u32, addr: &str, n: usize) -> anyhow::Result<(f64, f64)>
 
 /// The kateway binary to benchmark: the given path, or the workspace's release build, built
 /// first when it is missing (so `cargo run -p kateway-bench -- compare` works on a fresh clone).
-fn kateway_binary(given: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn kateway_binary(given: &std::path::Path) -> anyhow::Result<String> {
     if given.exists() {
         return Ok(given.to_string_lossy().into_owned());
     }

@@ -5,12 +5,14 @@
 //!   one CPU, drives them from another CPU in alternating rounds (A B C A B C ...), and prints
 //!   and writes (JSON) the ratios kateway/noop and kateway/baseline, on requests per second and
 //!   on requests per server CPU second.
+//! * `kafka`: kateway on the Kafka backend against librdkafka producing directly, same acks.
 //! * `serve-noop`, `serve-baseline`: the two comparison servers.
 
 mod baseline;
 mod client;
 mod compare;
 mod e2e;
+mod kafka;
 mod noop;
 mod procstat;
 mod scenario;
@@ -36,6 +38,9 @@ enum Cmd {
     Run(scenario::RunArgs),
     /// Start kateway, noop and baseline-tokio and compare them side by side.
     Compare(compare::CompareArgs),
+    /// Gateway publish throughput on the Kafka backend against producing the same messages
+    /// directly with librdkafka, same acks, alternating rounds.
+    Kafka(kafka::KafkaArgs),
     /// The noop ceiling server.
     ServeNoop {
         #[arg(long, default_value = "127.0.0.1:9291")]
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(a) => scenario::run_cli(a),
         Cmd::Compare(a) => compare::run(a),
+        Cmd::Kafka(a) => kafka::run(a),
         Cmd::ServeNoop { listen, cpus } => noop::serve(&listen, &cpus),
         Cmd::ServeBaseline {
             listen,

@@ -1,0 +1,200 @@
+//! `kafka`: what the gateway costs in front of Kafka. Publishes through kateway on the Kafka
+//! backend (closed loop, `--conns` HTTP connections) against the same messages produced
+//! directly with librdkafka from this process with the same acks and the same number of
+//! messages in flight, in alternating rounds (gateway, direct, gateway, ...). Reports messages
+//! per second of each, their ratio, and the gateway's CPU time per message.
+
+use crate::client::{self, Count, Load};
+use crate::compare::{kateway_binary, machine, median, start, stats};
+use crate::scenario::{create_topic, measure};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use kateway_kafka_bridge::{Ack, BridgeConfig, Producer};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap brokers.
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    pub brokers: String,
+    /// The kateway binary.
+    #[arg(long, default_value = "target/release/kateway")]
+    pub kateway: PathBuf,
+    /// all (acks=all, idempotent) or local (acks=1).
+    #[arg(long, default_value = "all")]
+    pub ack: String,
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// HTTP connections to the gateway, and messages in flight for the direct producer.
+    #[arg(long, default_value_t = 64)]
+    pub conns: usize,
+    /// Gateway cores.
+    #[arg(long, default_value_t = 1)]
+    pub cores: u32,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 2)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 5)]
+    pub duration_s: u64,
+    #[arg(long, default_value_t = 1)]
+    pub warmup_s: u64,
+    /// CPU of the HTTP load generator.
+    #[arg(long, default_value_t = 1)]
+    pub client_cpu: usize,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-kafka.json")]
+    pub out: PathBuf,
+}
+
+/// Messages per second produced directly, keeping `window` messages in flight.
+fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<f64> {
+    let cfg = BridgeConfig::new(a.brokers.clone());
+    let producer = Producer::new(&cfg, 999).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ack = if a.ack == "all" { Ack::All } else { Ack::Local };
+    let send = || producer.send(topic, None, b"", b"", payload, ack);
+    futures_executor::block_on(async {
+        let mut inflight = FuturesUnordered::new();
+        for _ in 0..a.conns {
+            inflight.push(send().map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        let from = Instant::now() + Duration::from_secs(a.warmup_s);
+        let until = from + Duration::from_secs(a.duration_s);
+        let mut counted = 0u64;
+        while let Some(r) = inflight.next().await {
+            r.map_err(|e| anyhow::anyhow!("direct produce: {e}"))?;
+            let now = Instant::now();
+            if now >= from && now < until {
+                counted += 1;
+            }
+            if now < until {
+                inflight.push(send().map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+        }
+        Ok(counted as f64 / a.duration_s as f64)
+    })
+}
+
+pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("kateway-bench-kafka-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let kw = kateway_binary(&a.kateway)?;
+    let addr = format!("127.0.0.1:{}", crate::compare::free_port());
+    let cpus = format!(
+        "0-{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    );
+    let gw = start(
+        "kateway",
+        &cpus,
+        &kw,
+        &[
+            "serve".into(),
+            "--backend".into(),
+            "kafka".into(),
+            "--brokers".into(),
+            a.brokers.clone(),
+            "--cores".into(),
+            a.cores.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            tmp.join("kateway").to_string_lossy().into(),
+        ],
+        &[
+            ("KATEWAY_SERVER_PIN_CORES", "false"),
+            ("KATEWAY_LOG_LEVEL", "warn"),
+        ],
+    )?;
+    let topic = format!("k{}", std::process::id());
+    create_topic(&addr, "bench", &topic, a.partitions)?;
+    let kafka_topic = format!("bench.{topic}.v1");
+    let payload: Vec<u8> = (0..a.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let path = format!("/v1/msgs/{topic}/v1?ack={}", a.ack);
+    let load = Load {
+        addr: addr.clone(),
+        cpus: vec![a.client_cpu],
+        conns_per_cpu: a.conns,
+        warmup: Duration::from_secs(a.warmup_s),
+        duration: Duration::from_secs(a.duration_s),
+        rate: None,
+        requests: vec![client::request(
+            "POST",
+            &path,
+            &[("Appid", "bench")],
+            &payload,
+        )],
+        count: Count::One,
+    };
+    let (mut gw_mps, mut gw_cpu_us, mut direct_mps, mut ratios) = (vec![], vec![], vec![], vec![]);
+    for round in 0..a.rounds {
+        let m = measure(&load, Some(gw.child.id()));
+        anyhow::ensure!(
+            m.outcome.non_2xx == 0 && m.outcome.errors == 0,
+            "gateway answered {} non-2xx, {} errors",
+            m.outcome.non_2xx,
+            m.outcome.errors
+        );
+        let d = direct(&a, &kafka_topic, &payload)?;
+        let g = m.outcome.mps();
+        eprintln!(
+            "round {}: gateway {g:.0} msg/s ({:.1} us CPU/msg), direct librdkafka {d:.0} msg/s, ratio {:.2}",
+            round + 1,
+            m.cpu_us_per_req(),
+            g / d
+        );
+        gw_mps.push(g);
+        gw_cpu_us.push(m.cpu_us_per_req());
+        direct_mps.push(d);
+        ratios.push(g / d);
+    }
+    let buffered = client_metric(&addr, "kateway_handoff_buffered_messages_total")?;
+    anyhow::ensure!(
+        buffered == 0.0,
+        "the gateway buffered {buffered} messages: Kafka was not reachable throughout"
+    );
+    println!(
+        "kafka ack={}: gateway {:.0} msg/s, direct librdkafka {:.0} msg/s, ratio {:.2} (min {:.2}, max {:.2}); gateway CPU {:.1} us/msg",
+        a.ack,
+        median(&gw_mps),
+        median(&direct_mps),
+        median(&ratios),
+        ratios.iter().cloned().fold(f64::MAX, f64::min),
+        ratios.iter().cloned().fold(0.0, f64::max),
+        median(&gw_cpu_us),
+    );
+    let report = json!({
+        "machine": machine(),
+        "settings": {
+            "brokers": a.brokers, "ack": a.ack, "size": a.size, "conns": a.conns,
+            "gateway_cores": a.cores, "partitions": a.partitions, "rounds": a.rounds,
+            "duration_s": a.duration_s, "warmup_s": a.warmup_s,
+        },
+        "gateway_msgs_per_s": stats(&gw_mps),
+        "gateway_cpu_us_per_msg": stats(&gw_cpu_us),
+        "direct_msgs_per_s": stats(&direct_mps),
+        "ratio": stats(&ratios),
+    });
+    std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)?;
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn client_metric(addr: &str, name: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(f64::NAN))
+}
