@@ -26,7 +26,11 @@ pub struct KafkaArgs {
     pub ack: String,
     #[arg(long, default_value_t = 100)]
     pub size: usize,
-    /// HTTP connections to the gateway, and messages in flight for the direct producer.
+    /// Messages per HTTP request (an ndjson batch when above 1).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// HTTP connections to the gateway; the direct producer keeps `conns × batch` messages in
+    /// flight.
     #[arg(long, default_value_t = 64)]
     pub conns: usize,
     /// Gateway cores.
@@ -57,7 +61,7 @@ fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<f64> {
     let send = || producer.send(topic, None, b"", b"", payload, ack);
     futures_executor::block_on(async {
         let mut inflight = FuturesUnordered::new();
-        for _ in 0..a.conns {
+        for _ in 0..a.conns * a.batch.max(1) {
             inflight.push(send().map_err(|e| anyhow::anyhow!("{e}"))?);
         }
         let from = Instant::now() + Duration::from_secs(a.warmup_s);
@@ -114,6 +118,23 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
     let kafka_topic = format!("bench.{topic}.v1");
     let payload: Vec<u8> = (0..a.size).map(|i| b'a' + (i % 26) as u8).collect();
     let path = format!("/v1/msgs/{topic}/v1?ack={}", a.ack);
+    let (request, count) = if a.batch > 1 {
+        let mut body = Vec::with_capacity((a.size + 1) * a.batch);
+        for _ in 0..a.batch {
+            body.extend_from_slice(&payload);
+            body.push(b'\n');
+        }
+        let h = [("Appid", "bench"), ("Content-Type", "application/x-ndjson")];
+        (
+            client::request("POST", &path, &h, &body),
+            Count::Fixed(a.batch as u64),
+        )
+    } else {
+        (
+            client::request("POST", &path, &[("Appid", "bench")], &payload),
+            Count::One,
+        )
+    };
     let load = Load {
         addr: addr.clone(),
         cpus: vec![a.client_cpu],
@@ -121,13 +142,8 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs(a.warmup_s),
         duration: Duration::from_secs(a.duration_s),
         rate: None,
-        requests: vec![client::request(
-            "POST",
-            &path,
-            &[("Appid", "bench")],
-            &payload,
-        )],
-        count: Count::One,
+        requests: vec![request],
+        count,
     };
     let (mut gw_mps, mut gw_cpu_us, mut direct_mps, mut ratios) = (vec![], vec![], vec![], vec![]);
     for round in 0..a.rounds {
@@ -143,11 +159,11 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         eprintln!(
             "round {}: gateway {g:.0} msg/s ({:.1} us CPU/msg), direct librdkafka {d:.0} msg/s, ratio {:.2}",
             round + 1,
-            m.cpu_us_per_req(),
+            m.server_cpu_s * 1e6 / m.outcome.messages.max(1) as f64,
             g / d
         );
         gw_mps.push(g);
-        gw_cpu_us.push(m.cpu_us_per_req());
+        gw_cpu_us.push(m.server_cpu_s * 1e6 / m.outcome.messages.max(1) as f64);
         direct_mps.push(d);
         ratios.push(g / d);
     }
@@ -157,8 +173,9 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         "the gateway buffered {buffered} messages: Kafka was not reachable throughout"
     );
     println!(
-        "kafka ack={}: gateway {:.0} msg/s, direct librdkafka {:.0} msg/s, ratio {:.2} (min {:.2}, max {:.2}); gateway CPU {:.1} us/msg",
+        "kafka ack={} batch={}: gateway {:.0} msg/s, direct librdkafka {:.0} msg/s, ratio {:.2} (min {:.2}, max {:.2}); gateway CPU {:.1} us/msg",
         a.ack,
+        a.batch,
         median(&gw_mps),
         median(&direct_mps),
         median(&ratios),
@@ -169,7 +186,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
     let report = json!({
         "machine": machine(),
         "settings": {
-            "brokers": a.brokers, "ack": a.ack, "size": a.size, "conns": a.conns,
+            "brokers": a.brokers, "ack": a.ack, "size": a.size, "batch": a.batch, "conns": a.conns,
             "gateway_cores": a.cores, "partitions": a.partitions, "rounds": a.rounds,
             "duration_s": a.duration_s, "warmup_s": a.warmup_s,
         },

@@ -212,6 +212,9 @@ async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
                     while s.metrics.http_connections_active.get() > 0 {
                         monoio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    if let Some(k) = &s.kafka {
+                        k.settle(s.cfg.server.shutdown_timeout.0).await;
+                    }
                     let _ = reply.send(());
                 });
             }

@@ -144,6 +144,11 @@ impl Lane {
         }
     }
 
+    /// Whether every publish that took a ticket has finished.
+    pub fn idle(&self) -> bool {
+        self.done.get() == self.next.get()
+    }
+
     /// Marks ticket `t` finished (after [`Lane::turn`]).
     pub fn finish(&self, t: u64) {
         self.done.set(t + 1);
@@ -195,6 +200,18 @@ impl KafkaCore {
         let l = Rc::new(Lane::default());
         self.lanes.borrow_mut().insert(key.clone(), l.clone());
         l
+    }
+
+    /// Waits (at most `limit`) until no publish is in flight on this core, so that `async=1`
+    /// publishes still queued in the producer are delivered, or buffered, before the process
+    /// exits.
+    pub async fn settle(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline
+            && !self.lanes.borrow().values().all(|l| l.idle())
+        {
+            monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Opens the breaker (idempotent), logging the transition.
