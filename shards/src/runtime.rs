@@ -90,6 +90,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
             tracing::warn!("connections still open at the shutdown deadline; closing them");
         }
     }
+    if let Some(k) = &kafka {
+        crate::kafka::groups::leave_all(k, std::time::Duration::from_secs(5));
+    }
     for c in 0..cores {
         mesh.send_blocking(c, Msg::Stop);
     }

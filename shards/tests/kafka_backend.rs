@@ -173,8 +173,9 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
 #[test]
 fn topics_are_administered_in_kafka_and_learnt_by_other_gateways() {
     let brokers = shared_brokers();
-    let a = gateway(&brokers, &[]);
-    let b = gateway(&brokers, &[]);
+    let refresh = [("KATEWAY_KAFKA_METADATA_REFRESH", "1s")];
+    let a = gateway(&brokers, &refresh);
+    let b = gateway(&brokers, &refresh);
     let topic = unique("admin");
     a.create_topic("app", &topic, 2);
     // Another gateway publishes to it without having created it.
@@ -194,6 +195,23 @@ fn topics_are_administered_in_kafka_and_learnt_by_other_gateways() {
         .req("GET", &format!("/v1/partitions/app/{topic}/v1"), &[], b"")
         .json();
     assert_eq!(parts["offsets"].as_array().unwrap().len(), 3);
+    // Gateway a learns the new partition count from Kafka: a key of partition 2 lands there.
+    let key = (0..)
+        .map(|i| format!("key{i}"))
+        .find(|k| partition_for_key(k.as_bytes(), 3) == 2)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = a.publish("app", &topic, &format!("key={key}"), b"grown");
+        if r.header("x-partition") == Some("2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway a never saw the third partition"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let del = a.req("DELETE", &format!("/v1/topics/app/{topic}/v1"), &[], b"");
     assert_eq!(del.status, 200, "{}", del.text());
     let gone = a.req(
@@ -203,6 +221,24 @@ fn topics_are_administered_in_kafka_and_learnt_by_other_gateways() {
         b"x",
     );
     assert_eq!(gone.status, 404, "{}", gone.text());
+    // Gateway b forgets the topic once its metadata refresh finds it gone from Kafka.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = b.req(
+            "POST",
+            &format!("/v1/msgs/{topic}/v1"),
+            &[("Appid", "app")],
+            b"x",
+        );
+        if r.status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway b still publishes to a deleted topic"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let missing = a.req(
         "POST",
         &format!("/v1/msgs/{}/v1", unique("never")),
@@ -284,4 +320,33 @@ fn two_gateways_split_a_groups_partitions() {
     let c = committed(&brokers, "app.workers", &name, 4);
     let total: i64 = c.iter().map(|o| o.unwrap_or(0)).sum();
     assert_eq!(total, n as i64, "{c:?}");
+
+    // A gateway that shuts down leaves the group at once: the other one takes its partitions
+    // well before the 10 s session timeout would have expired.
+    let mut a = a;
+    assert_eq!(a.terminate(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while stable_members(&brokers, "app.workers") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped gateway did not leave the group"
+        );
+        let _ = b.sub("app", "app", &topic, "group=workers&wait=100ms", &[]);
+    }
+}
+
+#[test]
+fn async_publishes_in_flight_are_delivered_before_shutdown() {
+    let brokers = shared_brokers();
+    // A long linger keeps the messages inside the producer when SIGTERM arrives.
+    let mut g = gateway(&brokers, &[("KATEWAY_KAFKA_LINGER", "700ms")]);
+    let topic = unique("async");
+    g.create_topic("app", &topic, 2);
+    for i in 0..100 {
+        let r = g.publish("app", &topic, "async=1", format!("a{i}").as_bytes());
+        assert_eq!(r.status, 202);
+    }
+    assert_eq!(g.terminate(), Some(0));
+    let stored = read_topic(&brokers, &format!("app.{topic}.v1"), 2);
+    assert_eq!(stored.len(), 100, "async publishes were lost at shutdown");
 }

@@ -29,6 +29,9 @@ pub enum GroupReq {
         next: u64,
         reply: flume::Sender<Result<(), Error>>,
     },
+    /// Leave the group now (at shutdown), so its partitions move to the other members at once
+    /// instead of after the session timeout; answered once left.
+    Leave { done: flume::Sender<()> },
 }
 
 /// A fetch waiting in a membership.
@@ -43,6 +46,28 @@ pub struct FetchReq {
 
 fn key(group: &str, topic: &str) -> String {
     format!("{group}\n{topic}")
+}
+
+/// Makes every membership of this process leave its group, waiting at most `limit`.
+pub fn leave_all(shared: &KafkaShared, limit: Duration) {
+    let members: Vec<flume::Sender<GroupReq>> = shared
+        .groups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + limit;
+    let waits: Vec<flume::Receiver<()>> = members
+        .into_iter()
+        .filter_map(|tx| {
+            let (done, rx) = flume::bounded(1);
+            tx.send(GroupReq::Leave { done }).ok().map(|()| rx)
+        })
+        .collect();
+    for rx in waits {
+        let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
 }
 
 /// Sends `req` to the membership of `group` on `topic`, joining the group if this process is
@@ -159,6 +184,17 @@ impl Member {
                 last_used = Instant::now();
                 match req {
                     GroupReq::Fetch(f) => self.waiting.push_back(f),
+                    GroupReq::Leave { done } => {
+                        shared
+                            .groups
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(id);
+                        // Dropping the consumer closes it: librdkafka leaves the group.
+                        drop(self);
+                        let _ = done.send(());
+                        return;
+                    }
                     GroupReq::Commit {
                         partition,
                         next,
