@@ -1,11 +1,15 @@
 //! Per-core producers and delivery futures.
 
 use crate::{BridgeConfig, BridgeError};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The record header that carries a message's tags (`a;b`), as sent in `X-Tag`.
@@ -22,13 +26,41 @@ pub enum Ack {
     Async,
 }
 
-/// One core's producers.
-pub struct Producer {
-    all: FutureProducer,
-    local: FutureProducer,
+/// Notices librdkafka reporting brokers unreachable, so that the gateway can stop sending
+/// before its messages time out.
+#[derive(Clone, Default)]
+struct Watch {
+    down: Arc<AtomicBool>,
 }
 
-fn client(cfg: &BridgeConfig, acks: &str, suffix: &str) -> Result<FutureProducer, BridgeError> {
+impl ClientContext for Watch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // "All brokers down", or a failed attempt to connect to a broker (refused, timed out):
+        // not a broker that closed an idle connection.
+        let down = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => true,
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => reason.contains("Connect to"),
+            _ => false,
+        };
+        if down {
+            self.down.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// One core's producers.
+pub struct Producer {
+    all: FutureProducer<Watch>,
+    local: FutureProducer<Watch>,
+    watch: Watch,
+}
+
+fn client(
+    cfg: &BridgeConfig,
+    acks: &str,
+    suffix: &str,
+    watch: &Watch,
+) -> Result<FutureProducer<Watch>, BridgeError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", format!("{}-{suffix}", cfg.client_id))
@@ -50,16 +82,26 @@ fn client(cfg: &BridgeConfig, acks: &str, suffix: &str) -> Result<FutureProducer
         .set("compression.type", "none")
         // Find a restarted broker within a second rather than librdkafka's default ten.
         .set("reconnect.backoff.max.ms", "1000");
-    c.create().map_err(BridgeError::from_kafka)
+    c.create_with_context(watch.clone())
+        .map_err(BridgeError::from_kafka)
 }
 
 impl Producer {
     /// Creates the producers (no connection is made until the first send).
     pub fn new(cfg: &BridgeConfig, core: usize) -> Result<Self, BridgeError> {
+        let watch = Watch::default();
         Ok(Self {
-            all: client(cfg, "all", &format!("{core}-all"))?,
-            local: client(cfg, "1", &format!("{core}-local"))?,
+            all: client(cfg, "all", &format!("{core}-all"), &watch)?,
+            local: client(cfg, "1", &format!("{core}-local"), &watch)?,
+            watch,
         })
+    }
+
+    /// Whether librdkafka reported every broker down, or failed to connect to one, since the
+    /// last call (and forgets it).
+    /// Messages already queued still wait for their timeout; new ones need not be sent.
+    pub fn take_brokers_down(&self) -> bool {
+        self.watch.down.swap(false, Ordering::AcqRel)
     }
 
     /// Enqueues a message for `partition` (or Kafka's partitioner when `None`: murmur2 of the

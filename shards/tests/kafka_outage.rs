@@ -182,13 +182,22 @@ fn gateway_killed_during_replay_resumes_from_its_durable_cursor() {
 fn full_handoff_budget_answers_503_and_recovers_after_draining() {
     let _serial = serial();
     let broker = Broker::up();
-    let mut env = FAST.to_vec();
-    env.push(("KATEWAY_KAFKA_HANDOFF_MAX_BYTES", "256KiB"));
-    env.push(("KATEWAY_KAFKA_HANDOFF_SEGMENT_BYTES", "1MiB"));
+    // A produce timeout far longer than the test: publishes are buffered without waiting for
+    // it because librdkafka reports the broker down and that opens the breaker.
+    let env = [
+        ("KATEWAY_KAFKA_PRODUCE_TIMEOUT", "60s"),
+        ("KATEWAY_KAFKA_REPLAY_BACKOFF", "200ms"),
+        ("KATEWAY_KAFKA_HANDOFF_MAX_BYTES", "256KiB"),
+        ("KATEWAY_KAFKA_HANDOFF_SEGMENT_BYTES", "1MiB"),
+    ];
     let g = gateway(&broker.addr(), &env);
     let topic = "budget";
     g.create_topic("app", topic, 1);
+    let first = g.publish("app", topic, "", b"before");
+    assert!(first.header("x-kateway-buffered").is_none());
     broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = std::time::Instant::now();
     let value = vec![b'x'; 1024];
     let mut buffered = 0;
     let mut refused = None;
@@ -208,6 +217,11 @@ fn full_handoff_budget_answers_503_and_recovers_after_draining() {
         }
     }
     let r = refused.expect("the budget never filled");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "buffering waited for the produce timeout: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["code"], 50304);
     assert!(r.header("retry-after").is_some());

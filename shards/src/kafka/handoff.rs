@@ -2,7 +2,8 @@
 //!
 //! * normally the messages go to this core's producer (`ack=all`: acks=all and idempotence;
 //!   `ack=local`: acks=1), and the answer carries Kafka's partition and offset;
-//! * when Kafka is unreachable, the breaker is open or a produce timed out, the messages are
+//! * when Kafka is unreachable, the breaker is open (a produce or replay failed, or librdkafka
+//!   failed to connect to the brokers) or a produce timed out, the messages are
 //!   appended to the partition's handoff log instead (fsynced for `ack=all`, written for
 //!   `ack=local`) and answered 201 with `X-Offset: -1` and `X-Kateway-Buffered: 1`;
 //! * while a partition has a backlog in the handoff log, or a publish of it is on its way into
@@ -96,6 +97,9 @@ async fn complete(
     ack: Ack,
 ) -> Result<Published, Error> {
     let n = items.len();
+    if k.producer.take_brokers_down() {
+        k.open_breaker(shard.id, "librdkafka cannot connect to the brokers");
+    }
     let direct =
         !k.breaker_open.get() && lane.buffering.get() == 0 && backlog(shard, topic, p) == 0;
     if !direct {
