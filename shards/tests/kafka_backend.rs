@@ -109,6 +109,9 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
         .json();
     assert_eq!(status["groups"][0]["lag"], 0, "{status}");
 
+    // Every request above came on a connection of its own; the group still has one member.
+    assert_eq!(stable_members(&brokers, "app.all"), 1);
+
     // Tag filter: only tagged messages (0, 3, .., 39), each once.
     let mut vip = Vec::new();
     loop {
@@ -349,4 +352,33 @@ fn async_publishes_in_flight_are_delivered_before_shutdown() {
     assert_eq!(g.terminate(), Some(0));
     let stored = read_topic(&brokers, &format!("app.{topic}.v1"), 2);
     assert_eq!(stored.len(), 100, "async publishes were lost at shutdown");
+}
+
+#[test]
+fn long_poll_wakes_up_when_a_message_arrives() {
+    let brokers = shared_brokers();
+    let g = std::sync::Arc::new(gateway(&brokers, &[]));
+    let topic = unique("poll");
+    g.create_topic("app", &topic, 2);
+    // Join first, so that the group starts at the end of the empty topic.
+    let s = g.sub("app", "app", &topic, "group=p&wait=1s", &[]);
+    assert_eq!(s.status, 204);
+    let poller = {
+        let (g, topic) = (g.clone(), topic.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let s = g.sub("app", "app", &topic, "group=p&wait=20s", &[]);
+            (s, t0.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    g.publish("app", &topic, "key=x", b"wake up");
+    let (s, took) = poller.join().unwrap();
+    assert_eq!(s.status, 200, "{}", s.text());
+    assert_eq!(s.body, b"wake up");
+    assert_eq!(s.header("x-key"), Some("x"));
+    assert!(
+        took < Duration::from_secs(10),
+        "the poll was not woken: {took:?}"
+    );
 }
