@@ -7,7 +7,7 @@
 use crate::{BridgeConfig, BridgeError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
@@ -106,14 +106,7 @@ impl GroupConsumer {
         match self.consumer.poll(wait)? {
             Err(e) => Some(Err(BridgeError::from_kafka(e))),
             Ok(m) => {
-                let tags = m
-                    .headers()
-                    .and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == crate::producer::TAGS_HEADER)
-                            .and_then(|h| h.value.map(<[u8]>::to_vec))
-                    })
-                    .unwrap_or_default();
+                let tags = crate::producer::tags_of(&m);
                 Some(Ok(Record {
                     partition: m.partition(),
                     offset: m.offset(),

@@ -20,7 +20,7 @@ mod producer;
 
 pub use admin::Admin;
 pub use consumer::{GroupConsumer, Record, Reset};
-pub use producer::{Ack, Delivery, Producer};
+pub use producer::{tags_of, Ack, Delivery, Producer, TAGS_HEADER};
 
 use std::time::Duration;
 

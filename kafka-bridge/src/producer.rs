@@ -15,6 +15,18 @@ use std::task::{Context, Poll};
 /// The record header that carries a message's tags (`a;b`), as sent in `X-Tag`.
 pub const TAGS_HEADER: &str = "kateway-tags";
 
+/// The tags a consumed record carries in its [`TAGS_HEADER`] header (empty without one).
+pub fn tags_of(m: &impl rdkafka::message::Message) -> Vec<u8> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == TAGS_HEADER)
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        })
+        .unwrap_or_default()
+}
+
 /// Durability of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {

@@ -7,7 +7,7 @@ use kateway_core::partitioner::partition_for_key;
 use kateway_kafka_bridge::{Ack, Admin, BridgeConfig, BridgeError, Producer};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -63,14 +63,7 @@ fn read_all(topic: &str, partitions: u32, want: usize) -> Stored {
             break;
         }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            let tags = m
-                .headers()
-                .and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == "kateway-tags")
-                        .and_then(|h| h.value.map(<[u8]>::to_vec))
-                })
-                .unwrap_or_default();
+            let tags = kateway_kafka_bridge::tags_of(&m);
             out.insert(
                 (m.partition(), m.offset()),
                 (

@@ -16,7 +16,7 @@
 use super::{kafka_err, KafkaCore};
 use crate::mesh::{Ack, Item, Published};
 use crate::metrics;
-use crate::shard::Shard;
+use crate::shard::{OwnedPartition, Shard};
 use kateway_core::{Error, ErrorKind};
 use kateway_kafka_bridge::{Ack as KAck, BridgeError};
 use std::rc::Rc;
@@ -24,16 +24,19 @@ use std::rc::Rc;
 /// The offsets-log entry holding a handoff partition's replay cursor (next offset to replay).
 pub const REPLAY_CURSOR: &str = "replay";
 
+/// The next offset of a handoff log to replay.
+pub fn replay_cursor(st: &OwnedPartition) -> u64 {
+    st.offsets
+        .get(REPLAY_CURSOR)
+        .unwrap_or(0)
+        .max(st.log.start())
+}
+
 /// Messages of an owned partition still waiting in its handoff log (appended, not replayed).
 pub fn backlog(shard: &Shard, topic: &str, p: u32) -> u64 {
     shard.part(topic, p).map_or(0, |part| {
         let st = part.borrow();
-        let cursor = st
-            .offsets
-            .get(REPLAY_CURSOR)
-            .unwrap_or(0)
-            .max(st.log.start());
-        st.log.next_offset().saturating_sub(cursor)
+        st.log.next_offset().saturating_sub(replay_cursor(&st))
     })
 }
 

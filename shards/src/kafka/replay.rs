@@ -7,7 +7,7 @@
 //!
 //! A failed round keeps (or opens) the breaker and backs off; a successful one closes it.
 
-use super::handoff::{backlog, REPLAY_CURSOR};
+use super::handoff::{backlog, replay_cursor, REPLAY_CURSOR};
 use crate::metrics;
 use crate::shard::{PartKey, Shard};
 use kateway_kafka_bridge::{Ack as KAck, BridgeError};
@@ -88,12 +88,7 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
     let batch = shard.cfg.kafka.replay_batch as usize;
     let recs = {
         let st = part.borrow();
-        let cursor = st
-            .offsets
-            .get(REPLAY_CURSOR)
-            .unwrap_or(0)
-            .max(st.log.start());
-        match st.log.read(cursor, batch, ROUND_BYTES) {
+        match st.log.read(replay_cursor(&st), batch, ROUND_BYTES) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(

@@ -103,7 +103,6 @@ pub struct Stored {
 /// Every record of every partition of `topic`, read with a plain consumer up to the high
 /// watermarks, in (partition, offset) order.
 pub fn read_topic(brokers: &str, topic: &str, partitions: u32) -> Vec<Stored> {
-    use rdkafka::message::Headers;
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-reader-{topic}"))
@@ -127,14 +126,7 @@ pub fn read_topic(brokers: &str, topic: &str, partitions: u32) -> Vec<Stored> {
     while (out.len() as i64) < want && Instant::now() < deadline {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
-            let tags = m
-                .headers()
-                .and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == "kateway-tags")
-                        .and_then(|h| h.value.map(<[u8]>::to_vec))
-                })
-                .unwrap_or_default();
+            let tags = kateway_kafka_bridge::tags_of(&m);
             out.push(Stored {
                 partition: m.partition(),
                 offset: m.offset(),
