@@ -33,6 +33,9 @@ pub struct KafkaArgs {
     /// flight.
     #[arg(long, default_value_t = 64)]
     pub conns: usize,
+    /// Producer linger (`linger.ms`) of both the gateway and the direct producer.
+    #[arg(long, default_value_t = 1)]
+    pub linger_ms: u64,
     /// Gateway cores.
     #[arg(long, default_value_t = 1)]
     pub cores: u32,
@@ -55,7 +58,8 @@ pub struct KafkaArgs {
 
 /// Messages per second produced directly, keeping `window` messages in flight.
 fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<f64> {
-    let cfg = BridgeConfig::new(a.brokers.clone());
+    let mut cfg = BridgeConfig::new(a.brokers.clone());
+    cfg.linger = Duration::from_millis(a.linger_ms);
     let producer = Producer::new(&cfg, 999).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ack = if a.ack == "all" { Ack::All } else { Ack::Local };
     let send = || producer.send(topic, None, b"", b"", payload, ack);
@@ -91,6 +95,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         "0-{}",
         std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
     );
+    let linger = format!("{}ms", a.linger_ms);
     let gw = start(
         "kateway",
         &cpus,
@@ -111,6 +116,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         &[
             ("KATEWAY_SERVER_PIN_CORES", "false"),
             ("KATEWAY_LOG_LEVEL", "warn"),
+            ("KATEWAY_KAFKA_LINGER", &linger),
         ],
     )?;
     let topic = format!("k{}", std::process::id());
@@ -187,7 +193,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         "machine": machine(),
         "settings": {
             "brokers": a.brokers, "ack": a.ack, "size": a.size, "batch": a.batch, "conns": a.conns,
-            "gateway_cores": a.cores, "partitions": a.partitions, "rounds": a.rounds,
+            "gateway_cores": a.cores, "linger_ms": a.linger_ms, "partitions": a.partitions, "rounds": a.rounds,
             "duration_s": a.duration_s, "warmup_s": a.warmup_s,
         },
         "gateway_msgs_per_s": stats(&gw_mps),
