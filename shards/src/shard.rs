@@ -153,7 +153,7 @@ impl Shard {
     }
 
     /// The topic's interned name (the catalog's key), so lookups need no allocation.
-    fn interned(&self, topic: &str) -> Option<Rc<str>> {
+    pub fn interned(&self, topic: &str) -> Option<Rc<str>> {
         self.topics
             .borrow()
             .get_key_value(topic)

@@ -50,15 +50,8 @@ pub async fn publish(
     ack: Ack,
 ) -> Result<Published, Error> {
     let k = shard.kafka.clone().expect("kafka backend");
-    let key = shard
-        .part(topic, p)
-        .map(|_| (Rc::<str>::from(topic), p))
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::UnknownTopic,
-                format!("unknown partition {topic}/{p}"),
-            )
-        })?;
+    shard.part(topic, p)?;
+    let key = (shard.interned(topic).expect("a topic with partitions"), p);
     let lane = k.lane(&key);
     let ticket = lane.ticket();
     let n = items.len();
