@@ -147,6 +147,15 @@ impl GroupConsumer {
             .map_err(BridgeError::from_kafka)
     }
 
+    /// The offset after the last record of `partition` (its high watermark), asked of the
+    /// partition's leader. Blocks for up to `timeout`.
+    pub fn end_offset(&self, partition: i32, timeout: Duration) -> Result<i64, BridgeError> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, timeout)
+            .map(|(_, hi)| hi)
+            .map_err(BridgeError::from_kafka)
+    }
+
     /// The partitions this membership owns now.
     pub fn assignment(&self) -> Result<Vec<i32>, BridgeError> {
         let tpl = self

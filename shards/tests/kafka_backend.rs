@@ -159,6 +159,20 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
     assert_eq!(r.status, 200, "{}", r.text());
     let c = committed(&brokers, "app.manual", &name, 4);
     assert_eq!(c[p0 as usize], Some(o0 as i64 + 1), "{c:?}");
+    // An acknowledgement beyond the partition's end is refused, as on the embedded store.
+    let beyond = format!(
+        "[{{\"partition\":{p0},\"offset\":{}}}]",
+        ends[p0 as usize] + 5
+    );
+    let r = g.req(
+        "PUT",
+        &format!("/v1/offsets/app/{topic}/v1/manual"),
+        &[("Appid", "app")],
+        beyond.as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], 40005);
+    assert_eq!(committed(&brokers, "app.manual", &name, 4), c);
 
     // Partition offsets come from Kafka.
     let parts = g

@@ -15,7 +15,7 @@ use crate::shard::{tags_match, Shard};
 use bytes::Bytes;
 use kateway_core::{Error, ErrorKind};
 use kateway_kafka_bridge::{GroupConsumer, Record, Reset as KReset};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,7 @@ fn join(
                 prefetch: prefetch as usize,
                 assigned: Vec::new(),
                 paused: false,
+                seen_end: HashMap::new(),
             }
             .run(&shared, &id, idle)
         })
@@ -167,6 +168,9 @@ struct Member {
     prefetch: usize,
     assigned: Vec<i32>,
     paused: bool,
+    /// Per partition, an offset known to be within it (one past the newest record read or
+    /// found there).
+    seen_end: HashMap<i32, i64>,
 }
 
 impl Member {
@@ -200,11 +204,7 @@ impl Member {
                         next,
                         reply,
                     } => {
-                        let r = self
-                            .consumer
-                            .commit(partition as i32, next as i64)
-                            .map_err(kafka_err);
-                        let _ = reply.send(r);
+                        let _ = reply.send(self.commit(partition as i32, next as i64));
                     }
                 }
                 next = self.rx.try_recv().ok();
@@ -242,7 +242,11 @@ impl Member {
         let mut n = 0;
         while let Some(r) = got {
             match r {
-                Ok(rec) => self.buf.push_back(rec),
+                Ok(rec) => {
+                    let end = self.seen_end.entry(rec.partition).or_insert(0);
+                    *end = (*end).max(rec.offset + 1);
+                    self.buf.push_back(rec);
+                }
                 Err(e) => {
                     tracing::debug!("consumer poll: {e}");
                     break;
@@ -313,6 +317,29 @@ impl Member {
             }
             self.commit_taken(&taken, f.auto_ack);
         }
+    }
+
+    /// Commits an acknowledgement, refusing one beyond the partition's end as the embedded
+    /// store does. Offsets up to what this membership has read need no question to Kafka.
+    fn commit(&mut self, partition: i32, next: i64) -> Result<(), Error> {
+        let seen = self.seen_end.get(&partition).copied().unwrap_or(0);
+        if next > seen {
+            let end = self
+                .consumer
+                .end_offset(partition, Duration::from_secs(5))
+                .map_err(kafka_err)?;
+            if next > end {
+                return Err(Error::new(
+                    ErrorKind::InvalidAck,
+                    format!(
+                        "offset {} is beyond the end of partition {partition} ({end})",
+                        next - 1
+                    ),
+                ));
+            }
+            self.seen_end.insert(partition, end);
+        }
+        self.consumer.commit(partition, next).map_err(kafka_err)
     }
 
     fn commit_taken(&self, taken: &[Record], auto_ack: bool) {
