@@ -212,9 +212,17 @@ impl Shard {
         })
     }
 
-    /// Installs a topic and opens the partitions this core owns (recovering them).
-    pub fn apply_topic(&self, meta: TopicMeta) -> Result<(), Error> {
-        let name: Rc<str> = Rc::from(meta.name.as_str());
+    /// Directory of partition `p` of `topic` (a log, or with the Kafka backend a handoff log).
+    fn part_dir(&self, topic: &str, p: u32) -> std::path::PathBuf {
+        topics::partition_dir(&topics::root(&self.cfg), topic, p)
+    }
+
+    /// Opens partition `p` of `name`, owned by this core: recovers it, or creates it empty.
+    pub fn open_part(&self, name: &Rc<str>, p: u32) -> Result<Rc<RefCell<OwnedPartition>>, Error> {
+        let key = (name.clone(), p);
+        if let Some(part) = self.parts.borrow().get(&key) {
+            return Ok(part.clone());
+        }
         let pcfg = PartitionConfig {
             segment_bytes: match self.kafka {
                 Some(_) => self.cfg.kafka.handoff_segment_bytes.0,
@@ -222,35 +230,41 @@ impl Shard {
             },
             index_interval: self.cfg.store.index_interval_bytes.0,
         };
+        let dir = self.part_dir(name, p);
+        let (log, report) = Partition::open(&dir, pcfg).map_err(storage_err)?;
+        if report.truncated_bytes > 0 {
+            tracing::warn!(core = self.id, topic = %name, partition = p,
+                dropped_bytes = report.truncated_bytes, next_offset = report.next_offset,
+                "recovery truncated a torn or corrupt log tail");
+        }
+        let offsets =
+            OffsetLog::open(&dir, self.cfg.store.offsets_compact_bytes.0).map_err(storage_err)?;
+        let part = Rc::new(RefCell::new(OwnedPartition {
+            log,
+            offsets,
+            cursors: Map::default(),
+            unsynced: false,
+            sync_log: None,
+            sync_offsets: None,
+            offsets_gen: 0,
+        }));
+        self.parts.borrow_mut().insert(key, part.clone());
+        Ok(part)
+    }
+
+    /// Installs a topic and opens the partitions this core owns (recovering them). With the
+    /// Kafka backend only handoff logs that exist on disk are opened now; the others are
+    /// created when a publish first needs buffering.
+    pub fn apply_topic(&self, meta: TopicMeta) -> Result<(), Error> {
+        let name: Rc<str> = Rc::from(meta.name.as_str());
         for p in 0..meta.partitions {
             if meta.owner(p, self.cores()) != self.id {
                 continue;
             }
-            let key = (name.clone(), p);
-            if self.parts.borrow().contains_key(&key) {
+            if self.kafka.is_some() && !self.part_dir(&name, p).exists() {
                 continue;
             }
-            let dir = topics::partition_dir(&topics::root(&self.cfg), &meta.name, p);
-            let (log, report) = Partition::open(&dir, pcfg).map_err(storage_err)?;
-            if report.truncated_bytes > 0 {
-                tracing::warn!(core = self.id, topic = %meta.name, partition = p,
-                    dropped_bytes = report.truncated_bytes, next_offset = report.next_offset,
-                    "recovery truncated a torn or corrupt log tail");
-            }
-            let offsets = OffsetLog::open(&dir, self.cfg.store.offsets_compact_bytes.0)
-                .map_err(storage_err)?;
-            self.parts.borrow_mut().insert(
-                key,
-                Rc::new(RefCell::new(OwnedPartition {
-                    log,
-                    offsets,
-                    cursors: Map::default(),
-                    unsynced: false,
-                    sync_log: None,
-                    sync_offsets: None,
-                    offsets_gen: 0,
-                })),
-            );
+            self.open_part(&name, p)?;
         }
         let owned = (0..meta.partitions)
             .filter(|&p| meta.owner(p, self.cores()) == self.id)
@@ -281,7 +295,7 @@ impl Shard {
             .collect();
         for k in keys {
             self.parts.borrow_mut().remove(&k);
-            let dir = topics::partition_dir(&topics::root(&self.cfg), name, k.1);
+            let dir = self.part_dir(name, k.1);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(core = self.id, dir = %dir.display(), "cannot remove partition: {e}");
             }

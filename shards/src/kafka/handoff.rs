@@ -50,8 +50,14 @@ pub async fn publish(
     ack: Ack,
 ) -> Result<Published, Error> {
     let k = shard.kafka.clone().expect("kafka backend");
-    shard.part(topic, p)?;
-    let key = (shard.interned(topic).expect("a topic with partitions"), p);
+    let t = shard.topic(topic)?;
+    if !t.owned.contains(&p) {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!("partition {topic}/{p} is not owned by core {}", shard.id),
+        ));
+    }
+    let key = (shard.interned(topic).expect("a known topic"), p);
     let lane = k.lane(&key);
     let ticket = lane.ticket();
     let n = items.len();
@@ -196,6 +202,10 @@ async fn buffer(
             "kafka is unreachable and the local handoff buffer is full",
         ));
     }
+    let name = shard
+        .interned(topic)
+        .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {topic}")))?;
+    shard.open_part(&name, p)?;
     let (_, gen) = shard.append_records(topic, p, items)?;
     metrics::add(
         &shard.metrics.handoff_buffered_messages_total,
