@@ -111,6 +111,7 @@ pub struct KafkaConfig {
     pub metadata_refresh: Dur,
     pub group_idle_timeout: Dur,
     pub session_timeout: Dur,
+    pub max_groups: u32,
 }
 
 /// `[log]`
@@ -258,6 +259,7 @@ impl Config {
             4 << 30,
         )?;
         range("kafka.replay_batch", k.replay_batch.into(), 1, 100_000)?;
+        range("kafka.max_groups", k.max_groups.into(), 1, 1_000_000)?;
         if k.produce_timeout.0 < std::time::Duration::from_millis(100) {
             return Err("kafka.produce_timeout must be at least 100ms".into());
         }

@@ -417,3 +417,27 @@ fn long_poll_wakes_up_when_a_message_arrives() {
         "the poll was not woken: {took:?}"
     );
 }
+
+#[test]
+fn group_memberships_are_bounded() {
+    let brokers = shared_brokers();
+    let g = gateway(&brokers, &[("KATEWAY_KAFKA_MAX_GROUPS", "2")]);
+    let topic = unique("bounded");
+    g.create_topic("app", &topic, 1);
+    for grp in ["a", "b"] {
+        let s = g.sub(
+            "app",
+            "app",
+            &topic,
+            &format!("group={grp}&wait=100ms"),
+            &[],
+        );
+        assert_eq!(s.status, 204, "{}", s.text());
+    }
+    let s = g.sub("app", "app", &topic, "group=c&wait=100ms", &[]);
+    assert_eq!(s.status, 429, "{}", s.text());
+    assert!(s.header("retry-after").is_some());
+    // Groups already served keep working.
+    let s = g.sub("app", "app", &topic, "group=a&wait=100ms", &[]);
+    assert_eq!(s.status, 204, "{}", s.text());
+}

@@ -127,6 +127,15 @@ fn join(
     if let Some(tx) = reg.get(id).filter(|tx| !tx.is_disconnected()) {
         return Ok(tx.clone());
     }
+    if reg.len() >= cfg.kafka.max_groups as usize {
+        return Err(Error::new(
+            ErrorKind::Overloaded,
+            format!(
+                "this gateway already serves {} consumer groups (kafka.max_groups)",
+                reg.len()
+            ),
+        ));
+    }
     let reset = match reset {
         Reset::Oldest => KReset::Oldest,
         Reset::Newest => KReset::Newest,
