@@ -374,17 +374,37 @@ fn two_gateways_split_a_groups_partitions() {
 }
 
 #[test]
-fn async_publishes_in_flight_are_delivered_before_shutdown() {
+fn shutdown_delivers_async_publishes_and_answers_parked_polls() {
     let brokers = shared_brokers();
     // A long linger keeps the messages inside the producer when SIGTERM arrives.
     let mut g = gateway(&brokers, &[("KATEWAY_KAFKA_LINGER", "700ms")]);
     let topic = unique("async");
     g.create_topic("app", &topic, 2);
+    // A long poll parked on a group of an empty topic is answered 204 at shutdown.
+    let other = unique("empty");
+    g.create_topic("app", &other, 1);
+    let addr = g.addr.clone();
+    let parked = std::thread::spawn(move || {
+        let mut c = support::Gateway::connect_to(&addr);
+        let t0 = Instant::now();
+        let r = c.req(
+            "GET",
+            &format!("/v1/msgs/app/{other}/v1?group=idle&wait=60s"),
+            &[("Appid", "app")],
+            b"",
+        );
+        (r, t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
     for i in 0..100 {
         let r = g.publish("app", &topic, "async=1", format!("a{i}").as_bytes());
         assert_eq!(r.status, 202);
     }
     assert_eq!(g.terminate(), Some(0));
+    let (r, took) = parked.join().unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(took < Duration::from_secs(30), "{took:?}");
     let stored = read_topic(&brokers, &format!("app.{topic}.v1"), 2);
     assert_eq!(stored.len(), 100, "async publishes were lost at shutdown");
 }
