@@ -22,7 +22,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.store.data_dir.display()
         )
     })?;
-    let topics = crate::topics::load(&cfg.store.data_dir)?;
+    let topics = crate::topics::load(&crate::topics::catalog_path(&cfg))?;
     let kafka = match cfg.store.backend {
         kateway_core::config::Backend::Embedded => None,
         kateway_core::config::Backend::Kafka => Some(crate::kafka::KafkaShared::start(&cfg)?),

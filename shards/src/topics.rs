@@ -1,6 +1,6 @@
-//! Topic metadata and the catalog file `<data>/meta/topics.json`. Core 0 is the only writer
-//! (it serialises create/alter/delete); every core keeps a read-only copy that core 0 updates
-//! through the mesh. Partition `p` of a topic is owned by core `(hash(name) + p) % cores`, so
+//! Topic metadata and the catalog file (`<data>/meta/topics.json`, or `kafka-topics.json` for
+//! the Kafka backend). Core 0 is the only writer (it serialises create/alter/delete); every core
+//! keeps a read-only copy that core 0 updates through the mesh. Partition `p` of a topic is owned by core `(hash(name) + p) % cores`, so
 //! ownership is a pure function and survives restarts with the same core count.
 
 use kateway_core::{Error, ErrorKind, TopicName};
@@ -60,14 +60,20 @@ pub fn topic_dir(root: &Path, name: &str) -> PathBuf {
     root.join(name)
 }
 
-fn catalog_path(data: &Path) -> PathBuf {
-    data.join("meta").join("topics.json")
+/// The catalog of a backend: `<data>/meta/topics.json` for the embedded store,
+/// `<data>/meta/kafka-topics.json` for the Kafka backend (so that one data directory used with
+/// both backends never mixes their topics).
+pub fn catalog_path(cfg: &kateway_core::config::Config) -> PathBuf {
+    let file = match cfg.store.backend {
+        kateway_core::config::Backend::Embedded => "topics.json",
+        kateway_core::config::Backend::Kafka => "kafka-topics.json",
+    };
+    cfg.store.data_dir.join("meta").join(file)
 }
 
-/// Loads the catalog (empty if there is none yet).
-pub fn load(data: &Path) -> Result<Vec<TopicMeta>, String> {
-    let path = catalog_path(data);
-    match std::fs::read(&path) {
+/// Loads the catalog at `path` (empty if there is none yet).
+pub fn load(path: &Path) -> Result<Vec<TopicMeta>, String> {
+    match std::fs::read(path) {
         Ok(bytes) => {
             let topics: Vec<TopicMeta> =
                 serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -82,14 +88,14 @@ pub fn load(data: &Path) -> Result<Vec<TopicMeta>, String> {
     }
 }
 
-/// Atomically replaces the catalog: temporary file, fsync, rename, fsync of the directory.
-pub fn store(data: &Path, topics: &[TopicMeta]) -> Result<(), Error> {
-    let path = catalog_path(data);
+/// Atomically replaces the catalog at `path`: temporary file, fsync, rename, fsync of the
+/// directory.
+pub fn store(path: &Path, topics: &[TopicMeta]) -> Result<(), Error> {
     let dir = path.parent().expect("meta dir");
     let failed = |e: String| Error::new(ErrorKind::StorageFailed, format!("catalog: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
     let json = serde_json::to_vec_pretty(topics).expect("catalog serialises");
-    kateway_log::partition::replace_file(&path, &json).map_err(|e| failed(e.to_string()))
+    kateway_log::partition::replace_file(path, &json).map_err(|e| failed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -109,7 +115,8 @@ mod tests {
     #[test]
     fn catalog_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load(dir.path()).unwrap().is_empty());
+        let path = dir.path().join("meta").join("topics.json");
+        assert!(load(&path).unwrap().is_empty());
         let t = TopicMeta {
             name: "a.t.v1".into(),
             partitions: 3,
@@ -117,7 +124,7 @@ mod tests {
             retention_bytes: None,
             created_ms: 5,
         };
-        store(dir.path(), std::slice::from_ref(&t)).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), vec![t]);
+        store(&path, std::slice::from_ref(&t)).unwrap();
+        assert_eq!(load(&path).unwrap(), vec![t]);
     }
 }

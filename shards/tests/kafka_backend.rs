@@ -461,3 +461,40 @@ fn group_memberships_are_bounded() {
     let s = g.sub("app", "app", &topic, "group=a&wait=100ms", &[]);
     assert_eq!(s.status, 204, "{}", s.text());
 }
+
+#[test]
+fn one_data_directory_serves_both_backends_without_mixing_their_topics() {
+    let brokers = shared_brokers();
+    let mut g = support::Gateway::start();
+    let topic = unique("local");
+    g.create_topic("app", &topic, 1);
+    g.publish("app", &topic, "", b"kept locally");
+    g.kill9();
+    // The same data directory on the Kafka backend, with a metadata refresh that would forget
+    // topics Kafka does not have.
+    g.set_env(&[
+        ("KATEWAY_STORE_BACKEND", "kafka"),
+        ("KATEWAY_KAFKA_BROKERS", &brokers),
+        ("KATEWAY_KAFKA_METADATA_REFRESH", "1s"),
+    ]);
+    g.spawn();
+    let r = g.req(
+        "POST",
+        &format!("/v1/msgs/{topic}/v1"),
+        &[("Appid", "app")],
+        b"x",
+    );
+    assert_eq!(
+        r.status,
+        404,
+        "the embedded topic is not a Kafka topic: {}",
+        r.text()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    g.kill9();
+    g.set_env(&[]);
+    g.spawn();
+    let s = g.sub("app", "app", &topic, "group=g&wait=1s", &[]);
+    assert_eq!(s.status, 200, "{}", s.text());
+    assert_eq!(s.body, b"kept locally");
+}

@@ -275,7 +275,7 @@ pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), 
 /// Core 0: applies a topic administration call to the catalog and every core. Calls are
 /// serialised by the caller.
 pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Error> {
-    let data = shard.cfg.store.data_dir.clone();
+    let data = crate::topics::catalog_path(&shard.cfg);
     let mut catalog: Vec<TopicMeta> = shard
         .topics
         .borrow()

@@ -51,6 +51,14 @@ impl Gateway {
         g
     }
 
+    /// Replaces the extra environment the next [`Gateway::spawn`] starts the process with.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     /// (Re)starts the process on the same data directory and a new port.
     pub fn spawn(&mut self) {
         self.addr = format!("127.0.0.1:{}", free_port());
