@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "kateway",
     version,
-    about = "Thread-per-core HTTP Pub/Sub gateway with an embedded log store"
+    about = "Thread-per-core HTTP Pub/Sub gateway with an embedded log store or in front of Apache Kafka"
 )]
 struct Cli {
     #[command(subcommand)]
