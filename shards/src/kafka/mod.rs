@@ -43,6 +43,9 @@ pub struct KafkaShared {
 
 /// Helper threads for blocking Kafka calls.
 const JOB_THREADS: usize = 2;
+/// Blocking calls that may wait for a helper; more are refused with 429 (a slow or unreachable
+/// Kafka must not let status requests pile up without bound).
+const JOB_QUEUE: usize = 256;
 
 impl KafkaShared {
     /// Creates the admin client and starts the helper threads. No connection is made yet.
@@ -55,7 +58,7 @@ impl KafkaShared {
         bridge.client_id = k.client_id.clone();
         bridge.session_timeout = k.session_timeout.0;
         let admin = Arc::new(Admin::new(&bridge).map_err(|e| e.to_string())?);
-        let (tx, rx) = flume::unbounded::<Job>();
+        let (tx, rx) = flume::bounded::<Job>(JOB_QUEUE);
         for i in 0..JOB_THREADS {
             let rx = rx.clone();
             let admin = admin.clone();
@@ -86,9 +89,15 @@ impl KafkaShared {
         let job: Job = Box::new(move |admin| {
             let _ = tx.send(f(admin));
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::new(ErrorKind::ShuttingDown, "kafka helpers stopped"))?;
+        self.jobs.try_send(job).map_err(|e| match e {
+            flume::TrySendError::Full(_) => Error::new(
+                ErrorKind::Overloaded,
+                "too many Kafka metadata requests waiting",
+            ),
+            flume::TrySendError::Disconnected(_) => {
+                Error::new(ErrorKind::ShuttingDown, "kafka helpers stopped")
+            }
+        })?;
         rx.recv_async()
             .await
             .map_err(|_| Error::new(ErrorKind::Internal, "kafka helper thread died"))
