@@ -87,7 +87,12 @@ pub fn send(
             Some(tx) => tx,
             None => {
                 let tx = join(&k.shared, &id, group, topic, reset, &shard.cfg)?;
-                k.groups.borrow_mut().insert(id.clone(), tx.clone());
+                let mut cache = k.groups.borrow_mut();
+                if cache.len() >= shard.cfg.kafka.max_groups as usize {
+                    // Forget memberships that have left since.
+                    cache.retain(|_, tx| !tx.is_disconnected());
+                }
+                cache.insert(id.clone(), tx.clone());
                 tx
             }
         };
