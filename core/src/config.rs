@@ -106,6 +106,7 @@ pub struct KafkaConfig {
     pub request_timeout: Dur,
     pub handoff_max_bytes: ByteSize,
     pub handoff_segment_bytes: ByteSize,
+    pub handoff_idle_close: Dur,
     pub replay_batch: u32,
     pub replay_backoff: Dur,
     pub metadata_refresh: Dur,

@@ -189,6 +189,7 @@ fn full_handoff_budget_answers_503_and_recovers_after_draining() {
         ("KATEWAY_KAFKA_REPLAY_BACKOFF", "200ms"),
         ("KATEWAY_KAFKA_HANDOFF_MAX_BYTES", "256KiB"),
         ("KATEWAY_KAFKA_HANDOFF_SEGMENT_BYTES", "1MiB"),
+        ("KATEWAY_KAFKA_HANDOFF_IDLE_CLOSE", "1s"),
     ];
     let g = gateway(&broker.addr(), &env);
     let topic = "budget";
@@ -237,4 +238,28 @@ fn full_handoff_budget_answers_503_and_recovers_after_draining() {
     assert!(stored.len() > buffered, "{} stored", stored.len());
     assert_eq!(stored.iter().filter(|s| s.value == value).count(), buffered);
     assert!(g.metric("kateway_handoff_bytes") < 64.0 * 1024.0);
+    // Drained and idle, the handoff log is closed and deleted.
+    let dir = g.data_dir().join("handoff").join("app.budget.v1").join("0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while dir.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drained handoff log was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(g.metric("kateway_handoff_bytes"), 0.0);
+    // A later outage creates it again, and its messages still reach Kafka.
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = g.publish("app", topic, "", b"second outage");
+    assert_eq!(r.header("x-kateway-buffered"), Some("1"));
+    assert!(dir.exists());
+    broker.start();
+    drained(&g);
+    let stored = read_topic(&broker.addr(), "app.budget.v1", 1);
+    assert_eq!(
+        stored.last().map(|s| s.value.as_slice()),
+        Some(&b"second outage"[..])
+    );
 }

@@ -175,6 +175,8 @@ pub struct KafkaCore {
     pub lanes: RefCell<Map<PartKey, Rc<Lane>>>,
     /// Wakes the replayer when a message was buffered.
     pub replay_wake: Event,
+    /// Since when each open handoff log has had nothing left to replay.
+    pub drained: RefCell<Map<PartKey, std::time::Instant>>,
     /// This core's handles to group memberships, keyed `group\ntopic`.
     pub groups: RefCell<Map<String, flume::Sender<groups::GroupReq>>>,
     /// This core's share of the handoff disk budget (0 = unlimited).
@@ -196,6 +198,7 @@ impl KafkaCore {
             breaker_open: Cell::new(false),
             lanes: Default::default(),
             replay_wake: Event::default(),
+            drained: Default::default(),
             groups: Default::default(),
             budget: cfg.kafka.handoff_max_bytes.0 / cores.max(1) as u64,
         })

@@ -38,6 +38,7 @@ pub async fn run(shard: Rc<Shard>) {
             return;
         }
         let seen = k.replay_wake.epoch();
+        close_idle(&shard);
         let work: Vec<PartKey> = shard
             .parts
             .borrow()
@@ -77,6 +78,41 @@ pub async fn run(shard: Rc<Shard>) {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Closes and deletes handoff logs that have had nothing to replay for
+/// `kafka.handoff_idle_close`, so that the files of an outage do not stay open for good.
+fn close_idle(shard: &Shard) {
+    let k = shard.kafka.as_ref().expect("kafka backend");
+    let after = shard.cfg.kafka.handoff_idle_close.0;
+    let now = std::time::Instant::now();
+    let keys: Vec<PartKey> = shard.parts.borrow().keys().cloned().collect();
+    let mut drained = k.drained.borrow_mut();
+    for key in keys {
+        let busy = backlog(shard, &key.0, key.1) > 0
+            || k.lanes
+                .borrow()
+                .get(&key)
+                .is_some_and(|l| l.buffering.get() > 0);
+        if busy {
+            drained.remove(&key);
+            continue;
+        }
+        let since = *drained.entry(key.clone()).or_insert(now);
+        if now.duration_since(since) < after {
+            continue;
+        }
+        drained.remove(&key);
+        // Everything in it reached Kafka: nothing here needs to survive, not even the cursor
+        // (a new log starts with an empty backlog).
+        shard.parts.borrow_mut().remove(&key);
+        shard.dirty.borrow_mut().retain(|d| *d != key);
+        let dir = crate::topics::partition_dir(&crate::topics::root(&shard.cfg), &key.0, key.1);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(core = shard.id, dir = %dir.display(), "cannot remove a drained handoff log: {e}");
+        }
+    }
+    drained.retain(|key, _| shard.parts.borrow().contains_key(key));
 }
 
 /// Replays one batch of one partition.
