@@ -101,7 +101,16 @@ impl BridgeError {
                 | C::LeaderNotAvailable
                 | C::NotEnoughReplicas
                 | C::NotEnoughReplicasAfterAppend
-                | C::QueueFull,
+                | C::QueueFull
+                | C::TimedOutQueue
+                | C::Resolve
+                | C::Fail
+                | C::BrokerNotAvailable
+                | C::CoordinatorLoadInProgress
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::WaitingForCoordinator
+                | C::RebalanceInProgress,
             ) => BridgeError::Unavailable(e.to_string()),
             _ => match e {
                 KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => {

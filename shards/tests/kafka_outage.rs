@@ -229,6 +229,16 @@ fn full_handoff_budget_answers_503_and_recovers_after_draining() {
     // 256 KiB over 2 cores, one partition: about 128 messages of 1 KiB.
     assert!((64..=256).contains(&buffered), "{buffered} buffered");
     assert!(g.metric("kateway_handoff_rejected_total") >= 1.0);
+    // What cannot be buffered is refused as unavailable, not as a client error.
+    let ack = g.req(
+        "PUT",
+        &format!("/v1/offsets/app/{topic}/v1/g"),
+        &[("Appid", "app")],
+        b"[{\"partition\":0,\"offset\":0}]",
+    );
+    assert_eq!(ack.status, 503, "{}", ack.text());
+    assert_eq!(ack.json()["code"], 50303);
+    assert!(ack.header("retry-after").is_some());
 
     broker.start();
     drained(&g);
