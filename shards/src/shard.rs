@@ -294,14 +294,19 @@ impl Shard {
             .cloned()
             .collect();
         for k in keys {
-            self.parts.borrow_mut().remove(&k);
-            let dir = self.part_dir(name, k.1);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(core = self.id, dir = %dir.display(), "cannot remove partition: {e}");
-            }
+            self.remove_part(&k);
         }
-        self.dirty.borrow_mut().retain(|(t, _)| &**t != name);
         self.topic_event(name).notify();
+    }
+
+    /// Closes an owned partition and deletes its directory.
+    pub fn remove_part(&self, key: &PartKey) {
+        self.parts.borrow_mut().remove(key);
+        self.dirty.borrow_mut().retain(|d| d != key);
+        let dir = self.part_dir(&key.0, key.1);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(core = self.id, dir = %dir.display(), "cannot remove partition: {e}");
+        }
     }
 
     /// Picks the partition for a keyless publish: one this core owns if it has any.

@@ -310,6 +310,11 @@ mod tests {
         segment_bytes: 4096,
         index_interval: 256,
     };
+    /// Large enough that the tests' records stay in one segment.
+    const ONE_SEGMENT: PartitionConfig = PartitionConfig {
+        segment_bytes: 1 << 20,
+        index_interval: 256,
+    };
 
     fn fill(p: &mut Partition, n: u64) {
         for i in 0..n {
@@ -370,14 +375,7 @@ mod tests {
     #[test]
     fn torn_tail_is_truncated_and_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = Partition::open(
-            dir.path(),
-            PartitionConfig {
-                segment_bytes: 1 << 20,
-                index_interval: 256,
-            },
-        )
-        .unwrap();
+        let (mut p, _) = Partition::open(dir.path(), ONE_SEGMENT).unwrap();
         fill(&mut p, 50);
         let path = p.segments.last().unwrap().path.clone();
         drop(p);
@@ -399,14 +397,7 @@ mod tests {
     #[test]
     fn corrupt_record_in_the_middle_drops_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = Partition::open(
-            dir.path(),
-            PartitionConfig {
-                segment_bytes: 1 << 20,
-                index_interval: 256,
-            },
-        )
-        .unwrap();
+        let (mut p, _) = Partition::open(dir.path(), ONE_SEGMENT).unwrap();
         fill(&mut p, 20);
         let path = p.segments.last().unwrap().path.clone();
         let size = p.segments.last().unwrap().size;

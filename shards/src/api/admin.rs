@@ -222,8 +222,8 @@ pub fn local_snapshot(shard: &Shard) -> Snapshot {
         s.handoff_backlog_messages = shard
             .parts
             .borrow()
-            .keys()
-            .map(|(t, p)| crate::kafka::handoff::backlog(shard, t, *p))
+            .values()
+            .map(|p| crate::kafka::handoff::unreplayed(&p.borrow()))
             .sum();
     }
     s

@@ -32,12 +32,16 @@ pub fn replay_cursor(st: &OwnedPartition) -> u64 {
         .max(st.log.start())
 }
 
-/// Messages of an owned partition still waiting in its handoff log (appended, not replayed).
+/// Messages still waiting in a handoff log (appended, pending ones included, not replayed).
+pub fn unreplayed(st: &OwnedPartition) -> u64 {
+    st.log.next_offset().saturating_sub(replay_cursor(st))
+}
+
+/// [`unreplayed`] of an owned partition; 0 when it has no handoff log.
 pub fn backlog(shard: &Shard, topic: &str, p: u32) -> u64 {
-    shard.part(topic, p).map_or(0, |part| {
-        let st = part.borrow();
-        st.log.next_offset().saturating_sub(replay_cursor(&st))
-    })
+    shard
+        .part(topic, p)
+        .map_or(0, |part| unreplayed(&part.borrow()))
 }
 
 /// Publishes `items` to partition `p` (owned by this core). With `async=1` the answer does not
@@ -50,14 +54,19 @@ pub async fn publish(
     ack: Ack,
 ) -> Result<Published, Error> {
     let k = shard.kafka.clone().expect("kafka backend");
-    let t = shard.topic(topic)?;
-    if !t.owned.contains(&p) {
+    let (name, owned) = shard
+        .topics
+        .borrow()
+        .get_key_value(topic)
+        .map(|(name, t)| (name.clone(), t.owned.contains(&p)))
+        .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {topic}")))?;
+    if !owned {
         return Err(Error::new(
             ErrorKind::Internal,
             format!("partition {topic}/{p} is not owned by core {}", shard.id),
         ));
     }
-    let key = (shard.interned(topic).expect("a known topic"), p);
+    let key = (name, p);
     let lane = k.lane(&key);
     let ticket = lane.ticket();
     let n = items.len();
@@ -102,13 +111,12 @@ async fn complete(
     if k.producer.take_brokers_down() {
         k.open_breaker(shard.id, "librdkafka cannot connect to the brokers");
     }
-    let direct =
-        !k.breaker_open.get() && lane.buffering.get() == 0 && backlog(shard, topic, p) == 0;
+    let direct = !k.breaker_open.get() && !lane.buffering() && backlog(shard, topic, p) == 0;
     if !direct {
-        lane.buffering.set(lane.buffering.get() + 1);
+        lane.begin_buffering();
         lane.turn(ticket).await;
         let r = buffer(shard, k, topic, p, &items, ack).await;
-        lane.buffering.set(lane.buffering.get() - 1);
+        lane.end_buffering();
         lane.finish(ticket);
         r?;
         return Ok(Published {
@@ -143,7 +151,7 @@ async fn complete(
                 if e.is_unavailable() {
                     if failed.is_empty() {
                         k.open_breaker(shard.id, &e.to_string());
-                        lane.buffering.set(lane.buffering.get() + 1);
+                        lane.begin_buffering();
                     }
                     failed.push(i);
                 } else {
@@ -159,7 +167,7 @@ async fn complete(
     } else {
         let again: Vec<Item> = failed.iter().map(|&i| items[i].clone()).collect();
         let r = buffer(shard, k, topic, p, &again, ack).await;
-        lane.buffering.set(lane.buffering.get() - 1);
+        lane.end_buffering();
         r
     };
     lane.finish(ticket);

@@ -131,7 +131,7 @@ pub struct Lane {
     done: Cell<u64>,
     ev: Event,
     /// Publishes of this partition on their way into the handoff log.
-    pub buffering: Cell<usize>,
+    buffering: Cell<usize>,
 }
 
 impl Lane {
@@ -151,6 +151,21 @@ impl Lane {
             }
             self.ev.wait(seen).await;
         }
+    }
+
+    /// A publish of this partition is on its way into the handoff log.
+    pub fn begin_buffering(&self) {
+        self.buffering.set(self.buffering.get() + 1);
+    }
+
+    /// It is in the log (or failed to get there).
+    pub fn end_buffering(&self) {
+        self.buffering.set(self.buffering.get() - 1);
+    }
+
+    /// Whether a publish is on its way into the handoff log.
+    pub fn buffering(&self) -> bool {
+        self.buffering.get() > 0
     }
 
     /// Whether every publish that took a ticket has finished.

@@ -7,7 +7,7 @@
 //!
 //! A failed round keeps (or opens) the breaker and backs off; a successful one closes it.
 
-use super::handoff::{backlog, replay_cursor, REPLAY_CURSOR};
+use super::handoff::{replay_cursor, unreplayed, REPLAY_CURSOR};
 use crate::metrics;
 use crate::shard::{PartKey, Shard};
 use kateway_kafka_bridge::{Ack as KAck, BridgeError};
@@ -42,9 +42,9 @@ pub async fn run(shard: Rc<Shard>) {
         let work: Vec<PartKey> = shard
             .parts
             .borrow()
-            .keys()
-            .filter(|(t, p)| backlog(&shard, t, *p) > 0)
-            .cloned()
+            .iter()
+            .filter(|(_, part)| unreplayed(&part.borrow()) > 0)
+            .map(|(key, _)| key.clone())
             .collect();
         if work.is_empty() {
             if k.breaker_open.get() {
@@ -86,14 +86,18 @@ fn close_idle(shard: &Shard) {
     let k = shard.kafka.as_ref().expect("kafka backend");
     let after = shard.cfg.kafka.handoff_idle_close.0;
     let now = std::time::Instant::now();
-    let keys: Vec<PartKey> = shard.parts.borrow().keys().cloned().collect();
+    let parts: Vec<(PartKey, bool)> = shard
+        .parts
+        .borrow()
+        .iter()
+        .map(|(key, part)| {
+            let busy = unreplayed(&part.borrow()) > 0
+                || k.lanes.borrow().get(key).is_some_and(|l| l.buffering());
+            (key.clone(), busy)
+        })
+        .collect();
     let mut drained = k.drained.borrow_mut();
-    for key in keys {
-        let busy = backlog(shard, &key.0, key.1) > 0
-            || k.lanes
-                .borrow()
-                .get(&key)
-                .is_some_and(|l| l.buffering.get() > 0);
+    for (key, busy) in parts {
         if busy {
             drained.remove(&key);
             continue;
@@ -105,12 +109,7 @@ fn close_idle(shard: &Shard) {
         drained.remove(&key);
         // Everything in it reached Kafka: nothing here needs to survive, not even the cursor
         // (a new log starts with an empty backlog).
-        shard.parts.borrow_mut().remove(&key);
-        shard.dirty.borrow_mut().retain(|d| *d != key);
-        let dir = crate::topics::partition_dir(&crate::topics::root(&shard.cfg), &key.0, key.1);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(core = shard.id, dir = %dir.display(), "cannot remove a drained handoff log: {e}");
-        }
+        shard.remove_part(&key);
     }
     drained.retain(|key, _| shard.parts.borrow().contains_key(key));
 }
