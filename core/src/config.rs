@@ -39,6 +39,7 @@ pub struct ServerConfig {
     pub backlog: i32,
     pub max_connections_per_core: u32,
     pub request_timeout: Dur,
+    pub write_timeout: Dur,
     pub idle_timeout: Dur,
     pub shutdown_timeout: Dur,
 }
@@ -54,6 +55,7 @@ pub struct LimitsConfig {
     pub max_batch_messages: u32,
     pub max_batch_bytes: ByteSize,
     pub max_pending_bytes_per_core: ByteSize,
+    pub max_response_bytes_per_core: ByteSize,
 }
 
 /// `[subscribe]`
@@ -81,6 +83,24 @@ pub struct StoreConfig {
     pub retention_bytes: ByteSize,
     pub retention_check_interval: Dur,
     pub offsets_compact_bytes: ByteSize,
+    pub recovery_mode: RecoveryMode,
+    pub max_open_files: u32,
+    pub max_partitions: u32,
+    pub fault_retry: Dur,
+    pub scrub_bytes_per_second: ByteSize,
+}
+
+/// How much damage on disk the store tolerates (`store.recovery_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryMode {
+    /// Skip damaged records anywhere, cut a torn tail, report what was lost.
+    TolerateCorruption,
+    /// Cut a torn or damaged tail of a partition's newest segment; refuse to start on any
+    /// other damage, and refuse reads of damaged records.
+    TolerateTail,
+    /// Refuse to start on any damage, a torn tail included.
+    Absolute,
 }
 
 /// `[log]`
@@ -174,9 +194,12 @@ impl Config {
         range(
             "server.max_connections_per_core",
             s.max_connections_per_core.into(),
-            1,
+            0,
             10_000_000,
         )?;
+        if s.write_timeout.0.is_zero() {
+            return Err("server.write_timeout must be greater than 0".into());
+        }
         let l = &self.limits;
         range(
             "limits.max_message_bytes",
@@ -202,6 +225,12 @@ impl Config {
         range(
             "limits.max_pending_bytes_per_core",
             l.max_pending_bytes_per_core.0,
+            1 << 20,
+            1 << 40,
+        )?;
+        range(
+            "limits.max_response_bytes_per_core",
+            l.max_response_bytes_per_core.0,
             1 << 20,
             1 << 40,
         )?;
@@ -237,6 +266,16 @@ impl Config {
             4096,
             1 << 30,
         )?;
+        range("store.max_open_files", st.max_open_files.into(), 0, 1 << 20)?;
+        range(
+            "store.max_partitions",
+            st.max_partitions.into(),
+            1,
+            10_000_000,
+        )?;
+        if st.fault_retry.0 < std::time::Duration::from_millis(10) {
+            return Err("store.fault_retry must be at least 10ms".into());
+        }
         if st.fsync_interval.0.is_zero() {
             return Err("store.fsync_interval must be greater than 0".into());
         }

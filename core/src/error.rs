@@ -72,7 +72,8 @@ kinds! {
     Internal = 50000, Internal;
     /// The request uses a protocol feature the gateway does not implement.
     NotImplemented = 50100, Client;
-    /// The log engine failed to write or sync; the core refuses writes until restarted.
+    /// The log engine failed to write or sync (a full disk, an I/O error); the core refuses
+    /// writes until a retry finds the disk taking writes again.
     StorageFailed = 50300, Disk;
     /// The gateway is shutting down.
     ShuttingDown = 50301, Capacity;
@@ -82,6 +83,13 @@ kinds! {
     KafkaUnavailable = 50303, Capacity;
     /// Kafka is unreachable and the hinted-handoff buffer is at its disk budget.
     HandoffFull = 50304, Capacity;
+    /// Records on disk are damaged and the recovery mode refuses to skip them; the message
+    /// names the partition and offsets, which a seek past them skips.
+    DamagedData = 50305, Disk;
+    /// The core holds its limit of response bytes for clients that have not read them yet.
+    ResponsesBuffered = 50306, Capacity;
+    /// `/ready`: the gateway should not get traffic now (the message says why).
+    NotReady = 50307, Capacity;
 }
 
 impl ErrorKind {

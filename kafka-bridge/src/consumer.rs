@@ -156,6 +156,20 @@ impl GroupConsumer {
             .map_err(BridgeError::from_kafka)
     }
 
+    /// The oldest and the next offset of `partition`. Blocks for up to `timeout`.
+    pub fn watermarks(&self, partition: i32, timeout: Duration) -> Result<(i64, i64), BridgeError> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, timeout)
+            .map_err(BridgeError::from_kafka)
+    }
+
+    /// Moves this membership's position on `partition` (which it must hold) to `next`.
+    pub fn seek(&self, partition: i32, next: i64, timeout: Duration) -> Result<(), BridgeError> {
+        self.consumer
+            .seek(&self.topic, partition, Offset::Offset(next), timeout)
+            .map_err(BridgeError::from_kafka)
+    }
+
     /// The partitions this membership owns now.
     pub fn assignment(&self) -> Result<Vec<i32>, BridgeError> {
         let tpl = self

@@ -8,6 +8,8 @@ use crate::http1::Method;
 pub enum Route<'a> {
     /// `GET /alive`
     Alive,
+    /// `GET /ready`
+    Ready,
     /// `GET /v1/status`
     ProcessStatus,
     /// `GET /metrics`
@@ -33,6 +35,14 @@ pub enum Route<'a> {
         appid: &'a str,
         topic: &'a str,
         ver: &'a str,
+    },
+    /// `PUT /v1/offset/:appid/:topic/:ver/:group/:partition?offset=N`
+    Seek {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+        group: &'a str,
+        partition: &'a str,
     },
     /// `GET /v1/partitions/:appid/:topic/:ver`
     Partitions {
@@ -84,6 +94,7 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
     let get = matches!(method, Get | Head);
     match &segs[..n] {
         ["alive"] => allow(get, "GET", Route::Alive),
+        ["ready"] => allow(get, "GET", Route::Ready),
         ["metrics"] => allow(get, "GET", Route::Metrics),
         ["v1", "status"] => allow(get, "GET", Route::ProcessStatus),
         ["v1", "msgs", topic, ver] => allow(method == Post, "POST", Route::Publish { topic, ver }),
@@ -98,6 +109,17 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
                 topic,
                 ver,
                 group,
+            },
+        ),
+        ["v1", "offset", appid, topic, ver, group, partition] => allow(
+            method == Put,
+            "PUT",
+            Route::Seek {
+                appid,
+                topic,
+                ver,
+                group,
+                partition,
             },
         ),
         ["v1", "topics", appid, topic, ver] => allow(
@@ -127,6 +149,17 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route(Method::Get, "/alive"), Ok(Route::Alive));
+        assert_eq!(route(Method::Get, "/ready"), Ok(Route::Ready));
+        assert_eq!(
+            route(Method::Put, "/v1/offset/a/t/v1/g/3"),
+            Ok(Route::Seek {
+                appid: "a",
+                topic: "t",
+                ver: "v1",
+                group: "g",
+                partition: "3"
+            })
+        );
         assert_eq!(
             route(Method::Post, "/v1/msgs/orders/v1"),
             Ok(Route::Publish {

@@ -2,10 +2,16 @@
 //! order (pipelining), write all answers with one write, repeat. A request that has started must
 //! finish arriving within `request_timeout` (else 408 and close); an idle keep-alive connection
 //! is closed after `idle_timeout` or when shutdown begins.
+//!
+//! Memory per connection is bounded: answers are written out once 64 KiB are buffered (a client
+//! pipelining many large subscribes holds one answer at a time), a write that makes no progress
+//! for `write_timeout` closes the connection, the response bytes a subscribe builds are held
+//! against the core's budget until they are written ([`crate::shard::Held`]), and buffers that
+//! grew for a large request or answer are given back afterwards.
 
 use crate::api;
 use crate::metrics;
-use crate::shard::Shard;
+use crate::shard::{Held, Shard};
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::http1::encode::write_continue;
@@ -17,6 +23,12 @@ use std::rc::Rc;
 use std::time::Instant;
 
 const READ_CHUNK: usize = 4096;
+/// Buffered answers are written out before the next pipelined request once they reach this.
+const FLUSH_AT: usize = 64 << 10;
+/// A buffer that grew beyond this is replaced by a small one once it is empty.
+const KEEP_CAPACITY: usize = 64 << 10;
+/// Large answers are written in pieces of this size, each within the write timeout.
+const WRITE_PIECE: usize = 256 << 10;
 
 /// The read buffer's spare capacity after what is buffered (made at least half a chunk), for a
 /// read that appends.
@@ -43,11 +55,18 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut decoder = Decoder::new(limits);
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
+    let mut held: Vec<Held> = Vec::new();
     let mut request_started: Option<Instant> = None;
     loop {
         // Answer every complete request in the buffer.
         let mut close = false;
         loop {
+            if wbuf.len() >= FLUSH_AT {
+                if write_out(&shard, &mut stream, &mut wbuf).await.is_err() {
+                    return;
+                }
+                held.clear();
+            }
             match decoder.decode(&mut rbuf) {
                 Ok(None) => break,
                 Ok(Some(Event::Continue)) => write_continue(&mut wbuf),
@@ -62,20 +81,18 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     match done {
                         // The client went away during a long poll: the poll is dropped.
                         None => return,
-                        Some(true) => {
-                            close = true;
-                            break;
+                        Some(h) => {
+                            held.extend(h.held);
+                            if h.close {
+                                close = true;
+                                break;
+                            }
                         }
-                        Some(false) => {}
                     }
                 }
                 Err(e) => {
                     let err = api::http_error(&e);
-                    let mut out = api::Out {
-                        buf: &mut wbuf,
-                        close: true,
-                        head: false,
-                    };
+                    let mut out = api::Out::new(&mut wbuf, true, false);
                     api::write_error(&mut out, &err, None);
                     count_error(&shard);
                     close = true;
@@ -84,15 +101,16 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
         }
         if !wbuf.is_empty() {
-            let (res, buf) = stream.write_all(wbuf).await;
-            wbuf = buf;
-            wbuf.clear();
-            if res.is_err() {
+            if write_out(&shard, &mut stream, &mut wbuf).await.is_err() {
                 return;
             }
+            held.clear();
         }
         if close {
             return;
+        }
+        if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
+            rbuf = BytesMut::new();
         }
         // Read more, within the timeout that applies now.
         let partial = decoder.in_progress(&rbuf);
@@ -123,11 +141,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 if partial {
                     let err = Error::new(ErrorKind::RequestTimeout, "request not received in time");
                     let mut buf = BytesMut::new();
-                    let mut out = api::Out {
-                        buf: &mut buf,
-                        close: true,
-                        head: false,
-                    };
+                    let mut out = api::Out::new(&mut buf, true, false);
                     api::write_error(&mut out, &err, None);
                     count_error(&shard);
                     let _ = stream.write_all(buf).await;
@@ -156,7 +170,7 @@ async fn handle_watching(
     wbuf: &mut BytesMut,
     stream: &mut TcpStream,
     rbuf: &mut BytesMut,
-) -> Option<bool> {
+) -> Option<api::Handled> {
     let mut fut = std::pin::pin!(api::handle(shard, req, wbuf));
     {
         // Most subscribes are answered at once; only a poll that is still waiting after a
@@ -181,6 +195,84 @@ async fn handle_watching(
 
 /// How long a subscribe may run before its socket is watched for the client going away.
 const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes and empties `wbuf`, in pieces that must each make it out within
+/// `server.write_timeout`; an error means the connection is to be closed.
+async fn write_out(shard: &Shard, stream: &mut TcpStream, wbuf: &mut BytesMut) -> Result<(), ()> {
+    let limit = shard.cfg.server.write_timeout.0;
+    while !wbuf.is_empty() {
+        let piece = if wbuf.len() <= WRITE_PIECE {
+            std::mem::take(wbuf)
+        } else {
+            wbuf.split_to(WRITE_PIECE)
+        };
+        let whole = wbuf.is_empty();
+        match monoio::time::timeout(limit, stream.write_all(piece)).await {
+            Ok((Ok(_), buf)) => {
+                if whole && buf.capacity() <= KEEP_CAPACITY {
+                    // Keep the allocation of a small buffer for the next answers.
+                    *wbuf = buf;
+                    wbuf.clear();
+                }
+            }
+            Ok((Err(_), _)) => return Err(()),
+            Err(_elapsed) => {
+                metrics::inc(&shard.metrics.http_write_timeouts_total);
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A connection beyond the core's cap: answers one request for `/alive` or `/ready` (health
+/// checks keep working when the gateway is full), anything else 503 with `Retry-After`; then
+/// closes.
+pub async fn serve_over_cap(shard: Rc<Shard>, mut stream: TcpStream) {
+    let mut decoder = Decoder::new(Limits {
+        max_head: 4096,
+        max_body: 0,
+    });
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let mut wbuf = BytesMut::new();
+    let deadline = Instant::now() + OVER_CAP_WAIT;
+    let req = loop {
+        match decoder.decode(&mut rbuf) {
+            Ok(Some(Event::Request(r))) => break Some(r),
+            Ok(None) => {}
+            _ => break None,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, stream.read(spare(rbuf))).await {
+            Ok((Ok(n), buf)) if n > 0 => rbuf = buf.into_inner(),
+            _ => break None,
+        }
+    };
+    let health = req
+        .as_ref()
+        .is_some_and(|r| r.method == Method::Get && matches!(r.path(), "/alive" | "/ready"));
+    match req {
+        Some(mut r) if health => {
+            r.keep_alive = false;
+            api::handle(&shard, r, &mut wbuf).await;
+        }
+        _ => {
+            let mut out = api::Out::new(&mut wbuf, true, false);
+            api::write_error(
+                &mut out,
+                &Error::new(
+                    ErrorKind::TooManyConnections,
+                    "too many connections on this core",
+                ),
+                None,
+            );
+        }
+    }
+    let _ = monoio::time::timeout(OVER_CAP_WAIT, stream.write_all(wbuf)).await;
+}
+
+/// How long a connection beyond the cap may take to send its request.
+const OVER_CAP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn count_error(shard: &Shard) {
     metrics::inc(&shard.metrics.http_requests_total);

@@ -11,7 +11,6 @@ use crate::metrics;
 use crate::shard::Shard;
 use crate::topics::TopicMeta;
 use kateway_core::config::Config;
-use kateway_core::{Error, ErrorKind};
 use monoio::net::{ListenerOpts, TcpListener};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -28,7 +27,13 @@ pub struct CoreInit {
     pub kafka: Option<std::sync::Arc<crate::kafka::KafkaShared>>,
     /// Told `Ok(())` once the core listens, or why it could not start.
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// Descriptor budget: connections and open log files of this core.
+    pub fds: crate::runtime::FdPlan,
 }
+
+/// Connections beyond the cap that may wait for their one request (`/alive`, `/ready`) at once;
+/// more are closed at once.
+pub const OVER_CAP: usize = 64;
 
 /// Runs a core to completion.
 pub async fn run(init: CoreInit) {
@@ -49,6 +54,7 @@ pub async fn run(init: CoreInit) {
         init.cfg.clone(),
         init.mesh.clone(),
         kafka,
+        init.fds.files_per_core,
     ));
     for t in init.topics {
         if let Err(e) = shard.apply_topic(t) {
@@ -71,6 +77,7 @@ pub async fn run(init: CoreInit) {
     };
     monoio::spawn(inbox(shard.clone(), init.inbox));
     let flusher = monoio::spawn(flusher::run(shard.clone()));
+    monoio::spawn(crate::durability::recover(shard.clone()));
     if shard.kafka.is_some() {
         monoio::spawn(crate::kafka::replay::run(shard.clone()));
         if shard.id == 0 {
@@ -78,16 +85,17 @@ pub async fn run(init: CoreInit) {
         }
     } else {
         monoio::spawn(flusher::retention(shard.clone()));
+        monoio::spawn(crate::scrub::run(shard.clone()));
     }
-    monoio::spawn(accept(shard.clone(), listener));
+    monoio::spawn(accept(shard.clone(), listener, init.fds.conns_per_core));
     let _ = init.ready.send(Ok(()));
     tracing::debug!(core = shard.id, "core ready");
     flusher.await;
     tracing::debug!(core = shard.id, "core stopped");
 }
 
-async fn accept(shard: Rc<Shard>, listener: TcpListener) {
-    let max = shard.cfg.server.max_connections_per_core as u64;
+async fn accept(shard: Rc<Shard>, listener: TcpListener, max: usize) {
+    let over_cap = Rc::new(Cell::new(0usize));
     loop {
         let seen = shard.shutdown_event.epoch();
         if shard.shutdown.get() {
@@ -104,9 +112,16 @@ async fn accept(shard: Rc<Shard>, listener: TcpListener) {
         };
         let m = &shard.metrics;
         metrics::inc(&m.http_connections_accepted_total);
-        if m.http_connections_active.get() >= max {
+        if m.http_connections_active.get() as usize >= max {
             metrics::inc(&m.http_connections_rejected_total);
-            monoio::spawn(reject(stream));
+            if over_cap.get() < OVER_CAP {
+                over_cap.set(over_cap.get() + 1);
+                let (s, n) = (shard.clone(), over_cap.clone());
+                monoio::spawn(async move {
+                    conn::serve_over_cap(s, stream).await;
+                    n.set(n.get() - 1);
+                });
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -117,25 +132,6 @@ async fn accept(shard: Rc<Shard>, listener: TcpListener) {
             metrics::dec(&s.metrics.http_connections_active);
         });
     }
-}
-
-async fn reject(mut stream: monoio::net::TcpStream) {
-    use monoio::io::AsyncWriteRentExt;
-    let mut buf = bytes::BytesMut::new();
-    let mut out = api::Out {
-        buf: &mut buf,
-        close: true,
-        head: false,
-    };
-    api::write_error(
-        &mut out,
-        &Error::new(
-            ErrorKind::TooManyConnections,
-            "too many connections on this core",
-        ),
-        None,
-    );
-    let _ = stream.write_all(buf).await;
 }
 
 async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
@@ -162,11 +158,15 @@ async fn inbox(shard: Rc<Shard>, rx: flume::Receiver<Msg>) {
                 partition,
                 group,
                 offset,
+                seek,
                 reply,
             } => {
                 let s = shard.clone();
                 monoio::spawn(async move {
-                    let _ = reply.send(s.commit_local(&topic, partition, &group, offset).await);
+                    let r = s
+                        .commit_local(&topic, partition, &group, offset, seek)
+                        .await;
+                    let _ = reply.send(r);
                 });
             }
             Msg::Info {

@@ -10,16 +10,24 @@
 //!    mark `g` synced.
 //!
 //! Appends that arrive while a sync is in flight form the next generation, so one fsync covers
-//! as many publishes as arrived during the previous one. A failed write or fsync poisons the
-//! core: waiting and later writes get 503, because after a failed fsync the page cache can no
-//! longer be trusted to hold what was acknowledged.
+//! as many publishes as arrived during the previous one. A failed write drops that partition's
+//! pending records and records their generations as failed; a failed fsync records every
+//! generation not yet synced as failed and stops syncing until [`crate::durability::recover`]
+//! has rewritten and synced what was written. Either way the waiters of those generations get
+//! 503 (see [`crate::durability`]).
 
+use crate::durability;
 use crate::mesh::Msg;
 use crate::metrics;
 use crate::shard::{PartKey, Shard};
+use kateway_log::fs::FP_FSYNC;
+use kateway_log::{LogError, LogFile, SyncPlan};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// Files fsynced at once (each needs a duplicated descriptor while its fsync is in flight).
+pub const SYNC_BATCH: usize = 64;
 
 /// Runs the flusher until the core stops (after a final write and sync).
 pub async fn run(shard: Rc<Shard>) {
@@ -50,42 +58,47 @@ pub async fn run(shard: Rc<Shard>) {
         }
         let gen = shard.dur.next.get();
         shard.dur.next.set(gen + 1);
-        let written = write_dirty(&shard, &mut unsynced);
+        let written = write_dirty(&shard, gen, &mut unsynced);
         unsynced_bytes += written;
         shard.dur.written.set(gen);
         shard.dur.progress.notify();
+        let sync_fault = shard.dur.fault.borrow().sync.is_some();
         let want_sync = shard.dur.sync_wanted.get() > shard.dur.synced.get()
             || unsynced_bytes >= fsync_bytes
             || last_sync.elapsed() >= interval
             || shard.stop_event.epoch() > 0;
-        if want_sync && !unsynced.is_empty() {
+        if sync_fault {
+            // Nothing is synced until the recovery has rewritten what the failed fsync may
+            // have lost; a plain retry would report success without the data.
+        } else if want_sync && !unsynced.is_empty() {
             let t0 = Instant::now();
-            sync_all(&shard, &mut unsynced).await;
+            let ok = sync_all(&shard, &mut unsynced).await;
             shard.metrics.fsync_seconds.observe(t0.elapsed());
             metrics::inc(&shard.metrics.log_fsyncs_total);
-            unsynced_bytes = 0;
-            last_sync = Instant::now();
+            if ok {
+                unsynced_bytes = 0;
+                last_sync = Instant::now();
+                shard.dur.synced.set(gen);
+            }
+            shard.dur.progress.notify();
         } else if unsynced.is_empty() {
             last_sync = Instant::now();
-        }
-        if want_sync || unsynced.is_empty() {
             shard.dur.synced.set(gen);
             shard.dur.progress.notify();
         }
-        if shard.stop_event.epoch() > 0 && shard.dirty.borrow().is_empty() && unsynced.is_empty() {
+        if shard.stop_event.epoch() > 0
+            && shard.dirty.borrow().is_empty()
+            && (unsynced.is_empty() || shard.dur.fault.borrow().active())
+        {
             return;
         }
     }
 }
 
-/// Writes every dirty partition; returns the bytes written. Wakes long polls of the topics that
-/// got new records.
-fn write_dirty(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> u64 {
+/// Writes every dirty partition as generation `gen`; returns the bytes written. Wakes long
+/// polls of the topics that got new records.
+fn write_dirty(shard: &Rc<Shard>, gen: u64, unsynced: &mut HashSet<PartKey>) -> u64 {
     let dirty = std::mem::take(&mut *shard.dirty.borrow_mut());
-    if shard.dur.failed.borrow().is_some() {
-        // After a failed write or fsync nothing more is written (or acknowledged) on this core.
-        return 0;
-    }
     let mut total = 0u64;
     let mut topics: Vec<Rc<str>> = Vec::new();
     for key in dirty {
@@ -93,24 +106,40 @@ fn write_dirty(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> u64 {
             continue;
         };
         let mut st = part.borrow_mut();
+        let st = &mut *st;
         let before = st.log.pending_bytes();
-        let res = st
-            .log
-            .write_pending()
-            .and_then(|n| st.offsets.write_pending().map(|_| n));
+        let res = st.log.write_pending();
         shard
             .pending_bytes
             .set(shard.pending_bytes.get().saturating_sub(before));
         match res {
             Ok(n) => {
+                st.written_gen = gen;
                 total += n as u64;
-                if n > 0 && !topics.contains(&key.0) {
-                    topics.push(key.0.clone());
+                if n > 0 {
+                    unsynced.insert(key.clone());
+                    if !topics.contains(&key.0) {
+                        topics.push(key.0.clone());
+                    }
                 }
-                st.unsynced = true;
-                unsynced.insert(key);
             }
-            Err(e) => fail(shard, &e.to_string()),
+            Err(e) => {
+                st.write_failed.add(st.written_gen, gen);
+                durability::write_failed(shard, &e);
+            }
+        }
+        if st.offsets.has_pending() {
+            match st.offsets.write_pending() {
+                Ok(()) => {
+                    st.commit_written_gen = gen;
+                    unsynced.insert(key.clone());
+                }
+                Err(e) => {
+                    st.commit_failed.add(st.commit_written_gen, gen);
+                    // The commits stay pending; the recovery writes them.
+                    durability::write_failed(shard, &e);
+                }
+            }
         }
     }
     if total > 0 {
@@ -141,67 +170,97 @@ fn write_dirty(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> u64 {
     total
 }
 
-/// fsyncs every file written since the last sync, all at once.
-async fn sync_all(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) {
-    let mut handles = Vec::new();
+/// What one partition's fsync covers.
+struct Job {
+    key: PartKey,
+    plan: Option<SyncPlan>,
+    offsets: Option<(u64, u64)>,
+    files: Vec<LogFile>,
+}
+
+/// fsyncs every file written since the last sync, concurrently; returns whether all succeeded
+/// (on failure the core is faulted and the partitions stay unsynced).
+async fn sync_all(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> bool {
+    let mut jobs = Vec::new();
     for key in unsynced.drain() {
         let Some(part) = shard.parts.borrow().get(&key).cloned() else {
             continue;
         };
         let mut st = part.borrow_mut();
-        let st = &mut *st;
-        st.unsynced = false;
-        for f in st.log.take_sealed() {
-            match monoio::fs::File::from_std(f) {
-                Ok(f) => handles.push(monoio::spawn(async move { f.sync_data().await })),
-                Err(e) => fail(shard, &e.to_string()),
-            }
-        }
-        let (base, file) = st.log.active_file();
-        let log_file = cached(&mut st.sync_log, base, file);
-        let (gen, file) = st.offsets.file();
-        let off_file = cached(&mut st.sync_offsets, gen, file);
-        for f in [log_file, off_file] {
-            match f {
-                Ok(f) => handles.push(monoio::spawn(async move { f.sync_data().await })),
-                Err(e) => fail(shard, &e.to_string()),
+        let plan = st.log.sync_plan();
+        let mut files: Vec<LogFile> = plan.as_ref().map_or(Vec::new(), |p| p.files.clone());
+        let offsets = st.offsets.unsynced_file().map(|(t, f)| {
+            files.push(f.clone());
+            t
+        });
+        jobs.push(Job {
+            key,
+            plan,
+            offsets,
+            files,
+        });
+    }
+    let mut failure: Option<LogError> = None;
+    let mut results: Vec<bool> = Vec::with_capacity(jobs.len());
+    let all: Vec<(usize, LogFile)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, j)| j.files.iter().map(move |f| (i, f.clone())))
+        .collect();
+    results.resize(jobs.len(), true);
+    for batch in all.chunks(SYNC_BATCH) {
+        let handles: Vec<_> = batch
+            .iter()
+            .map(|(i, f)| {
+                let f = f.clone();
+                let i = *i;
+                monoio::spawn(async move { (i, fsync(&f).await.map_err(|e| (f, e))) })
+            })
+            .collect();
+        for h in handles {
+            let (i, r) = h.await;
+            if let Err((f, e)) = r {
+                results[i] = false;
+                failure.get_or_insert(LogError::Io {
+                    op: "fsync",
+                    path: f.path().display().to_string(),
+                    source: e,
+                });
             }
         }
     }
-    for h in handles {
-        if let Err(e) = h.await {
-            fail(shard, &format!("fsync: {e}"));
+    for (job, ok) in jobs.into_iter().zip(results) {
+        let Some(part) = shard.parts.borrow().get(&job.key).cloned() else {
+            continue;
+        };
+        let mut st = part.borrow_mut();
+        if let Some(plan) = job.plan {
+            st.log.sync_done(plan, ok);
+        }
+        if ok {
+            if let Some(t) = job.offsets {
+                st.offsets.synced(t);
+            }
+        } else {
+            unsynced.insert(job.key);
+        }
+    }
+    match failure {
+        None => true,
+        Some(e) => {
+            durability::sync_failed(shard, &e);
+            false
         }
     }
 }
 
-/// A monoio handle for `file`, duplicated once per segment (or offsets generation).
-fn cached(
-    slot: &mut Option<(u64, Rc<monoio::fs::File>)>,
-    id: u64,
-    file: &std::fs::File,
-) -> std::io::Result<Rc<monoio::fs::File>> {
-    if let Some((cur, f)) = slot.as_ref() {
-        if *cur == id {
-            return Ok(f.clone());
-        }
+/// `fdatasync` through io_uring on a descriptor of its own.
+async fn fsync(f: &LogFile) -> std::io::Result<()> {
+    if let Some(a) = kateway_log::fail::eval(FP_FSYNC) {
+        return Err(a.error());
     }
-    let f = Rc::new(monoio::fs::File::from_std(file.try_clone()?)?);
-    *slot = Some((id, f.clone()));
-    Ok(f)
-}
-
-fn fail(shard: &Shard, msg: &str) {
-    tracing::error!(
-        core = shard.id,
-        "log write failed, refusing further writes on this core: {msg}"
-    );
-    shard
-        .dur
-        .failed
-        .borrow_mut()
-        .get_or_insert_with(|| msg.to_owned());
-    shard.dur.progress.notify();
+    let file = monoio::fs::File::from_std(f.dup()?)?;
+    file.sync_data().await
 }
 
 /// Periodically enforces retention on this core's partitions.

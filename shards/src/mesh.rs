@@ -96,12 +96,14 @@ pub enum Msg {
         fetch: Fetch,
         reply: Reply<Result<Vec<Delivered>, Error>>,
     },
-    /// Commit a group's offset on a partition (durably before answering).
+    /// Commit a group's offset on a partition (durably before answering); with `seek` the
+    /// offset may move backwards and the group's read position moves with it.
     Commit {
         topic: String,
         partition: u32,
         group: String,
         offset: u64,
+        seek: bool,
         reply: Reply<Result<(), Error>>,
     },
     /// Offsets of the receiver's partitions of a topic; groups whose name starts with the prefix.

@@ -91,6 +91,17 @@ macro_rules! counters {
             pub log_bytes: u64,
             /// Partitions owned.
             pub partitions: u64,
+            /// Cores whose storage is faulted (refusing writes), and why.
+            pub store_faults: Vec<String>,
+            /// Log files open now, and the budget for them.
+            pub log_open_files: u64,
+            pub log_open_files_max: u64,
+            /// Log files closed to stay within the budget.
+            pub log_file_evictions: u64,
+            /// Response bytes held for clients that have not read them.
+            pub response_bytes_held: u64,
+            /// Damage found, newest last.
+            pub damage: Vec<crate::shard::DamageEntry>,
         }
 
         impl Metrics {
@@ -102,6 +113,12 @@ macro_rules! counters {
                     fsync_seconds: self.fsync_seconds.snapshot(),
                     log_bytes: 0,
                     partitions: 0,
+                    store_faults: Vec::new(),
+                    log_open_files: 0,
+                    log_open_files_max: 0,
+                    log_file_evictions: 0,
+                    response_bytes_held: 0,
+                    damage: Vec::new(),
                 }
             }
         }
@@ -114,6 +131,12 @@ macro_rules! counters {
                 self.fsync_seconds.add(&o.fsync_seconds);
                 self.log_bytes += o.log_bytes;
                 self.partitions += o.partitions;
+                self.store_faults.extend(o.store_faults.iter().cloned());
+                self.log_open_files += o.log_open_files;
+                self.log_open_files_max += o.log_open_files_max;
+                self.log_file_evictions += o.log_file_evictions;
+                self.response_bytes_held += o.response_bytes_held;
+                self.damage.extend(o.damage.iter().cloned());
             }
 
             fn render_counters(&self, out: &mut String) {
@@ -152,6 +175,14 @@ counters! {
     handoff_bytes: "Bytes held by the handoff logs.",
     kafka_breaker_open: "Cores whose Kafka circuit breaker is open.",
     kafka_produce_errors_total: "Publishes Kafka refused (other than by being unreachable).",
+    store_write_errors_total: "Writes to log or offsets files that failed (full disk, I/O error).",
+    store_fsync_errors_total: "Group-commit fsyncs that failed.",
+    store_recoveries_total: "Times a core took writes again after its storage failed.",
+    log_damaged_records_total: "Records lost to damage on disk (found on open, on read or by scrubbing; an upper bound for torn tails).",
+    log_damaged_bytes_total: "Bytes of damaged log and offsets data skipped or cut.",
+    log_scrubbed_bytes_total: "Bytes of sealed segments whose checksums the scrubber verified.",
+    http_write_timeouts_total: "Connections closed because a response made no progress for server.write_timeout.",
+    http_responses_refused_total: "Subscribes refused because the core held limits.max_response_bytes_per_core for slow readers.",
 }
 
 impl Snapshot {
@@ -162,6 +193,44 @@ impl Snapshot {
         self.render_counters(&mut out);
         let _ = writeln!(out, "# HELP kateway_log_size_bytes Bytes stored in log segments.\n# TYPE kateway_log_size_bytes gauge\nkateway_log_size_bytes {}", self.log_bytes);
         let _ = writeln!(out, "# HELP kateway_log_partitions Partitions stored.\n# TYPE kateway_log_partitions gauge\nkateway_log_partitions {}", self.partitions);
+        let gauges = [
+            (
+                "kateway_store_failed_cores",
+                "Cores whose storage failed and that refuse writes until it works again.",
+                self.store_faults.len() as u64,
+            ),
+            (
+                "kateway_log_open_files",
+                "Log files open now.",
+                self.log_open_files,
+            ),
+            (
+                "kateway_log_open_files_max",
+                "The budget of open log files, summed over cores.",
+                self.log_open_files_max,
+            ),
+            (
+                "kateway_log_file_evictions_total",
+                "Log files closed to stay within the budget (reopened when needed).",
+                self.log_file_evictions,
+            ),
+            (
+                "kateway_http_response_bytes_held",
+                "Response bytes held for clients that have not read them yet.",
+                self.response_bytes_held,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
         self.request_seconds.render(
             &mut out,
             "kateway_http_request_duration_seconds",

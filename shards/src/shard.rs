@@ -3,6 +3,7 @@
 //! long polls, and its metrics. Everything here is touched by this core's thread only; other
 //! cores reach it through [`crate::mesh`]. No `RefCell` borrow is held across an `.await`.
 
+use crate::durability::{Durability, Ranges};
 use crate::event::Event;
 use crate::kafka::KafkaCore;
 use crate::mesh::{Ack, Delivered, Fetch, Item, Mesh, PartitionInfo, Published, Reset};
@@ -10,7 +11,7 @@ use crate::metrics::{self, Metrics};
 use crate::topics::{self, TopicMeta};
 use kateway_core::config::Config;
 use kateway_core::{Error, ErrorKind};
-use kateway_log::{OffsetLog, Partition, PartitionConfig};
+use kateway_log::{Damage, Files, LogError, OffsetLog, Partition, PartitionConfig};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -27,13 +28,21 @@ pub struct OwnedPartition {
     pub offsets: OffsetLog,
     /// Next offset to hand out per group (ahead of the committed offset with explicit acks).
     pub cursors: Map<String, u64>,
-    /// Written since the last fsync.
-    pub unsynced: bool,
-    /// Cached fsync handles: (segment base or offsets generation, file).
-    pub sync_log: Option<(u64, Rc<monoio::fs::File>)>,
-    pub sync_offsets: Option<(u64, Rc<monoio::fs::File>)>,
     /// The group-commit generation of the latest offset commit: durable once it is synced.
     pub offsets_gen: u64,
+    /// The last generation whose records (and commits) were written without failure.
+    pub written_gen: u64,
+    pub commit_written_gen: u64,
+    /// Generations whose records (and commits) this partition failed to write.
+    pub write_failed: Ranges,
+    pub commit_failed: Ranges,
+}
+
+/// What a durability wait is for: a partition's records or its group commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Records,
+    Commits,
 }
 
 /// A topic as one core sees it: the catalog entry and the partitions this core owns, computed
@@ -57,21 +66,21 @@ impl std::ops::Deref for LocalTopic {
 /// Key of an owned partition.
 pub type PartKey = (Rc<str>, u32);
 
-/// Group-commit bookkeeping: appends join generation `next`; the flusher writes a generation
-/// (`written`), then fsyncs it (`synced`).
-#[derive(Default)]
-pub struct Durability {
-    pub next: Cell<u64>,
-    pub written: Cell<u64>,
-    pub synced: Cell<u64>,
-    /// The highest generation an `ack=all` caller waits to see synced.
-    pub sync_wanted: Cell<u64>,
-    /// Moves after every write and every sync.
-    pub progress: Event,
-    /// Wakes the flusher.
-    pub work: Event,
-    /// Set when a write or fsync failed: the core refuses further writes.
-    pub failed: RefCell<Option<String>>,
+/// Records appended to a partition: where, and the generation that makes them durable.
+pub struct Appended {
+    pub part: Rc<RefCell<OwnedPartition>>,
+    pub offsets: Vec<u64>,
+    pub gen: u64,
+}
+
+/// The log engine's recovery mode for the configured one.
+pub fn recovery_mode(m: kateway_core::config::RecoveryMode) -> kateway_log::RecoveryMode {
+    use kateway_core::config::RecoveryMode as C;
+    match m {
+        C::TolerateCorruption => kateway_log::RecoveryMode::TolerateCorruption,
+        C::TolerateTail => kateway_log::RecoveryMode::TolerateTail,
+        C::Absolute => kateway_log::RecoveryMode::Absolute,
+    }
 }
 
 /// One core's shard.
@@ -88,6 +97,12 @@ pub struct Shard {
     /// Appended bytes not yet written.
     pub pending_bytes: Cell<usize>,
     pub dur: Durability,
+    /// This core's budget of open log files.
+    pub files: Rc<Files>,
+    /// Damage found on this core's partitions, newest last (bounded).
+    pub damage: RefCell<std::collections::VecDeque<DamageEntry>>,
+    /// Response bytes held for clients that have not read them yet.
+    pub response_bytes: Cell<usize>,
     /// Long-poll wake-ups per topic.
     pub topic_events: RefCell<Map<Rc<str>, Rc<Event>>>,
     /// Long polls parked on this core per topic.
@@ -109,15 +124,82 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn storage_err(e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::StorageFailed, format!("storage: {e}"))
+/// A storage failure as clients see it: what failed, never a server path (logged instead).
+pub fn storage_err(topic: &str, p: u32, e: &LogError) -> Error {
+    if let Some(d) = e.damage() {
+        return Error::new(
+            ErrorKind::DamagedData,
+            format!(
+                "partition {topic}/{p} has damaged records at offsets {}..{} that the recovery mode does not skip; move the group past them with PUT /v1/offset/...?offset={}",
+                d.offsets.start, d.offsets.end, d.offsets.end
+            ),
+        );
+    }
+    tracing::error!(topic, partition = p, "storage: {e}");
+    Error::new(
+        ErrorKind::StorageFailed,
+        format!(
+            "storage of partition {topic}/{p} failed: {}",
+            crate::durability::reason(e)
+        ),
+    )
+}
+
+/// Damage found on a partition, as status reports it.
+#[derive(Debug, Clone)]
+pub struct DamageEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub damage: Damage,
+    /// How it was found: "recovery", "read" or "scrub".
+    pub found_by: &'static str,
+    pub at_ms: i64,
+}
+
+/// Damage entries a core keeps for status.
+const DAMAGE_KEPT: usize = 64;
+
+/// Response bytes held against the core's `limits.max_response_bytes_per_core` until the
+/// answer is written to the client (or the connection is gone).
+pub struct Held {
+    shard: Rc<Shard>,
+    bytes: usize,
+}
+
+impl Held {
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Holds `bytes` instead (the size of the answer once it is built).
+    pub fn resize(&mut self, bytes: usize) {
+        let r = &self.shard.response_bytes;
+        r.set(r.get() - self.bytes + bytes);
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let r = &self.shard.response_bytes;
+        r.set(r.get().saturating_sub(self.bytes));
+    }
 }
 
 impl Shard {
-    pub fn new(id: usize, cfg: Rc<Config>, mesh: Mesh, kafka: Option<Rc<KafkaCore>>) -> Self {
-        let dur = Durability::default();
-        dur.next.set(1);
+    pub fn new(
+        id: usize,
+        cfg: Rc<Config>,
+        mesh: Mesh,
+        kafka: Option<Rc<KafkaCore>>,
+        open_files: usize,
+    ) -> Self {
+        let dur = Durability::new();
         Self {
+            files: Files::new(open_files),
+            damage: Default::default(),
+            response_bytes: Cell::new(0),
             id,
             cfg,
             mesh,
@@ -229,27 +311,65 @@ impl Shard {
                 None => self.cfg.store.segment_bytes.0,
             },
             index_interval: self.cfg.store.index_interval_bytes.0,
+            recovery: recovery_mode(self.cfg.store.recovery_mode),
         };
         let dir = self.part_dir(name, p);
-        let (log, report) = Partition::open(&dir, pcfg).map_err(storage_err)?;
-        if report.truncated_bytes > 0 {
-            tracing::warn!(core = self.id, topic = %name, partition = p,
-                dropped_bytes = report.truncated_bytes, next_offset = report.next_offset,
-                "recovery truncated a torn or corrupt log tail");
+        let (offsets, cut) =
+            OffsetLog::open(&dir, self.cfg.store.offsets_compact_bytes.0, &self.files)
+                .map_err(|e| storage_err(name, p, &e))?;
+        if cut > 0 {
+            tracing::warn!(core = self.id, topic = %name, partition = p, cut_bytes = cut,
+                "recovery cut a damaged tail of the consumer-offsets log: the groups' last commits may be lost (they resume earlier)");
+            metrics::add(&self.metrics.log_damaged_bytes_total, cut);
         }
-        let offsets =
-            OffsetLog::open(&dir, self.cfg.store.offsets_compact_bytes.0).map_err(storage_err)?;
+        // Offsets are never reused: the log continues at least where any group has committed.
+        let (log, report) = Partition::open(&dir, pcfg, &self.files, offsets.max_committed())
+            .map_err(|e| {
+                if e.damage().is_some() {
+                    tracing::error!(core = self.id, topic = %name, partition = p,
+                        "recovery refused damage (store.recovery_mode): {e}");
+                }
+                storage_err(name, p, &e)
+            })?;
+        for d in report.damage {
+            self.report_damage(name, p, d, "recovery");
+        }
         let part = Rc::new(RefCell::new(OwnedPartition {
             log,
             offsets,
             cursors: Map::default(),
-            unsynced: false,
-            sync_log: None,
-            sync_offsets: None,
             offsets_gen: 0,
+            written_gen: 0,
+            commit_written_gen: 0,
+            write_failed: Ranges::default(),
+            commit_failed: Ranges::default(),
         }));
         self.parts.borrow_mut().insert(key, part.clone());
         Ok(part)
+    }
+
+    /// Logs, counts and keeps (for status) damage found on partition `p` of `topic`.
+    pub fn report_damage(&self, topic: &str, p: u32, d: Damage, found_by: &'static str) {
+        tracing::error!(
+            core = self.id,
+            topic,
+            partition = p,
+            found_by,
+            "log damage: {d}"
+        );
+        metrics::add(&self.metrics.log_damaged_records_total, d.records());
+        metrics::add(&self.metrics.log_damaged_bytes_total, d.bytes);
+        let mut kept = self.damage.borrow_mut();
+        if kept.len() == DAMAGE_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(DamageEntry {
+            topic: topic.to_owned(),
+            partition: p,
+            damage: d,
+            found_by,
+            at_ms: now_ms(),
+        });
     }
 
     /// Installs a topic and opens the partitions this core owns (recovering them). With the
@@ -283,7 +403,7 @@ impl Shard {
         Ok(())
     }
 
-    /// Forgets a topic and deletes this core's partitions of it.
+    /// Forgets a topic and closes this core's partitions of it (core 0 then removes the files).
     pub fn drop_topic(&self, name: &str) {
         self.topics.borrow_mut().remove(name);
         let keys: Vec<PartKey> = self
@@ -294,15 +414,24 @@ impl Shard {
             .cloned()
             .collect();
         for k in keys {
-            self.remove_part(&k);
+            self.forget_part(&k);
         }
         self.topic_event(name).notify();
     }
 
+    /// Closes an owned partition (dropping what was appended but not written).
+    fn forget_part(&self, key: &PartKey) {
+        if let Some(part) = self.parts.borrow_mut().remove(key) {
+            let pending = part.borrow().log.pending_bytes();
+            self.pending_bytes
+                .set(self.pending_bytes.get().saturating_sub(pending));
+        }
+        self.dirty.borrow_mut().retain(|d| d != key);
+    }
+
     /// Closes an owned partition and deletes its directory.
     pub fn remove_part(&self, key: &PartKey) {
-        self.parts.borrow_mut().remove(key);
-        self.dirty.borrow_mut().retain(|d| d != key);
+        self.forget_part(key);
         let dir = self.part_dir(&key.0, key.1);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(core = self.id, dir = %dir.display(), "cannot remove partition: {e}");
@@ -338,13 +467,10 @@ impl Shard {
         self.mesh.call(core, |reply| remote(arg, reply)).await
     }
 
-    /// Refuses writes when the core is failed, shutting down or has too much unwritten data.
+    /// Refuses writes when the core's storage is faulted or it has too much unwritten data.
     pub fn admit_write(&self) -> Result<(), Error> {
-        if let Some(e) = self.dur.failed.borrow().as_ref() {
-            return Err(Error::new(
-                ErrorKind::StorageFailed,
-                format!("log failed earlier: {e}"),
-            ));
+        if self.dur.fault.borrow().active() {
+            return Err(self.dur.fault_error("write refused"));
         }
         if self.pending_bytes.get() > self.cfg.limits.max_pending_bytes_per_core.0 as usize {
             return Err(Error::new(
@@ -355,13 +481,9 @@ impl Shard {
         Ok(())
     }
 
-    /// Appends to an owned partition (no I/O) and returns the offsets and the generation.
-    pub fn append_local(
-        &self,
-        topic: &str,
-        p: u32,
-        items: &[Item],
-    ) -> Result<(Vec<u64>, u64), Error> {
+    /// Appends to an owned partition (no I/O); returns the partition, the offsets and the
+    /// generation to wait for.
+    pub fn append_local(&self, topic: &str, p: u32, items: &[Item]) -> Result<Appended, Error> {
         let r = self.append_records(topic, p, items)?;
         let bytes: usize = items.iter().map(|i| i.value.len()).sum();
         metrics::add(&self.metrics.pub_messages_total, items.len() as u64);
@@ -371,12 +493,7 @@ impl Shard {
 
     /// [`Shard::append_local`] without counting the messages as published (the handoff log
     /// holds messages already counted).
-    pub fn append_records(
-        &self,
-        topic: &str,
-        p: u32,
-        items: &[Item],
-    ) -> Result<(Vec<u64>, u64), Error> {
+    pub fn append_records(&self, topic: &str, p: u32, items: &[Item]) -> Result<Appended, Error> {
         self.admit_write()?;
         let part = self.part(topic, p)?;
         let ts = now_ms();
@@ -391,7 +508,11 @@ impl Shard {
                 .set(self.pending_bytes.get() + st.log.pending_bytes() - before);
         }
         self.mark_dirty(topic, p);
-        Ok((offsets, self.dur.next.get()))
+        Ok(Appended {
+            part,
+            offsets,
+            gen: self.dur.next.get(),
+        })
     }
 
     /// Queues a partition for the flusher.
@@ -404,28 +525,42 @@ impl Shard {
         self.dur.work.notify();
     }
 
-    /// Waits until generation `gen` reached the durability `ack` asks for.
-    pub async fn wait_durable(&self, gen: u64, ack: Ack) -> Result<(), Error> {
-        let target = match ack {
-            Ack::Async => return Ok(()),
-            Ack::Local => &self.dur.written,
-            Ack::All => {
-                if self.dur.sync_wanted.get() < gen {
-                    self.dur.sync_wanted.set(gen);
-                    self.dur.work.notify();
-                }
-                &self.dur.synced
-            }
-        };
+    /// Waits until generation `gen` of `part`'s records (or commits) reached the durability
+    /// `ack` asks for; 503 if writing or syncing them failed.
+    pub async fn wait_durable(
+        &self,
+        part: &RefCell<OwnedPartition>,
+        what: Written,
+        gen: u64,
+        ack: Ack,
+    ) -> Result<(), Error> {
+        if ack == Ack::All && self.dur.sync_wanted.get() < gen {
+            self.dur.sync_wanted.set(gen);
+            self.dur.work.notify();
+        }
         loop {
-            if target.get() >= gen {
-                return Ok(());
+            {
+                let st = part.borrow();
+                let failed = match what {
+                    Written::Records => &st.write_failed,
+                    Written::Commits => &st.commit_failed,
+                };
+                if failed.contains(gen) {
+                    return Err(self.dur.fault_error("not stored"));
+                }
             }
-            if let Some(e) = self.dur.failed.borrow().as_ref() {
-                return Err(Error::new(
-                    ErrorKind::StorageFailed,
-                    format!("log failed: {e}"),
-                ));
+            match ack {
+                Ack::Async => return Ok(()),
+                Ack::Local if self.dur.written.get() >= gen => return Ok(()),
+                Ack::All => {
+                    if self.dur.sync_failed.borrow().contains(gen) {
+                        return Err(self.dur.fault_error("not durable"));
+                    }
+                    if self.dur.synced.get() >= gen {
+                        return Ok(());
+                    }
+                }
+                Ack::Local => {}
             }
             let seen = self.dur.progress.epoch();
             self.dur.progress.wait(seen).await;
@@ -444,10 +579,11 @@ impl Shard {
         if self.kafka.is_some() {
             return crate::kafka::handoff::publish(self, topic, p, items, ack).await;
         }
-        let (offsets, gen) = self.append_local(topic, p, &items)?;
-        self.wait_durable(gen, ack).await?;
+        let a = self.append_local(topic, p, &items)?;
+        self.wait_durable(&a.part, Written::Records, a.gen, ack)
+            .await?;
         Ok(Published {
-            offsets: offsets.into_iter().map(|o| o as i64).collect(),
+            offsets: a.offsets.into_iter().map(|o| o as i64).collect(),
             buffered: false,
         })
     }
@@ -482,13 +618,14 @@ impl Shard {
                     },
                 },
             };
-            // After recovery truncated a tail, or retention removed the head, clamp.
+            // After retention removed the head, clamp.
             let mut cursor = cursor.clamp(oldest, end);
             if cursor < end {
-                let recs = st
-                    .log
-                    .read(cursor, f.max - out.len(), f.max_bytes - bytes)
-                    .map_err(storage_err)?;
+                let read = st.log.read(cursor, f.max - out.len(), f.max_bytes - bytes);
+                for d in st.log.take_damage() {
+                    self.report_damage(&f.topic, p, d, "read");
+                }
+                let recs = read.map_err(|e| storage_err(&f.topic, p, &e))?;
                 for r in recs {
                     cursor = r.offset + 1;
                     if !f.tags.is_empty() && !tags_match(&r.tags, &f.tags) {
@@ -517,18 +654,21 @@ impl Shard {
     }
 
     /// Commits a group's offset (the next offset to consume) and waits until it is durable.
+    /// With `seek` the offset may also move backwards (to any offset from the oldest stored on)
+    /// and the group's read position moves with it.
     pub async fn commit_local(
         &self,
         topic: &str,
         p: u32,
         group: &str,
         offset: u64,
+        seek: bool,
     ) -> Result<(), Error> {
         self.admit_write()?;
         let part = self.part(topic, p)?;
         let gen = {
             let mut st = part.borrow_mut();
-            let end = st.log.end();
+            let (start, end) = (st.log.start(), st.log.end());
             if offset > end {
                 return Err(Error::new(
                     ErrorKind::InvalidAck,
@@ -538,7 +678,13 @@ impl Shard {
                     ),
                 ));
             }
-            if st.cursors.get(group).is_none_or(|&c| c < offset) {
+            if seek && offset < start {
+                return Err(Error::new(
+                    ErrorKind::InvalidAck,
+                    format!("offset {offset} is before the oldest stored offset of partition {p} ({start})"),
+                ));
+            }
+            if seek || st.cursors.get(group).is_none_or(|&c| c < offset) {
                 st.cursors.insert(group.to_owned(), offset);
             }
             if st.offsets.commit(group, offset) {
@@ -549,7 +695,8 @@ impl Shard {
             // acknowledgement must not be answered before the first one is on disk).
             st.offsets_gen
         };
-        self.wait_durable(gen, Ack::All).await
+        self.wait_durable(&part, Written::Commits, gen, Ack::All)
+            .await
     }
 
     /// Offsets of this core's partitions of a topic and of the groups with the given prefix.
@@ -598,6 +745,35 @@ impl Shard {
         v[core] += delta;
         if v.iter().all(|&c| c <= 0) {
             m.remove(topic);
+        }
+    }
+
+    /// Holds up to `want` response bytes (at least one byte is granted, or 503 when the core's
+    /// budget for unread answers is used up).
+    pub fn hold_response(self: &Rc<Self>, want: usize) -> Result<Held, Error> {
+        let cap = self.cfg.limits.max_response_bytes_per_core.0 as usize;
+        let free = cap.saturating_sub(self.response_bytes.get());
+        if free == 0 {
+            metrics::inc(&self.metrics.http_responses_refused_total);
+            return Err(Error::new(
+                ErrorKind::ResponsesBuffered,
+                "this core holds its limit of answers that clients have not read yet",
+            ));
+        }
+        let bytes = want.min(free).max(1);
+        self.response_bytes.set(self.response_bytes.get() + bytes);
+        Ok(Held {
+            shard: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Counts `bytes` of an answer already built against the budget (it may go over it).
+    pub fn account_response(self: &Rc<Self>, bytes: usize) -> Held {
+        self.response_bytes.set(self.response_bytes.get() + bytes);
+        Held {
+            shard: self.clone(),
+            bytes,
         }
     }
 

@@ -195,7 +195,7 @@ fn connections_beyond_the_core_limit_get_503_with_retry_after() {
     let mut refused = None;
     for _ in 0..10 {
         let mut c = g.connect();
-        c.send_raw(b"GET /alive HTTP/1.1\r\n\r\n").unwrap();
+        c.send_raw(b"GET /v1/status HTTP/1.1\r\n\r\n").unwrap();
         let r = c.read_response().unwrap();
         if r.status == 503 {
             refused = Some(r);
@@ -208,6 +208,15 @@ fn connections_beyond_the_core_limit_get_503_with_retry_after() {
     r.assert_error(503);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(held.len() <= 4);
+    // Health checks are still answered beyond the limit, on connections that then close.
+    for path in ["/alive", "/ready"] {
+        let mut c = g.connect();
+        c.send_raw(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(c.is_closed());
+    }
     drop(held);
     std::thread::sleep(std::time::Duration::from_millis(200));
     still_serving(&g);

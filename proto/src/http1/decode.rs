@@ -2,17 +2,23 @@
 //! and yields [`Event`]s: a complete [`Request`] (head plus whole body), or a request to send
 //! `100 Continue`. It keeps state between calls, so any split of the input decodes the same.
 //!
-//! Limits: a head over `max_head` bytes or with too many headers is [`HttpError::HeadersTooLarge`]
-//! (431); a body over `max_body` is [`HttpError::BodyTooLarge`] (413), detected from
-//! `Content-Length` before the body is read; anything malformed is [`HttpError::Malformed`] (400).
-//! Requests with both `Content-Length` and `Transfer-Encoding`, or with conflicting lengths, are
-//! rejected (RFC 9112 §6.3), which closes the door on request smuggling.
+//! Limits: a head over `max_head` bytes is [`HttpError::HeadersTooLarge`] and one with more than
+//! [`MAX_HEADERS`] fields [`HttpError::TooManyHeaders`] (both 431); a body over `max_body` is
+//! [`HttpError::BodyTooLarge`] (413), detected from `Content-Length` before the body is read;
+//! anything malformed is [`HttpError::Malformed`] (400).
+//!
+//! Strictness, against request smuggling: requests with both `Content-Length` and
+//! `Transfer-Encoding`, with conflicting lengths, or with `chunked` applied more than once are
+//! rejected (RFC 9112 §6.1, §6.3). Lines of the head must end in CRLF: RFC 9112 §2.2 lets a
+//! recipient accept a bare LF, but a gateway that reads line ends differently from a proxy in
+//! front of it is how smuggling starts, so a bare LF is a 400.
 
 use super::chunked::{ChunkedDecoder, ChunkedError};
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
 
-const MAX_HEADERS: usize = 64;
+/// The most header fields a request may carry.
+pub const MAX_HEADERS: usize = 100;
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +62,8 @@ pub enum HttpError {
     Malformed(&'static str),
     /// 431: the head is over the limit.
     HeadersTooLarge,
+    /// 431: more header fields than the limit (which it names).
+    TooManyHeaders(usize),
     /// 413: the body is over the limit.
     BodyTooLarge,
     /// 501: a transfer coding other than chunked.
@@ -67,7 +75,7 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::Malformed(_) => 400,
-            HttpError::HeadersTooLarge => 431,
+            HttpError::HeadersTooLarge | HttpError::TooManyHeaders(_) => 431,
             HttpError::BodyTooLarge => 413,
             HttpError::UnsupportedTransferEncoding => 501,
         }
@@ -227,7 +235,9 @@ impl Decoder {
                 }
                 return Ok(None);
             }
-            Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(HttpError::TooManyHeaders(MAX_HEADERS))
+            }
             Err(httparse::Error::Version) => {
                 return Err(HttpError::Malformed("unsupported HTTP version"))
             }
@@ -235,6 +245,9 @@ impl Decoder {
         };
         if n > self.limits.max_head {
             return Err(HttpError::HeadersTooLarge);
+        }
+        if has_bare_lf(&buf[..n]) {
+            return Err(HttpError::Malformed("bare LF line ending (use CRLF)"));
         }
         let base = buf.as_ptr() as usize;
         let range_of = |s: &[u8]| {
@@ -271,15 +284,17 @@ impl Decoder {
                 }
                 content_length = Some(v);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                has_te = true;
                 let v = String::from_utf8_lossy(value).to_ascii_lowercase();
-                let last = v.rsplit(',').next().map(str::trim).unwrap_or("");
-                if last != "chunked" {
+                let codings: Vec<&str> = v.split(',').map(str::trim).collect();
+                if codings.iter().any(|&c| c != "chunked") {
                     return Err(HttpError::UnsupportedTransferEncoding);
                 }
-                if v.split(',').map(str::trim).any(|c| c != "chunked") {
-                    return Err(HttpError::UnsupportedTransferEncoding);
+                if has_te || codings.len() > 1 {
+                    return Err(HttpError::Malformed(
+                        "chunked transfer coding applied twice",
+                    ));
                 }
+                has_te = true;
                 chunked = true;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 for tok in value.split(|&b| b == b',') {
@@ -337,6 +352,13 @@ impl Decoder {
             expect_continue: expect_continue && !no_body,
         }))
     }
+}
+
+/// Whether a line of the head ends in a bare LF (one not preceded by CR).
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 #[cfg(test)]
@@ -478,6 +500,38 @@ GET /x HTTP/1.1\r\nConnection: close\r\n\r\n";
         assert_eq!(
             err_of(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
             HttpError::UnsupportedTransferEncoding
+        );
+        for twice in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                [..],
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"[..],
+        ] {
+            assert!(matches!(err_of(twice), HttpError::Malformed(_)));
+        }
+        for bare in [
+            &b"GET / HTTP/1.1\nHost: x\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: x\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\n"[..],
+        ] {
+            assert!(
+                matches!(err_of(bare), HttpError::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(bare)
+            );
+        }
+    }
+
+    #[test]
+    fn header_count_limit_is_its_own_error() {
+        let mut d = Decoder::new(LIMITS);
+        let ok: String = (0..MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{ok}\r\n").as_bytes());
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Event::Request(_)))));
+        let over: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{over}\r\n").as_bytes());
+        assert_eq!(
+            d.decode(&mut buf).unwrap_err(),
+            HttpError::TooManyHeaders(MAX_HEADERS)
         );
     }
 

@@ -5,24 +5,97 @@
 //! length-prefixed and CRC32C-checksummed ([`record`]). Appends go to an in-memory pending
 //! buffer and reach the file in one positioned write per flush; the caller decides when to flush
 //! and when to fsync (group commit lives in the shards, which own the I/O scheduling), and asks
-//! for the file handles that need syncing. Reads see only what has been written to the file.
+//! for the files that need syncing. Reads see only what has been written to the file.
 //!
-//! Recovery on open scans the active segment (and any sealed segment whose index does not match
-//! its file), truncates a torn or corrupt tail and reports what it dropped. An [`OffsetLog`]
-//! keeps consumer-group offsets in the same record format, replayed on open and compacted when
-//! it grows. The on-disk layout is documented in `docs/storage.md`.
+//! Faults: every file operation passes the file-system seam ([`fs`]), which opens descriptors on
+//! demand under a per-core budget and evaluates named failpoints ([`fail`]). A failed write
+//! leaves nothing behind (the partial write is cut, the records are dropped and their offsets
+//! stay used); damage found on open, on read or by the scrubber costs only the damaged records,
+//! which are skipped and reported as [`Damage`], unless the [`RecoveryMode`] says to refuse.
 //!
-//! Invariants: a partition has exactly one owner (one thread); offsets are dense and increase by
-//! one per record; a record is visible to readers only once its bytes are in the file.
+//! Invariants: a partition has exactly one owner (one thread); offsets strictly increase (they
+//! are dense except where a failed write or damage left a hole) and are never reused, not even
+//! across recovery; a record is visible to readers only once its bytes are in the file, and a
+//! record whose checksum fails is never returned.
 
+pub mod fail;
+pub mod fs;
 pub mod offsets;
 pub mod partition;
 pub mod record;
 mod segment;
 
+pub use fs::{Files, LogFile};
 pub use offsets::OffsetLog;
-pub use partition::{Partition, PartitionConfig, RecoveryReport};
+pub use partition::{Partition, PartitionConfig, RecoveryReport, ScrubCursor, SyncPlan};
 pub use record::Record;
+
+/// How much damage recovery and reads tolerate (after raft-engine's recovery modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Skip damaged spans anywhere, cut a torn tail, and report what was lost.
+    #[default]
+    TolerateCorruption,
+    /// Cut a torn or damaged tail of the active segment; refuse any other damage.
+    TolerateTail,
+    /// Refuse any damage, a torn tail included.
+    Absolute,
+}
+
+/// What kind of damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageKind {
+    /// The end of a segment holds no valid record (a write torn by a crash, or damage at the
+    /// end); cut off on open.
+    TornTail,
+    /// Bytes in the middle of a segment that are not valid records; skipped.
+    Corrupt,
+    /// A segment file is missing between two others.
+    MissingSegment,
+}
+
+/// Damage found in a partition: where, how many bytes, and which offsets were lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The base offset of the damaged segment.
+    pub segment: u64,
+    /// Byte position of the damaged span in the segment file.
+    pub position: u64,
+    /// Length of the damaged span.
+    pub bytes: u64,
+    /// The offsets lost: `start..end`. For a torn tail the end is the partition's high
+    /// watermark, so it is an upper bound.
+    pub offsets: std::ops::Range<u64>,
+    /// What kind of damage.
+    pub kind: DamageKind,
+}
+
+impl Damage {
+    /// Records lost (offsets are dense but for holes, so this is an upper bound).
+    pub fn records(&self) -> u64 {
+        self.offsets.end.saturating_sub(self.offsets.start)
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            DamageKind::TornTail => "torn or damaged tail",
+            DamageKind::Corrupt => "damaged records",
+            DamageKind::MissingSegment => "missing segment",
+        };
+        write!(
+            f,
+            "{what}: segment {} position {}, {} bytes, offsets {}..{} ({} records)",
+            self.segment,
+            self.position,
+            self.bytes,
+            self.offsets.start,
+            self.offsets.end,
+            self.records()
+        )
+    }
+}
 
 /// Log engine failures.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +118,14 @@ pub enum LogError {
         /// What is wrong.
         reason: String,
     },
+    /// Damage that the recovery mode does not tolerate.
+    #[error("{path}: {damage}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What was found.
+        damage: Damage,
+    },
 }
 
 impl LogError {
@@ -53,6 +134,22 @@ impl LogError {
             op,
             path: path.display().to_string(),
             source,
+        }
+    }
+
+    /// The OS error, if an I/O call failed.
+    pub fn os_error(&self) -> Option<&std::io::Error> {
+        match self {
+            LogError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The damage, if this is refused damage.
+    pub fn damage(&self) -> Option<&Damage> {
+        match self {
+            LogError::Damaged { damage, .. } => Some(damage),
+            _ => None,
         }
     }
 }

@@ -12,6 +12,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Bytes of fixed header per record.
 pub const HEADER: usize = 34;
+/// The largest record the engine writes or accepts: a 64 MiB value (the gateway's largest
+/// message limit) plus the largest key and tags and the header. A length field claiming more is
+/// damage, so no read ever allocates more than this for one record.
+pub const MAX_RECORD: usize = (64 << 20) + 2 * 65535 + HEADER;
 const MAGIC: u8 = 1;
 
 /// A record read from the log. Key, tags and value share one read buffer.
@@ -83,6 +87,9 @@ pub fn decode(buf: &Bytes, pos: usize) -> Decoded {
     if len < HEADER - 4 {
         return Decoded::Corrupt("record length too small");
     }
+    if len + 4 > MAX_RECORD {
+        return Decoded::Corrupt("record length too large");
+    }
     let total = len + 4;
     if b.len() < total {
         if b.len() >= HEADER && b[8] != MAGIC {
@@ -150,5 +157,11 @@ mod tests {
         let mut bad = buf.to_vec();
         bad[HEADER + 2] ^= 0xff;
         assert!(matches!(decode(&Bytes::from(bad), 0), Decoded::Corrupt(_)));
+        let mut huge = buf.to_vec();
+        huge[0] = 0x7f;
+        assert!(
+            matches!(decode(&Bytes::from(huge), 0), Decoded::Corrupt(_)),
+            "a length beyond MAX_RECORD is damage, not a record to wait for"
+        );
     }
 }

@@ -11,6 +11,7 @@ use kateway_core::{Error, ErrorKind, GroupName, TopicName};
 use kateway_proto::http1::{Method, Request};
 use kateway_proto::query;
 use serde_json::json;
+use std::path::Path;
 use std::rc::Rc;
 
 fn num<T: std::str::FromStr>(q: &str, name: &str) -> Result<Option<T>, Error> {
@@ -208,14 +209,24 @@ pub async fn topic_status(
     Ok(())
 }
 
-/// This core's metrics plus log sizes (and, on the Kafka backend, its handoff backlog and
-/// breaker).
+/// This core's metrics plus log sizes, storage state and damage (and, on the Kafka backend,
+/// its handoff backlog and breaker).
 pub fn local_snapshot(shard: &Shard) -> Snapshot {
     let mut s = shard.metrics.snapshot();
     for p in shard.parts.borrow().values() {
         s.log_bytes += p.borrow().log.size_bytes();
         s.partitions += 1;
     }
+    let fault = shard.dur.fault.borrow();
+    if fault.active() {
+        s.store_faults
+            .push(format!("core {}: {}", shard.id, fault.describe()));
+    }
+    s.log_open_files = shard.files.open_now() as u64;
+    s.log_open_files_max = shard.files.max() as u64;
+    s.log_file_evictions = shard.files.counters().1;
+    s.response_bytes_held = shard.response_bytes.get() as u64;
+    s.damage = shard.damage.borrow().iter().cloned().collect();
     if let Some(k) = &shard.kafka {
         s.kafka_breaker_open = k.breaker_open.get().into();
         s.handoff_bytes = crate::kafka::handoff::handoff_bytes(shard);
@@ -245,6 +256,29 @@ async fn all_metrics(shard: &Rc<Shard>) -> Result<Snapshot, Error> {
     Ok(total)
 }
 
+/// Why this gateway should not get traffic now (empty when it should).
+fn not_ready(shard: &Shard, m: &Snapshot) -> Vec<String> {
+    let mut why = m.store_faults.clone();
+    if shard.shutdown.get() {
+        why.push("shutting down".into());
+    }
+    why
+}
+
+/// `GET /ready`: 200 when this gateway can take traffic; 503 with the reasons when a core's
+/// storage refuses writes or the gateway is draining.
+pub async fn ready(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), Error> {
+    let why = not_ready(shard, &all_metrics(shard).await?);
+    if !why.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotReady,
+            format!("not ready: {}", why.join("; ")),
+        ));
+    }
+    out.json(200, b"{\"ready\":true}");
+    Ok(())
+}
+
 /// `GET /metrics`
 pub async fn metrics(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), Error> {
     let text = all_metrics(shard).await?.render(shard.cores());
@@ -256,16 +290,48 @@ pub async fn metrics(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), Error> 
 /// `GET /v1/status`
 pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), Error> {
     let m = all_metrics(shard).await?;
+    let why = not_ready(shard, &m);
+    let damage: Vec<_> = m
+        .damage
+        .iter()
+        .map(|d| {
+            json!({
+                "topic": d.topic,
+                "partition": d.partition,
+                "kind": format!("{:?}", d.damage.kind),
+                "segment": d.damage.segment,
+                "position": d.damage.position,
+                "bytes": d.damage.bytes,
+                "offsets": [d.damage.offsets.start, d.damage.offsets.end],
+                "records": d.damage.records(),
+                "found_by": d.found_by,
+                "at_ms": d.at_ms,
+            })
+        })
+        .collect();
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "backend": if shard.kafka.is_some() { "kafka" } else { "embedded" },
+        "ready": why.is_empty(),
+        "not_ready": why,
         "handoff_backlog_messages": m.handoff_backlog_messages,
         "kafka_breaker_open_cores": m.kafka_breaker_open,
         "cores": shard.cores(),
         "uptime_s": shard.started.elapsed().as_secs(),
         "topics": shard.topics.borrow().len(),
         "connections": m.http_connections_active,
+        "response_bytes_held": m.response_bytes_held,
         "log_bytes": m.log_bytes,
+        "store": {
+            "failed_cores": m.store_faults.len(),
+            "faults": m.store_faults,
+            "recovery_mode": format!("{:?}", shard.cfg.store.recovery_mode),
+            "open_files": m.log_open_files,
+            "open_files_max": m.log_open_files_max,
+            "damaged_records": m.log_damaged_records_total,
+            "damaged_bytes": m.log_damaged_bytes_total,
+            "damage": damage,
+        },
         "shutting_down": shard.shutdown.get(),
     });
     out.json(200, body.to_string().as_bytes());
@@ -273,9 +339,12 @@ pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), 
 }
 
 /// Core 0: applies a topic administration call to the catalog and every core. Calls are
-/// serialised by the caller.
+/// serialised by the caller. A creation or growth that fails on some core is rolled back, so a
+/// failed call leaves nothing behind; a deletion frees the topic's space before it rewrites the
+/// catalog, so it works on a full disk.
 pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Error> {
     let data = crate::topics::catalog_path(&shard.cfg);
+    let root = crate::topics::root(&shard.cfg);
     let mut catalog: Vec<TopicMeta> = shard
         .topics
         .borrow()
@@ -283,6 +352,17 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
         .map(|m| m.meta.clone())
         .collect();
     catalog.sort_by(|a, b| a.name.cmp(&b.name));
+    let total: u64 = catalog.iter().map(|t| u64::from(t.partitions)).sum();
+    let max = u64::from(shard.cfg.store.max_partitions);
+    let fits = |old: u32, new: u32| -> Result<(), Error> {
+        let after = total - u64::from(old) + u64::from(new);
+        if new > old && after > max {
+            return Err(Error::param(format!(
+                "{new} partitions would bring this gateway to {after} partitions over all topics; it holds at most {max} (store.max_partitions)"
+            )));
+        }
+        Ok(())
+    };
     match op {
         AdminOp::Create(meta) => {
             if catalog.iter().any(|t| t.name == meta.name) {
@@ -291,9 +371,14 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
                     format!("topic {} already exists", meta.name),
                 ));
             }
+            fits(0, meta.partitions)?;
             catalog.push(meta.clone());
             crate::topics::store(&data, &catalog)?;
-            broadcast_apply(shard, &meta).await?;
+            if let Err(e) = broadcast_apply(shard, &meta).await {
+                catalog.retain(|t| t.name != meta.name);
+                forget(shard, &root, &data, &catalog, &meta.name).await;
+                return Err(e);
+            }
             Ok(meta)
         }
         AdminOp::Alter {
@@ -305,6 +390,7 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
             let t = catalog.iter_mut().find(|t| t.name == name).ok_or_else(|| {
                 Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}"))
             })?;
+            let old = t.clone();
             if let Some(p) = partitions {
                 if p < t.partitions {
                     return Err(Error::param(format!(
@@ -312,6 +398,7 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
                         t.partitions
                     )));
                 }
+                fits(t.partitions, p)?;
                 t.partitions = p;
             }
             if retention_hours.is_some() {
@@ -322,7 +409,15 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
             }
             let meta = t.clone();
             crate::topics::store(&data, &catalog)?;
-            broadcast_apply(shard, &meta).await?;
+            if let Err(e) = broadcast_apply(shard, &meta).await {
+                // Back to what it was: the catalog first, then every core.
+                if let Some(t) = catalog.iter_mut().find(|t| t.name == name) {
+                    *t = old.clone();
+                }
+                let _ = crate::topics::store(&data, &catalog);
+                let _ = broadcast_apply(shard, &old).await;
+                return Err(e);
+            }
             Ok(meta)
         }
         AdminOp::Learn(meta) => {
@@ -344,26 +439,47 @@ pub async fn apply_admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicMeta, Er
                     Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}"))
                 })?;
             catalog.retain(|t| t.name != name);
-            crate::topics::store(&data, &catalog)?;
-            for core in 0..shard.cores() {
-                shard
-                    .on_core(
-                        core,
-                        (),
-                        |()| async { shard.drop_topic(&name) },
-                        |(), reply| Msg::Drop {
-                            name: name.clone(),
-                            reply,
-                        },
-                    )
-                    .await?;
-            }
-            let _ = std::fs::remove_dir_all(crate::topics::topic_dir(
-                &crate::topics::root(&shard.cfg),
-                &name,
-            ));
+            forget(shard, &root, &data, &catalog, &name).await;
             Ok(meta)
         }
+    }
+}
+
+/// Makes every core forget topic `name`, moves its directory into the trash (freeing its
+/// space) and writes `catalog` (which no longer lists it). If the catalog cannot be written
+/// the trash marker stays, and the next start completes the deletion.
+async fn forget(shard: &Rc<Shard>, root: &Path, data: &Path, catalog: &[TopicMeta], name: &str) {
+    for core in 0..shard.cores() {
+        let _ = shard
+            .on_core(
+                core,
+                (),
+                |()| async { shard.drop_topic(name) },
+                |(), reply| Msg::Drop {
+                    name: name.to_owned(),
+                    reply,
+                },
+            )
+            .await;
+    }
+    let marker = match crate::topics::trash(root, name) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(topic = name, "cannot move the topic into the trash: {e}");
+            let _ = std::fs::remove_dir_all(crate::topics::topic_dir(root, name));
+            None
+        }
+    };
+    match crate::topics::store(data, catalog) {
+        Ok(()) => {
+            if let Some(m) = marker {
+                let _ = std::fs::remove_dir_all(m);
+            }
+        }
+        Err(e) => tracing::error!(
+            topic = name,
+            "the topic is gone but the catalog could not be rewritten ({e}); the next start completes the deletion"
+        ),
     }
 }
 

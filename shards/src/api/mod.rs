@@ -10,7 +10,7 @@ pub use admin::{apply_admin, local_snapshot};
 
 use crate::date::with_date;
 use crate::metrics;
-use crate::shard::Shard;
+use crate::shard::{Held, Shard};
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::http1::{encode::Response, HttpError, Method, Request};
@@ -24,9 +24,28 @@ pub struct Out<'a> {
     pub buf: &'a mut BytesMut,
     pub close: bool,
     pub head: bool,
+    /// Response bytes held against the core's budget until the answer is written.
+    pub held: Vec<Held>,
 }
 
-impl Out<'_> {
+/// What became of a request: whether to close the connection afterwards, and the budget its
+/// answer holds until it is written.
+pub struct Handled {
+    pub close: bool,
+    pub held: Vec<Held>,
+}
+
+impl<'a> Out<'a> {
+    /// An answer written into `buf`.
+    pub fn new(buf: &'a mut BytesMut, close: bool, head: bool) -> Self {
+        Self {
+            buf,
+            close,
+            head,
+            held: Vec::new(),
+        }
+    }
+
     /// Starts a success response.
     pub fn response(&mut self, status: u16) -> Response<'_> {
         let close = self.close;
@@ -39,15 +58,11 @@ impl Out<'_> {
     }
 }
 
-/// Handles one request, writing its response into `buf`. Returns whether to close afterwards.
-pub async fn handle(shard: &Rc<Shard>, req: Request, buf: &mut BytesMut) -> bool {
+/// Handles one request, writing its response into `buf`.
+pub async fn handle(shard: &Rc<Shard>, req: Request, buf: &mut BytesMut) -> Handled {
     let t0 = Instant::now();
     let close = !req.keep_alive || shard.shutdown.get();
-    let mut out = Out {
-        buf,
-        close,
-        head: req.method == Method::Head,
-    };
+    let mut out = Out::new(buf, close, req.method == Method::Head);
     let start = out.buf.len();
     let result = match route(req.method, req.path()) {
         Ok(r) => dispatch(shard, &req, r, &mut out).await,
@@ -83,7 +98,10 @@ pub async fn handle(shard: &Rc<Shard>, req: Request, buf: &mut BytesMut) -> bool
         _ => {}
     }
     m.request_seconds.observe(t0.elapsed());
-    out.close
+    Handled {
+        close: out.close,
+        held: out.held,
+    }
 }
 
 async fn dispatch(
@@ -97,6 +115,14 @@ async fn dispatch(
             out.json(200, b"{\"ok\":1}");
             Ok(())
         }
+        Route::Ready => admin::ready(shard, out).await,
+        Route::Seek {
+            appid,
+            topic,
+            ver,
+            group,
+            partition,
+        } => subscribe::seek(shard, req, appid, topic, ver, group, partition, out).await,
         Route::Metrics => admin::metrics(shard, out).await,
         Route::ProcessStatus => admin::process_status(shard, out).await,
         Route::Publish { topic, ver } => publish::publish(shard, req, topic, ver, out).await,
@@ -158,6 +184,10 @@ pub fn http_error(e: &HttpError) -> Error {
         HttpError::HeadersTooLarge => {
             Error::new(ErrorKind::HeadersTooLarge, "request headers too large")
         }
+        HttpError::TooManyHeaders(n) => Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!("too many header fields: at most {n}"),
+        ),
         HttpError::BodyTooLarge => Error::new(ErrorKind::PayloadTooLarge, "request body too large"),
         HttpError::UnsupportedTransferEncoding => Error::new(
             ErrorKind::NotImplemented,

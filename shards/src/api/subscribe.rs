@@ -1,5 +1,5 @@
 //! Subscribe: `GET /v1/msgs/:appid/:topic/:ver?group=` (long poll, batch, explicit ack, tag
-//! filter) and `PUT /v1/offsets/...` (batch ack).
+//! filter), `PUT /v1/offsets/...` (batch ack) and `PUT /v1/offset/...` (seek).
 //!
 //! Groups are stateless for clients: the owner core of each partition keeps the group's cursor
 //! (next offset to hand out) and committed offset, so any request on any connection continues
@@ -12,7 +12,7 @@ use super::{caller, Out};
 use crate::kafka::groups::{self, FetchReq, GroupReq};
 use crate::mesh::{Delivered, Fetch, Msg, Reset};
 use crate::metrics;
-use crate::shard::{LocalTopic, Shard};
+use crate::shard::{Held, LocalTopic, Shard};
 use crate::topics::TopicMeta;
 use bytes::{Bytes, BytesMut};
 use kateway_core::units::parse_duration;
@@ -87,7 +87,7 @@ pub async fn subscribe(
     let explicit = matches!(query::raw(q, "ack"), Some("1") | Some("true"));
     if explicit {
         if let Some((p, o)) = ack_headers(req, &meta)? {
-            commit(shard, &meta, p, &group, o + 1).await?;
+            commit(shard, &meta, p, &group, o + 1, false).await?;
         }
     }
     let tags: Vec<Bytes> = req
@@ -113,12 +113,14 @@ pub async fn subscribe(
         tags,
     };
 
-    let msgs = poll(shard, &meta, fetch, Instant::now() + wait).await?;
+    let (msgs, held) = poll(shard, &meta, fetch, Instant::now() + wait).await?;
     if msgs.is_empty() {
         out.close |= shard.shutdown.get();
         out.response(204).body("", b"");
         return Ok(());
     }
+    let mut held = held.expect("records come with their hold");
+    let start = out.buf.len();
     if batch_n.is_none() && !ndjson {
         let m = &msgs[0];
         let mut r = out
@@ -132,6 +134,8 @@ pub async fn subscribe(
             r = r.header("x-tag", &m.tags);
         }
         r.body("application/octet-stream", &m.value);
+        held.resize(out.buf.len() - start);
+        out.held.push(held);
         return Ok(());
     }
     let size: usize = msgs.iter().map(|m| m.value.len() + 64).sum();
@@ -159,6 +163,8 @@ pub async fn subscribe(
     out.response(200).chunked(ctype);
     encode_chunk(out.buf, &body);
     encode_last(out.buf);
+    held.resize(out.buf.len() - start);
+    out.held.push(held);
     Ok(())
 }
 
@@ -184,19 +190,22 @@ fn ack_headers(req: &Request, meta: &TopicMeta) -> Result<Option<(u32, u64)>, Er
     Ok(Some((p as u32, o as u64)))
 }
 
-/// Commits `next` (the next offset to consume) for a group on the partition's owner core.
+/// Commits `next` (the next offset to consume) for a group on the partition's owner core;
+/// with `seek` the group's position moves there, backwards too.
 async fn commit(
     shard: &Rc<Shard>,
     meta: &TopicMeta,
     p: u32,
     group: &str,
     next: u64,
+    seek: bool,
 ) -> Result<(), Error> {
     if shard.kafka.is_some() {
         let (reply, rx) = flume::bounded(1);
         let req = GroupReq::Commit {
             partition: p,
             next,
+            seek,
             reply,
         };
         groups::send(shard, group, &meta.name, Reset::Oldest, req)?;
@@ -212,12 +221,13 @@ async fn commit(
         .on_core(
             owner,
             (),
-            |()| shard.commit_local(&meta.name, p, group, next),
+            |()| shard.commit_local(&meta.name, p, group, next, seek),
             |(), reply| Msg::Commit {
                 topic: meta.name.clone(),
                 partition: p,
                 group: group.to_owned(),
                 offset: next,
+                seek,
                 reply,
             },
         )
@@ -331,33 +341,35 @@ impl Drop for Parked {
     }
 }
 
-/// Fetches; if nothing is there, parks until new data, the deadline or shutdown.
+/// Fetches; if nothing is there, parks until new data, the deadline or shutdown. Records come
+/// with the response bytes held for them; nothing is held while parked.
 async fn poll(
     shard: &Rc<Shard>,
     meta: &LocalTopic,
-    f: Fetch,
+    mut f: Fetch,
     deadline: Instant,
-) -> Result<Vec<Delivered>, Error> {
+) -> Result<(Vec<Delivered>, Option<Held>), Error> {
     if shard.kafka.is_some() {
         return poll_kafka(shard, meta, f, deadline).await;
     }
+    let want = f.max_bytes;
     let ev = shard.topic_event(&meta.name);
     let mut seen = ev.epoch();
-    let msgs = fetch_all(shard, meta, &f).await?;
-    if !msgs.is_empty() || shard.shutdown.get() || Instant::now() >= deadline {
-        return Ok(msgs);
+    let got = fetch_held(shard, meta, &mut f, want).await?;
+    if !got.0.is_empty() || shard.shutdown.get() || Instant::now() >= deadline {
+        return Ok(got);
     }
     // Register before fetching again: a Wake for data appended after the owners saw the
     // interest is then guaranteed, and data appended before it is found by this fetch.
     let _parked = Parked::new(shard, meta).await;
     loop {
-        let msgs = fetch_all(shard, meta, &f).await?;
-        if !msgs.is_empty() || shard.shutdown.get() {
-            return Ok(msgs);
+        let got = fetch_held(shard, meta, &mut f, want).await?;
+        if !got.0.is_empty() || shard.shutdown.get() {
+            return Ok(got);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(msgs);
+            return Ok(got);
         }
         if ev.epoch() == seen {
             let _ = monoio::time::timeout(left, ev.wait(seen)).await;
@@ -372,33 +384,59 @@ async fn poll(
     }
 }
 
+/// One fetch with up to `want` response bytes held for what it finds.
+async fn fetch_held(
+    shard: &Rc<Shard>,
+    meta: &LocalTopic,
+    f: &mut Fetch,
+    want: usize,
+) -> Result<(Vec<Delivered>, Option<Held>), Error> {
+    let held = shard.hold_response(want)?;
+    f.max_bytes = held.bytes();
+    let msgs = fetch_all(shard, meta, f).await?;
+    let held = (!msgs.is_empty()).then_some(held);
+    Ok((msgs, held))
+}
+
 /// Kafka backend: asks the group's membership, which answers when it has records or at the
-/// deadline; shutdown answers at once (the membership then keeps the records).
+/// deadline; shutdown answers at once (the membership then keeps the records). The answer
+/// comes within the deadline plus [`KAFKA_GRACE`] whatever Kafka is doing: a membership stuck
+/// in a call to an unresponsive broker gets 503 with `Retry-After`.
 async fn poll_kafka(
     shard: &Rc<Shard>,
     meta: &LocalTopic,
     f: Fetch,
     deadline: Instant,
-) -> Result<Vec<Delivered>, Error> {
+) -> Result<(Vec<Delivered>, Option<Held>), Error> {
     if shard.shutdown.get() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
+    // Not held while the membership waits for records; counted once they arrive.
+    let budget = shard.hold_response(f.max_bytes)?;
     let (reply, rx) = flume::bounded(1);
     let req = GroupReq::Fetch(FetchReq {
         max: f.max,
-        max_bytes: f.max_bytes,
+        max_bytes: budget.bytes(),
         deadline,
         tags: f.tags,
         auto_ack: f.auto_ack,
         reply,
     });
+    drop(budget);
     groups::send(shard, &f.group, &meta.name, f.reset, req)?;
     metrics::inc(&shard.metrics.sub_parked_polls);
     let seen = shard.shutdown_event.epoch();
+    let limit = deadline.saturating_duration_since(Instant::now()) + KAFKA_GRACE;
     let got = monoio::select! {
-        r = rx.recv_async() => r.map_err(|_| {
-            Error::new(ErrorKind::KafkaUnavailable, "consumer group membership closed")
-        }),
+        r = monoio::time::timeout(limit, rx.recv_async()) => match r {
+            Ok(r) => r.map_err(|_| {
+                Error::new(ErrorKind::KafkaUnavailable, "consumer group membership closed")
+            }),
+            Err(_) => Err(Error::new(
+                ErrorKind::KafkaUnavailable,
+                "kafka did not answer for this consumer group in time",
+            )),
+        },
         _ = shard.shutdown_event.wait(seen) => Ok(Ok(Vec::new())),
     };
     metrics::dec(&shard.metrics.sub_parked_polls);
@@ -406,7 +444,51 @@ async fn poll_kafka(
     metrics::add(&shard.metrics.sub_messages_total, msgs.len() as u64);
     let bytes: usize = msgs.iter().map(|m| m.value.len()).sum();
     metrics::add(&shard.metrics.sub_bytes_total, bytes as u64);
-    Ok(msgs)
+    let held = (!msgs.is_empty()).then(|| shard.account_response(bytes));
+    Ok((msgs, held))
+}
+
+/// How long past its deadline a subscribe on the Kafka backend waits for its membership.
+const KAFKA_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `PUT /v1/offset/:appid/:topic/:ver/:group/:partition?offset=N`: moves a group's position on
+/// one partition (backwards to re-read, or forwards past records to skip, such as damaged ones
+/// that the recovery mode does not skip by itself). `N` is the next offset to consume.
+#[allow(clippy::too_many_arguments)]
+pub async fn seek(
+    shard: &Rc<Shard>,
+    req: &Request,
+    appid: &str,
+    topic: &str,
+    ver: &str,
+    group: &str,
+    partition: &str,
+    out: &mut Out<'_>,
+) -> Result<(), Error> {
+    let me = caller(req)?;
+    let meta = shard.resolve(appid, topic, ver).await?;
+    let group = GroupName::new(me, group)?.to_string();
+    let p: u32 = partition
+        .parse()
+        .ok()
+        .filter(|&p| p < meta.partitions)
+        .ok_or_else(|| bad_ack(format!("partition {partition:?} does not exist")))?;
+    let q = req.query();
+    if query::raw(q, "time").is_some() {
+        return Err(Error::new(
+            ErrorKind::NotImplemented,
+            "seeking by time is not supported: use offset",
+        ));
+    }
+    let offset: u64 = match query::raw(q, "offset") {
+        Some(o) => o
+            .parse()
+            .map_err(|_| Error::param(format!("invalid offset {o:?}")))?,
+        None => return Err(Error::param("missing offset parameter")),
+    };
+    commit(shard, &meta, p, &group, offset, true).await?;
+    out.json(200, b"{\"ok\":1}");
+    Ok(())
 }
 
 /// `PUT /v1/offsets/:appid/:topic/:ver/:group` with `[{"partition":p,"offset":o}]`, where `o`
@@ -447,7 +529,7 @@ pub async fn ack_batch(
         }
     }
     for it in &items {
-        commit(shard, &meta, it.partition, &group, it.offset + 1).await?;
+        commit(shard, &meta, it.partition, &group, it.offset + 1, false).await?;
     }
     out.json(200, b"{\"ok\":1}");
     Ok(())

@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 pub enum GroupReq {
     /// Up to `max` records (and about `max_bytes`), waiting until `deadline` for the first.
     Fetch(FetchReq),
-    /// Commit `next` (the next offset to consume) on a partition.
+    /// Commit `next` (the next offset to consume) on a partition; with `seek` also move the
+    /// membership's position there (backwards too) if it holds the partition.
     Commit {
         partition: u32,
         next: u64,
+        seek: bool,
         reply: flume::Sender<Result<(), Error>>,
     },
     /// Leave the group now (at shutdown), so its partitions move to the other members at once
@@ -216,9 +218,15 @@ impl Member {
                     GroupReq::Commit {
                         partition,
                         next,
+                        seek,
                         reply,
                     } => {
-                        let _ = reply.send(self.commit(partition as i32, next as i64));
+                        let r = if seek {
+                            self.seek(partition as i32, next as i64)
+                        } else {
+                            self.commit(partition as i32, next as i64)
+                        };
+                        let _ = reply.send(r);
                     }
                 }
                 next = self.rx.try_recv().ok();
@@ -354,6 +362,29 @@ impl Member {
             self.seen_end.insert(partition, end);
         }
         self.consumer.commit(partition, next).map_err(kafka_err)
+    }
+
+    /// Moves the group to `next` on `partition`: commits it, and if this membership holds the
+    /// partition, drops what it read ahead there and fetches from `next` on.
+    fn seek(&mut self, partition: i32, next: i64) -> Result<(), Error> {
+        let (lo, hi) = self
+            .consumer
+            .watermarks(partition, Duration::from_secs(5))
+            .map_err(kafka_err)?;
+        if next < lo || next > hi {
+            return Err(Error::new(
+                ErrorKind::InvalidAck,
+                format!("offset {next} is outside partition {partition} ({lo}..={hi})"),
+            ));
+        }
+        self.consumer.commit(partition, next).map_err(kafka_err)?;
+        if self.assigned.contains(&partition) {
+            self.buf.retain(|r| r.partition != partition);
+            self.consumer
+                .seek(partition, next, Duration::from_secs(5))
+                .map_err(kafka_err)?;
+        }
+        Ok(())
     }
 
     fn commit_taken(&self, taken: &[Record], auto_ack: bool) {

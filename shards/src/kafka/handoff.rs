@@ -214,7 +214,7 @@ async fn buffer(
         .interned(topic)
         .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {topic}")))?;
     shard.open_part(&name, p)?;
-    let (_, gen) = shard.append_records(topic, p, items)?;
+    let a = shard.append_records(topic, p, items)?;
     metrics::add(
         &shard.metrics.handoff_buffered_messages_total,
         items.len() as u64,
@@ -225,5 +225,7 @@ async fn buffer(
     } else {
         Ack::Local
     };
-    shard.wait_durable(gen, level).await
+    shard
+        .wait_durable(&a.part, crate::shard::Written::Records, a.gen, level)
+        .await
 }

@@ -1,0 +1,60 @@
+//! The scrubber: each core re-reads its partitions' sealed segments at
+//! `store.scrub_bytes_per_second` and verifies their checksums, so damage is found (logged,
+//! counted, listed in `/v1/status`) before a reader needs the data. It walks the partitions in
+//! turn, each from where it left off.
+
+use crate::metrics;
+use crate::shard::{Map, PartKey, Shard};
+use kateway_log::ScrubCursor;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How often the scrubber takes its share of the rate.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Runs until the core stops.
+pub async fn run(shard: Rc<Shard>) {
+    let rate = shard.cfg.store.scrub_bytes_per_second.0;
+    if rate == 0 {
+        return;
+    }
+    let per_tick = (rate as f64 * TICK.as_secs_f64()).max(4096.0) as u64;
+    let mut cursors: Map<PartKey, ScrubCursor> = Map::default();
+    let mut turn = 0usize;
+    loop {
+        monoio::time::sleep(TICK).await;
+        if shard.stop_event.epoch() > 0 {
+            return;
+        }
+        let keys: Vec<PartKey> = shard.parts.borrow().keys().cloned().collect();
+        if keys.is_empty() {
+            continue;
+        }
+        cursors.retain(|k, _| keys.contains(k));
+        let mut budget = per_tick;
+        for _ in 0..keys.len() {
+            if budget == 0 {
+                break;
+            }
+            turn = (turn + 1) % keys.len();
+            let key = &keys[turn];
+            let Some(part) = shard.parts.borrow().get(key).cloned() else {
+                continue;
+            };
+            let st = part.borrow();
+            let cur = cursors.entry(key.clone()).or_default();
+            match st.log.scrub(cur, budget) {
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    metrics::add(&shard.metrics.log_scrubbed_bytes_total, n);
+                }
+                Err(e) => {
+                    tracing::warn!(core = shard.id, topic = %key.0, partition = key.1, "scrub: {e}")
+                }
+            }
+            for d in st.log.take_damage() {
+                shard.report_damage(&key.0, key.1, d, "scrub");
+            }
+        }
+    }
+}
