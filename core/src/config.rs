@@ -142,6 +142,10 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// `KATEWAY_*` environment variables that are not settings: `KATEWAY_FAILPOINTS` (storage fault
+/// injection for tests, read by the gateway at start).
+const NOT_SETTINGS: [&str; 1] = ["FAILPOINTS"];
+
 const SECTIONS: [&str; 6] = ["server", "limits", "subscribe", "store", "kafka", "log"];
 
 impl Config {
@@ -166,6 +170,9 @@ impl Config {
         }
         for (k, v) in env {
             if let Some(rest) = k.strip_prefix("KATEWAY_") {
+                if NOT_SETTINGS.contains(&rest) {
+                    continue;
+                }
                 apply_env(&mut base, rest, &v)?;
             }
         }

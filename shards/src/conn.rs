@@ -256,19 +256,71 @@ pub async fn serve_over_cap(shard: Rc<Shard>, mut stream: TcpStream) {
             r.keep_alive = false;
             api::handle(&shard, r, &mut wbuf).await;
         }
-        _ => {
-            let mut out = api::Out::new(&mut wbuf, true, false);
-            api::write_error(
-                &mut out,
-                &Error::new(
-                    ErrorKind::TooManyConnections,
-                    "too many connections on this core",
-                ),
-                None,
-            );
-        }
+        _ => write_refusal(&mut api::Out::new(&mut wbuf, true, false)),
     }
     let _ = monoio::time::timeout(OVER_CAP_WAIT, stream.write_all(wbuf)).await;
+}
+
+/// A connection beyond the cap whose request is already in the socket: answers it without
+/// waiting (`/alive` with 200, anything but `/ready` with 503) and returns true; false when
+/// there is no complete request yet, or it is `/ready` (which needs the other cores).
+pub fn answer_over_cap_now(stream: &TcpStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut peek = [0u8; 2048];
+    let n = match recv(
+        stream.as_raw_fd(),
+        &mut peek,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(n) => n,
+        Err(_) => return false,
+    };
+    let head = &peek[..n];
+    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        return false;
+    }
+    if head.starts_with(b"GET /ready ") {
+        return false;
+    }
+    let mut buf = BytesMut::new();
+    let mut out = api::Out::new(&mut buf, true, false);
+    if head.starts_with(b"GET /alive ") {
+        out.json(200, b"{\"ok\":1}");
+    } else {
+        write_refusal(&mut out);
+    }
+    send_now(stream, &buf);
+    true
+}
+
+/// Refuses a connection beyond the cap at once: 503 with `Retry-After`, written without waiting.
+pub fn refuse_now(stream: &TcpStream) {
+    let mut buf = BytesMut::new();
+    write_refusal(&mut api::Out::new(&mut buf, true, false));
+    send_now(stream, &buf);
+}
+
+fn write_refusal(out: &mut api::Out<'_>) {
+    api::write_error(
+        out,
+        &Error::new(
+            ErrorKind::TooManyConnections,
+            "too many connections on this core",
+        ),
+        None,
+    );
+}
+
+/// Writes what the socket takes now (a small answer always fits a fresh socket's buffer).
+fn send_now(stream: &TcpStream, buf: &[u8]) {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let _ = send(
+        stream.as_raw_fd(),
+        buf,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
 }
 
 /// How long a connection beyond the cap may take to send its request.

@@ -114,13 +114,19 @@ async fn accept(shard: Rc<Shard>, listener: TcpListener, max: usize) {
         metrics::inc(&m.http_connections_accepted_total);
         if m.http_connections_active.get() as usize >= max {
             metrics::inc(&m.http_connections_rejected_total);
-            if over_cap.get() < OVER_CAP {
-                over_cap.set(over_cap.get() + 1);
-                let (s, n) = (shard.clone(), over_cap.clone());
-                monoio::spawn(async move {
-                    conn::serve_over_cap(s, stream).await;
-                    n.set(n.get() - 1);
-                });
+            // Answered at once when its request is already there (a health check queued behind
+            // a flood), else given a moment to send one if a slot is free, else refused.
+            if !conn::answer_over_cap_now(&stream) {
+                if over_cap.get() < OVER_CAP {
+                    over_cap.set(over_cap.get() + 1);
+                    let (s, n) = (shard.clone(), over_cap.clone());
+                    monoio::spawn(async move {
+                        conn::serve_over_cap(s, stream).await;
+                        n.set(n.get() - 1);
+                    });
+                } else {
+                    conn::refuse_now(&stream);
+                }
             }
             continue;
         }

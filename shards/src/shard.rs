@@ -130,8 +130,8 @@ pub fn storage_err(topic: &str, p: u32, e: &LogError) -> Error {
         return Error::new(
             ErrorKind::DamagedData,
             format!(
-                "partition {topic}/{p} has damaged records at offsets {}..{} that the recovery mode does not skip; move the group past them with PUT /v1/offset/...?offset={}",
-                d.offsets.start, d.offsets.end, d.offsets.end
+                "partition {topic}/{p}: {d} in segment file {:020}.log, which store.recovery_mode does not skip; move a group past them with PUT /v1/offset/...?offset={}",
+                d.segment, d.offsets.end
             ),
         );
     }

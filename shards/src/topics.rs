@@ -143,6 +143,13 @@ pub fn trash(root: &Path, name: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(marker))
 }
 
+/// Removes a directory tree or a file.
+pub fn remove_any(path: &Path) {
+    if std::fs::remove_dir_all(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// What [`reconcile`] changed, for the log.
 #[derive(Debug, Default)]
 pub struct Reconciled {
@@ -166,7 +173,7 @@ pub fn reconcile(root: &Path, mut topics: Vec<TopicMeta>) -> (Vec<TopicMeta>, Re
                     done.deleted.push(name.to_owned());
                 }
             }
-            let _ = std::fs::remove_dir_all(e.path());
+            remove_any(&e.path());
         }
     }
     if let Ok(entries) = std::fs::read_dir(root) {

@@ -380,7 +380,7 @@ impl Partition {
         }
         let strict = self.cfg.recovery != RecoveryMode::TolerateCorruption;
         let mut found = Vec::new();
-        let res = (|| {
+        let res: Result<()> = (|| {
             while from < self.end() {
                 let i = self.segments.partition_point(|s| s.base <= from);
                 let i = i.saturating_sub(1);
@@ -412,7 +412,12 @@ impl Partition {
             Ok(())
         })();
         self.found.borrow_mut().extend(found);
-        res.map(|()| out)
+        match res {
+            // Refused damage after some records: hand those out; the next read, from after
+            // them, meets the damage first.
+            Err(e) if e.damage().is_some() && !out.is_empty() => Ok(out),
+            r => r.map(|()| out),
+        }
     }
 
     /// Damage found by reads and [`Partition::scrub`] since the last call.

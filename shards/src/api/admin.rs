@@ -298,7 +298,11 @@ pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), 
             json!({
                 "topic": d.topic,
                 "partition": d.partition,
-                "kind": format!("{:?}", d.damage.kind),
+                "kind": match d.damage.kind {
+                    kateway_log::DamageKind::TornTail => "torn-tail",
+                    kateway_log::DamageKind::Corrupt => "corrupt",
+                    kateway_log::DamageKind::MissingSegment => "missing-segment",
+                },
                 "segment": d.damage.segment,
                 "position": d.damage.position,
                 "bytes": d.damage.bytes,
@@ -325,7 +329,11 @@ pub async fn process_status(shard: &Rc<Shard>, out: &mut Out<'_>) -> Result<(), 
         "store": {
             "failed_cores": m.store_faults.len(),
             "faults": m.store_faults,
-            "recovery_mode": format!("{:?}", shard.cfg.store.recovery_mode),
+            "recovery_mode": match shard.cfg.store.recovery_mode {
+                kateway_core::config::RecoveryMode::TolerateCorruption => "tolerate-corruption",
+                kateway_core::config::RecoveryMode::TolerateTail => "tolerate-tail",
+                kateway_core::config::RecoveryMode::Absolute => "absolute",
+            },
             "open_files": m.log_open_files,
             "open_files_max": m.log_open_files_max,
             "damaged_records": m.log_damaged_records_total,
@@ -473,7 +481,7 @@ async fn forget(shard: &Rc<Shard>, root: &Path, data: &Path, catalog: &[TopicMet
     match crate::topics::store(data, catalog) {
         Ok(()) => {
             if let Some(m) = marker {
-                let _ = std::fs::remove_dir_all(m);
+                crate::topics::remove_any(&m);
             }
         }
         Err(e) => tracing::error!(

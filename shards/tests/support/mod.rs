@@ -18,6 +18,8 @@ pub struct Gateway {
     pub data: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     extra_env: Vec<(String, String)>,
+    /// Run under this open-file limit (soft and hard).
+    pub nofile: Option<u64>,
 }
 
 pub fn free_port() -> u16 {
@@ -35,9 +37,16 @@ impl Gateway {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let mut g = Self::new_with(env);
+        g.spawn();
+        g
+    }
+
+    /// A gateway on a fresh data directory, not started yet.
+    pub fn new_with(env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut g = Gateway {
+        Gateway {
             child: None,
             addr: String::new(),
             data,
@@ -46,23 +55,48 @@ impl Gateway {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        g.spawn();
+            nofile: None,
+        }
+    }
+
+    /// A gateway on data directory `data` (which the caller owns), not started yet.
+    pub fn at(data: PathBuf, env: &[(&str, &str)]) -> Self {
+        let mut g = Self::new_with(env);
+        g.data = data;
         g
     }
 
-    /// Replaces the extra environment the next [`Gateway::spawn`] starts the process with.
-    pub fn set_env(&mut self, env: &[(&str, &str)]) {
-        self.extra_env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    /// The process id of the running gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
-    /// (Re)starts the process on the same data directory and a new port.
-    pub fn spawn(&mut self) {
+    /// Runs the gateway on its data directory expecting it to refuse to start: returns its exit
+    /// code and what it wrote to stderr.
+    pub fn run_to_exit(&mut self) -> (Option<i32>, String) {
         self.addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kateway"));
+        let mut cmd = self.command();
+        cmd.stderr(Stdio::piped());
+        let child = cmd.spawn().expect("start kateway");
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn command(&self) -> Command {
+        let bin = env!("CARGO_BIN_EXE_kateway");
+        let mut cmd = match self.nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+        };
         cmd.args([
             "serve",
             "--cores",
@@ -78,7 +112,21 @@ impl Gateway {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().expect("start kateway"));
+        cmd
+    }
+
+    /// Replaces the extra environment the next [`Gateway::spawn`] starts the process with.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// (Re)starts the process on the same data directory and a new port.
+    pub fn spawn(&mut self) {
+        self.addr = format!("127.0.0.1:{}", free_port());
+        self.child = Some(self.command().spawn().expect("start kateway"));
         // Wait (up to about 20 s) for the gateway to answer.
         for _ in 0..1000 {
             if let Ok(r) = self.try_request("GET", "/alive", &[], b"") {

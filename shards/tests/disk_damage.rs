@@ -1,0 +1,388 @@
+//! Damage on disk costs only the damaged records: found on open, on read or by the scrubber,
+//! skipped (or refused, in the strict recovery modes, until the group is moved past it), and
+//! reported in `/v1/status` and the metrics. Offsets are never reused after recovery cut
+//! records, and a lost or damaged catalog does not make topics vanish.
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use support::{records, Gateway};
+
+/// Every record of topic `t` read by a fresh group `group`: (partition, offset, value).
+fn read_all(g: &Gateway, group: &str) -> Vec<(u32, u64, Vec<u8>)> {
+    g.drain(
+        "r",
+        "app",
+        "t",
+        &format!("group={group}&batch=1000&wait=1s"),
+    )
+}
+
+fn status(g: &Gateway) -> Value {
+    g.req("GET", "/v1/status", &[], b"").json()
+}
+
+fn damage(g: &Gateway) -> Vec<Value> {
+    status(g)["store"]["damage"].as_array().unwrap().clone()
+}
+
+fn lost(damage: &[Value]) -> u64 {
+    damage.iter().map(|d| d["records"].as_u64().unwrap()).sum()
+}
+
+/// Publishes `n` messages of `size` bytes to partition 0 of `t` in batches of 100; message `i`
+/// starts with `i` so a reader can tell which it got.
+fn fill(g: &Gateway, n: usize, size: usize) {
+    for start in (0..n).step_by(100) {
+        let mut body = Vec::new();
+        for i in start..(start + 100).min(n) {
+            let mut v = format!("{i:06}-").into_bytes();
+            v.resize(size, b'x');
+            body.extend_from_slice(&0u16.to_be_bytes());
+            body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            body.extend_from_slice(&v);
+        }
+        let r = g.req(
+            "POST",
+            "/v1/msgs/t/v1",
+            &[
+                ("Appid", "app"),
+                ("Content-Type", "application/vnd.kateway.batch"),
+            ],
+            &body,
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+}
+
+fn segments(g: &Gateway) -> Vec<PathBuf> {
+    let dir = g.data_dir().join("topics/app.t.v1/0");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "log")
+                && p.file_stem()
+                    .is_some_and(|s| s.to_string_lossy().parse::<u64>().is_ok())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn flip(path: &Path, at: usize, len: usize) {
+    let mut data = std::fs::read(path).unwrap();
+    for b in &mut data[at..at + len] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+const ONE_MIB_SEGMENTS: [(&str, &str); 2] = [
+    ("KATEWAY_STORE_SEGMENT_BYTES", "1MiB"),
+    ("KATEWAY_STORE_SCRUB_BYTES_PER_SECOND", "0"),
+];
+
+#[test]
+fn offsets_are_not_reused_after_recovery_cuts_records() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 1);
+    fill(&mut g, 300, 20);
+    assert_eq!(
+        read_all(&g, "g").len(),
+        300,
+        "the group consumed everything"
+    );
+    g.kill9();
+    // Damage at the end of the log: the last 50 records (54 bytes each) are unreadable.
+    let seg = &segments(&g)[0];
+    let len = std::fs::metadata(seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(seg)
+        .unwrap()
+        .set_len(len - 50 * 54 + 10)
+        .unwrap();
+    g.spawn();
+    let d = damage(&g);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["kind"], "torn-tail");
+    assert_eq!(d[0]["offsets"], serde_json::json!([250, 300]), "{d:?}");
+    let st = g
+        .req("GET", "/v1/status/app/t/v1?group=g", &[("Appid", "r")], b"")
+        .json();
+    let p = &st["groups"][0]["partitions"][0];
+    assert_eq!(
+        (p["newest"].as_u64(), p["committed"].as_u64()),
+        (Some(300), Some(300)),
+        "{st}"
+    );
+    // New messages get new offsets, and the group that was past the cut gets every one of them.
+    for i in 0..300 {
+        let r = g.publish("app", "t", "", format!("new-{i}").as_bytes());
+        if i == 0 {
+            assert_eq!(r.header("x-offset"), Some("300"));
+        }
+    }
+    let got = read_all(&g, "g");
+    assert_eq!(got.len(), 300);
+    assert!(got
+        .iter()
+        .all(|(_, o, v)| *o >= 300 && v.starts_with(b"new-")));
+}
+
+#[test]
+fn small_damage_costs_only_the_damaged_records() {
+    let mut g = Gateway::start_with(&ONE_MIB_SEGMENTS);
+    g.create_topic("app", "t", 1);
+    fill(&mut g, 3000, 1000);
+    g.kill9();
+    let segs = segments(&g);
+    assert!(segs.len() >= 3, "{segs:?}");
+    // Four bytes flipped in the middle of the active segment; five bytes cut from the end of a
+    // sealed one; a whole middle segment missing.
+    let active = segs.last().unwrap();
+    let alen = std::fs::metadata(active).unwrap().len() as usize;
+    flip(active, alen / 2, 4);
+    let first_len = std::fs::metadata(&segs[0]).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0])
+        .unwrap()
+        .set_len(first_len - 5)
+        .unwrap();
+    std::fs::remove_file(&segs[1]).unwrap();
+    let _ = std::fs::remove_file(segs[1].with_extension("index"));
+    g.spawn();
+    let d = damage(&g);
+    let kinds: Vec<&str> = d.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in ["corrupt", "torn-tail", "missing-segment"] {
+        assert!(kinds.contains(&k), "{k} in {d:?}");
+    }
+    let got = read_all(&g, "g");
+    assert_eq!(got.len() as u64 + lost(&d), 3000, "{d:?}");
+    let missing = d.iter().find(|d| d["kind"] == "missing-segment").unwrap();
+    let corrupt = d.iter().find(|d| d["kind"] == "corrupt").unwrap();
+    assert_eq!(
+        corrupt["records"], 1,
+        "a flip costs the one record it hit: {corrupt}"
+    );
+    assert!(missing["records"].as_u64().unwrap() > 500);
+    assert!(
+        got.iter().any(|r| r.1 == 2999),
+        "records after the damage survive"
+    );
+    for (_, o, v) in &got {
+        assert!(v.starts_with(format!("{o:06}-").as_bytes()), "offset {o}");
+    }
+    assert_eq!(
+        g.metric("kateway_log_damaged_records_total") as u64,
+        lost(&d)
+    );
+}
+
+/// Damage inside sealed segments whose index still matches: found by reading or scrubbing.
+fn damage_sealed(g: &mut Gateway) -> u64 {
+    g.create_topic("app", "t", 1);
+    fill(g, 2000, 1000);
+    g.kill9();
+    let seg = &segments(g)[0];
+    // Records are 1034 bytes: a flipped byte in record 10, and record 100's length field
+    // claiming 2 GiB (which must not make a reader allocate it).
+    flip(seg, 10 * 1034 + 500, 1);
+    let mut data = std::fs::read(seg).unwrap();
+    data[100 * 1034..100 * 1034 + 4].copy_from_slice(&0x7fff_0000u32.to_be_bytes());
+    std::fs::write(seg, data).unwrap();
+    2
+}
+
+#[test]
+fn damage_in_sealed_segments_is_skipped_and_reported() {
+    let mut g = Gateway::new_with(&ONE_MIB_SEGMENTS);
+    g.spawn();
+    let bad = damage_sealed(&mut g);
+    g.spawn();
+    assert!(
+        damage(&g).is_empty(),
+        "sealed segments are not scanned on open"
+    );
+    let got = read_all(&g, "g");
+    assert_eq!(got.len() as u64, 2000 - bad);
+    let d = damage(&g);
+    assert_eq!(lost(&d), bad, "{d:?}");
+    assert!(d.iter().all(|d| d["found_by"] == "read"));
+    // The scrubber finds it without a reader.
+    g.kill9();
+    g.set_env(&[
+        ("KATEWAY_STORE_SEGMENT_BYTES", "1MiB"),
+        ("KATEWAY_STORE_SCRUB_BYTES_PER_SECOND", "64MiB"),
+    ]);
+    g.spawn();
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = damage(&g);
+        if lost(&found) == bad {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lost(&found), bad, "{found:?}");
+    assert!(found.iter().all(|d| d["found_by"] == "scrub"));
+    assert!(g.metric("kateway_log_scrubbed_bytes_total") > 1e6);
+}
+
+#[test]
+fn strict_recovery_refuses_damage_until_the_group_is_moved_past_it() {
+    let mut g = Gateway::new_with(&ONE_MIB_SEGMENTS);
+    g.spawn();
+    let bad = damage_sealed(&mut g);
+    g.set_env(&[
+        ("KATEWAY_STORE_SEGMENT_BYTES", "1MiB"),
+        ("KATEWAY_STORE_SCRUB_BYTES_PER_SECOND", "0"),
+        ("KATEWAY_STORE_RECOVERY_MODE", "tolerate-tail"),
+    ]);
+    g.spawn();
+    let mut got = 0;
+    let mut seeks = 0;
+    loop {
+        let s = g.sub("r", "app", "t", "group=g&batch=1000&wait=1s", &[]);
+        match s.status {
+            204 => break,
+            200 => got += records(&s.body).len(),
+            _ => {
+                s.assert_error(503);
+                let j = s.json();
+                assert_eq!(j["code"], 50305, "{j}");
+                let msg = j["errmsg"].as_str().unwrap();
+                let to: u64 = msg.rsplit("offset=").next().unwrap().parse().unwrap();
+                let r = g.req(
+                    "PUT",
+                    &format!("/v1/offset/app/t/v1/g/0?offset={to}"),
+                    &[("Appid", "r")],
+                    b"",
+                );
+                assert_eq!(r.status, 200, "{}", r.text());
+                seeks += 1;
+                assert!(seeks <= bad, "{msg}");
+            }
+        }
+    }
+    assert_eq!(seeks, bad);
+    assert_eq!(got as u64, 2000 - bad);
+}
+
+#[test]
+fn strict_recovery_refuses_to_start_on_damage_and_names_the_file() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 1);
+    fill(&mut g, 100, 100);
+    g.kill9();
+    let seg = segments(&g)[0].clone();
+    flip(&seg, 50 * 134 + 60, 2);
+    let before = std::fs::read(&seg).unwrap();
+    g.set_env(&[("KATEWAY_STORE_RECOVERY_MODE", "absolute")]);
+    let (code, stderr) = g.run_to_exit();
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("00000000000000000000.log"), "{stderr}");
+    assert!(stderr.contains("damaged records"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        before,
+        "refusing changes nothing"
+    );
+    g.set_env(&[]);
+    g.spawn();
+    assert_eq!(read_all(&g, "g").len(), 99);
+}
+
+#[test]
+fn seeking_moves_a_group_back_and_forth() {
+    let g = Gateway::start();
+    g.create_topic("app", "t", 1);
+    fill(&g, 10, 10);
+    assert_eq!(read_all(&g, "g").len(), 10);
+    let seek = |to: &str| {
+        g.req(
+            "PUT",
+            &format!("/v1/offset/app/t/v1/g/0?offset={to}"),
+            &[("Appid", "r")],
+            b"",
+        )
+    };
+    assert_eq!(seek("4").status, 200);
+    let again = read_all(&g, "g");
+    assert_eq!(
+        again.iter().map(|r| r.1).collect::<Vec<_>>(),
+        (4..10).collect::<Vec<_>>()
+    );
+    seek("11").assert_error(400);
+    seek("x").assert_error(400);
+    g.req(
+        "PUT",
+        "/v1/offset/app/t/v1/g/7?offset=1",
+        &[("Appid", "r")],
+        b"",
+    )
+    .assert_error(400);
+}
+
+#[test]
+fn a_lost_or_damaged_catalog_does_not_make_topics_vanish() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 2);
+    fill(&g, 10, 10);
+    let meta = g.data_dir().join("meta/topics.json");
+    for damage in [None, Some(&b"{ not json"[..])] {
+        g.kill9();
+        match damage {
+            None => std::fs::remove_file(&meta).unwrap(),
+            Some(junk) => std::fs::write(&meta, junk).unwrap(),
+        }
+        g.spawn();
+        let r = g.req("GET", "/v1/partitions/app/t/v1", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["partitions"], 2);
+        g.req("POST", "/v1/topics/app/t/v1", &[], b"")
+            .assert_error(409);
+    }
+    assert_eq!(read_all(&g, "g").len(), 10, "its data is still there");
+}
+
+#[test]
+fn damage_to_the_offsets_log_is_reported() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 1);
+    fill(&g, 10, 10);
+    assert_eq!(read_all(&g, "g").len(), 10);
+    g.kill9();
+    let off = g.data_dir().join("topics/app.t.v1/0/offsets.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&off).unwrap();
+    std::io::Write::write_all(&mut f, &[0, 0, 0, 77, 1, 2, 3]).unwrap();
+    drop(f);
+    g.spawn();
+    assert_eq!(g.metric("kateway_log_damaged_bytes_total"), 7.0);
+    assert!(read_all(&g, "g").is_empty(), "the intact commits were kept");
+}
+
+#[test]
+fn deleting_a_topic_then_crashing_completes_the_deletion() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 2);
+    fill(&g, 10, 10);
+    // A deletion interrupted after its directory went into the trash, before the catalog was
+    // rewritten.
+    g.kill9();
+    let root = g.data_dir().join("topics");
+    std::fs::create_dir_all(root.join(".trash")).unwrap();
+    std::fs::rename(root.join("app.t.v1"), root.join(".trash/app.t.v1.123")).unwrap();
+    g.spawn();
+    g.req("GET", "/v1/partitions/app/t/v1", &[], b"")
+        .assert_error(404);
+    assert!(!root.join(".trash/app.t.v1.123").exists());
+    g.create_topic("app", "t", 2);
+    assert!(
+        read_all(&g, "g").is_empty(),
+        "a re-created topic starts empty"
+    );
+}

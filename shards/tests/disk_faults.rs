@@ -1,0 +1,268 @@
+//! Storage faults injected through the log engine's failpoints (`KATEWAY_FAILPOINTS`): a write
+//! or fsync that fails is never acknowledged, nothing acknowledged is lost, and the core takes
+//! writes again by itself once the disk does, with the failed state visible in `/ready`,
+//! `/v1/status` and the metrics meanwhile.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::Gateway;
+
+/// What publishers saw: the values acknowledged, and the values refused (status, code).
+#[derive(Default)]
+struct Outcome {
+    acked: Vec<String>,
+    refused: Vec<(String, u16, u64, Option<String>)>,
+}
+
+/// Publishes from `threads` connections (alternating `ack=all` and `ack=local` when `mixed`)
+/// until each has seen `after` acknowledgements after its first refusal, or `max` attempts.
+fn publish_through_fault(
+    g: &Gateway,
+    threads: usize,
+    mixed: bool,
+    after: usize,
+    max: usize,
+) -> Outcome {
+    let out = Arc::new(Mutex::new(Outcome::default()));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let addr = g.addr.clone();
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut c = Gateway::connect_to(&addr);
+                let (mut failed, mut ok_after) = (false, 0);
+                for i in 0..max {
+                    let v = format!("w{t}-{i}");
+                    let ack = if mixed && i % 2 == 1 { "local" } else { "all" };
+                    let r = c.req(
+                        "POST",
+                        &format!("/v1/msgs/t/v1?ack={ack}"),
+                        &[("Appid", "app")],
+                        v.as_bytes(),
+                    );
+                    let mut o = out.lock().unwrap();
+                    if r.status == 201 {
+                        o.acked.push(v);
+                        if failed {
+                            ok_after += 1;
+                            if ok_after >= after {
+                                return;
+                            }
+                        }
+                    } else {
+                        failed = true;
+                        let code = r.json()["code"].as_u64().unwrap_or(0);
+                        let ra = r.header("retry-after").map(str::to_owned);
+                        o.refused.push((v, r.status, code, ra));
+                        drop(o);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    Arc::try_unwrap(out).ok().unwrap().into_inner().unwrap()
+}
+
+/// Polls `/ready` in the background; returns the statuses seen, in order, without repeats.
+fn watch_ready(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u16>> {
+    std::thread::spawn(move || {
+        let mut seen: Vec<u16> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(mut c) = std::panic::catch_unwind(|| Gateway::connect_to(&addr)) {
+                if c.send("GET", "/ready", &[], b"").is_ok() {
+                    if let Ok(r) = c.read_response() {
+                        if seen.last() != Some(&r.status) {
+                            seen.push(r.status);
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        seen
+    })
+}
+
+fn wait_ready(g: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if g.req("GET", "/ready", &[], b"").status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not become ready again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every value stored in topic `t`, read by a fresh group, with how often it was delivered.
+fn stored(g: &Gateway) -> HashMap<String, usize> {
+    static READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let group = READS.fetch_add(1, Ordering::Relaxed);
+    let mut n = HashMap::new();
+    let q = format!("group=check{group}&batch=1000&wait=1s");
+    for (_, _, v) in g.drain("reader", "app", "t", &q) {
+        *n.entry(String::from_utf8(v).unwrap()).or_insert(0) += 1;
+    }
+    n
+}
+
+fn check_outcome(out: &Outcome, all: &HashMap<String, usize>, refused_absent: bool) {
+    assert!(!out.refused.is_empty(), "the fault refused some publishes");
+    for (v, status, code, ra) in &out.refused {
+        assert_eq!((*status, *code), (503, 50300), "{v}");
+        assert_eq!(ra.as_deref(), Some("5"), "{v}: Retry-After");
+        if refused_absent {
+            assert!(!all.contains_key(v), "{v} was refused but stored");
+        }
+    }
+    for v in &out.acked {
+        assert_eq!(all.get(v), Some(&1), "acknowledged {v} stored exactly once");
+    }
+}
+
+#[test]
+fn failed_writes_are_never_acknowledged_and_the_core_recovers_by_itself() {
+    let mut g = Gateway::start_with(&[
+        ("KATEWAY_FAILPOINTS", "log::write=60*off->25*enospc->off"),
+        ("KATEWAY_STORE_FAULT_RETRY", "100ms"),
+    ]);
+    g.create_topic("app", "t", 4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_ready(g.addr.clone(), stop.clone());
+    let out = publish_through_fault(&g, 4, true, 30, 3000);
+    wait_ready(&g);
+    stop.store(true, Ordering::Relaxed);
+    let ready_seen = watcher.join().unwrap();
+    assert!(
+        ready_seen.contains(&503),
+        "/ready said not ready during the fault: {ready_seen:?}"
+    );
+    assert_eq!(ready_seen.last(), Some(&200));
+    assert!(g.metric("kateway_store_write_errors_total") > 0.0);
+    assert!(g.metric("kateway_store_recoveries_total") >= 1.0);
+    assert_eq!(g.metric("kateway_store_failed_cores"), 0.0);
+    // Written and readable without a restart...
+    check_outcome(&out, &stored(&g), true);
+    // ...and after a crash.
+    g.kill9();
+    g.set_env(&[]);
+    g.spawn();
+    let all = stored(&g);
+    check_outcome(&out, &all, true);
+    assert_eq!(
+        all.len(),
+        out.acked.len(),
+        "nothing but the acknowledged values"
+    );
+}
+
+#[test]
+fn failed_fsyncs_are_never_acknowledged() {
+    let mut g = Gateway::start_with(&[
+        ("KATEWAY_FAILPOINTS", "log::fsync=40*off->6*eio->off"),
+        ("KATEWAY_STORE_FAULT_RETRY", "100ms"),
+    ]);
+    g.create_topic("app", "t", 4);
+    let out = publish_through_fault(&g, 4, false, 30, 3000);
+    wait_ready(&g);
+    assert!(g.metric("kateway_store_fsync_errors_total") > 0.0);
+    // A publish whose fsync failed may or may not be stored (its bytes were written); every
+    // acknowledged one is.
+    check_outcome(&out, &stored(&g), false);
+    g.kill9();
+    g.set_env(&[]);
+    g.spawn();
+    check_outcome(&out, &stored(&g), false);
+}
+
+#[test]
+fn short_writes_leave_no_damage_behind() {
+    let mut g = Gateway::start_with(&[
+        ("KATEWAY_FAILPOINTS", "log::write=30*off->3*short(20)->off"),
+        ("KATEWAY_STORE_FAULT_RETRY", "100ms"),
+    ]);
+    g.create_topic("app", "t", 2);
+    let out = publish_through_fault(&g, 2, true, 20, 2000);
+    wait_ready(&g);
+    g.kill9();
+    g.set_env(&[]);
+    g.spawn();
+    check_outcome(&out, &stored(&g), true);
+    let st = g.req("GET", "/v1/status", &[], b"").json();
+    assert_eq!(
+        st["store"]["damage"],
+        serde_json::json!([]),
+        "the partial writes were cut: {st}"
+    );
+}
+
+#[test]
+fn storage_errors_name_no_server_paths() {
+    let g = Gateway::start();
+    // A file where the topic's directory would go: creating the topic fails on disk.
+    let topics = g.data_dir().join("topics");
+    std::fs::create_dir_all(&topics).unwrap();
+    std::fs::write(topics.join("app.blocked.v1"), b"x").unwrap();
+    let r = g.req("POST", "/v1/topics/app/blocked/v1?partitions=2", &[], b"");
+    r.assert_error(503);
+    let msg = r.json()["errmsg"].as_str().unwrap().to_owned();
+    let data = g.data_dir().display().to_string();
+    assert!(!msg.contains(&data) && !msg.contains("/tmp"), "{msg}");
+    // The failed creation left nothing behind (the blocking file went with it).
+    let _ = std::fs::remove_file(topics.join("app.blocked.v1"));
+    let r = g.req("GET", "/v1/partitions/app/blocked/v1", &[], b"");
+    r.assert_error(404);
+    g.create_topic("app", "blocked", 2);
+}
+
+#[test]
+fn a_failed_topic_creation_leaves_nothing_behind() {
+    let mut g = Gateway::start_with(&[("KATEWAY_FAILPOINTS", "log::create=3*off->1*eio->off")]);
+    let r = g.req("POST", "/v1/topics/app/x/v1?partitions=8", &[], b"");
+    r.assert_error(503);
+    g.req("GET", "/v1/partitions/app/x/v1", &[], b"")
+        .assert_error(404);
+    assert!(!g.data_dir().join("topics/app.x.v1").exists());
+    g.kill9();
+    g.set_env(&[]);
+    g.spawn();
+    g.req("GET", "/v1/partitions/app/x/v1", &[], b"")
+        .assert_error(404);
+    g.create_topic("app", "x", 8);
+    g.publish("app", "x", "", b"works");
+}
+
+#[test]
+fn many_partitions_cannot_exhaust_descriptors_or_stop_a_restart() {
+    let mut g = Gateway::new_with(&[("KATEWAY_STORE_MAX_PARTITIONS", "12000")]);
+    g.nofile = Some(256);
+    g.spawn();
+    g.create_topic("app", "big", 10_000);
+    let r = g.publish("app", "big", "key=k", b"hello");
+    assert_eq!(r.status, 201);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", g.pid()))
+        .unwrap()
+        .count();
+    assert!(fds < 128, "{fds} descriptors open");
+    // Beyond what the gateway may hold: refused, saying why, leaving nothing behind.
+    let r = g.req("POST", "/v1/topics/app/more/v1?partitions=5000", &[], b"");
+    r.assert_error(400);
+    assert!(r.text().contains("store.max_partitions"), "{}", r.text());
+    assert!(!g.data_dir().join("topics/app.more.v1").exists());
+    g.kill9();
+    g.spawn();
+    let s = g.sub("b", "app", "big", "group=g&wait=2s", &[]);
+    assert_eq!((s.status, &s.body[..]), (200, &b"hello"[..]));
+    g.create_topic("app", "small", 2);
+}
