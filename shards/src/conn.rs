@@ -312,19 +312,26 @@ fn write_refusal(out: &mut api::Out<'_>) {
     );
 }
 
-/// Writes what the socket takes now (a small answer always fits a fresh socket's buffer).
+/// Writes what the socket takes now (a small answer always fits a fresh socket's buffer), after
+/// reading what the client sent so far: closing a socket with unread data would reset the
+/// connection, and the client could lose the answer.
 fn send_now(stream: &TcpStream, buf: &[u8]) {
-    use nix::sys::socket::{send, MsgFlags};
+    use nix::sys::socket::{recv, send, MsgFlags};
     use std::os::fd::AsRawFd;
-    let _ = send(
-        stream.as_raw_fd(),
-        buf,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-    );
+    let fd = stream.as_raw_fd();
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match recv(fd, &mut sink, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n == sink.len() => continue,
+            _ => break,
+        }
+    }
+    let _ = send(fd, buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
 }
 
-/// How long a connection beyond the cap may take to send its request.
-const OVER_CAP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a connection beyond the cap may take to send its request (a health checker sends
+/// it at once; an idle connection of a flood must not hold its slot for long).
+const OVER_CAP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn count_error(shard: &Shard) {
     metrics::inc(&shard.metrics.http_requests_total);

@@ -33,7 +33,7 @@ pub struct CoreInit {
 
 /// Connections beyond the cap that may wait for their one request (`/alive`, `/ready`) at once;
 /// more are closed at once.
-pub const OVER_CAP: usize = 64;
+pub const OVER_CAP: usize = 128;
 
 /// Runs a core to completion.
 pub async fn run(init: CoreInit) {
@@ -78,6 +78,7 @@ pub async fn run(init: CoreInit) {
     monoio::spawn(inbox(shard.clone(), init.inbox));
     let flusher = monoio::spawn(flusher::run(shard.clone()));
     monoio::spawn(crate::durability::recover(shard.clone()));
+    monoio::spawn(crate::alloc::run(shard.clone()));
     if shard.kafka.is_some() {
         monoio::spawn(crate::kafka::replay::run(shard.clone()));
         if shard.id == 0 {

@@ -8,6 +8,7 @@
 //! With the Kafka backend ([`kafka`]) the partitions a core owns are hinted-handoff logs in
 //! front of Kafka, and consumer groups are Kafka's.
 
+pub mod alloc;
 pub mod api;
 pub mod conn;
 pub mod core;

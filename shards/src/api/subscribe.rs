@@ -246,14 +246,16 @@ async fn fetch_all(
     shard.rr.set(turn.wrapping_add(1));
     let owners = &topic.owner_cores;
     let n = owners.len();
-    let mut out = Vec::new();
+    let mut out: Vec<Delivered> = Vec::new();
+    let mut bytes = 0;
     for core in (0..n).map(|i| owners[(turn + i) % n]) {
         let left = f.max - out.len();
-        if left == 0 {
+        if left == 0 || bytes >= f.max_bytes {
             break;
         }
         let mut f = f.clone();
         f.max = left;
+        f.max_bytes -= bytes;
         let got = shard
             .on_core(
                 core,
@@ -262,6 +264,7 @@ async fn fetch_all(
                 |fetch, reply| Msg::Fetch { fetch, reply },
             )
             .await??;
+        bytes += got.iter().map(|m| m.value.len()).sum::<usize>();
         out.extend(got);
     }
     Ok(out)
