@@ -143,8 +143,9 @@ pub struct LogConfig {
 }
 
 /// `KATEWAY_*` environment variables that are not settings: `KATEWAY_FAILPOINTS` (storage fault
-/// injection for tests, read by the gateway at start).
-const NOT_SETTINGS: [&str; 1] = ["FAILPOINTS"];
+/// injection for tests) and `KATEWAY_RDKAFKA_DEBUG` (librdkafka's debug contexts), both read by
+/// the gateway at start.
+const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
 const SECTIONS: [&str; 6] = ["server", "limits", "subscribe", "store", "kafka", "log"];
 

@@ -33,6 +33,7 @@ pub struct Record {
 pub struct GroupConsumer {
     consumer: BaseConsumer,
     topic: String,
+    brokers: String,
 }
 
 impl GroupConsumer {
@@ -62,8 +63,17 @@ impl GroupConsumer {
                 cfg.session_timeout.as_millis().max(1000).to_string(),
             )
             .set("queued.max.messages.kbytes", "8192")
+            // A broker that hangs must not hold a membership's thread for a minute.
+            .set(
+                "socket.timeout.ms",
+                cfg.request_timeout.as_millis().max(1000).to_string(),
+            )
             .set("reconnect.backoff.max.ms", "1000")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "metadata.recovery.rebootstrap.trigger.ms",
+                crate::REBOOTSTRAP_MS,
+            )
             .create()
             .map_err(BridgeError::from_kafka)?;
         consumer
@@ -72,6 +82,7 @@ impl GroupConsumer {
         Ok(Self {
             consumer,
             topic: topic.to_owned(),
+            brokers: cfg.brokers.clone(),
         })
     }
 
@@ -147,6 +158,19 @@ impl GroupConsumer {
             .map_err(BridgeError::from_kafka)
     }
 
+    /// Commits `next` for each `(partition, next)` without waiting for the broker (auto-ack:
+    /// a commit lost to an outage only means those records are delivered again).
+    pub fn commit_async(&self, offsets: &[(i32, i64)]) -> Result<(), BridgeError> {
+        let mut tpl = TopicPartitionList::new();
+        for &(p, next) in offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                .map_err(BridgeError::from_kafka)?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
+            .map_err(BridgeError::from_kafka)
+    }
+
     /// The offset after the last record of `partition` (its high watermark), asked of the
     /// partition's leader. Blocks for up to `timeout`.
     pub fn end_offset(&self, partition: i32, timeout: Duration) -> Result<i64, BridgeError> {
@@ -168,6 +192,12 @@ impl GroupConsumer {
         self.consumer
             .seek(&self.topic, partition, Offset::Offset(next), timeout)
             .map_err(BridgeError::from_kafka)
+    }
+
+    /// Gives the consumer its bootstrap brokers again, for a membership that stopped getting
+    /// anything (see [`crate::native`]). Returns how many were new to it.
+    pub fn rebootstrap(&self) -> i32 {
+        crate::native::add_brokers(self.consumer.client(), &self.brokers)
     }
 
     /// The partitions this membership owns now.

@@ -16,6 +16,7 @@
 
 mod admin;
 mod consumer;
+mod native;
 mod producer;
 
 pub use admin::Admin;
@@ -24,6 +25,14 @@ pub use producer::{tags_of, Ack, Delivery, Producer, TAGS_HEADER};
 
 use std::time::Duration;
 
+/// How long a client may go without metadata from any broker before it bootstraps again
+/// (`metadata.recovery.rebootstrap.trigger.ms`).
+pub(crate) const REBOOTSTRAP_MS: &str = "5000";
+
+/// Environment variable naming librdkafka debug contexts (`eos,msg,broker`, ...) for the
+/// producers, logged at debug level: for diagnosing a cluster, never needed otherwise.
+pub const DEBUG_ENV: &str = "KATEWAY_RDKAFKA_DEBUG";
+
 /// How to reach Kafka and how to batch.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
@@ -31,7 +40,8 @@ pub struct BridgeConfig {
     pub brokers: String,
     /// How long a producer waits to fill a batch (`linger.ms`).
     pub linger: Duration,
-    /// How long a message may wait for delivery before it fails (`message.timeout.ms`).
+    /// How long a message may wait for delivery before it fails (`message.timeout.ms`; zero:
+    /// never).
     pub message_timeout: Duration,
     /// Admin and metadata request timeout.
     pub request_timeout: Duration,
@@ -110,7 +120,14 @@ impl BridgeError {
                 | C::CoordinatorNotAvailable
                 | C::NotCoordinator
                 | C::WaitingForCoordinator
-                | C::RebalanceInProgress,
+                | C::RebalanceInProgress
+                // A producer in a fatal state is replaced; its messages are retried.
+                | C::Fatal
+                | C::PurgeQueue
+                | C::PurgeInflight
+                | C::OutOfOrderSequenceNumber
+                | C::InvalidProducerEpoch
+                | C::UnknownProducerId,
             ) => BridgeError::Unavailable(e.to_string()),
             _ => match e {
                 KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => {

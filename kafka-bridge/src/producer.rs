@@ -57,6 +57,52 @@ impl ClientContext for Watch {
         if down {
             self.down.store(true, Ordering::Release);
         }
+        tracing::debug!(%error, reason, "librdkafka producer error");
+    }
+
+    fn stats(&self, st: rdkafka::Statistics) {
+        let eos = st
+            .eos
+            .as_ref()
+            .map(|e| format!("{} for {} ms", e.idemp_state, e.idemp_stateage))
+            .unwrap_or_default();
+        let brokers: Vec<String> = st
+            .brokers
+            .values()
+            .map(|b| {
+                format!(
+                    "{} {} out {} wait {}",
+                    b.name, b.state, b.outbuf_cnt, b.waitresp_cnt
+                )
+            })
+            .collect();
+        let parts: Vec<String> = st
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .values()
+                    .filter(|p| p.partition >= 0)
+                    .map(move |p| {
+                        format!(
+                            "{}/{} q {} xmit {} inflight {}",
+                            t.topic, p.partition, p.msgq_cnt, p.xmit_msgq_cnt, p.msgs_inflight
+                        )
+                    })
+            })
+            .collect();
+        tracing::debug!(client = %st.name, eos, ?brokers, ?parts, "librdkafka statistics");
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(fac, "librdkafka: {log_message}")
+            }
+            L::Warning => tracing::warn!(fac, "librdkafka: {log_message}"),
+            _ => tracing::debug!(fac, "librdkafka: {log_message}"),
+        }
     }
 }
 
@@ -65,6 +111,7 @@ pub struct Producer {
     all: FutureProducer<Watch>,
     local: FutureProducer<Watch>,
     watch: Watch,
+    brokers: String,
 }
 
 fn client(
@@ -83,17 +130,29 @@ fn client(
         )
         .set("partitioner", "murmur2_random")
         .set("linger.ms", cfg.linger.as_millis().to_string())
+        // 0 = never give up on a message: the gateway decides when to stop waiting, and a
+        // message it stopped waiting for is still delivered at most once.
         .set(
             "message.timeout.ms",
-            cfg.message_timeout.as_millis().max(1).to_string(),
+            cfg.message_timeout.as_millis().to_string(),
         )
         .set(
             "request.timeout.ms",
             cfg.request_timeout.as_millis().max(1).to_string(),
         )
         .set("compression.type", "none")
+        // A broker that was frozen or fenced can answer metadata listing no brokers, which
+        // makes librdkafka forget every broker it knew; bootstrap again soon instead of after
+        // the default five minutes.
+        .set(
+            "metadata.recovery.rebootstrap.trigger.ms",
+            crate::REBOOTSTRAP_MS,
+        )
         // Find a restarted broker within a second rather than librdkafka's default ten.
         .set("reconnect.backoff.max.ms", "1000");
+    if let Ok(debug) = std::env::var(crate::DEBUG_ENV) {
+        c.set("debug", debug).set("statistics.interval.ms", "2000");
+    }
     c.create_with_context(watch.clone())
         .map_err(BridgeError::from_kafka)
 }
@@ -106,6 +165,7 @@ impl Producer {
             all: client(cfg, "all", &format!("{core}-all"), &watch)?,
             local: client(cfg, "1", &format!("{core}-local"), &watch)?,
             watch,
+            brokers: cfg.brokers.clone(),
         })
     }
 
@@ -172,6 +232,24 @@ impl Producer {
             Ok(f) => Ok(Delivery::Pending(f)),
             Err((e, _)) => Err(BridgeError::from_kafka(e)),
         }
+    }
+
+    /// Gives the producers their bootstrap brokers again (see [`crate::native`]): for a
+    /// producer that stopped making progress. Returns how many brokers were new to them.
+    pub fn rebootstrap(&self) -> i32 {
+        use rdkafka::producer::Producer as _;
+        crate::native::add_brokers(self.all.client(), &self.brokers)
+            + crate::native::add_brokers(self.local.client(), &self.brokers)
+    }
+
+    /// The fatal error the producers are in, if any: a producer in that state delivers nothing
+    /// again and must be replaced.
+    pub fn fatal_error(&self) -> Option<String> {
+        use rdkafka::producer::Producer as _;
+        [&self.all, &self.local]
+            .iter()
+            .find_map(|p| p.client().fatal_error())
+            .map(|(code, why)| format!("{code:?}: {why}"))
     }
 
     /// Waits until every queued message was delivered or failed, at most `timeout`.

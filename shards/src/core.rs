@@ -81,6 +81,7 @@ pub async fn run(init: CoreInit) {
     monoio::spawn(crate::alloc::run(shard.clone()));
     if shard.kafka.is_some() {
         monoio::spawn(crate::kafka::replay::run(shard.clone()));
+        monoio::spawn(crate::kafka::replay::watchdog(shard.clone()));
         if shard.id == 0 {
             monoio::spawn(crate::kafka::topics::refresh(shard.clone()));
         }

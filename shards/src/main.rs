@@ -94,6 +94,8 @@ fn main() {
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_target(false)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             if let Err(e) = kateway_shards::runtime::run(cfg) {
                 eprintln!("kateway: {e}");

@@ -171,6 +171,7 @@ counters! {
     handoff_replayed_messages_total: "Buffered messages replayed to Kafka.",
     handoff_rejected_total: "Publishes refused because the handoff log was at its disk budget.",
     handoff_dropped_total: "Buffered messages Kafka refused for good during replay.",
+    handoff_deduplicated_total: "Buffered copies not replayed because their original send reached Kafka after all.",
     handoff_backlog_messages: "Messages in the handoff log not yet replayed to Kafka.",
     handoff_bytes: "Bytes held by the handoff logs.",
     kafka_breaker_open: "Cores whose Kafka circuit breaker is open.",

@@ -82,7 +82,9 @@ fn every_acknowledged_message_survives_kill_9_exactly_once_in_key_order() {
                     n += 1;
                     let body = vals.join("\n");
                     let h = [("Appid", "app"), ("Content-Type", "application/x-ndjson")];
-                    if c.send("POST", "/v1/msgs/t/v1", &h, body.as_bytes()).is_err() {
+                    if c.send("POST", "/v1/msgs/t/v1", &h, body.as_bytes())
+                        .is_err()
+                    {
                         return;
                     }
                     match c.read_response() {
@@ -124,7 +126,10 @@ fn every_acknowledged_message_survives_kill_9_exactly_once_in_key_order() {
         let v = String::from_utf8(v.clone()).unwrap();
         *count.entry(v.clone()).or_insert(0) += 1;
         if let Some((k, seq)) = v.split_once(':').filter(|(k, _)| k.starts_with('k')) {
-            per_key.entry(k.to_owned()).or_default().push(seq.parse().unwrap());
+            per_key
+                .entry(k.to_owned())
+                .or_default()
+                .push(seq.parse().unwrap());
         }
     }
     let dup = count.iter().find(|(_, &n)| n > 1);
@@ -138,14 +143,21 @@ fn every_acknowledged_message_survives_kill_9_exactly_once_in_key_order() {
             "key k{k} out of order: {seqs:?}"
         );
         for s in &log.acked {
-            assert!(seqs.binary_search(s).is_ok(), "k{k}:{s} acknowledged but lost");
+            assert!(
+                seqs.binary_search(s).is_ok(),
+                "k{k}:{s} acknowledged but lost"
+            );
         }
         assert!(seqs.iter().all(|&s| s <= log.sent));
         acked += log.acked.len();
     }
     let batches = batches.lock().unwrap();
     for v in batches.iter() {
-        assert_eq!(count.get(v), Some(&1), "batch message {v} acknowledged but lost");
+        assert_eq!(
+            count.get(v),
+            Some(&1),
+            "batch message {v} acknowledged but lost"
+        );
     }
     eprintln!(
         "crash_loop: rounds {rounds} acked {} stored {} duplicates 0 reordered 0 lost 0",

@@ -40,7 +40,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -89,7 +92,12 @@ fn fill_until_full(g: &Gateway, threads: usize, refusals: usize) -> Seen {
 
 fn stored(g: &Gateway, group: &str) -> HashMap<String, usize> {
     let mut n = HashMap::new();
-    for (_, _, v) in g.drain("r", "app", "t", &format!("group={group}&batch=1000&wait=1s")) {
+    for (_, _, v) in g.drain(
+        "r",
+        "app",
+        "t",
+        &format!("group={group}&batch=1000&wait=1s"),
+    ) {
         *n.entry(String::from_utf8(v).unwrap()).or_insert(0) += 1;
     }
     n
@@ -136,7 +144,12 @@ fn a_full_disk_loses_nothing_acknowledged_and_recovers_without_a_restart() {
     assert_eq!(r.status, 201);
     let check = |all: &HashMap<String, usize>| {
         for v in &seen.acked {
-            assert_eq!(all.get(v), Some(&1), "acknowledged {}.. stored once", &v[..12]);
+            assert_eq!(
+                all.get(v),
+                Some(&1),
+                "acknowledged {}.. stored once",
+                &v[..12]
+            );
         }
         for (v, ..) in &seen.refused {
             assert!(!all.contains_key(v), "refused {}.. was stored", &v[..12]);

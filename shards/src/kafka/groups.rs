@@ -164,6 +164,8 @@ fn join(
                 assigned: Vec::new(),
                 paused: false,
                 seen_end: HashMap::new(),
+                last_record: Instant::now(),
+                last_unstick: Instant::now(),
             }
             .run(&shared, &id, idle)
         })
@@ -187,7 +189,15 @@ struct Member {
     /// Per partition, an offset known to be within it (one past the newest record read or
     /// found there).
     seen_end: HashMap<i32, i64>,
+    /// When a record last arrived, and when the consumer was last given its bootstrap brokers
+    /// again (a membership that gets nothing while subscribers wait may be one whose client
+    /// forgot every broker after a broker hung).
+    last_record: Instant,
+    last_unstick: Instant,
 }
+
+/// How long a membership may get nothing while subscribers wait before it bootstraps again.
+const STALL: Duration = Duration::from_secs(5);
 
 impl Member {
     fn run(mut self, shared: &KafkaShared, id: &str, idle: Duration) {
@@ -265,6 +275,7 @@ impl Member {
         while let Some(r) = got {
             match r {
                 Ok(rec) => {
+                    self.last_record = Instant::now();
                     let end = self.seen_end.entry(rec.partition).or_insert(0);
                     *end = (*end).max(rec.offset + 1);
                     self.buf.push_back(rec);
@@ -279,6 +290,14 @@ impl Member {
                 break;
             }
             got = self.consumer.poll_one(Duration::ZERO);
+        }
+        if self.waiting.is_empty() {
+            self.last_record = Instant::now();
+        } else if self.last_record.elapsed() > STALL && self.last_unstick.elapsed() > STALL {
+            self.last_unstick = Instant::now();
+            if self.consumer.rebootstrap() > 0 {
+                tracing::debug!("consumer got nothing for {STALL:?} while subscribers wait: gave it its bootstrap brokers again");
+            }
         }
         if let Ok(now) = self.consumer.assignment() {
             if now != self.assigned {
@@ -396,10 +415,9 @@ impl Member {
             let e = next.entry(r.partition).or_insert(0);
             *e = (*e).max(r.offset + 1);
         }
-        for (p, o) in next {
-            if let Err(e) = self.consumer.commit(p, o) {
-                tracing::warn!(partition = p, "auto-ack commit failed: {e}");
-            }
+        let offsets: Vec<(i32, i64)> = next.into_iter().collect();
+        if let Err(e) = self.consumer.commit_async(&offsets) {
+            tracing::warn!("auto-ack commit failed: {e}");
         }
     }
 }

@@ -3,9 +3,15 @@
 //! * normally the messages go to this core's producer (`ack=all`: acks=all and idempotence;
 //!   `ack=local`: acks=1), and the answer carries Kafka's partition and offset;
 //! * when Kafka is unreachable, the breaker is open (a produce or replay failed, or librdkafka
-//!   failed to connect to the brokers) or a produce timed out, the messages are
-//!   appended to the partition's handoff log instead (fsynced for `ack=all`, written for
-//!   `ack=local`) and answered 201 with `X-Offset: -1` and `X-Kateway-Buffered: 1`;
+//!   failed to connect to the brokers) or a produce is not acknowledged within
+//!   `kafka.produce_timeout`, the messages are appended to the partition's handoff log instead
+//!   (fsynced for `ack=all`, written for `ack=local`) and answered 201 with `X-Offset: -1` and
+//!   `X-Kateway-Buffered: 1`;
+//! * a produce the gateway stopped waiting for is not abandoned: librdkafka keeps it (it never
+//!   times a message out) and may still deliver it, so its buffered copy is *shadowed* until
+//!   the original's fate is known: delivered, the replayer skips the copy; failed, it sends the
+//!   copy. No message is stored twice because of a timeout (only a gateway crash while an
+//!   original is out can store one twice: at least once);
 //! * while a partition has a backlog in the handoff log, or a publish of it is on its way into
 //!   the log, new publishes of that partition go to the log too, behind it, so order holds;
 //! * past the disk budget, a publish that would be buffered is refused with 503 + Retry-After.
@@ -13,13 +19,14 @@
 //! The [`super::Lane`] tickets make each partition's publishes complete in the order they
 //! started, whichever way each one went.
 
-use super::{kafka_err, KafkaCore};
+use super::{kafka_err, KafkaCore, Shadow};
 use crate::mesh::{Ack, Item, Published};
 use crate::metrics;
-use crate::shard::{OwnedPartition, Shard};
+use crate::shard::{OwnedPartition, PartKey, Shard};
 use kateway_core::{Error, ErrorKind};
-use kateway_kafka_bridge::{Ack as KAck, BridgeError};
+use kateway_kafka_bridge::{Ack as KAck, BridgeError, Delivery};
 use std::rc::Rc;
+use std::time::Instant;
 
 /// The offsets-log entry holding a handoff partition's replay cursor (next offset to replay).
 pub const REPLAY_CURSOR: &str = "replay";
@@ -108,7 +115,8 @@ async fn complete(
     ack: Ack,
 ) -> Result<Published, Error> {
     let n = items.len();
-    if k.producer.take_brokers_down() {
+    let producer = k.producer();
+    if producer.take_brokers_down() {
         k.open_breaker(shard.id, "librdkafka cannot connect to the brokers");
     }
     let direct = !k.breaker_open.get() && !lane.buffering() && backlog(shard, topic, p) == 0;
@@ -131,54 +139,101 @@ async fn complete(
     };
     let sends: Vec<_> = items
         .iter()
-        .map(|it| {
-            k.producer
-                .send(topic, Some(p as i32), &it.key, &it.tags, &it.value, kack)
-        })
+        .map(|it| producer.send(topic, Some(p as i32), &it.key, &it.tags, &it.value, kack))
         .collect();
-    let mut offsets = Vec::with_capacity(n);
-    let mut failed = Vec::new();
+    let deadline = Instant::now() + shard.cfg.kafka.produce_timeout.0;
+    let mut offsets = vec![-1; n];
+    // Sends that failed for good while Kafka was unreachable, and sends still out at the
+    // deadline: both are buffered; the second kind is shadowed (see `Shadow`).
+    let mut failed: Vec<usize> = Vec::new();
+    let mut late: Vec<(usize, Delivery)> = Vec::new();
     let mut refused: Option<BridgeError> = None;
     for (i, s) in sends.into_iter().enumerate() {
         let r = match s {
-            Ok(d) => d.await,
+            Ok(mut d) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match monoio::time::timeout(left, &mut d).await {
+                    Ok(r) => r,
+                    Err(_elapsed) => {
+                        late.push((i, d));
+                        continue;
+                    }
+                }
+            }
             Err(e) => Err(e),
         };
         match r {
-            Ok((_, o)) => offsets.push(o),
+            Ok((_, o)) => {
+                offsets[i] = o;
+                k.last_progress.set(Instant::now());
+            }
+            Err(e) if e.is_unavailable() => failed.push(i),
             Err(e) => {
-                offsets.push(-1);
-                if e.is_unavailable() {
-                    if failed.is_empty() {
-                        k.open_breaker(shard.id, &e.to_string());
-                        lane.begin_buffering();
-                    }
-                    failed.push(i);
-                } else {
-                    metrics::inc(&shard.metrics.kafka_produce_errors_total);
-                    refused.get_or_insert(e);
-                }
+                metrics::inc(&shard.metrics.kafka_produce_errors_total);
+                refused.get_or_insert(e);
             }
         }
     }
+    let buffered = !failed.is_empty() || !late.is_empty();
+    if buffered {
+        k.unstick();
+        let why = if late.is_empty() {
+            "a produce failed"
+        } else {
+            "a produce timed out"
+        };
+        k.open_breaker(shard.id, why);
+        lane.begin_buffering();
+    }
     lane.turn(ticket).await;
-    let r = if failed.is_empty() {
-        Ok(())
-    } else {
-        let again: Vec<Item> = failed.iter().map(|&i| items[i].clone()).collect();
-        let r = buffer(shard, k, topic, p, &again, ack).await;
+    let r = if buffered {
+        let mut again: Vec<usize> = failed
+            .iter()
+            .copied()
+            .chain(late.iter().map(|l| l.0))
+            .collect();
+        again.sort_unstable();
+        let copies: Vec<Item> = again.iter().map(|&i| items[i].clone()).collect();
+        let shadows: Vec<(usize, Delivery)> = late
+            .into_iter()
+            .map(|(i, d)| (again.binary_search(&i).expect("buffered"), d))
+            .collect();
+        let r = buffer_shadowed(shard, k, topic, p, &copies, ack, shadows).await;
         lane.end_buffering();
-        r
+        r.map(|_| ())
+    } else {
+        Ok(())
     };
     lane.finish(ticket);
     r?;
     if let Some(e) = refused {
         return Err(kafka_err(e));
     }
-    Ok(Published {
-        offsets,
-        buffered: !failed.is_empty(),
-    })
+    Ok(Published { offsets, buffered })
+}
+
+/// Follows the original send of a buffered message: if Kafka takes it after all, the replayer
+/// skips the buffered copy; if it fails, the replayer sends the copy.
+fn shadow(k: &Rc<KafkaCore>, key: PartKey, at: u64, d: Delivery) {
+    k.shadows
+        .borrow_mut()
+        .entry(key.clone())
+        .or_default()
+        .insert(at, Shadow::Outstanding);
+    let k = k.clone();
+    monoio::spawn(async move {
+        let delivered = d.await.is_ok();
+        let mut all = k.shadows.borrow_mut();
+        if let Some(m) = all.get_mut(&key) {
+            if delivered {
+                m.insert(at, Shadow::Delivered);
+            } else {
+                m.remove(&at);
+            }
+        }
+        drop(all);
+        k.replay_wake.notify();
+    });
 }
 
 /// Bytes this core's handoff logs hold on disk and in memory.
@@ -194,15 +249,30 @@ pub fn handoff_bytes(shard: &Shard) -> u64 {
         .sum()
 }
 
-/// Appends to the handoff log at the durability `ack` asks for.
+/// Appends to the handoff log at the durability `ack` asks for; returns the handoff offsets.
 async fn buffer(
     shard: &Rc<Shard>,
-    k: &KafkaCore,
+    k: &Rc<KafkaCore>,
     topic: &str,
     p: u32,
     items: &[Item],
     ack: Ack,
-) -> Result<(), Error> {
+) -> Result<Vec<u64>, Error> {
+    buffer_shadowed(shard, k, topic, p, items, ack, Vec::new()).await
+}
+
+/// [`buffer`], shadowing the copies `(index in items, original send)` as soon as they are
+/// appended: before the replayer can read them.
+#[allow(clippy::too_many_arguments)]
+async fn buffer_shadowed(
+    shard: &Rc<Shard>,
+    k: &Rc<KafkaCore>,
+    topic: &str,
+    p: u32,
+    items: &[Item],
+    ack: Ack,
+    originals: Vec<(usize, Delivery)>,
+) -> Result<Vec<u64>, Error> {
     if k.budget > 0 && handoff_bytes(shard) >= k.budget {
         metrics::add(&shard.metrics.handoff_rejected_total, items.len() as u64);
         return Err(Error::new(
@@ -215,6 +285,9 @@ async fn buffer(
         .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {topic}")))?;
     shard.open_part(&name, p)?;
     let a = shard.append_records(topic, p, items)?;
+    for (i, d) in originals {
+        shadow(k, (name.clone(), p), a.offsets[i], d);
+    }
     metrics::add(
         &shard.metrics.handoff_buffered_messages_total,
         items.len() as u64,
@@ -227,5 +300,6 @@ async fn buffer(
     };
     shard
         .wait_durable(&a.part, crate::shard::Written::Records, a.gen, level)
-        .await
+        .await?;
+    Ok(a.offsets)
 }

@@ -41,6 +41,10 @@ pub struct KafkaShared {
     pub groups: Mutex<HashMap<String, flume::Sender<groups::GroupReq>>>,
 }
 
+/// How long a producer may deliver nothing while messages wait before [`KafkaCore::unstick`]
+/// acts.
+const STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Helper threads for blocking Kafka calls.
 const JOB_THREADS: usize = 2;
 /// Blocking calls that may wait for a helper; more are refused with 429 (a slow or unreachable
@@ -53,7 +57,10 @@ impl KafkaShared {
         let k = &cfg.kafka;
         let mut bridge = BridgeConfig::new(k.brokers.clone());
         bridge.linger = k.linger.0;
-        bridge.message_timeout = k.produce_timeout.0;
+        // librdkafka never gives up on a message (kafka.produce_timeout is the gateway's own
+        // timer): a message the gateway stopped waiting for and buffered is still delivered by
+        // librdkafka at most once, and the replayer skips its buffered copy when it is.
+        bridge.message_timeout = std::time::Duration::ZERO;
         bridge.request_timeout = k.request_timeout.0;
         bridge.client_id = k.client_id.clone();
         bridge.session_timeout = k.session_timeout.0;
@@ -180,10 +187,27 @@ impl Lane {
     }
 }
 
+/// What became of the original send of a buffered message whose produce timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shadow {
+    /// librdkafka still has it: the replayer waits (replaying it now could store it twice).
+    Outstanding,
+    /// Kafka took it: the replayer skips the buffered copy.
+    Delivered,
+}
+
 /// One core's Kafka state.
 pub struct KafkaCore {
     pub shared: Arc<KafkaShared>,
-    pub producer: Producer,
+    producer: RefCell<Rc<Producer>>,
+    core: usize,
+    /// When a message last reached Kafka (direct or replayed), and when the producers were last
+    /// given their bootstrap brokers again.
+    pub last_progress: Cell<std::time::Instant>,
+    last_unstick: Cell<std::time::Instant>,
+    /// Per handoff partition, buffered messages (by handoff offset) whose original send is
+    /// still out or went through after all.
+    pub shadows: RefCell<Map<PartKey, std::collections::BTreeMap<u64, Shadow>>>,
     /// Open after a publish or replay found Kafka unreachable: publishes go to the handoff
     /// log until the replayer gets through again.
     pub breaker_open: Cell<bool>,
@@ -209,7 +233,11 @@ impl KafkaCore {
         let producer = Producer::new(&shared.bridge, core).map_err(|e| e.to_string())?;
         Ok(Self {
             shared,
-            producer,
+            producer: RefCell::new(Rc::new(producer)),
+            core,
+            last_progress: Cell::new(std::time::Instant::now()),
+            last_unstick: Cell::new(std::time::Instant::now()),
+            shadows: Default::default(),
             breaker_open: Cell::new(false),
             lanes: Default::default(),
             replay_wake: Event::default(),
@@ -217,6 +245,55 @@ impl KafkaCore {
             groups: Default::default(),
             budget: cfg.kafka.handoff_max_bytes.0 / cores.max(1) as u64,
         })
+    }
+
+    /// This core's producers.
+    pub fn producer(&self) -> Rc<Producer> {
+        self.producer.borrow().clone()
+    }
+
+    /// Replaces the producers if librdkafka put them in a fatal state (they would refuse every
+    /// message from now on); their queued messages fail and are buffered or replayed.
+    pub fn renew_if_fatal(&self) {
+        let Some(why) = self.producer.borrow().fatal_error() else {
+            return;
+        };
+        match Producer::new(&self.shared.bridge, self.core) {
+            Ok(p) => {
+                tracing::error!(
+                    core = self.core,
+                    "kafka producer failed fatally ({why}): replaced it"
+                );
+                *self.producer.borrow_mut() = Rc::new(p);
+            }
+            Err(e) => tracing::error!(
+                core = self.core,
+                "kafka producer failed fatally ({why}) and cannot be replaced: {e}"
+            ),
+        }
+    }
+
+    /// A producer that delivered nothing for [`STALL`] while messages wait: gives it its
+    /// bootstrap brokers again (at most once per [`STALL`]), in case librdkafka forgot every
+    /// broker it knew (see `kateway_kafka_bridge`'s `native` module); also replaces it if it
+    /// failed fatally.
+    pub fn unstick(&self) {
+        self.renew_if_fatal();
+        let now = std::time::Instant::now();
+        if now.duration_since(self.last_progress.get()) < STALL
+            || now.duration_since(self.last_unstick.get()) < STALL
+        {
+            return;
+        }
+        self.last_unstick.set(now);
+        let added = self.producer.borrow().rebootstrap();
+        if added > 0 {
+            tracing::warn!(
+                core = self.core,
+                "kafka producer delivered nothing for {:?} while messages wait: gave it its bootstrap brokers again",
+                now.duration_since(self.last_progress.get())
+            );
+        }
     }
 
     /// The ordering lane of a partition.
@@ -254,7 +331,7 @@ impl KafkaCore {
     /// Closes the breaker, logging the transition.
     pub fn close_breaker(&self, core: usize) {
         if self.breaker_open.replace(false) {
-            tracing::info!(core, "kafka reachable again: publishing directly");
+            tracing::warn!(core, "kafka reachable again: publishing directly");
         }
     }
 }

@@ -5,9 +5,16 @@
 //! wholly behind it. A crash between Kafka's acknowledgement and the cursor's fsync replays
 //! those messages again: delivery is at least once, never lost.
 //!
-//! A failed round keeps (or opens) the breaker and backs off; a successful one closes it.
+//! Buffered copies of messages whose original send is still out are not replayed yet (the
+//! original may still arrive: replaying the copy could store the message twice); copies whose
+//! original Kafka took are skipped ([`super::Shadow`]).
+//!
+//! A failed round keeps (or opens) the breaker and backs off; a successful one closes it. While
+//! the breaker stays open the replayer says so every 30 s, and a producer that librdkafka put in
+//! a fatal state is replaced.
 
 use super::handoff::{replay_cursor, unreplayed, REPLAY_CURSOR};
+use super::Shadow;
 use crate::metrics;
 use crate::shard::{PartKey, Shard};
 use kateway_kafka_bridge::{Ack as KAck, BridgeError};
@@ -20,9 +27,14 @@ const ROUND_BYTES: usize = 4 << 20;
 enum Round {
     /// Nothing written yet to replay.
     Idle,
+    /// The next record waits for its original send to finish.
+    Waiting,
     Sent(usize),
     Failed(BridgeError),
 }
+
+/// How often the replayer says that Kafka is still unreachable.
+const STILL_DOWN_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs until the core stops.
 pub async fn run(shard: Rc<Shard>) {
@@ -33,6 +45,7 @@ pub async fn run(shard: Rc<Shard>) {
         .replay_backoff
         .0
         .max(Duration::from_millis(10));
+    let mut last_said = std::time::Instant::now();
     loop {
         if shard.stop_event.epoch() > 0 {
             return;
@@ -57,10 +70,12 @@ pub async fn run(shard: Rc<Shard>) {
             continue;
         }
         let mut sent = 0;
+        let mut waiting = false;
         let mut failure = None;
         for (topic, p) in &work {
             match round(&shard, topic, *p).await {
                 Round::Idle => {}
+                Round::Waiting => waiting = true,
                 Round::Sent(n) => sent += n,
                 Round::Failed(e) => {
                     failure = Some(e);
@@ -69,13 +84,58 @@ pub async fn run(shard: Rc<Shard>) {
             }
         }
         if let Some(e) = failure {
+            k.unstick();
             k.open_breaker(shard.id, &e.to_string());
+            if last_said.elapsed() >= STILL_DOWN_EVERY {
+                last_said = std::time::Instant::now();
+                let backlog: u64 = shard
+                    .parts
+                    .borrow()
+                    .values()
+                    .map(|p| unreplayed(&p.borrow()))
+                    .sum();
+                tracing::warn!(
+                    core = shard.id,
+                    backlog,
+                    "kafka still unreachable, replay failing: {e}"
+                );
+            }
             monoio::time::sleep(backoff).await;
         } else if sent > 0 {
             k.close_breaker(shard.id);
+            k.last_progress.set(std::time::Instant::now());
+            last_said = std::time::Instant::now();
+        } else if waiting {
+            k.unstick();
+            // Originals still out: they resolve (and wake us) once Kafka answers.
+            let _ = monoio::time::timeout(Duration::from_secs(1), k.replay_wake.wait(seen)).await;
         } else {
             // Buffered but not yet written by the flusher: look again shortly.
             monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The producers' watchdog, one per core: while messages wait (a backlog, or originals still
+/// out) and nothing reached Kafka for a while, [`super::KafkaCore::unstick`] them. Runs beside
+/// the replayer because a replay round may itself be waiting on a stuck producer.
+pub async fn watchdog(shard: Rc<Shard>) {
+    let k = shard.kafka.clone().expect("kafka backend");
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        if shard.stop_event.epoch() > 0 {
+            return;
+        }
+        let waiting = k.shadows.borrow().values().any(|m| !m.is_empty())
+            || shard
+                .parts
+                .borrow()
+                .values()
+                .any(|p| unreplayed(&p.borrow()) > 0);
+        if waiting {
+            k.unstick();
+        } else {
+            k.last_progress.set(std::time::Instant::now());
         }
     }
 }
@@ -123,7 +183,11 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
     let batch = shard.cfg.kafka.replay_batch as usize;
     let recs = {
         let st = part.borrow();
-        match st.log.read(replay_cursor(&st), batch, ROUND_BYTES) {
+        let read = st.log.read(replay_cursor(&st), batch, ROUND_BYTES);
+        for d in st.log.take_damage() {
+            shard.report_damage(topic, p, d, "replay");
+        }
+        match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(
@@ -136,13 +200,42 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
             }
         }
     };
-    let Some(last) = recs.last().map(|r| r.offset) else {
+    if recs.is_empty() {
         return Round::Idle;
+    }
+    // Up to the first record whose original send is still out; copies of delivered originals
+    // are not sent again.
+    let key = (
+        shard
+            .interned(topic)
+            .unwrap_or_else(|| std::rc::Rc::from(topic)),
+        p,
+    );
+    let (take, skip): (usize, Vec<u64>) = {
+        let shadows = k.shadows.borrow();
+        let sh = shadows.get(&key);
+        let take = recs
+            .iter()
+            .position(|r| sh.and_then(|m| m.get(&r.offset)) == Some(&Shadow::Outstanding))
+            .unwrap_or(recs.len());
+        let skip = recs[..take]
+            .iter()
+            .filter(|r| sh.and_then(|m| m.get(&r.offset)) == Some(&Shadow::Delivered))
+            .map(|r| r.offset)
+            .collect();
+        (take, skip)
     };
+    if take == 0 {
+        return Round::Waiting;
+    }
+    let recs = &recs[..take];
+    let last = recs[take - 1].offset;
+    let producer = k.producer();
     let sends: Vec<_> = recs
         .iter()
+        .filter(|r| !skip.contains(&r.offset))
         .map(|r| {
-            k.producer.send_at(
+            producer.send_at(
                 topic,
                 Some(p as i32),
                 &r.key,
@@ -180,7 +273,11 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
     if let Some(e) = first_err {
         return Round::Failed(e);
     }
-    let n = recs.len();
+    let n = recs.len() - skip.len();
+    metrics::add(&shard.metrics.handoff_deduplicated_total, skip.len() as u64);
+    if let Some(m) = k.shadows.borrow_mut().get_mut(&key) {
+        m.retain(|&o, _| o > last);
+    }
     {
         let mut st = part.borrow_mut();
         if st.offsets.commit(REPLAY_CURSOR, last + 1) {

@@ -76,6 +76,16 @@ impl Broker {
     pub fn start(&self) {
         self.run("start");
     }
+
+    /// SIGSTOP: connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        self.run("freeze");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.run("thaw");
+    }
 }
 
 impl Drop for Broker {
