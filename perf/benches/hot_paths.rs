@@ -47,8 +47,10 @@ fn log(c: &mut Criterion) {
     let cfg = PartitionConfig {
         segment_bytes: 256 << 20,
         index_interval: 4096,
+        recovery: kateway_log::RecoveryMode::TolerateCorruption,
     };
-    let (mut p, _) = Partition::open(&dir.path().join("append"), cfg).expect("open");
+    let files = kateway_log::Files::new(64);
+    let (mut p, _) = Partition::open(&dir.path().join("append"), cfg, &files, 0).expect("open");
     g.bench_function("append_100B_write_every_64", |b| {
         let mut n = 0u64;
         b.iter(|| {
@@ -59,7 +61,7 @@ fn log(c: &mut Criterion) {
             }
         })
     });
-    let (mut r, _) = Partition::open(&dir.path().join("read"), cfg).expect("open");
+    let (mut r, _) = Partition::open(&dir.path().join("read"), cfg, &files, 0).expect("open");
     for _ in 0..100_000 {
         r.append(0, b"", b"", &value);
     }

@@ -88,7 +88,7 @@ const ONE_MIB_SEGMENTS: [(&str, &str); 2] = [
 fn offsets_are_not_reused_after_recovery_cuts_records() {
     let mut g = Gateway::start();
     g.create_topic("app", "t", 1);
-    fill(&mut g, 300, 20);
+    fill(&g, 300, 20);
     assert_eq!(
         read_all(&g, "g").len(),
         300,
@@ -136,7 +136,7 @@ fn offsets_are_not_reused_after_recovery_cuts_records() {
 fn small_damage_costs_only_the_damaged_records() {
     let mut g = Gateway::start_with(&ONE_MIB_SEGMENTS);
     g.create_topic("app", "t", 1);
-    fill(&mut g, 3000, 1000);
+    fill(&g, 3000, 1000);
     g.kill9();
     let segs = segments(&g);
     assert!(segs.len() >= 3, "{segs:?}");
@@ -276,7 +276,7 @@ fn strict_recovery_refuses_damage_until_the_group_is_moved_past_it() {
 fn strict_recovery_refuses_to_start_on_damage_and_names_the_file() {
     let mut g = Gateway::start();
     g.create_topic("app", "t", 1);
-    fill(&mut g, 100, 100);
+    fill(&g, 100, 100);
     g.kill9();
     let seg = segments(&g)[0].clone();
     flip(&seg, 50 * 134 + 60, 2);

@@ -217,8 +217,8 @@ impl LogFile {
         self.handle()?.read_exact_at(buf, pos)
     }
 
-    /// The file's length on disk.
-    pub fn len(&self) -> io::Result<u64> {
+    /// The file's size on disk.
+    pub fn size(&self) -> io::Result<u64> {
         Ok(self.handle()?.metadata()?.len())
     }
 
@@ -285,10 +285,10 @@ mod tests {
         fail::configure("log::write=1*enospc->1*short(3)->off;log::fsync=eio").unwrap();
         let e = f.write_all_at(FP_WRITE, b"abcdef", 0).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(28));
-        assert_eq!(f.len().unwrap(), 0, "a failed write writes nothing");
+        assert_eq!(f.size().unwrap(), 0, "a failed write writes nothing");
         assert!(f.write_all_at(FP_WRITE, b"abcdef", 0).is_err());
         assert_eq!(
-            f.len().unwrap(),
+            f.size().unwrap(),
             3,
             "a short write leaves a partial write behind"
         );
