@@ -6,6 +6,8 @@
 //!   and writes (JSON) the ratios kateway/noop and kateway/baseline, on requests per second and
 //!   on requests per server CPU second.
 //! * `kafka`: kateway on the Kafka backend against librdkafka producing directly, same acks.
+//! * `soak`: an hour (or any duration) of mixed load, sampling the server's memory, descriptors
+//!   and latency per interval.
 //! * `serve-noop`, `serve-baseline`: the two comparison servers.
 
 mod baseline;
@@ -16,6 +18,7 @@ mod kafka;
 mod noop;
 mod procstat;
 mod scenario;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +44,8 @@ enum Cmd {
     /// Gateway publish throughput on the Kafka backend against producing the same messages
     /// directly with librdkafka, same acks, alternating rounds.
     Kafka(kafka::KafkaArgs),
+    /// Mixed load for a long time, sampling the server's RSS, descriptors and latency.
+    Soak(soak::SoakArgs),
     /// The noop ceiling server.
     ServeNoop {
         #[arg(long, default_value = "127.0.0.1:9291")]
@@ -66,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run(a) => scenario::run_cli(a),
         Cmd::Compare(a) => compare::run(a),
         Cmd::Kafka(a) => kafka::run(a),
+        Cmd::Soak(a) => soak::run(a),
         Cmd::ServeNoop { listen, cpus } => noop::serve(&listen, &cpus),
         Cmd::ServeBaseline {
             listen,

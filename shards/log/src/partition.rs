@@ -885,14 +885,16 @@ mod tests {
             p.take_damage().is_empty(),
             "known spans are skipped silently"
         );
-        // Strict: the read that would need a damaged offset fails, naming the offsets; a read
-        // that starts after them succeeds.
+        // Strict: a read hands out the records before the damage; the read that would need a
+        // damaged offset fails, naming the offsets; a read that starts after them succeeds.
         let strict = PartitionConfig {
             recovery: RecoveryMode::TolerateTail,
             ..CFG
         };
         let (p, _) = Partition::open(dir.path(), strict, &files(), 0).unwrap();
-        let e = p.read(0, 1000, usize::MAX).unwrap_err();
+        let before = p.read(0, 1000, usize::MAX).unwrap();
+        let next = before.last().map_or(0, |r| r.offset + 1);
+        let e = p.read(next, 1000, usize::MAX).unwrap_err();
         let d = e.damage().expect("damage error").clone();
         assert!(d.records() >= 1);
         let after = p.read(d.offsets.end, 1, usize::MAX).unwrap();

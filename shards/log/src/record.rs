@@ -104,6 +104,9 @@ pub fn decode(buf: &Bytes, pos: usize) -> Decoded {
     if b[8] != MAGIC {
         return Decoded::Corrupt("bad magic");
     }
+    if b[9] != 0 {
+        return Decoded::Corrupt("unknown flags");
+    }
     let offset = u64::from_be_bytes(b[10..18].try_into().expect("8 bytes"));
     let timestamp = i64::from_be_bytes(b[18..26].try_into().expect("8 bytes"));
     let kl = u16::from_be_bytes([b[26], b[27]]) as usize;

@@ -1,6 +1,7 @@
 //! One segment: a `.log` file of records starting at `base`, and its sparse `.index`
-//! (`magic u32 | size u64 | next_offset u64 | count u32 | (rel_offset u32, position u32)*`),
-//! written when the segment is sealed. The active segment's index lives in memory and is rebuilt
+//! (`magic u32 | size u64 | next_offset u64 | count u32 | (rel_offset u32, position u32)* |
+//! crc32c u32`, the checksum over everything before it), written when the segment is sealed.
+//! An index that does not match its checksum or its log's size is ignored and the log scanned. The active segment's index lives in memory and is rebuilt
 //! by scanning on open.
 //!
 //! Damage handling: a record whose length, magic, checksum or offset is wrong is a damaged span.
@@ -18,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-const INDEX_MAGIC: u32 = 0x4b57_4958; // "KWIX"
+const INDEX_MAGIC: u32 = 0x4b57_4932; // "KWI2"
 const SCAN_CHUNK: usize = 1 << 20;
 
 pub(crate) struct Segment {
@@ -218,9 +219,13 @@ impl Segment {
         let Ok(data) = std::fs::read(index_path(self.file.path())) else {
             return false;
         };
-        if data.len() < 24
+        if data.len() < 28
             || u32::from_be_bytes(data[0..4].try_into().unwrap_or([0; 4])) != INDEX_MAGIC
         {
+            return false;
+        }
+        let (data, crc) = data.split_at(data.len() - 4);
+        if crc32c::crc32c(data).to_be_bytes() != crc {
             return false;
         }
         let size = u64::from_be_bytes(data[4..12].try_into().unwrap_or([0; 8]));
@@ -229,7 +234,7 @@ impl Segment {
         if size != len || data.len() != 24 + count * 8 || next < self.base {
             return false;
         }
-        self.index = data[24..]
+        let index: Vec<(u32, u32)> = data[24..]
             .chunks_exact(8)
             .map(|c| {
                 (
@@ -238,6 +243,11 @@ impl Segment {
                 )
             })
             .collect();
+        let ordered = index.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        if !ordered || index.last().is_some_and(|&(_, p)| u64::from(p) >= size) {
+            return false;
+        }
+        self.index = index;
         self.size = size;
         self.next_offset = next;
         true
@@ -336,7 +346,7 @@ impl Segment {
     /// index the segment is scanned on open.
     pub fn seal(&self) {
         let path = index_path(self.file.path());
-        let mut data = Vec::with_capacity(24 + self.index.len() * 8);
+        let mut data = Vec::with_capacity(28 + self.index.len() * 8);
         data.extend_from_slice(&INDEX_MAGIC.to_be_bytes());
         data.extend_from_slice(&self.size.to_be_bytes());
         data.extend_from_slice(&self.next_offset.to_be_bytes());
@@ -345,6 +355,8 @@ impl Segment {
             data.extend_from_slice(&o.to_be_bytes());
             data.extend_from_slice(&p.to_be_bytes());
         }
+        let crc = crc32c::crc32c(&data);
+        data.extend_from_slice(&crc.to_be_bytes());
         let res = std::fs::File::create(&path).and_then(|mut f| f.write_all(&data));
         if let Err(e) = res {
             let _ = std::fs::remove_file(&path);

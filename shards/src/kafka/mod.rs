@@ -331,6 +331,8 @@ impl KafkaCore {
     /// Closes the breaker, logging the transition.
     pub fn close_breaker(&self, core: usize) {
         if self.breaker_open.replace(false) {
+            // Connection failures librdkafka reported during the outage are old news now.
+            self.producer().take_brokers_down();
             tracing::warn!(core, "kafka reachable again: publishing directly");
         }
     }
