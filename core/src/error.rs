@@ -110,6 +110,7 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     msg: Cow<'static, str>,
+    allow: Option<&'static str>,
 }
 
 impl Error {
@@ -118,7 +119,21 @@ impl Error {
         Self {
             kind,
             msg: msg.into(),
+            allow: None,
         }
+    }
+
+    /// A 405 for a route that exists for the methods in `allow` (the `Allow` header).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(ErrorKind::MethodNotAllowed, "method not allowed")
+        }
+    }
+
+    /// The methods a 405 allows.
+    pub fn allow(&self) -> Option<&'static str> {
+        self.allow
     }
 
     /// The kind, which fixes code, status and origin.

@@ -5,29 +5,13 @@
 //! dedicated to the membership, never from a reactor.
 
 use crate::{BridgeConfig, BridgeError};
+use bytes::Bytes;
+use kateway_core::{Delivered, Reset};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
-
-/// Where a group without committed offsets starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reset {
-    Oldest,
-    Newest,
-}
-
-/// A consumed record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp: i64,
-    pub key: Vec<u8>,
-    pub tags: Vec<u8>,
-    pub value: Vec<u8>,
-}
 
 /// One membership of a Kafka consumer group on one topic.
 pub struct GroupConsumer {
@@ -87,7 +71,7 @@ impl GroupConsumer {
     }
 
     /// Up to `max` records: waits up to `wait` for the first, then takes what is already there.
-    pub fn poll(&self, max: usize, wait: Duration) -> Result<Vec<Record>, BridgeError> {
+    pub fn poll(&self, max: usize, wait: Duration) -> Result<Vec<Delivered>, BridgeError> {
         let mut out = Vec::new();
         let deadline = Instant::now() + wait;
         while out.len() < max {
@@ -113,18 +97,18 @@ impl GroupConsumer {
 
     /// One record, waiting up to `wait`; `None` when none arrived. Also serves the group's
     /// rebalance callbacks, so a membership must call it regularly even when idle.
-    pub fn poll_one(&self, wait: Duration) -> Option<Result<Record, BridgeError>> {
+    pub fn poll_one(&self, wait: Duration) -> Option<Result<Delivered, BridgeError>> {
         match self.consumer.poll(wait)? {
             Err(e) => Some(Err(BridgeError::from_kafka(e))),
             Ok(m) => {
                 let tags = crate::producer::tags_of(&m);
-                Some(Ok(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
+                Some(Ok(Delivered {
+                    partition: m.partition().max(0) as u32,
+                    offset: m.offset().max(0) as u64,
                     timestamp: m.timestamp().to_millis().unwrap_or(0),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    tags,
-                    value: m.payload().unwrap_or_default().to_vec(),
+                    key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+                    tags: Bytes::from(tags),
+                    value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                 }))
             }
         }
@@ -149,9 +133,9 @@ impl GroupConsumer {
     }
 
     /// Commits `next` (the next offset to consume) for `partition`, waiting for the broker.
-    pub fn commit(&self, partition: i32, next: i64) -> Result<(), BridgeError> {
+    pub fn commit(&self, partition: u32, next: u64) -> Result<(), BridgeError> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
+        tpl.add_partition_offset(&self.topic, partition as i32, Offset::Offset(next as i64))
             .map_err(BridgeError::from_kafka)?;
         self.consumer
             .commit(&tpl, CommitMode::Sync)
@@ -160,10 +144,10 @@ impl GroupConsumer {
 
     /// Commits `next` for each `(partition, next)` without waiting for the broker (auto-ack:
     /// a commit lost to an outage only means those records are delivered again).
-    pub fn commit_async(&self, offsets: &[(i32, i64)]) -> Result<(), BridgeError> {
+    pub fn commit_async(&self, offsets: &[(u32, u64)]) -> Result<(), BridgeError> {
         let mut tpl = TopicPartitionList::new();
         for &(p, next) in offsets {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+            tpl.add_partition_offset(&self.topic, p as i32, Offset::Offset(next as i64))
                 .map_err(BridgeError::from_kafka)?;
         }
         self.consumer
@@ -173,40 +157,47 @@ impl GroupConsumer {
 
     /// The offset after the last record of `partition` (its high watermark), asked of the
     /// partition's leader. Blocks for up to `timeout`.
-    pub fn end_offset(&self, partition: i32, timeout: Duration) -> Result<i64, BridgeError> {
-        self.consumer
-            .fetch_watermarks(&self.topic, partition, timeout)
-            .map(|(_, hi)| hi)
-            .map_err(BridgeError::from_kafka)
+    pub fn end_offset(&self, partition: u32, timeout: Duration) -> Result<u64, BridgeError> {
+        self.watermarks(partition, timeout).map(|(_, hi)| hi)
     }
 
     /// The oldest and the next offset of `partition`. Blocks for up to `timeout`.
-    pub fn watermarks(&self, partition: i32, timeout: Duration) -> Result<(i64, i64), BridgeError> {
+    pub fn watermarks(&self, partition: u32, timeout: Duration) -> Result<(u64, u64), BridgeError> {
         self.consumer
-            .fetch_watermarks(&self.topic, partition, timeout)
+            .fetch_watermarks(&self.topic, partition as i32, timeout)
+            .map(|(lo, hi)| (lo.max(0) as u64, hi.max(0) as u64))
             .map_err(BridgeError::from_kafka)
     }
 
     /// Moves this membership's position on `partition` (which it must hold) to `next`.
-    pub fn seek(&self, partition: i32, next: i64, timeout: Duration) -> Result<(), BridgeError> {
+    pub fn seek(&self, partition: u32, next: u64, timeout: Duration) -> Result<(), BridgeError> {
         self.consumer
-            .seek(&self.topic, partition, Offset::Offset(next), timeout)
+            .seek(
+                &self.topic,
+                partition as i32,
+                Offset::Offset(next as i64),
+                timeout,
+            )
             .map_err(BridgeError::from_kafka)
     }
 
     /// Gives the consumer its bootstrap brokers again, for a membership that stopped getting
-    /// anything (see [`crate::native`]). Returns how many were new to it.
+    /// anything (see `native.rs`). Returns how many were new to it.
     pub fn rebootstrap(&self) -> i32 {
         crate::native::add_brokers(self.consumer.client(), &self.brokers)
     }
 
     /// The partitions this membership owns now.
-    pub fn assignment(&self) -> Result<Vec<i32>, BridgeError> {
+    pub fn assignment(&self) -> Result<Vec<u32>, BridgeError> {
         let tpl = self
             .consumer
             .assignment()
             .map_err(BridgeError::from_kafka)?;
-        let mut p: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let mut p: Vec<u32> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.partition().max(0) as u32)
+            .collect();
         p.sort_unstable();
         Ok(p)
     }

@@ -20,8 +20,9 @@ mod native;
 mod producer;
 
 pub use admin::Admin;
-pub use consumer::{GroupConsumer, Record, Reset};
-pub use producer::{tags_of, Ack, Delivery, Producer, TAGS_HEADER};
+pub use consumer::GroupConsumer;
+pub use kateway_core::{Ack, Reset};
+pub use producer::{tags_of, Delivery, Producer, TAGS_HEADER};
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Per-core producers and delivery futures.
 
 use crate::{BridgeConfig, BridgeError};
+use kateway_core::Ack;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -25,17 +26,6 @@ pub fn tags_of(m: &impl rdkafka::message::Message) -> Vec<u8> {
                 .and_then(|h| h.value.map(<[u8]>::to_vec))
         })
         .unwrap_or_default()
-}
-
-/// Durability of a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ack {
-    /// Acknowledged by all in-sync replicas (`acks=all`, idempotent producer).
-    All,
-    /// Acknowledged by the partition leader (`acks=1`).
-    Local,
-    /// Enqueued in the producer; the delivery report is not awaited.
-    Async,
 }
 
 /// Notices librdkafka reporting brokers unreachable, so that the gateway can stop sending
@@ -234,7 +224,7 @@ impl Producer {
         }
     }
 
-    /// Gives the producers their bootstrap brokers again (see [`crate::native`]): for a
+    /// Gives the producers their bootstrap brokers again (see `native.rs`): for a
     /// producer that stopped making progress. Returns how many brokers were new to them.
     pub fn rebootstrap(&self) -> i32 {
         use rdkafka::producer::Producer as _;

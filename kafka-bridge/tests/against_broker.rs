@@ -248,16 +248,16 @@ fn members_of_a_group_split_partitions_and_commits_are_visible_to_kafka() {
     let mut all: Vec<Vec<u8>> = got_a
         .iter()
         .chain(&got_b)
-        .map(|r| r.value.clone())
+        .map(|r| r.value.to_vec())
         .collect();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 40, "every message once");
     assert_eq!(got_a.len() + got_b.len(), 40, "no duplicates");
     // Commit what each member consumed; Kafka reports the same offsets to any client.
-    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut next: HashMap<u32, u64> = HashMap::new();
     for (member, recs) in [(&a, &got_a), (&b, &got_b)] {
-        let mut last: HashMap<i32, i64> = HashMap::new();
+        let mut last: HashMap<u32, u64> = HashMap::new();
         for r in recs {
             let e = last.entry(r.partition).or_insert(r.offset);
             *e = (*e).max(r.offset);
@@ -281,9 +281,8 @@ fn members_of_a_group_split_partitions_and_commits_are_visible_to_kafka() {
         .unwrap();
     for e in committed.elements() {
         let want = next
-            .get(&e.partition())
-            .copied()
-            .map_or(Offset::Invalid, Offset::Offset);
+            .get(&(e.partition() as u32))
+            .map_or(Offset::Invalid, |&o| Offset::Offset(o as i64));
         assert_eq!(e.offset(), want, "partition {}", e.partition());
     }
     drop((a, b));

@@ -19,12 +19,8 @@ pub fn collect() {
 }
 
 /// Runs until the core stops.
-pub async fn run(stop: std::rc::Rc<crate::shard::Shard>) {
-    loop {
-        monoio::time::sleep(EVERY).await;
-        if stop.stop_event.epoch() > 0 {
-            return;
-        }
+pub async fn run(shard: std::rc::Rc<crate::shard::Shard>) {
+    while !shard.sleep(EVERY).await {
         collect();
     }
 }

@@ -1,25 +1,36 @@
 //! kateway-shards: the thread-per-core gateway.
 //!
-//! [`runtime`] starts one pinned monoio reactor per core. Each core ([`core`]) owns a listener,
-//! its connections ([`conn`]), the partitions assigned to it and their group offsets
-//! ([`shard`]), a group-commit flusher ([`flusher`]) and its metrics ([`metrics`]). Cores share
-//! nothing mutable; they exchange owned messages over bounded channels ([`mesh`]). Requests
-//! are routed and answered at the edge ([`api`]), where errors become responses in one place.
-//! With the Kafka backend ([`kafka`]) the partitions a core owns are hinted-handoff logs in
-//! front of Kafka, and consumer groups are Kafka's.
+//! Layers, from the socket down (see `docs/architecture.md`):
+//!
+//! * [`conn`]: transports. A connection driver turns bytes into `kateway_proto::command`
+//!   commands with a sans-I/O codec and writes the `kateway_proto::reply` replies back.
+//! * [`api`]: executes a command: the one place that knows what each command does.
+//! * [`delivery`]: subscriptions: bounded reads, parking until data arrives or a deadline,
+//!   acknowledgement; the same for every transport and both backends.
+//! * [`backend`]: the seam between the gateway and where topics live (the embedded log store,
+//!   or Apache Kafka with a hinted-handoff buffer); the only module that knows which one runs.
+//! * [`logset`]: one core's partition logs, their group commit ([`logset::flusher`]) and
+//!   durability accounting; both backends keep their logs here.
+//! * [`catalog`], [`admin`]: the topic catalog, its file, and topic administration.
+//! * [`node`], [`shard`], [`mesh`], [`request`], [`tasks`]: a core, its context, and how cores
+//!   ask each other for things. Cores share nothing mutable.
+//! * [`runtime`], [`core`]: process and core bootstrap.
 
+pub mod admin;
 pub mod alloc;
 pub mod api;
+pub mod backend;
+pub mod catalog;
 pub mod conn;
 pub mod core;
 pub mod date;
-pub mod durability;
+pub mod delivery;
 pub mod event;
-pub mod flusher;
-pub mod kafka;
+pub mod logset;
 pub mod mesh;
 pub mod metrics;
+pub mod node;
+pub mod request;
 pub mod runtime;
-pub mod scrub;
 pub mod shard;
-pub mod topics;
+pub mod tasks;

@@ -1,170 +1,28 @@
 //! The mesh: how cores talk. Each core has one bounded inbox; every core holds a sender to every
 //! inbox. A message that needs an answer carries a one-shot reply channel. Messages carry owned,
-//! `Send` data only (`Bytes`, `String`, plain structs); nothing shared is mutated across cores.
+//! `Send` data only; nothing shared is mutated across cores.
 
-use crate::metrics::Snapshot;
-use crate::topics::TopicMeta;
-use bytes::Bytes;
 use kateway_core::{Error, ErrorKind};
 
-/// How durable a publish must be before it is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ack {
-    /// fsynced.
-    All,
-    /// Written to the page cache.
-    Local,
-    /// Queued in memory.
-    Async,
-}
-
-/// One message to append.
-#[derive(Debug, Clone)]
-pub struct Item {
-    /// Partition key (empty for none).
-    pub key: Bytes,
-    /// Tags (empty for none).
-    pub tags: Bytes,
-    /// Payload.
-    pub value: Bytes,
-}
-
-/// Where a publish landed: one offset per message (`-1` where none is known yet: buffered in
-/// the handoff log, or queued with `async=1` on the Kafka backend).
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub offsets: Vec<i64>,
-    /// Some messages went to the hinted-handoff log instead of Kafka.
-    pub buffered: bool,
-}
-
-/// A record handed to a subscriber.
-#[derive(Debug, Clone)]
-pub struct Delivered {
-    pub partition: u32,
-    pub offset: u64,
-    pub timestamp: i64,
-    pub key: Bytes,
-    pub tags: Bytes,
-    pub value: Bytes,
-}
-
-/// Where a group without a committed offset starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reset {
-    Oldest,
-    Newest,
-}
-
-/// A fetch for one group from the partitions one core owns.
-#[derive(Debug, Clone)]
-pub struct Fetch {
-    pub topic: String,
-    pub group: String,
-    pub max: usize,
-    pub max_bytes: usize,
-    pub reset: Reset,
-    pub auto_ack: bool,
-    /// Deliver only messages carrying one of these tags (empty: all).
-    pub tags: Vec<Bytes>,
-}
-
-/// Offsets of one partition, and the committed offsets of the groups asked about.
-#[derive(Debug, Clone)]
-pub struct PartitionInfo {
-    pub partition: u32,
-    pub oldest: u64,
-    pub newest: u64,
-    pub groups: Vec<(String, u64)>,
-}
-
-/// A one-shot reply channel.
-pub type Reply<T> = flume::Sender<T>;
-
-/// Everything one core can ask of another.
-pub enum Msg {
-    /// Append to a partition the receiver owns and answer at the requested durability.
-    Append {
-        topic: String,
-        partition: u32,
-        items: Vec<Item>,
-        ack: Ack,
-        reply: Reply<Result<Published, Error>>,
-    },
-    /// Fetch for a group from the receiver's partitions of a topic.
-    Fetch {
-        fetch: Fetch,
-        reply: Reply<Result<Vec<Delivered>, Error>>,
-    },
-    /// Commit a group's offset on a partition (durably before answering); with `seek` the
-    /// offset may move backwards and the group's read position moves with it.
-    Commit {
-        topic: String,
-        partition: u32,
-        group: String,
-        offset: u64,
-        seek: bool,
-        reply: Reply<Result<(), Error>>,
-    },
-    /// Offsets of the receiver's partitions of a topic; groups whose name starts with the prefix.
-    Info {
-        topic: String,
-        group_prefix: String,
-        reply: Reply<Vec<PartitionInfo>>,
-    },
-    /// The sender has (delta > 0) or no longer has (delta < 0) long polls parked on a topic.
-    Interest {
-        topic: String,
-        core: usize,
-        delta: i64,
-    },
-    /// New data on a topic the receiver asked about.
-    Wake { topic: String },
-    /// Core 0 only: create, alter or delete a topic.
-    Admin {
-        op: AdminOp,
-        reply: Reply<Result<TopicMeta, Error>>,
-    },
-    /// Install (or replace) a topic's metadata and open the receiver's partitions of it.
-    Apply {
-        meta: TopicMeta,
-        reply: Reply<Result<(), Error>>,
-    },
-    /// Forget a topic and remove the receiver's partitions of it.
-    Drop { name: String, reply: Reply<()> },
-    /// The receiver's metrics.
-    Metrics { reply: Reply<Snapshot> },
-    /// Stop accepting, finish requests, close connections; answer when none is left.
-    Drain { reply: Reply<()> },
-    /// Flush, sync and stop the core.
-    Stop,
-}
-
-/// A topic administration call.
-#[derive(Debug, Clone)]
-pub enum AdminOp {
-    Create(TopicMeta),
-    Alter {
-        name: String,
-        partitions: Option<u32>,
-        retention_hours: Option<u64>,
-        retention_bytes: Option<u64>,
-    },
-    Delete(String),
-    /// Kafka backend: record a topic that exists in Kafka (created by this or another gateway),
-    /// replacing what the catalog knew about it.
-    Learn(TopicMeta),
-}
+/// A message in an inbox: the request, and where to send the answer (if one is wanted).
+pub type Envelope<M, A> = (M, Option<flume::Sender<A>>);
 
 /// Senders to every core's inbox.
-#[derive(Clone)]
-pub struct Mesh {
-    inboxes: Vec<flume::Sender<Msg>>,
+pub struct Mesh<M, A> {
+    inboxes: Vec<flume::Sender<Envelope<M, A>>>,
 }
 
-impl Mesh {
+impl<M, A> Clone for Mesh<M, A> {
+    fn clone(&self) -> Self {
+        Self {
+            inboxes: self.inboxes.clone(),
+        }
+    }
+}
+
+impl<M, A> Mesh<M, A> {
     /// Creates the inboxes; returns the mesh and each core's receiver.
-    pub fn new(cores: usize, capacity: usize) -> (Self, Vec<flume::Receiver<Msg>>) {
+    pub fn new(cores: usize, capacity: usize) -> (Self, Vec<flume::Receiver<Envelope<M, A>>>) {
         let (tx, rx): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::bounded(capacity)).unzip();
         (Self { inboxes: tx }, rx)
     }
@@ -175,26 +33,61 @@ impl Mesh {
     }
 
     /// Sends without waiting for an answer.
-    pub async fn send(&self, core: usize, msg: Msg) {
+    pub async fn send(&self, core: usize, msg: M) {
         // A closed inbox means that core has stopped; nothing useful can be done about it.
-        let _ = self.inboxes[core].send_async(msg).await;
+        let _ = self.inboxes[core].send_async((msg, None)).await;
     }
 
-    /// Sends from a thread outside the reactors.
-    pub fn send_blocking(&self, core: usize, msg: Msg) -> bool {
-        self.inboxes[core].send(msg).is_ok()
+    /// Sends from a thread outside the reactors, waiting for room.
+    pub fn send_blocking(&self, core: usize, msg: M) -> bool {
+        self.inboxes[core].send((msg, None)).is_ok()
+    }
+
+    /// Sends a request from a thread outside the reactors; the answer arrives on the receiver.
+    pub fn ask_blocking(&self, core: usize, msg: M) -> Option<flume::Receiver<A>> {
+        let (tx, rx) = flume::bounded(1);
+        self.inboxes[core].send((msg, Some(tx))).ok().map(|()| rx)
     }
 
     /// Sends a request and waits for its answer.
-    pub async fn call<T>(
-        &self,
-        core: usize,
-        make: impl FnOnce(Reply<T>) -> Msg,
-    ) -> Result<T, Error> {
+    pub async fn call(&self, core: usize, msg: M) -> Result<A, Error> {
         let (tx, rx) = flume::bounded(1);
-        self.send(core, make(tx)).await;
-        rx.recv_async()
+        if self.inboxes[core]
+            .send_async((msg, Some(tx)))
             .await
-            .map_err(|_| Error::new(ErrorKind::ShuttingDown, "core stopped"))
+            .is_err()
+        {
+            return Err(stopped());
+        }
+        rx.recv_async().await.map_err(|_| stopped())
     }
+}
+
+impl<M, A> Mesh<M, A> {
+    /// Sends `make(core)` to every core but `except` at once, then collects the answers (in
+    /// core order, `except` left out).
+    pub async fn broadcast(
+        &self,
+        except: usize,
+        make: impl Fn(usize) -> M,
+    ) -> Vec<Result<A, Error>> {
+        let mut waiting = Vec::with_capacity(self.cores());
+        for core in (0..self.cores()).filter(|&c| c != except) {
+            let (tx, rx) = flume::bounded(1);
+            let sent = self.inboxes[core].send_async((make(core), Some(tx))).await;
+            waiting.push(sent.ok().map(|()| rx));
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(match rx {
+                Some(rx) => rx.recv_async().await.map_err(|_| stopped()),
+                None => Err(stopped()),
+            });
+        }
+        out
+    }
+}
+
+fn stopped() -> Error {
+    Error::new(ErrorKind::ShuttingDown, "core stopped")
 }

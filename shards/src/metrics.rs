@@ -5,6 +5,17 @@
 use std::cell::Cell;
 use std::fmt::Write;
 
+/// Damage found on a partition, as status reports it.
+#[derive(Debug, Clone)]
+pub struct DamageEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub damage: kateway_log::Damage,
+    /// How it was found: "recovery", "read", "scrub" or "replay".
+    pub found_by: &'static str,
+    pub at_ms: i64,
+}
+
 /// Histogram bucket upper bounds in seconds.
 pub const BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -101,7 +112,7 @@ macro_rules! counters {
             /// Response bytes held for clients that have not read them.
             pub response_bytes_held: u64,
             /// Damage found, newest last.
-            pub damage: Vec<crate::shard::DamageEntry>,
+            pub damage: Vec<DamageEntry>,
         }
 
         impl Metrics {

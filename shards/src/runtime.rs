@@ -3,8 +3,11 @@
 //! `SINGLE_ISSUER | DEFER_TASKRUN`, falling back loudly to the epoll driver), wait until every
 //! core listens, then on SIGTERM/SIGINT drain every core, stop them and exit.
 
+use crate::backend::{self, Shared};
+use crate::catalog::{file, TopicMeta};
 use crate::core::{self, CoreInit};
-use crate::mesh::{Mesh, Msg};
+use crate::mesh::Mesh;
+use crate::request::{Answer, Request};
 use kateway_core::config::Config;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,24 +37,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.store.data_dir.display()
         )
     })?;
-    let catalog = crate::topics::catalog_path(&cfg);
-    let loaded = crate::topics::load(&catalog)?;
-    let (topics, done) = crate::topics::reconcile(&crate::topics::root(&cfg), loaded.clone());
-    for t in &done.deleted {
-        tracing::warn!(topic = %t, "completed the deletion of a topic that a crash had interrupted");
-    }
-    for t in &done.adopted {
-        tracing::warn!(topic = %t, "the catalog did not list topic directory {t}: adopted it (default retention)");
-    }
-    if topics != loaded {
-        crate::topics::store(&catalog, &topics).map_err(|e| e.to_string())?;
-    }
-    let kafka = match cfg.store.backend {
-        kateway_core::config::Backend::Embedded => None,
-        kateway_core::config::Backend::Kafka => Some(crate::kafka::KafkaShared::start(&cfg)?),
-    };
+    let topics = load_catalog(&cfg)?;
+    let shared = Shared::start(&cfg)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
-    let (mesh, inboxes) = Mesh::new(cores, 4096);
+    let (mesh, inboxes) = Mesh::<Request, Answer>::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let cfg = Arc::new(cfg);
     let mut sig = signal_hook::iterator::Signals::new([
@@ -64,7 +53,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let cfg = cfg.clone();
         let mesh = mesh.clone();
         let topics = topics.clone();
-        let kafka = kafka.clone();
+        let shared = shared.clone();
         let ready = ready_tx.clone();
         let cpu = (cfg.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let t = std::thread::Builder::new()
@@ -79,7 +68,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     mesh,
                     inbox,
                     topics,
-                    kafka,
+                    shared,
                     ready,
                     fds,
                 };
@@ -102,29 +91,43 @@ pub fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(signal = s, "shutting down");
     }
     let deadline = Instant::now() + cfg.server.shutdown_timeout.0;
-    let mut drained = Vec::new();
-    for c in 0..cores {
-        let (tx, rx) = flume::bounded(1);
-        mesh.send_blocking(c, Msg::Drain { reply: tx });
-        drained.push(rx);
-    }
+    let drained: Vec<_> = (0..cores)
+        .filter_map(|c| mesh.ask_blocking(c, Request::Drain))
+        .collect();
     for rx in drained {
         let left = deadline.saturating_duration_since(Instant::now());
         if rx.recv_timeout(left).is_err() {
             tracing::warn!("connections still open at the shutdown deadline; closing them");
         }
     }
-    if let Some(k) = &kafka {
-        crate::kafka::groups::leave_all(k, std::time::Duration::from_secs(5));
-    }
+    shared.finish();
     for c in 0..cores {
-        mesh.send_blocking(c, Msg::Stop);
+        mesh.send_blocking(c, Request::Stop);
     }
     for t in threads {
         let _ = t.join();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the configured backend's catalog and reconciles it with the topic directories on disk
+/// (completing interrupted deletions, adopting directories the catalog lost), writing it back
+/// when that changed it.
+fn load_catalog(cfg: &Config) -> Result<Vec<TopicMeta>, String> {
+    let path = backend::catalog_path(cfg);
+    let loaded = file::load(&path)?;
+    let (topics, done) = file::reconcile(&backend::data_root(cfg), loaded.clone());
+    for t in &done.deleted {
+        tracing::warn!(topic = %t, "completed the deletion of a topic that a crash had interrupted");
+    }
+    for t in &done.adopted {
+        tracing::warn!(topic = %t, "the catalog did not list topic directory {t}: adopted it (default retention)");
+    }
+    if topics != loaded {
+        file::store(&path, &topics).map_err(|e| e.to_string())?;
+    }
+    Ok(topics)
 }
 
 fn reactor(id: usize, entries: u32, init: CoreInit) {
@@ -202,7 +205,8 @@ impl FdPlan {
         }
         // Descriptors duplicated for the fsyncs in flight, and connections beyond the cap
         // waiting for their health-check request.
-        reserve += cores64 * (crate::flusher::SYNC_BATCH as u64 + crate::core::OVER_CAP as u64);
+        reserve +=
+            cores64 * (crate::logset::flusher::SYNC_BATCH as u64 + crate::conn::OVER_CAP as u64);
         let spare = nofile.saturating_sub(reserve);
         let files = match cfg.store.max_open_files {
             0 => (spare / (4 * cores64)).clamp(16, 1024),

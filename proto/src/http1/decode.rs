@@ -137,6 +137,24 @@ impl Request {
     }
 }
 
+impl crate::command::Parts for Request {
+    fn method(&self) -> Method {
+        self.method
+    }
+    fn path(&self) -> &str {
+        Request::path(self)
+    }
+    fn query(&self) -> &str {
+        Request::query(self)
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        Request::header(self, name)
+    }
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
 /// What the decoder produced.
 #[derive(Debug)]
 pub enum Event {

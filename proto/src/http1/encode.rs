@@ -1,7 +1,9 @@
 //! HTTP/1.1 response encoding straight into the connection's write buffer. No intermediate
 //! header map: a [`Response`] writes the status line, then each header as it is added, then the
-//! framing headers and the body.
+//! framing headers and the body. [`write_reply`] frames a transport-neutral
+//! [`crate::reply::Reply`] this way.
 
+use crate::reply::{Body, Reply, Value};
 use bytes::{BufMut, BytesMut};
 
 /// The reason phrase for the statuses the gateway sends.
@@ -94,6 +96,18 @@ impl<'a> Response<'a> {
         }
     }
 
+    /// Finishes the head of a response to `HEAD`: the headers a `GET` would get, no body.
+    pub fn head_only(self, content_type: &str, len: usize) {
+        if len > 0 {
+            self.out.put_slice(b"content-type: ");
+            self.out.put_slice(content_type.as_bytes());
+            self.out.put_slice(b"\r\n");
+        }
+        self.out.put_slice(b"content-length: ");
+        put_u64(self.out, len as u64);
+        self.out.put_slice(b"\r\n\r\n");
+    }
+
     /// Finishes the head of a chunked response; the caller appends chunks with
     /// [`super::chunked::encode_chunk`] and ends with [`super::chunked::encode_last`].
     pub fn chunked(self, content_type: &str) {
@@ -102,6 +116,46 @@ impl<'a> Response<'a> {
         self.out
             .put_slice(b"\r\ntransfer-encoding: chunked\r\n\r\n");
     }
+}
+
+/// Writes `reply` as an HTTP/1.1 response: records become one chunk of a chunked body; `head`
+/// (a `HEAD` request) writes the head alone; `close` adds `connection: close`. Returns the
+/// bytes written.
+pub fn write_reply(
+    out: &mut BytesMut,
+    reply: &Reply,
+    date: &[u8],
+    head: bool,
+    close: bool,
+) -> usize {
+    let start = out.len();
+    let mut r = Response::new(out, reply.status, date);
+    for (name, v) in &reply.headers {
+        r = match v {
+            Value::Bytes(b) => r.header(name, b),
+            Value::Static(s) => r.header(name, s.as_bytes()),
+            Value::Int(i) => r.header_int(name, *i),
+        };
+    }
+    let r = r.close_if(close);
+    match &reply.body {
+        Body::Empty => r.body("", b""),
+        Body::Full { content_type, data } if head => r.head_only(content_type, data.len()),
+        Body::Full { content_type, data } => r.body(content_type, data),
+        Body::Records { format, records } => {
+            r.chunked(format.content_type());
+            if !head {
+                let size: usize = records.iter().map(|m| m.value.len() + 64).sum();
+                let mut body = BytesMut::with_capacity(size);
+                for m in records {
+                    format.put(&mut body, m);
+                }
+                super::chunked::encode_chunk(out, &body);
+                super::chunked::encode_last(out);
+            }
+        }
+    }
+    out.len() - start
 }
 
 /// Writes `100 Continue`.

@@ -145,6 +145,15 @@ impl LogError {
         }
     }
 
+    /// What went wrong, without the path: for messages that clients see (paths are logged).
+    pub fn reason(&self) -> String {
+        match self {
+            LogError::Io { op, source, .. } => format!("{op}: {source}"),
+            LogError::Corrupt { reason, .. } => format!("damaged file: {reason}"),
+            LogError::Damaged { damage, .. } => damage.to_string(),
+        }
+    }
+
     /// The damage, if this is refused damage.
     pub fn damage(&self) -> Option<&Damage> {
         match self {

@@ -19,12 +19,11 @@
 //! The [`super::Lane`] tickets make each partition's publishes complete in the order they
 //! started, whichever way each one went.
 
-use super::{kafka_err, KafkaCore, Shadow};
-use crate::mesh::{Ack, Item, Published};
+use super::{kafka_err, Kafka, Shadow};
+use crate::logset::{LogPart, PartKey, Written};
 use crate::metrics;
-use crate::shard::{OwnedPartition, PartKey, Shard};
-use kateway_core::{Error, ErrorKind};
-use kateway_kafka_bridge::{Ack as KAck, BridgeError, Delivery};
+use kateway_core::{Ack, Error, ErrorKind, Item, Published};
+use kateway_kafka_bridge::{BridgeError, Delivery};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -32,7 +31,7 @@ use std::time::Instant;
 pub const REPLAY_CURSOR: &str = "replay";
 
 /// The next offset of a handoff log to replay.
-pub fn replay_cursor(st: &OwnedPartition) -> u64 {
+pub fn replay_cursor(st: &LogPart) -> u64 {
     st.offsets
         .get(REPLAY_CURSOR)
         .unwrap_or(0)
@@ -40,33 +39,29 @@ pub fn replay_cursor(st: &OwnedPartition) -> u64 {
 }
 
 /// Messages still waiting in a handoff log (appended, pending ones included, not replayed).
-pub fn unreplayed(st: &OwnedPartition) -> u64 {
+pub fn unreplayed(st: &LogPart) -> u64 {
     st.log.next_offset().saturating_sub(replay_cursor(st))
 }
 
 /// [`unreplayed`] of an owned partition; 0 when it has no handoff log.
-pub fn backlog(shard: &Shard, topic: &str, p: u32) -> u64 {
-    shard
-        .part(topic, p)
+pub fn backlog(k: &Kafka, topic: &str, p: u32) -> u64 {
+    k.buffer
+        .get(topic, p)
         .map_or(0, |part| unreplayed(&part.borrow()))
 }
 
 /// Publishes `items` to partition `p` (owned by this core). With `async=1` the answer does not
 /// wait: delivery, or buffering on failure, continues in the background.
 pub async fn publish(
-    shard: &Rc<Shard>,
+    k: &Rc<Kafka>,
     topic: &str,
     p: u32,
     items: Vec<Item>,
     ack: Ack,
 ) -> Result<Published, Error> {
-    let k = shard.kafka.clone().expect("kafka backend");
-    let (name, owned) = shard
-        .topics
-        .borrow()
-        .get_key_value(topic)
-        .map(|(name, t)| (name.clone(), t.owned.contains(&p)))
-        .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {topic}")))?;
+    let shard = &k.shard;
+    let t = shard.topic(topic)?;
+    let (name, owned) = (t.name.clone(), t.owned.contains(&p));
     if !owned {
         return Err(Error::new(
             ErrorKind::Internal,
@@ -82,14 +77,14 @@ pub async fn publish(
     metrics::add(&shard.metrics.pub_bytes_total, bytes as u64);
     // Finish in a task of its own, so that a caller that goes away cannot leave the lane
     // waiting for a ticket that never finishes.
-    let s = shard.clone();
+    let k = k.clone();
     let topic: Rc<str> = key.0.clone();
     let task = monoio::spawn(async move {
         let lane = lane.clone();
-        let r = complete(&s, &k, &lane, ticket, &topic, p, items, ack).await;
+        let r = complete(&k, &lane, ticket, &topic, p, items, ack).await;
         if let Err(e) = &r {
             if ack == Ack::Async {
-                tracing::error!(core = s.id, topic = %topic, partition = p, "async publish lost: {e}");
+                tracing::error!(core = k.shard.id, topic = %topic, partition = p, "async publish lost: {e}");
             }
         }
         r
@@ -103,10 +98,8 @@ pub async fn publish(
     task.await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn complete(
-    shard: &Rc<Shard>,
-    k: &Rc<KafkaCore>,
+    k: &Rc<Kafka>,
     lane: &super::Lane,
     ticket: u64,
     topic: &str,
@@ -114,16 +107,17 @@ async fn complete(
     items: Vec<Item>,
     ack: Ack,
 ) -> Result<Published, Error> {
+    let shard = &k.shard;
     let n = items.len();
     let producer = k.producer();
     if producer.take_brokers_down() {
-        k.open_breaker(shard.id, "librdkafka cannot connect to the brokers");
+        k.open_breaker("librdkafka cannot connect to the brokers");
     }
-    let direct = !k.breaker_open.get() && !lane.buffering() && backlog(shard, topic, p) == 0;
+    let direct = !k.breaker_open.get() && !lane.buffering() && backlog(k, topic, p) == 0;
     if !direct {
         lane.begin_buffering();
         lane.turn(ticket).await;
-        let r = buffer(shard, k, topic, p, &items, ack).await;
+        let r = buffer(k, topic, p, &items, ack).await;
         lane.end_buffering();
         lane.finish(ticket);
         r?;
@@ -133,9 +127,9 @@ async fn complete(
         });
     }
     let kack = if ack == Ack::All {
-        KAck::All
+        Ack::All
     } else {
-        KAck::Local
+        Ack::Local
     };
     let sends: Vec<_> = items
         .iter()
@@ -182,7 +176,7 @@ async fn complete(
         } else {
             "a produce timed out"
         };
-        k.open_breaker(shard.id, why);
+        k.open_breaker(why);
         lane.begin_buffering();
     }
     lane.turn(ticket).await;
@@ -198,7 +192,7 @@ async fn complete(
             .into_iter()
             .map(|(i, d)| (again.binary_search(&i).expect("buffered"), d))
             .collect();
-        let r = buffer_shadowed(shard, k, topic, p, &copies, ack, shadows).await;
+        let r = buffer_shadowed(k, topic, p, &copies, ack, shadows).await;
         lane.end_buffering();
         r.map(|_| ())
     } else {
@@ -214,7 +208,7 @@ async fn complete(
 
 /// Follows the original send of a buffered message: if Kafka takes it after all, the replayer
 /// skips the buffered copy; if it fails, the replayer sends the copy.
-fn shadow(k: &Rc<KafkaCore>, key: PartKey, at: u64, d: Delivery) {
+fn shadow(k: &Rc<Kafka>, key: PartKey, at: u64, d: Delivery) {
     k.shadows
         .borrow_mut()
         .entry(key.clone())
@@ -237,8 +231,8 @@ fn shadow(k: &Rc<KafkaCore>, key: PartKey, at: u64, d: Delivery) {
 }
 
 /// Bytes this core's handoff logs hold on disk and in memory.
-pub fn handoff_bytes(shard: &Shard) -> u64 {
-    shard
+pub fn handoff_bytes(k: &Kafka) -> u64 {
+    k.buffer
         .parts
         .borrow()
         .values()
@@ -251,29 +245,27 @@ pub fn handoff_bytes(shard: &Shard) -> u64 {
 
 /// Appends to the handoff log at the durability `ack` asks for; returns the handoff offsets.
 async fn buffer(
-    shard: &Rc<Shard>,
-    k: &Rc<KafkaCore>,
+    k: &Rc<Kafka>,
     topic: &str,
     p: u32,
     items: &[Item],
     ack: Ack,
 ) -> Result<Vec<u64>, Error> {
-    buffer_shadowed(shard, k, topic, p, items, ack, Vec::new()).await
+    buffer_shadowed(k, topic, p, items, ack, Vec::new()).await
 }
 
 /// [`buffer`], shadowing the copies `(index in items, original send)` as soon as they are
 /// appended: before the replayer can read them.
-#[allow(clippy::too_many_arguments)]
 async fn buffer_shadowed(
-    shard: &Rc<Shard>,
-    k: &Rc<KafkaCore>,
+    k: &Rc<Kafka>,
     topic: &str,
     p: u32,
     items: &[Item],
     ack: Ack,
     originals: Vec<(usize, Delivery)>,
 ) -> Result<Vec<u64>, Error> {
-    if k.budget > 0 && handoff_bytes(shard) >= k.budget {
+    let shard = &k.shard;
+    if k.budget > 0 && handoff_bytes(k) >= k.budget {
         metrics::add(&shard.metrics.handoff_rejected_total, items.len() as u64);
         return Err(Error::new(
             ErrorKind::HandoffFull,
@@ -283,8 +275,8 @@ async fn buffer_shadowed(
     let name = shard
         .interned(topic)
         .ok_or_else(|| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {topic}")))?;
-    shard.open_part(&name, p)?;
-    let a = shard.append_records(topic, p, items)?;
+    k.buffer.open(&name, p)?;
+    let a = k.buffer.append(topic, p, items)?;
     for (i, d) in originals {
         shadow(k, (name.clone(), p), a.offsets[i], d);
     }
@@ -298,8 +290,8 @@ async fn buffer_shadowed(
     } else {
         Ack::Local
     };
-    shard
-        .wait_durable(&a.part, crate::shard::Written::Records, a.gen, level)
+    k.buffer
+        .wait_durable(&a.part, Written::Records, a.gen, level)
         .await?;
     Ok(a.offsets)
 }

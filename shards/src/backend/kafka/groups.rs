@@ -9,12 +9,13 @@
 //! rebalanced away are dropped from the buffer: the new owner reads them from the committed
 //! offset. A membership unused for `kafka.group_idle_timeout` leaves the group.
 
+use super::Kafka;
 use super::{kafka_err, KafkaShared};
-use crate::mesh::{Delivered, Reset};
-use crate::shard::{tags_match, Shard};
 use bytes::Bytes;
+use kateway_core::message::tags_match;
+use kateway_core::{Delivered, Reset};
 use kateway_core::{Error, ErrorKind};
-use kateway_kafka_bridge::{GroupConsumer, Record, Reset as KReset};
+use kateway_kafka_bridge::GroupConsumer;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,80 @@ fn key(group: &str, topic: &str) -> String {
     format!("{group}\n{topic}")
 }
 
+/// How long past its deadline a fetch waits for its membership: a membership stuck in a call to
+/// an unresponsive broker gets its subscriber a 503 instead of holding it.
+const GRACE: Duration = Duration::from_secs(2);
+
+fn closed() -> Error {
+    Error::new(
+        ErrorKind::KafkaUnavailable,
+        "consumer group membership closed",
+    )
+}
+
+/// Asks the group's membership for records, which answers when it has some or at the deadline;
+/// shutdown answers at once (the membership then keeps the records). The answer comes within
+/// the deadline plus `GRACE` whatever Kafka does.
+pub async fn fetch(
+    k: &Kafka,
+    topic: &crate::catalog::LocalTopic,
+    f: crate::request::Fetch,
+    deadline: Instant,
+) -> Result<Vec<Delivered>, Error> {
+    let shard = &k.shard;
+    if shard.shutdown.get() {
+        return Ok(Vec::new());
+    }
+    let (reply, rx) = flume::bounded(1);
+    let req = GroupReq::Fetch(FetchReq {
+        max: f.max,
+        max_bytes: f.max_bytes,
+        deadline,
+        tags: f.tags,
+        auto_ack: f.auto_ack,
+        reply,
+    });
+    send(k, &f.group, &topic.name, f.reset, req)?;
+    let seen = shard.shutdown_event.epoch();
+    let limit = deadline.saturating_duration_since(Instant::now()) + GRACE;
+    let got = monoio::select! {
+        r = monoio::time::timeout(limit, rx.recv_async()) => match r {
+            Ok(r) => r.map_err(|_| closed()),
+            Err(_) => Err(Error::new(
+                ErrorKind::KafkaUnavailable,
+                "kafka did not answer for this consumer group in time",
+            )),
+        },
+        _ = shard.shutdown_event.wait(seen) => Ok(Ok(Vec::new())),
+    };
+    let msgs = got??;
+    crate::metrics::add(&shard.metrics.sub_messages_total, msgs.len() as u64);
+    let bytes: usize = msgs.iter().map(|m| m.value.len()).sum();
+    crate::metrics::add(&shard.metrics.sub_bytes_total, bytes as u64);
+    Ok(msgs)
+}
+
+/// Commits `next` for `group` on partition `p` through the group's membership (with `seek`,
+/// also moving the membership's position there).
+pub async fn commit(
+    k: &Kafka,
+    topic: &crate::catalog::LocalTopic,
+    p: u32,
+    group: &str,
+    next: u64,
+    seek: bool,
+) -> Result<(), Error> {
+    let (reply, rx) = flume::bounded(1);
+    let req = GroupReq::Commit {
+        partition: p,
+        next,
+        seek,
+        reply,
+    };
+    send(k, group, &topic.name, Reset::Oldest, req)?;
+    rx.recv_async().await.map_err(|_| closed())?
+}
+
 /// Makes every membership of this process leave its group, waiting at most `limit`.
 pub fn leave_all(shared: &KafkaShared, limit: Duration) {
     let members: Vec<flume::Sender<GroupReq>> = shared
@@ -75,13 +150,13 @@ pub fn leave_all(shared: &KafkaShared, limit: Duration) {
 /// Sends `req` to the membership of `group` on `topic`, joining the group if this process is
 /// not a member yet.
 pub fn send(
-    shard: &Shard,
+    k: &Kafka,
     group: &str,
     topic: &str,
     reset: Reset,
     mut req: GroupReq,
 ) -> Result<(), Error> {
-    let k = shard.kafka.as_ref().expect("kafka backend");
+    let shard = &k.shard;
     let id = key(group, topic);
     for _ in 0..2 {
         let tx = k.groups.borrow().get(&id).cloned();
@@ -143,10 +218,6 @@ fn join(
             ),
         ));
     }
-    let reset = match reset {
-        Reset::Oldest => KReset::Oldest,
-        Reset::Newest => KReset::Newest,
-    };
     let consumer = GroupConsumer::join(&shared.bridge, group, topic, reset).map_err(kafka_err)?;
     let (tx, rx) = flume::bounded(1024);
     reg.insert(id.to_owned(), tx.clone());
@@ -181,14 +252,14 @@ fn join(
 struct Member {
     consumer: GroupConsumer,
     rx: flume::Receiver<GroupReq>,
-    buf: VecDeque<Record>,
+    buf: VecDeque<Delivered>,
     waiting: VecDeque<FetchReq>,
     prefetch: usize,
-    assigned: Vec<i32>,
+    assigned: Vec<u32>,
     paused: bool,
     /// Per partition, an offset known to be within it (one past the newest record read or
     /// found there).
-    seen_end: HashMap<i32, i64>,
+    seen_end: HashMap<u32, u64>,
     /// When a record last arrived, and when the consumer was last given its bootstrap brokers
     /// again (a membership that gets nothing while subscribers wait may be one whose client
     /// forgot every broker after a broker hung).
@@ -232,9 +303,9 @@ impl Member {
                         reply,
                     } => {
                         let r = if seek {
-                            self.seek(partition as i32, next as i64)
+                            self.seek(partition, next)
                         } else {
-                            self.commit(partition as i32, next as i64)
+                            self.commit(partition, next)
                         };
                         let _ = reply.send(r);
                     }
@@ -332,14 +403,7 @@ impl Member {
                 let keep = f.tags.is_empty() || tags_match(&r.tags, &f.tags);
                 if keep {
                     bytes += r.value.len();
-                    out.push(Delivered {
-                        partition: r.partition as u32,
-                        offset: r.offset as u64,
-                        timestamp: r.timestamp,
-                        key: Bytes::copy_from_slice(&r.key),
-                        tags: Bytes::copy_from_slice(&r.tags),
-                        value: Bytes::copy_from_slice(&r.value),
-                    });
+                    out.push(r.clone());
                 }
                 taken.push(r);
             }
@@ -362,7 +426,7 @@ impl Member {
 
     /// Commits an acknowledgement, refusing one beyond the partition's end as the embedded
     /// store does. Offsets up to what this membership has read need no question to Kafka.
-    fn commit(&mut self, partition: i32, next: i64) -> Result<(), Error> {
+    fn commit(&mut self, partition: u32, next: u64) -> Result<(), Error> {
         let seen = self.seen_end.get(&partition).copied().unwrap_or(0);
         if next > seen {
             let end = self
@@ -385,7 +449,7 @@ impl Member {
 
     /// Moves the group to `next` on `partition`: commits it, and if this membership holds the
     /// partition, drops what it read ahead there and fetches from `next` on.
-    fn seek(&mut self, partition: i32, next: i64) -> Result<(), Error> {
+    fn seek(&mut self, partition: u32, next: u64) -> Result<(), Error> {
         let (lo, hi) = self
             .consumer
             .watermarks(partition, Duration::from_secs(5))
@@ -406,16 +470,16 @@ impl Member {
         Ok(())
     }
 
-    fn commit_taken(&self, taken: &[Record], auto_ack: bool) {
+    fn commit_taken(&self, taken: &[Delivered], auto_ack: bool) {
         if !auto_ack {
             return;
         }
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         for r in taken {
             let e = next.entry(r.partition).or_insert(0);
             *e = (*e).max(r.offset + 1);
         }
-        let offsets: Vec<(i32, i64)> = next.into_iter().collect();
+        let offsets: Vec<(u32, u64)> = next.into_iter().collect();
         if let Err(e) = self.consumer.commit_async(&offsets) {
             tracing::warn!("auto-ack commit failed: {e}");
         }

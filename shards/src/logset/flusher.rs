@@ -3,8 +3,8 @@
 //! 1. wait for work (an append or commit marked a partition dirty) or for the fsync interval;
 //! 2. yield once, so every request that is ready in this reactor tick can join the batch;
 //! 3. close generation `g`, write every dirty partition's pending bytes with one positioned
-//!    write each, mark `g` written (wakes `ack=local` publishes and parked long polls, here and
-//!    on cores that asked through [`crate::mesh::Msg::Interest`]);
+//!    write each, mark `g` written (wakes `ack=local` publishes, and the long polls of the
+//!    topics written, here and on the cores that asked: [`crate::shard::Shard::wake`]);
 //! 4. if an `ack=all` publish waits for `g`, or unsynced bytes or age passed the configured
 //!    bounds, fsync every file written since the last sync, concurrently through io_uring, and
 //!    mark `g` synced.
@@ -12,25 +12,24 @@
 //! Appends that arrive while a sync is in flight form the next generation, so one fsync covers
 //! as many publishes as arrived during the previous one. A failed write drops that partition's
 //! pending records and records their generations as failed; a failed fsync records every
-//! generation not yet synced as failed and stops syncing until [`crate::durability::recover`]
+//! generation not yet synced as failed and stops syncing until [`durability::recover`]
 //! has rewritten and synced what was written. Either way the waiters of those generations get
-//! 503 (see [`crate::durability`]).
+//! 503 (see [`super::durability`]).
 
-use crate::durability;
-use crate::mesh::Msg;
+use super::{durability, LogSet, PartKey};
 use crate::metrics;
-use crate::shard::{PartKey, Shard};
 use kateway_log::fs::FP_FSYNC;
 use kateway_log::{LogError, LogFile, SyncPlan};
 use std::collections::HashSet;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Files fsynced at once (each needs a duplicated descriptor while its fsync is in flight).
 pub const SYNC_BATCH: usize = 64;
 
 /// Runs the flusher until the core stops (after a final write and sync).
-pub async fn run(shard: Rc<Shard>) {
+pub async fn run(set: Rc<LogSet>) {
+    let shard = set.shard.clone();
     let interval = shard.cfg.store.fsync_interval.0;
     let fsync_bytes = shard.cfg.store.fsync_bytes.0;
     let mut unsynced: HashSet<PartKey> = HashSet::new();
@@ -38,32 +37,32 @@ pub async fn run(shard: Rc<Shard>) {
     let mut last_sync = Instant::now();
     loop {
         let stopping = shard.stop_event.epoch() > 0;
-        if shard.dirty.borrow().is_empty() && !stopping {
-            let seen = shard.dur.work.epoch();
+        if set.dirty.borrow().is_empty() && !stopping {
+            let seen = set.dur.work.epoch();
             let stop_seen = shard.stop_event.epoch();
             if unsynced.is_empty() {
                 monoio::select! {
-                    _ = shard.dur.work.wait(seen) => {},
+                    _ = set.dur.work.wait(seen) => {},
                     _ = shard.stop_event.wait(stop_seen) => {},
                 }
             } else {
                 let left = interval.saturating_sub(last_sync.elapsed());
                 monoio::select! {
-                    _ = shard.dur.work.wait(seen) => {},
+                    _ = set.dur.work.wait(seen) => {},
                     _ = shard.stop_event.wait(stop_seen) => {},
                     _ = monoio::time::sleep(left) => {},
                 }
             }
             crate::event::yield_now().await;
         }
-        let gen = shard.dur.next.get();
-        shard.dur.next.set(gen + 1);
-        let written = write_dirty(&shard, gen, &mut unsynced);
+        let gen = set.dur.next.get();
+        set.dur.next.set(gen + 1);
+        let written = write_dirty(&set, gen, &mut unsynced);
         unsynced_bytes += written;
-        shard.dur.written.set(gen);
-        shard.dur.progress.notify();
-        let sync_fault = shard.dur.fault.borrow().sync.is_some();
-        let want_sync = shard.dur.sync_wanted.get() > shard.dur.synced.get()
+        set.dur.written.set(gen);
+        set.dur.progress.notify();
+        let sync_fault = set.dur.fault.borrow().sync.is_some();
+        let want_sync = set.dur.sync_wanted.get() > set.dur.synced.get()
             || unsynced_bytes >= fsync_bytes
             || last_sync.elapsed() >= interval
             || shard.stop_event.epoch() > 0;
@@ -72,23 +71,23 @@ pub async fn run(shard: Rc<Shard>) {
             // have lost; a plain retry would report success without the data.
         } else if want_sync && !unsynced.is_empty() {
             let t0 = Instant::now();
-            let ok = sync_all(&shard, &mut unsynced).await;
+            let ok = sync_all(&set, &mut unsynced).await;
             shard.metrics.fsync_seconds.observe(t0.elapsed());
             metrics::inc(&shard.metrics.log_fsyncs_total);
             if ok {
                 unsynced_bytes = 0;
                 last_sync = Instant::now();
-                shard.dur.synced.set(gen);
+                set.dur.synced.set(gen);
             }
-            shard.dur.progress.notify();
+            set.dur.progress.notify();
         } else if unsynced.is_empty() {
             last_sync = Instant::now();
-            shard.dur.synced.set(gen);
-            shard.dur.progress.notify();
+            set.dur.synced.set(gen);
+            set.dur.progress.notify();
         }
         if shard.stop_event.epoch() > 0
-            && shard.dirty.borrow().is_empty()
-            && (unsynced.is_empty() || shard.dur.fault.borrow().active())
+            && set.dirty.borrow().is_empty()
+            && (unsynced.is_empty() || set.dur.fault.borrow().active())
         {
             return;
         }
@@ -97,21 +96,21 @@ pub async fn run(shard: Rc<Shard>) {
 
 /// Writes every dirty partition as generation `gen`; returns the bytes written. Wakes long
 /// polls of the topics that got new records.
-fn write_dirty(shard: &Rc<Shard>, gen: u64, unsynced: &mut HashSet<PartKey>) -> u64 {
-    let dirty = std::mem::take(&mut *shard.dirty.borrow_mut());
+fn write_dirty(set: &LogSet, gen: u64, unsynced: &mut HashSet<PartKey>) -> u64 {
+    let shard = &set.shard;
+    let dirty = std::mem::take(&mut *set.dirty.borrow_mut());
     let mut total = 0u64;
     let mut topics: Vec<Rc<str>> = Vec::new();
     for key in dirty {
-        let Some(part) = shard.parts.borrow().get(&key).cloned() else {
+        let Some(part) = set.parts.borrow().get(&key).cloned() else {
             continue;
         };
         let mut st = part.borrow_mut();
         let st = &mut *st;
         let before = st.log.pending_bytes();
         let res = st.log.write_pending();
-        shard
-            .pending_bytes
-            .set(shard.pending_bytes.get().saturating_sub(before));
+        set.pending_bytes
+            .set(set.pending_bytes.get().saturating_sub(before));
         match res {
             Ok(n) => {
                 st.written_gen = gen;
@@ -125,7 +124,7 @@ fn write_dirty(shard: &Rc<Shard>, gen: u64, unsynced: &mut HashSet<PartKey>) -> 
             }
             Err(e) => {
                 st.write_failed.add(st.written_gen, gen);
-                durability::write_failed(shard, &e);
+                durability::write_failed(set, &e);
             }
         }
         if st.offsets.has_pending() {
@@ -137,7 +136,7 @@ fn write_dirty(shard: &Rc<Shard>, gen: u64, unsynced: &mut HashSet<PartKey>) -> 
                 Err(e) => {
                     st.commit_failed.add(st.commit_written_gen, gen);
                     // The commits stay pending; the recovery writes them.
-                    durability::write_failed(shard, &e);
+                    durability::write_failed(set, &e);
                 }
             }
         }
@@ -147,25 +146,7 @@ fn write_dirty(shard: &Rc<Shard>, gen: u64, unsynced: &mut HashSet<PartKey>) -> 
         metrics::add(&shard.metrics.log_written_bytes_total, total);
     }
     for t in topics {
-        shard.topic_event(&t).notify();
-        let interested: Vec<usize> = shard
-            .interest
-            .borrow()
-            .get(&t)
-            .map(|v| {
-                v.iter()
-                    .enumerate()
-                    .filter(|(c, &n)| n > 0 && *c != shard.id)
-                    .map(|(c, _)| c)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for core in interested {
-            let mesh = shard.mesh.clone();
-            let topic = t.to_string();
-            metrics::inc(&shard.metrics.mesh_messages_total);
-            monoio::spawn(async move { mesh.send(core, Msg::Wake { topic }).await });
-        }
+        shard.wake(&t);
     }
     total
 }
@@ -180,10 +161,10 @@ struct Job {
 
 /// fsyncs every file written since the last sync, concurrently; returns whether all succeeded
 /// (on failure the core is faulted and the partitions stay unsynced).
-async fn sync_all(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> bool {
+async fn sync_all(set: &LogSet, unsynced: &mut HashSet<PartKey>) -> bool {
     let mut jobs = Vec::new();
     for key in unsynced.drain() {
-        let Some(part) = shard.parts.borrow().get(&key).cloned() else {
+        let Some(part) = set.parts.borrow().get(&key).cloned() else {
             continue;
         };
         let mut st = part.borrow_mut();
@@ -230,7 +211,7 @@ async fn sync_all(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> bool {
         }
     }
     for (job, ok) in jobs.into_iter().zip(results) {
-        let Some(part) = shard.parts.borrow().get(&job.key).cloned() else {
+        let Some(part) = set.parts.borrow().get(&job.key).cloned() else {
             continue;
         };
         let mut st = part.borrow_mut();
@@ -248,7 +229,7 @@ async fn sync_all(shard: &Rc<Shard>, unsynced: &mut HashSet<PartKey>) -> bool {
     match failure {
         None => true,
         Some(e) => {
-            durability::sync_failed(shard, &e);
+            durability::sync_failed(set, &e);
             false
         }
     }
@@ -261,41 +242,4 @@ async fn fsync(f: &LogFile) -> std::io::Result<()> {
     }
     let file = monoio::fs::File::from_std(f.dup()?)?;
     file.sync_data().await
-}
-
-/// Periodically enforces retention on this core's partitions.
-pub async fn retention(shard: Rc<Shard>) {
-    let every = shard
-        .cfg
-        .store
-        .retention_check_interval
-        .0
-        .max(Duration::from_millis(100));
-    loop {
-        monoio::time::sleep(every).await;
-        if shard.stop_event.epoch() > 0 {
-            return;
-        }
-        let parts: Vec<(PartKey, _)> = shard
-            .parts
-            .borrow()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for ((topic, p), part) in parts {
-            let Ok(meta) = shard.topic(&topic) else {
-                continue;
-            };
-            let hours = meta
-                .retention_hours
-                .unwrap_or(shard.cfg.store.retention_hours);
-            let bytes = meta
-                .retention_bytes
-                .unwrap_or(shard.cfg.store.retention_bytes.0);
-            let age = (hours > 0).then(|| Duration::from_secs(hours * 3600));
-            if let Err(e) = part.borrow_mut().log.enforce_retention(bytes, age) {
-                tracing::warn!(core = shard.id, topic = %topic, partition = p, "retention: {e}");
-            }
-        }
-    }
 }

@@ -3,8 +3,9 @@
 //! counted, listed in `/v1/status`) before a reader needs the data. It walks the partitions in
 //! turn, each from where it left off.
 
+use crate::catalog::Map;
+use crate::logset::{LogSet, PartKey};
 use crate::metrics;
-use crate::shard::{Map, PartKey, Shard};
 use kateway_log::ScrubCursor;
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(250);
 
 /// Runs until the core stops.
-pub async fn run(shard: Rc<Shard>) {
+pub async fn run(logs: Rc<LogSet>) {
+    let shard = logs.shard.clone();
     let rate = shard.cfg.store.scrub_bytes_per_second.0;
     if rate == 0 {
         return;
@@ -21,12 +23,8 @@ pub async fn run(shard: Rc<Shard>) {
     let per_tick = (rate as f64 * TICK.as_secs_f64()).max(4096.0) as u64;
     let mut cursors: Map<PartKey, ScrubCursor> = Map::default();
     let mut turn = 0usize;
-    loop {
-        monoio::time::sleep(TICK).await;
-        if shard.stop_event.epoch() > 0 {
-            return;
-        }
-        let keys: Vec<PartKey> = shard.parts.borrow().keys().cloned().collect();
+    while !shard.sleep(TICK).await {
+        let keys: Vec<PartKey> = logs.parts.borrow().keys().cloned().collect();
         if keys.is_empty() {
             continue;
         }
@@ -38,7 +36,7 @@ pub async fn run(shard: Rc<Shard>) {
             }
             turn = (turn + 1) % keys.len();
             let key = &keys[turn];
-            let Some(part) = shard.parts.borrow().get(key).cloned() else {
+            let Some(part) = logs.parts.borrow().get(key).cloned() else {
                 continue;
             };
             let st = part.borrow();
@@ -53,7 +51,7 @@ pub async fn run(shard: Rc<Shard>) {
                 }
             }
             for d in st.log.take_damage() {
-                shard.report_damage(&key.0, key.1, d, "scrub");
+                logs.report_damage(&key.0, key.1, d, "scrub");
             }
         }
     }

@@ -13,9 +13,9 @@
 //! failed write it checks that the disk takes a write again. Then the core takes writes again,
 //! with no restart. The fault shows in `/ready`, `/v1/status` and the metrics.
 
+use super::LogSet;
 use crate::event::Event;
 use crate::metrics;
-use crate::shard::Shard;
 use kateway_core::{Error, ErrorKind};
 use kateway_log::LogError;
 use std::cell::{Cell, RefCell};
@@ -118,64 +118,53 @@ impl Durability {
     }
 }
 
-/// What an I/O failure was, without the path (clients never see server paths).
-pub fn reason(e: &LogError) -> String {
-    match e {
-        LogError::Io { op, source, .. } => format!("{op}: {source}"),
-        LogError::Corrupt { reason, .. } => format!("damaged file: {reason}"),
-        LogError::Damaged { damage, .. } => damage.to_string(),
-    }
+/// Records a failed write (logged with its path; counted).
+pub fn write_failed(set: &LogSet, e: &LogError) {
+    metrics::inc(&set.shard.metrics.store_write_errors_total);
+    enter(set, e, |f, why| f.write.get_or_insert(why));
 }
 
-/// Records a failed write on `shard` (logged with its path; counted).
-pub fn write_failed(shard: &Shard, e: &LogError) {
-    metrics::inc(&shard.metrics.store_write_errors_total);
-    enter(shard, e, |f, why| f.write.get_or_insert(why));
-}
-
-/// Records a failed fsync on `shard`: every generation not yet synced fails for `ack=all`.
-pub fn sync_failed(shard: &Shard, e: &LogError) {
-    metrics::inc(&shard.metrics.store_fsync_errors_total);
-    let d = &shard.dur;
+/// Records a failed fsync: every generation not yet synced fails for `ack=all`.
+pub fn sync_failed(set: &LogSet, e: &LogError) {
+    metrics::inc(&set.shard.metrics.store_fsync_errors_total);
+    let d = &set.dur;
     // Up to the generation appends join now: whatever was appended before the fault.
     d.sync_failed.borrow_mut().add(d.synced.get(), d.next.get());
-    enter(shard, e, |f, why| f.sync.get_or_insert(why));
+    enter(set, e, |f, why| f.sync.get_or_insert(why));
 }
 
-fn enter(shard: &Shard, e: &LogError, set: impl FnOnce(&mut Fault, String) -> &mut String) {
-    let mut f = shard.dur.fault.borrow_mut();
+fn enter(set: &LogSet, e: &LogError, update: impl FnOnce(&mut Fault, String) -> &mut String) {
+    let mut f = set.dur.fault.borrow_mut();
     let first = !f.active();
-    set(&mut f, reason(e));
+    update(&mut f, e.reason());
     if first {
         f.since = Some(Instant::now());
         tracing::error!(
-            core = shard.id,
+            core = set.shard.id,
+            store = set.what,
             "storage failed, refusing writes on this core until the disk takes them again: {e}"
         );
     } else {
-        tracing::debug!(core = shard.id, "storage failure: {e}");
+        tracing::debug!(core = set.shard.id, "storage failure: {e}");
     }
     drop(f);
-    shard.dur.progress.notify();
+    set.dur.progress.notify();
 }
 
-/// Retries a faulted core's storage every `store.fault_retry` until it works again.
-pub async fn recover(shard: Rc<Shard>) {
+/// Retries a faulted set's storage every `store.fault_retry` until it works again.
+pub async fn recover(set: Rc<LogSet>) {
+    let shard = set.shard.clone();
     let every = shard.cfg.store.fault_retry.0;
-    loop {
-        monoio::time::sleep(every).await;
-        if shard.stop_event.epoch() > 0 {
-            return;
-        }
-        if !shard.dur.fault.borrow().active() {
+    while !shard.sleep(every).await {
+        if !set.dur.fault.borrow().active() {
             continue;
         }
-        let sync = shard.dur.fault.borrow().sync.is_some();
+        let sync = set.dur.fault.borrow().sync.is_some();
         if sync {
-            match rewrite_unsynced(&shard) {
+            match rewrite_unsynced(&set) {
                 Ok(()) => {
-                    shard.dur.fault.borrow_mut().sync = None;
-                    shard.dur.synced.set(shard.dur.written.get());
+                    set.dur.fault.borrow_mut().sync = None;
+                    set.dur.synced.set(set.dur.written.get());
                 }
                 Err(e) => {
                     tracing::debug!(core = shard.id, "storage still failing: {e}");
@@ -183,24 +172,25 @@ pub async fn recover(shard: Rc<Shard>) {
                 }
             }
         }
-        if shard.dur.fault.borrow().write.is_some() {
-            match probe(&shard) {
-                Ok(()) => shard.dur.fault.borrow_mut().write = None,
+        if set.dur.fault.borrow().write.is_some() {
+            match probe(&set) {
+                Ok(()) => set.dur.fault.borrow_mut().write = None,
                 Err(e) => {
                     tracing::debug!(core = shard.id, "storage still failing: {e}");
                     continue;
                 }
             }
         }
-        let since = shard.dur.fault.borrow_mut().since.take();
+        let since = set.dur.fault.borrow_mut().since.take();
         metrics::inc(&shard.metrics.store_recoveries_total);
         tracing::warn!(
             core = shard.id,
+            store = set.what,
             after_ms = since.map_or(0, |s| s.elapsed().as_millis() as u64),
             "storage works again: taking writes"
         );
         // Commits that could not be written are still pending: write them now.
-        let pending: Vec<_> = shard
+        let pending: Vec<_> = set
             .parts
             .borrow()
             .iter()
@@ -208,17 +198,18 @@ pub async fn recover(shard: Rc<Shard>) {
             .map(|(k, _)| k.clone())
             .collect();
         for (topic, p) in pending {
-            shard.mark_dirty(&topic, p);
+            set.mark_dirty(&topic, p);
         }
-        shard.dur.progress.notify();
-        shard.dur.work.notify();
+        set.dur.progress.notify();
+        set.dur.work.notify();
     }
 }
 
 /// After a failed fsync: every partition writes what it wrote since its last good sync again
 /// and syncs it (blocking: this runs only while the core refuses writes anyway).
-fn rewrite_unsynced(shard: &Shard) -> Result<(), LogError> {
-    let parts: Vec<_> = shard.parts.borrow().values().cloned().collect();
+fn rewrite_unsynced(set: &LogSet) -> Result<(), LogError> {
+    let shard = &set.shard;
+    let parts: Vec<_> = set.parts.borrow().values().cloned().collect();
     for part in parts {
         let mut st = part.borrow_mut();
         let damage = st.log.rewrite_unsynced()?;
@@ -243,13 +234,14 @@ fn rewrite_unsynced(shard: &Shard) -> Result<(), LogError> {
 }
 
 /// Writes, syncs and removes a small file in the data directory: does the disk take writes?
-fn probe(shard: &Shard) -> Result<(), LogError> {
+fn probe(set: &LogSet) -> Result<(), LogError> {
     use std::io::Write;
-    let path = shard
+    let path = set
+        .shard
         .cfg
         .store
         .data_dir
-        .join(format!("meta/.probe-core{}", shard.id));
+        .join(format!("meta/.probe-{}-core{}", set.what, set.shard.id));
     let io = |e| LogError::Io {
         op: "probe write",
         path: path.display().to_string(),

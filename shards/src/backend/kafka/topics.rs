@@ -4,22 +4,30 @@
 //! is learnt on first use, and core 0 refreshes partition counts every
 //! `kafka.metadata_refresh`. Partition offsets and group offsets are read from Kafka.
 
-use super::kafka_err;
-use crate::mesh::{AdminOp, Msg, PartitionInfo};
-use crate::shard::{now_ms, Shard};
-use crate::topics::TopicMeta;
-use kateway_core::{Error, ErrorKind};
+use super::{kafka_err, Kafka};
+use crate::catalog::{AdminOp, TopicMeta};
+use crate::request::{Answer, Request};
+use crate::shard::now_ms;
+use kateway_core::{Error, ErrorKind, Groups, PartitionInfo};
 use std::rc::Rc;
 use std::time::Duration;
 
-fn shared(shard: &Shard) -> &std::sync::Arc<super::KafkaShared> {
-    &shard.kafka.as_ref().expect("kafka backend").shared
+/// Has core 0 apply `op` to the catalog.
+async fn apply(k: &Kafka, op: AdminOp) -> Result<TopicMeta, Error> {
+    match k.shard.mesh.call(0, Request::Admin(op)).await? {
+        Answer::Topic(r) => r,
+        _ => Err(Error::new(
+            ErrorKind::Internal,
+            "unexpected answer from core 0",
+        )),
+    }
 }
 
 /// Looks `name` up in Kafka and records it in the catalog; 404 if Kafka does not know it.
-pub async fn learn(shard: &Shard, name: &str) -> Result<(), Error> {
+pub async fn learn(k: &Kafka, name: &str) -> Result<(), Error> {
     let n = name.to_owned();
-    let partitions = shared(shard)
+    let partitions = k
+        .shared
         .blocking(move |a| a.partitions(&n))
         .await?
         .map_err(kafka_err)?;
@@ -30,20 +38,14 @@ pub async fn learn(shard: &Shard, name: &str) -> Result<(), Error> {
         retention_bytes: None,
         created_ms: now_ms(),
     };
-    shard
-        .mesh
-        .call(0, move |reply| Msg::Admin {
-            op: AdminOp::Learn(meta),
-            reply,
-        })
-        .await??;
+    apply(k, AdminOp::Learn(meta)).await?;
     Ok(())
 }
 
 /// Applies a topic administration call to Kafka, then returns the call to apply to the
 /// catalog.
-pub async fn administer(shard: &Shard, op: AdminOp) -> Result<AdminOp, Error> {
-    let k = shared(shard).clone();
+pub async fn administer(kafka: &Kafka, op: AdminOp) -> Result<AdminOp, Error> {
+    let k = kafka.shared.clone();
     let hours = |h: Option<u64>| h.filter(|&h| h > 0).map(|h| Duration::from_secs(h * 3600));
     match op {
         AdminOp::Create(meta) => {
@@ -65,7 +67,7 @@ pub async fn administer(shard: &Shard, op: AdminOp) -> Result<AdminOp, Error> {
             retention_hours,
             retention_bytes,
         } => {
-            let now = shard.topic(&name)?;
+            let now = kafka.shard.topic(&name)?;
             if let Some(p) = partitions {
                 if p < now.partitions {
                     return Err(Error::param(format!(
@@ -100,26 +102,23 @@ pub async fn administer(shard: &Shard, op: AdminOp) -> Result<AdminOp, Error> {
     }
 }
 
-/// Partition offsets from Kafka, with the committed offsets of group `prefix` (`exact`), of
-/// every group whose id starts with `prefix`, or of none when `prefix` is `"\0"`.
+/// Partition offsets from Kafka, with the committed offsets of the groups asked about.
 pub async fn info(
-    shard: &Shard,
+    k: &Kafka,
     meta: &TopicMeta,
-    prefix: &str,
-    exact: bool,
+    groups: &Groups,
 ) -> Result<Vec<PartitionInfo>, Error> {
     let name = meta.name.clone();
-    let prefix = prefix.to_owned();
-    let r = shared(shard)
+    let groups = groups.clone();
+    let r = k
+        .shared
         .blocking(
             move |a| -> Result<Vec<PartitionInfo>, kateway_kafka_bridge::BridgeError> {
                 let marks = a.watermarks(&name)?;
-                let groups = if exact {
-                    vec![prefix]
-                } else if prefix == "\u{0}" {
-                    Vec::new()
-                } else {
-                    a.groups(&prefix)?
+                let groups = match groups {
+                    Groups::None => Vec::new(),
+                    Groups::Exact(g) => vec![g],
+                    Groups::Prefix(p) => a.groups(&p)?,
                 };
                 let mut infos: Vec<PartitionInfo> = marks
                     .iter()
@@ -148,27 +147,25 @@ pub async fn info(
 
 /// Core 0: refreshes partition counts of catalog topics from Kafka, and forgets topics Kafka
 /// no longer has (deleted through another gateway or Kafka's own tools).
-pub async fn refresh(shard: Rc<Shard>) {
+pub async fn refresh(k: Rc<Kafka>) {
+    let shard = k.shard.clone();
     let every = shard
         .cfg
         .kafka
         .metadata_refresh
         .0
         .max(Duration::from_secs(1));
-    loop {
-        monoio::time::sleep(every).await;
-        if shard.stop_event.epoch() > 0 {
-            return;
-        }
+    while !shard.sleep(every).await {
         let names: Vec<(String, u32)> = shard
-            .topics
+            .catalog
             .borrow()
-            .values()
-            .map(|t| (t.name.clone(), t.partitions))
+            .metas()
+            .into_iter()
+            .map(|t| (t.name, t.partitions))
             .collect();
         for (name, had) in names {
             let n = name.clone();
-            let Ok(found) = shared(&shard).blocking(move |a| a.partitions(&n)).await else {
+            let Ok(found) = k.shared.blocking(move |a| a.partitions(&n)).await else {
                 return;
             };
             let op = match found {
@@ -181,7 +178,7 @@ pub async fn refresh(shard: Rc<Shard>) {
                 Err(kateway_kafka_bridge::BridgeError::UnknownTopic(_)) => AdminOp::Delete(name),
                 _ => continue,
             };
-            if let Err(e) = crate::api::apply_admin(&shard, op).await {
+            if let Err(e) = apply(&k, op).await {
                 if e.kind() != ErrorKind::UnknownTopic {
                     tracing::warn!("metadata refresh: {e}");
                 }

@@ -1,9 +1,9 @@
 //! The Kafka backend. Topics, partitions, offsets and consumer groups live in an Apache Kafka
 //! cluster; the gateway keeps only what makes it fast and available:
 //!
-//! * per core, its own producers ([`KafkaCore`]), and for every partition it owns a hinted-handoff
-//!   log on local disk (the embedded log engine, under `<data>/handoff`) with a durable replay
-//!   cursor ([`handoff`], [`replay`]);
+//! * per core, its own producers ([`Kafka`]), and a hinted-handoff buffer of its own: a
+//!   [`LogSet`] under `<data>/handoff` with a log for each partition it owns that needed
+//!   buffering, and a durable replay cursor in each ([`handoff`], [`replay`]);
 //! * per process, one consumer-group membership per group and topic, each on its own thread,
 //!   shared by every request of that group on every core ([`groups`]);
 //! * a few threads for Kafka calls that block (metadata, watermarks, committed offsets), reached
@@ -15,12 +15,16 @@
 
 pub mod groups;
 pub mod handoff;
+pub mod lane;
 pub mod replay;
 pub mod topics;
 
+pub use lane::{Lane, Shadow};
+
+use crate::catalog::{Map, TopicMeta};
 use crate::event::Event;
-use crate::shard::{Map, PartKey};
-use kateway_core::config::Config;
+use crate::logset::{LogSet, PartKey};
+use crate::shard::Shard;
 use kateway_core::{Error, ErrorKind};
 use kateway_kafka_bridge::{Admin, BridgeConfig, BridgeError, Producer};
 use std::cell::{Cell, RefCell};
@@ -41,7 +45,7 @@ pub struct KafkaShared {
     pub groups: Mutex<HashMap<String, flume::Sender<groups::GroupReq>>>,
 }
 
-/// How long a producer may deliver nothing while messages wait before [`KafkaCore::unstick`]
+/// How long a producer may deliver nothing while messages wait before [`Kafka::unstick`]
 /// acts.
 const STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -53,7 +57,7 @@ const JOB_QUEUE: usize = 256;
 
 impl KafkaShared {
     /// Creates the admin client and starts the helper threads. No connection is made yet.
-    pub fn start(cfg: &Config) -> Result<Arc<Self>, String> {
+    pub fn start(cfg: &kateway_core::config::Config) -> Result<Arc<Self>, String> {
         let k = &cfg.kafka;
         let mut bridge = BridgeConfig::new(k.brokers.clone());
         bridge.linger = k.linger.0;
@@ -129,76 +133,12 @@ pub fn kafka_err(e: BridgeError) -> Error {
     }
 }
 
-/// Ordering of one partition's publishes on its owner core. Every publish takes a ticket and
-/// finishes (delivered, or appended to the handoff log) strictly in ticket order, so a message
-/// that Kafka rejected while later ones were in flight is buffered before them.
-#[derive(Default)]
-pub struct Lane {
-    next: Cell<u64>,
-    done: Cell<u64>,
-    ev: Event,
-    /// Publishes of this partition on their way into the handoff log.
-    buffering: Cell<usize>,
-}
-
-impl Lane {
-    /// Takes the next ticket.
-    pub fn ticket(&self) -> u64 {
-        let t = self.next.get();
-        self.next.set(t + 1);
-        t
-    }
-
-    /// Waits until every earlier ticket finished.
-    pub async fn turn(&self, t: u64) {
-        loop {
-            let seen = self.ev.epoch();
-            if self.done.get() >= t {
-                return;
-            }
-            self.ev.wait(seen).await;
-        }
-    }
-
-    /// A publish of this partition is on its way into the handoff log.
-    pub fn begin_buffering(&self) {
-        self.buffering.set(self.buffering.get() + 1);
-    }
-
-    /// It is in the log (or failed to get there).
-    pub fn end_buffering(&self) {
-        self.buffering.set(self.buffering.get() - 1);
-    }
-
-    /// Whether a publish is on its way into the handoff log.
-    pub fn buffering(&self) -> bool {
-        self.buffering.get() > 0
-    }
-
-    /// Whether every publish that took a ticket has finished.
-    pub fn idle(&self) -> bool {
-        self.done.get() == self.next.get()
-    }
-
-    /// Marks ticket `t` finished (after [`Lane::turn`]).
-    pub fn finish(&self, t: u64) {
-        self.done.set(t + 1);
-        self.ev.notify();
-    }
-}
-
-/// What became of the original send of a buffered message whose produce timed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shadow {
-    /// librdkafka still has it: the replayer waits (replaying it now could store it twice).
-    Outstanding,
-    /// Kafka took it: the replayer skips the buffered copy.
-    Delivered,
-}
-
 /// One core's Kafka state.
-pub struct KafkaCore {
+pub struct Kafka {
+    pub shard: Rc<Shard>,
     pub shared: Arc<KafkaShared>,
+    /// The hinted-handoff buffer.
+    pub buffer: Rc<LogSet>,
     producer: RefCell<Rc<Producer>>,
     core: usize,
     /// When a message last reached Kafka (direct or replayed), and when the producers were last
@@ -222,17 +162,28 @@ pub struct KafkaCore {
     pub budget: u64,
 }
 
-impl KafkaCore {
-    /// Creates the core's producers.
+impl Kafka {
+    /// Creates the core's producers and its handoff buffer.
     pub fn new(
         shared: Arc<KafkaShared>,
-        cfg: &Config,
-        core: usize,
-        cores: usize,
+        shard: Rc<Shard>,
+        open_files: usize,
     ) -> Result<Self, String> {
+        let cfg = shard.cfg.clone();
+        let (core, cores) = (shard.id, shard.cores());
         let producer = Producer::new(&shared.bridge, core).map_err(|e| e.to_string())?;
+        let root = crate::backend::data_root(&cfg);
+        let buffer = LogSet::new(
+            shard.clone(),
+            "handoff",
+            root,
+            cfg.kafka.handoff_segment_bytes.0,
+            open_files,
+        );
         Ok(Self {
+            shard,
             shared,
+            buffer: Rc::new(buffer),
             producer: RefCell::new(Rc::new(producer)),
             core,
             last_progress: Cell::new(std::time::Instant::now()),
@@ -273,8 +224,8 @@ impl KafkaCore {
         }
     }
 
-    /// A producer that delivered nothing for [`STALL`] while messages wait: gives it its
-    /// bootstrap brokers again (at most once per [`STALL`]), in case librdkafka forgot every
+    /// A producer that delivered nothing for `STALL` while messages wait: gives it its
+    /// bootstrap brokers again (at most once per `STALL`), in case librdkafka forgot every
     /// broker it knew (see `kateway_kafka_bridge`'s `native` module); also replaces it if it
     /// failed fatally.
     pub fn unstick(&self) {
@@ -319,21 +270,72 @@ impl KafkaCore {
     }
 
     /// Opens the breaker (idempotent), logging the transition.
-    pub fn open_breaker(&self, core: usize, why: &str) {
+    pub fn open_breaker(&self, why: &str) {
         if !self.breaker_open.replace(true) {
             tracing::warn!(
-                core,
+                core = self.core,
                 "kafka unreachable ({why}): buffering publishes locally"
             );
         }
     }
 
     /// Closes the breaker, logging the transition.
-    pub fn close_breaker(&self, core: usize) {
+    pub fn close_breaker(&self) {
         if self.breaker_open.replace(false) {
             // Connection failures librdkafka reported during the outage are old news now.
             self.producer().take_brokers_down();
-            tracing::warn!(core, "kafka reachable again: publishing directly");
+            tracing::warn!(
+                core = self.core,
+                "kafka reachable again: publishing directly"
+            );
+        }
+    }
+
+    /// Opens the handoff logs of `meta`'s partitions this core owns that exist on disk (a
+    /// backlog from before a restart); the others are created when a publish first needs
+    /// buffering.
+    pub fn apply_topic(&self, meta: &TopicMeta) -> Result<(), kateway_core::Error> {
+        let name = self
+            .shard
+            .interned(&meta.name)
+            .unwrap_or_else(|| Rc::from(meta.name.as_str()));
+        for p in 0..meta.partitions {
+            if meta.owner(p, self.shard.cores()) == self.shard.id && self.buffer.exists(&name, p) {
+                self.buffer.open(&name, p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the buffer, the backlog and the breaker to a metrics snapshot.
+    pub fn snapshot(&self, s: &mut crate::metrics::Snapshot) {
+        self.buffer.snapshot(s);
+        s.kafka_breaker_open = self.breaker_open.get().into();
+        s.handoff_bytes = handoff::handoff_bytes(self);
+        s.handoff_backlog_messages = self
+            .buffer
+            .parts
+            .borrow()
+            .values()
+            .map(|p| handoff::unreplayed(&p.borrow()))
+            .sum();
+    }
+
+    /// Starts the core's Kafka tasks: the buffer's flusher and storage recovery, the replayer,
+    /// its watchdog, and on core 0 the metadata refresh.
+    pub fn spawn(self: &Rc<Self>, tasks: &crate::tasks::Tasks) {
+        tasks.spawn(
+            "handoff flusher",
+            crate::logset::flusher::run(self.buffer.clone()),
+        );
+        tasks.spawn(
+            "handoff recovery",
+            crate::logset::durability::recover(self.buffer.clone()),
+        );
+        tasks.spawn("replayer", replay::run(self.clone()));
+        tasks.spawn("producer watchdog", replay::watchdog(self.clone()));
+        if self.shard.id == 0 {
+            tasks.spawn("metadata refresh", topics::refresh(self.clone()));
         }
     }
 }

@@ -14,10 +14,12 @@
 //! a fatal state is replaced.
 
 use super::handoff::{replay_cursor, unreplayed, REPLAY_CURSOR};
+use super::Kafka;
 use super::Shadow;
+use crate::logset::PartKey;
 use crate::metrics;
-use crate::shard::{PartKey, Shard};
-use kateway_kafka_bridge::{Ack as KAck, BridgeError};
+use kateway_core::Ack;
+use kateway_kafka_bridge::BridgeError;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -37,8 +39,8 @@ enum Round {
 const STILL_DOWN_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs until the core stops.
-pub async fn run(shard: Rc<Shard>) {
-    let k = shard.kafka.clone().expect("kafka backend");
+pub async fn run(k: Rc<Kafka>) {
+    let shard = k.shard.clone();
     let backoff = shard
         .cfg
         .kafka
@@ -47,12 +49,13 @@ pub async fn run(shard: Rc<Shard>) {
         .max(Duration::from_millis(10));
     let mut last_said = std::time::Instant::now();
     loop {
-        if shard.stop_event.epoch() > 0 {
+        if shard.stopping() {
             return;
         }
         let seen = k.replay_wake.epoch();
-        close_idle(&shard);
-        let work: Vec<PartKey> = shard
+        close_idle(&k);
+        let work: Vec<PartKey> = k
+            .buffer
             .parts
             .borrow()
             .iter()
@@ -62,8 +65,8 @@ pub async fn run(shard: Rc<Shard>) {
         if work.is_empty() {
             if k.breaker_open.get() {
                 // Nothing buffered to probe Kafka with: let the next publish try it directly.
-                monoio::time::sleep(backoff).await;
-                k.close_breaker(shard.id);
+                shard.sleep(backoff).await;
+                k.close_breaker();
                 continue;
             }
             let _ = monoio::time::timeout(Duration::from_secs(1), k.replay_wake.wait(seen)).await;
@@ -73,7 +76,7 @@ pub async fn run(shard: Rc<Shard>) {
         let mut waiting = false;
         let mut failure = None;
         for (topic, p) in &work {
-            match round(&shard, topic, *p).await {
+            match round(&k, topic, *p).await {
                 Round::Idle => {}
                 Round::Waiting => waiting = true,
                 Round::Sent(n) => sent += n,
@@ -85,10 +88,11 @@ pub async fn run(shard: Rc<Shard>) {
         }
         if let Some(e) = failure {
             k.unstick();
-            k.open_breaker(shard.id, &e.to_string());
+            k.open_breaker(&e.to_string());
             if last_said.elapsed() >= STILL_DOWN_EVERY {
                 last_said = std::time::Instant::now();
-                let backlog: u64 = shard
+                let backlog: u64 = k
+                    .buffer
                     .parts
                     .borrow()
                     .values()
@@ -100,9 +104,9 @@ pub async fn run(shard: Rc<Shard>) {
                     "kafka still unreachable, replay failing: {e}"
                 );
             }
-            monoio::time::sleep(backoff).await;
+            shard.sleep(backoff).await;
         } else if sent > 0 {
-            k.close_breaker(shard.id);
+            k.close_breaker();
             k.last_progress.set(std::time::Instant::now());
             last_said = std::time::Instant::now();
         } else if waiting {
@@ -117,17 +121,13 @@ pub async fn run(shard: Rc<Shard>) {
 }
 
 /// The producers' watchdog, one per core: while messages wait (a backlog, or originals still
-/// out) and nothing reached Kafka for a while, [`super::KafkaCore::unstick`] them. Runs beside
+/// out) and nothing reached Kafka for a while, [`super::Kafka::unstick`] them. Runs beside
 /// the replayer because a replay round may itself be waiting on a stuck producer.
-pub async fn watchdog(shard: Rc<Shard>) {
-    let k = shard.kafka.clone().expect("kafka backend");
-    loop {
-        monoio::time::sleep(Duration::from_secs(1)).await;
-        if shard.stop_event.epoch() > 0 {
-            return;
-        }
+pub async fn watchdog(k: Rc<Kafka>) {
+    let shard = k.shard.clone();
+    while !shard.sleep(Duration::from_secs(1)).await {
         let waiting = k.shadows.borrow().values().any(|m| !m.is_empty())
-            || shard
+            || k.buffer
                 .parts
                 .borrow()
                 .values()
@@ -142,11 +142,11 @@ pub async fn watchdog(shard: Rc<Shard>) {
 
 /// Closes and deletes handoff logs that have had nothing to replay for
 /// `kafka.handoff_idle_close`, so that the files of an outage do not stay open for good.
-fn close_idle(shard: &Shard) {
-    let k = shard.kafka.as_ref().expect("kafka backend");
-    let after = shard.cfg.kafka.handoff_idle_close.0;
+fn close_idle(k: &Kafka) {
+    let after = k.shard.cfg.kafka.handoff_idle_close.0;
     let now = std::time::Instant::now();
-    let parts: Vec<(PartKey, bool)> = shard
+    let parts: Vec<(PartKey, bool)> = k
+        .buffer
         .parts
         .borrow()
         .iter()
@@ -169,15 +169,15 @@ fn close_idle(shard: &Shard) {
         drained.remove(&key);
         // Everything in it reached Kafka: nothing here needs to survive, not even the cursor
         // (a new log starts with an empty backlog).
-        shard.remove_part(&key);
+        k.buffer.remove(&key);
     }
-    drained.retain(|key, _| shard.parts.borrow().contains_key(key));
+    drained.retain(|key, _| k.buffer.parts.borrow().contains_key(key));
 }
 
 /// Replays one batch of one partition.
-async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
-    let k = shard.kafka.clone().expect("kafka backend");
-    let Ok(part) = shard.part(topic, p) else {
+async fn round(k: &Rc<Kafka>, topic: &str, p: u32) -> Round {
+    let shard = &k.shard;
+    let Ok(part) = k.buffer.part(topic, p) else {
         return Round::Idle;
     };
     let batch = shard.cfg.kafka.replay_batch as usize;
@@ -185,7 +185,7 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
         let st = part.borrow();
         let read = st.log.read(replay_cursor(&st), batch, ROUND_BYTES);
         for d in st.log.take_damage() {
-            shard.report_damage(topic, p, d, "replay");
+            k.buffer.report_damage(topic, p, d, "replay");
         }
         match read {
             Ok(r) => r,
@@ -242,7 +242,7 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
                 &r.tags,
                 &r.value,
                 Some(r.timestamp),
-                KAck::All,
+                Ack::All,
             )
         })
         .collect();
@@ -280,9 +280,7 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
     }
     {
         let mut st = part.borrow_mut();
-        if st.offsets.commit(REPLAY_CURSOR, last + 1) {
-            st.offsets_gen = shard.dur.next.get();
-        }
+        k.buffer.commit(topic, p, &mut st, REPLAY_CURSOR, last + 1);
         if st.log.next_offset() == last + 1 {
             // Drained: start a fresh segment so the replayed one can go.
             if let Err(e) = st.log.roll_if_written() {
@@ -303,7 +301,6 @@ async fn round(shard: &Rc<Shard>, topic: &str, p: u32) -> Round {
             );
         }
     }
-    shard.mark_dirty(topic, p);
     metrics::add(&shard.metrics.handoff_replayed_messages_total, n as u64);
     Round::Sent(n)
 }

@@ -1,0 +1,131 @@
+//! The catalog writer, on core 0 (calls are serialised there): applies a topic administration
+//! call checked by [`crate::catalog::Catalog::plan`] to the catalog file and to every core, and
+//! what each core does to install or remove a topic ([`apply_here`], [`drop_here`]).
+//!
+//! A creation or growth that fails on any core is rolled back (catalog included), so a failed
+//! call leaves nothing behind. A deletion makes every core forget the topic, moves its directory
+//! into the trash (which frees its space even on a full disk) and only then rewrites the
+//! catalog; if that write fails the trash marker stays and the next start completes the
+//! deletion.
+
+use crate::backend::{self, Backend};
+use crate::catalog::{file, AdminOp, Change, TopicMeta};
+use crate::request::{Answer, Request};
+use crate::shard::Shard;
+use kateway_core::{Error, ErrorKind};
+use std::path::Path;
+use std::rc::Rc;
+
+/// Installs (or replaces) a topic on this core and opens its partitions here.
+pub fn apply_here(shard: &Shard, backend: &Backend, meta: &TopicMeta) -> Result<(), Error> {
+    shard
+        .catalog
+        .borrow_mut()
+        .insert(meta.clone(), shard.id, shard.cores());
+    backend.apply_topic(meta)
+}
+
+/// Forgets a topic on this core and closes its partitions here (core 0 removes the files).
+pub fn drop_here(shard: &Shard, backend: &Backend, name: &str) {
+    shard.catalog.borrow_mut().remove(name);
+    backend.drop_topic(name);
+    shard.topic_event(name).notify();
+}
+
+/// Core 0: applies `op` to the catalog file and every core; returns the topic as it is now.
+pub async fn apply(shard: &Rc<Shard>, backend: &Backend, op: AdminOp) -> Result<TopicMeta, Error> {
+    let path = backend::catalog_path(&shard.cfg);
+    let root = backend::data_root(&shard.cfg);
+    let max = u64::from(shard.cfg.store.max_partitions);
+    let before = shard.catalog.borrow().metas();
+    let (after, change) = shard.catalog.borrow().plan(op, max)?;
+    match change {
+        Change::None(meta) => Ok(meta),
+        Change::Apply(meta) => {
+            file::store(&path, &after)?;
+            if let Err(e) = everywhere_apply(shard, backend, &meta).await {
+                // Back to what it was: the catalog first, then every core.
+                let _ = file::store(&path, &before);
+                match before.iter().find(|t| t.name == meta.name) {
+                    Some(old) => {
+                        let _ = everywhere_apply(shard, backend, old).await;
+                    }
+                    None => forget(shard, backend, &root, &path, &before, &meta.name).await,
+                }
+                return Err(e);
+            }
+            Ok(meta)
+        }
+        Change::Remove(meta) => {
+            forget(shard, backend, &root, &path, &after, &meta.name).await;
+            Ok(meta)
+        }
+    }
+}
+
+/// Installs `meta` on every core, this one first.
+async fn everywhere_apply(
+    shard: &Rc<Shard>,
+    backend: &Backend,
+    meta: &TopicMeta,
+) -> Result<(), Error> {
+    apply_here(shard, backend, meta)?;
+    for a in shard
+        .mesh
+        .broadcast(shard.id, |_| Request::Apply(meta.clone()))
+        .await
+    {
+        match a? {
+            Answer::Done(r) => r?,
+            _ => return Err(Error::new(ErrorKind::Internal, "unexpected answer")),
+        }
+    }
+    Ok(())
+}
+
+/// Makes every core forget topic `name`, moves its directory into the trash (freeing its
+/// space) and writes `catalog` (which no longer lists it).
+async fn forget(
+    shard: &Rc<Shard>,
+    backend: &Backend,
+    root: &Path,
+    path: &Path,
+    catalog: &[TopicMeta],
+    name: &str,
+) {
+    drop_here(shard, backend, name);
+    let _ = shard
+        .mesh
+        .broadcast(shard.id, |_| Request::Drop(name.to_owned()))
+        .await;
+    let marker = match file::trash(root, name) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(topic = name, "cannot move the topic into the trash: {e}");
+            let _ = std::fs::remove_dir_all(file::topic_dir(root, name));
+            None
+        }
+    };
+    match file::store(path, catalog) {
+        Ok(()) => {
+            if let Some(m) = marker {
+                file::remove_any(&m);
+            }
+        }
+        Err(e) => tracing::error!(
+            topic = name,
+            "the topic is gone but the catalog could not be rewritten ({e}); the next start completes the deletion"
+        ),
+    }
+}
+
+/// From any core: has core 0 apply `op`.
+pub async fn request(shard: &Shard, op: AdminOp) -> Result<TopicMeta, Error> {
+    match shard.mesh.call(0, Request::Admin(op)).await? {
+        Answer::Topic(r) => r,
+        _ => Err(Error::new(
+            ErrorKind::Internal,
+            "unexpected answer from core 0",
+        )),
+    }
+}

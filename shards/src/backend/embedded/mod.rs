@@ -1,0 +1,223 @@
+//! The embedded store: topics live in this host's log engine, in a [`LogSet`] under
+//! `<data>/topics`. Each partition is owned by one core, its single writer; that core also keeps
+//! every group's cursor (the next offset to hand out) and committed offset there, so any request
+//! on any core continues where a group is, and two consumers of one group never get the same
+//! message. What runs on the owner core is here; reaching the owner from another core is in
+//! [`remote`]; retention and the scrubber in [`retention`] and [`scrub`].
+
+pub mod remote;
+pub mod retention;
+pub mod scrub;
+
+use crate::catalog::TopicMeta;
+use crate::logset::{storage_err, LogSet, Written};
+use crate::metrics;
+use crate::request::Fetch;
+use crate::shard::Shard;
+use kateway_core::message::tags_match;
+use kateway_core::{
+    Ack, Delivered, Error, ErrorKind, Groups, Item, PartitionInfo, Published, Reset,
+};
+use std::rc::Rc;
+
+/// One core's part of the embedded store.
+pub struct Store {
+    pub logs: Rc<LogSet>,
+}
+
+impl Store {
+    pub fn new(shard: Rc<Shard>, open_files: usize) -> Self {
+        let root = crate::backend::data_root(&shard.cfg);
+        let segment = shard.cfg.store.segment_bytes.0;
+        Self {
+            logs: Rc::new(LogSet::new(shard, "topics", root, segment, open_files)),
+        }
+    }
+
+    fn shard(&self) -> &Rc<Shard> {
+        &self.logs.shard
+    }
+
+    /// Opens the partitions of `meta` this core owns (recovering them).
+    pub fn apply_topic(&self, meta: &TopicMeta) -> Result<(), Error> {
+        let shard = self.shard();
+        let name = shard
+            .interned(&meta.name)
+            .unwrap_or_else(|| Rc::from(meta.name.as_str()));
+        for p in 0..meta.partitions {
+            if meta.owner(p, shard.cores()) == shard.id {
+                self.logs.open(&name, p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes to a partition this core owns: appends and waits for the durability asked.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        p: u32,
+        items: &[Item],
+        ack: Ack,
+    ) -> Result<Published, Error> {
+        let a = self.logs.append(topic, p, items)?;
+        let m = &self.shard().metrics;
+        metrics::add(&m.pub_messages_total, items.len() as u64);
+        metrics::add(
+            &m.pub_bytes_total,
+            items.iter().map(|i| i.value.len() as u64).sum(),
+        );
+        self.logs
+            .wait_durable(&a.part, Written::Records, a.gen, ack)
+            .await?;
+        Ok(Published {
+            offsets: a.offsets.into_iter().map(|o| o as i64).collect(),
+            buffered: false,
+        })
+    }
+
+    /// Hands out messages of a group from this core's partitions of a topic, advancing the
+    /// group's cursors (and committing them with auto-ack).
+    pub fn fetch(&self, f: &Fetch) -> Result<Vec<Delivered>, Error> {
+        let shard = self.shard();
+        let topic = shard.topic(&f.topic)?;
+        let mine = &topic.owned;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        if mine.is_empty() {
+            return Ok(out);
+        }
+        let start = shard.turn();
+        for i in 0..mine.len() {
+            if out.len() >= f.max || bytes >= f.max_bytes {
+                break;
+            }
+            let p = mine[(start + i) % mine.len()];
+            let part = self.logs.part(&f.topic, p)?;
+            let mut st = part.borrow_mut();
+            let st = &mut *st;
+            let (oldest, end) = (st.log.start(), st.log.end());
+            let cursor = match st.cursors.get(&f.group) {
+                Some(&c) => c,
+                None => match st.offsets.get(&f.group) {
+                    Some(c) => c,
+                    None => match f.reset {
+                        Reset::Oldest => oldest,
+                        Reset::Newest => end,
+                    },
+                },
+            };
+            // After retention removed the head, clamp.
+            let mut cursor = cursor.clamp(oldest, end);
+            if cursor < end {
+                let read = st.log.read(cursor, f.max - out.len(), f.max_bytes - bytes);
+                for d in st.log.take_damage() {
+                    self.logs.report_damage(&f.topic, p, d, "read");
+                }
+                let recs = read.map_err(|e| storage_err(&f.topic, p, &e))?;
+                for r in recs {
+                    cursor = r.offset + 1;
+                    if !f.tags.is_empty() && !tags_match(&r.tags, &f.tags) {
+                        continue;
+                    }
+                    bytes += r.value.len();
+                    out.push(Delivered {
+                        partition: p,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key,
+                        tags: r.tags,
+                        value: r.value,
+                    });
+                }
+            }
+            st.cursors.insert(f.group.clone(), cursor);
+            if f.auto_ack {
+                self.logs.commit(&f.topic, p, st, &f.group, cursor);
+            }
+        }
+        metrics::add(&shard.metrics.sub_messages_total, out.len() as u64);
+        metrics::add(&shard.metrics.sub_bytes_total, bytes as u64);
+        Ok(out)
+    }
+
+    /// Commits a group's offset (the next offset to consume) on a partition this core owns and
+    /// waits until it is durable. With `seek` the offset may also move backwards (down to the
+    /// oldest offset stored) and the group's read position moves with it.
+    pub async fn commit(
+        &self,
+        topic: &str,
+        p: u32,
+        group: &str,
+        offset: u64,
+        seek: bool,
+    ) -> Result<(), Error> {
+        self.logs.admit_write()?;
+        let part = self.logs.part(topic, p)?;
+        let gen = {
+            let mut st = part.borrow_mut();
+            let (start, end) = (st.log.start(), st.log.end());
+            if offset > end {
+                return Err(Error::new(
+                    ErrorKind::InvalidAck,
+                    format!(
+                        "offset {} is beyond the end of partition {p} ({end})",
+                        offset.saturating_sub(1)
+                    ),
+                ));
+            }
+            if seek && offset < start {
+                return Err(Error::new(
+                    ErrorKind::InvalidAck,
+                    format!("offset {offset} is before the oldest stored offset of partition {p} ({start})"),
+                ));
+            }
+            if seek || st.cursors.get(group).is_none_or(|&c| c < offset) {
+                st.cursors.insert(group.to_owned(), offset);
+            }
+            // Already committed at this offset: answer once that commit is durable (a retried
+            // acknowledgement must not be answered before the first one is on disk).
+            self.logs.commit(topic, p, &mut st, group, offset)
+        };
+        self.logs
+            .wait_durable(&part, Written::Commits, gen, Ack::All)
+            .await
+    }
+
+    /// Offsets of this core's partitions of a topic, and of the groups asked about.
+    pub fn info(&self, topic: &str, groups: &Groups) -> Vec<PartitionInfo> {
+        let parts = self.logs.parts.borrow();
+        let mut out: Vec<PartitionInfo> = parts
+            .iter()
+            .filter(|((t, _), _)| &**t == topic)
+            .map(|((_, p), st)| {
+                let st = st.borrow();
+                PartitionInfo {
+                    partition: *p,
+                    oldest: st.log.start(),
+                    newest: st.log.end(),
+                    groups: st
+                        .offsets
+                        .groups()
+                        .filter(|(g, _)| groups.wants(g))
+                        .map(|(g, o)| (g.to_owned(), o))
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|i| i.partition);
+        out
+    }
+
+    /// Starts the store's tasks: the flusher (returned: the core ends when it has flushed),
+    /// the storage recovery, retention and the scrubber.
+    pub fn spawn(&self, tasks: &crate::tasks::Tasks) {
+        tasks.spawn("flusher", crate::logset::flusher::run(self.logs.clone()));
+        tasks.spawn(
+            "storage recovery",
+            crate::logset::durability::recover(self.logs.clone()),
+        );
+        tasks.spawn("retention", retention::run(self.logs.clone()));
+        tasks.spawn("scrubber", scrub::run(self.logs.clone()));
+    }
+}

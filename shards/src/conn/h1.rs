@@ -1,0 +1,270 @@
+//! The HTTP/1.1 driver: the only code that knows HTTP/1.1 bytes. It reads into a buffer, decodes
+//! every complete request, turns each into a command, runs it and writes its reply, in order
+//! (pipelining), with one write for what is ready, then reads again. A request that has started
+//! must finish arriving within `request_timeout` (else 408 and close); an idle keep-alive
+//! connection is closed after `idle_timeout` or when draining begins. A request that may park
+//! (a long poll) watches its socket, so a client that goes away drops its poll at once.
+//!
+//! Memory per connection is bounded: replies are written out once 64 KiB are buffered (a client
+//! pipelining many large subscribes holds one reply at a time), a write that makes no progress
+//! for `write_timeout` closes the connection, a reply's hold (its response-memory budget) is
+//! kept until it is written, and buffers that grew for a large request or reply are given back.
+
+use crate::api;
+use crate::date::with_date;
+use crate::metrics;
+use crate::node::Core;
+use bytes::BytesMut;
+use kateway_core::{Error, ErrorKind};
+use kateway_proto::command::{Caller, Command};
+use kateway_proto::http1::encode::{write_continue, write_reply};
+use kateway_proto::http1::{Decoder, Event, HttpError, Limits, Method, Request};
+use kateway_proto::reply::Reply;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use std::any::Any;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const READ_CHUNK: usize = 4096;
+/// Buffered replies are written out before the next pipelined request once they reach this.
+const FLUSH_AT: usize = 64 << 10;
+/// A buffer that grew beyond this is replaced by a small one once it is empty.
+const KEEP_CAPACITY: usize = 64 << 10;
+/// Large replies are written in pieces of this size, each within the write timeout.
+const WRITE_PIECE: usize = 256 << 10;
+/// How long a request that may park runs before its socket is watched.
+const WATCH_AFTER: Duration = Duration::from_millis(100);
+
+/// The read buffer's spare capacity after what is buffered (made at least half a chunk), for a
+/// read that appends.
+pub fn spare(mut rbuf: BytesMut) -> monoio::buf::SliceMut<BytesMut> {
+    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+        rbuf.reserve(READ_CHUNK);
+    }
+    let filled = rbuf.len();
+    rbuf.slice_mut(filled..)
+}
+
+/// Maps a decoding failure to the error taxonomy.
+pub fn http_error(e: &HttpError) -> Error {
+    match e {
+        HttpError::Malformed(m) => {
+            Error::new(ErrorKind::MalformedHttp, format!("malformed request: {m}"))
+        }
+        HttpError::HeadersTooLarge => {
+            Error::new(ErrorKind::HeadersTooLarge, "request headers too large")
+        }
+        HttpError::TooManyHeaders(n) => Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!("too many header fields: at most {n}"),
+        ),
+        HttpError::BodyTooLarge => Error::new(ErrorKind::PayloadTooLarge, "request body too large"),
+        HttpError::UnsupportedTransferEncoding => Error::new(
+            ErrorKind::NotImplemented,
+            "only chunked transfer coding is supported",
+        ),
+    }
+}
+
+/// Encodes `reply` into `wbuf`; returns whether the connection closes after it, and its hold.
+pub fn encode(
+    core: &Core,
+    wbuf: &mut BytesMut,
+    reply: Reply,
+    head: bool,
+    keep_alive: bool,
+    t0: Instant,
+) -> (bool, Option<Box<dyn Any>>) {
+    let close = !keep_alive || reply.close || core.shard.shutdown.get();
+    with_date(|d| write_reply(wbuf, &reply, d, head, close));
+    api::count(core, reply.status, t0);
+    (close, reply.hold)
+}
+
+/// The limits of this core's HTTP/1.1 decoder.
+pub fn limits(core: &Core) -> Limits {
+    let l = &core.shard.cfg.limits;
+    Limits {
+        max_head: l.max_header_bytes.0 as usize,
+        max_body: (l.max_batch_bytes.0.max(l.max_message_bytes.0) as usize).max(1 << 16),
+    }
+}
+
+/// Serves a connection until it closes.
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+    let cfg = core.shard.cfg.clone();
+    let mut decoder = Decoder::new(limits(&core));
+    let mut rbuf = BytesMut::new();
+    let mut wbuf = BytesMut::new();
+    let mut holds: Vec<Box<dyn Any>> = Vec::new();
+    let mut request_started: Option<Instant> = None;
+    loop {
+        // Answer every complete request in the buffer.
+        let mut close = false;
+        loop {
+            if wbuf.len() >= FLUSH_AT {
+                if write_out(&core, &mut stream, &mut wbuf).await.is_err() {
+                    return;
+                }
+                holds.clear();
+            }
+            match decoder.decode(&mut rbuf) {
+                Ok(None) => break,
+                Ok(Some(Event::Continue)) => write_continue(&mut wbuf),
+                Ok(Some(Event::Request(req))) => {
+                    request_started = None;
+                    let t0 = Instant::now();
+                    let (head, keep_alive) = (req.method == Method::Head, req.keep_alive);
+                    let Some(reply) = answer(&core, req, &mut stream, &mut rbuf).await else {
+                        // The client went away during a long poll: the poll is dropped.
+                        return;
+                    };
+                    let (c, hold) = encode(&core, &mut wbuf, reply, head, keep_alive, t0);
+                    holds.extend(hold);
+                    if c {
+                        close = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let reply = Reply::error(&http_error(&e));
+                    encode(&core, &mut wbuf, reply, false, false, Instant::now());
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !wbuf.is_empty() {
+            if write_out(&core, &mut stream, &mut wbuf).await.is_err() {
+                return;
+            }
+            holds.clear();
+        }
+        if close {
+            return;
+        }
+        if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
+            rbuf = BytesMut::new();
+        }
+        // Read more, within the timeout that applies now.
+        let partial = decoder.in_progress(&rbuf);
+        if core.shard.shutdown.get() && !partial {
+            return;
+        }
+        // A request must arrive whole within request_timeout of its first byte, however slowly
+        // the client trickles it in; between requests the idle timeout applies.
+        let timeout = if partial {
+            let started = *request_started.get_or_insert_with(Instant::now);
+            cfg.server
+                .request_timeout
+                .0
+                .saturating_sub(started.elapsed())
+        } else {
+            request_started = None;
+            cfg.server.idle_timeout.0
+        };
+        let seen = core.shard.shutdown_event.epoch();
+        let spare = spare(rbuf);
+        let read = monoio::select! {
+            r = monoio::time::timeout(timeout, stream.read(spare)) => Some(r),
+            _ = core.shard.shutdown_event.wait(seen), if !partial => None,
+        };
+        match read {
+            None => return,
+            Some(Err(_elapsed)) => {
+                if partial {
+                    let err = Error::new(ErrorKind::RequestTimeout, "request not received in time");
+                    let mut buf = BytesMut::new();
+                    encode(
+                        &core,
+                        &mut buf,
+                        Reply::error(&err),
+                        false,
+                        false,
+                        Instant::now(),
+                    );
+                    let _ = stream.write_all(buf).await;
+                }
+                return;
+            }
+            Some(Ok((res, buf))) => {
+                rbuf = buf.into_inner();
+                match res {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a request. One that may park (a long poll) watches its socket while it waits: if the
+/// client closes the connection, the request is dropped at once (`None`), so a vanished
+/// subscriber does not hold its poll (and its place among the parked polls) until the deadline.
+/// Bytes of a pipelined next request that arrive meanwhile are kept in `rbuf`.
+async fn answer(
+    core: &Rc<Core>,
+    req: Request,
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+) -> Option<Reply> {
+    let cmd = match Command::parse(&req, &core.shard.limits) {
+        Ok(cmd) => cmd,
+        Err(e) => return Some(Reply::error(&e)),
+    };
+    let caller = Caller::of(&req);
+    if !cmd.may_park() {
+        return Some(api::execute(core, caller, cmd).await);
+    }
+    let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
+    {
+        // Most subscribes are answered at once; only a poll that is still waiting after a
+        // moment pays for a readiness watch (io_uring poll, which consumes no data).
+        let watch = async {
+            monoio::time::sleep(WATCH_AFTER).await;
+            stream.readable(false).await
+        };
+        monoio::select! {
+            reply = &mut fut => return Some(reply),
+            _ = watch => {}
+        }
+    }
+    // Readable while the poll waits: either the peer closed, or it pipelined another request.
+    let (res, buf) = stream.read(spare(std::mem::take(rbuf))).await;
+    *rbuf = buf.into_inner();
+    match res {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(fut.await),
+    }
+}
+
+/// Writes and empties `wbuf`, in pieces that must each make it out within
+/// `server.write_timeout`; an error means the connection is to be closed.
+async fn write_out(core: &Core, stream: &mut TcpStream, wbuf: &mut BytesMut) -> Result<(), ()> {
+    let limit = core.shard.cfg.server.write_timeout.0;
+    while !wbuf.is_empty() {
+        let piece = if wbuf.len() <= WRITE_PIECE {
+            std::mem::take(wbuf)
+        } else {
+            wbuf.split_to(WRITE_PIECE)
+        };
+        let whole = wbuf.is_empty();
+        match monoio::time::timeout(limit, stream.write_all(piece)).await {
+            Ok((Ok(_), buf)) => {
+                if whole && buf.capacity() <= KEEP_CAPACITY {
+                    // Keep the allocation of a small buffer for the next replies.
+                    *wbuf = buf;
+                    wbuf.clear();
+                }
+            }
+            Ok((Err(_), _)) => return Err(()),
+            Err(_elapsed) => {
+                metrics::inc(&core.shard.metrics.http_write_timeouts_total);
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}

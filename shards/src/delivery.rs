@@ -1,0 +1,193 @@
+//! The delivery layer: how a group's messages reach a subscriber, written once for both
+//! backends. A [`Subscription`] yields batches: each [`Subscription::next`] reads what is there
+//! and, if nothing is, parks until new data, its deadline or shutdown. An HTTP/1.1 long poll
+//! asks for one batch; a push transport asks again and again.
+//!
+//! Parking: the embedded store's reads answer at once, so a poll parks on its topic's wake-up
+//! event here and tells the other cores that own partitions of the topic that it is interested
+//! (they then send a wake-up after writing new records of it: [`crate::shard::Shard::wake`]).
+//! The Kafka backend's reads wait themselves, in the group's membership.
+//!
+//! Memory: records come with the response bytes held for them against the core's budget
+//! ([`Held`]); nothing is held while a poll is parked.
+
+use crate::backend::Backend;
+use crate::catalog::LocalTopic;
+use crate::metrics;
+use crate::request::{Fetch, Request};
+use crate::shard::{Held, Shard};
+use kateway_core::{Delivered, Error, ErrorKind};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Records for a subscriber, and the response bytes held for them.
+pub struct Batch {
+    pub records: Vec<Delivered>,
+    pub held: Option<Held>,
+}
+
+/// A group's subscription to a topic on this core.
+pub struct Subscription {
+    shard: Rc<Shard>,
+    backend: Backend,
+    topic: Rc<LocalTopic>,
+    fetch: Fetch,
+}
+
+impl Subscription {
+    pub fn new(shard: Rc<Shard>, backend: Backend, topic: Rc<LocalTopic>, fetch: Fetch) -> Self {
+        Self {
+            shard,
+            backend,
+            topic,
+            fetch,
+        }
+    }
+
+    /// The next batch: what is there now, or what arrives before `deadline` (empty at the
+    /// deadline or when the core starts draining).
+    pub async fn next(&self, deadline: Instant) -> Result<Batch, Error> {
+        let shard = self.shard.clone();
+        let shard = &shard;
+        let want = self.fetch.max_bytes;
+        if self.backend.reads_wait() {
+            if shard.shutdown.get() {
+                return Ok(Batch {
+                    records: Vec::new(),
+                    held: None,
+                });
+            }
+            // Not held while the membership waits for records; counted once they arrive.
+            let mut f = self.fetch.clone();
+            f.max_bytes = shard.hold_response(want)?.bytes();
+            let _parked = ParkedGauge::new(shard);
+            let records = self.backend.read(&self.topic, f, deadline).await?;
+            let bytes = records.iter().map(|m| m.value.len()).sum();
+            let held = (!records.is_empty()).then(|| shard.account_response(bytes));
+            return Ok(Batch { records, held });
+        }
+        let ev = shard.topic_event(&self.topic.name);
+        let mut seen = ev.epoch();
+        let got = self.read_now(want).await?;
+        if !got.records.is_empty() || shard.shutdown.get() || Instant::now() >= deadline {
+            return Ok(got);
+        }
+        // Register before reading again: a wake-up for data appended after the owners saw the
+        // interest is then guaranteed, and data appended before it is found by this read.
+        let _parked = Parked::new(shard, &self.topic).await;
+        loop {
+            let got = self.read_now(want).await?;
+            if !got.records.is_empty() || shard.shutdown.get() {
+                return Ok(got);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(got);
+            }
+            if ev.epoch() == seen {
+                let _ = monoio::time::timeout(left, ev.wait(seen)).await;
+            }
+            seen = ev.epoch();
+            if shard.topic(&self.topic.name).is_err() {
+                return Err(Error::new(
+                    ErrorKind::UnknownTopic,
+                    format!("topic {} was deleted", self.topic.name),
+                ));
+            }
+        }
+    }
+
+    /// One read with up to `want` response bytes held for what it finds.
+    async fn read_now(&self, want: usize) -> Result<Batch, Error> {
+        let held = self.shard.hold_response(want)?;
+        let mut f = self.fetch.clone();
+        f.max_bytes = held.bytes();
+        let records = self.backend.read(&self.topic, f, Instant::now()).await?;
+        let held = (!records.is_empty()).then_some(held);
+        Ok(Batch { records, held })
+    }
+}
+
+/// Counts a poll as parked while it lives.
+struct ParkedGauge<'a>(&'a Shard);
+
+impl<'a> ParkedGauge<'a> {
+    fn new(shard: &'a Shard) -> Self {
+        metrics::inc(&shard.metrics.sub_parked_polls);
+        Self(shard)
+    }
+}
+
+impl Drop for ParkedGauge<'_> {
+    fn drop(&mut self) {
+        metrics::dec(&self.0.metrics.sub_parked_polls);
+    }
+}
+
+/// A long poll parked on a topic: registered with the owner cores while it lives.
+struct Parked {
+    shard: Rc<Shard>,
+    topic: Rc<str>,
+    remote: Vec<usize>,
+}
+
+impl Parked {
+    async fn new(shard: &Rc<Shard>, topic: &LocalTopic) -> Self {
+        let remote: Vec<usize> = topic
+            .owner_cores
+            .iter()
+            .copied()
+            .filter(|&c| c != shard.id)
+            .collect();
+        let first = {
+            let mut parked = shard.parked.borrow_mut();
+            let n = parked.entry(topic.name.clone()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        metrics::inc(&shard.metrics.sub_parked_polls);
+        if first {
+            for &c in &remote {
+                let req = Request::Interest {
+                    topic: topic.name.to_string(),
+                    core: shard.id,
+                    delta: 1,
+                };
+                shard.mesh.send(c, req).await;
+            }
+        }
+        Self {
+            shard: shard.clone(),
+            topic: topic.name.clone(),
+            remote,
+        }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        metrics::dec(&self.shard.metrics.sub_parked_polls);
+        let last = {
+            let mut parked = self.shard.parked.borrow_mut();
+            let n = parked.get_mut(&self.topic).map(|n| {
+                *n -= 1;
+                *n
+            });
+            if n == Some(0) {
+                parked.remove(&self.topic);
+            }
+            n == Some(0)
+        };
+        if last {
+            for &c in &self.remote {
+                let mesh = self.shard.mesh.clone();
+                let req = Request::Interest {
+                    topic: self.topic.to_string(),
+                    core: self.shard.id,
+                    delta: -1,
+                };
+                monoio::spawn(async move { mesh.send(c, req).await });
+            }
+        }
+    }
+}

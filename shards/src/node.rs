@@ -1,0 +1,147 @@
+//! A core: its context ([`Shard`]), its backend and its tasks, and the one place where a
+//! [`Request`] is executed, whether another core sent it through the mesh ([`Core::inbox`]) or
+//! this core runs it itself.
+
+use crate::admin;
+use crate::backend::Backend;
+use crate::event::Event;
+use crate::metrics::{self, Snapshot};
+use crate::request::{Answer, Request};
+use crate::shard::Shard;
+use crate::tasks::Tasks;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// One core.
+pub struct Core {
+    pub shard: Rc<Shard>,
+    pub backend: Backend,
+    pub tasks: Tasks,
+    /// Serialises topic administration (core 0).
+    admin_busy: Cell<bool>,
+    admin_done: Event,
+}
+
+impl Core {
+    pub fn new(shard: Rc<Shard>, backend: Backend) -> Self {
+        Self {
+            shard,
+            backend,
+            tasks: Tasks::default(),
+            admin_busy: Cell::new(false),
+            admin_done: Event::default(),
+        }
+    }
+
+    /// Runs a request on this core.
+    pub async fn execute(&self, req: Request) -> Answer {
+        let (shard, backend) = (&self.shard, &self.backend);
+        match req {
+            Request::Publish {
+                topic,
+                partition,
+                items,
+                ack,
+            } => Answer::Published(backend.publish_local(&topic, partition, items, ack).await),
+            Request::Fetch(f) => Answer::Delivered(backend.fetch_local(&f)),
+            Request::Commit {
+                topic,
+                partition,
+                group,
+                offset,
+                seek,
+            } => Answer::Done(
+                backend
+                    .commit_local(&topic, partition, &group, offset, seek)
+                    .await,
+            ),
+            Request::Info { topic, groups } => Answer::Infos(backend.info_local(&topic, &groups)),
+            Request::Interest { topic, core, delta } => {
+                shard.add_interest(&topic, core, delta);
+                Answer::None
+            }
+            Request::Wake { topic } => {
+                shard.topic_event(&topic).notify();
+                Answer::None
+            }
+            Request::Admin(op) => {
+                while self.admin_busy.get() {
+                    let seen = self.admin_done.epoch();
+                    self.admin_done.wait(seen).await;
+                }
+                self.admin_busy.set(true);
+                let r = admin::apply(shard, backend, op).await;
+                self.admin_busy.set(false);
+                self.admin_done.notify();
+                Answer::Topic(r)
+            }
+            Request::Apply(meta) => Answer::Done(admin::apply_here(shard, backend, &meta)),
+            Request::Drop(name) => {
+                admin::drop_here(shard, backend, &name);
+                Answer::Done(Ok(()))
+            }
+            Request::Metrics => Answer::Snapshot(Box::new(self.snapshot())),
+            Request::Drain => {
+                shard.begin_shutdown();
+                while shard.metrics.http_connections_active.get() > 0 {
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+                backend.drain(shard.cfg.server.shutdown_timeout.0).await;
+                Answer::None
+            }
+            Request::Stop => {
+                shard.stop_event.notify();
+                Answer::None
+            }
+        }
+    }
+
+    /// Serves the requests other cores send, until `Stop`.
+    pub async fn inbox(
+        self: Rc<Self>,
+        rx: flume::Receiver<crate::mesh::Envelope<Request, Answer>>,
+    ) {
+        while let Ok((req, reply)) = rx.recv_async().await {
+            if matches!(req, Request::Stop) {
+                self.execute(req).await;
+                return;
+            }
+            let core = self.clone();
+            monoio::spawn(async move {
+                let a = core.execute(req).await;
+                if let Some(tx) = reply {
+                    let _ = tx.send(a);
+                }
+            });
+        }
+    }
+
+    /// This core's metrics, storage and budget.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = self.shard.metrics.snapshot();
+        self.backend.snapshot(&mut s);
+        s.response_bytes_held = self.shard.response_bytes.get() as u64;
+        s
+    }
+
+    /// Every core's snapshot, summed.
+    pub async fn all_metrics(&self) -> Result<Snapshot, kateway_core::Error> {
+        let mut total = self.snapshot();
+        metrics::add(
+            &self.shard.metrics.mesh_messages_total,
+            self.shard.cores() as u64 - 1,
+        );
+        for a in self
+            .shard
+            .mesh
+            .broadcast(self.shard.id, |_| Request::Metrics)
+            .await
+        {
+            if let Answer::Snapshot(s) = a? {
+                total.add(&s);
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,77 @@
+//! What one core can ask of another: one [`Request`] enum, answered by one [`Answer`]. Both
+//! travel through the mesh as owned, `Send` data; `crate::node::Core::execute` runs a request,
+//! whether it came from another core or from this one (the local path calls it directly, without
+//! a channel).
+
+use crate::catalog::{AdminOp, TopicMeta};
+use crate::metrics::Snapshot;
+use bytes::Bytes;
+use kateway_core::{Ack, Delivered, Error, Groups, Item, PartitionInfo, Published, Reset};
+
+/// A bounded read for one group from the partitions of a topic that one core owns.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub topic: String,
+    pub group: String,
+    pub max: usize,
+    pub max_bytes: usize,
+    pub reset: Reset,
+    pub auto_ack: bool,
+    /// Deliver only messages carrying one of these tags (empty: all).
+    pub tags: Vec<Bytes>,
+}
+
+/// A request to a core.
+pub enum Request {
+    /// Publish to a partition the receiver owns, at the durability asked for.
+    Publish {
+        topic: String,
+        partition: u32,
+        items: Vec<Item>,
+        ack: Ack,
+    },
+    /// A bounded read for a group from the receiver's partitions of a topic.
+    Fetch(Fetch),
+    /// Commit a group's offset on a partition the receiver owns (durably before answering); with
+    /// `seek` the offset may move backwards and the group's read position moves with it.
+    Commit {
+        topic: String,
+        partition: u32,
+        group: String,
+        offset: u64,
+        seek: bool,
+    },
+    /// Offsets of the receiver's partitions of a topic, with the groups asked about.
+    Info { topic: String, groups: Groups },
+    /// The sender has (delta > 0) or no longer has (delta < 0) long polls parked on a topic.
+    Interest {
+        topic: String,
+        core: usize,
+        delta: i64,
+    },
+    /// New data on a topic the receiver asked about.
+    Wake { topic: String },
+    /// Core 0 only: create, alter, learn or delete a topic.
+    Admin(AdminOp),
+    /// Install (or replace) a topic's metadata and open the receiver's partitions of it.
+    Apply(TopicMeta),
+    /// Forget a topic and close the receiver's partitions of it.
+    Drop(String),
+    /// The receiver's metrics.
+    Metrics,
+    /// Stop accepting, finish requests, close connections; answer when none is left.
+    Drain,
+    /// Stop every task and the core.
+    Stop,
+}
+
+/// The answer to a [`Request`].
+pub enum Answer {
+    Published(Result<Published, Error>),
+    Delivered(Result<Vec<Delivered>, Error>),
+    Done(Result<(), Error>),
+    Infos(Vec<PartitionInfo>),
+    Topic(Result<TopicMeta, Error>),
+    Snapshot(Box<Snapshot>),
+    None,
+}
