@@ -56,6 +56,7 @@ pub struct LimitsConfig {
     pub max_batch_bytes: ByteSize,
     pub max_pending_bytes_per_core: ByteSize,
     pub max_response_bytes_per_core: ByteSize,
+    pub max_request_bytes_per_core: ByteSize,
 }
 
 /// `[subscribe]`
@@ -239,6 +240,12 @@ impl Config {
         range(
             "limits.max_response_bytes_per_core",
             l.max_response_bytes_per_core.0,
+            1 << 20,
+            1 << 40,
+        )?;
+        range(
+            "limits.max_request_bytes_per_core",
+            l.max_request_bytes_per_core.0,
             1 << 20,
             1 << 40,
         )?;

@@ -90,6 +90,8 @@ kinds! {
     ResponsesBuffered = 50306, Capacity;
     /// `/ready`: the gateway should not get traffic now (the message says why).
     NotReady = 50307, Capacity;
+    /// The core holds its limit of bytes of requests still arriving.
+    RequestsBuffered = 50308, Capacity;
 }
 
 impl ErrorKind {

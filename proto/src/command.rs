@@ -24,6 +24,8 @@ pub trait Parts {
     fn query(&self) -> &str;
     /// The first value of header `name` (case-insensitive).
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// How many times header `name` occurs (case-insensitive).
+    fn header_count(&self, name: &str) -> usize;
     /// The whole body.
     fn body(&self) -> &Bytes;
 }
@@ -45,6 +47,8 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     appid: Option<&'a str>,
+    /// The request named its app more than once (ambiguous: refused).
+    repeated: bool,
 }
 
 impl<'a> Caller<'a> {
@@ -55,16 +59,26 @@ impl<'a> Caller<'a> {
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::trim)
             .filter(|s| !s.is_empty());
-        Self { appid }
+        let repeated = parts.header_count("appid") > 1;
+        Self { appid, repeated }
     }
 
     /// A caller with this app.
     pub fn app(appid: &'a str) -> Self {
-        Self { appid: Some(appid) }
+        Self {
+            appid: Some(appid),
+            repeated: false,
+        }
     }
 
     /// The caller's app, validated; 400 when the request did not say.
     pub fn appid(&self) -> Result<&'a str, Error> {
+        if self.repeated {
+            return Err(Error::new(
+                ErrorKind::InvalidParam,
+                "the Appid header is given more than once",
+            ));
+        }
         let a = self
             .appid
             .ok_or_else(|| Error::new(ErrorKind::MissingHeader, "missing Appid header"))?;
@@ -610,6 +624,12 @@ mod tests {
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| &v[..])
+        }
+        fn header_count(&self, name: &str) -> usize {
+            self.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .count()
         }
         fn body(&self) -> &Bytes {
             &self.body

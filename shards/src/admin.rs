@@ -49,6 +49,11 @@ pub async fn apply(shard: &Rc<Shard>, backend: &Backend, op: AdminOp) -> Result<
                 match before.iter().find(|t| t.name == meta.name) {
                     Some(old) => {
                         let _ = everywhere_apply(shard, backend, old).await;
+                        // Every core closed the new partitions; remove what their creation
+                        // left on disk.
+                        for p in old.partitions..meta.partitions {
+                            file::remove_any(&file::partition_dir(&root, &meta.name, p));
+                        }
                     }
                     None => forget(shard, backend, &root, &path, &before, &meta.name).await,
                 }

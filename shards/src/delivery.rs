@@ -61,28 +61,34 @@ impl Subscription {
             let mut f = self.fetch.clone();
             f.max_bytes = shard.hold_response(want)?.bytes();
             let _parked = ParkedGauge::new(shard);
-            let records = self.backend.read(&self.topic, f, deadline).await?;
+            let records = self.backend.read(&self.topic, f, deadline).await?.records;
             let bytes = records.iter().map(|m| m.value.len()).sum();
             let held = (!records.is_empty()).then(|| shard.account_response(bytes));
             return Ok(Batch { records, held });
         }
         let ev = shard.topic_event(&self.topic.name);
         let mut seen = ev.epoch();
-        let got = self.read_now(want).await?;
-        if !got.records.is_empty() || shard.shutdown.get() || Instant::now() >= deadline {
-            return Ok(got);
-        }
-        // Register before reading again: a wake-up for data appended after the owners saw the
-        // interest is then guaranteed, and data appended before it is found by this read.
-        let _parked = Parked::new(shard, &self.topic).await;
+        let mut parked = None;
         loop {
-            let got = self.read_now(want).await?;
+            let (got, more) = self.read_now(want).await?;
             if !got.records.is_empty() || shard.shutdown.get() {
                 return Ok(got);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(got);
+            }
+            if more {
+                // A tag filter skipped a long run of records: read on, letting others run.
+                crate::event::yield_now().await;
+                continue;
+            }
+            if parked.is_none() {
+                // Register, then read again: a wake-up for data appended after the owners saw
+                // the interest is then guaranteed, and data appended before it is found by
+                // that read.
+                parked = Some(Parked::new(shard, &self.topic).await);
+                continue;
             }
             if ev.epoch() == seen {
                 let _ = monoio::time::timeout(left, ev.wait(seen)).await;
@@ -97,14 +103,21 @@ impl Subscription {
         }
     }
 
-    /// One read with up to `want` response bytes held for what it finds.
-    async fn read_now(&self, want: usize) -> Result<Batch, Error> {
+    /// One read with up to `want` response bytes held for what it finds; also says whether
+    /// the read stopped with more to look at.
+    async fn read_now(&self, want: usize) -> Result<(Batch, bool), Error> {
         let held = self.shard.hold_response(want)?;
         let mut f = self.fetch.clone();
         f.max_bytes = held.bytes();
-        let records = self.backend.read(&self.topic, f, Instant::now()).await?;
-        let held = (!records.is_empty()).then_some(held);
-        Ok(Batch { records, held })
+        let got = self.backend.read(&self.topic, f, Instant::now()).await?;
+        let held = (!got.records.is_empty()).then_some(held);
+        Ok((
+            Batch {
+                records: got.records,
+                held,
+            },
+            got.more,
+        ))
     }
 }
 

@@ -111,6 +111,8 @@ macro_rules! counters {
             pub log_file_evictions: u64,
             /// Response bytes held for clients that have not read them.
             pub response_bytes_held: u64,
+            /// Bytes of requests still arriving, held in read buffers.
+            pub request_bytes_held: u64,
             /// Damage found, newest last.
             pub damage: Vec<DamageEntry>,
         }
@@ -129,6 +131,7 @@ macro_rules! counters {
                     log_open_files_max: 0,
                     log_file_evictions: 0,
                     response_bytes_held: 0,
+                    request_bytes_held: 0,
                     damage: Vec::new(),
                 }
             }
@@ -147,6 +150,7 @@ macro_rules! counters {
                 self.log_open_files_max += o.log_open_files_max;
                 self.log_file_evictions += o.log_file_evictions;
                 self.response_bytes_held += o.response_bytes_held;
+                self.request_bytes_held += o.request_bytes_held;
                 self.damage.extend(o.damage.iter().cloned());
             }
 
@@ -195,6 +199,7 @@ counters! {
     log_scrubbed_bytes_total: "Bytes of sealed segments whose checksums the scrubber verified.",
     http_write_timeouts_total: "Connections closed because a response made no progress for server.write_timeout.",
     http_responses_refused_total: "Subscribes refused because the core held limits.max_response_bytes_per_core for slow readers.",
+    http_requests_refused_total: "Connections answered 503 and closed because the core held limits.max_request_bytes_per_core of requests still arriving.",
 }
 
 impl Snapshot {
@@ -230,6 +235,11 @@ impl Snapshot {
                 "kateway_http_response_bytes_held",
                 "Response bytes held for clients that have not read them yet.",
                 self.response_bytes_held,
+            ),
+            (
+                "kateway_http_request_bytes_held",
+                "Bytes of requests still arriving, held in read buffers (beyond 64 KiB per connection).",
+                self.request_bytes_held,
             ),
         ];
         for (name, help, v) in gauges {

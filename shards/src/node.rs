@@ -122,6 +122,7 @@ impl Core {
         let mut s = self.shard.metrics.snapshot();
         self.backend.snapshot(&mut s);
         s.response_bytes_held = self.shard.response_bytes.get() as u64;
+        s.request_bytes_held = self.shard.request_bytes.get() as u64;
         s
     }
 

@@ -21,6 +21,15 @@ pub struct Fetch {
     pub tags: Vec<Bytes>,
 }
 
+/// What a bounded read found: the records for the subscriber, and whether it stopped early
+/// with more to look at (a tag filter skipped its scan budget's worth of records), so the
+/// caller reads again at once instead of waiting for new data.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub records: Vec<Delivered>,
+    pub more: bool,
+}
+
 /// A request to a core.
 pub enum Request {
     /// Publish to a partition the receiver owns, at the durability asked for.
@@ -68,7 +77,7 @@ pub enum Request {
 /// The answer to a [`Request`].
 pub enum Answer {
     Published(Result<Published, Error>),
-    Delivered(Result<Vec<Delivered>, Error>),
+    Delivered(Result<Fetched, Error>),
     Done(Result<(), Error>),
     Infos(Vec<PartitionInfo>),
     Topic(Result<TopicMeta, Error>),

@@ -37,6 +37,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.store.data_dir.display()
         )
     })?;
+    let _lock = exclusive(&cfg)?;
     let topics = load_catalog(&cfg)?;
     let shared = Shared::start(&cfg)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
@@ -109,6 +110,41 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Refuses to start when another process serves the same data directory (an exclusive lock on
+/// `<data>/lock`, held while the returned file is open, so until exit) or already listens on
+/// the address (every core binds with `SO_REUSEPORT`, which would otherwise let two gateways
+/// share one port without a word).
+fn exclusive(cfg: &Config) -> Result<std::fs::File, String> {
+    use nix::fcntl::{flock, FlockArg};
+    use std::os::fd::AsRawFd;
+    let path = cfg.store.data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    if let Err(e) = flock(file.as_raw_fd(), FlockArg::LockExclusiveNonblock) {
+        return Err(match e {
+            nix::errno::Errno::EWOULDBLOCK => format!(
+                "data dir {} is in use by another kateway process",
+                cfg.store.data_dir.display()
+            ),
+            e => format!("cannot lock {}: {e}", path.display()),
+        });
+    }
+    // A plain bind (no SO_REUSEPORT) fails while any socket listens on the address.
+    if let Err(e) = std::net::TcpListener::bind(cfg.server.listen.as_str()) {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            return Err(format!(
+                "{} is already in use (is another kateway running?)",
+                cfg.server.listen
+            ));
+        }
+    }
+    Ok(file)
 }
 
 /// Loads the configured backend's catalog and reconciles it with the topic directories on disk

@@ -49,6 +49,9 @@ pub struct Shard {
     interest: RefCell<Map<Rc<str>, Vec<i64>>>,
     /// Response bytes held for clients that have not read them yet.
     pub response_bytes: Cell<usize>,
+    /// Bytes of requests still arriving, held in connections' read buffers (beyond a small
+    /// allowance each).
+    pub request_bytes: Cell<usize>,
 }
 
 impl Shard {
@@ -79,6 +82,7 @@ impl Shard {
             parked: Default::default(),
             interest: Default::default(),
             response_bytes: Cell::new(0),
+            request_bytes: Cell::new(0),
         }
     }
 
@@ -241,6 +245,47 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         let r = &self.shard.response_bytes;
+        r.set(r.get().saturating_sub(self.bytes));
+    }
+}
+
+/// A connection's request bytes counted against `limits.max_request_bytes_per_core`.
+pub struct HeldRequest {
+    shard: Rc<Shard>,
+    bytes: usize,
+}
+
+impl HeldRequest {
+    /// Nothing held yet.
+    pub fn new(shard: &Rc<Shard>) -> Self {
+        Self {
+            shard: shard.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `bytes` instead; refused (holding what it held) when growing would take the core
+    /// past its limit.
+    pub fn resize(&mut self, bytes: usize) -> Result<(), Error> {
+        let r = &self.shard.request_bytes;
+        let others = r.get() - self.bytes;
+        let cap = self.shard.cfg.limits.max_request_bytes_per_core.0 as usize;
+        if bytes > self.bytes && others + bytes > cap {
+            metrics::inc(&self.shard.metrics.http_requests_refused_total);
+            return Err(Error::new(
+                ErrorKind::RequestsBuffered,
+                "this core holds its limit of requests still arriving",
+            ));
+        }
+        r.set(others + bytes);
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for HeldRequest {
+    fn drop(&mut self) {
+        let r = &self.shard.request_bytes;
         r.set(r.get().saturating_sub(self.bytes));
     }
 }

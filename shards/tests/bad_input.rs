@@ -131,6 +131,51 @@ fn api_errors_have_statuses_and_json_bodies() {
         b"",
     )
     .assert_error(400);
+    // Two Appid headers name two callers: refused rather than picking one.
+    let r = g.req(
+        "POST",
+        "/v1/msgs/t/v1",
+        &[("Appid", "app1"), ("Appid", "app9")],
+        b"x",
+    );
+    r.assert_error(400);
+    assert!(r.text().contains("more than once"), "{}", r.text());
+    // The largest offset cannot be acknowledged (its successor does not exist).
+    g.publish("app1", "t", "", b"m");
+    let r = g.req(
+        "PUT",
+        "/v1/offsets/app1/t/v1/g",
+        &[("Appid", "app2")],
+        br#"[{"partition":0,"offset":18446744073709551615}]"#,
+    );
+    r.assert_error(400);
+    let st = g
+        .req(
+            "GET",
+            "/v1/status/app1/t/v1?group=g",
+            &[("Appid", "app2")],
+            b"",
+        )
+        .json();
+    assert_eq!(
+        st["groups"][0]["partitions"][0]["committed"],
+        serde_json::Value::Null,
+        "{st}"
+    );
+    // A seek beyond the end names the offset it was given.
+    let r = g.req(
+        "PUT",
+        "/v1/offset/app1/t/v1/g/0?offset=5",
+        &[("Appid", "app2")],
+        b"",
+    );
+    r.assert_error(400);
+    assert!(
+        r.text()
+            .contains("offset 5 is beyond the end of partition 0 (1)"),
+        "{}",
+        r.text()
+    );
     still_serving(&g);
 }
 

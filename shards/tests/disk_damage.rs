@@ -34,12 +34,18 @@ fn lost(damage: &[Value]) -> u64 {
 /// Publishes `n` messages of `size` bytes to partition 0 of `t` in batches of 100; message `i`
 /// starts with `i` so a reader can tell which it got.
 fn fill(g: &Gateway, n: usize, size: usize) {
+    fill_key(g, "", n, size)
+}
+
+/// [`fill`] with partition key `key` (none when empty).
+fn fill_key(g: &Gateway, key: &str, n: usize, size: usize) {
     for start in (0..n).step_by(100) {
         let mut body = Vec::new();
         for i in start..(start + 100).min(n) {
             let mut v = format!("{i:06}-").into_bytes();
             v.resize(size, b'x');
-            body.extend_from_slice(&0u16.to_be_bytes());
+            body.extend_from_slice(&(key.len() as u16).to_be_bytes());
+            body.extend_from_slice(key.as_bytes());
             body.extend_from_slice(&(v.len() as u32).to_be_bytes());
             body.extend_from_slice(&v);
         }
@@ -57,7 +63,12 @@ fn fill(g: &Gateway, n: usize, size: usize) {
 }
 
 fn segments(g: &Gateway) -> Vec<PathBuf> {
-    let dir = g.data_dir().join("topics/app.t.v1/0");
+    segments_of(g, 0)
+}
+
+/// The segment files of partition `p` of `t`, oldest first.
+fn segments_of(g: &Gateway, p: u32) -> Vec<PathBuf> {
+    let dir = g.data_dir().join(format!("topics/app.t.v1/{p}"));
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -384,5 +395,149 @@ fn deleting_a_topic_then_crashing_completes_the_deletion() {
     assert!(
         read_all(&g, "g").is_empty(),
         "a re-created topic starts empty"
+    );
+}
+
+/// A key of `t` that lands on partition `p` of `n`.
+fn key_for(p: u32, n: u32) -> String {
+    (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| kateway_core::partitioner::partition_for_key(k.as_bytes(), n) == p)
+        .unwrap()
+}
+
+#[test]
+fn a_partition_that_fails_to_read_costs_no_other_partition_its_messages() {
+    let mut g = Gateway::new_with(&ONE_MIB_SEGMENTS);
+    g.spawn();
+    damage_sealed(&mut g);
+    g.set_env(&[
+        ("KATEWAY_STORE_SEGMENT_BYTES", "1MiB"),
+        ("KATEWAY_STORE_SCRUB_BYTES_PER_SECOND", "0"),
+        ("KATEWAY_STORE_RECOVERY_MODE", "tolerate-tail"),
+    ]);
+    g.spawn();
+    // Partition 0 refuses its damaged record 10; partitions 1-3 (on both cores) are healthy.
+    let r = g.req("PUT", "/v1/topics/app/t/v1?partitions=4", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = g.req(
+        "PUT",
+        "/v1/offset/app/t/v1/g/0?offset=10",
+        &[("Appid", "r")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for p in 1..4 {
+        let key = key_for(p, 4);
+        let r = g.publish(
+            "app",
+            "t",
+            &format!("key={key}"),
+            format!("to-{p}").as_bytes(),
+        );
+        assert_eq!(r.header("x-partition"), Some(p.to_string().as_str()));
+    }
+    let s = g.sub("r", "app", "t", "group=g&batch=10&wait=1s", &[]);
+    assert_eq!(s.status, 200, "{}", s.text());
+    let mut got: Vec<(u32, Vec<u8>)> = records(&s.body).into_iter().map(|r| (r.0, r.2)).collect();
+    got.sort();
+    let want: Vec<(u32, Vec<u8>)> = (1..4)
+        .map(|p| (p, format!("to-{p}").into_bytes()))
+        .collect();
+    assert_eq!(got, want, "the healthy partitions' messages are delivered");
+    // Partitions alternate between the 2 cores: now the core of partition 0 has nothing else
+    // to give, and the other core's message still comes through.
+    let key = key_for(1, 4);
+    g.publish("app", "t", &format!("key={key}"), b"again");
+    let s = g.sub("r", "app", "t", "group=g&batch=10&wait=1s", &[]);
+    assert_eq!(s.status, 200, "{}", s.text());
+    let got: Vec<(u32, Vec<u8>)> = records(&s.body).into_iter().map(|r| (r.0, r.2)).collect();
+    assert_eq!(got, vec![(1, b"again".to_vec())]);
+    // What is left is the damage, refused; nothing was committed that was not delivered.
+    let s = g.sub("r", "app", "t", "group=g&batch=10&wait=1s", &[]);
+    s.assert_error(503);
+    assert_eq!(s.json()["code"], 50305);
+    let st = g
+        .req("GET", "/v1/status/app/t/v1?group=g", &[("Appid", "r")], b"")
+        .json();
+    let committed: Vec<u64> = st["groups"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["committed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(committed, vec![10, 2, 1, 1], "{st}");
+}
+
+#[test]
+fn the_scrubber_reaches_every_partition() {
+    let mut g = Gateway::new_with(&ONE_MIB_SEGMENTS);
+    g.spawn();
+    // Partitions alternate between the 2 cores: 0 and 2 share one (and its scrubber).
+    g.create_topic("app", "t", 3);
+    for p in [0, 2] {
+        fill_key(&g, &key_for(p, 3), 1200, 3000);
+    }
+    g.kill9();
+    // One flipped byte in the last sealed segment of each partition.
+    for p in [0, 2] {
+        let segs = segments_of(&g, p);
+        assert!(segs.len() >= 4, "{segs:?}");
+        flip(&segs[segs.len() - 2], 10 * 3034 + 500, 1);
+    }
+    // Each 250 ms tick's budget is a little more than a segment: the partition scrubbed first
+    // finishes a segment and leaves the other only a few bytes, which must not starve it.
+    let segment = std::fs::metadata(&segments_of(&g, 0)[0]).unwrap().len();
+    let rate = 4 * (segment + 1000);
+    g.set_env(&[
+        ("KATEWAY_STORE_SEGMENT_BYTES", "1MiB"),
+        ("KATEWAY_STORE_SCRUB_BYTES_PER_SECOND", &rate.to_string()),
+    ]);
+    g.spawn();
+    let mut found = Vec::new();
+    for _ in 0..300 {
+        found = damage(&g);
+        if found.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut parts: Vec<u64> = found
+        .iter()
+        .map(|d| d["partition"].as_u64().unwrap())
+        .collect();
+    parts.sort();
+    assert_eq!(parts, vec![0, 2], "{found:?}");
+    assert!(found.iter().all(|d| d["found_by"] == "scrub"));
+}
+
+#[test]
+fn stray_files_where_partitions_belong_do_not_stop_a_start() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 2);
+    g.publish("app", "t", &format!("key={}", key_for(0, 2)), b"kept");
+    g.kill9();
+    let topics = g.data_dir().join("topics");
+    // A listed topic's partition directory replaced by a file...
+    std::fs::remove_dir_all(topics.join("app.t.v1/1")).unwrap();
+    std::fs::write(topics.join("app.t.v1/1"), b"not a partition").unwrap();
+    // ... and an unlisted topic directory holding a file named like a partition.
+    std::fs::create_dir_all(topics.join("app.v.v1/0")).unwrap();
+    std::fs::write(topics.join("app.v.v1/1"), b"stray").unwrap();
+    g.spawn();
+    let strays: Vec<String> = std::fs::read_dir(topics.join("app.t.v1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("1.stray-"))
+        .collect();
+    assert_eq!(strays.len(), 1, "the file was set aside, not deleted");
+    let r = g.publish("app", "t", &format!("key={}", key_for(1, 2)), b"new");
+    assert_eq!(r.header("x-partition"), Some("1"));
+    let got = read_all(&g, "g");
+    assert_eq!(got.len(), 2);
+    let v = g.req("GET", "/v1/partitions/app/v/v1", &[], b"").json();
+    assert_eq!(
+        v["partitions"], 1,
+        "only directories count as partitions: {v}"
     );
 }

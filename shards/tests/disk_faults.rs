@@ -244,6 +244,36 @@ fn a_failed_topic_creation_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_failed_topic_growth_leaves_nothing_behind() {
+    // Two partitions are created, then growing to six fails creating the fourth.
+    let mut g = Gateway::start_with(&[("KATEWAY_FAILPOINTS", "log::create=3*off->1*eio->off")]);
+    g.create_topic("app", "x", 2);
+    g.publish("app", "x", "", b"before");
+    let r = g.req("PUT", "/v1/topics/app/x/v1?partitions=6", &[], b"");
+    r.assert_error(503);
+    let dir = g.data_dir().join("topics/app.x.v1");
+    let left = |dir: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(left(&dir), vec!["0", "1"]);
+    let parts = g.req("GET", "/v1/partitions/app/x/v1", &[], b"").json();
+    assert_eq!(parts["partitions"], 2);
+    g.kill9();
+    g.set_env(&[]);
+    g.spawn();
+    assert_eq!(left(&dir), vec!["0", "1"]);
+    let r = g.req("PUT", "/v1/topics/app/x/v1?partitions=6", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = g.sub("b", "app", "x", "group=g&batch=10&wait=2s", &[]);
+    assert_eq!(support::records(&s.body).len(), 1);
+}
+
+#[test]
 fn many_partitions_cannot_exhaust_descriptors_or_stop_a_restart() {
     let mut g = Gateway::new_with(&[("KATEWAY_STORE_MAX_PARTITIONS", "12000")]);
     g.nofile = Some(256);

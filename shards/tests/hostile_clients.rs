@@ -138,3 +138,55 @@ fn a_connection_flood_beyond_the_descriptor_limit_leaves_health_checks_and_the_s
     let got = g.drain("b", "app", "t", "group=g&batch=10&wait=1s");
     assert_eq!(got.len(), 2);
 }
+
+#[test]
+fn bodies_that_never_finish_arriving_cannot_exhaust_memory() {
+    let mut g = Gateway::new_with(&[("KATEWAY_LIMITS_MAX_REQUEST_BYTES_PER_CORE", "2MiB")]);
+    g.cores = 1;
+    g.spawn();
+    g.create_topic("app", "t", 1);
+    let base = rss_kib(g.pid());
+    // 12 clients announce a 5 MiB batch, send 1 MiB of it and stop: 12 MiB would be buffered.
+    let chunk = vec![b'x'; 64 << 10];
+    let mut slow: Vec<TcpStream> = Vec::new();
+    for _ in 0..12 {
+        let mut s = TcpStream::connect(&g.addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST /v1/msgs/t/v1 HTTP/1.1\r\nAppid: app\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            5 << 20
+        )
+        .unwrap();
+        for _ in 0..16 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        slow.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let held = g.metric("kateway_http_request_bytes_held");
+    assert!(held <= (2 << 20) as f64, "{held} request bytes held");
+    let refused_total = g.metric("kateway_http_requests_refused_total");
+    assert!(refused_total >= 8.0, "{refused_total} refused");
+    // The refused clients read a 503 with Retry-After naming the limit (not a reset).
+    let mut refused = 0;
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).to_lowercase();
+        if text.starts_with("http/1.1 503") {
+            assert!(text.contains("retry-after:"), "{text}");
+            assert!(text.contains("50308"), "{text}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused as f64, refused_total);
+    let rss = rss_kib(g.pid());
+    assert!(rss < base + 16 * 1024, "RSS {rss} KiB (base {base} KiB)");
+    drop(slow);
+    assert_eq!(g.publish("app", "t", "", b"fine").status, 201);
+}

@@ -175,3 +175,46 @@ fn tags_are_stored_and_filter_subscriptions() {
         (&b"m1"[..], Some("red;big"))
     );
 }
+
+#[test]
+fn a_rare_tag_is_found_behind_a_long_run_of_other_messages() {
+    let g = Gateway::start();
+    g.create_topic("app1", "t", 1);
+    // 100 000 messages tagged `common` (7 MB), then one tagged `rare`.
+    let line = format!("{{\"v\":\"{}\"}}\n", "x".repeat(56));
+    let body = line.repeat(1000);
+    for _ in 0..100 {
+        let r = g.req(
+            "POST",
+            "/v1/msgs/t/v1",
+            &[
+                ("Appid", "app1"),
+                ("Content-Type", "application/x-ndjson"),
+                ("X-Tag", "common"),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    g.req(
+        "POST",
+        "/v1/msgs/t/v1",
+        &[("Appid", "app1"), ("X-Tag", "rare")],
+        b"needle",
+    );
+    let s = g.sub(
+        "app2",
+        "app1",
+        "t",
+        "group=g&wait=10s",
+        &[("X-Tag", "rare")],
+    );
+    assert_eq!(
+        s.status,
+        200,
+        "the matching message is stored: {}",
+        s.text()
+    );
+    assert_eq!(s.body, b"needle");
+    assert_eq!(s.header("x-offset"), Some("100000"));
+}

@@ -147,6 +147,12 @@ impl crate::command::Parts for Request {
     fn query(&self) -> &str {
         Request::query(self)
     }
+    fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .count()
+    }
     fn header(&self, name: &str) -> Option<&[u8]> {
         Request::header(self, name)
     }

@@ -27,6 +27,12 @@ fn partition(meta: &LocalTopic, p: u32) -> Result<u32, Error> {
     }
 }
 
+/// The offset after the last processed one `o`.
+fn next(o: u64) -> Result<u64, Error> {
+    o.checked_add(1)
+        .ok_or_else(|| bad_ack(format!("offset {o} is beyond the end of any partition")))
+}
+
 /// Handles a subscribe long poll.
 pub async fn subscribe(
     core: &Rc<Core>,
@@ -37,7 +43,9 @@ pub async fn subscribe(
     let meta = core.backend.resolve(&s.topic).await?;
     if let Some((p, o)) = s.ack {
         let p = partition(&meta, p)?;
-        core.backend.commit(&meta, p, &group, o + 1, false).await?;
+        core.backend
+            .commit(&meta, p, &group, next(o)?, false)
+            .await?;
     }
     let fetch = Fetch {
         topic: meta.name.to_string(),
@@ -92,7 +100,9 @@ pub async fn ack_batch(
         partition(&meta, p)?;
     }
     for (p, o) in a.acks {
-        core.backend.commit(&meta, p, &group, o + 1, false).await?;
+        core.backend
+            .commit(&meta, p, &group, next(o)?, false)
+            .await?;
     }
     Ok(Reply::json(200, &b"{\"ok\":1}"[..]))
 }

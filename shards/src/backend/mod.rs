@@ -11,11 +11,11 @@ pub mod kafka;
 
 use crate::catalog::{AdminOp, LocalTopic, TopicMeta};
 use crate::metrics::{self, Snapshot};
-use crate::request::{Answer, Fetch, Request};
+use crate::request::{Answer, Fetch, Fetched, Request};
 use crate::shard::Shard;
 use crate::tasks::Tasks;
 use kateway_core::config::{Backend as Kind, Config};
-use kateway_core::{Ack, Delivered, Error, ErrorKind, Groups, Item, PartitionInfo, Published};
+use kateway_core::{Ack, Error, ErrorKind, Groups, Item, PartitionInfo, Published};
 use kateway_proto::command::TopicPath;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -104,11 +104,18 @@ impl Backend {
         }
     }
 
-    /// Opens this core's partitions of a topic being installed.
+    /// Opens this core's partitions of a topic being installed (and closes any beyond its
+    /// partition count, which only a growth rolled back can leave).
     pub fn apply_topic(&self, meta: &TopicMeta) -> Result<(), Error> {
         match self {
-            Backend::Embedded(s) => s.apply_topic(meta),
-            Backend::Kafka(k) => k.apply_topic(meta),
+            Backend::Embedded(s) => {
+                s.logs.remove_beyond(&meta.name, meta.partitions);
+                s.apply_topic(meta)
+            }
+            Backend::Kafka(k) => {
+                k.buffer.remove_beyond(&meta.name, meta.partitions);
+                k.apply_topic(meta)
+            }
         }
     }
 
@@ -193,10 +200,13 @@ impl Backend {
         topic: &LocalTopic,
         f: Fetch,
         deadline: Instant,
-    ) -> Result<Vec<Delivered>, Error> {
+    ) -> Result<Fetched, Error> {
         match self {
             Backend::Embedded(s) => s.read(topic, &f).await,
-            Backend::Kafka(k) => kafka::groups::fetch(k, topic, f, deadline).await,
+            Backend::Kafka(k) => Ok(Fetched {
+                records: kafka::groups::fetch(k, topic, f, deadline).await?,
+                more: false,
+            }),
         }
     }
 
@@ -251,7 +261,7 @@ impl Backend {
 
     /// The partitions of a topic this core owns: a bounded read for a group (a request from
     /// another core).
-    pub fn fetch_local(&self, f: &Fetch) -> Result<Vec<Delivered>, Error> {
+    pub fn fetch_local(&self, f: &Fetch) -> Result<Fetched, Error> {
         match self {
             Backend::Embedded(s) => s.fetch(f),
             Backend::Kafka(_) => Err(Error::new(

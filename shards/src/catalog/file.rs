@@ -131,6 +131,7 @@ pub fn reconcile(root: &Path, mut topics: Vec<TopicMeta>) -> (Vec<TopicMeta>, Re
             let partitions = std::fs::read_dir(e.path())
                 .map(|d| {
                     d.flatten()
+                        .filter(|p| p.file_type().is_ok_and(|t| t.is_dir()))
                         .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
                         .max()
                         .map_or(0, |m| m + 1)

@@ -8,12 +8,15 @@
 //! Memory per connection is bounded: replies are written out once 64 KiB are buffered (a client
 //! pipelining many large subscribes holds one reply at a time), a write that makes no progress
 //! for `write_timeout` closes the connection, a reply's hold (its response-memory budget) is
-//! kept until it is written, and buffers that grew for a large request or reply are given back.
+//! kept until it is written, buffers that grew for a large request or reply are given back, and
+//! a request buffer beyond 64 KiB counts against the core's `limits.max_request_bytes_per_core`
+//! (past it: 503 and close).
 
 use crate::api;
 use crate::date::with_date;
 use crate::metrics;
 use crate::node::Core;
+use crate::shard::HeldRequest;
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{Caller, Command};
@@ -21,7 +24,7 @@ use kateway_proto::http1::encode::{write_continue, write_reply};
 use kateway_proto::http1::{Decoder, Event, HttpError, Limits, Method, Request};
 use kateway_proto::reply::Reply;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::any::Any;
 use std::rc::Rc;
@@ -34,6 +37,10 @@ const FLUSH_AT: usize = 64 << 10;
 const KEEP_CAPACITY: usize = 64 << 10;
 /// Large replies are written in pieces of this size, each within the write timeout.
 const WRITE_PIECE: usize = 256 << 10;
+/// A connection closed after an error answer reads and drops what its client still sends for
+/// at most this long, and this much.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 4 << 20;
 /// How long a request that may park runs before its socket is watched.
 const WATCH_AFTER: Duration = Duration::from_millis(100);
 
@@ -100,9 +107,11 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let mut wbuf = BytesMut::new();
     let mut holds: Vec<Box<dyn Any>> = Vec::new();
     let mut request_started: Option<Instant> = None;
+    let mut held = HeldRequest::new(&core.shard);
     loop {
         // Answer every complete request in the buffer.
         let mut close = false;
+        let mut linger = false;
         loop {
             if wbuf.len() >= FLUSH_AT {
                 if write_out(&core, &mut stream, &mut wbuf).await.is_err() {
@@ -132,6 +141,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                     let reply = Reply::error(&http_error(&e));
                     encode(&core, &mut wbuf, reply, false, false, Instant::now());
                     close = true;
+                    linger = true;
                     break;
                 }
             }
@@ -143,6 +153,10 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             holds.clear();
         }
         if close {
+            if linger {
+                drop(held);
+                lingering_close(stream).await;
+            }
             return;
         }
         if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
@@ -167,6 +181,20 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         };
         let seen = core.shard.shutdown_event.epoch();
         let spare = spare(rbuf);
+        // A request growing past the allowance counts against the core's budget for requests
+        // still arriving; beyond it the connection is refused rather than memory exhausted.
+        let buffered = spare.get_ref().capacity();
+        let counted = if buffered > KEEP_CAPACITY {
+            buffered
+        } else {
+            0
+        };
+        if let Err(e) = held.resize(counted) {
+            drop(spare);
+            drop(held);
+            refuse(&core, stream, &e).await;
+            return;
+        }
         let read = monoio::select! {
             r = monoio::time::timeout(timeout, stream.read(spare)) => Some(r),
             _ = core.shard.shutdown_event.wait(seen), if !partial => None,
@@ -176,16 +204,8 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             Some(Err(_elapsed)) => {
                 if partial {
                     let err = Error::new(ErrorKind::RequestTimeout, "request not received in time");
-                    let mut buf = BytesMut::new();
-                    encode(
-                        &core,
-                        &mut buf,
-                        Reply::error(&err),
-                        false,
-                        false,
-                        Instant::now(),
-                    );
-                    let _ = stream.write_all(buf).await;
+                    drop(held);
+                    refuse(&core, stream, &err).await;
                 }
                 return;
             }
@@ -196,6 +216,47 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                     Ok(_) => {}
                 }
             }
+        }
+    }
+}
+
+/// Answers a request that will not be read to its end with `err`, then closes the connection
+/// gracefully ([`lingering_close`]).
+async fn refuse(core: &Core, mut stream: TcpStream, err: &Error) {
+    let mut buf = BytesMut::new();
+    encode(
+        core,
+        &mut buf,
+        Reply::error(err),
+        false,
+        false,
+        Instant::now(),
+    );
+    let limit = core.shard.cfg.server.write_timeout.0;
+    if let Ok((Ok(_), _)) = monoio::time::timeout(limit, stream.write_all(buf)).await {
+        lingering_close(stream).await;
+    }
+}
+
+/// Closes after an error answer while the client may still be sending: the write side is shut
+/// down and what arrives is read and dropped (at most [`LINGER_BYTES`] for [`LINGER`]) before
+/// the socket closes, so the client reads the answer rather than a reset that its unread
+/// request bytes would otherwise provoke.
+async fn lingering_close(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut dropped = 0;
+    let mut buf = vec![0u8; READ_CHUNK * 4];
+    while dropped < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, stream.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                dropped += n;
+                buf = b;
+            }
+            _ => return,
         }
     }
 }

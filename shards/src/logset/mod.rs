@@ -131,6 +131,7 @@ impl LogSet {
             return Ok(part.clone());
         }
         let dir = self.dir(name, p);
+        set_aside_stray(&dir);
         let compact = self.shard.cfg.store.offsets_compact_bytes.0;
         let (offsets, cut) =
             OffsetLog::open(&dir, compact, &self.files).map_err(|e| storage_err(name, p, &e))?;
@@ -178,6 +179,21 @@ impl LogSet {
                 .set(self.pending_bytes.get().saturating_sub(pending));
         }
         self.dirty.borrow_mut().retain(|d| d != key);
+    }
+
+    /// Closes and deletes this core's partitions of `topic` numbered `partitions` and above:
+    /// what a growth that was rolled back left open.
+    pub fn remove_beyond(&self, topic: &str, partitions: u32) {
+        let extra: Vec<PartKey> = self
+            .parts
+            .borrow()
+            .keys()
+            .filter(|(t, p)| &**t == topic && *p >= partitions)
+            .cloned()
+            .collect();
+        for key in extra {
+            self.remove(&key);
+        }
     }
 
     /// Closes a partition and deletes its directory.
@@ -293,7 +309,12 @@ impl LogSet {
                     Written::Commits => &st.commit_failed,
                 };
                 if failed.contains(gen) {
-                    return Err(self.dur.fault_error("not stored"));
+                    // Failed records are discarded; failed commits stay pending and are written
+                    // once the disk takes writes again (the last one per group wins).
+                    return Err(self.dur.fault_error(match what {
+                        Written::Records => "not stored",
+                        Written::Commits => "not yet stored (it will be once the disk recovers)",
+                    }));
                 }
             }
             match ack {
@@ -359,6 +380,28 @@ impl LogSet {
         s.log_open_files_max += self.files.max() as u64;
         s.log_file_evictions += self.files.counters().1;
         s.damage.extend(self.damage.borrow().iter().cloned());
+    }
+}
+
+/// Something that is not a directory where a partition's directory belongs (a stray file): it
+/// is renamed to `<p>.stray-<ms>` beside it, with a warning, so the partition can be created.
+fn set_aside_stray(dir: &std::path::Path) {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if meta.is_dir() {
+        return;
+    }
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(format!(".stray-{}", crate::shard::now_ms()));
+    match std::fs::rename(dir, &aside) {
+        Ok(()) => {
+            tracing::warn!(path = %dir.display(), aside = %std::path::Path::new(&aside).display(),
+            "a partition's directory was not a directory: set it aside")
+        }
+        Err(e) => {
+            tracing::warn!(path = %dir.display(), "a partition's directory is not a directory and cannot be moved: {e}")
+        }
     }
 }
 

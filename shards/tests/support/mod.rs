@@ -20,6 +20,8 @@ pub struct Gateway {
     extra_env: Vec<(String, String)>,
     /// Run under this open-file limit (soft and hard).
     pub nofile: Option<u64>,
+    /// Reactor cores (2 unless a test says otherwise before spawning).
+    pub cores: u32,
 }
 
 pub fn free_port() -> u16 {
@@ -56,6 +58,7 @@ impl Gateway {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             nofile: None,
+            cores: 2,
         }
     }
 
@@ -74,7 +77,12 @@ impl Gateway {
     /// Runs the gateway on its data directory expecting it to refuse to start: returns its exit
     /// code and what it wrote to stderr.
     pub fn run_to_exit(&mut self) -> (Option<i32>, String) {
-        self.addr = format!("127.0.0.1:{}", free_port());
+        self.run_to_exit_at(&format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// [`Gateway::run_to_exit`] listening on `addr`.
+    pub fn run_to_exit_at(&mut self, addr: &str) -> (Option<i32>, String) {
+        self.addr = addr.to_owned();
         let mut cmd = self.command();
         cmd.stderr(Stdio::piped());
         let child = cmd.spawn().expect("start kateway");
@@ -100,7 +108,7 @@ impl Gateway {
         cmd.args([
             "serve",
             "--cores",
-            "2",
+            &self.cores.to_string(),
             "--listen",
             &self.addr,
             "--data-dir",

@@ -12,13 +12,27 @@ pub mod scrub;
 use crate::catalog::TopicMeta;
 use crate::logset::{storage_err, LogSet, Written};
 use crate::metrics;
-use crate::request::Fetch;
+use crate::request::{Fetch, Fetched};
 use crate::shard::Shard;
 use kateway_core::message::tags_match;
 use kateway_core::{
     Ack, Delivered, Error, ErrorKind, Groups, Item, PartitionInfo, Published, Reset,
 };
 use std::rc::Rc;
+
+/// How many bytes of records one fetch may look at past those a tag filter rejects before it
+/// returns (saying there is more), so that a rare tag in a long log neither holds the core nor
+/// leaves the subscriber waiting for new data while matching records are stored.
+const SCAN_BYTES: usize = 4 << 20;
+
+/// What a fetch collected so far.
+#[derive(Default)]
+struct Scan {
+    out: Vec<Delivered>,
+    bytes: usize,
+    scanned: usize,
+    more: bool,
+}
 
 /// One core's part of the embedded store.
 pub struct Store {
@@ -77,68 +91,105 @@ impl Store {
     }
 
     /// Hands out messages of a group from this core's partitions of a topic, advancing the
-    /// group's cursors (and committing them with auto-ack).
-    pub fn fetch(&self, f: &Fetch) -> Result<Vec<Delivered>, Error> {
+    /// group's cursors (and committing them with auto-ack). A partition that fails to read
+    /// costs only itself: its error is returned when no other partition had records, and
+    /// nothing is committed past what is handed out.
+    pub fn fetch(&self, f: &Fetch) -> Result<Fetched, Error> {
         let shard = self.shard();
         let topic = shard.topic(&f.topic)?;
         let mine = &topic.owned;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        if mine.is_empty() {
-            return Ok(out);
-        }
+        let mut scan = Scan::default();
+        let mut failed = None;
         let start = shard.turn();
         for i in 0..mine.len() {
-            if out.len() >= f.max || bytes >= f.max_bytes {
+            if scan.out.len() >= f.max || scan.bytes >= f.max_bytes {
+                break;
+            }
+            if scan.scanned >= SCAN_BYTES {
+                scan.more = true;
                 break;
             }
             let p = mine[(start + i) % mine.len()];
-            let part = self.logs.part(&f.topic, p)?;
-            let mut st = part.borrow_mut();
-            let st = &mut *st;
-            let (oldest, end) = (st.log.start(), st.log.end());
-            let cursor = match st.cursors.get(&f.group) {
-                Some(&c) => c,
-                None => match st.offsets.get(&f.group) {
-                    Some(c) => c,
-                    None => match f.reset {
-                        Reset::Oldest => oldest,
-                        Reset::Newest => end,
-                    },
-                },
-            };
-            // After retention removed the head, clamp.
-            let mut cursor = cursor.clamp(oldest, end);
-            if cursor < end {
-                let read = st.log.read(cursor, f.max - out.len(), f.max_bytes - bytes);
-                for d in st.log.take_damage() {
-                    self.logs.report_damage(&f.topic, p, d, "read");
-                }
-                let recs = read.map_err(|e| storage_err(&f.topic, p, &e))?;
-                for r in recs {
-                    cursor = r.offset + 1;
-                    if !f.tags.is_empty() && !tags_match(&r.tags, &f.tags) {
-                        continue;
-                    }
-                    bytes += r.value.len();
-                    out.push(Delivered {
-                        partition: p,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: r.key,
-                        tags: r.tags,
-                        value: r.value,
-                    });
-                }
-            }
-            st.cursors.insert(f.group.clone(), cursor);
-            if f.auto_ack {
-                self.logs.commit(&f.topic, p, st, &f.group, cursor);
+            if let Err(e) = self.fetch_partition(f, p, &mut scan) {
+                failed.get_or_insert(e);
             }
         }
-        metrics::add(&shard.metrics.sub_messages_total, out.len() as u64);
-        metrics::add(&shard.metrics.sub_bytes_total, bytes as u64);
-        Ok(out)
+        metrics::add(&shard.metrics.sub_messages_total, scan.out.len() as u64);
+        metrics::add(&shard.metrics.sub_bytes_total, scan.bytes as u64);
+        match failed {
+            Some(e) if scan.out.is_empty() => Err(e),
+            _ => Ok(Fetched {
+                records: scan.out,
+                more: scan.more,
+            }),
+        }
+    }
+
+    /// Reads partition `p` for a fetch: past records a tag filter rejects, until the fetch has
+    /// its records, the partition's end, or the scan budget.
+    fn fetch_partition(&self, f: &Fetch, p: u32, scan: &mut Scan) -> Result<(), Error> {
+        let part = self.logs.part(&f.topic, p)?;
+        let mut st = part.borrow_mut();
+        let st = &mut *st;
+        let (oldest, end) = (st.log.start(), st.log.end());
+        let cursor = match st.cursors.get(&f.group) {
+            Some(&c) => c,
+            None => match st.offsets.get(&f.group) {
+                Some(c) => c,
+                None => match f.reset {
+                    Reset::Oldest => oldest,
+                    Reset::Newest => end,
+                },
+            },
+        };
+        // After retention removed the head, clamp.
+        let mut cursor = cursor.clamp(oldest, end);
+        let mut failed = None;
+        while cursor < end && scan.out.len() < f.max && scan.bytes < f.max_bytes {
+            let read = st
+                .log
+                .read(cursor, f.max - scan.out.len(), f.max_bytes - scan.bytes);
+            for d in st.log.take_damage() {
+                self.logs.report_damage(&f.topic, p, d, "read");
+            }
+            let recs = match read {
+                Ok(recs) if !recs.is_empty() => recs,
+                Ok(_) => break,
+                Err(e) => {
+                    failed = Some(storage_err(&f.topic, p, &e));
+                    break;
+                }
+            };
+            for r in recs {
+                cursor = r.offset + 1;
+                scan.scanned += r.value.len() + r.key.len() + r.tags.len();
+                if !f.tags.is_empty() && !tags_match(&r.tags, &f.tags) {
+                    continue;
+                }
+                scan.bytes += r.value.len();
+                scan.out.push(Delivered {
+                    partition: p,
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key,
+                    tags: r.tags,
+                    value: r.value,
+                });
+            }
+            if f.tags.is_empty() {
+                break;
+            }
+            if scan.scanned >= SCAN_BYTES {
+                scan.more |= cursor < end;
+                break;
+            }
+        }
+        // Only what was handed out (or skipped by the filter) moves the group.
+        st.cursors.insert(f.group.clone(), cursor);
+        if f.auto_ack {
+            self.logs.commit(&f.topic, p, st, &f.group, cursor);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Commits a group's offset (the next offset to consume) on a partition this core owns and
@@ -158,12 +209,11 @@ impl Store {
             let mut st = part.borrow_mut();
             let (start, end) = (st.log.start(), st.log.end());
             if offset > end {
+                // An acknowledgement names the last processed offset, a seek the next one.
+                let named = if seek { offset } else { offset - 1 };
                 return Err(Error::new(
                     ErrorKind::InvalidAck,
-                    format!(
-                        "offset {} is beyond the end of partition {p} ({end})",
-                        offset.saturating_sub(1)
-                    ),
+                    format!("offset {named} is beyond the end of partition {p} ({end})"),
                 ));
             }
             if seek && offset < start {

@@ -6,8 +6,8 @@
 use super::Store;
 use crate::catalog::LocalTopic;
 use crate::metrics;
-use crate::request::{Answer, Fetch, Request};
-use kateway_core::{Delivered, Error, ErrorKind, Groups, PartitionInfo};
+use crate::request::{Answer, Fetch, Fetched, Request};
+use kateway_core::{Error, ErrorKind, Groups, PartitionInfo};
 
 fn unexpected() -> Error {
     Error::new(ErrorKind::Internal, "unexpected answer from another core")
@@ -20,16 +20,19 @@ impl Store {
         self.logs.shard.mesh.call(core, req).await
     }
 
-    /// A bounded read for a group over every core owning partitions of `topic`.
-    pub async fn read(&self, topic: &LocalTopic, f: &Fetch) -> Result<Vec<Delivered>, Error> {
+    /// A bounded read for a group over every core owning partitions of `topic`. A core that
+    /// fails does not cost the others' records: its error is returned only when nothing was
+    /// found elsewhere.
+    pub async fn read(&self, topic: &LocalTopic, f: &Fetch) -> Result<Fetched, Error> {
         let shard = &self.logs.shard;
         let turn = shard.turn();
         let owners = &topic.owner_cores;
         let n = owners.len();
-        let mut out: Vec<Delivered> = Vec::new();
+        let mut out = Fetched::default();
         let mut bytes = 0;
+        let mut failed = None;
         for core in (0..n).map(|i| owners[(turn + i) % n]) {
-            let left = f.max - out.len();
+            let left = f.max - out.records.len();
             if left == 0 || bytes >= f.max_bytes {
                 break;
             }
@@ -37,17 +40,29 @@ impl Store {
             f.max = left;
             f.max_bytes -= bytes;
             let got = if core == shard.id {
-                self.fetch(&f)?
+                self.fetch(&f)
             } else {
-                match self.ask(core, Request::Fetch(f)).await? {
-                    Answer::Delivered(r) => r?,
-                    _ => return Err(unexpected()),
+                match self.ask(core, Request::Fetch(f)).await {
+                    Ok(Answer::Delivered(r)) => r,
+                    Ok(_) => Err(unexpected()),
+                    Err(e) => Err(e),
                 }
             };
-            bytes += got.iter().map(|m| m.value.len()).sum::<usize>();
-            out.extend(got);
+            match got {
+                Ok(got) => {
+                    bytes += got.records.iter().map(|m| m.value.len()).sum::<usize>();
+                    out.records.extend(got.records);
+                    out.more |= got.more;
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.records.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Commits `next` for `group` on partition `p` of `topic`, on its owner.

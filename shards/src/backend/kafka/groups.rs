@@ -454,10 +454,16 @@ impl Member {
             .consumer
             .watermarks(partition, Duration::from_secs(5))
             .map_err(kafka_err)?;
-        if next < lo || next > hi {
+        if next > hi {
             return Err(Error::new(
                 ErrorKind::InvalidAck,
-                format!("offset {next} is outside partition {partition} ({lo}..={hi})"),
+                format!("offset {next} is beyond the end of partition {partition} ({hi})"),
+            ));
+        }
+        if next < lo {
+            return Err(Error::new(
+                ErrorKind::InvalidAck,
+                format!("offset {next} is before the oldest stored offset of partition {partition} ({lo})"),
             ));
         }
         self.consumer.commit(partition, next).map_err(kafka_err)?;
