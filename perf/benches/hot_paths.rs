@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use kateway_log::{record, Partition, PartitionConfig};
+use kateway_log::{record, Floor, Partition, PartitionConfig};
 use kateway_proto::http1::{Decoder, Event, Limits};
 
 const REQ: &[u8] = b"POST /v1/msgs/orders/v1?ack=local HTTP/1.1\r\nHost: 127.0.0.1:9191\r\nAppid: app1\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\naaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -50,7 +50,8 @@ fn log(c: &mut Criterion) {
         recovery: kateway_log::RecoveryMode::TolerateCorruption,
     };
     let files = kateway_log::Files::new(64);
-    let (mut p, _) = Partition::open(&dir.path().join("append"), cfg, &files, 0).expect("open");
+    let (mut p, _) =
+        Partition::open(&dir.path().join("append"), cfg, &files, Floor::default()).expect("open");
     g.bench_function("append_100B_write_every_64", |b| {
         let mut n = 0u64;
         b.iter(|| {
@@ -61,7 +62,8 @@ fn log(c: &mut Criterion) {
             }
         })
     });
-    let (mut r, _) = Partition::open(&dir.path().join("read"), cfg, &files, 0).expect("open");
+    let (mut r, _) =
+        Partition::open(&dir.path().join("read"), cfg, &files, Floor::default()).expect("open");
     for _ in 0..100_000 {
         r.append(0, b"", b"", &value);
     }

@@ -373,7 +373,78 @@ fn damage_to_the_offsets_log_is_reported() {
     drop(f);
     g.spawn();
     assert_eq!(g.metric("kateway_log_damaged_bytes_total"), 7.0);
+    let d = damage(&g);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (d[0]["kind"].as_str(), d[0]["bytes"].as_u64()),
+        (Some("offsets-log"), Some(7))
+    );
     assert!(read_all(&g, "g").is_empty(), "the intact commits were kept");
+}
+
+#[test]
+fn a_damaged_commit_costs_only_itself() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 1);
+    fill(&g, 10, 10);
+    let ack = |group: &str, last: u64| {
+        let body = format!("[{{\"partition\":0,\"offset\":{last}}}]");
+        let r = g.req(
+            "PUT",
+            &format!("/v1/offsets/app/t/v1/{group}"),
+            &[("Appid", "r")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    ack("x", 0);
+    ack("y", 7);
+    ack("x", 8);
+    g.kill9();
+    // A flipped byte inside the first commit record.
+    flip(&g.data_dir().join("topics/app.t.v1/0/offsets.log"), 30, 1);
+    g.spawn();
+    let st = g
+        .req("GET", "/v1/status/app/t/v1", &[("Appid", "r")], b"")
+        .json();
+    let committed = |group: &str| {
+        st["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["group"] == group)
+            .map(|x| x["partitions"][0]["committed"].clone())
+    };
+    assert_eq!(committed("x"), Some(serde_json::json!(9)), "{st}");
+    assert_eq!(committed("y"), Some(serde_json::json!(8)), "{st}");
+    let d = damage(&g);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["kind"], "offsets-log");
+}
+
+#[test]
+fn records_lost_below_what_consumers_committed_are_reported() {
+    let mut g = Gateway::start();
+    g.create_topic("app", "t", 1);
+    fill(&g, 10, 20);
+    assert_eq!(read_all(&g, "g").len(), 10);
+    g.kill9();
+    // Cut exactly at a record boundary: 5 whole records remain, nothing looks torn.
+    let seg = &segments(&g)[0];
+    let len = std::fs::metadata(seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(seg)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    g.spawn();
+    let d = damage(&g);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["kind"], "lost-tail");
+    assert_eq!(d[0]["offsets"], serde_json::json!([5, 10]), "{d:?}");
+    let r = g.publish("app", "t", "", b"next");
+    assert_eq!(r.header("x-offset"), Some("10"), "offsets are not reused");
 }
 
 #[test]

@@ -244,6 +244,39 @@ fn a_failed_topic_creation_leaves_nothing_behind() {
 }
 
 #[test]
+fn an_offset_answered_before_its_write_failed_is_never_given_again() {
+    let mut g = Gateway::start_with(&[
+        ("KATEWAY_STORE_FAULT_RETRY", "200ms"),
+        ("KATEWAY_FAILPOINTS", "log::write=3*off->eio"),
+    ]);
+    g.create_topic("app", "o", 1);
+    for i in 0..3 {
+        let r = g.publish("app", "o", "ack=local", b"m");
+        assert_eq!(r.header("x-offset"), Some(i.to_string().as_str()));
+    }
+    let r = g.publish("app", "o", "async=1", b"lost");
+    assert_eq!((r.status, r.header("x-offset")), (202, Some("3")));
+    // The write of offset 3 fails; the disk is fine again after a restart.
+    let parts = g.metric_until("kateway_store_write_errors_total", 100, |v| v >= 1.0);
+    assert!(parts >= 1.0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    g.kill9();
+    g.set_env(&[]);
+    g.spawn();
+    let p = g.req("GET", "/v1/partitions/app/o/v1", &[], b"").json();
+    assert_eq!(p["offsets"][0]["newest"], 4, "{p}");
+    let r = g.publish("app", "o", "ack=all", b"after");
+    assert_eq!(
+        r.header("x-offset"),
+        Some("4"),
+        "offset 3 belongs to the lost message"
+    );
+    let got = g.drain("b", "app", "o", "group=g&batch=10&wait=1s");
+    let offsets: Vec<u64> = got.iter().map(|r| r.1).collect();
+    assert_eq!(offsets, vec![0, 1, 2, 4]);
+}
+
+#[test]
 fn a_failed_topic_growth_leaves_nothing_behind() {
     // Two partitions are created, then growing to six fails creating the fourth.
     let mut g = Gateway::start_with(&[("KATEWAY_FAILPOINTS", "log::create=3*off->1*eio->off")]);

@@ -64,6 +64,10 @@ pub fn eval(name: &str) -> Option<Action> {
 
 #[cold]
 fn eval_slow(name: &str) -> Option<Action> {
+    #[cfg(test)]
+    if !test_owner::is_current() {
+        return None;
+    }
     let mut guard = POINTS.lock().unwrap_or_else(|e| e.into_inner());
     let steps = guard.as_mut()?.get_mut(name)?;
     let step = steps.first_mut()?;
@@ -91,6 +95,8 @@ pub fn configure(spec: &str) -> Result<(), String> {
         map.insert(name.trim().to_owned(), parse_steps(actions)?);
     }
     let any = !map.is_empty();
+    #[cfg(test)]
+    test_owner::set_current();
     *POINTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(map);
     ENABLED.store(any, Ordering::Relaxed);
     Ok(())
@@ -99,6 +105,8 @@ pub fn configure(spec: &str) -> Result<(), String> {
 /// Sets one point's actions (same syntax as the right-hand side of a spec).
 pub fn set(name: &str, actions: &str) -> Result<(), String> {
     let steps = parse_steps(actions)?;
+    #[cfg(test)]
+    test_owner::set_current();
     let mut guard = POINTS.lock().unwrap_or_else(|e| e.into_inner());
     guard
         .get_or_insert_with(HashMap::new)
@@ -146,6 +154,24 @@ fn parse_step(s: &str) -> Result<Step, String> {
         _ => return Err(format!("failpoint step {s:?}: unknown action")),
     };
     Ok(Step { times, action })
+}
+
+/// In this crate's unit tests, points fire only on the thread that configured them: the tests
+/// run in parallel, and one test's failpoint must not hit another test's files.
+#[cfg(test)]
+mod test_owner {
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+
+    static OWNER: Mutex<Option<ThreadId>> = Mutex::new(None);
+
+    pub fn set_current() {
+        *OWNER.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
+    }
+
+    pub fn is_current() -> bool {
+        *OWNER.lock().unwrap_or_else(|e| e.into_inner()) == Some(std::thread::current().id())
+    }
 }
 
 /// Serialises the tests of a process that configure failpoints (the registry is global).

@@ -31,6 +31,21 @@ pub const FP_CREATE: &str = "log::create";
 /// Failpoint of atomic file replacement (catalogs, offsets-log compaction).
 pub const FP_REPLACE: &str = "log::replace";
 
+/// Creates `dir` (and its parents) unless it exists. A path that exists but is not a directory
+/// (say, a stray file named like a partition) is an error that says so, of kind
+/// [`io::ErrorKind::NotADirectory`], rather than the `EEXIST` that creating it would report.
+pub(crate) fn ensure_dir(dir: &Path) -> crate::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(crate::LogError::io(
+            "open",
+            dir,
+            io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        )),
+        Err(_) => std::fs::create_dir_all(dir).map_err(|e| crate::LogError::io("mkdir", dir, e)),
+    }
+}
+
 /// One core's budget of open log-file descriptors.
 pub struct Files {
     max: usize,

@@ -11,7 +11,11 @@
 //! demand under a per-core budget and evaluates named failpoints ([`fail`]). A failed write
 //! leaves nothing behind (the partial write is cut, the records are dropped and their offsets
 //! stay used); damage found on open, on read or by the scrubber costs only the damaged records,
-//! which are skipped and reported as [`Damage`], unless the [`RecoveryMode`] says to refuse.
+//! which are skipped and reported as [`Damage`], unless the [`RecoveryMode`] says to refuse. A
+//! segment index is never trusted blindly: an entry that does not point at the record it names
+//! makes the index be rebuilt from the log. The consumer-offsets log ([`OffsetLog`]) recovers
+//! the same way (damaged spans skipped, a torn tail cut) and also keeps the high-water mark of
+//! offsets handed out, so that recovery ([`Floor`]) never hands one out twice.
 //!
 //! Invariants: a partition has exactly one owner (one thread); offsets strictly increase (they
 //! are dense except where a failed write or damage left a hole) and are never reused, not even
@@ -27,7 +31,7 @@ mod segment;
 
 pub use fs::{Files, LogFile};
 pub use offsets::OffsetLog;
-pub use partition::{Partition, PartitionConfig, RecoveryReport, ScrubCursor, SyncPlan};
+pub use partition::{Floor, Partition, PartitionConfig, RecoveryReport, ScrubCursor, SyncPlan};
 pub use record::Record;
 
 /// How much damage recovery and reads tolerate (after raft-engine's recovery modes).
@@ -50,16 +54,53 @@ pub enum DamageKind {
     TornTail,
     /// Bytes in the middle of a segment that are not valid records; skipped.
     Corrupt,
-    /// A segment file is missing between two others.
+    /// A segment file is missing between two others (found on open), or a sealed segment
+    /// cannot be opened or read any more (found by a read or the scrubber: deleted, replaced by
+    /// a directory, I/O errors); its offsets are the segment's whole range.
     MissingSegment,
+    /// Bytes of the consumer-offsets log that are not valid commit records: a damaged span that
+    /// was skipped (the commits after it are kept) or a torn tail that was cut. `segment` is 0
+    /// and `offsets` empty (the log holds no partition offsets); `position` and `bytes` say
+    /// where in `offsets.log`. A group whose last commits were there resumes at an earlier one.
+    OffsetsLog,
+    /// The records found on open end below the highest committed offset: records a consumer
+    /// had already read are gone although no damaged bytes remain (the log was cut at a record
+    /// boundary, or its last segment is missing). `offsets` are the lost offsets, `bytes` is 0,
+    /// `segment` and `position` are the last segment and its end.
+    LostTail,
+    /// A segment index whose entries did not point at the records they named (found by a
+    /// read); the index was rebuilt from the log. No offsets were lost (`offsets` is empty at
+    /// the offset the entry claimed, `position` is the entry's position, `bytes` is 0).
+    BadIndex,
 }
 
-/// Damage found in a partition: where, how many bytes, and which offsets were lost.
+impl DamageKind {
+    /// The kind's stable name, for status pages, logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DamageKind::TornTail => "torn-tail",
+            DamageKind::Corrupt => "corrupt",
+            DamageKind::MissingSegment => "missing-segment",
+            DamageKind::OffsetsLog => "offsets-log",
+            DamageKind::LostTail => "lost-tail",
+            DamageKind::BadIndex => "bad-index",
+        }
+    }
+}
+
+impl std::fmt::Display for DamageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Damage found in a partition: where, how many bytes, and which offsets were lost. (For
+/// damage of the offsets log, which holds no partition offsets, see [`DamageKind::OffsetsLog`].)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
-    /// The base offset of the damaged segment.
+    /// The base offset of the damaged segment (0 for the offsets log).
     pub segment: u64,
-    /// Byte position of the damaged span in the segment file.
+    /// Byte position of the damaged span in the segment file (or the offsets log).
     pub position: u64,
     /// Length of the damaged span.
     pub bytes: u64,
@@ -82,7 +123,10 @@ impl std::fmt::Display for Damage {
         let what = match self.kind {
             DamageKind::TornTail => "torn or damaged tail",
             DamageKind::Corrupt => "damaged records",
-            DamageKind::MissingSegment => "missing segment",
+            DamageKind::MissingSegment => "missing or unreadable segment",
+            DamageKind::OffsetsLog => "damaged offsets log",
+            DamageKind::LostTail => "records lost at the end",
+            DamageKind::BadIndex => "wrong segment index (rebuilt)",
         };
         write!(
             f,

@@ -5,15 +5,17 @@
 //! durability. Reads see records up to [`Partition::end`], the offset after the last written
 //! record.
 //!
-//! Recovery ([`Partition::open`]) scans what it cannot trust, skips damaged spans, cuts a torn
-//! tail, keeps every segment after a damaged or missing one, and never lets an offset be used
-//! twice: the next offset is at least the `floor` the caller knows was reached (the highest
-//! offset any consumer committed).
+//! Recovery ([`Partition::open`], in the `recovery` module) scans what it cannot trust, skips
+//! damaged spans, cuts a torn tail, keeps every segment after a damaged or missing one, and
+//! never lets an offset be used twice: the next offset is at least the [`Floor`] the caller
+//! knows was reached. Reads and the scrubber report what they find ([`Partition::take_damage`]),
+//! including a sealed segment whose file disappeared or fails while running.
 
 use crate::fs::{Files, FP_REPLACE};
+use crate::offsets::OffsetLog;
 use crate::record;
 use crate::segment::{self, Segment};
-use crate::{Damage, DamageKind, LogError, LogFile, Record, RecoveryMode, Result};
+use crate::{Damage, LogError, LogFile, Record, RecoveryMode, Result};
 use bytes::BytesMut;
 use std::cell::RefCell;
 use std::fs::File;
@@ -39,10 +41,41 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Bytes cut from torn or damaged tails.
     pub truncated_bytes: u64,
-    /// Every damaged span, missing segment and torn tail found.
+    /// Every damaged span, missing segment, torn tail and lost tail found.
     pub damage: Vec<Damage>,
     /// The first offset after recovery.
     pub next_offset: u64,
+    /// Entries named like segment or index files that are not regular files (directories,
+    /// dangling links): skipped, and moved aside to `<name>.stray` where possible.
+    pub stray: Vec<PathBuf>,
+}
+
+/// What the caller knows about offsets used before, from the partition's offsets log: recovery
+/// never hands out an offset below [`Floor::next`] again, and reports records missing below
+/// `committed` ([`crate::DamageKind::LostTail`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Floor {
+    /// The highest offset any consumer group committed ([`OffsetLog::max_committed`]): every
+    /// offset below it was handed out and its record read (or it was a hole).
+    pub committed: u64,
+    /// The high-water mark of offsets handed out ([`OffsetLog::held`]): every offset below it
+    /// was handed out, whether or not its record reached the file.
+    pub held: u64,
+}
+
+impl Floor {
+    /// The floor an offsets log records.
+    pub fn of(offsets: &OffsetLog) -> Self {
+        Self {
+            committed: offsets.max_committed(),
+            held: offsets.held(),
+        }
+    }
+
+    /// The least next offset: above every offset known to be handed out.
+    pub fn next(&self) -> u64 {
+        self.committed.max(self.held)
+    }
 }
 
 /// What one group-commit fsync of a partition covers.
@@ -78,140 +111,6 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// Opens (creating if needed) the partition in `dir`, recovering its segments. The next
-    /// offset is at least `floor`. Descriptors come from `files` and are not kept open.
-    pub fn open(
-        dir: &Path,
-        cfg: PartitionConfig,
-        files: &Rc<Files>,
-        floor: u64,
-    ) -> Result<(Self, RecoveryReport)> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io("mkdir", dir, e))?;
-        let mut bases: Vec<u64> = std::fs::read_dir(dir)
-            .map_err(|e| LogError::io("readdir", dir, e))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".log")?.parse().ok()
-            })
-            .collect();
-        bases.sort_unstable();
-        let mut report = RecoveryReport {
-            segments: bases.len(),
-            ..Default::default()
-        };
-        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
-        let mut opened = Vec::with_capacity(bases.len());
-        let count = bases.len();
-        for (i, base) in bases.into_iter().enumerate() {
-            let prev_next = segments.last().map(|s: &Segment| s.next_offset);
-            if let Some(prev) = prev_next.filter(|&p| p < base) {
-                // A hole in the offsets between two segments: a segment file is missing.
-                report.damage.push(Damage {
-                    segment: base,
-                    position: 0,
-                    bytes: 0,
-                    offsets: prev..base,
-                    kind: DamageKind::MissingSegment,
-                });
-            }
-            let min_offset = prev_next.unwrap_or(base).max(base);
-            let (seg, damage, len, trusted) = Segment::open(
-                files,
-                segment::log_path(dir, base),
-                base,
-                i + 1 < count,
-                cfg.index_interval,
-                min_offset,
-            )?;
-            report.damage.extend(damage);
-            opened.push((len, trusted));
-            segments.push(seg);
-        }
-        // What the damage cost in offsets is bounded by the next segment's base, or for the
-        // last segment by the floor.
-        let hwm = segments.last().map_or(floor, |s| s.next_offset.max(floor));
-        // (A missing segment right after a torn tail already counts the offsets between them.)
-        let missing_from: Vec<u64> = report
-            .damage
-            .iter()
-            .filter(|d| d.kind == DamageKind::MissingSegment)
-            .map(|d| d.offsets.start)
-            .collect();
-        for d in report.damage.iter_mut() {
-            if d.kind == DamageKind::TornTail && !missing_from.contains(&d.offsets.start) {
-                let next_base = segments
-                    .iter()
-                    .map(|s| s.base)
-                    .find(|&b| b > d.segment)
-                    .unwrap_or(hwm);
-                d.offsets.end = d.offsets.end.max(next_base);
-            }
-        }
-        Self::check_mode(dir, &cfg, &report, &segments)?;
-        let n = segments.len();
-        for (i, (seg, (len, trusted))) in segments.iter_mut().zip(opened).enumerate() {
-            if len > seg.size {
-                report.truncated_bytes += len - seg.size;
-                seg.cut_tail()?;
-            }
-            if i + 1 < n && !trusted {
-                // A sealed segment that had to be scanned: write its index again.
-                seg.seal();
-            }
-        }
-        if segments.is_empty() {
-            segments.push(Segment::create(files, dir, floor)?);
-            sync_dir(dir)?;
-        }
-        let last = segments.last_mut().expect("one segment");
-        // Offsets are never reused: not those of a cut tail that a consumer had already
-        // committed past, nor those of records that were written after the last one found.
-        last.next_offset = last.next_offset.max(floor);
-        let next_offset = last.next_offset;
-        let since_index = last.since_index;
-        last.file.close();
-        report.next_offset = next_offset;
-        Ok((
-            Self {
-                dir: dir.to_path_buf(),
-                cfg,
-                files: files.clone(),
-                segments,
-                pending: BytesMut::new(),
-                pending_index: Vec::new(),
-                since_index,
-                next_offset,
-                sealed_unsynced: Vec::new(),
-                found: RefCell::new(Vec::new()),
-            },
-            report,
-        ))
-    }
-
-    fn check_mode(
-        dir: &Path,
-        cfg: &PartitionConfig,
-        report: &RecoveryReport,
-        segments: &[Segment],
-    ) -> Result<()> {
-        let active = segments.last().map(|s| s.base);
-        let refused = report.damage.iter().find(|d| match cfg.recovery {
-            RecoveryMode::TolerateCorruption => false,
-            RecoveryMode::TolerateTail => {
-                !(d.kind == DamageKind::TornTail && Some(d.segment) == active)
-            }
-            RecoveryMode::Absolute => true,
-        });
-        match refused {
-            Some(d) => Err(LogError::Damaged {
-                path: segment::log_path(dir, d.segment).display().to_string(),
-                damage: d.clone(),
-            }),
-            None => Ok(()),
-        }
-    }
-
     /// Appends a record to the pending buffer and returns its offset. No I/O.
     pub fn append(&mut self, timestamp: i64, key: &[u8], tags: &[u8], value: &[u8]) -> u64 {
         let offset = self.next_offset;
@@ -271,7 +170,7 @@ impl Partition {
 
     fn roll(&mut self) -> Result<()> {
         let base = self.segments.last().expect("one segment").next_offset;
-        let seg = Segment::create(&self.files, &self.dir, base)?;
+        let seg = Segment::create(&self.files, &self.dir, base, self.cfg.index_interval)?;
         let old = self.segments.last().expect("one segment");
         old.seal();
         if old.synced < old.size {
@@ -370,7 +269,10 @@ impl Partition {
     /// `max_records` and about `max_bytes` of payload (always at least one record if any).
     /// Damaged spans are skipped and reported through [`Partition::take_damage`]; in the strict
     /// recovery modes damage that may hide a wanted offset is an error
-    /// ([`LogError::Damaged`]) until the reader moves past it.
+    /// ([`LogError::Damaged`]) until the reader moves past it. A sealed segment whose file
+    /// cannot be opened or read is such damage too (reported once, as
+    /// [`crate::DamageKind::MissingSegment`] over its whole range; its file is tried again by
+    /// later reads). An I/O error of the active segment is an error.
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let mut from = from.max(self.start());
@@ -395,7 +297,7 @@ impl Partition {
                         None => break,
                     }
                 }
-                let reached_end = seg.read(
+                let res = seg.read(
                     from,
                     max_records,
                     max_bytes,
@@ -403,7 +305,20 @@ impl Partition {
                     &mut bytes,
                     &mut found,
                     strict,
-                )?;
+                );
+                let reached_end = match res {
+                    Err(e) if e.damage().is_none() && i + 1 < self.segments.len() => {
+                        let d = self.unreadable(seg, &e, &mut found);
+                        if strict {
+                            return Err(LogError::Damaged {
+                                path: seg.file.path().display().to_string(),
+                                damage: d,
+                            });
+                        }
+                        true
+                    }
+                    r => r?,
+                };
                 if !reached_end || i + 1 == self.segments.len() {
                     break;
                 }
@@ -427,7 +342,8 @@ impl Partition {
 
     /// Verifies the checksums of about `max_bytes` of sealed segments from `cursor` on, and
     /// moves the cursor (wrapping around). Damage is reported through
-    /// [`Partition::take_damage`]. Returns the bytes verified.
+    /// [`Partition::take_damage`] (a segment that cannot be read as by [`Partition::read`]).
+    /// Returns the bytes verified (at least 1, so that a caller's budget always advances).
     pub fn scrub(&self, cursor: &mut ScrubCursor, max_bytes: u64) -> Result<u64> {
         let sealed = &self.segments[..self.segments.len() - 1];
         let Some(i) = sealed
@@ -445,8 +361,14 @@ impl Partition {
             };
         }
         let mut found = Vec::new();
-        let pos = seg.verify(cursor.pos, max_bytes, &mut found)?;
-        let done = pos - cursor.pos.min(pos);
+        let (pos, done) = match seg.verify(cursor.pos, max_bytes, &mut found) {
+            Ok(pos) => (pos, pos - cursor.pos.min(pos)),
+            Err(e) => {
+                // Reported like a read finds it; the scrubber moves on to the next segment.
+                self.unreadable(seg, &e, &mut found);
+                (seg.size, 0)
+            }
+        };
         self.found.borrow_mut().extend(found);
         if pos >= seg.size {
             *cursor = ScrubCursor {
@@ -460,6 +382,19 @@ impl Partition {
             cursor.pos = pos;
         }
         Ok(done.max(1))
+    }
+
+    /// The damage a sealed segment whose file failed with `e` is; pushed to `found` (and logged)
+    /// the first time only.
+    fn unreadable(&self, seg: &Segment, e: &LogError, found: &mut Vec<Damage>) -> Damage {
+        let (d, first) = seg.unreadable();
+        if first {
+            tracing::warn!(dir = %self.dir.display(), segment = seg.base,
+                "a sealed segment cannot be read (offsets {}..{} are unavailable): {e}",
+                d.offsets.start, d.offsets.end);
+            found.push(d.clone());
+        }
+        d
     }
 
     /// Deletes whole sealed segments beyond `max_bytes` (0 = unlimited) or last written more
@@ -540,8 +475,18 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `data` atomically and durably: write a temporary file beside it, fsync,
 /// rename over `path`, fsync the directory. A crash leaves either the old or the new content; a
-/// failure leaves the old content and no temporary file.
+/// failure leaves the old content and no temporary file (except a failed directory fsync after
+/// the rename: the new content is in place then, but its name may not be durable).
 pub fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    replace_file_reporting_rename(path, data).map_err(|(e, _)| e)
+}
+
+/// [`replace_file`], telling on failure whether the new content is in place (the rename
+/// succeeded and only the directory fsync failed).
+pub(crate) fn replace_file_reporting_rename(
+    path: &Path,
+    data: &[u8],
+) -> std::result::Result<(), (LogError, bool)> {
     use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -556,435 +501,19 @@ pub fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(LogError::io("write", &tmp, e));
+        return Err((LogError::io("write", &tmp, e), false));
     }
-    std::fs::rename(&tmp, path).map_err(|e| LogError::io("rename", path, e))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err((LogError::io("rename", path, e), false));
+    }
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
         _ => sync_dir(Path::new(".")),
     }
+    .map_err(|e| (e, true))
 }
 
+mod recovery;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{fail, DamageKind};
-    use std::io::Write;
-
-    const CFG: PartitionConfig = PartitionConfig {
-        segment_bytes: 4096,
-        index_interval: 256,
-        recovery: RecoveryMode::TolerateCorruption,
-    };
-    /// Large enough that the tests' records stay in one segment.
-    const ONE_SEGMENT: PartitionConfig = PartitionConfig {
-        segment_bytes: 1 << 20,
-        index_interval: 256,
-        recovery: RecoveryMode::TolerateCorruption,
-    };
-
-    fn files() -> Rc<Files> {
-        Files::new(64)
-    }
-
-    fn open(dir: &Path, cfg: PartitionConfig) -> (Partition, RecoveryReport) {
-        Partition::open(dir, cfg, &files(), 0).unwrap()
-    }
-
-    fn fill(p: &mut Partition, n: u64) {
-        let first = p.next_offset();
-        for i in 0..n {
-            let off = p.append(
-                i as i64,
-                format!("k{i}").as_bytes(),
-                b"t",
-                format!("value-{i}").as_bytes(),
-            );
-            assert_eq!(off, first + i);
-            if i % 7 == 0 {
-                p.write_pending().unwrap();
-            }
-        }
-        p.write_pending().unwrap();
-    }
-
-    fn offsets(p: &Partition) -> Vec<u64> {
-        p.read(0, 100_000, usize::MAX)
-            .unwrap()
-            .iter()
-            .map(|r| r.offset)
-            .collect()
-    }
-
-    fn seg_path(p: &Partition, i: usize) -> PathBuf {
-        p.segments[i].file.path().to_path_buf()
-    }
-
-    #[test]
-    fn append_read_across_segments_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, rep) = open(dir.path(), CFG);
-        assert_eq!(rep.next_offset, 0);
-        fill(&mut p, 500);
-        assert!(p.segments.len() > 3, "rolled into several segments");
-        let all = p.read(0, 10_000, usize::MAX).unwrap();
-        assert_eq!(all.len(), 500);
-        for (i, r) in all.iter().enumerate() {
-            assert_eq!(r.offset, i as u64);
-            assert_eq!(r.value, format!("value-{i}").as_bytes());
-        }
-        // Reads from every offset, with small limits, start exactly there.
-        for from in (0..500).step_by(37) {
-            let rs = p.read(from, 3, usize::MAX).unwrap();
-            assert_eq!(
-                rs.iter().map(|r| r.offset).collect::<Vec<_>>(),
-                vec![from, from + 1, from + 2]
-                    .into_iter()
-                    .filter(|&o| o < 500)
-                    .collect::<Vec<_>>()
-            );
-        }
-        assert_eq!(
-            p.read(1, 10, 1).unwrap().len(),
-            1,
-            "byte limit still yields one record"
-        );
-        drop(p);
-        let (p, rep) = open(dir.path(), CFG);
-        assert_eq!(rep.next_offset, 500);
-        assert_eq!(rep.truncated_bytes, 0);
-        assert!(rep.damage.is_empty());
-        assert_eq!(p.read(0, 10_000, usize::MAX).unwrap().len(), 500);
-        assert_eq!(
-            p.read(499, 10, usize::MAX).unwrap()[0].value,
-            &b"value-499"[..]
-        );
-    }
-
-    #[test]
-    fn descriptors_stay_within_the_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let budget = Files::new(4);
-        let mut parts: Vec<Partition> = (0..20)
-            .map(|i| {
-                Partition::open(&dir.path().join(i.to_string()), CFG, &budget, 0)
-                    .unwrap()
-                    .0
-            })
-            .collect();
-        for p in parts.iter_mut() {
-            fill(p, 200);
-            assert!(budget.open_now() <= 4, "{}", budget.open_now());
-        }
-        for p in &parts {
-            assert_eq!(offsets(p).len(), 200);
-            assert!(budget.open_now() <= 4);
-        }
-    }
-
-    #[test]
-    fn torn_tail_is_truncated_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), ONE_SEGMENT);
-        fill(&mut p, 50);
-        let path = seg_path(&p, 0);
-        drop(p);
-        // A torn write: half a record's worth of garbage after the last good record.
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(&[0, 0, 0, 60, 1, 2, 3, 4, 1, 0, 0]).unwrap();
-        drop(f);
-        let (mut p, rep) = open(dir.path(), CFG);
-        assert_eq!(rep.truncated_bytes, 11);
-        assert_eq!(rep.next_offset, 50);
-        assert_eq!(rep.damage.len(), 1);
-        assert_eq!(rep.damage[0].kind, DamageKind::TornTail);
-        assert_eq!(p.append(0, b"", b"", b"after"), 50);
-        p.write_pending().unwrap();
-        assert_eq!(p.read(50, 1, 100).unwrap()[0].value, &b"after"[..]);
-    }
-
-    #[test]
-    fn a_flipped_byte_costs_only_the_record_it_hit() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), ONE_SEGMENT);
-        fill(&mut p, 20);
-        let path = seg_path(&p, 0);
-        drop(p);
-        let mut data = std::fs::read(&path).unwrap();
-        let mid = data.len() / 2;
-        data[mid] ^= 0x55;
-        std::fs::write(&path, &data).unwrap();
-        let (p, rep) = open(dir.path(), CFG);
-        assert_eq!(rep.next_offset, 20, "later records survive");
-        assert_eq!(rep.damage.len(), 1, "{:?}", rep.damage);
-        let d = &rep.damage[0];
-        assert_eq!(d.kind, DamageKind::Corrupt);
-        assert_eq!(d.records(), 1, "{d}");
-        let got = offsets(&p);
-        assert_eq!(got.len(), 19);
-        assert!(!got.contains(&d.offsets.start));
-        for r in p.read(0, 100, usize::MAX).unwrap() {
-            assert_eq!(r.value, format!("value-{}", r.offset).as_bytes());
-        }
-    }
-
-    #[test]
-    fn damage_in_a_sealed_segment_keeps_the_later_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), CFG);
-        fill(&mut p, 500);
-        let n = p.segments.len();
-        assert!(n >= 4);
-        let second = seg_path(&p, 1);
-        let third = seg_path(&p, 2);
-        let third_base = p.segments[2].base;
-        let third_end = p.segments[2].next_offset;
-        drop(p);
-        // Five bytes cut from the end of a sealed segment, and a missing middle segment.
-        let len = std::fs::metadata(&second).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&second)
-            .unwrap()
-            .set_len(len - 5)
-            .unwrap();
-        std::fs::remove_file(&third).unwrap();
-        let (p, rep) = open(dir.path(), CFG);
-        assert_eq!(rep.next_offset, 500);
-        assert_eq!(p.segments.len(), n - 1, "only the missing segment is gone");
-        let kinds: Vec<DamageKind> = rep.damage.iter().map(|d| d.kind).collect();
-        assert!(kinds.contains(&DamageKind::TornTail), "{:?}", rep.damage);
-        assert!(
-            kinds.contains(&DamageKind::MissingSegment),
-            "{:?}",
-            rep.damage
-        );
-        let missing = rep
-            .damage
-            .iter()
-            .find(|d| d.kind == DamageKind::MissingSegment)
-            .unwrap();
-        assert_eq!(missing.offsets.end, third_end);
-        assert!(missing.offsets.start <= third_base);
-        let got = offsets(&p);
-        let lost: u64 = rep.damage.iter().map(Damage::records).sum();
-        assert_eq!(got.len() as u64 + lost, 500, "{:?}", rep.damage);
-        assert!(got.contains(&499), "records after the damage survive");
-    }
-
-    #[test]
-    fn offsets_are_not_reused_after_a_cut_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), ONE_SEGMENT);
-        fill(&mut p, 30);
-        let path = seg_path(&p, 0);
-        drop(p);
-        // Damage to the last records; a consumer had committed up to offset 30.
-        let data = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &data[..data.len() - 40]).unwrap();
-        let (mut p, rep) = Partition::open(dir.path(), ONE_SEGMENT, &files(), 30).unwrap();
-        assert_eq!(rep.next_offset, 30);
-        assert_eq!(rep.damage[0].offsets.end, 30);
-        assert!(rep.damage[0].records() >= 1);
-        assert_eq!(p.append(0, b"", b"", b"new"), 30);
-        p.write_pending().unwrap();
-        assert_eq!(p.end(), 31);
-        let r = p.read(29, 10, usize::MAX).unwrap();
-        assert_eq!(r.len(), 1);
-        assert_eq!((r[0].offset, &r[0].value[..]), (30, &b"new"[..]));
-        drop(p);
-        let (p, rep) = open(dir.path(), ONE_SEGMENT);
-        assert_eq!(rep.next_offset, 31, "the hole survives a restart");
-        assert!(
-            rep.damage.is_empty(),
-            "a hole is not damage: {:?}",
-            rep.damage
-        );
-        assert_eq!(
-            p.read(0, 100, usize::MAX).unwrap().last().unwrap().offset,
-            30
-        );
-    }
-
-    #[test]
-    fn strict_modes_refuse_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), ONE_SEGMENT);
-        fill(&mut p, 20);
-        let path = seg_path(&p, 0);
-        drop(p);
-        let mut data = std::fs::read(&path).unwrap();
-        data[100] ^= 1;
-        std::fs::write(&path, &data).unwrap();
-        for mode in [RecoveryMode::TolerateTail, RecoveryMode::Absolute] {
-            let cfg = PartitionConfig {
-                recovery: mode,
-                ..ONE_SEGMENT
-            };
-            let e = Partition::open(dir.path(), cfg, &files(), 0).err().unwrap();
-            assert!(e.damage().is_some(), "{e}");
-            assert!(e.to_string().contains("00000000000000000000.log"), "{e}");
-        }
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            data,
-            "refusing changes nothing"
-        );
-        // A torn tail alone: TolerateTail cuts it, Absolute refuses it.
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), ONE_SEGMENT);
-        fill(&mut p, 5);
-        let path = seg_path(&p, 0);
-        drop(p);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(&[0, 0, 0, 90, 9]).unwrap();
-        let abs = PartitionConfig {
-            recovery: RecoveryMode::Absolute,
-            ..ONE_SEGMENT
-        };
-        assert!(Partition::open(dir.path(), abs, &files(), 0).is_err());
-        let tail = PartitionConfig {
-            recovery: RecoveryMode::TolerateTail,
-            ..ONE_SEGMENT
-        };
-        let (_, rep) = Partition::open(dir.path(), tail, &files(), 0).unwrap();
-        assert_eq!(rep.truncated_bytes, 5);
-    }
-
-    #[test]
-    fn damage_found_by_reads_is_skipped_or_refused_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), CFG);
-        fill(&mut p, 200);
-        let path = seg_path(&p, 0);
-        let sealed_end = p.segments[0].next_offset;
-        drop(p);
-        // Damage inside a sealed segment whose index still matches: found only by reading.
-        let mut data = std::fs::read(&path).unwrap();
-        data[200] ^= 0xff;
-        // A length field claiming 2 GiB must not make the reader allocate it.
-        data[1000..1004].copy_from_slice(&0x7fff_0000u32.to_be_bytes());
-        std::fs::write(&path, &data).unwrap();
-        let (p, rep) = open(dir.path(), CFG);
-        assert!(rep.damage.is_empty(), "not scanned on open");
-        let got = offsets(&p);
-        let found = p.take_damage();
-        assert!(!found.is_empty());
-        let lost: u64 = found.iter().map(Damage::records).sum();
-        assert_eq!(got.len() as u64 + lost, 200, "{found:?}");
-        assert!(got.contains(&(sealed_end - 1)) && got.contains(&199));
-        assert!(p.take_damage().is_empty(), "reported once");
-        offsets(&p);
-        assert!(
-            p.take_damage().is_empty(),
-            "known spans are skipped silently"
-        );
-        // Strict: a read hands out the records before the damage; the read that would need a
-        // damaged offset fails, naming the offsets; a read that starts after them succeeds.
-        let strict = PartitionConfig {
-            recovery: RecoveryMode::TolerateTail,
-            ..CFG
-        };
-        let (p, _) = Partition::open(dir.path(), strict, &files(), 0).unwrap();
-        let before = p.read(0, 1000, usize::MAX).unwrap();
-        let next = before.last().map_or(0, |r| r.offset + 1);
-        let e = p.read(next, 1000, usize::MAX).unwrap_err();
-        let d = e.damage().expect("damage error").clone();
-        assert!(d.records() >= 1);
-        let after = p.read(d.offsets.end, 1, usize::MAX).unwrap();
-        assert_eq!(after[0].offset, d.offsets.end);
-    }
-
-    #[test]
-    fn scrubbing_finds_damage_in_sealed_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), CFG);
-        fill(&mut p, 300);
-        let path = seg_path(&p, 1);
-        drop(p);
-        let mut data = std::fs::read(&path).unwrap();
-        data[300] ^= 0x10;
-        std::fs::write(&path, &data).unwrap();
-        let (p, _) = open(dir.path(), CFG);
-        let mut cur = ScrubCursor::default();
-        let mut total = 0;
-        while total < p.size_bytes() * 2 {
-            total += p.scrub(&mut cur, 1024).unwrap();
-        }
-        let found = p.take_damage();
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].segment, p.segments[1].base);
-    }
-
-    #[test]
-    fn a_failed_write_leaves_nothing_and_the_next_one_succeeds() {
-        let _g = fail::test_lock();
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), ONE_SEGMENT);
-        fill(&mut p, 10);
-        for spec in ["enospc", "eio", "short(50)"] {
-            fail::configure(&format!("log::write=1*{spec}->off")).unwrap();
-            let before = std::fs::metadata(seg_path(&p, 0)).unwrap().len();
-            let o = p.append(0, b"", b"", b"lost");
-            assert!(p.write_pending().is_err(), "{spec}");
-            assert_eq!(p.pending_bytes(), 0);
-            assert_eq!(
-                std::fs::metadata(seg_path(&p, 0)).unwrap().len(),
-                before,
-                "{spec}: a partial write is cut"
-            );
-            assert!(p.read(o, 1, usize::MAX).unwrap().is_empty());
-            let o2 = p.append(0, b"", b"", b"kept");
-            assert!(o2 > o, "offsets of a failed write are not reused");
-            p.write_pending().unwrap();
-            assert_eq!(p.read(o, 1, usize::MAX).unwrap()[0].value, &b"kept"[..]);
-        }
-        fail::clear();
-        drop(p);
-        let (p, rep) = open(dir.path(), ONE_SEGMENT);
-        assert!(rep.damage.is_empty(), "{:?}", rep.damage);
-        let values: Vec<_> = p
-            .read(0, 100, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.value)
-            .collect();
-        assert_eq!(values.len(), 13);
-        assert!(values.iter().all(|v| &v[..] != b"lost"));
-    }
-
-    #[test]
-    fn sync_plans_and_rewrite_after_a_failed_fsync() {
-        let _g = fail::test_lock();
-        let dir = tempfile::tempdir().unwrap();
-        let (mut p, _) = open(dir.path(), CFG);
-        assert!(p.sync_plan().is_none());
-        fill(&mut p, 100);
-        let plan = p.sync_plan().expect("unsynced data");
-        assert!(plan.files.len() >= 2, "sealed segments and the active one");
-        p.sync_done(plan, false);
-        let plan = p.sync_plan().expect("still unsynced after a failure");
-        for f in &plan.files {
-            f.sync_data().unwrap();
-        }
-        p.sync_done(plan, true);
-        assert!(p.is_synced());
-        assert!(p.sync_plan().is_none());
-        fill(&mut p, 10);
-        fail::configure("log::fsync=1*eio->off").unwrap();
-        let plan = p.sync_plan().unwrap();
-        let ok = plan.files.iter().all(|f| f.sync_data().is_ok());
-        assert!(!ok);
-        p.sync_done(plan, ok);
-        assert!(!p.is_synced());
-        assert!(p.rewrite_unsynced().unwrap().is_empty());
-        assert!(p.is_synced());
-        assert_eq!(offsets(&p).len(), 110);
-    }
-}
+mod tests;

@@ -3,7 +3,6 @@
 
 use crate::node::Core;
 use kateway_core::{Error, ErrorKind, GroupName, Groups};
-use kateway_log::DamageKind;
 use kateway_proto::command::{Caller, TopicPath};
 use kateway_proto::reply::Reply;
 use serde_json::json;
@@ -125,11 +124,7 @@ pub async fn process(core: &Rc<Core>) -> Result<Reply, Error> {
             json!({
                 "topic": d.topic,
                 "partition": d.partition,
-                "kind": match d.damage.kind {
-                    DamageKind::TornTail => "torn-tail",
-                    DamageKind::Corrupt => "corrupt",
-                    DamageKind::MissingSegment => "missing-segment",
-                },
+                "kind": d.damage.kind.name(),
                 "segment": d.damage.segment,
                 "position": d.damage.position,
                 "bytes": d.damage.bytes,

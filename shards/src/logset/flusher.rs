@@ -124,6 +124,9 @@ fn write_dirty(set: &LogSet, gen: u64, unsynced: &mut HashSet<PartKey>) -> u64 {
             }
             Err(e) => {
                 st.write_failed.add(st.written_gen, gen);
+                // The failed records' offsets were answered (`async=1`) or may be: they stay
+                // unused for good, across restarts too, once this mark is written.
+                st.offsets.hold(st.log.next_offset());
                 durability::write_failed(set, &e);
             }
         }

@@ -13,7 +13,7 @@ use crate::metrics::{self, DamageEntry};
 use crate::shard::{now_ms, Shard};
 use durability::{Durability, Ranges};
 use kateway_core::{Ack, Error, ErrorKind, Item};
-use kateway_log::{Damage, Files, LogError, OffsetLog, Partition, PartitionConfig};
+use kateway_log::{Damage, Files, Floor, LogError, OffsetLog, Partition, PartitionConfig};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -133,22 +133,26 @@ impl LogSet {
         let dir = self.dir(name, p);
         set_aside_stray(&dir);
         let compact = self.shard.cfg.store.offsets_compact_bytes.0;
-        let (offsets, cut) =
+        let (offsets, damaged) =
             OffsetLog::open(&dir, compact, &self.files).map_err(|e| storage_err(name, p, &e))?;
-        if cut > 0 {
-            tracing::warn!(core = self.shard.id, topic = %name, partition = p, cut_bytes = cut,
-                "recovery cut a damaged tail of the offsets log: the last commits there may be lost (they resume earlier)");
-            metrics::add(&self.shard.metrics.log_damaged_bytes_total, cut);
+        for d in damaged {
+            // Only the damaged commits are lost: those groups resume from an earlier commit.
+            self.report_damage(name, p, d, "recovery");
         }
-        // Offsets are never reused: the log continues at least where any reader committed.
-        let (log, report) = Partition::open(&dir, self.cfg, &self.files, offsets.max_committed())
+        // Offsets are never reused: the log continues at least where any reader committed and
+        // past every offset ever handed out (the holes failed writes left included).
+        let (log, report) = Partition::open(&dir, self.cfg, &self.files, Floor::of(&offsets))
             .map_err(|e| {
-            if e.damage().is_some() {
-                tracing::error!(core = self.shard.id, topic = %name, partition = p,
+                if e.damage().is_some() {
+                    tracing::error!(core = self.shard.id, topic = %name, partition = p,
                         "recovery refused damage (store.recovery_mode): {e}");
-            }
-            storage_err(name, p, &e)
-        })?;
+                }
+                storage_err(name, p, &e)
+            })?;
+        for stray in &report.stray {
+            tracing::warn!(core = self.shard.id, topic = %name, partition = p, path = %stray.display(),
+                "a partition held something named like a log file that is not one: set it aside");
+        }
         for d in report.damage {
             self.report_damage(name, p, d, "recovery");
         }

@@ -6,7 +6,7 @@
 #[path = "common.rs"]
 mod common;
 
-use kateway_log::{Files, Partition, PartitionConfig, RecoveryMode, ScrubCursor};
+use kateway_log::{Files, Floor, Partition, PartitionConfig, RecoveryMode, ScrubCursor};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         index_interval: 64,
         recovery: RecoveryMode::TolerateCorruption,
     };
-    let (p, _) = Partition::open(dir.path(), cfg, &files, 0).expect("tolerant open");
+    let (p, _) = Partition::open(dir.path(), cfg, &files, Floor::default()).expect("tolerant open");
     for from in [0u64, 1, 7, 64, 1000] {
         let recs = p.read(from, 1000, 1 << 20).expect("tolerant read");
         common::check_records(&recs, &[log]);

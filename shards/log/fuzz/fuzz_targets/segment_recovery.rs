@@ -6,7 +6,7 @@
 #[path = "common.rs"]
 mod common;
 
-use kateway_log::{Files, Partition, PartitionConfig, RecoveryMode};
+use kateway_log::{Files, Floor, Partition, PartitionConfig, RecoveryMode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let files = Files::new(8);
     for mode in [RecoveryMode::Absolute, RecoveryMode::TolerateTail] {
         let cfg = PartitionConfig { segment_bytes: 1 << 20, index_interval: 256, recovery: mode };
-        if let Ok((p, _)) = Partition::open(dir.path(), cfg, &files, 0) {
+        if let Ok((p, _)) = Partition::open(dir.path(), cfg, &files, Floor::default()) {
             if let Ok(recs) = p.read(0, 100_000, usize::MAX) {
                 common::check_records(&recs, &[data]);
             }
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         index_interval: 256,
         recovery: RecoveryMode::TolerateCorruption,
     };
-    let (mut p, rep) = Partition::open(dir.path(), cfg, &files, 0).expect("tolerant open");
+    let (mut p, rep) = Partition::open(dir.path(), cfg, &files, Floor::default()).expect("tolerant open");
     let recs = p.read(0, 100_000, usize::MAX).expect("tolerant read");
     common::check_records(&recs, &[data]);
     assert!(rep.next_offset >= recs.last().map_or(0, |r| r.offset + 1));
