@@ -1,7 +1,11 @@
-//! Bad input gets a clear 4xx with a JSON error, and the process keeps serving.
+//! Bad input gets a clear 4xx with a JSON error, and the process keeps serving. API errors are
+//! checked on both backends; the HTTP/1.1 framing ones (which no backend sees) on the embedded
+//! store.
 
 mod support;
-use support::Gateway;
+use support::{Backend, Gateway};
+
+on_both_backends!(api_errors_have_statuses_and_json_bodies);
 
 fn still_serving(g: &Gateway) {
     assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
@@ -68,35 +72,45 @@ fn malformed_and_oversized_requests() {
     still_serving(&g);
 }
 
-#[test]
-fn api_errors_have_statuses_and_json_bodies() {
-    let g = Gateway::start();
-    g.create_topic("app1", "t", 1);
-    g.req("POST", "/v1/msgs/nope/v1", &[("Appid", "app1")], b"x")
-        .assert_error(404);
+fn api_errors_have_statuses_and_json_bodies(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    g.req(
+        "POST",
+        "/v1/msgs/nope/v1",
+        &[("Appid", app1.as_str())],
+        b"x",
+    )
+    .assert_error(404);
     g.req(
         "GET",
-        "/v1/msgs/app1/nope/v1?group=g",
-        &[("Appid", "app2")],
+        &format!("/v1/msgs/{app1}/nope/v1?group=g"),
+        &[("Appid", app2.as_str())],
         b"",
     )
     .assert_error(404);
-    g.req("GET", "/v1/msgs/app1/t/v1", &[("Appid", "app2")], b"")
-        .assert_error(400);
     g.req(
         "GET",
-        "/v1/msgs/app1/t/v1?group=bad.name",
-        &[("Appid", "app2")],
+        &format!("/v1/msgs/{app1}/t/v1"),
+        &[("Appid", app2.as_str())],
+        b"",
+    )
+    .assert_error(400);
+    g.req(
+        "GET",
+        &format!("/v1/msgs/{app1}/t/v1?group=bad.name"),
+        &[("Appid", app2.as_str())],
         b"",
     )
     .assert_error(400);
     g.req("POST", "/v1/msgs/t/v1", &[], b"x").assert_error(400);
-    g.req("POST", "/v1/msgs/t/v1", &[("Appid", "app1")], b"")
+    g.req("POST", "/v1/msgs/t/v1", &[("Appid", app1.as_str())], b"")
         .assert_error(400);
     g.req(
         "POST",
         "/v1/msgs/t/v1?ack=maybe",
-        &[("Appid", "app1")],
+        &[("Appid", app1.as_str())],
         b"x",
     )
     .assert_error(400);
@@ -104,14 +118,14 @@ fn api_errors_have_statuses_and_json_bodies() {
     let r = g.req("DELETE", "/v1/msgs/t/v1", &[], b"");
     r.assert_error(405);
     assert_eq!(r.header("allow"), Some("POST"));
-    g.req("POST", "/v1/topics/app1/t/v1", &[], b"")
+    g.req("POST", &format!("/v1/topics/{app1}/t/v1"), &[], b"")
         .assert_error(409);
     // A bad batch line: a truncated binary record.
     g.req(
         "POST",
         "/v1/msgs/t/v1",
         &[
-            ("Appid", "app1"),
+            ("Appid", app1.as_str()),
             ("Content-Type", "application/vnd.kateway.batch"),
         ],
         &[0, 0, 0, 0, 0, 9, b'a'],
@@ -119,15 +133,15 @@ fn api_errors_have_statuses_and_json_bodies() {
     .assert_error(400);
     g.req(
         "GET",
-        "/v1/msgs/app1/t/v1?group=g&ack=1&wait=1s",
-        &[("Appid", "app2"), ("X-Partition", "0")],
+        &format!("/v1/msgs/{app1}/t/v1?group=g&ack=1&wait=1s"),
+        &[("Appid", app2.as_str()), ("X-Partition", "0")],
         b"",
     )
     .assert_error(400);
     g.req(
         "GET",
-        "/v1/msgs/app1/t/v1?group=g&batch=0",
-        &[("Appid", "app2")],
+        &format!("/v1/msgs/{app1}/t/v1?group=g&batch=0"),
+        &[("Appid", app2.as_str())],
         b"",
     )
     .assert_error(400);
@@ -135,25 +149,25 @@ fn api_errors_have_statuses_and_json_bodies() {
     let r = g.req(
         "POST",
         "/v1/msgs/t/v1",
-        &[("Appid", "app1"), ("Appid", "app9")],
+        &[("Appid", app1.as_str()), ("Appid", "app9")],
         b"x",
     );
     r.assert_error(400);
     assert!(r.text().contains("more than once"), "{}", r.text());
     // The largest offset cannot be acknowledged (its successor does not exist).
-    g.publish("app1", "t", "", b"m");
+    g.publish(&app1, "t", "", b"m");
     let r = g.req(
         "PUT",
-        "/v1/offsets/app1/t/v1/g",
-        &[("Appid", "app2")],
+        &format!("/v1/offsets/{app1}/t/v1/g"),
+        &[("Appid", app2.as_str())],
         br#"[{"partition":0,"offset":18446744073709551615}]"#,
     );
     r.assert_error(400);
     let st = g
         .req(
             "GET",
-            "/v1/status/app1/t/v1?group=g",
-            &[("Appid", "app2")],
+            &format!("/v1/status/{app1}/t/v1?group=g"),
+            &[("Appid", app2.as_str())],
             b"",
         )
         .json();
@@ -165,8 +179,8 @@ fn api_errors_have_statuses_and_json_bodies() {
     // A seek beyond the end names the offset it was given.
     let r = g.req(
         "PUT",
-        "/v1/offset/app1/t/v1/g/0?offset=5",
-        &[("Appid", "app2")],
+        &format!("/v1/offset/{app1}/t/v1/g/0?offset=5"),
+        &[("Appid", app2.as_str())],
         b"",
     );
     r.assert_error(400);

@@ -308,37 +308,6 @@ fn strict_recovery_refuses_to_start_on_damage_and_names_the_file() {
 }
 
 #[test]
-fn seeking_moves_a_group_back_and_forth() {
-    let g = Gateway::start();
-    g.create_topic("app", "t", 1);
-    fill(&g, 10, 10);
-    assert_eq!(read_all(&g, "g").len(), 10);
-    let seek = |to: &str| {
-        g.req(
-            "PUT",
-            &format!("/v1/offset/app/t/v1/g/0?offset={to}"),
-            &[("Appid", "r")],
-            b"",
-        )
-    };
-    assert_eq!(seek("4").status, 200);
-    let again = read_all(&g, "g");
-    assert_eq!(
-        again.iter().map(|r| r.1).collect::<Vec<_>>(),
-        (4..10).collect::<Vec<_>>()
-    );
-    seek("11").assert_error(400);
-    seek("x").assert_error(400);
-    g.req(
-        "PUT",
-        "/v1/offset/app/t/v1/g/7?offset=1",
-        &[("Appid", "r")],
-        b"",
-    )
-    .assert_error(400);
-}
-
-#[test]
 fn a_lost_or_damaged_catalog_does_not_make_topics_vanish() {
     let mut g = Gateway::start();
     g.create_topic("app", "t", 2);

@@ -1,32 +1,39 @@
-//! Graceful shutdown: SIGTERM answers a parked long poll with 204 + `Connection: close`, lets an
-//! in-flight publish finish, and exits 0 with everything durable.
+//! Graceful shutdown, on both backends: SIGTERM answers a parked long poll with 204 +
+//! `Connection: close`, lets an in-flight publish finish, and exits 0 with everything durable.
 
 mod support;
 use std::time::Duration;
-use support::Gateway;
+use support::{Backend, Gateway};
 
-#[test]
-fn sigterm_ends_long_polls_and_finishes_publishes() {
-    let mut g = Gateway::start();
-    g.create_topic("app1", "t", 2);
-    g.publish("app1", "t", "ack=local", b"before");
+on_both_backends!(sigterm_ends_long_polls_and_finishes_publishes);
+
+fn sigterm_ends_long_polls_and_finishes_publishes(b: Backend) {
+    let mut g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 2);
+    g.publish(&app1, "t", "ack=local", b"before");
     let addr = g.addr.clone();
+    let (a1, a2) = (app1.clone(), app2.clone());
     let poll = std::thread::spawn(move || {
         let mut c = Gateway::connect_to(&addr);
         c.req(
             "GET",
-            "/v1/msgs/app1/t/v1?group=parked&wait=60s&reset=newest",
-            &[("Appid", "app2")],
+            &format!("/v1/msgs/{a1}/t/v1?group=parked&wait=60s&reset=newest"),
+            &[("Appid", a2.as_str())],
             b"",
         )
     });
     // An in-flight publish: the head is sent, the body arrives after SIGTERM.
     let mut pubc = g.connect();
     pubc.send_raw(
-        b"POST /v1/msgs/t/v1?ack=all HTTP/1.1\r\nAppid: app1\r\nContent-Length: 8\r\n\r\nin",
+        format!(
+            "POST /v1/msgs/t/v1?ack=all HTTP/1.1\r\nAppid: {app1}\r\nContent-Length: 8\r\n\r\nin"
+        )
+        .as_bytes(),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    g.metric_until("kateway_sub_parked_polls", 100, |v| v >= 1.0);
+    std::thread::sleep(Duration::from_millis(200));
     let pid = g.child.as_ref().unwrap().id();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -43,7 +50,7 @@ fn sigterm_ends_long_polls_and_finishes_publishes() {
     let code = g.terminate();
     assert_eq!(code, Some(0));
     g.spawn();
-    let s = g.sub("app2", "app1", "t", "group=after&batch=10&wait=2s", &[]);
+    let s = g.sub(&app2, &app1, "t", "group=after&batch=10&wait=5s", &[]);
     let values: std::collections::HashSet<Vec<u8>> =
         support::records(&s.body).into_iter().map(|r| r.2).collect();
     assert!(values.contains(&b"before"[..]));

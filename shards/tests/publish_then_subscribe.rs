@@ -1,34 +1,45 @@
-//! Publish → subscribe round trips over real sockets: single, batch (ndjson and binary), keyed
-//! order per partition, tags, and the batch subscribe formats.
+//! Publish → subscribe round trips over real sockets, on both backends: single, batch (ndjson
+//! and binary), keyed order per partition, tags, and the batch subscribe formats.
 
 mod support;
-use support::{records, Gateway};
+use support::{records, Backend, Gateway};
 
-#[test]
-fn single_message_round_trip_with_headers() {
-    let g = Gateway::start();
-    g.create_topic("app1", "orders", 2);
-    let r = g.publish("app1", "orders", "", b"hello");
+on_both_backends!(
+    single_message_round_trip_with_headers,
+    batch_publish_ndjson_and_binary_then_batch_subscribe,
+    keyed_messages_keep_order_within_their_partition,
+    tags_are_stored_and_filter_subscriptions,
+    a_rare_tag_is_found_behind_a_long_run_of_other_messages,
+);
+
+fn single_message_round_trip_with_headers(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "orders", 2);
+    let r = g.publish(&app1, "orders", "", b"hello");
     assert_eq!(r.status, 201);
     let p = r.header("x-partition").unwrap().to_string();
     let o = r.header("x-offset").unwrap().to_string();
     assert_eq!(r.json()["partition"].to_string(), p);
     assert_eq!(r.json()["offset"].to_string(), o);
-    let s = g.sub("app2", "app1", "orders", "group=g1&wait=2s", &[]);
+    let s = g.sub(&app2, &app1, "orders", "group=g1&wait=5s", &[]);
     assert_eq!(s.status, 200, "{}", s.text());
     assert_eq!(s.body, b"hello");
     assert_eq!(s.header("x-partition"), Some(p.as_str()));
     assert_eq!(s.header("x-offset"), Some(o.as_str()));
 }
 
-#[test]
-fn batch_publish_ndjson_and_binary_then_batch_subscribe() {
-    let g = Gateway::start();
-    g.create_topic("app1", "logs", 1);
+fn batch_publish_ndjson_and_binary_then_batch_subscribe(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "logs", 1);
     let r = g.req(
         "POST",
         "/v1/msgs/logs/v1",
-        &[("Appid", "app1"), ("Content-Type", "application/x-ndjson")],
+        &[
+            ("Appid", app1.as_str()),
+            ("Content-Type", "application/x-ndjson"),
+        ],
         b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n",
     );
     assert_eq!(r.status, 201, "{}", r.text());
@@ -49,7 +60,7 @@ fn batch_publish_ndjson_and_binary_then_batch_subscribe() {
         "POST",
         "/v1/msgs/logs/v1",
         &[
-            ("Appid", "app1"),
+            ("Appid", app1.as_str()),
             ("Content-Type", "application/vnd.kateway.batch"),
         ],
         &bin,
@@ -57,7 +68,7 @@ fn batch_publish_ndjson_and_binary_then_batch_subscribe() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["count"], 2);
 
-    let s = g.sub("app2", "app1", "logs", "group=g&batch=10&wait=2s", &[]);
+    let s = g.sub(&app2, &app1, "logs", "group=g&batch=10&wait=5s", &[]);
     assert_eq!(s.status, 200);
     assert_eq!(s.header("content-type"), Some("application/octet-stream"));
     assert_eq!(s.header("transfer-encoding"), Some("chunked"));
@@ -80,10 +91,10 @@ fn batch_publish_ndjson_and_binary_then_batch_subscribe() {
 
     // JSON lines output for another group.
     let s = g.sub(
-        "app2",
-        "app1",
+        &app2,
+        &app1,
         "logs",
-        "group=nd&batch=2&wait=2s",
+        "group=nd&batch=2&wait=5s",
         &[("Accept", "application/x-ndjson")],
     );
     assert_eq!(s.status, 200);
@@ -97,15 +108,15 @@ fn batch_publish_ndjson_and_binary_then_batch_subscribe() {
     assert_eq!(lines[1]["offset"], 1);
 }
 
-#[test]
-fn keyed_messages_keep_order_within_their_partition() {
-    let g = Gateway::start();
-    g.create_topic("app1", "k", 4);
+fn keyed_messages_keep_order_within_their_partition(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "k", 4);
     let mut part_of = std::collections::HashMap::new();
     for i in 0..40 {
         let key = format!("user-{}", i % 4);
         let r = g.publish(
-            "app1",
+            &app1,
             "k",
             &format!("key={key}&ack=local"),
             format!("{key}:{i}").as_bytes(),
@@ -116,9 +127,9 @@ fn keyed_messages_keep_order_within_their_partition() {
         let expect = kateway_core::partitioner::partition_for_key(key.as_bytes(), 4).to_string();
         assert_eq!(p, expect);
     }
-    let s = g.sub("app2", "app1", "k", "group=g&batch=100&wait=2s", &[]);
+    let s = g.sub(&app2, &app1, "k", "group=g&batch=100&wait=5s", &[]);
     let mut got = records(&s.body);
-    got.extend(g.drain("app2", "app1", "k", "group=g&batch=100&wait=1s"));
+    got.extend(g.drain(&app2, &app1, "k", "group=g&batch=100&wait=1s"));
     assert_eq!(got.len(), 40);
     for k in 0..4 {
         let seq: Vec<usize> = got
@@ -134,52 +145,52 @@ fn keyed_messages_keep_order_within_their_partition() {
     }
 }
 
-#[test]
-fn tags_are_stored_and_filter_subscriptions() {
-    let g = Gateway::start();
-    g.create_topic("app1", "t", 1);
+fn tags_are_stored_and_filter_subscriptions(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
     g.req(
         "POST",
         "/v1/msgs/t/v1",
-        &[("Appid", "app1"), ("X-Tag", "red;big")],
+        &[("Appid", app1.as_str()), ("X-Tag", "red;big")],
         b"m1",
     );
     g.req(
         "POST",
         "/v1/msgs/t/v1",
-        &[("Appid", "app1"), ("X-Tag", "blue")],
+        &[("Appid", app1.as_str()), ("X-Tag", "blue")],
         b"m2",
     );
-    g.req("POST", "/v1/msgs/t/v1", &[("Appid", "app1")], b"m3");
+    g.req("POST", "/v1/msgs/t/v1", &[("Appid", app1.as_str())], b"m3");
     let s = g.sub(
-        "app2",
-        "app1",
+        &app2,
+        &app1,
         "t",
-        "group=blue&wait=2s",
+        "group=blue&wait=5s",
         &[("X-Tag", "blue;green")],
     );
     assert_eq!(s.status, 200);
     assert_eq!(s.body, b"m2");
     assert_eq!(s.header("x-tag"), Some("blue"));
     let s = g.sub(
-        "app2",
-        "app1",
+        &app2,
+        &app1,
         "t",
         "group=blue&wait=1s",
         &[("X-Tag", "blue;green")],
     );
     assert_eq!(s.status, 204, "no other message carries blue or green");
-    let s = g.sub("app2", "app1", "t", "group=all&wait=2s", &[]);
+    let s = g.sub(&app2, &app1, "t", "group=all&wait=5s", &[]);
     assert_eq!(
         (s.body.as_slice(), s.header("x-tag")),
         (&b"m1"[..], Some("red;big"))
     );
 }
 
-#[test]
-fn a_rare_tag_is_found_behind_a_long_run_of_other_messages() {
-    let g = Gateway::start();
-    g.create_topic("app1", "t", 1);
+fn a_rare_tag_is_found_behind_a_long_run_of_other_messages(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
     // 100 000 messages tagged `common` (7 MB), then one tagged `rare`.
     let line = format!("{{\"v\":\"{}\"}}\n", "x".repeat(56));
     let body = line.repeat(1000);
@@ -188,7 +199,7 @@ fn a_rare_tag_is_found_behind_a_long_run_of_other_messages() {
             "POST",
             "/v1/msgs/t/v1",
             &[
-                ("Appid", "app1"),
+                ("Appid", app1.as_str()),
                 ("Content-Type", "application/x-ndjson"),
                 ("X-Tag", "common"),
             ],
@@ -199,16 +210,10 @@ fn a_rare_tag_is_found_behind_a_long_run_of_other_messages() {
     g.req(
         "POST",
         "/v1/msgs/t/v1",
-        &[("Appid", "app1"), ("X-Tag", "rare")],
+        &[("Appid", app1.as_str()), ("X-Tag", "rare")],
         b"needle",
     );
-    let s = g.sub(
-        "app2",
-        "app1",
-        "t",
-        "group=g&wait=10s",
-        &[("X-Tag", "rare")],
-    );
+    let s = g.sub(&app2, &app1, "t", "group=g&wait=10s", &[("X-Tag", "rare")]);
     assert_eq!(
         s.status,
         200,

@@ -18,14 +18,23 @@ pub fn shared_brokers() -> String {
     )
 }
 
-/// A gateway on the Kafka backend, with extra `KATEWAY_*` settings.
+/// A started gateway on the Kafka backend, with extra `KATEWAY_*` settings.
 pub fn gateway(brokers: &str, env: &[(&str, &str)]) -> Gateway {
+    let mut g = new_gateway(brokers, env);
+    g.spawn();
+    g
+}
+
+/// A gateway on the Kafka backend at `brokers`, not started yet.
+pub fn new_gateway(brokers: &str, env: &[(&str, &str)]) -> Gateway {
     let mut all = vec![
         ("KATEWAY_STORE_BACKEND", "kafka"),
         ("KATEWAY_KAFKA_BROKERS", brokers),
     ];
     all.extend_from_slice(env);
-    Gateway::start_with(&all)
+    let mut g = Gateway::new_with(&all);
+    g.use_kafka();
+    g
 }
 
 /// A broker of one test's own, stopped and removed on drop.

@@ -1,6 +1,12 @@
 //! Test support: start the real `kateway` binary on a free loopback port with its own data
-//! directory, and a small blocking HTTP/1.1 client over `std::net::TcpStream` (independent of
-//! the server's codec, and able to send malformed bytes on purpose).
+//! directory, on either backend, and a small blocking HTTP/1.1 client over
+//! `std::net::TcpStream` (independent of the server's codec, and able to send malformed bytes on
+//! purpose).
+//!
+//! Behaviour tests are written once, as functions taking a [`Backend`], and run on both by
+//! [`on_both_backends!`]. On the Kafka backend every test shares the broker `scripts/test`
+//! starts, so names that live in Kafka (topics, consumer groups) come from [`Gateway::app`],
+//! which makes them unique to the gateway.
 
 #![allow(dead_code)]
 
@@ -12,6 +18,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Where a gateway keeps its topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded log store.
+    Embedded,
+    /// The Apache Kafka broker `scripts/test` starts (`TEST_KAFKA_BROKERS`).
+    Kafka,
+}
+
+/// Runs each named function, which takes a [`Backend`], as two tests: `embedded::<name>` and
+/// `kafka::<name>`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::support::Backend::Embedded)
+            })*
+        }
+        mod kafka {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::support::Backend::Kafka)
+            })*
+        }
+    };
+}
+
 pub struct Gateway {
     pub child: Option<Child>,
     pub addr: String,
@@ -22,6 +57,10 @@ pub struct Gateway {
     pub nofile: Option<u64>,
     /// Reactor cores (2 unless a test says otherwise before spawning).
     pub cores: u32,
+    /// The backend it runs on.
+    pub backend: Backend,
+    /// What [`Gateway::app`] appends to names on the Kafka backend.
+    suffix: String,
 }
 
 pub fn free_port() -> u16 {
@@ -44,6 +83,50 @@ impl Gateway {
         g
     }
 
+    /// A started gateway on backend `b`, with extra `KATEWAY_*` settings.
+    pub fn on(b: Backend, env: &[(&str, &str)]) -> Self {
+        let mut g = Self::new_on(b, env);
+        g.spawn();
+        g
+    }
+
+    /// A gateway on backend `b` and a fresh data directory, not started yet.
+    pub fn new_on(b: Backend, env: &[(&str, &str)]) -> Self {
+        match b {
+            Backend::Embedded => Self::new_with(env),
+            Backend::Kafka => kafka::new_gateway(&kafka::shared_brokers(), env),
+        }
+    }
+
+    /// An app name for this gateway: `name` itself on the embedded store; on Kafka, where every
+    /// test shares one broker, `name` with a suffix unique to this gateway (so its topics and
+    /// groups, `<app>.<topic>.<ver>` and `<app>.<group>`, are its own).
+    pub fn app(&self, name: &str) -> String {
+        format!("{name}{}", self.suffix)
+    }
+
+    /// Where partition logs live under the data directory: `topics`, or `handoff` (the
+    /// hinted-handoff buffer) on the Kafka backend.
+    pub fn log_root(&self) -> PathBuf {
+        self.data.join(match self.backend {
+            Backend::Embedded => "topics",
+            Backend::Kafka => "handoff",
+        })
+    }
+
+    /// Marks this gateway as one on the Kafka backend (names from [`Gateway::app`] get a
+    /// suffix unique to it).
+    pub fn use_kafka(&mut self) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        self.backend = Backend::Kafka;
+        self.suffix = format!(
+            "-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+    }
+
     /// A gateway on a fresh data directory, not started yet.
     pub fn new_with(env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
@@ -59,6 +142,8 @@ impl Gateway {
                 .collect(),
             nofile: None,
             cores: 2,
+            backend: Backend::Embedded,
+            suffix: String::new(),
         }
     }
 
