@@ -15,6 +15,13 @@ pub struct CompareArgs {
     /// The kateway binary.
     #[arg(long, default_value = "target/release/kateway")]
     pub kateway: PathBuf,
+    /// Another kateway binary (an earlier commit's) to run beside it in the publish scenarios,
+    /// reported as `kateway/before`.
+    #[arg(long)]
+    pub before: Option<PathBuf>,
+    /// Only the single-publish scenarios.
+    #[arg(long)]
+    pub publish_only: bool,
     /// CPU the servers run on.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
@@ -141,29 +148,40 @@ pub(crate) fn machine() -> Value {
 
 pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
-    let tmp = std::env::temp_dir().join(format!("kateway-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    let tmp = TempDir(std::env::temp_dir().join(format!("kateway-bench-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    std::fs::create_dir_all(&tmp.0)?;
     let kw = kateway_binary(&a.kateway)?;
     let port = |_: ()| format!("127.0.0.1:{}", free_port());
-    let kateway = start(
-        "kateway",
-        &a.server_cpu.to_string(),
-        &kw,
-        &[
-            "serve".into(),
-            "--cores".into(),
-            "1".into(),
-            "--listen".into(),
-            port(()),
-            "--data-dir".into(),
-            tmp.join("kateway").to_string_lossy().into(),
-        ],
-        &[
-            ("KATEWAY_SERVER_PIN_CORES", "false"),
-            ("KATEWAY_LOG_LEVEL", "warn"),
-        ],
-    )?;
+    let gateway = |name: &'static str, bin: &str| {
+        start(
+            name,
+            &a.server_cpu.to_string(),
+            bin,
+            &[
+                "serve".into(),
+                "--cores".into(),
+                "1".into(),
+                "--listen".into(),
+                port(()),
+                "--data-dir".into(),
+                tmp.0.join(name).to_string_lossy().into(),
+            ],
+            &[
+                ("KATEWAY_SERVER_PIN_CORES", "false"),
+                ("KATEWAY_LOG_LEVEL", "warn"),
+            ],
+        )
+    };
+    let kateway = gateway("kateway", &kw)?;
+    let before = match &a.before {
+        Some(b) => {
+            let s = gateway("before", &b.to_string_lossy())?;
+            create_topic(&s.addr, "bench", "t", 1)?;
+            Some(s)
+        }
+        None => None,
+    };
     let noop = start(
         "noop",
         &a.server_cpu.to_string(),
@@ -188,13 +206,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             "--threads".into(),
             "1".into(),
             "--data".into(),
-            tmp.join("baseline").to_string_lossy().into(),
+            tmp.0.join("baseline").to_string_lossy().into(),
         ],
         &[],
     )?;
     create_topic(&kateway.addr, "bench", "t", 1)?;
     create_topic(&kateway.addr, "bench", "empty", 1)?;
-    let servers = [&kateway, &noop, &baseline];
+    let mut servers = vec![&kateway, &noop, &baseline];
+    servers.extend(before.as_ref());
     let load =
         |addr: &str, kind: Kind, shape: &Shape, group: &str, conns: usize, rate: Option<f64>| {
             let (requests, count) = scenario::requests(kind, shape, group);
@@ -289,10 +308,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 ),
             ));
         }
-        let r = json!({
+        let mut r = json!({
             "kateway/noop": {"requests_per_s": stats(&ratio(&rps(0), &rps(1))), "per_cpu_s": stats(&ratio(&pcpu(0), &pcpu(1)))},
             "kateway/baseline-tokio": {"requests_per_s": stats(&ratio(&rps(0), &rps(2))), "per_cpu_s": stats(&ratio(&pcpu(0), &pcpu(2)))},
         });
+        if servers.len() > 3 {
+            r["kateway/before"] = json!({"requests_per_s": stats(&ratio(&rps(0), &rps(3))), "per_cpu_s": stats(&ratio(&pcpu(0), &pcpu(3)))});
+        }
         for (k, v) in r.as_object().unwrap() {
             rows.push(format!(
                 "| publish ack={ack} | **{k}** | ×{:.2} | ×{:.2} (min {:.2}, max {:.2}) | | |",
@@ -304,6 +326,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         }
         sc["ratios"] = r;
         report["scenarios"][format!("publish_ack_{ack}")] = sc;
+    }
+
+    if a.publish_only {
+        return finish(&a, report, &rows);
     }
 
     // Batch publish (100 per request) and batch subscribe (100 per response), kateway only.
@@ -429,16 +455,29 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         report["scenarios"]["connections"] = json!({"count": idle, "rss_kib_per_idle_connection": idle_kib, "rss_kib_per_parked_poll": parked_kib});
     }
 
+    finish(&a, report, &rows)
+}
+
+/// The servers' data directories, removed when the run ends (declared before the servers, so
+/// it is dropped after they stop).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Prints the table and writes the JSON report (the servers stop as their handles drop).
+fn finish(a: &CompareArgs, mut report: Value, rows: &[String]) -> anyhow::Result<()> {
     println!("\n| scenario | server | requests/s (median) | per server CPU second | CPU us/request | p99 us |");
     println!("|---|---|---:|---:|---:|---:|");
-    for r in &rows {
+    for r in rows {
         println!("{r}");
     }
     report["table"] = json!(rows);
     std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)?;
     eprintln!("\nreport written to {}", a.out.display());
-    drop((kateway, noop, baseline));
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
 

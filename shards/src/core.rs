@@ -25,7 +25,7 @@ pub struct CoreInit {
     /// Told `Ok(())` once the core listens, or why it could not start.
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
     /// Descriptor budget: connections and open log files of this core.
-    pub fds: crate::runtime::FdPlan,
+    pub fds: crate::fds::FdPlan,
 }
 
 /// Runs a core to completion.

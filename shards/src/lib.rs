@@ -14,7 +14,7 @@
 //! * [`catalog`], [`admin`]: the topic catalog, its file, and topic administration.
 //! * [`node`], [`shard`], [`mesh`], [`request`], [`tasks`]: a core, its context, and how cores
 //!   ask each other for things. Cores share nothing mutable.
-//! * [`runtime`], [`core`]: process and core bootstrap.
+//! * [`runtime`], [`core`], [`fds`]: process and core bootstrap, and the open-file budget.
 
 pub mod admin;
 pub mod alloc;
@@ -26,6 +26,7 @@ pub mod core;
 pub mod date;
 pub mod delivery;
 pub mod event;
+pub mod fds;
 pub mod logset;
 pub mod mesh;
 pub mod metrics;

@@ -6,6 +6,7 @@
 use crate::backend::{self, Shared};
 use crate::catalog::{file, TopicMeta};
 use crate::core::{self, CoreInit};
+use crate::fds;
 use crate::mesh::Mesh;
 use crate::request::{Answer, Request};
 use kateway_core::config::Config;
@@ -19,8 +20,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
     };
-    let nofile = raise_nofile();
-    let fds = FdPlan::new(nofile, cores, &cfg);
+    let nofile = fds::raise_nofile();
+    let fds = fds::FdPlan::new(nofile, cores, &cfg);
     tracing::info!(
         nofile,
         connections_per_core = fds.conns_per_core,
@@ -198,71 +199,4 @@ fn reactor(id: usize, entries: u32, init: CoreInit) {
         .build()
         .expect("epoll runtime");
     rt.block_on(core::run(init));
-}
-
-/// Every connection is a file descriptor: raise the soft limit to the hard one (and the hard one
-/// too when privileged), say so when the result is low, and return it.
-fn raise_nofile() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if setrlimit(Resource::RLIMIT_NOFILE, 1 << 20, 1 << 20).is_err() {
-        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
-    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
-    if soft < 65536 {
-        tracing::warn!(
-            nofile = soft,
-            "open-file limit is low; raise LimitNOFILE for many connections"
-        );
-    }
-    soft
-}
-
-/// How a core spends its share of the open-file limit: log files (an LRU of open descriptors),
-/// connections, and what is kept free. The process reserves descriptors for its rings, listeners,
-/// catalog writes, Kafka clients and the fsyncs in flight, so that a connection flood cannot take
-/// the ones the store needs; connections beyond the cap get 503, and health checks are still
-/// answered on them.
-#[derive(Debug, Clone, Copy)]
-pub struct FdPlan {
-    pub conns_per_core: usize,
-    pub files_per_core: usize,
-}
-
-impl FdPlan {
-    /// Plans `nofile` descriptors over `cores` cores.
-    pub fn new(nofile: u64, cores: usize, cfg: &Config) -> Self {
-        let cores64 = cores as u64;
-        let mut reserve = 64 + 16 * cores64;
-        if cfg.store.backend == kateway_core::config::Backend::Kafka {
-            // Producers' broker connections per core, and each group membership's consumer.
-            reserve += 32 * cores64 + 8 * u64::from(cfg.kafka.max_groups);
-        }
-        // Descriptors duplicated for the fsyncs in flight, and connections beyond the cap
-        // waiting for their health-check request.
-        reserve +=
-            cores64 * (crate::logset::flusher::SYNC_BATCH as u64 + crate::conn::OVER_CAP as u64);
-        let spare = nofile.saturating_sub(reserve);
-        let files = match cfg.store.max_open_files {
-            0 => (spare / (4 * cores64)).clamp(16, 1024),
-            n => u64::from(n),
-        };
-        let conns = (spare.saturating_sub(files * cores64) / cores64).max(8);
-        let conns = match cfg.server.max_connections_per_core {
-            0 => conns,
-            n => conns.min(u64::from(n)),
-        };
-        if conns < 64 {
-            tracing::warn!(
-                nofile,
-                connections_per_core = conns,
-                "very few connections fit in the open-file limit: raise it (LimitNOFILE)"
-            );
-        }
-        Self {
-            conns_per_core: conns as usize,
-            files_per_core: files as usize,
-        }
-    }
 }

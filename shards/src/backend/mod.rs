@@ -67,6 +67,15 @@ pub fn catalog_path(cfg: &Config) -> PathBuf {
         })
 }
 
+/// Descriptors the configured backend needs beyond the store's log files: for Kafka, the
+/// producers' broker connections on each core and each group membership's consumer.
+pub fn reserved_descriptors(cfg: &Config, cores: u64) -> u64 {
+    match cfg.store.backend {
+        Kind::Embedded => 0,
+        Kind::Kafka => 32 * cores + 8 * u64::from(cfg.kafka.max_groups),
+    }
+}
+
 /// One core's backend.
 #[derive(Clone)]
 pub enum Backend {

@@ -1,0 +1,332 @@
+//! Commands: a request's parts (method, path, query, headers, body) turned into a typed API call
+//! with every parameter parsed and checked against the limits. No I/O and no transport: HTTP/1.1
+//! (and any later protocol) only has to expose its requests as [`Parts`]. The caller's identity
+//! is a [`Caller`], kept apart from the command. Names are validated here; what needs the topic
+//! (does it exist, is a partition in range) is the handlers' business.
+
+use crate::batch::{self, BatchError, BatchItem};
+use crate::http1::Method;
+use crate::query;
+use crate::reply::RecordFormat;
+use crate::route::{route, Route, RouteError};
+use bytes::Bytes;
+use kateway_core::names::{validate_part, validate_ver};
+use kateway_core::units::{parse_duration, parse_size};
+use kateway_core::{Ack, Error, ErrorKind, Reset};
+use parse::{ack_list, bad_ack, num, publish, subscribe};
+
+mod parse;
+#[cfg(test)]
+mod tests;
+use std::time::Duration;
+
+/// What a transport exposes of a request.
+pub trait Parts {
+    fn method(&self) -> Method;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// The raw query string, or "".
+    fn query(&self) -> &str;
+    /// The first value of header `name` (case-insensitive).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// How many times header `name` occurs (case-insensitive).
+    fn header_count(&self, name: &str) -> usize;
+    /// The whole body.
+    fn body(&self) -> &Bytes;
+}
+
+/// The limits commands are checked against (from the configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message: usize,
+    pub max_key: usize,
+    pub max_tag: usize,
+    pub max_batch_messages: usize,
+    pub max_batch_bytes: usize,
+    pub max_subscribe_batch: usize,
+    pub default_wait: Duration,
+    pub max_wait: Duration,
+}
+
+/// Who is asking: the `Appid` header (authentication comes later).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    appid: Option<&'a str>,
+    /// The request named its app more than once (ambiguous: refused).
+    repeated: bool,
+}
+
+impl<'a> Caller<'a> {
+    /// The caller of a request.
+    pub fn of(parts: &'a impl Parts) -> Self {
+        let appid = parts
+            .header("appid")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let repeated = parts.header_count("appid") > 1;
+        Self { appid, repeated }
+    }
+
+    /// A caller with this app.
+    pub fn app(appid: &'a str) -> Self {
+        Self {
+            appid: Some(appid),
+            repeated: false,
+        }
+    }
+
+    /// The caller's app, validated; 400 when the request did not say.
+    pub fn appid(&self) -> Result<&'a str, Error> {
+        if self.repeated {
+            return Err(Error::new(
+                ErrorKind::InvalidParam,
+                "the Appid header is given more than once",
+            ));
+        }
+        let a = self
+            .appid
+            .ok_or_else(|| Error::new(ErrorKind::MissingHeader, "missing Appid header"))?;
+        validate_part("appid", a)?;
+        Ok(a)
+    }
+}
+
+/// A topic named in a path: `(appid, topic, ver)`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPath<'a> {
+    pub appid: &'a str,
+    pub topic: &'a str,
+    pub ver: &'a str,
+}
+
+impl<'a> TopicPath<'a> {
+    fn new(appid: &'a str, topic: &'a str, ver: &'a str) -> Result<Self, Error> {
+        validate_part("appid", appid)?;
+        validate_part("topic", topic)?;
+        validate_ver(ver)?;
+        Ok(Self { appid, topic, ver })
+    }
+}
+
+/// The messages of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Messages {
+    /// The body is the message.
+    One(Bytes),
+    /// A batch body, split.
+    Batch(Vec<BatchItem>),
+}
+
+/// `POST /v1/msgs/:topic/:ver`: publish to one of the caller's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish<'a> {
+    /// The topic within the caller's app, and its version.
+    pub topic: &'a str,
+    pub ver: &'a str,
+    pub ack: Ack,
+    /// `key=`: the partition key for every message without a key of its own.
+    pub key: Option<Bytes>,
+    /// `X-Tag`.
+    pub tags: Bytes,
+    pub messages: Messages,
+}
+
+/// `GET /v1/msgs/:appid/:topic/:ver?group=`: long-poll a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe<'a> {
+    pub topic: TopicPath<'a>,
+    /// The group within the caller's app.
+    pub group: &'a str,
+    /// `batch=N`; `None` for one message as the body.
+    pub batch: Option<usize>,
+    pub wait: Duration,
+    pub reset: Reset,
+    /// `ack=1`: delivery does not commit.
+    pub explicit: bool,
+    /// With `ack=1`: `X-Partition`/`X-Offset`, the last message the client finished.
+    pub ack: Option<(u32, u64)>,
+    /// `X-Tag`: deliver only messages with one of these.
+    pub tags: Vec<Bytes>,
+    pub format: RecordFormat,
+}
+
+/// `PUT /v1/offsets/:appid/:topic/:ver/:group`: `[{"partition","offset"}]`, the last processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckBatch<'a> {
+    pub topic: TopicPath<'a>,
+    pub group: &'a str,
+    pub acks: Vec<(u32, u64)>,
+}
+
+/// `PUT /v1/offset/:appid/:topic/:ver/:group/:partition?offset=N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seek<'a> {
+    pub topic: TopicPath<'a>,
+    pub group: &'a str,
+    pub partition: u32,
+    /// The next offset to consume.
+    pub offset: u64,
+}
+
+/// What a topic administration call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicOp {
+    Create,
+    Alter,
+    Delete,
+}
+
+/// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicAdmin<'a> {
+    pub op: TopicOp,
+    pub topic: TopicPath<'a>,
+    pub partitions: Option<u32>,
+    pub retention_hours: Option<u64>,
+    pub retention_bytes: Option<u64>,
+}
+
+/// A typed API call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    Alive,
+    Ready,
+    Metrics,
+    ProcessStatus,
+    Publish(Publish<'a>),
+    Subscribe(Subscribe<'a>),
+    AckBatch(AckBatch<'a>),
+    Seek(Seek<'a>),
+    TopicAdmin(TopicAdmin<'a>),
+    Partitions(TopicPath<'a>),
+    /// `GET /v1/status/:appid/:topic/:ver?group=`: the caller's groups (all without `group`).
+    TopicStatus {
+        topic: TopicPath<'a>,
+        group: Option<&'a str>,
+    },
+}
+
+impl Command<'_> {
+    /// Whether answering may wait for messages (a long poll): such a request is watched for the
+    /// client going away.
+    pub fn may_park(&self) -> bool {
+        matches!(self, Command::Subscribe(s) if !s.wait.is_zero())
+    }
+}
+
+impl<'a> Command<'a> {
+    /// Parses a request; 404 for no route, 405 (with `Allow`) for a wrong method, 400/413 for
+    /// bad parameters and bodies.
+    pub fn parse(parts: &'a impl Parts, limits: &Limits) -> Result<Self, Error> {
+        let r = match route(parts.method(), parts.path()) {
+            Ok(r) => r,
+            Err(RouteError::NotFound) => {
+                return Err(Error::new(
+                    ErrorKind::UnknownRoute,
+                    format!("no route for {}", parts.path()),
+                ))
+            }
+            Err(RouteError::MethodNotAllowed(allow)) => {
+                return Err(Error::method_not_allowed(allow))
+            }
+        };
+        let q = parts.query();
+        Ok(match r {
+            Route::Alive => Command::Alive,
+            Route::Ready => Command::Ready,
+            Route::Metrics => Command::Metrics,
+            Route::ProcessStatus => Command::ProcessStatus,
+            Route::Publish { topic, ver } => {
+                validate_part("topic", topic)?;
+                validate_ver(ver)?;
+                Command::Publish(publish(parts, topic, ver, limits)?)
+            }
+            Route::Subscribe { appid, topic, ver } => {
+                let topic = TopicPath::new(appid, topic, ver)?;
+                Command::Subscribe(subscribe(parts, topic, limits)?)
+            }
+            Route::AckBatch {
+                appid,
+                topic,
+                ver,
+                group,
+            } => {
+                let topic = TopicPath::new(appid, topic, ver)?;
+                validate_part("group", group)?;
+                Command::AckBatch(AckBatch {
+                    topic,
+                    group,
+                    acks: ack_list(parts.body())?,
+                })
+            }
+            Route::Seek {
+                appid,
+                topic,
+                ver,
+                group,
+                partition,
+            } => {
+                let topic = TopicPath::new(appid, topic, ver)?;
+                validate_part("group", group)?;
+                let partition = partition
+                    .parse()
+                    .map_err(|_| bad_ack(format!("partition {partition:?} does not exist")))?;
+                if query::raw(q, "time").is_some() {
+                    return Err(Error::new(
+                        ErrorKind::NotImplemented,
+                        "seeking by time is not supported: use offset",
+                    ));
+                }
+                let offset =
+                    num(q, "offset")?.ok_or_else(|| Error::param("missing offset parameter"))?;
+                Command::Seek(Seek {
+                    topic,
+                    group,
+                    partition,
+                    offset,
+                })
+            }
+            Route::Topic {
+                method,
+                appid,
+                topic,
+                ver,
+            } => {
+                let topic = TopicPath::new(appid, topic, ver)?;
+                let partitions: Option<u32> = num(q, "partitions")?;
+                if partitions.is_some_and(|p| p == 0 || p > 10_000) {
+                    return Err(Error::param("partitions must be 1..=10000"));
+                }
+                let retention_bytes = match query::raw(q, "retention.bytes") {
+                    None => None,
+                    Some(v) => Some(parse_size(v).map_err(Error::param)?),
+                };
+                Command::TopicAdmin(TopicAdmin {
+                    op: match method {
+                        Method::Post => TopicOp::Create,
+                        Method::Put => TopicOp::Alter,
+                        _ => TopicOp::Delete,
+                    },
+                    topic,
+                    partitions,
+                    retention_hours: num(q, "retention.hours")?,
+                    retention_bytes,
+                })
+            }
+            Route::Partitions { appid, topic, ver } => {
+                Command::Partitions(TopicPath::new(appid, topic, ver)?)
+            }
+            Route::TopicStatus { appid, topic, ver } => {
+                let group = query::raw(q, "group").filter(|g| !g.is_empty());
+                if let Some(g) = group {
+                    validate_part("group", g)?;
+                }
+                Command::TopicStatus {
+                    topic: TopicPath::new(appid, topic, ver)?,
+                    group,
+                }
+            }
+        })
+    }
+}

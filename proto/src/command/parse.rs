@@ -1,0 +1,275 @@
+//! Parameter and body parsing for the commands: acknowledgement levels, keys and tags, batch
+//! bodies, subscribe options, and acknowledgement lists.
+
+use super::*;
+
+pub(super) fn bad_ack(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::new(ErrorKind::InvalidAck, msg)
+}
+
+fn too_large(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::new(ErrorKind::PayloadTooLarge, msg)
+}
+
+pub(super) fn num<T: std::str::FromStr>(q: &str, name: &str) -> Result<Option<T>, Error> {
+    match query::raw(q, name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::param(format!("invalid {name} {v:?}"))),
+    }
+}
+
+fn parse_ack(q: &str) -> Result<Ack, Error> {
+    let ack = match query::raw(q, "ack") {
+        None | Some("all") => Ack::All,
+        Some("local") => Ack::Local,
+        Some(other) => {
+            return Err(Error::param(format!(
+                "invalid ack {other:?}: use all or local"
+            )))
+        }
+    };
+    Ok(match query::raw(q, "async") {
+        Some("1") | Some("true") => Ack::Async,
+        None | Some("0") | Some("false") => ack,
+        Some(other) => return Err(Error::param(format!("invalid async {other:?}: use 1"))),
+    })
+}
+
+fn check_key(k: &[u8], max: usize) -> Result<(), Error> {
+    if k.len() > max {
+        return Err(Error::param(format!("key longer than {max} bytes")));
+    }
+    if std::str::from_utf8(k).is_err() || k.iter().any(|b| b.is_ascii_control()) {
+        return Err(Error::param(
+            "key must be UTF-8 text without control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn publish<'a>(
+    parts: &impl Parts,
+    topic: &'a str,
+    ver: &'a str,
+    lim: &Limits,
+) -> Result<Publish<'a>, Error> {
+    let q = parts.query();
+    let ack = parse_ack(q)?;
+    if query::raw(q, "delay").is_some() || query::raw(q, "due").is_some() {
+        return Err(Error::new(
+            ErrorKind::NotImplemented,
+            "delayed messages are not supported yet",
+        ));
+    }
+    let key = match query::get(q, "key")
+        .map_err(|_| Error::param("key is not valid percent-encoding"))?
+    {
+        None => None,
+        Some(k) => {
+            check_key(&k, lim.max_key)?;
+            (!k.is_empty()).then(|| Bytes::copy_from_slice(&k))
+        }
+    };
+    let tags = match parts.header("x-tag") {
+        Some(t) if t.len() > lim.max_tag => {
+            return Err(Error::param(format!(
+                "X-Tag longer than {} bytes",
+                lim.max_tag
+            )))
+        }
+        Some(t) => Bytes::copy_from_slice(t.trim_ascii()),
+        None => Bytes::new(),
+    };
+    let ctype = parts.header("content-type").map(|c| {
+        let c = c.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+        if c.eq_ignore_ascii_case(batch::NDJSON.as_bytes()) {
+            Some(batch::NDJSON)
+        } else if c.eq_ignore_ascii_case(batch::BINARY.as_bytes()) {
+            Some(batch::BINARY)
+        } else {
+            None
+        }
+    });
+    let body = parts.body();
+    let messages = match ctype.flatten() {
+        Some(format) => {
+            if body.len() > lim.max_batch_bytes {
+                return Err(too_large(format!(
+                    "batch larger than {} bytes",
+                    lim.max_batch_bytes
+                )));
+            }
+            let (max_n, max_msg) = (lim.max_batch_messages, lim.max_message);
+            let parsed = if format == batch::NDJSON {
+                batch::parse_ndjson(body, max_n, max_msg)
+            } else {
+                batch::parse_binary(body, max_n, max_msg, lim.max_key)
+            };
+            let items = parsed.map_err(|e| match e {
+                BatchError::TooMany => too_large(format!("more than {max_n} messages in a batch")),
+                BatchError::MessageTooLarge { index } => too_large(format!(
+                    "message {index} of the batch is larger than {max_msg} bytes"
+                )),
+                BatchError::Empty => Error::new(ErrorKind::InvalidBatch, "empty batch"),
+                BatchError::Invalid { index, reason } => Error::new(
+                    ErrorKind::InvalidBatch,
+                    format!("invalid batch at message {index}: {reason}"),
+                ),
+            })?;
+            for it in &items {
+                if let Some(k) = &it.key {
+                    check_key(k, lim.max_key)?;
+                }
+            }
+            Messages::Batch(items)
+        }
+        None => {
+            if body.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidBody,
+                    "empty message: the body is the message",
+                ));
+            }
+            if body.len() > lim.max_message {
+                return Err(too_large(format!(
+                    "message larger than {} bytes",
+                    lim.max_message
+                )));
+            }
+            Messages::One(body.clone())
+        }
+    };
+    Ok(Publish {
+        topic,
+        ver,
+        ack,
+        key,
+        tags,
+        messages,
+    })
+}
+
+pub(super) fn subscribe<'a>(
+    parts: &'a impl Parts,
+    topic: TopicPath<'a>,
+    lim: &Limits,
+) -> Result<Subscribe<'a>, Error> {
+    let q = parts.query();
+    let group = match query::raw(q, "group") {
+        None | Some("") => {
+            return Err(Error::new(
+                ErrorKind::MissingGroup,
+                "missing group parameter",
+            ))
+        }
+        Some(g) => {
+            validate_part("group", g)?;
+            g
+        }
+    };
+    let batch = match query::raw(q, "batch") {
+        None => None,
+        Some(b) => match b.parse::<usize>() {
+            Ok(n) if n >= 1 && n <= lim.max_subscribe_batch => Some(n),
+            _ => {
+                return Err(Error::param(format!(
+                    "invalid batch {b:?}: use 1..={}",
+                    lim.max_subscribe_batch
+                )))
+            }
+        },
+    };
+    let wait = match query::raw(q, "wait") {
+        None => lim.default_wait,
+        Some(w) => match parse_duration(w) {
+            Ok(d) if d <= lim.max_wait => d,
+            _ => {
+                return Err(Error::param(format!(
+                    "invalid wait {w:?}: a duration up to {:?}",
+                    lim.max_wait
+                )))
+            }
+        },
+    };
+    let reset = match query::raw(q, "reset") {
+        None | Some("oldest") => Reset::Oldest,
+        Some("newest") => Reset::Newest,
+        Some(r) => {
+            return Err(Error::param(format!(
+                "invalid reset {r:?}: use newest or oldest"
+            )))
+        }
+    };
+    let explicit = matches!(query::raw(q, "ack"), Some("1") | Some("true"));
+    let ack = if explicit { ack_headers(parts)? } else { None };
+    let ndjson = parts.header("accept").is_some_and(|a| {
+        a.windows(batch::NDJSON.len())
+            .any(|w| w == batch::NDJSON.as_bytes())
+    });
+    Ok(Subscribe {
+        topic,
+        group,
+        batch,
+        wait,
+        reset,
+        explicit,
+        ack,
+        tags: parts
+            .header("x-tag")
+            .map(kateway_core::message::parse_tags)
+            .unwrap_or_default(),
+        format: if ndjson {
+            RecordFormat::NdJson
+        } else {
+            RecordFormat::Binary
+        },
+    })
+}
+
+/// `X-Partition`/`X-Offset` of an explicit ack: both or neither; `-1/-1` means nothing.
+fn ack_headers(parts: &impl Parts) -> Result<Option<(u32, u64)>, Error> {
+    let text = |n| {
+        parts
+            .header(n)
+            .map(|v| std::str::from_utf8(v).map(str::trim).unwrap_or("?"))
+    };
+    let (p, o) = match (text("x-partition"), text("x-offset")) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(o)) => (p, o),
+        _ => return Err(bad_ack("partial ack: send both X-Partition and X-Offset")),
+    };
+    let p: i64 = p.parse().map_err(|_| bad_ack("ack with bad partition"))?;
+    let o: i64 = o.parse().map_err(|_| bad_ack("ack with bad offset"))?;
+    if p == -1 && o == -1 {
+        return Ok(None);
+    }
+    if p < 0 || p > u32::MAX as i64 || o < 0 {
+        return Err(bad_ack(format!(
+            "ack names partition {p} offset {o}, which does not exist"
+        )));
+    }
+    Ok(Some((p as u32, o as u64)))
+}
+
+/// The body of a batch acknowledgement: `[{"partition":p,"offset":o}, ...]`.
+pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Item {
+        partition: u32,
+        offset: u64,
+    }
+    let items: Vec<Item> = serde_json::from_slice(body).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidBody,
+            format!("invalid ack json body: {e}"),
+        )
+    })?;
+    if items.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidBody, "empty ack list"));
+    }
+    Ok(items.into_iter().map(|i| (i.partition, i.offset)).collect())
+}

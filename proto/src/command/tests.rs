@@ -1,0 +1,257 @@
+//! Command parsing: routes, parameters, limits and their errors.
+
+use super::*;
+
+struct P {
+    method: Method,
+    path: String,
+    query: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Bytes,
+}
+
+impl Parts for P {
+    fn method(&self) -> Method {
+        self.method
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn query(&self) -> &str {
+        &self.query
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &v[..])
+    }
+    fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+fn req(method: Method, target: &str, headers: &[(&str, &str)], body: &[u8]) -> P {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    P {
+        method,
+        path: path.into(),
+        query: query.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body: Bytes::copy_from_slice(body),
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_message: 16,
+        max_key: 8,
+        max_tag: 16,
+        max_batch_messages: 3,
+        max_batch_bytes: 64,
+        max_subscribe_batch: 100,
+        default_wait: Duration::from_secs(30),
+        max_wait: Duration::from_secs(60),
+    }
+}
+
+fn parse(p: &P) -> Result<Command<'_>, Error> {
+    Command::parse(p, &limits())
+}
+
+#[test]
+fn publishes() {
+    let p = req(
+        Method::Post,
+        "/v1/msgs/t/v1?key=k&ack=local",
+        &[("X-Tag", " a;b ")],
+        b"hi",
+    );
+    let Command::Publish(c) = parse(&p).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (c.topic, c.ver, c.ack, c.key.as_deref(), &c.tags[..]),
+        ("t", "v1", Ack::Local, Some(&b"k"[..]), &b"a;b"[..])
+    );
+    assert_eq!(c.messages, Messages::One(Bytes::from_static(b"hi")));
+    let p = req(
+        Method::Post,
+        "/v1/msgs/t/v1",
+        &[("content-type", "application/x-ndjson; charset=utf-8")],
+        b"a\nb\n",
+    );
+    let Command::Publish(c) = parse(&p).unwrap() else {
+        panic!()
+    };
+    assert!(matches!(c.messages, Messages::Batch(ref v) if v.len() == 2));
+    let code = |p: &P| parse(p).unwrap_err().kind().code();
+    assert_eq!(code(&req(Method::Post, "/v1/msgs/t/v1", &[], b"")), 40006);
+    assert_eq!(
+        code(&req(Method::Post, "/v1/msgs/t/v1", &[], &[b'x'; 17])),
+        41300
+    );
+    assert_eq!(
+        code(&req(
+            Method::Post,
+            "/v1/msgs/t/v1?key=toolongkey",
+            &[],
+            b"x"
+        )),
+        40002
+    );
+    assert_eq!(
+        code(&req(Method::Post, "/v1/msgs/t/v1?ack=maybe", &[], b"x")),
+        40002
+    );
+    assert_eq!(
+        code(&req(Method::Post, "/v1/msgs/t/v1?delay=5", &[], b"x")),
+        50100
+    );
+    assert_eq!(
+        code(&req(Method::Post, "/v1/msgs/t.x/v1", &[], b"x")),
+        40001
+    );
+    let nd = [("content-type", "application/x-ndjson")];
+    assert_eq!(
+        code(&req(Method::Post, "/v1/msgs/t/v1", &nd, b"a\nb\nc\nd\n")),
+        41300
+    );
+    assert_eq!(
+        code(&req(Method::Get, "/v1/msgs/t/v1", &[], b"")),
+        40500,
+        "405 for a wrong method"
+    );
+    assert_eq!(
+        parse(&req(Method::Get, "/v1/msgs/t/v1", &[], b""))
+            .unwrap_err()
+            .allow(),
+        Some("POST")
+    );
+    assert_eq!(code(&req(Method::Get, "/nope", &[], b"")), 40401);
+}
+
+#[test]
+fn subscribes() {
+    let h = [
+        ("X-Partition", "2"),
+        ("X-Offset", "7"),
+        ("Accept", "application/x-ndjson"),
+    ];
+    let p = req(
+        Method::Get,
+        "/v1/msgs/a/t/v1?group=g&batch=10&wait=2s&reset=newest&ack=1",
+        &h,
+        b"",
+    );
+    let c = parse(&p).unwrap();
+    assert!(c.may_park());
+    let Command::Subscribe(s) = c else { panic!() };
+    assert_eq!(
+        (s.group, s.batch, s.wait, s.reset, s.explicit, s.ack, s.format),
+        (
+            "g",
+            Some(10),
+            Duration::from_secs(2),
+            Reset::Newest,
+            true,
+            Some((2, 7)),
+            RecordFormat::NdJson
+        )
+    );
+    let code = |t: &str, h: &[(&str, &str)]| {
+        parse(&req(Method::Get, t, h, b""))
+            .unwrap_err()
+            .kind()
+            .code()
+    };
+    assert_eq!(code("/v1/msgs/a/t/v1", &[]), 40004);
+    assert_eq!(code("/v1/msgs/a/t/v1?group=g&batch=0", &[]), 40002);
+    assert_eq!(code("/v1/msgs/a/t/v1?group=g&wait=2h", &[]), 40002);
+    assert_eq!(
+        code("/v1/msgs/a/t/v1?group=g&ack=1", &[("X-Partition", "1")]),
+        40005
+    );
+    assert_eq!(
+        code(
+            "/v1/msgs/a/t/v1?group=g&ack=1",
+            &[("X-Partition", "-2"), ("X-Offset", "1")]
+        ),
+        40005
+    );
+    let p = req(Method::Get, "/v1/msgs/a/t/v1?group=g&wait=0s", &[], b"");
+    assert!(!parse(&p).unwrap().may_park());
+}
+
+#[test]
+fn acks_seeks_and_topics() {
+    let p = req(
+        Method::Put,
+        "/v1/offsets/a/t/v1/g",
+        &[],
+        br#"[{"partition":1,"offset":5}]"#,
+    );
+    assert_eq!(
+        parse(&p).unwrap(),
+        Command::AckBatch(AckBatch {
+            topic: TopicPath {
+                appid: "a",
+                topic: "t",
+                ver: "v1"
+            },
+            group: "g",
+            acks: vec![(1, 5)]
+        })
+    );
+    for bad in [&b"[]"[..], b"{", br#"[{"partition":1}]"#] {
+        let p = req(Method::Put, "/v1/offsets/a/t/v1/g", &[], bad);
+        assert_eq!(parse(&p).unwrap_err().kind().code(), 40006);
+    }
+    let p = req(Method::Put, "/v1/offset/a/t/v1/g/3?offset=9", &[], b"");
+    assert!(matches!(
+        parse(&p).unwrap(),
+        Command::Seek(Seek {
+            partition: 3,
+            offset: 9,
+            ..
+        })
+    ));
+    let p = req(Method::Put, "/v1/offset/a/t/v1/g/3?time=9", &[], b"");
+    assert_eq!(parse(&p).unwrap_err().kind().code(), 50100);
+    let p = req(Method::Put, "/v1/offset/a/t/v1/g/x?offset=1", &[], b"");
+    assert_eq!(parse(&p).unwrap_err().kind().code(), 40005);
+    let p = req(
+        Method::Post,
+        "/v1/topics/a/t/v1?partitions=4&retention.bytes=1MiB&retention.hours=2",
+        &[],
+        b"",
+    );
+    let Command::TopicAdmin(t) = parse(&p).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (t.op, t.partitions, t.retention_bytes, t.retention_hours),
+        (TopicOp::Create, Some(4), Some(1 << 20), Some(2))
+    );
+    let p = req(Method::Post, "/v1/topics/a/t/v1?partitions=0", &[], b"");
+    assert_eq!(parse(&p).unwrap_err().kind().code(), 40002);
+}
+
+#[test]
+fn callers() {
+    let p = req(Method::Get, "/alive", &[("Appid", " app1 ")], b"");
+    assert_eq!(Caller::of(&p).appid().unwrap(), "app1");
+    let p = req(Method::Get, "/alive", &[], b"");
+    assert_eq!(Caller::of(&p).appid().unwrap_err().kind().code(), 40007);
+    let p = req(Method::Get, "/alive", &[("Appid", "a.b")], b"");
+    assert_eq!(Caller::of(&p).appid().unwrap_err().kind().code(), 40001);
+}
