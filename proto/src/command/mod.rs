@@ -29,8 +29,8 @@ pub trait Parts {
     fn query(&self) -> &str;
     /// The first value of header `name` (case-insensitive).
     fn header(&self, name: &str) -> Option<&[u8]>;
-    /// How many times header `name` occurs (case-insensitive).
-    fn header_count(&self, name: &str) -> usize;
+    /// The first value of header `name` (case-insensitive), and whether it occurs again.
+    fn header_first(&self, name: &str) -> (Option<&[u8]>, bool);
     /// The whole body.
     fn body(&self) -> &Bytes;
 }
@@ -59,12 +59,11 @@ pub struct Caller<'a> {
 impl<'a> Caller<'a> {
     /// The caller of a request.
     pub fn of(parts: &'a impl Parts) -> Self {
-        let appid = parts
-            .header("appid")
+        let (appid, repeated) = parts.header_first("appid");
+        let appid = appid
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::trim)
             .filter(|s| !s.is_empty());
-        let repeated = parts.header_count("appid") > 1;
         Self { appid, repeated }
     }
 
@@ -240,11 +239,11 @@ impl<'a> Command<'a> {
             Route::Publish { topic, ver } => {
                 validate_part("topic", topic)?;
                 validate_ver(ver)?;
-                Command::Publish(publish(parts, topic, ver, limits)?)
+                Command::Publish(publish(parts, q, topic, ver, limits)?)
             }
             Route::Subscribe { appid, topic, ver } => {
                 let topic = TopicPath::new(appid, topic, ver)?;
-                Command::Subscribe(subscribe(parts, topic, limits)?)
+                Command::Subscribe(subscribe(parts, q, topic, limits)?)
             }
             Route::AckBatch {
                 appid,

@@ -52,11 +52,11 @@ fn check_key(k: &[u8], max: usize) -> Result<(), Error> {
 
 pub(super) fn publish<'a>(
     parts: &impl Parts,
+    q: &str,
     topic: &'a str,
     ver: &'a str,
     lim: &Limits,
 ) -> Result<Publish<'a>, Error> {
-    let q = parts.query();
     let ack = parse_ack(q)?;
     if query::raw(q, "delay").is_some() || query::raw(q, "due").is_some() {
         return Err(Error::new(
@@ -154,10 +154,10 @@ pub(super) fn publish<'a>(
 
 pub(super) fn subscribe<'a>(
     parts: &'a impl Parts,
+    q: &'a str,
     topic: TopicPath<'a>,
     lim: &Limits,
 ) -> Result<Subscribe<'a>, Error> {
-    let q = parts.query();
     let group = match query::raw(q, "group") {
         None | Some("") => {
             return Err(Error::new(

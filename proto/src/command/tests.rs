@@ -26,11 +26,14 @@ impl Parts for P {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| &v[..])
     }
-    fn header_count(&self, name: &str) -> usize {
-        self.headers
+    fn header_first(&self, name: &str) -> (Option<&[u8]>, bool) {
+        let mut found = self
+            .headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+            .map(|(_, v)| &v[..]);
+        let first = found.next();
+        (first, found.next().is_some())
     }
     fn body(&self) -> &Bytes {
         &self.body

@@ -93,7 +93,9 @@ pub struct Request {
     /// Whether the connection may serve another request after this one.
     pub keep_alive: bool,
     head: Bytes,
-    target: Range<usize>,
+    path: Range<usize>,
+    /// After the `?`; empty when there is none.
+    query: Range<usize>,
     headers: Vec<(Range<usize>, Range<usize>)>,
     /// The whole request body.
     pub body: Bytes,
@@ -102,18 +104,17 @@ pub struct Request {
 impl Request {
     /// The path, without the query.
     pub fn path(&self) -> &str {
-        let t = self.target_str();
-        t.split_once('?').map_or(t, |(p, _)| p)
+        self.ascii(self.path.clone())
     }
 
     /// The raw query string (after `?`), or "".
     pub fn query(&self) -> &str {
-        self.target_str().split_once('?').map_or("", |(_, q)| q)
+        self.ascii(self.query.clone())
     }
 
-    fn target_str(&self) -> &str {
+    fn ascii(&self, r: Range<usize>) -> &str {
         // The target was checked to be ASCII when the head was parsed.
-        std::str::from_utf8(&self.head[self.target.clone()]).unwrap_or("")
+        std::str::from_utf8(&self.head[r]).unwrap_or("")
     }
 
     /// The first value of header `name` (case-insensitive).
@@ -147,11 +148,17 @@ impl crate::command::Parts for Request {
     fn query(&self) -> &str {
         Request::query(self)
     }
-    fn header_count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-            .count()
+    fn header_first(&self, name: &str) -> (Option<&[u8]>, bool) {
+        let mut first = None;
+        for (n, v) in &self.headers {
+            if self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()) {
+                if first.is_some() {
+                    return (first, true);
+                }
+                first = Some(&self.head[v.clone()]);
+            }
+        }
+        (first, false)
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
         Request::header(self, name)
@@ -285,6 +292,13 @@ impl Decoder {
             return Err(HttpError::Malformed("request target must be origin-form"));
         }
         let target = range_of(path.as_bytes());
+        let (path, query) = match path.find('?') {
+            Some(i) => (
+                target.start..target.start + i,
+                target.start + i + 1..target.end,
+            ),
+            None => (target.clone(), target.end..target.end),
+        };
         let mut headers = Vec::with_capacity(req.headers.len());
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
@@ -368,7 +382,8 @@ impl Decoder {
                 minor,
                 keep_alive,
                 head,
-                target,
+                path,
+                query,
                 headers,
                 body: Bytes::new(),
             },
