@@ -124,6 +124,33 @@ impl Admin {
         Ok(t.partitions().len() as u32)
     }
 
+    /// Waits until partitions `from..to` of `name` answer for their offsets: Kafka applies a
+    /// creation or growth asynchronously, and until a partition's leader has taken it over,
+    /// reads of it fail (`NotLeaderForPartition`). Blocks for up to the request timeout;
+    /// `false` if some partition did not answer by then.
+    pub fn await_partitions(&self, name: &str, from: u32, to: u32) -> bool {
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut next = from;
+        loop {
+            let c = self.client.inner();
+            // Refreshes the client's view of the topic, which the offset reads go by.
+            let _ = c.fetch_metadata(Some(name), self.timeout);
+            while next < to
+                && c.fetch_watermarks(name, next as i32, self.timeout.min(Duration::from_secs(1)))
+                    .is_ok()
+            {
+                next += 1;
+            }
+            if next == to {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sets a topic's retention by time and size (`None` = the broker's default). Both are
     /// always sent: Kafka's AlterConfigs replaces the topic's whole override set.
     pub async fn set_retention(

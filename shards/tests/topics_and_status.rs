@@ -3,7 +3,11 @@
 mod support;
 use support::{Backend, Gateway};
 
-on_both_backends!(create_alter_delete_topic, metrics_and_process_status);
+on_both_backends!(
+    create_alter_delete_topic,
+    created_and_grown_partitions_are_readable_once_answered,
+    metrics_and_process_status
+);
 
 fn create_alter_delete_topic(b: Backend) {
     let mut g = Gateway::on(b, &[]);
@@ -92,5 +96,26 @@ fn metrics_and_process_status(b: Backend) {
         assert!(value("kateway_log_fsyncs_total") >= 1.0);
         assert!(value("kateway_log_size_bytes") > 25.0);
         assert_eq!(value("kateway_log_partitions"), 2.0);
+    }
+}
+
+/// A creation or growth is answered once every partition can be read (Kafka applies both
+/// asynchronously: a partition without a leader yet cannot report its offsets).
+fn created_and_grown_partitions_are_readable_once_answered(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let app = g.app("grow");
+    g.create_topic(&app, "t", 8);
+    for n in [24u32, 48, 96] {
+        let r = g.req(
+            "PUT",
+            &format!("/v1/topics/{app}/t/v1?partitions={n}"),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = g.req("GET", &format!("/v1/partitions/{app}/t/v1"), &[], b"");
+        assert_eq!(r.status, 200, "growing to {n}: {}", r.text());
+        assert_eq!(r.json()["partitions"], n);
+        assert_eq!(r.json()["offsets"].as_array().unwrap().len(), n as usize);
     }
 }

@@ -42,6 +42,24 @@ pub async fn learn(k: &Kafka, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Waits (up to the request timeout) until every partition of a topic just created or grown
+/// has a leader, so that the answer is not followed by reads that fail; says so when they did
+/// not all appear in time (the call itself succeeded).
+async fn visible(kafka: &Kafka, name: &str, from: u32, partitions: u32) {
+    let n = name.to_owned();
+    let seen = kafka
+        .shared
+        .blocking(move |a| a.await_partitions(&n, from, partitions))
+        .await;
+    if !matches!(seen, Ok(true)) {
+        tracing::warn!(
+            topic = name,
+            partitions,
+            "Kafka has not shown every partition with a leader yet"
+        );
+    }
+}
+
 /// Applies a topic administration call to Kafka, then returns the call to apply to the
 /// catalog.
 pub async fn administer(kafka: &Kafka, op: AdminOp) -> Result<AdminOp, Error> {
@@ -59,6 +77,7 @@ pub async fn administer(kafka: &Kafka, op: AdminOp) -> Result<AdminOp, Error> {
                 )
                 .await
                 .map_err(kafka_err)?;
+            visible(kafka, &meta.name, 0, meta.partitions).await;
             Ok(AdminOp::Learn(meta))
         }
         AdminOp::Alter {
@@ -77,6 +96,7 @@ pub async fn administer(kafka: &Kafka, op: AdminOp) -> Result<AdminOp, Error> {
                 }
                 if p > now.partitions {
                     k.admin.add_partitions(&name, p).await.map_err(kafka_err)?;
+                    visible(kafka, &name, now.partitions, p).await;
                 }
             }
             if retention_hours.is_some() || retention_bytes.is_some() {
