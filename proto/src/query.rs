@@ -41,6 +41,38 @@ pub fn get<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, [u8]>>, BadE
     }
 }
 
+/// Most parameters a query may have (the API uses at most nine).
+pub const MAX_PARAMS: usize = 32;
+
+/// What makes a query ambiguous.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ambiguous<'a> {
+    /// This parameter is given more than once (which one would count?).
+    Repeated(&'a str),
+    /// More than [`MAX_PARAMS`] parameters.
+    TooMany,
+}
+
+/// Whether a query is ambiguous: a repeated parameter is refused rather than its first value
+/// taken.
+pub fn ambiguous(query: &str) -> Option<Ambiguous<'_>> {
+    if query.is_empty() {
+        return None;
+    }
+    let mut names: [&str; MAX_PARAMS] = [""; MAX_PARAMS];
+    for (i, pair) in query.split('&').enumerate() {
+        if i == MAX_PARAMS {
+            return Some(Ambiguous::TooMany);
+        }
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        if !name.is_empty() && names[..i].contains(&name) {
+            return Some(Ambiguous::Repeated(name));
+        }
+        names[i] = name;
+    }
+    None
+}
+
 /// Percent-decodes `s` (and `+` as space, as HTML forms encode it).
 pub fn decode(s: &str) -> Result<Cow<'_, [u8]>, BadEncoding> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {

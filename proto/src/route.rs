@@ -98,8 +98,10 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
         ["metrics"] => allow(get, "GET", Route::Metrics),
         ["v1", "status"] => allow(get, "GET", Route::ProcessStatus),
         ["v1", "msgs", topic, ver] => allow(method == Post, "POST", Route::Publish { topic, ver }),
+        // Not HEAD: a subscribe hands messages out (and auto-ack commits them), which a HEAD
+        // request, whose answer has no body, must not do.
         ["v1", "msgs", appid, topic, ver] => {
-            allow(get, "GET", Route::Subscribe { appid, topic, ver })
+            allow(method == Get, "GET", Route::Subscribe { appid, topic, ver })
         }
         ["v1", "offsets", appid, topic, ver, group] => allow(
             method == Put,

@@ -291,14 +291,24 @@ fn connections_beyond_the_core_limit_get_503_with_retry_after() {
     r.assert_error(503);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(held.len() <= 4);
-    // Health checks are still answered beyond the limit, on connections that then close.
-    for path in ["/alive", "/ready"] {
-        let mut c = g.connect();
-        c.send_raw(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
-            .unwrap();
-        let r = c.read_response().unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", r.text());
-        assert!(c.is_closed());
+    // Health checks, however written, are still answered beyond the limit, on connections that
+    // then close.
+    for (method, path) in [
+        ("GET", "/alive"),
+        ("GET", "/ready"),
+        ("HEAD", "/alive"),
+        ("HEAD", "/ready"),
+        ("GET", "/alive?probe=1"),
+        ("GET", "/ready?probe=1"),
+    ] {
+        for _ in 0..3 {
+            let mut c = g.connect();
+            c.send_raw(format!("{method} {path} HTTP/1.1\r\n\r\n").as_bytes())
+                .unwrap();
+            let r = c.read_reply(method == "HEAD").unwrap();
+            assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+            assert!(c.is_closed());
+        }
     }
     drop(held);
     std::thread::sleep(std::time::Duration::from_millis(200));

@@ -11,6 +11,7 @@ on_both_backends!(
     unacked_messages_come_back_after_restart_acked_ones_do_not,
     batch_ack_commits_last_processed_offsets,
     seeking_moves_a_group_back_and_forth,
+    a_head_request_hands_out_nothing,
 );
 
 fn drain(g: &Gateway, group: &str, query: &str) -> Vec<(u32, u64, Vec<u8>)> {
@@ -33,6 +34,25 @@ fn two_groups_each_see_every_message(b: Backend) {
     let other: HashSet<Vec<u8>> = drain(&g, "gb", "").into_iter().map(|r| r.2).collect();
     assert_eq!(a.len(), 30);
     assert_eq!(a, other);
+}
+
+/// HEAD has no body to carry messages: it is refused (405), and the group still gets them all.
+fn a_head_request_hands_out_nothing(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 2);
+    for i in 0..10 {
+        g.publish(&app1, "t", "ack=local", format!("m{i}").as_bytes());
+    }
+    let r = g.req(
+        "HEAD",
+        &format!("/v1/msgs/{app1}/t/v1?group=g&batch=50"),
+        &[("Appid", app2.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(drain(&g, "g", "").len(), 10);
 }
 
 fn consumers_of_one_group_split_messages_without_duplicates(b: Backend) {

@@ -141,6 +141,12 @@ fn a_connection_flood_beyond_the_descriptor_limit_leaves_health_checks_and_the_s
 
 #[test]
 fn bodies_that_never_finish_arriving_cannot_exhaust_memory() {
+    unfinished_bodies(false);
+    unfinished_bodies(true);
+}
+
+/// Clients that start large bodies (with a length, or chunked) and stop half-way.
+fn unfinished_bodies(chunked: bool) {
     let mut g = Gateway::new_with(&[("KATEWAY_LIMITS_MAX_REQUEST_BYTES_PER_CORE", "2MiB")]);
     g.cores = 1;
     g.spawn();
@@ -152,14 +158,25 @@ fn bodies_that_never_finish_arriving_cannot_exhaust_memory() {
     for _ in 0..12 {
         let mut s = TcpStream::connect(&g.addr).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_string()
+        } else {
+            format!("Content-Length: {}", 5 << 20)
+        };
         write!(
             s,
-            "POST /v1/msgs/t/v1 HTTP/1.1\r\nAppid: app\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-            5 << 20
+            "POST /v1/msgs/t/v1 HTTP/1.1\r\nAppid: app\r\nContent-Type: application/x-ndjson\r\n{framing}\r\n\r\n",
         )
         .unwrap();
         for _ in 0..16 {
-            if s.write_all(&chunk).is_err() {
+            let sent = if chunked {
+                write!(s, "{:x}\r\n", chunk.len())
+                    .and_then(|_| s.write_all(&chunk))
+                    .and_then(|_| s.write_all(b"\r\n"))
+            } else {
+                s.write_all(&chunk)
+            };
+            if sent.is_err() {
                 break;
             }
         }
@@ -167,9 +184,15 @@ fn bodies_that_never_finish_arriving_cannot_exhaust_memory() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let held = g.metric("kateway_http_request_bytes_held");
-    assert!(held <= (2 << 20) as f64, "{held} request bytes held");
+    assert!(
+        held <= (2 << 20) as f64,
+        "chunked {chunked}: {held} request bytes held"
+    );
     let refused_total = g.metric("kateway_http_requests_refused_total");
-    assert!(refused_total >= 8.0, "{refused_total} refused");
+    assert!(
+        refused_total >= 8.0,
+        "chunked {chunked}: {refused_total} refused"
+    );
     // The refused clients read a 503 with Retry-After naming the limit (not a reset).
     let mut refused = 0;
     for s in &mut slow {

@@ -60,9 +60,9 @@ impl<'a> Caller<'a> {
     /// The caller of a request.
     pub fn of(parts: &'a impl Parts) -> Self {
         let (appid, repeated) = parts.header_first("appid");
+        // A value that is not text is an invalid name (it is there), not a missing one.
         let appid = appid
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::trim)
+            .map(|v| std::str::from_utf8(v).map_or("\u{fffd}", str::trim))
             .filter(|s| !s.is_empty());
         Self { appid, repeated }
     }
@@ -231,6 +231,20 @@ impl<'a> Command<'a> {
             }
         };
         let q = parts.query();
+        match query::ambiguous(q) {
+            None => {}
+            Some(query::Ambiguous::Repeated(name)) => {
+                return Err(Error::param(format!(
+                    "query parameter {name:?} is given more than once"
+                )))
+            }
+            Some(query::Ambiguous::TooMany) => {
+                return Err(Error::param(format!(
+                    "more than {} query parameters",
+                    query::MAX_PARAMS
+                )))
+            }
+        }
         Ok(match r {
             Route::Alive => Command::Alive,
             Route::Ready => Command::Ready,

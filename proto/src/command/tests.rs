@@ -257,4 +257,44 @@ fn callers() {
     assert_eq!(Caller::of(&p).appid().unwrap_err().kind().code(), 40007);
     let p = req(Method::Get, "/alive", &[("Appid", "a.b")], b"");
     assert_eq!(Caller::of(&p).appid().unwrap_err().kind().code(), 40001);
+    // A value that is not UTF-8 is an invalid name, not a missing header.
+    let mut p = req(Method::Get, "/alive", &[], b"");
+    p.headers.push(("Appid".into(), vec![0xff, b'a']));
+    assert_eq!(Caller::of(&p).appid().unwrap_err().kind().code(), 40001);
+}
+
+#[test]
+fn ambiguous_queries_are_refused() {
+    for target in [
+        "/v1/msgs/t/v1?ack=local&ack=all",
+        "/v1/msgs/t/v1?ack=local&ack=bogus",
+        "/v1/msgs/t/v1?key=a&ack=all&key=b",
+    ] {
+        let p = req(Method::Post, target, &[("Appid", "a")], b"m");
+        let e = parse(&p).unwrap_err();
+        assert_eq!(e.status(), 400, "{target}");
+        assert!(
+            e.message().contains("more than once"),
+            "{target}: {}",
+            e.message()
+        );
+    }
+    let many: Vec<String> = (0..40).map(|i| format!("p{i}=1")).collect();
+    let p = req(
+        Method::Post,
+        &format!("/v1/msgs/t/v1?{}", many.join("&")),
+        &[("Appid", "a")],
+        b"m",
+    );
+    assert_eq!(parse(&p).unwrap_err().status(), 400);
+    // Different parameters, and an empty query, are fine.
+    let p = req(
+        Method::Post,
+        "/v1/msgs/t/v1?ack=local&key=k",
+        &[("Appid", "a")],
+        b"m",
+    );
+    assert!(parse(&p).is_ok());
+    let p = req(Method::Post, "/v1/msgs/t/v1?", &[("Appid", "a")], b"m");
+    assert!(parse(&p).is_ok());
 }

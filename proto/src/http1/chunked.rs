@@ -33,6 +33,11 @@ pub struct ChunkedDecoder {
 const MAX_LINE: usize = 4096;
 
 impl ChunkedDecoder {
+    /// The body bytes decoded so far (the allocation that holds them).
+    pub fn held(&self) -> usize {
+        self.body.capacity()
+    }
+
     /// A decoder that refuses bodies over `max` bytes.
     pub fn new(max: usize) -> Self {
         Self {

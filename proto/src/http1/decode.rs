@@ -211,6 +211,18 @@ impl Decoder {
         self.pending.is_some() || !buf.is_empty()
     }
 
+    /// Bytes of a chunked body decoded so far and held here until the body is complete (the
+    /// head and a `Content-Length` body stay in the caller's buffer).
+    pub fn held(&self) -> usize {
+        match &self.pending {
+            Some(Pending {
+                body: Body::Chunked(c),
+                ..
+            }) => c.held(),
+            _ => 0,
+        }
+    }
+
     /// Decodes the next event from `buf`, consuming the bytes it used. `Ok(None)` means more
     /// input is needed. After an error the connection must be closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, HttpError> {

@@ -182,16 +182,17 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         let seen = core.shard.shutdown_event.epoch();
         let spare = spare(rbuf);
         // A request growing past the allowance counts against the core's budget for requests
-        // still arriving; beyond it the connection is refused rather than memory exhausted.
-        let buffered = spare.get_ref().capacity();
+        // still arriving; beyond it the connection is refused rather than memory exhausted. A
+        // chunked body is held by the decoder as it is decoded: it counts too.
+        let buffered = spare.get_ref().capacity() + decoder.held();
         let counted = if buffered > KEEP_CAPACITY {
             buffered
         } else {
             0
         };
         if let Err(e) = held.resize(counted) {
-            drop(spare);
-            drop(held);
+            // What the request holds is given back before the (lingering) refusal.
+            drop((spare, held, decoder));
             refuse(&core, stream, &e).await;
             return;
         }
@@ -204,7 +205,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             Some(Err(_elapsed)) => {
                 if partial {
                     let err = Error::new(ErrorKind::RequestTimeout, "request not received in time");
-                    drop(held);
+                    drop((held, decoder));
                     refuse(&core, stream, &err).await;
                 }
                 return;

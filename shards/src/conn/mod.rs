@@ -107,26 +107,30 @@ async fn serve_over_cap(core: Rc<Core>, mut stream: TcpStream) {
             _ => break None,
         }
     };
-    let health = req
-        .as_ref()
-        .is_some_and(|r| r.method == Method::Get && matches!(r.path(), "/alive" | "/ready"));
     let mut wbuf = BytesMut::new();
-    match req {
-        Some(r) if health => {
-            let reply = match Command::parse(&r, &core.shard.limits) {
-                Ok(cmd) => crate::api::execute(&core, Caller::of(&r), cmd).await,
-                Err(e) => Reply::error(&e),
-            };
-            h1::encode(&core, &mut wbuf, reply, false, false, Instant::now());
+    // A health check however it is written (GET or HEAD, a query, a trailing slash): what the
+    // router makes of it, not its bytes.
+    let health = req.as_ref().and_then(|r| {
+        Command::parse(r, &core.shard.limits)
+            .ok()
+            .filter(|c| matches!(c, Command::Alive | Command::Ready))
+            .map(|c| (r, c))
+    });
+    match health {
+        Some((r, cmd)) => {
+            let reply = crate::api::execute(&core, Caller::of(r), cmd).await;
+            let head = r.method == Method::Head;
+            h1::encode(&core, &mut wbuf, reply, head, false, Instant::now());
         }
-        _ => wbuf = refusal(),
+        None => wbuf = refusal(),
     }
     let _ = monoio::time::timeout(OVER_CAP_WAIT, stream.write_all(wbuf)).await;
 }
 
 /// A connection beyond the cap whose request is already in the socket: answers it without
-/// waiting (`/alive` with 200, anything but `/ready` with 503) and returns true; false when
-/// there is no complete request yet, or it is `/ready` (which needs the other cores).
+/// waiting (`GET /alive` with 200, anything that is no health check with 503) and returns
+/// true; false when there is no complete request yet, or it may be a health check in another
+/// form (decoded and routed then; `/ready` also needs the other cores).
 fn answer_over_cap_now(stream: &TcpStream) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
@@ -140,7 +144,7 @@ fn answer_over_cap_now(stream: &TcpStream) -> bool {
         Err(_) => return false,
     };
     let head = &peek[..n];
-    if !head.windows(4).any(|w| w == b"\r\n\r\n") || head.starts_with(b"GET /ready ") {
+    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
         return false;
     }
     if head.starts_with(b"GET /alive ") {
@@ -148,10 +152,21 @@ fn answer_over_cap_now(stream: &TcpStream) -> bool {
         let reply = Reply::json(200, &b"{\"ok\":1}"[..]);
         with_date(|d| write_reply(&mut buf, &reply, d, false, true));
         send_now(stream, &buf);
+    } else if may_be_health_check(head) {
+        return false;
     } else {
         send_now(stream, &refusal());
     }
     true
+}
+
+/// Whether a request head may be a health check in another form than `GET /alive ` (HEAD, a
+/// query, `/ready`): those are decoded and routed ([`serve_over_cap`]) rather than refused.
+fn may_be_health_check(head: &[u8]) -> bool {
+    let target = head
+        .strip_prefix(b"GET ")
+        .or_else(|| head.strip_prefix(b"HEAD "));
+    target.is_some_and(|t| t.starts_with(b"/alive") || t.starts_with(b"/ready"))
 }
 
 /// Writes what the socket takes now (a small answer always fits a fresh socket's buffer), after

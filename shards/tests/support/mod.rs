@@ -277,7 +277,7 @@ impl Gateway {
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut c = Conn { s, buf: Vec::new() };
         c.send(method, path, headers, body)?;
-        c.read_response()
+        c.read_reply(method == "HEAD")
     }
 
     /// One request on a fresh connection.
@@ -472,6 +472,12 @@ impl Conn {
     }
 
     pub fn read_response(&mut self) -> std::io::Result<Resp> {
+        self.read_reply(false)
+    }
+
+    /// Reads a response; the answer to a HEAD request (`head`) has no body, whatever its
+    /// headers say.
+    pub fn read_reply(&mut self, head: bool) -> std::io::Result<Resp> {
         let status_line = self.line()?;
         let status: u16 = status_line
             .split(' ')
@@ -494,7 +500,7 @@ impl Conn {
                 .map(|(_, v)| v.clone())
         };
         let mut body = Vec::new();
-        if status == 100 {
+        if status == 100 || head {
             return Ok(Resp {
                 status,
                 headers,
@@ -525,7 +531,7 @@ impl Conn {
 
     pub fn req(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         self.send(method, path, headers, body).unwrap();
-        self.read_response().unwrap()
+        self.read_reply(method == "HEAD").unwrap()
     }
 
     /// Whether the server closed the connection (reads EOF).
