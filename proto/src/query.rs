@@ -56,19 +56,21 @@ pub enum Ambiguous<'a> {
 /// Whether a query is ambiguous: a repeated parameter is refused rather than its first value
 /// taken.
 pub fn ambiguous(query: &str) -> Option<Ambiguous<'_>> {
-    if query.is_empty() {
+    // Most requests have one parameter: nothing to compare.
+    if !query.as_bytes().contains(&b'&') {
         return None;
     }
-    let mut names: [&str; MAX_PARAMS] = [""; MAX_PARAMS];
-    for (i, pair) in query.split('&').enumerate() {
-        if i == MAX_PARAMS {
-            return Some(Ambiguous::TooMany);
+    if query.bytes().filter(|&b| b == b'&').count() >= MAX_PARAMS {
+        return Some(Ambiguous::TooMany);
+    }
+    let name = |pair: &'_ str| pair.split_once('=').map_or(pair, |(n, _)| n).len();
+    let mut rest = query;
+    while let Some((pair, after)) = rest.split_once('&') {
+        let n = &pair[..name(pair)];
+        if !n.is_empty() && after.split('&').any(|p| &p[..name(p)] == n) {
+            return Some(Ambiguous::Repeated(n));
         }
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        if !name.is_empty() && names[..i].contains(&name) {
-            return Some(Ambiguous::Repeated(name));
-        }
-        names[i] = name;
+        rest = after;
     }
     None
 }
