@@ -303,6 +303,11 @@ impl Decoder {
         if !path.starts_with('/') && path != "*" {
             return Err(HttpError::Malformed("request target must be origin-form"));
         }
+        if path.contains('#') {
+            // A fragment is never sent (RFC 9110 §4.2.5): taking it as data would put it into
+            // a key or a name.
+            return Err(HttpError::Malformed("request target must not contain '#'"));
+        }
         let target = range_of(path.as_bytes());
         let (path, query) = match path.find('?') {
             Some(i) => (

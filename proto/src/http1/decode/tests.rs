@@ -105,6 +105,10 @@ fn limits_and_malformed_input() {
         err_of(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
         HttpError::Malformed(_)
     ));
+    assert!(matches!(
+        err_of(b"POST /v1/msgs/t/v1?key=abc#frag HTTP/1.1\r\n\r\n"),
+        HttpError::Malformed(_)
+    ));
     let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
     assert_eq!(err_of(big.as_bytes()), HttpError::HeadersTooLarge);
     let partial_big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(300));
