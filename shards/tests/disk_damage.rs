@@ -82,6 +82,13 @@ fn segments_of(g: &Gateway, p: u32) -> Vec<PathBuf> {
     v
 }
 
+/// Cuts a file to the length `to` makes of its current one.
+fn cut(path: &Path, to: impl FnOnce(u64) -> u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(to(len)).unwrap();
+}
+
 fn flip(path: &Path, at: usize, len: usize) {
     let mut data = std::fs::read(path).unwrap();
     for b in &mut data[at..at + len] {
@@ -107,14 +114,7 @@ fn offsets_are_not_reused_after_recovery_cuts_records() {
     );
     g.kill9();
     // Damage at the end of the log: the last 50 records (54 bytes each) are unreadable.
-    let seg = &segments(&g)[0];
-    let len = std::fs::metadata(seg).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(seg)
-        .unwrap()
-        .set_len(len - 50 * 54 + 10)
-        .unwrap();
+    cut(&segments(&g)[0], |len| len - 50 * 54 + 10);
     g.spawn();
     let d = damage(&g);
     assert_eq!(d.len(), 1, "{d:?}");
@@ -156,13 +156,7 @@ fn small_damage_costs_only_the_damaged_records() {
     let active = segs.last().unwrap();
     let alen = std::fs::metadata(active).unwrap().len() as usize;
     flip(active, alen / 2, 4);
-    let first_len = std::fs::metadata(&segs[0]).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segs[0])
-        .unwrap()
-        .set_len(first_len - 5)
-        .unwrap();
+    cut(&segs[0], |len| len - 5);
     std::fs::remove_file(&segs[1]).unwrap();
     let _ = std::fs::remove_file(segs[1].with_extension("index"));
     g.spawn();
@@ -399,14 +393,7 @@ fn records_lost_below_what_consumers_committed_are_reported() {
     assert_eq!(read_all(&g, "g").len(), 10);
     g.kill9();
     // Cut exactly at a record boundary: 5 whole records remain, nothing looks torn.
-    let seg = &segments(&g)[0];
-    let len = std::fs::metadata(seg).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(seg)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    cut(&segments(&g)[0], |len| len / 2);
     g.spawn();
     let d = damage(&g);
     assert_eq!(d.len(), 1, "{d:?}");
