@@ -17,7 +17,7 @@ use std::time::Instant;
 /// Runs a command for a caller.
 pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> Reply {
     let r = match cmd {
-        Command::Alive => Ok(Reply::json(200, &b"{\"ok\":1}"[..])),
+        Command::Alive => Ok(alive()),
         Command::Ready => status::ready(core).await,
         Command::Metrics => status::metrics(core).await,
         Command::ProcessStatus => status::process(core).await,
@@ -30,6 +30,11 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::TopicStatus { topic, group } => status::topic(core, caller, topic, group).await,
     };
     r.unwrap_or_else(|e| Reply::error(&e))
+}
+
+/// The answer to `/alive`: the process answers.
+pub fn alive() -> Reply {
+    Reply::json(200, &b"{\"ok\":1}"[..])
 }
 
 /// Counts an answered request: by status class, and its latency from `t0`.

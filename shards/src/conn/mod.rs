@@ -28,6 +28,12 @@ pub const OVER_CAP: usize = 128;
 /// it at once; an idle connection of a flood must not hold its slot for long).
 const OVER_CAP_WAIT: Duration = Duration::from_millis(100);
 
+/// The decoder limits for a connection beyond the cap: a health check's head, no body.
+const OVER_CAP_LIMITS: Limits = Limits {
+    max_head: 4096,
+    max_body: 0,
+};
+
 /// Accepts connections until draining begins; at most `max` are served at once.
 pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize) {
     let shard = core.shard.clone();
@@ -52,7 +58,7 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize) {
             metrics::inc(&m.http_connections_rejected_total);
             // Answered at once when its request is already there (a health check queued behind
             // a flood), else given a moment to send one if a slot is free, else refused.
-            if !answer_over_cap_now(&stream) {
+            if !answer_over_cap_now(&core, &stream) {
                 if over_cap.get() < OVER_CAP {
                     over_cap.set(over_cap.get() + 1);
                     let (c, n) = (core.clone(), over_cap.clone());
@@ -89,10 +95,7 @@ fn refusal() -> BytesMut {
 /// A connection beyond the cap: answers one request for `/alive` or `/ready`, anything else
 /// 503 with `Retry-After`; then closes.
 async fn serve_over_cap(core: Rc<Core>, mut stream: TcpStream) {
-    let mut decoder = Decoder::new(Limits {
-        max_head: 4096,
-        max_body: 0,
-    });
+    let mut decoder = Decoder::new(OVER_CAP_LIMITS);
     let mut rbuf = BytesMut::with_capacity(1024);
     let deadline = Instant::now() + OVER_CAP_WAIT;
     let req = loop {
@@ -127,11 +130,11 @@ async fn serve_over_cap(core: Rc<Core>, mut stream: TcpStream) {
     let _ = monoio::time::timeout(OVER_CAP_WAIT, stream.write_all(wbuf)).await;
 }
 
-/// A connection beyond the cap whose request is already in the socket: answers it without
-/// waiting (`GET /alive` with 200, anything that is no health check with 503) and returns
-/// true; false when there is no complete request yet, or it may be a health check in another
-/// form (decoded and routed then; `/ready` also needs the other cores).
-fn answer_over_cap_now(stream: &TcpStream) -> bool {
+/// A connection beyond the cap whose request is already in the socket: decodes and routes it
+/// as any request is; answers `/alive` at once (200), anything that is no health check with 503,
+/// and returns true; false when there is no complete request yet, or it is `/ready` (which
+/// needs the other cores: [`serve_over_cap`] answers it).
+fn answer_over_cap_now(core: &Core, stream: &TcpStream) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
     let mut peek = [0u8; 2048];
@@ -143,30 +146,26 @@ fn answer_over_cap_now(stream: &TcpStream) -> bool {
         Ok(n) => n,
         Err(_) => return false,
     };
-    let head = &peek[..n];
-    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        return false;
-    }
-    if head.starts_with(b"GET /alive ") {
-        let mut buf = BytesMut::new();
-        let reply = Reply::json(200, &b"{\"ok\":1}"[..]);
-        with_date(|d| write_reply(&mut buf, &reply, d, false, true));
-        send_now(stream, &buf);
-    } else if may_be_health_check(head) {
-        return false;
-    } else {
-        send_now(stream, &refusal());
+    let mut buf = BytesMut::from(&peek[..n]);
+    let req = match Decoder::new(OVER_CAP_LIMITS).decode(&mut buf) {
+        Ok(Some(Event::Request(r))) => r,
+        Ok(_) => return false,
+        Err(_) => {
+            send_now(stream, &refusal());
+            return true;
+        }
+    };
+    match Command::parse(&req, &core.shard.limits) {
+        Ok(Command::Alive) => {
+            let mut out = BytesMut::new();
+            let head = req.method == Method::Head;
+            with_date(|d| write_reply(&mut out, &crate::api::alive(), d, head, true));
+            send_now(stream, &out);
+        }
+        Ok(Command::Ready) => return false,
+        _ => send_now(stream, &refusal()),
     }
     true
-}
-
-/// Whether a request head may be a health check in another form than `GET /alive ` (HEAD, a
-/// query, `/ready`): those are decoded and routed ([`serve_over_cap`]) rather than refused.
-fn may_be_health_check(head: &[u8]) -> bool {
-    let target = head
-        .strip_prefix(b"GET ")
-        .or_else(|| head.strip_prefix(b"HEAD "));
-    target.is_some_and(|t| t.starts_with(b"/alive") || t.starts_with(b"/ready"))
 }
 
 /// Writes what the socket takes now (a small answer always fits a fresh socket's buffer), after
