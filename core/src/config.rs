@@ -16,6 +16,14 @@ pub const DEFAULT_TOML: &str = include_str!("../../kateway.toml");
 pub struct Config {
     /// Listeners, cores, timeouts.
     pub server: ServerConfig,
+    /// HTTP/2 settings.
+    pub http2: Http2Config,
+    /// WebSocket limits and flow control.
+    pub websocket: WebSocketConfig,
+    /// Server-Sent Events.
+    pub sse: SseConfig,
+    /// TLS.
+    pub tls: TlsConfig,
     /// Request and message limits.
     pub limits: LimitsConfig,
     /// Subscribe behaviour.
@@ -42,6 +50,53 @@ pub struct ServerConfig {
     pub write_timeout: Dur,
     pub idle_timeout: Dur,
     pub shutdown_timeout: Dur,
+}
+
+/// `[http2]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Config {
+    pub max_concurrent_streams: u32,
+    pub stream_window: ByteSize,
+    pub connection_window: ByteSize,
+    pub max_frame_size: ByteSize,
+    pub max_reset_streams: u32,
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub max_frame_bytes: ByteSize,
+    pub max_message_bytes: ByteSize,
+    pub ping_interval: Dur,
+    pub max_in_flight: u32,
+    pub default_credit: u32,
+    pub max_credit: u32,
+}
+
+/// `[sse]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseConfig {
+    pub heartbeat: Dur,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub https_only: bool,
+    pub health_listen: String,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured (a certificate and a key).
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty() && !self.key.as_os_str().is_empty()
+    }
 }
 
 /// `[limits]`
@@ -148,7 +203,18 @@ pub struct LogConfig {
 /// the gateway at start.
 const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
-const SECTIONS: [&str; 6] = ["server", "limits", "subscribe", "store", "kafka", "log"];
+const SECTIONS: [&str; 10] = [
+    "server",
+    "http2",
+    "websocket",
+    "sse",
+    "tls",
+    "limits",
+    "subscribe",
+    "store",
+    "kafka",
+    "log",
+];
 
 impl Config {
     /// The shipped defaults alone.
@@ -208,6 +274,71 @@ impl Config {
         )?;
         if s.write_timeout.0.is_zero() {
             return Err("server.write_timeout must be greater than 0".into());
+        }
+        let h = &self.http2;
+        range(
+            "http2.max_concurrent_streams",
+            h.max_concurrent_streams.into(),
+            1,
+            10_000,
+        )?;
+        range("http2.stream_window", h.stream_window.0, 64 << 10, 16 << 20)?;
+        range(
+            "http2.connection_window",
+            h.connection_window.0,
+            64 << 10,
+            16 << 20,
+        )?;
+        range(
+            "http2.max_frame_size",
+            h.max_frame_size.0,
+            16 << 10,
+            16 << 20,
+        )?;
+        range(
+            "http2.max_reset_streams",
+            h.max_reset_streams.into(),
+            1,
+            10_000,
+        )?;
+        let w = &self.websocket;
+        range(
+            "websocket.max_frame_bytes",
+            w.max_frame_bytes.0,
+            1024,
+            64 << 20,
+        )?;
+        range(
+            "websocket.max_message_bytes",
+            w.max_message_bytes.0,
+            1024,
+            64 << 20,
+        )?;
+        range("websocket.max_in_flight", w.max_in_flight.into(), 1, 65536)?;
+        range(
+            "websocket.default_credit",
+            w.default_credit.into(),
+            1,
+            65536,
+        )?;
+        range("websocket.max_credit", w.max_credit.into(), 1, 65536)?;
+        if w.default_credit > w.max_credit {
+            return Err("websocket.default_credit must not exceed websocket.max_credit".into());
+        }
+        if w.ping_interval.0.is_zero() || self.sse.heartbeat.0.is_zero() {
+            return Err("websocket.ping_interval and sse.heartbeat must be greater than 0".into());
+        }
+        let t = &self.tls;
+        if t.cert.as_os_str().is_empty() != t.key.as_os_str().is_empty() {
+            return Err("tls.cert and tls.key must be set together".into());
+        }
+        if t.https_only && !t.enabled() {
+            return Err("tls.https_only needs tls.cert and tls.key".into());
+        }
+        if !t.health_listen.is_empty() {
+            t.health_listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("tls.health_listen = {:?}: {e}", t.health_listen))?;
         }
         let l = &self.limits;
         range(

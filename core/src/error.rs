@@ -64,6 +64,8 @@ kinds! {
     LengthRequired = 41100, Client;
     /// A message, batch or body is over its limit.
     PayloadTooLarge = 41300, Client;
+    /// A WebSocket route asked for without a valid upgrade handshake.
+    UpgradeRequired = 42600, Client;
     /// The request's headers are over the limit.
     HeadersTooLarge = 43100, Client;
     /// The core has too much work in flight; retry after the advertised delay.

@@ -10,7 +10,11 @@
 //! * [`query`]: query-string access with percent-decoding.
 //! * [`batch`]: the batch publish formats (ndjson and length-prefixed binary) and the subscribe
 //!   output formats (the original's binary records and JSON lines).
+//! * [`sse`]: the `text/event-stream` framing of delivered messages.
 //! * [`json`]: the tiny JSON string escaper used by hand-written responses.
+//! * [`ws`]: a sans-I/O WebSocket (RFC 6455) codec: the upgrade handshake, a decoder of masked
+//!   client frames into messages (with fragmentation, UTF-8 and size limits checked before the
+//!   payload is buffered, and typed close codes), and the encoder of server frames.
 
 pub mod batch;
 pub mod command;
@@ -19,3 +23,5 @@ pub mod json;
 pub mod query;
 pub mod reply;
 pub mod route;
+pub mod sse;
+pub mod ws;

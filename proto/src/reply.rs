@@ -71,6 +71,25 @@ pub enum Body {
     },
 }
 
+impl Body {
+    /// The body as one piece of bytes and its content type (records framed in their format),
+    /// for transports that frame a body by its length; `None` for no body.
+    pub fn encode(&self) -> Option<(&'static str, Bytes)> {
+        match self {
+            Body::Empty => None,
+            Body::Full { content_type, data } => Some((content_type, data.clone())),
+            Body::Records { format, records } => {
+                let size: usize = records.iter().map(|m| m.value.len() + 64).sum();
+                let mut out = BytesMut::with_capacity(size);
+                for m in records {
+                    format.put(&mut out, m);
+                }
+                Some((format.content_type(), out.freeze()))
+            }
+        }
+    }
+}
+
 /// An answer to a command.
 pub struct Reply {
     pub status: u16,

@@ -22,6 +22,14 @@ pub enum Route<'a> {
         topic: &'a str,
         ver: &'a str,
     },
+    /// `GET /v1/ws/msgs/:topic/:ver` (a WebSocket that publishes)
+    WsPublish { topic: &'a str, ver: &'a str },
+    /// `GET /v1/ws/msgs/:appid/:topic/:ver` (a WebSocket that subscribes)
+    WsSubscribe {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+    },
     /// `PUT /v1/offsets/:appid/:topic/:ver/:group`
     AckBatch {
         appid: &'a str,
@@ -103,6 +111,14 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
         ["v1", "msgs", appid, topic, ver] => {
             allow(method == Get, "GET", Route::Subscribe { appid, topic, ver })
         }
+        ["v1", "ws", "msgs", topic, ver] => {
+            allow(method == Get, "GET", Route::WsPublish { topic, ver })
+        }
+        ["v1", "ws", "msgs", appid, topic, ver] => allow(
+            method == Get,
+            "GET",
+            Route::WsSubscribe { appid, topic, ver },
+        ),
         ["v1", "offsets", appid, topic, ver, group] => allow(
             method == Put,
             "PUT",
@@ -180,6 +196,25 @@ mod tests {
         assert_eq!(
             route(Method::Get, "/v1/msgs/orders/v1"),
             Err(RouteError::MethodNotAllowed("POST"))
+        );
+        assert_eq!(
+            route(Method::Get, "/v1/ws/msgs/orders/v1"),
+            Ok(Route::WsPublish {
+                topic: "orders",
+                ver: "v1"
+            })
+        );
+        assert_eq!(
+            route(Method::Get, "/v1/ws/msgs/app/orders/v1/"),
+            Ok(Route::WsSubscribe {
+                appid: "app",
+                topic: "orders",
+                ver: "v1"
+            })
+        );
+        assert_eq!(
+            route(Method::Post, "/v1/ws/msgs/orders/v1"),
+            Err(RouteError::MethodNotAllowed("GET"))
         );
         assert_eq!(route(Method::Get, "/v1/nope"), Err(RouteError::NotFound));
         assert_eq!(

@@ -64,8 +64,34 @@ pub async fn run(init: CoreInit) {
     tasks.spawn("allocator", crate::alloc::run(shard.clone()));
     tasks.spawn(
         "acceptor",
-        crate::conn::accept(core.clone(), listener, init.fds.conns_per_core),
+        crate::conn::accept(
+            core.clone(),
+            listener,
+            init.fds.conns_per_core,
+            crate::conn::Listener::Main,
+        ),
     );
+    let health = &init.cfg.tls.health_listen;
+    if !health.is_empty() {
+        let l = match TcpListener::bind_with_config(health.as_str(), &opts) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = init.ready.send(Err(format!(
+                    "cannot listen on {health} (tls.health_listen): {e}"
+                )));
+                return;
+            }
+        };
+        tasks.spawn(
+            "health acceptor",
+            crate::conn::accept(
+                core.clone(),
+                l,
+                crate::conn::OVER_CAP,
+                crate::conn::Listener::Health,
+            ),
+        );
+    }
     let _ = init.ready.send(Ok(()));
     tracing::debug!(core = shard.id, "core ready");
     let seen = shard.stop_event.epoch();

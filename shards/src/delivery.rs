@@ -44,6 +44,16 @@ impl Subscription {
         }
     }
 
+    /// Whether the core is draining (a stream then ends).
+    pub fn draining(&self) -> bool {
+        self.shard.shutdown.get()
+    }
+
+    /// At most `max` messages per batch from now on (a push stream's credit).
+    pub fn set_max(&mut self, max: usize) {
+        self.fetch.max = max.max(1);
+    }
+
     /// The next batch: what is there now, or what arrives before `deadline` (empty at the
     /// deadline or when the core starts draining).
     pub async fn next(&self, deadline: Instant) -> Result<Batch, Error> {

@@ -199,6 +199,12 @@ counters! {
     log_scrubbed_bytes_total: "Bytes of sealed segments whose checksums the scrubber verified.",
     http_write_timeouts_total: "Connections closed because a response made no progress for server.write_timeout.",
     http_responses_refused_total: "Subscribes refused because the core held limits.max_response_bytes_per_core for slow readers.",
+    tls_handshakes_failed_total: "TLS handshakes that failed or did not finish within server.request_timeout.",
+    http2_connections_total: "Connections that spoke HTTP/2 (h2c or h2 over TLS).",
+    websocket_connections_total: "Connections upgraded to WebSocket.",
+    websocket_messages_in_total: "WebSocket messages received from clients (publishes, acks, credit).",
+    websocket_messages_out_total: "WebSocket messages sent to clients (acks and pushed messages).",
+    sse_streams_total: "Server-sent event streams opened.",
     http_requests_refused_total: "Connections answered 503 and closed because the core held limits.max_request_bytes_per_core of requests still arriving.",
 }
 

@@ -1,7 +1,8 @@
 //! Process bootstrap: plan cores and file descriptors, reconcile the topic catalog with the
 //! directories on disk, start one pinned reactor thread per core (monoio on io_uring with
 //! `SINGLE_ISSUER | DEFER_TASKRUN`, falling back loudly to the epoll driver), wait until every
-//! core listens, then on SIGTERM/SIGINT drain every core, stop them and exit.
+//! core listens, then on SIGTERM/SIGINT drain every core, stop them and exit; SIGHUP reloads
+//! the TLS certificate.
 
 use crate::backend::{self, Shared};
 use crate::catalog::{file, TopicMeta};
@@ -39,6 +40,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         )
     })?;
     let _lock = exclusive(&cfg)?;
+    if cfg.tls.enabled() {
+        crate::conn::tls::install(&cfg.tls)?;
+    }
     let topics = load_catalog(&cfg)?;
     let shared = Shared::start(&cfg)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
@@ -48,6 +52,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut sig = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let mut threads = Vec::new();
@@ -89,8 +94,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     tracing::info!(listen = %cfg.server.listen, cores, data = %cfg.store.data_dir.display(),
         backend = ?cfg.store.backend, "kateway serving");
-    if let Some(s) = sig.forever().next() {
+    for s in sig.forever() {
+        if s == signal_hook::consts::SIGHUP {
+            if cfg.tls.enabled() {
+                crate::conn::tls::reload(&cfg.tls);
+            }
+            continue;
+        }
         tracing::info!(signal = s, "shutting down");
+        break;
     }
     let deadline = Instant::now() + cfg.server.shutdown_timeout.0;
     let drained: Vec<_> = (0..cores)

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use kateway_core::names::{validate_part, validate_ver};
 use kateway_core::units::{parse_duration, parse_size};
 use kateway_core::{Ack, Error, ErrorKind, Reset};
-use parse::{ack_list, bad_ack, num, publish, subscribe};
+use parse::{ack_list, bad_ack, num, publish, publish_template, subscribe};
 
 mod parse;
 #[cfg(test)]
@@ -48,7 +48,8 @@ pub struct Limits {
     pub max_wait: Duration,
 }
 
-/// Who is asking: the `Appid` header (authentication comes later).
+/// Who is asking: the `Appid` header, or the `appid` query parameter where a client cannot set
+/// headers (authentication comes later).
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     appid: Option<&'a str>,
@@ -63,7 +64,9 @@ impl<'a> Caller<'a> {
         // A value that is not text is an invalid name (it is there), not a missing one.
         let appid = appid
             .map(|v| std::str::from_utf8(v).map_or("\u{fffd}", str::trim))
-            .filter(|s| !s.is_empty());
+            .filter(|s| !s.is_empty())
+            // Browsers cannot set headers on an EventSource or a WebSocket: `appid=` then.
+            .or_else(|| query::raw(parts.query(), "appid").filter(|s| !s.is_empty()));
         Self { appid, repeated }
     }
 
@@ -148,6 +151,11 @@ pub struct Subscribe<'a> {
     /// `X-Tag`: deliver only messages with one of these.
     pub tags: Vec<Bytes>,
     pub format: RecordFormat,
+    /// `Accept: text/event-stream`: stream messages as server-sent events.
+    pub events: bool,
+    /// `Last-Event-ID` (or `lastEventId=`) of an event stream: `partition:offset` of the last
+    /// message the client received; the group resumes right after it on that partition.
+    pub resume: Option<(u32, u64)>,
 }
 
 /// `PUT /v1/offsets/:appid/:topic/:ver/:group`: `[{"partition","offset"}]`, the last processed.
@@ -186,6 +194,17 @@ pub struct TopicAdmin<'a> {
     pub retention_bytes: Option<u64>,
 }
 
+/// A WebSocket route: the transport upgrades the connection and runs the socket (each message
+/// a publish like the template's, or a push subscription); without an upgrade it is a 426.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Socket<'a> {
+    /// Every message is published with the template's topic, ack level, key and tags (its
+    /// `messages` are empty: each WebSocket message is one).
+    Publish(Publish<'a>),
+    /// Messages are pushed as they arrive.
+    Subscribe(Subscribe<'a>),
+}
+
 /// A typed API call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -195,6 +214,7 @@ pub enum Command<'a> {
     ProcessStatus,
     Publish(Publish<'a>),
     Subscribe(Subscribe<'a>),
+    Socket(Socket<'a>),
     AckBatch(AckBatch<'a>),
     Seek(Seek<'a>),
     TopicAdmin(TopicAdmin<'a>),
@@ -210,7 +230,12 @@ impl Command<'_> {
     /// Whether answering may wait for messages (a long poll): such a request is watched for the
     /// client going away.
     pub fn may_park(&self) -> bool {
-        matches!(self, Command::Subscribe(s) if !s.wait.is_zero())
+        matches!(self, Command::Subscribe(s) if !s.wait.is_zero() || s.events)
+    }
+
+    /// A subscribe that streams server-sent events.
+    pub fn events(&self) -> bool {
+        matches!(self, Command::Subscribe(s) if s.events)
     }
 }
 
@@ -258,6 +283,17 @@ impl<'a> Command<'a> {
             Route::Subscribe { appid, topic, ver } => {
                 let topic = TopicPath::new(appid, topic, ver)?;
                 Command::Subscribe(subscribe(parts, q, topic, limits)?)
+            }
+            Route::WsPublish { topic, ver } => {
+                validate_part("topic", topic)?;
+                validate_ver(ver)?;
+                Command::Socket(Socket::Publish(publish_template(
+                    parts, q, topic, ver, limits,
+                )?))
+            }
+            Route::WsSubscribe { appid, topic, ver } => {
+                let topic = TopicPath::new(appid, topic, ver)?;
+                Command::Socket(Socket::Subscribe(subscribe(parts, q, topic, limits)?))
             }
             Route::AckBatch {
                 appid,

@@ -50,7 +50,7 @@ fn check_key(k: &[u8], max: usize) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn publish<'a>(
+pub(super) fn publish_template<'a>(
     parts: &impl Parts,
     q: &str,
     topic: &'a str,
@@ -81,8 +81,39 @@ pub(super) fn publish<'a>(
             )))
         }
         Some(t) => Bytes::copy_from_slice(t.trim_ascii()),
-        None => Bytes::new(),
+        // Browsers cannot set headers on a WebSocket: `tag=` in the query instead.
+        None => match query::get(q, "tag")
+            .map_err(|_| Error::param("tag is not valid percent-encoding"))?
+        {
+            Some(t) if t.len() > lim.max_tag => {
+                return Err(Error::param(format!(
+                    "tag longer than {} bytes",
+                    lim.max_tag
+                )))
+            }
+            Some(t) => Bytes::copy_from_slice(t.trim_ascii()),
+            None => Bytes::new(),
+        },
     };
+    Ok(Publish {
+        topic,
+        ver,
+        ack,
+        key,
+        tags,
+        messages: Messages::One(Bytes::new()),
+    })
+}
+
+/// A publish: its options ([`publish_template`]) and the messages of its body.
+pub(super) fn publish<'a>(
+    parts: &impl Parts,
+    q: &str,
+    topic: &'a str,
+    ver: &'a str,
+    lim: &Limits,
+) -> Result<Publish<'a>, Error> {
+    let mut p = publish_template(parts, q, topic, ver, lim)?;
     let ctype = parts.header("content-type").map(|c| {
         let c = c.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
         if c.eq_ignore_ascii_case(batch::NDJSON.as_bytes()) {
@@ -142,14 +173,8 @@ pub(super) fn publish<'a>(
             Messages::One(body.clone())
         }
     };
-    Ok(Publish {
-        topic,
-        ver,
-        ack,
-        key,
-        tags,
-        messages,
-    })
+    p.messages = messages;
+    Ok(p)
 }
 
 pub(super) fn subscribe<'a>(
@@ -205,10 +230,23 @@ pub(super) fn subscribe<'a>(
     };
     let explicit = matches!(query::raw(q, "ack"), Some("1") | Some("true"));
     let ack = if explicit { ack_headers(parts)? } else { None };
-    let ndjson = parts.header("accept").is_some_and(|a| {
-        a.windows(batch::NDJSON.len())
-            .any(|w| w == batch::NDJSON.as_bytes())
-    });
+    let accepts = |t: &str| {
+        parts.header("accept").is_some_and(|a| {
+            a.windows(t.len())
+                .any(|w| w.eq_ignore_ascii_case(t.as_bytes()))
+        })
+    };
+    let ndjson = accepts(batch::NDJSON);
+    let events = accepts(crate::sse::CONTENT_TYPE);
+    let resume = match parts
+        .header("last-event-id")
+        .or_else(|| query::raw(q, "lastEventId").map(str::as_bytes))
+    {
+        Some(id) if events => Some(crate::sse::parse_id(id).ok_or_else(|| {
+            Error::param("Last-Event-ID must be partition:offset, as the events' ids are")
+        })?),
+        _ => None,
+    };
     Ok(Subscribe {
         topic,
         group,
@@ -226,6 +264,8 @@ pub(super) fn subscribe<'a>(
         } else {
             RecordFormat::Binary
         },
+        events,
+        resume,
     })
 }
 

@@ -42,7 +42,8 @@ pub enum Method {
 }
 
 impl Method {
-    fn parse(s: &str) -> Self {
+    /// The method of a request-line token (any protocol's method name).
+    pub fn parse(s: &str) -> Self {
         match s {
             "GET" => Method::Get,
             "HEAD" => Method::Head,

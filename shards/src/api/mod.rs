@@ -4,11 +4,13 @@
 
 mod publish;
 mod status;
-mod subscribe;
+pub mod stream;
+pub mod subscribe;
 mod topics;
 
 use crate::metrics;
 use crate::node::Core;
+use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{Caller, Command};
 use kateway_proto::reply::Reply;
 use std::rc::Rc;
@@ -23,6 +25,10 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::ProcessStatus => status::process(core).await,
         Command::Publish(p) => publish::publish(core, caller, p).await,
         Command::Subscribe(s) => subscribe::subscribe(core, caller, s).await,
+        Command::Socket(_) => Err(Error::new(
+            ErrorKind::UpgradeRequired,
+            "this route speaks WebSocket: send a GET with Upgrade: websocket",
+        )),
         Command::AckBatch(a) => subscribe::ack_batch(core, caller, a).await,
         Command::Seek(s) => subscribe::seek(core, caller, s).await,
         Command::TopicAdmin(t) => topics::administer(core, t).await,

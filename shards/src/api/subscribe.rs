@@ -33,12 +33,16 @@ fn next(o: u64) -> Result<u64, Error> {
         .ok_or_else(|| bad_ack(format!("offset {o} is beyond the end of any partition")))
 }
 
-/// Handles a subscribe long poll.
-pub async fn subscribe(
+/// Opens the caller's group's subscription for a subscribe (a long poll, an event stream or a
+/// WebSocket), `max` messages per batch: commits an explicit ack first, and for a stream that
+/// resumes after an event id (`partition:offset`), moves the group on that partition to right
+/// after it.
+pub async fn open(
     core: &Rc<Core>,
     caller: Caller<'_>,
-    s: Subscribe<'_>,
-) -> Result<Reply, Error> {
+    s: &Subscribe<'_>,
+    max: usize,
+) -> Result<Subscription, Error> {
     let group = GroupName::new(caller.appid()?, s.group)?.to_string();
     let meta = core.backend.resolve(&s.topic).await?;
     if let Some((p, o)) = s.ack {
@@ -47,16 +51,36 @@ pub async fn subscribe(
             .commit(&meta, p, &group, next(o)?, false)
             .await?;
     }
+    if let Some((p, o)) = s.resume {
+        let p = partition(&meta, p)?;
+        core.backend
+            .commit(&meta, p, &group, next(o)?, true)
+            .await?;
+    }
     let fetch = Fetch {
         topic: meta.name.to_string(),
         group,
-        max: s.batch.unwrap_or(1),
+        max,
         max_bytes: core.shard.cfg.subscribe.max_batch_bytes.0 as usize,
         reset: s.reset,
         auto_ack: !s.explicit,
-        tags: s.tags,
+        tags: s.tags.clone(),
     };
-    let sub = Subscription::new(core.shard.clone(), core.backend.clone(), meta, fetch);
+    Ok(Subscription::new(
+        core.shard.clone(),
+        core.backend.clone(),
+        meta,
+        fetch,
+    ))
+}
+
+/// Handles a subscribe long poll.
+pub async fn subscribe(
+    core: &Rc<Core>,
+    caller: Caller<'_>,
+    s: Subscribe<'_>,
+) -> Result<Reply, Error> {
+    let sub = open(core, caller, &s, s.batch.unwrap_or(1)).await?;
     let batch = sub.next(Instant::now() + s.wait).await?;
     if batch.records.is_empty() {
         let mut r = Reply::empty(204);

@@ -12,6 +12,7 @@
 //! a request buffer beyond 64 KiB counts against the core's `limits.max_request_bytes_per_core`
 //! (past it: 503 and close).
 
+use super::Transport;
 use crate::api;
 use crate::date::with_date;
 use crate::metrics;
@@ -24,8 +25,7 @@ use kateway_proto::http1::encode::{write_continue, write_reply};
 use kateway_proto::http1::{Decoder, Event, HttpError, Limits, Method, Request};
 use kateway_proto::reply::Reply;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use monoio::io::AsyncWriteRentExt;
 use std::any::Any;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -100,7 +100,7 @@ pub fn limits(core: &Core) -> Limits {
 }
 
 /// Serves a connection until it closes.
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, health_only: bool) {
     let cfg = core.shard.cfg.clone();
     let mut decoder = Decoder::new(limits(&core));
     let mut rbuf = BytesMut::new();
@@ -126,9 +126,21 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                     request_started = None;
                     let t0 = Instant::now();
                     let (head, keep_alive) = (req.method == Method::Head, req.keep_alive);
-                    let Some(reply) = answer(&core, req, &mut stream, &mut rbuf).await else {
+                    let answered = answer(&core, req, &mut stream, &mut rbuf, health_only).await;
+                    let reply = match answered {
+                        Answered::Reply(r) => r,
                         // The client went away during a long poll: the poll is dropped.
-                        return;
+                        Answered::Gone => return,
+                        Answered::Stream(req) => {
+                            // An event stream or a WebSocket takes the connection over, after
+                            // the replies to the requests before it.
+                            if write_out(&core, &mut stream, &mut wbuf).await.is_err() {
+                                return;
+                            }
+                            drop((holds, held, decoder, wbuf));
+                            super::push::serve(core, stream, rbuf, req, t0).await;
+                            return;
+                        }
                     };
                     let (c, hold) = encode(&core, &mut wbuf, reply, head, keep_alive, t0);
                     holds.extend(hold);
@@ -223,7 +235,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
 
 /// Answers a request that will not be read to its end with `err`, then closes the connection
 /// gracefully ([`lingering_close`]).
-async fn refuse(core: &Core, mut stream: TcpStream, err: &Error) {
+async fn refuse<S: Transport>(core: &Core, mut stream: S, err: &Error) {
     let mut buf = BytesMut::new();
     encode(
         core,
@@ -243,7 +255,7 @@ async fn refuse(core: &Core, mut stream: TcpStream, err: &Error) {
 /// down and what arrives is read and dropped (at most [`LINGER_BYTES`] for [`LINGER`]) before
 /// the socket closes, so the client reads the answer rather than a reset that its unread
 /// request bytes would otherwise provoke.
-async fn lingering_close(mut stream: TcpStream) {
+async fn lingering_close<S: Transport>(mut stream: S) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -262,23 +274,43 @@ async fn lingering_close(mut stream: TcpStream) {
     }
 }
 
+/// What answering a request came to.
+enum Answered {
+    Reply(Reply),
+    /// The client went away during a long poll.
+    Gone,
+    /// The request turns the connection into a stream: server-sent events or a WebSocket.
+    Stream(Request),
+}
+
 /// Runs a request. One that may park (a long poll) watches its socket while it waits: if the
 /// client closes the connection, the request is dropped at once (`None`), so a vanished
 /// subscriber does not hold its poll (and its place among the parked polls) until the deadline.
 /// Bytes of a pipelined next request that arrive meanwhile are kept in `rbuf`.
-async fn answer(
+async fn answer<S: Transport>(
     core: &Rc<Core>,
     req: Request,
-    stream: &mut TcpStream,
+    stream: &mut S,
     rbuf: &mut BytesMut,
-) -> Option<Reply> {
+    health_only: bool,
+) -> Answered {
     let cmd = match Command::parse(&req, &core.shard.limits) {
         Ok(cmd) => cmd,
-        Err(e) => return Some(Reply::error(&e)),
+        Err(e) => return Answered::Reply(Reply::error(&e)),
     };
+    if health_only && !matches!(cmd, Command::Alive | Command::Ready | Command::Metrics) {
+        let e = Error::new(
+            ErrorKind::UnknownRoute,
+            "this listener answers health checks only",
+        );
+        return Answered::Reply(Reply::error(&e));
+    }
+    if cmd.events() || matches!(cmd, Command::Socket(_)) {
+        return Answered::Stream(req);
+    }
     let caller = Caller::of(&req);
     if !cmd.may_park() {
-        return Some(api::execute(core, caller, cmd).await);
+        return Answered::Reply(api::execute(core, caller, cmd).await);
     }
     let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
     {
@@ -286,10 +318,10 @@ async fn answer(
         // moment pays for a readiness watch (io_uring poll, which consumes no data).
         let watch = async {
             monoio::time::sleep(WATCH_AFTER).await;
-            stream.readable(false).await
+            stream.watch().await
         };
         monoio::select! {
-            reply = &mut fut => return Some(reply),
+            reply = &mut fut => return Answered::Reply(reply),
             _ = watch => {}
         }
     }
@@ -297,14 +329,18 @@ async fn answer(
     let (res, buf) = stream.read(spare(std::mem::take(rbuf))).await;
     *rbuf = buf.into_inner();
     match res {
-        Ok(0) | Err(_) => None,
-        Ok(_) => Some(fut.await),
+        Ok(0) | Err(_) => Answered::Gone,
+        Ok(_) => Answered::Reply(fut.await),
     }
 }
 
 /// Writes and empties `wbuf`, in pieces that must each make it out within
 /// `server.write_timeout`; an error means the connection is to be closed.
-async fn write_out(core: &Core, stream: &mut TcpStream, wbuf: &mut BytesMut) -> Result<(), ()> {
+pub(super) async fn write_out<S: Transport>(
+    core: &Core,
+    stream: &mut S,
+    wbuf: &mut BytesMut,
+) -> Result<(), ()> {
     let limit = core.shard.cfg.server.write_timeout.0;
     while !wbuf.is_empty() {
         let piece = if wbuf.len() <= WRITE_PIECE {

@@ -1,9 +1,16 @@
 //! Connections: each core's acceptor, the cap on connections a core serves at once, and what a
-//! connection beyond the cap gets (503, except that health checks are still answered). Each
-//! protocol is a driver of its own that turns its bytes into commands and writes the replies:
-//! [`h1`] for HTTP/1.1.
+//! connection beyond the cap gets (503, except that health checks are still answered). A
+//! connection's first bytes tell its protocol ([`sniff`]): a TLS handshake ([`tls`], then ALPN
+//! picks HTTP/2 or HTTP/1.1), the HTTP/2 connection preface (h2c with prior knowledge), or
+//! else HTTP/1.1. Each protocol is a driver of its own that turns its bytes into commands and
+//! writes the replies: [`h1`] for HTTP/1.1 (and the WebSocket and event-stream upgrades of its
+//! requests), [`h2`] for HTTP/2.
 
 pub mod h1;
+pub mod h2;
+mod push;
+pub mod tls;
+mod ws;
 
 use crate::date::with_date;
 use crate::metrics;
@@ -14,11 +21,48 @@ use kateway_proto::command::{Caller, Command};
 use kateway_proto::http1::encode::write_reply;
 use kateway_proto::http1::{Decoder, Event, Limits, Method};
 use kateway_proto::reply::Reply;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use std::cell::Cell;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// A byte stream a protocol driver serves: plaintext TCP, or TLS over it.
+pub trait Transport: AsyncReadRent + AsyncWriteRent + monoio::io::Split + 'static {
+    /// Resolves once the peer has sent more bytes or closed the connection, consuming nothing
+    /// (a long poll's watch); never, for a transport that cannot tell without reading (TLS).
+    fn watch(&self) -> impl Future<Output = ()>;
+}
+
+impl Transport for TcpStream {
+    async fn watch(&self) {
+        let _ = self.readable(false).await;
+    }
+}
+
+impl Transport for monoio_rustls::ServerTlsStream<TcpStream> {
+    async fn watch(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The API, in every protocol.
+    Main,
+    /// Plaintext HTTP/1.1 health checks only (`/alive`, `/ready`, `/metrics`).
+    Health,
+}
+
+/// The protocol a connection's first bytes announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    H2c,
+    Tls,
+}
 
 /// Connections beyond the cap that may wait for their one request (`/alive`, `/ready`) at once;
 /// more are refused at once.
@@ -35,7 +79,7 @@ const OVER_CAP_LIMITS: Limits = Limits {
 };
 
 /// Accepts connections until draining begins; at most `max` are served at once.
-pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize) {
+pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Listener) {
     let shard = core.shard.clone();
     let over_cap = Rc::new(Cell::new(0usize));
     loop {
@@ -76,9 +120,84 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize) {
         metrics::inc(&m.http_connections_active);
         let c = core.clone();
         monoio::spawn(async move {
-            h1::serve(c.clone(), stream).await;
+            match kind {
+                Listener::Main => serve(c.clone(), stream).await,
+                Listener::Health => h1::serve(c.clone(), stream, true).await,
+            }
             metrics::dec(&c.shard.metrics.http_connections_active);
         });
+    }
+}
+
+/// Serves a connection of the main listener in the protocol its first bytes announce.
+async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let Some(proto) = sniff(&core, &stream).await else {
+        return;
+    };
+    let https_only = core.shard.cfg.tls.https_only;
+    match proto {
+        Sniffed::Tls => {
+            let Some(acceptor) = tls::acceptor() else {
+                // Not configured: HTTP/1.1 answers the bytes with 400.
+                return h1::serve(core, stream, false).await;
+            };
+            let limit = core.shard.cfg.server.request_timeout.0;
+            let Ok(Ok(tls)) = monoio::time::timeout(limit, acceptor.accept(stream)).await else {
+                metrics::inc(&core.shard.metrics.tls_handshakes_failed_total);
+                return;
+            };
+            if tls.alpn_protocol().as_deref() == Some(b"h2") {
+                h2::serve(core, monoio_compat::StreamWrapper::new(tls)).await
+            } else {
+                h1::serve(core, tls, false).await
+            }
+        }
+        _ if https_only => {
+            let err = Error::new(ErrorKind::MalformedHttp, "this port speaks HTTPS only");
+            let mut buf = BytesMut::new();
+            with_date(|d| write_reply(&mut buf, &Reply::error(&err), d, false, true));
+            send_now(&stream, &buf);
+        }
+        Sniffed::H2c => h2::serve(core, monoio_compat::StreamWrapper::new(stream)).await,
+        Sniffed::Http1 => h1::serve(core, stream, false).await,
+    }
+}
+
+/// Waits for a connection's first bytes and tells its protocol without consuming them: a TLS
+/// record starts with 0x16, the HTTP/2 preface with `PR` (no HTTP/1.1 method does); anything
+/// else is HTTP/1.1. `None`: the client closed or sent nothing within the idle timeout, or the
+/// core is draining.
+async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let shard = &core.shard;
+    let deadline = Instant::now() + shard.cfg.server.idle_timeout.0;
+    loop {
+        let seen = shard.shutdown_event.epoch();
+        if shard.shutdown.get() {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ready = monoio::select! {
+            r = monoio::time::timeout(left, stream.readable(false)) => matches!(r, Ok(Ok(()))),
+            _ = shard.shutdown_event.wait(seen) => false,
+        };
+        if !ready {
+            return None;
+        }
+        let mut b = [0u8; 2];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        match recv(stream.as_raw_fd(), &mut b, flags) {
+            Ok(0) => return None,
+            Ok(_) if b[0] == 0x16 => return Some(Sniffed::Tls),
+            Ok(_) if b[0] != b'P' => return Some(Sniffed::Http1),
+            Ok(2) if b[1] == b'R' => return Some(Sniffed::H2c),
+            Ok(2) => return Some(Sniffed::Http1),
+            // One byte, `P`: wait a moment for the next.
+            Ok(_) => monoio::time::sleep(Duration::from_millis(2)).await,
+            Err(nix::errno::Errno::EAGAIN) => {}
+            Err(_) => return None,
+        }
     }
 }
 

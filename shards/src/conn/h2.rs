@@ -1,0 +1,324 @@
+//! The HTTP/2 driver (hyperium `h2` over a monoio stream): h2c with prior knowledge, or h2
+//! negotiated by ALPN over TLS. The connection task accepts streams and drives the connection's
+//! I/O; each stream is a task of its own that collects its request, turns it into the same
+//! command an HTTP/1.1 request becomes, runs it and sends the reply. A long poll is one parked
+//! stream: the connection's other streams go on, and a stream the client resets drops its poll.
+//!
+//! Limits: concurrent streams, frame size, header list size and flow-control windows are
+//! announced in SETTINGS (`[http2]`); a client that resets streams faster than they are served
+//! (rapid reset) or makes the gateway reset them gets GOAWAY ENHANCE_YOUR_CALM. Replies are sent
+//! as the client's window opens, each piece within `write_timeout` (else the stream is reset and
+//! its response memory given back). On draining, GOAWAY is sent, parked polls answer 204 and the
+//! connection closes once its streams are done.
+
+use crate::api;
+use crate::api::stream::Events;
+use crate::node::Core;
+use crate::shard::HeldRequest;
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use kateway_core::{Error, ErrorKind};
+use kateway_proto::command::{Caller, Command, Parts};
+use kateway_proto::http1::Method;
+use kateway_proto::reply::{Reply, Value};
+use monoio_compat::{AsyncRead, AsyncWrite};
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// A request body beyond this is counted against the core's request budget.
+const FREE_BODY: usize = 64 << 10;
+
+/// Serves an HTTP/2 connection until it closes.
+pub async fn serve<T>(core: Rc<Core>, io: T)
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let cfg = core.shard.cfg.clone();
+    let h = &cfg.http2;
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(h.max_concurrent_streams)
+        .initial_window_size(h.stream_window.0 as u32)
+        .initial_connection_window_size(h.connection_window.0 as u32)
+        .max_frame_size(h.max_frame_size.0 as u32)
+        .max_header_list_size(cfg.limits.max_header_bytes.0 as u32)
+        .max_send_buffer_size(h.stream_window.0 as usize)
+        .max_pending_accept_reset_streams(h.max_reset_streams as usize)
+        .max_local_error_reset_streams(Some(h.max_reset_streams as usize))
+        .max_concurrent_reset_streams(h.max_reset_streams as usize);
+    let handshake = monoio::time::timeout(cfg.server.request_timeout.0, b.handshake(io)).await;
+    let Ok(Ok(mut conn)) = handshake else {
+        return;
+    };
+    let shard = core.shard.clone();
+    crate::metrics::inc(&shard.metrics.http2_connections_total);
+    let open = Rc::new(Cell::new(0usize));
+    let mut draining = false;
+    loop {
+        if shard.shutdown.get() && !draining {
+            draining = true;
+            conn.graceful_shutdown();
+        }
+        let seen = shard.shutdown_event.epoch();
+        let idle = open.get() == 0 && !draining;
+        let next = monoio::select! {
+            n = conn.accept() => Some(n),
+            _ = shard.shutdown_event.wait(seen), if !draining => None,
+            _ = monoio::time::sleep(cfg.server.idle_timeout.0), if idle => {
+                // Nothing open for the idle timeout: say goodbye, finish what is in flight.
+                draining = true;
+                conn.graceful_shutdown();
+                None
+            },
+        };
+        match next {
+            None => continue,
+            Some(Some(Ok((req, respond)))) => {
+                open.set(open.get() + 1);
+                let (c, o) = (core.clone(), open.clone());
+                monoio::spawn(async move {
+                    stream(c, req, respond).await;
+                    o.set(o.get() - 1);
+                });
+            }
+            Some(Some(Err(e))) => {
+                tracing::debug!(error = %e, "h2 connection error");
+                break;
+            }
+            Some(None) => break,
+        }
+    }
+    // Let the connection flush its last frames (GOAWAY, resets).
+    let _ = monoio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_closed(cx))).await;
+}
+
+/// A request of an HTTP/2 stream, as the commands see any request.
+struct H2Request {
+    method: Method,
+    head: http::request::Parts,
+    body: Bytes,
+}
+
+impl Parts for H2Request {
+    fn method(&self) -> Method {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.head.uri.path()
+    }
+    fn query(&self) -> &str {
+        self.head.uri.query().unwrap_or("")
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn header_first(&self, name: &str) -> (Option<&[u8]>, bool) {
+        let mut all = self.head.headers.get_all(name).iter();
+        let first = all.next().map(|v| v.as_bytes());
+        (first, all.next().is_some())
+    }
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+/// Serves one stream: collect, parse, run, reply.
+async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let t0 = Instant::now();
+    let (head, body) = req.into_parts();
+    let method = Method::parse(head.method.as_str());
+    let body = match collect(&core, body).await {
+        Ok(b) => b,
+        Err(e) => {
+            send(&core, &mut respond, Reply::error(&e), false, t0).await;
+            return;
+        }
+    };
+    let req = H2Request { method, head, body };
+    let cmd = match Command::parse(&req, &core.shard.limits) {
+        Ok(c) => c,
+        Err(e) => {
+            send(&core, &mut respond, Reply::error(&e), false, t0).await;
+            return;
+        }
+    };
+    let caller = Caller::of(&req);
+    if let Command::Subscribe(sub) = &cmd {
+        if sub.events {
+            match api::stream::events(&core, caller, sub).await {
+                Ok(events) => stream_events(&core, respond, events, t0).await,
+                Err(e) => send(&core, &mut respond, Reply::error(&e), false, t0).await,
+            }
+            return;
+        }
+    }
+    let head_only = method == Method::Head;
+    let reply = if cmd.may_park() {
+        // A parked poll whose stream the client resets is dropped at once.
+        let run = api::execute(&core, caller, cmd);
+        monoio::select! {
+            r = run => r,
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+        }
+    } else {
+        api::execute(&core, caller, cmd).await
+    };
+    send(&core, &mut respond, reply, head_only, t0).await;
+}
+
+/// The request body, whole, within the request timeout and the body limit; what it holds
+/// beyond [`FREE_BODY`] counts against the core's request budget while it arrives.
+async fn collect(core: &Rc<Core>, mut body: RecvStream) -> Result<Bytes, Error> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let max = super::h1::limits(core).max_body;
+    let mut held = HeldRequest::new(&core.shard);
+    let mut data = BytesMut::new();
+    let read = async {
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk
+                .map_err(|e| Error::new(ErrorKind::MalformedHttp, format!("request body: {e}")))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if data.len() + chunk.len() > max {
+                return Err(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    "request body too large",
+                ));
+            }
+            data.extend_from_slice(&chunk);
+            if data.len() > FREE_BODY {
+                held.resize(data.len())?;
+            }
+        }
+        Ok(())
+    };
+    match monoio::time::timeout(core.shard.cfg.server.request_timeout.0, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::RequestTimeout,
+                "request not received in time",
+            ))
+        }
+    }
+    Ok(data.freeze())
+}
+
+/// The response head of a reply.
+fn head(reply: &Reply, body: Option<(&'static str, &Bytes)>) -> http::Response<()> {
+    let mut r = http::Response::builder().status(reply.status);
+    for (name, v) in &reply.headers {
+        let value = match v {
+            Value::Bytes(b) => http::HeaderValue::from_bytes(b).ok(),
+            Value::Static(s) => Some(http::HeaderValue::from_static(s)),
+            Value::Int(i) => Some(http::HeaderValue::from(*i)),
+        };
+        if let Some(value) = value {
+            r = r.header(*name, value);
+        }
+    }
+    if let Some((ct, data)) = body {
+        r = r
+            .header("content-type", ct)
+            .header("content-length", data.len());
+    } else if reply.status != 204 && reply.status != 304 {
+        r = r.header("content-length", 0);
+    }
+    r.body(()).unwrap_or_default()
+}
+
+/// Sends a reply on a stream; its hold is kept until the body is out.
+async fn send(
+    core: &Core,
+    respond: &mut SendResponse<Bytes>,
+    reply: Reply,
+    head_only: bool,
+    t0: Instant,
+) {
+    api::count(core, reply.status, t0);
+    let body = reply.body.encode();
+    let resp = head(&reply, body.as_ref().map(|(ct, d)| (*ct, d)));
+    let data = body.map(|(_, d)| d).filter(|d| !d.is_empty() && !head_only);
+    let Ok(mut out) = respond.send_response(resp, data.is_none()) else {
+        return;
+    };
+    if let Some(data) = data {
+        if send_data(core, &mut out, data, true).await.is_err() {
+            out.send_reset(Reason::CANCEL);
+        }
+    }
+    drop(reply.hold);
+}
+
+/// Sends `data` as the client's window allows, each piece within the write timeout.
+pub(super) async fn send_data(
+    core: &Core,
+    out: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), ()> {
+    let limit = core.shard.cfg.server.write_timeout.0;
+    while !data.is_empty() {
+        out.reserve_capacity(data.len());
+        match monoio::time::timeout(limit, poll_fn(|cx| out.poll_capacity(cx))).await {
+            Ok(Some(Ok(n))) if n > 0 => {
+                let piece = data.split_to(n.min(data.len()));
+                out.send_data(piece, end && data.is_empty())
+                    .map_err(|_| ())?;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return Err(()),
+            Err(_) => {
+                crate::metrics::inc(&core.shard.metrics.http_write_timeouts_total);
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams server-sent events on a stream until the client resets it or the core drains.
+async fn stream_events(
+    core: &Rc<Core>,
+    mut respond: SendResponse<Bytes>,
+    mut events: Events,
+    t0: Instant,
+) {
+    api::count(core, 200, t0);
+    let head = http::Response::builder()
+        .status(200)
+        .header("content-type", kateway_proto::sse::CONTENT_TYPE)
+        .header("cache-control", "no-cache")
+        .body(())
+        .unwrap_or_default();
+    let Ok(mut out) = respond.send_response(head, false) else {
+        return;
+    };
+    let mut data = BytesMut::from(kateway_proto::sse::PREAMBLE);
+    let mut hold = None;
+    loop {
+        if send_data(core, &mut out, data.freeze(), false)
+            .await
+            .is_err()
+        {
+            out.send_reset(Reason::CANCEL);
+            return;
+        }
+        drop(hold.take());
+        let next = monoio::select! {
+            n = events.next() => n,
+            _ = poll_fn(|cx| out.poll_reset(cx)) => return,
+        };
+        match next {
+            // The chunk's hold is given back once it is sent.
+            Some(chunk) => (data, hold) = (chunk.data, chunk.hold),
+            None => {
+                let _ = out.send_data(Bytes::new(), true);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Streams that take an HTTP/1.1 connection over after its request: server-sent events (a
+//! subscribe with `Accept: text/event-stream`, as a chunked body that never ends on its own)
+//! and WebSockets ([`super::ws`]). The connection closes when the stream ends: the client goes
+//! away, a write makes no progress within `write_timeout`, or the core drains.
+
+use super::h1::write_out;
+use super::Transport;
+use crate::api;
+use crate::api::stream::Events;
+use crate::date::with_date;
+use crate::node::Core;
+use bytes::BytesMut;
+use kateway_proto::command::{Caller, Command};
+use kateway_proto::http1::chunked::{encode_chunk, encode_last};
+use kateway_proto::http1::encode::{write_reply, Response};
+use kateway_proto::http1::Request;
+use kateway_proto::reply::Reply;
+use kateway_proto::sse;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Runs the stream a request asked for.
+pub async fn serve<S: Transport>(
+    core: Rc<Core>,
+    mut stream: S,
+    rbuf: BytesMut,
+    req: Request,
+    t0: Instant,
+) {
+    let Ok(cmd) = Command::parse(&req, &core.shard.limits) else {
+        return;
+    };
+    let caller = Caller::of(&req);
+    match cmd {
+        Command::Socket(socket) => {
+            super::ws::serve(core, stream, rbuf, &req, caller, socket, t0).await
+        }
+        Command::Subscribe(s) => match api::stream::events(&core, caller, &s).await {
+            Ok(events) => events_h1(&core, stream, events, t0).await,
+            Err(e) => {
+                let mut out = BytesMut::new();
+                let reply = Reply::error(&e);
+                api::count(&core, reply.status, t0);
+                with_date(|d| write_reply(&mut out, &reply, d, false, true));
+                let _ = write_out(&core, &mut stream, &mut out).await;
+            }
+        },
+        _ => {}
+    }
+}
+
+/// Streams server-sent events as a chunked body until the client goes away or the core drains.
+async fn events_h1<S: Transport>(core: &Core, mut stream: S, mut events: Events, t0: Instant) {
+    api::count(core, 200, t0);
+    crate::metrics::inc(&core.shard.metrics.sse_streams_total);
+    let mut out = BytesMut::new();
+    with_date(|d| {
+        Response::new(&mut out, 200, d)
+            .header("cache-control", b"no-cache")
+            .chunked(sse::CONTENT_TYPE)
+    });
+    encode_chunk(&mut out, sse::PREAMBLE);
+    let mut hold = None;
+    loop {
+        if write_out(core, &mut stream, &mut out).await.is_err() {
+            return;
+        }
+        drop(hold.take());
+        // A client of an event stream sends nothing more: readable means it went away.
+        let next = monoio::select! {
+            n = events.next() => n,
+            _ = stream.watch() => return,
+        };
+        match next {
+            Some(chunk) => {
+                encode_chunk(&mut out, &chunk.data);
+                hold = chunk.hold;
+            }
+            None => {
+                encode_last(&mut out);
+                let _ = write_out(core, &mut stream, &mut out).await;
+                return;
+            }
+        }
+    }
+}
