@@ -61,6 +61,8 @@ pub struct Http2Config {
     pub connection_window: ByteSize,
     pub max_frame_size: ByteSize,
     pub max_reset_streams: u32,
+    pub control_frames_per_second: u32,
+    pub control_frame_burst: u32,
 }
 
 /// `[websocket]`
@@ -300,6 +302,18 @@ impl Config {
             h.max_reset_streams.into(),
             1,
             10_000,
+        )?;
+        range(
+            "http2.control_frames_per_second",
+            h.control_frames_per_second.into(),
+            1,
+            1_000_000,
+        )?;
+        range(
+            "http2.control_frame_burst",
+            h.control_frame_burst.into(),
+            1,
+            1_000_000,
         )?;
         let w = &self.websocket;
         range(

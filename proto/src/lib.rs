@@ -10,6 +10,8 @@
 //! * [`query`]: query-string access with percent-decoding.
 //! * [`batch`]: the batch publish formats (ndjson and length-prefixed binary) and the subscribe
 //!   output formats (the original's binary records and JSON lines).
+//! * [`h2scan`]: counts the control frames an HTTP/2 client sends (flood protection beside the
+//!   HTTP/2 implementation).
 //! * [`sse`]: the `text/event-stream` framing of delivered messages.
 //! * [`json`]: the tiny JSON string escaper used by hand-written responses.
 //! * [`ws`]: a sans-I/O WebSocket (RFC 6455) codec: the upgrade handshake, a decoder of masked
@@ -18,6 +20,7 @@
 
 pub mod batch;
 pub mod command;
+pub mod h2scan;
 pub mod http1;
 pub mod json;
 pub mod query;

@@ -201,6 +201,7 @@ counters! {
     http_responses_refused_total: "Subscribes refused because the core held limits.max_response_bytes_per_core for slow readers.",
     tls_handshakes_failed_total: "TLS handshakes that failed or did not finish within server.request_timeout.",
     http2_connections_total: "Connections that spoke HTTP/2 (h2c or h2 over TLS).",
+    http2_floods_total: "HTTP/2 connections closed with ENHANCE_YOUR_CALM for a flood of control frames.",
     websocket_connections_total: "Connections upgraded to WebSocket.",
     websocket_messages_in_total: "WebSocket messages received from clients (publishes, acks, credit).",
     websocket_messages_out_total: "WebSocket messages sent to clients (acks and pushed messages).",

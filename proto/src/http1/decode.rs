@@ -69,13 +69,16 @@ pub enum HttpError {
     BodyTooLarge,
     /// 501: a transfer coding other than chunked.
     UnsupportedTransferEncoding,
+    /// The first line is no HTTP request line at all (no `HTTP/` version): the peer speaks
+    /// another protocol (an invalid HTTP/2 preface, say), so it gets no HTTP/1.1 answer.
+    NotHttp,
 }
 
 impl HttpError {
     /// The HTTP status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            HttpError::Malformed(_) => 400,
+            HttpError::Malformed(_) | HttpError::NotHttp => 400,
             HttpError::HeadersTooLarge | HttpError::TooManyHeaders(_) => 431,
             HttpError::BodyTooLarge => 413,
             HttpError::UnsupportedTransferEncoding => 501,
@@ -283,7 +286,12 @@ impl Decoder {
                 return Err(HttpError::TooManyHeaders(MAX_HEADERS))
             }
             Err(httparse::Error::Version) => {
-                return Err(HttpError::Malformed("unsupported HTTP version"))
+                let line = buf[..].split(|&b| b == b'\n').next().unwrap_or(&[]);
+                let version = line.trim_ascii().rsplit(|&b| b == b' ').next();
+                if !version.is_some_and(|v| v.starts_with(b"HTTP/")) {
+                    return Err(HttpError::NotHttp);
+                }
+                return Err(HttpError::Malformed("unsupported HTTP version"));
             }
             Err(_) => return Err(HttpError::Malformed("malformed request head")),
         };

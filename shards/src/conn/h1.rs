@@ -72,6 +72,7 @@ pub fn http_error(e: &HttpError) -> Error {
             ErrorKind::NotImplemented,
             "only chunked transfer coding is supported",
         ),
+        HttpError::NotHttp => Error::new(ErrorKind::MalformedHttp, "not an HTTP/1.1 request"),
     }
 }
 
@@ -149,6 +150,8 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, health_only: boo
                         break;
                     }
                 }
+                // A peer that speaks no HTTP at all gets no HTTP answer.
+                Err(HttpError::NotHttp) => return,
                 Err(e) => {
                     let reply = Reply::error(&http_error(&e));
                     encode(&core, &mut wbuf, reply, false, false, Instant::now());

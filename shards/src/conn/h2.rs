@@ -13,6 +13,7 @@
 
 use crate::api;
 use crate::api::stream::Events;
+use crate::event::Event;
 use crate::node::Core;
 use crate::shard::HeldRequest;
 use bytes::{Bytes, BytesMut};
@@ -20,13 +21,17 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{Caller, Command, Parts};
+use kateway_proto::h2scan::Scanner;
 use kateway_proto::http1::Method;
 use kateway_proto::reply::{Reply, Value};
 use monoio_compat::{AsyncRead, AsyncWrite};
 use std::cell::Cell;
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::ReadBuf;
 
 /// A request body beyond this is counted against the core's request budget.
 const FREE_BODY: usize = 64 << 10;
@@ -48,6 +53,13 @@ where
         .max_pending_accept_reset_streams(h.max_reset_streams as usize)
         .max_local_error_reset_streams(Some(h.max_reset_streams as usize))
         .max_concurrent_reset_streams(h.max_reset_streams as usize);
+    let flood = Rc::new(Event::default());
+    let io = Scanned {
+        io,
+        scan: Scanner::new(h.control_frames_per_second, h.control_frame_burst),
+        t0: Instant::now(),
+        flood: flood.clone(),
+    };
     let handshake = monoio::time::timeout(cfg.server.request_timeout.0, b.handshake(io)).await;
     let Ok(Ok(mut conn)) = handshake else {
         return;
@@ -63,8 +75,16 @@ where
         }
         let seen = shard.shutdown_event.epoch();
         let idle = open.get() == 0 && !draining;
+        let flooded = flood.epoch();
         let next = monoio::select! {
             n = conn.accept() => Some(n),
+            _ = flood.wait(0), if flooded == 0 => {
+                tracing::debug!("h2 control frame flood: GOAWAY ENHANCE_YOUR_CALM");
+                crate::metrics::inc(&shard.metrics.http2_floods_total);
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                draining = true;
+                None
+            },
             _ = shard.shutdown_event.wait(seen), if !draining => None,
             _ = monoio::time::sleep(cfg.server.idle_timeout.0), if idle => {
                 // Nothing open for the idle timeout: say goodbye, finish what is in flight.
@@ -92,6 +112,51 @@ where
     }
     // Let the connection flush its last frames (GOAWAY, resets).
     let _ = monoio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_closed(cx))).await;
+}
+
+/// The connection's bytes, scanned as they are read for a flood of control frames; once it is
+/// one, nothing more is read and the connection loop is told (it closes with GOAWAY).
+struct Scanned<T> {
+    io: T,
+    scan: Scanner,
+    t0: Instant,
+    flood: Rc<Event>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.scan.flooded() {
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let now = this.t0.elapsed().as_millis() as u64;
+        if this.scan.feed(&buf.filled()[before..], now) {
+            this.flood.notify();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Scanned<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, b)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// A request of an HTTP/2 stream, as the commands see any request.

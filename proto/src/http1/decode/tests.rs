@@ -204,3 +204,18 @@ fn head_over_limit_in_pieces_is_431() {
     }
     assert_eq!(res.unwrap_err(), HttpError::HeadersTooLarge);
 }
+
+#[test]
+fn a_line_without_an_http_version_is_not_http() {
+    let decode = |raw: &[u8]| Decoder::new(LIMITS).decode(&mut BytesMut::from(raw));
+    // An invalid HTTP/2 preface (what h2spec sends): no HTTP answer is due.
+    assert_eq!(
+        decode(b"INVALID CONNECTION PREFACE\r\n\r\n").unwrap_err(),
+        HttpError::NotHttp
+    );
+    // An HTTP request with a version the gateway does not speak still gets its 400.
+    assert_eq!(
+        decode(b"GET / HTTP/2.0\r\n\r\n").unwrap_err(),
+        HttpError::Malformed("unsupported HTTP version")
+    );
+}
