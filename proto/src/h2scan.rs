@@ -162,8 +162,8 @@ mod tests {
         // Two settings fit the burst; the third only after time refills a token.
         assert!(!s.feed(&frame(SETTINGS, 0, &[]), 0));
         assert!(!s.feed(&frame(SETTINGS, 0, &[]), 0));
-        assert!(!s.feed(&frame(SETTINGS, 0, &[]), 20));
-        assert!(s.feed(&frame(SETTINGS, 0, &[]), 20));
+        assert!(!s.feed(&frame(SETTINGS, 0, &[]), 10));
+        assert!(s.feed(&frame(SETTINGS, 0, &[]), 10));
         assert!(s.flooded() && s.feed(&[], 10_000), "a flood stays a flood");
         // Empty DATA and CONTINUATION frames that end nothing count; WINDOW_UPDATEs do not.
         let mut s = Scanner::new(1, 2);
