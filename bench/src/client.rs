@@ -66,12 +66,66 @@ impl Outcome {
     }
 }
 
-struct ThreadStats {
-    hist: Histogram<u64>,
-    requests: u64,
-    messages: u64,
-    errors: u64,
-    non_2xx: u64,
+/// What one client thread counted; [`merge`] adds them up into an [`Outcome`].
+pub struct ThreadStats {
+    pub hist: Histogram<u64>,
+    pub requests: u64,
+    pub messages: u64,
+    pub errors: u64,
+    pub non_2xx: u64,
+}
+
+impl Default for ThreadStats {
+    fn default() -> Self {
+        ThreadStats {
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram"),
+            requests: 0,
+            messages: 0,
+            errors: 0,
+            non_2xx: 0,
+        }
+    }
+}
+
+impl ThreadStats {
+    /// Records one answer that took `took`.
+    pub fn record(&mut self, took: Duration) {
+        self.requests += 1;
+        let us = took.as_micros().max(1) as u64;
+        let _ = self.hist.record(us.min(120_000_000));
+    }
+}
+
+/// Pins the calling thread to `cpu` (when it exists).
+pub fn pin(cpu: usize) {
+    if let Some(id) =
+        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == cpu))
+    {
+        core_affinity::set_for_current(id);
+    }
+}
+
+/// Adds up the threads' counts over a window of `seconds`.
+pub fn merge(threads: impl IntoIterator<Item = ThreadStats>, seconds: f64) -> Outcome {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
+    let mut out = Outcome {
+        seconds,
+        ..Default::default()
+    };
+    for s in threads {
+        hist.add(&s.hist).expect("same bounds");
+        out.requests += s.requests;
+        out.messages += s.messages;
+        out.errors += s.errors;
+        out.non_2xx += s.non_2xx;
+    }
+    out.p50_us = hist.value_at_quantile(0.5);
+    out.p90_us = hist.value_at_quantile(0.9);
+    out.p99_us = hist.value_at_quantile(0.99);
+    out.p999_us = hist.value_at_quantile(0.999);
+    out.max_us = hist.max();
+    out.hist = Some(hist);
+    out
 }
 
 /// Runs the load and returns the merged outcome.
@@ -86,36 +140,18 @@ pub fn run(load: &Load) -> Outcome {
         .map(|(t, &cpu)| {
             let load = load.clone();
             std::thread::spawn(move || {
-                if let Some(id) = core_affinity::get_core_ids()
-                    .and_then(|ids| ids.into_iter().find(|c| c.id == cpu))
-                {
-                    core_affinity::set_for_current(id);
-                }
+                pin(cpu);
                 let mut rt = runtime();
                 rt.block_on(thread_main(load, t, start, measure_from, end))
             })
         })
         .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
-    let mut out = Outcome {
-        seconds: load.duration.as_secs_f64(),
-        ..Default::default()
-    };
-    for t in threads {
-        let s = t.join().expect("client thread");
-        hist.add(&s.hist).expect("same bounds");
-        out.requests += s.requests;
-        out.messages += s.messages;
-        out.errors += s.errors;
-        out.non_2xx += s.non_2xx;
-    }
-    out.p50_us = hist.value_at_quantile(0.5);
-    out.p90_us = hist.value_at_quantile(0.9);
-    out.p99_us = hist.value_at_quantile(0.99);
-    out.p999_us = hist.value_at_quantile(0.999);
-    out.max_us = hist.max();
-    out.hist = Some(hist);
-    out
+    merge(
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread")),
+        load.duration.as_secs_f64(),
+    )
 }
 
 /// A monoio runtime with the same ring flags as the gateway.
@@ -137,13 +173,7 @@ async fn thread_main(
     measure_from: Instant,
     end: Instant,
 ) -> ThreadStats {
-    let stats = Rc::new(RefCell::new(ThreadStats {
-        hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram"),
-        requests: 0,
-        messages: 0,
-        errors: 0,
-        non_2xx: 0,
-    }));
+    let stats = Rc::new(RefCell::new(ThreadStats::default()));
     let total_conns = load.cpus.len() * load.conns_per_cpu;
     let interval = load
         .rate
@@ -226,9 +256,7 @@ async fn conn_main(
         prev_done = done;
         if intended >= measure_from && done < end {
             let mut s = stats.borrow_mut();
-            s.requests += 1;
-            let us = done.duration_since(intended).as_micros().max(1) as u64;
-            let _ = s.hist.record(us.min(120_000_000));
+            s.record(done.duration_since(intended));
             if (200..300).contains(&status) {
                 s.messages += match load.count {
                     Count::One => u64::from(status != 204),
@@ -291,7 +319,8 @@ pub async fn read_response(
     }
 }
 
-async fn fill(stream: &mut TcpStream, rbuf: &mut BytesMut) -> anyhow::Result<()> {
+/// Reads more of the stream into `rbuf`; an error when the server closed it.
+pub async fn fill(stream: &mut TcpStream, rbuf: &mut BytesMut) -> anyhow::Result<()> {
     if rbuf.capacity() - rbuf.len() < 16 * 1024 {
         rbuf.reserve(64 * 1024);
     }

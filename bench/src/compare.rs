@@ -460,7 +460,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
 
 /// The servers' data directories, removed when the run ends (declared before the servers, so
 /// it is dropped after they stop).
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {

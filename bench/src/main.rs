@@ -5,6 +5,10 @@
 //!   one CPU, drives them from another CPU in alternating rounds (A B C A B C ...), and prints
 //!   and writes (JSON) the ratios kateway/noop and kateway/baseline, on requests per second and
 //!   on requests per server CPU second.
+//! * `protocols`: starts kateway with a generated TLS certificate and compares, in alternating
+//!   rounds, publishing over HTTP/1.1, HTTP/2 (h2c), HTTP/2 over TLS and WebSocket, and
+//!   subscribing over WebSocket: messages per second, server CPU per message, and each one's
+//!   ratio to HTTP/1.1 publish.
 //! * `kafka`: kateway on the Kafka backend against librdkafka producing directly, same acks.
 //! * `soak`: an hour (or any duration) of mixed load, sampling the server's memory, descriptors
 //!   and latency per interval.
@@ -14,11 +18,16 @@ mod baseline;
 mod client;
 mod compare;
 mod e2e;
+mod h2client;
+mod h2load;
 mod kafka;
 mod noop;
 mod procstat;
+mod protocols;
 mod scenario;
 mod soak;
+mod tls;
+mod wsclient;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +50,9 @@ enum Cmd {
     Run(scenario::RunArgs),
     /// Start kateway, noop and baseline-tokio and compare them side by side.
     Compare(compare::CompareArgs),
+    /// Start kateway (with a generated TLS certificate) and compare publishing over HTTP/1.1,
+    /// HTTP/2, HTTP/2 over TLS and WebSocket, and subscribing over WebSocket.
+    Protocols(protocols::ProtocolsArgs),
     /// Gateway publish throughput on the Kafka backend against producing the same messages
     /// directly with librdkafka, same acks, alternating rounds.
     Kafka(kafka::KafkaArgs),
@@ -70,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(a) => scenario::run_cli(a),
         Cmd::Compare(a) => compare::run(a),
+        Cmd::Protocols(a) => protocols::run(a),
         Cmd::Kafka(a) => kafka::run(a),
         Cmd::Soak(a) => soak::run(a),
         Cmd::ServeNoop { listen, cpus } => noop::serve(&listen, &cpus),

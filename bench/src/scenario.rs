@@ -20,6 +20,18 @@ pub enum Kind {
     /// Publish at `--rate` (default 10 000/s) and measure publish-to-delivery latency through a
     /// long-polling subscriber.
     E2e,
+    /// One message per request over HTTP/2 with prior knowledge (h2c): `--conns` connections
+    /// per client CPU, `--streams` requests in flight on each.
+    PublishH2,
+    /// As publish-h2, over TLS (ALPN h2). The server must have a certificate (`protocols`
+    /// starts one that has); the client does not verify it.
+    PublishTls,
+    /// One message per WebSocket frame: `--conns` sockets per client CPU, `--window`
+    /// unacknowledged messages in flight on each.
+    PublishWs,
+    /// `--messages` are published first (ndjson batches), then `--conns` WebSocket subscribers
+    /// in distinct groups each read them all, granting `--credit` as they go.
+    SubscribeWs,
 }
 
 /// Shape of the messages and the target topic.
@@ -45,9 +57,14 @@ pub struct Shape {
     pub topic: String,
 }
 
+/// The payload of every message: `size` letters.
+pub fn payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
 /// Requests and counting rule for a scenario.
 pub fn requests(kind: Kind, shape: &Shape, group: &str) -> (Vec<Bytes>, Count) {
-    let payload: Vec<u8> = (0..shape.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let payload = payload(shape.size);
     let app = [("Appid", shape.appid.as_str())];
     match kind {
         Kind::Publish => {
@@ -81,7 +98,12 @@ pub fn requests(kind: Kind, shape: &Shape, group: &str) -> (Vec<Bytes>, Count) {
                 Count::Fixed(shape.batch as u64),
             )
         }
-        Kind::Connections | Kind::E2e => unreachable!("not a request loop"),
+        Kind::Connections
+        | Kind::E2e
+        | Kind::PublishH2
+        | Kind::PublishTls
+        | Kind::PublishWs
+        | Kind::SubscribeWs => unreachable!("not an HTTP/1.1 request loop"),
         Kind::Subscribe => {
             let path = format!(
                 "/v1/msgs/{}/{}/v1?group={group}&batch={}&wait=0s",
@@ -126,6 +148,12 @@ pub struct RunArgs {
     /// Connections (and parked polls) for the `connections` scenario.
     #[arg(long, default_value_t = 1000)]
     pub idle: usize,
+    #[command(flatten)]
+    pub depth: crate::protocols::Depth,
+    /// After publish-h2, run h2load (nghttp2) with the same connections, streams and body
+    /// against the same server, for comparison.
+    #[arg(long)]
+    pub h2load: bool,
 }
 
 /// One measured run.
@@ -144,14 +172,28 @@ impl Measured {
     pub fn cpu_us_per_req(&self) -> f64 {
         self.server_cpu_s * 1e6 / self.outcome.requests.max(1) as f64
     }
+    /// Server CPU microseconds per message counted.
+    pub fn cpu_us_per_msg(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.outcome.messages.max(1) as f64
+    }
 }
 
 /// Runs a load while measuring the server's CPU time over the measured window.
 pub fn measure(load: &Load, pid: Option<u32>) -> Measured {
+    measure_with(load.warmup, load.duration, pid, || client::run(load))
+}
+
+/// Runs `drive`, a load that starts 200 ms from now and counts what happens after `warmup` for
+/// `duration`, while measuring the server's CPU time over that window.
+pub fn measure_with(
+    warmup: Duration,
+    duration: Duration,
+    pid: Option<u32>,
+    drive: impl FnOnce() -> Outcome,
+) -> Measured {
     let me = std::process::id();
     let exclude: Vec<u32> = [Some(me), pid].into_iter().flatten().collect();
     let sampler = pid.map(|pid| {
-        let (warmup, duration) = (load.warmup, load.duration);
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200) + warmup);
             let t0 = Instant::now();
@@ -167,7 +209,7 @@ pub fn measure(load: &Load, pid: Option<u32>) -> Measured {
             )
         })
     });
-    let outcome = client::run(load);
+    let outcome = drive();
     let (server_cpu_s, foreign_cpu_s) = sampler
         .map(|s| s.join().unwrap_or((0.0, 0.0)))
         .unwrap_or((0.0, 0.0));
@@ -175,6 +217,28 @@ pub fn measure(load: &Load, pid: Option<u32>) -> Measured {
         outcome,
         server_cpu_s,
         foreign_cpu_s,
+    }
+}
+
+/// Runs `drive`, a fixed amount of work, measuring the server's CPU time over all of it.
+pub fn measure_whole(pid: Option<u32>, drive: impl FnOnce() -> Outcome) -> Measured {
+    let exclude: Vec<u32> = [Some(std::process::id()), pid]
+        .into_iter()
+        .flatten()
+        .collect();
+    let c0 = pid.map(|p| procstat::cpu_time(p).unwrap_or_default());
+    let f0 = procstat::foreign_cpu(&exclude);
+    let outcome = drive();
+    let server_cpu_s = match (pid, c0) {
+        (Some(p), Some(c0)) => (procstat::cpu_time(p).unwrap_or_default() - c0).as_secs_f64(),
+        _ => 0.0,
+    };
+    Measured {
+        outcome,
+        server_cpu_s,
+        foreign_cpu_s: procstat::foreign_cpu(&exclude)
+            .saturating_sub(f0)
+            .as_secs_f64(),
     }
 }
 
@@ -223,6 +287,9 @@ pub fn run_cli(a: RunArgs) -> anyhow::Result<()> {
                 r.messages, r.p50_us, r.p99_us, r.p999_us, r.max_us
             );
             return Ok(());
+        }
+        Kind::PublishH2 | Kind::PublishTls | Kind::PublishWs | Kind::SubscribeWs => {
+            return crate::protocols::run_cli(&a);
         }
         _ => {}
     }
