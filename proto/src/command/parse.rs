@@ -238,14 +238,15 @@ pub(super) fn subscribe<'a>(
     };
     let ndjson = accepts(batch::NDJSON);
     let events = accepts(crate::sse::CONTENT_TYPE);
-    let resume = match parts
-        .header("last-event-id")
-        .or_else(|| query::raw(q, "lastEventId").map(str::as_bytes))
-    {
-        Some(id) if events => Some(crate::sse::parse_id(id).ok_or_else(|| {
-            Error::param("Last-Event-ID must be partition:offset, as the events' ids are")
-        })?),
-        _ => None,
+    let bad_id = || Error::param("Last-Event-ID must be partition:offset, as the events' ids are");
+    let resume = match (events, parts.header("last-event-id")) {
+        (false, _) => None,
+        (true, Some(id)) => Some(crate::sse::parse_id(id).ok_or_else(bad_id)?),
+        // EventSource polyfills that cannot set the header send it in the query.
+        (true, None) => match query::get(q, "lastEventId").map_err(|_| bad_id())? {
+            Some(id) => Some(crate::sse::parse_id(&id).ok_or_else(bad_id)?),
+            None => None,
+        },
     };
     Ok(Subscribe {
         topic,

@@ -68,6 +68,7 @@ where
     crate::metrics::inc(&shard.metrics.http2_connections_total);
     let open = Rc::new(Cell::new(0usize));
     let mut draining = false;
+    let mut forced = false;
     loop {
         if shard.shutdown.get() && !draining {
             draining = true;
@@ -86,6 +87,15 @@ where
                 None
             },
             _ = shard.shutdown_event.wait(seen), if !draining => None,
+            _ = monoio::time::sleep(Duration::from_secs(1)), if draining && !forced => {
+                // A client that does not answer the graceful shutdown's PING would hold the
+                // connection (and the drain) open: once nothing is in flight, close it.
+                if open.get() == 0 {
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
+                    forced = true;
+                }
+                None
+            },
             _ = monoio::time::sleep(cfg.server.idle_timeout.0), if idle => {
                 // Nothing open for the idle timeout: say goodbye, finish what is in flight.
                 draining = true;
@@ -353,6 +363,7 @@ async fn stream_events(
     t0: Instant,
 ) {
     api::count(core, 200, t0);
+    crate::metrics::inc(&core.shard.metrics.sse_streams_total);
     let head = http::Response::builder()
         .status(200)
         .header("content-type", kateway_proto::sse::CONTENT_TYPE)

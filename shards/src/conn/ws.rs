@@ -27,7 +27,9 @@ use crate::node::Core;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{AckBatch, Caller, Command, Messages, Publish, Socket, Subscribe};
+use kateway_proto::command::{
+    AckBatch, Caller, Command, Messages, Publish, Socket, Subscribe, TopicPath,
+};
 use kateway_proto::http1::encode::write_reply;
 use kateway_proto::http1::Request;
 use kateway_proto::query;
@@ -126,9 +128,18 @@ pub async fn serve<S: Transport>(
         ev: Event::default(),
     };
     let cfg = &core.shard.cfg.websocket;
+    // A published message larger than a message may be is refused by the codec (1009) before
+    // it is buffered, rather than read whole and answered with an error.
+    let max_message = match mode {
+        Mode::Publish(_) => cfg
+            .max_message_bytes
+            .0
+            .min(core.shard.cfg.limits.max_message_bytes.0),
+        Mode::Subscribe { .. } => cfg.max_message_bytes.0,
+    };
     let limits = ws::Limits {
         max_frame: cfg.max_frame_bytes.0 as usize,
-        max_message: cfg.max_message_bytes.0 as usize,
+        max_message: max_message as usize,
     };
     let max_pending = match mode {
         Mode::Publish(_) => cfg.max_in_flight as usize,
@@ -169,7 +180,16 @@ async fn prepare<'a>(
 ) -> Result<Mode<'a>, Error> {
     caller.appid()?;
     match socket {
-        Socket::Publish(p) => Ok(Mode::Publish(p)),
+        Socket::Publish(p) => {
+            // An unknown topic is a 404 before the upgrade, not an error frame per message.
+            let topic = TopicPath {
+                appid: caller.appid()?,
+                topic: p.topic,
+                ver: p.ver,
+            };
+            core.backend.resolve(&topic).await?;
+            Ok(Mode::Publish(p))
+        }
         Socket::Subscribe(s) => {
             let cfg = &core.shard.cfg.websocket;
             let credit = match query::raw(req.query(), "credit") {
@@ -326,10 +346,15 @@ async fn publish<W: AsyncWriteRent>(
     let mut closing: Option<(u16, &'static str)> = None;
     let mut last_ping = Instant::now();
     loop {
+        // Taken before the inbox is read: what arrives later (even during a write below)
+        // moves the epoch, so the wait at the end of the loop cannot miss it.
+        let seen = sh.ev.epoch();
+        let drain = shard.shutdown_event.epoch();
         let items: Vec<Inbox> = sh.inbox.borrow_mut().drain(..).collect();
         for item in items {
             match item {
                 Inbox::Data(m) if closing.is_none() => {
+                    metrics::inc(&shard.metrics.websocket_messages_in_total);
                     in_flight.push_back(publish_one(core, caller, template, m));
                 }
                 Inbox::Data(_) => sh.pending.set(sh.pending.get() - 1),
@@ -348,8 +373,6 @@ async fn publish<W: AsyncWriteRent>(
         if !flush(core, wr, &mut out).await {
             return;
         }
-        let seen = sh.ev.epoch();
-        let drain = shard.shutdown_event.epoch();
         let tick = every
             .saturating_sub(sh.heard.get().elapsed())
             .max(Duration::from_millis(10));
@@ -404,6 +427,10 @@ async fn subscribe<W: AsyncWriteRent>(
     let mut out = BytesMut::new();
     let mut last_ping = Instant::now();
     loop {
+        // Taken before the inbox is read: what arrives later (even during a write below)
+        // moves the epoch, so the wait at the end of the loop cannot miss it.
+        let seen = sh.ev.epoch();
+        let drain = shard.shutdown_event.epoch();
         let items: Vec<Inbox> = sh.inbox.borrow_mut().drain(..).collect();
         for item in items {
             match item {
@@ -458,8 +485,6 @@ async fn subscribe<W: AsyncWriteRent>(
             return;
         }
         if credit == 0 {
-            let seen = sh.ev.epoch();
-            let drain = shard.shutdown_event.epoch();
             monoio::select! {
                 _ = sh.ev.wait(seen) => {}
                 _ = shard.shutdown_event.wait(drain) => {}

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod kafka;
 
 use std::io::{Read, Write};

@@ -1,0 +1,160 @@
+//! HTTP/2 on the API port, on both backends, with clients no one here wrote: curl with prior
+//! knowledge publishes and subscribes; h2load publishes over multiplexed streams and every
+//! message is stored; hyper-h2 shows a parked long poll leaving the connection's other streams
+//! free, and a drain answering a parked stream 204 before GOAWAY; h2spec passes every case;
+//! frame floods and HPACK bombs end with GOAWAY ENHANCE_YOUR_CALM while the core serves on.
+
+mod support;
+use support::clients::{curl, python, root, run};
+use support::{Backend, Gateway};
+
+on_both_backends!(
+    curl_publishes_and_subscribes_over_h2c,
+    h2load_publishes_over_multiplexed_streams,
+    a_parked_poll_leaves_the_other_streams_free,
+    draining_answers_a_parked_stream_then_sends_goaway,
+    h2spec_passes_every_case_over_h2c,
+    floods_and_hpack_bombs_get_enhance_your_calm,
+);
+
+fn curl_publishes_and_subscribes_over_h2c(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 2);
+    let url = format!("http://{}/v1/msgs/t/v1?key=k", g.addr);
+    let appid = format!("Appid: {app1}");
+    let (body, version, status) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        &appid,
+        "--data-binary",
+        "over h2",
+        &url,
+    ]);
+    assert_eq!((version.as_str(), status), ("2", 201), "{body}");
+    assert!(body.contains("\"offset\":0"), "{body}");
+    let url = format!("http://{}/v1/msgs/{app1}/t/v1?group=g&wait=5s", g.addr);
+    let appid = format!("Appid: {app2}");
+    let (body, version, status) = curl(&["--http2-prior-knowledge", "-H", &appid, &url]);
+    assert_eq!((version.as_str(), status), ("2", 200));
+    assert_eq!(body, "over h2");
+    // A bad request gets the same JSON error over h2 as over HTTP/1.1.
+    let url = format!("http://{}/v1/msgs/t/v1?ack=never", g.addr);
+    let (body, _, status) = curl(&["--http2-prior-knowledge", "-H", "Appid: x", "-d", "m", &url]);
+    assert_eq!(status, 400);
+    assert!(body.contains("\"code\":40002"), "{body}");
+}
+
+fn h2load_publishes_over_multiplexed_streams(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    std::fs::write(&body, b"h2load message").unwrap();
+    let url = format!("http://{}/v1/msgs/t/v1", g.addr);
+    let appid = format!("Appid: {app1}");
+    let (ok, out) = run(
+        "h2load",
+        &[
+            "-n",
+            "400",
+            "-c",
+            "2",
+            "-m",
+            "20",
+            "-d",
+            body.to_str().unwrap(),
+            "-H",
+            &appid,
+            &url,
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("400 succeeded"), "{out}");
+    assert!(
+        out.contains("status codes: 400 2xx"),
+        "every publish answered 2xx: {out}"
+    );
+    let got = g.drain(&app2, &app1, "t", "group=g&batch=500&wait=2s");
+    assert_eq!(got.len(), 400, "every acknowledged message is stored");
+    assert!(got.iter().all(|(_, _, v)| v == b"h2load message"));
+}
+
+fn a_parked_poll_leaves_the_other_streams_free(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    let (ok, out) = python(
+        "h2_client.py",
+        &[
+            &g.addr,
+            "multiplex",
+            "--app",
+            &app1,
+            "--sub",
+            &app2,
+            "--topic",
+            "t",
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
+fn draining_answers_a_parked_stream_then_sends_goaway(b: Backend) {
+    let mut g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    let py = root().join(".venv-test/bin/python");
+    let client = std::process::Command::new(py)
+        .arg(root().join("tests/clients/h2_client.py"))
+        .args([
+            &g.addr, "parked", "--app", &app1, "--sub", &app2, "--topic", "t",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the poll is parked, then drain.
+    g.metric_until("kateway_sub_parked_polls", 500, |v| v >= 1.0);
+    assert_eq!(g.terminate(), Some(0));
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok: 204"), "{text}");
+}
+
+fn h2spec_passes_every_case_over_h2c(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (host, port) = g.addr.rsplit_once(':').unwrap();
+    let script = root().join("scripts/h2spec");
+    let (ok, out) = run(script.to_str().unwrap(), &[host, port]);
+    assert!(ok, "{out}");
+    assert!(out.contains(" 0 failed"), "{out}");
+}
+
+fn floods_and_hpack_bombs_get_enhance_your_calm(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let app1 = g.app("app1");
+    g.create_topic(&app1, "t", 1);
+    for attack in [
+        "rapid-reset",
+        "continuation",
+        "hpack-bomb",
+        "settings-flood",
+        "ping-flood",
+    ] {
+        let (ok, out) = python("h2_client.py", &[&g.addr, attack, "--expect-goaway", "11"]);
+        assert!(ok, "{attack}: {out}");
+        // The cores serve on.
+        assert_eq!(g.req("GET", "/alive", &[], b"").status, 200, "{attack}");
+        g.publish(&app1, "t", "", attack.as_bytes());
+    }
+    assert!(g.metric("kateway_http2_floods_total") >= 2.0);
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", g.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 512 * 1024, "memory stayed bounded: {rss_kib} KiB");
+}

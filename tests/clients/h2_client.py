@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""HTTP/2 checks against a running gateway with the sans-I/O `h2` library (hyper-h2) and raw
+frames from `hyperframe`: a client no one on the project wrote.
+
+  h2_client.py ADDR multiplex --app A --sub S --topic T
+      A long poll parks on stream 1; a publish on stream 3 of the same connection is answered
+      while it waits, and wakes it with that very message.
+  h2_client.py ADDR parked --app A --sub S --topic T
+      Opens a long poll (wait=60s), prints "parked", and waits: the caller drains the gateway;
+      the poll must be answered 204, and GOAWAY must arrive before the connection closes.
+  h2_client.py ADDR rapid-reset|continuation|hpack-bomb|settings-flood|ping-flood
+      Attacks; each must end with the connection closed (GOAWAY or EOF) or the attack answered
+      without the gateway buffering it, within the timeout. Prints what the gateway did.
+
+Exit 0 on success, 1 with a reason on failure.
+"""
+import argparse
+import socket
+import sys
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import hpack
+from hyperframe.frame import (ContinuationFrame, HeadersFrame, PingFrame, RstStreamFrame,
+                              SettingsFrame)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def fail(msg):
+    print(f"FAIL: {msg}")
+    sys.exit(1)
+
+
+def connect(addr):
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    return s, c
+
+
+def request(c, sid, method, path, headers=(), body=None):
+    h = [(":method", method), (":scheme", "http"), (":authority", "gw"), (":path", path)]
+    h += list(headers)
+    c.send_headers(sid, h, end_stream=body is None)
+    if body is not None:
+        c.send_data(sid, body, end_stream=True)
+
+
+def pump(s, c, until, timeout=20):
+    """Reads events until `until(events_so_far)` is true; returns all events."""
+    seen = []
+    deadline = time.time() + timeout
+    while not until(seen):
+        left = deadline - time.time()
+        if left <= 0:
+            fail(f"timed out; events so far: {seen}")
+        s.settimeout(left)
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            fail(f"timed out; events so far: {seen}")
+        if not data:
+            seen.append("EOF")
+            return seen
+        for ev in c.receive_data(data):
+            seen.append(ev)
+            if isinstance(ev, h2.events.DataReceived):
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+    return seen
+
+
+def ended(sid):
+    return lambda evs: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid
+                           for e in evs) or "EOF" in evs
+
+
+def status_of(evs, sid):
+    for e in evs:
+        if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+            return dict(e.headers)[b":status"].decode()
+    return None
+
+
+def body_of(evs, sid):
+    return b"".join(e.data for e in evs
+                    if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+
+
+def multiplex(a):
+    s, c = connect(a.addr)
+    poll = f"/v1/msgs/{a.app}/{a.topic}/v1?group=mx&wait=30s&reset=oldest"
+    request(c, 1, "GET", poll, [("appid", a.sub)])
+    s.sendall(c.data_to_send())
+    time.sleep(0.5)  # the poll parks (nothing published yet)
+    request(c, 3, "POST", f"/v1/msgs/{a.topic}/v1", [("appid", a.app)], b"over-stream-3")
+    s.sendall(c.data_to_send())
+    evs = pump(s, c, lambda e: ended(1)(e) and ended(3)(e))
+    if status_of(evs, 3) != "201":
+        fail(f"publish on stream 3: status {status_of(evs, 3)}")
+    if status_of(evs, 1) != "200" or body_of(evs, 1) != b"over-stream-3":
+        fail(f"poll on stream 1: {status_of(evs, 1)} {body_of(evs, 1)!r}")
+    # Had the connection served one stream at a time, the publish would wait behind the poll,
+    # the poll would end 204 after its 30 s wait, and pump() would have timed out at 20 s.
+    print("ok: stream 3 answered while stream 1 was parked, and it woke stream 1")
+
+
+def frames(data):
+    """The frames in `data`: (type, flags, stream id, payload)."""
+    out, i = [], 0
+    while i + 9 <= len(data):
+        length = int.from_bytes(data[i:i + 3], "big")
+        sid = int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF
+        out.append((data[i + 3], data[i + 4], sid, data[i + 9:i + 9 + length]))
+        i += 9 + length
+    return out
+
+
+def parked(a):
+    s, c = connect(a.addr)
+    poll = f"/v1/msgs/{a.app}/{a.topic}/v1?group=pk&wait=60s&reset=newest"
+    request(c, 1, "GET", poll, [("appid", a.sub)])
+    s.sendall(c.data_to_send())
+    print("parked", flush=True)
+    # Read raw until the gateway closes: a graceful shutdown is GOAWAY, PING, the last
+    # answers, GOAWAY again, which hyper-h2's state machine (closed at the first GOAWAY)
+    # would refuse to follow.
+    data = b""
+    s.settimeout(40)
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    dec = hpack.Decoder()
+    status, goaway_after = None, False
+    for ftype, flags, sid, payload in frames(data):
+        if ftype == 1 and sid == 1:  # HEADERS (no padding or priority from the gateway)
+            status = dict(dec.decode(payload)).get(":status")
+        elif ftype == 1:
+            dec.decode(payload)
+        elif ftype == 7 and status is not None:
+            goaway_after = True
+    if status != "204":
+        fail(f"the parked poll got {status}, not 204: {frames(data)}")
+    if not goaway_after:
+        fail(f"no GOAWAY after the answer: {frames(data)}")
+    print("ok: 204 for the parked poll, then GOAWAY and close")
+
+
+def raw_attack(a, frames_fn):
+    """Sends the preface and what frames_fn yields (as bytes) until the connection closes;
+    returns (what the gateway sent last, bytes sent)."""
+    host, port = a.addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(PREFACE + SettingsFrame(0).serialize())
+    sent = 0
+    got = b""
+    deadline = time.time() + 30
+    try:
+        for chunk in frames_fn():
+            s.sendall(chunk)
+            sent += len(chunk)
+            if time.time() > deadline:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    s.settimeout(10)
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    return got, sent
+
+
+def goaway_code(data):
+    """The error code of the first GOAWAY frame in `data`, or None."""
+    i = 0
+    while i + 9 <= len(data):
+        length = int.from_bytes(data[i:i + 3], "big")
+        ftype = data[i + 3]
+        if ftype == 7 and i + 9 + 8 <= len(data):
+            return int.from_bytes(data[i + 13:i + 17], "big")
+        i += 9 + length
+    return None
+
+
+def headers_block(path="/alive", extra=()):
+    e = hpack.Encoder()
+    return e.encode([(":method", "GET"), (":scheme", "http"), (":authority", "gw"),
+                     (":path", path)] + list(extra))
+
+
+def attack(a):
+    block = headers_block()
+
+    def rapid_reset():
+        for sid in range(1, 200001, 2):
+            h = HeadersFrame(sid, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+            yield h + RstStreamFrame(sid, error_code=8).serialize()
+
+    def continuation():
+        yield HeadersFrame(1, block[:3]).serialize()
+        filler = b"\x40\x01x\x01y" * 3000  # literal headers, over and over, never END_HEADERS
+        for _ in range(20000):
+            yield ContinuationFrame(1, filler).serialize()
+
+    def hpack_bomb():
+        # One large header inserted into the dynamic table, then referenced many times.
+        big = hpack.Encoder()
+        first = big.encode([(":method", "GET"), (":scheme", "http"), (":authority", "gw"),
+                            (":path", "/alive"), ("x-bomb", "a" * 4000)])
+        yield HeadersFrame(1, first, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        ref = bytes([0x80 | 62]) * 16000  # index 62: the newest dynamic entry, 16,000 times
+        for sid in range(3, 4003, 2):
+            yield HeadersFrame(sid, block + ref, flags=["END_HEADERS", "END_STREAM"]).serialize()
+
+    def settings_flood():
+        for _ in range(200000):
+            yield SettingsFrame(0, settings={SettingsFrame.MAX_CONCURRENT_STREAMS: 100}).serialize()
+
+    def ping_flood():
+        for i in range(200000):
+            yield PingFrame(0, opaque_data=i.to_bytes(8, "big")).serialize()
+
+    fn = {"rapid-reset": rapid_reset, "continuation": continuation, "hpack-bomb": hpack_bomb,
+          "settings-flood": settings_flood, "ping-flood": ping_flood}[a.mode]
+    got, sent = raw_attack(a, fn)
+    code = goaway_code(got)
+    print(f"{a.mode}: sent {sent} bytes; gateway sent {len(got)} bytes; GOAWAY code {code}")
+    if a.expect_goaway is not None and code != a.expect_goaway:
+        fail(f"expected GOAWAY with code {a.expect_goaway}, got {code}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("addr")
+    p.add_argument("mode")
+    p.add_argument("--app")
+    p.add_argument("--sub")
+    p.add_argument("--topic")
+    p.add_argument("--expect-goaway", type=int)
+    a = p.parse_args()
+    if a.mode == "multiplex":
+        multiplex(a)
+    elif a.mode == "parked":
+        parked(a)
+    else:
+        attack(a)
+
+
+if __name__ == "__main__":
+    main()
