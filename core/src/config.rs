@@ -49,6 +49,7 @@ pub struct ServerConfig {
     pub request_timeout: Dur,
     pub write_timeout: Dur,
     pub idle_timeout: Dur,
+    pub gzip_min_bytes: ByteSize,
     pub shutdown_timeout: Dur,
 }
 

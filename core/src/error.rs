@@ -64,6 +64,8 @@ kinds! {
     LengthRequired = 41100, Client;
     /// A message, batch or body is over its limit.
     PayloadTooLarge = 41300, Client;
+    /// A request body in a content coding the gateway does not decode.
+    UnsupportedEncoding = 41500, Client;
     /// A WebSocket route asked for without a valid upgrade handshake.
     UpgradeRequired = 42600, Client;
     /// The request's headers are over the limit.

@@ -10,6 +10,7 @@
 //! * [`query`]: query-string access with percent-decoding.
 //! * [`batch`]: the batch publish formats (ndjson and length-prefixed binary) and the subscribe
 //!   output formats (the original's binary records and JSON lines).
+//! * [`gzip`]: gzip request bodies (inflated within a limit) and gzip replies when accepted.
 //! * [`h2scan`]: counts the control frames an HTTP/2 client sends (flood protection beside the
 //!   HTTP/2 implementation).
 //! * [`sse`]: the `text/event-stream` framing of delivered messages.
@@ -20,6 +21,7 @@
 
 pub mod batch;
 pub mod command;
+pub mod gzip;
 pub mod h2scan;
 pub mod http1;
 pub mod json;

@@ -306,7 +306,7 @@ impl<'a> Command<'a> {
                 Command::AckBatch(AckBatch {
                     topic,
                     group,
-                    acks: ack_list(parts.body())?,
+                    acks: ack_list(&crate::gzip::body(parts, limits.max_batch_bytes)?)?,
                 })
             }
             Route::Seek {

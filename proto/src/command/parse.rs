@@ -124,7 +124,9 @@ pub(super) fn publish<'a>(
             None
         }
     });
-    let body = parts.body();
+    let max = lim.max_batch_bytes.max(lim.max_message);
+    let body = crate::gzip::body(parts, max)?;
+    let body = body.as_ref();
     let messages = match ctype.flatten() {
         Some(format) => {
             if body.len() > lim.max_batch_bytes {

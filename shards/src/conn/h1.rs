@@ -312,8 +312,13 @@ async fn answer<S: Transport>(
         return Answered::Stream(req);
     }
     let caller = Caller::of(&req);
+    let gzip = kateway_proto::gzip::accepted(&req);
+    let coded = |r: Reply| match gzip {
+        true => kateway_proto::gzip::compress(r, core.shard.cfg.server.gzip_min_bytes.0 as usize),
+        false => r,
+    };
     if !cmd.may_park() {
-        return Answered::Reply(api::execute(core, caller, cmd).await);
+        return Answered::Reply(coded(api::execute(core, caller, cmd).await));
     }
     let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
     {
@@ -324,7 +329,7 @@ async fn answer<S: Transport>(
             stream.watch().await
         };
         monoio::select! {
-            reply = &mut fut => return Answered::Reply(reply),
+            reply = &mut fut => return Answered::Reply(coded(reply)),
             _ = watch => {}
         }
     }
@@ -333,7 +338,7 @@ async fn answer<S: Transport>(
     *rbuf = buf.into_inner();
     match res {
         Ok(0) | Err(_) => Answered::Gone,
-        Ok(_) => Answered::Reply(fut.await),
+        Ok(_) => Answered::Reply(coded(fut.await)),
     }
 }
 

@@ -230,6 +230,7 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
         }
     }
     let head_only = method == Method::Head;
+    let gzip = kateway_proto::gzip::accepted(&req);
     let reply = if cmd.may_park() {
         // A parked poll whose stream the client resets is dropped at once.
         let run = api::execute(&core, caller, cmd);
@@ -239,6 +240,12 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
         }
     } else {
         api::execute(&core, caller, cmd).await
+    };
+    let reply = match gzip {
+        true => {
+            kateway_proto::gzip::compress(reply, core.shard.cfg.server.gzip_min_bytes.0 as usize)
+        }
+        false => reply,
     };
     send(&core, &mut respond, reply, head_only, t0).await;
 }
