@@ -2,7 +2,7 @@
 //! `Result<Reply, Error>`; [`execute`] turns a failure into its reply in one place
 //! ([`Reply::error`]). The transport counts the reply ([`count`]).
 
-mod publish;
+pub mod publish;
 mod status;
 pub mod stream;
 pub mod subscribe;

@@ -2,10 +2,12 @@
 //! messages go to a partition this core owns; keyed ones to Kafka's default partition, on the
 //! core that owns it. The reply waits for the durability asked for.
 
+use crate::catalog::LocalTopic;
 use crate::node::Core;
 use bytes::{BufMut, Bytes, BytesMut};
 use kateway_core::partitioner::partition_for_key;
 use kateway_core::{Ack, Error, Item};
+use kateway_proto::batch::BatchItem;
 use kateway_proto::command::{Caller, Messages, Publish, TopicPath};
 use kateway_proto::http1::encode::{put_i64, put_u64};
 use kateway_proto::reply::{Reply, Value};
@@ -13,15 +15,14 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// Handles a publish.
-pub async fn publish(core: &Rc<Core>, caller: Caller<'_>, c: Publish<'_>) -> Result<Reply, Error> {
-    let path = TopicPath {
-        appid: caller.appid()?,
-        topic: c.topic,
-        ver: c.ver,
-    };
-    let meta = core.backend.resolve(&path).await?;
+pub async fn publish(
+    core: &Rc<Core>,
+    caller: Caller<'_>,
+    mut c: Publish<'_>,
+) -> Result<Reply, Error> {
+    let meta = resolve(core, caller, &c).await?;
     let status = if c.ack == Ack::Async { 202 } else { 201 };
-    let items = match c.messages {
+    let items = match std::mem::replace(&mut c.messages, Messages::Batch(Vec::new())) {
         Messages::One(value) => {
             // The common case: one message, one partition, no grouping.
             let item = Item {
@@ -45,9 +46,47 @@ pub async fn publish(core: &Rc<Core>, caller: Caller<'_>, c: Publish<'_>) -> Res
         }
         Messages::Batch(items) => items,
     };
-    // A batch: keyless messages of one request share one partition; keyed ones are grouped by
-    // partition, one publish per partition.
-    let keyless = core.shard.pick_partition(&meta);
+    let (results, any_buffered) = publish_all(core, &meta, &c, items).await?;
+    let n = results.len();
+    let mut body = BytesMut::with_capacity(32 + n * 32);
+    body.put_slice(b"{\"count\":");
+    put_u64(&mut body, n as u64);
+    body.put_slice(b",\"results\":[");
+    for (i, (p, o)) in results.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        put_result(&mut body, *p, *o);
+    }
+    body.put_slice(b"]}");
+    Ok(buffered(Reply::json(status, body.freeze()), any_buffered))
+}
+
+/// The caller's topic a publish names.
+pub async fn resolve(
+    core: &Rc<Core>,
+    caller: Caller<'_>,
+    c: &Publish<'_>,
+) -> Result<Rc<LocalTopic>, Error> {
+    let path = TopicPath {
+        appid: caller.appid()?,
+        topic: c.topic,
+        ver: c.ver,
+    };
+    core.backend.resolve(&path).await
+}
+
+/// Publishes a batch with the options of `c` (its key for messages without one, its tags, its
+/// ack level): keyless messages share one partition, keyed ones are grouped by partition, one
+/// publish per partition. Returns each message's partition and offset, in order, and whether
+/// any went to the hinted-handoff buffer.
+pub async fn publish_all(
+    core: &Rc<Core>,
+    meta: &LocalTopic,
+    c: &Publish<'_>,
+    items: Vec<BatchItem>,
+) -> Result<(Vec<(u32, i64)>, bool), Error> {
+    let keyless = core.shard.pick_partition(meta);
     let mut by_part: BTreeMap<u32, Vec<(usize, Item)>> = BTreeMap::new();
     for (i, it) in items.into_iter().enumerate() {
         let k: Bytes = it.key.or_else(|| c.key.clone()).unwrap_or_default();
@@ -68,24 +107,13 @@ pub async fn publish(core: &Rc<Core>, caller: Caller<'_>, c: Publish<'_>) -> Res
     let mut any_buffered = false;
     for (p, entries) in by_part {
         let (idx, items): (Vec<usize>, Vec<Item>) = entries.into_iter().unzip();
-        let done = core.backend.publish(&meta, p, items, c.ack).await?;
+        let done = core.backend.publish(meta, p, items, c.ack).await?;
         any_buffered |= done.buffered;
         for (i, o) in idx.into_iter().zip(done.offsets) {
             results[i] = (p, o);
         }
     }
-    let mut body = BytesMut::with_capacity(32 + n * 32);
-    body.put_slice(b"{\"count\":");
-    put_u64(&mut body, n as u64);
-    body.put_slice(b",\"results\":[");
-    for (i, (p, o)) in results.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
-        }
-        put_result(&mut body, *p, *o);
-    }
-    body.put_slice(b"]}");
-    Ok(buffered(Reply::json(status, body.freeze()), any_buffered))
+    Ok((results, any_buffered))
 }
 
 /// Marks a reply whose messages (some of them) went to the hinted-handoff buffer.

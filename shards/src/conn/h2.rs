@@ -33,6 +33,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::ReadBuf;
 
+/// A reply body up to this size is handed to the connection at once, without waiting for the
+/// client's window (the connection buffers it): bounded by this times the open streams.
+const SMALL_REPLY: usize = 16 << 10;
 /// A request body beyond this is counted against the core's request budget.
 const FREE_BODY: usize = 64 << 10;
 
@@ -257,23 +260,24 @@ async fn collect(core: &Rc<Core>, mut body: RecvStream) -> Result<Bytes, Error> 
         return Ok(Bytes::new());
     }
     let max = super::h1::limits(core).max_body;
+    // Most bodies came in one DATA frame with the headers: taken without arming a timer.
+    let first = poll_fn(|cx| Poll::Ready(body.poll_data(cx))).await;
+    if let Poll::Ready(Some(Ok(chunk))) = &first {
+        if body.is_end_stream() && chunk.len() <= max {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            return Ok(chunk.clone());
+        }
+    }
     let mut held = HeldRequest::new(&core.shard);
     let mut data = BytesMut::new();
     let read = async {
+        match first {
+            Poll::Ready(Some(chunk)) => take(&mut body, &mut data, &mut held, chunk, max)?,
+            Poll::Ready(None) => return Ok(()),
+            Poll::Pending => {}
+        }
         while let Some(chunk) = body.data().await {
-            let chunk = chunk
-                .map_err(|e| Error::new(ErrorKind::MalformedHttp, format!("request body: {e}")))?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            if data.len() + chunk.len() > max {
-                return Err(Error::new(
-                    ErrorKind::PayloadTooLarge,
-                    "request body too large",
-                ));
-            }
-            data.extend_from_slice(&chunk);
-            if data.len() > FREE_BODY {
-                held.resize(data.len())?;
-            }
+            take(&mut body, &mut data, &mut held, chunk, max)?;
         }
         Ok(())
     };
@@ -289,14 +293,45 @@ async fn collect(core: &Rc<Core>, mut body: RecvStream) -> Result<Bytes, Error> 
     Ok(data.freeze())
 }
 
+fn sensitive(mut v: http::HeaderValue) -> http::HeaderValue {
+    v.set_sensitive(true);
+    v
+}
+
+/// Adds a received DATA chunk to the body, within the limit and the core's request budget.
+fn take(
+    body: &mut RecvStream,
+    data: &mut BytesMut,
+    held: &mut HeldRequest,
+    chunk: Result<Bytes, h2::Error>,
+    max: usize,
+) -> Result<(), Error> {
+    let chunk =
+        chunk.map_err(|e| Error::new(ErrorKind::MalformedHttp, format!("request body: {e}")))?;
+    let _ = body.flow_control().release_capacity(chunk.len());
+    if data.len() + chunk.len() > max {
+        return Err(Error::new(
+            ErrorKind::PayloadTooLarge,
+            "request body too large",
+        ));
+    }
+    data.extend_from_slice(&chunk);
+    if data.len() > FREE_BODY {
+        held.resize(data.len())?;
+    }
+    Ok(())
+}
+
 /// The response head of a reply.
 fn head(reply: &Reply, body: Option<(&'static str, &Bytes)>) -> http::Response<()> {
     let mut r = http::Response::builder().status(reply.status);
     for (name, v) in &reply.headers {
+        // Values that differ from reply to reply (offsets, keys) are sent as never-indexed
+        // literals: indexing them would only churn the HPACK table.
         let value = match v {
-            Value::Bytes(b) => http::HeaderValue::from_bytes(b).ok(),
+            Value::Bytes(b) => http::HeaderValue::from_bytes(b).ok().map(sensitive),
             Value::Static(s) => Some(http::HeaderValue::from_static(s)),
-            Value::Int(i) => Some(http::HeaderValue::from(*i)),
+            Value::Int(i) => Some(sensitive(http::HeaderValue::from(*i))),
         };
         if let Some(value) = value {
             r = r.header(*name, value);
@@ -305,7 +340,7 @@ fn head(reply: &Reply, body: Option<(&'static str, &Bytes)>) -> http::Response<(
     if let Some((ct, data)) = body {
         r = r
             .header("content-type", ct)
-            .header("content-length", data.len());
+            .header("content-length", sensitive(data.len().into()));
     } else if reply.status != 204 && reply.status != 304 {
         r = r.header("content-length", 0);
     }
@@ -342,6 +377,12 @@ pub(super) async fn send_data(
     mut data: Bytes,
     end: bool,
 ) -> Result<(), ()> {
+    if end && data.len() <= SMALL_REPLY {
+        // The last piece of a reply, and small: the connection buffers it beyond the window,
+        // with no timer per reply. (A stream that goes on, like server-sent events, always
+        // waits for the window, so a client that does not read holds back its writer.)
+        return out.send_data(data, end).map_err(|_| ());
+    }
     let limit = core.shard.cfg.server.write_timeout.0;
     while !data.is_empty() {
         out.reserve_capacity(data.len());

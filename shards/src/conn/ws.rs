@@ -4,9 +4,10 @@
 //! one place writes. What a socket does comes from its route:
 //!
 //! * **publish** (`/v1/ws/msgs/:topic/:ver`): every text or binary message is published with
-//!   the route's options (ack level, key, tags). Publishes run concurrently, up to
-//!   `websocket.max_in_flight` (the reader stops reading beyond it), and their acknowledgements
-//!   go back in order, one text frame each: `{"partition":p,"offset":o}` or
+//!   the route's options (ack level, key, tags). The messages that arrive together are published
+//!   as one batch (one append per partition); batches run concurrently, up to
+//!   `websocket.max_in_flight` messages (the reader stops reading beyond it), and the
+//!   acknowledgements go back in order, one text frame per message: `{"partition":p,"offset":o}` or
 //!   `{"error":{"errmsg":..,"code":..}}`.
 //! * **subscribe** (`/v1/ws/msgs/:appid/:topic/:ver?group=`): messages are pushed as text
 //!   frames (the JSON object of a JSON-lines subscribe) while the client has credit; it grants
@@ -27,10 +28,9 @@ use crate::node::Core;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{
-    AckBatch, Caller, Command, Messages, Publish, Socket, Subscribe, TopicPath,
-};
-use kateway_proto::http1::encode::write_reply;
+use kateway_proto::batch::BatchItem;
+use kateway_proto::command::{AckBatch, Caller, Command, Publish, Socket, Subscribe, TopicPath};
+use kateway_proto::http1::encode::{put_i64, put_u64, write_reply};
 use kateway_proto::http1::Request;
 use kateway_proto::query;
 use kateway_proto::reply::{Body, Reply, Value};
@@ -308,27 +308,58 @@ fn ack_text(reply: Reply) -> Bytes {
     t.freeze()
 }
 
-/// Publishes one message with the socket's options.
-async fn publish_one(
+/// Publishes the messages that arrived together as one batch with the socket's options (one
+/// append per partition, not one per message); returns each message's acknowledgement text, in
+/// order. A message that is empty gets its own error; a batch that fails gives its error to
+/// each of its messages.
+async fn publish_many(
     core: &Rc<Core>,
     caller: Caller<'_>,
     template: &Publish<'_>,
-    msg: Bytes,
-) -> Bytes {
-    let max = core.shard.limits.max_message;
-    let reply = if msg.is_empty() {
-        Reply::error(&Error::new(ErrorKind::InvalidBody, "empty message"))
-    } else if msg.len() > max {
-        Reply::error(&Error::new(
-            ErrorKind::PayloadTooLarge,
-            format!("message larger than {max} bytes"),
-        ))
-    } else {
-        let mut p = template.clone();
-        p.messages = Messages::One(msg);
-        api::execute(core, caller, Command::Publish(p)).await
+    msgs: Vec<Bytes>,
+) -> Vec<Bytes> {
+    let mut acks = vec![Bytes::new(); msgs.len()];
+    let mut items = Vec::with_capacity(msgs.len());
+    let mut slots = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.into_iter().enumerate() {
+        if m.is_empty() {
+            let e = Error::new(ErrorKind::InvalidBody, "empty message");
+            acks[i] = ack_text(Reply::error(&e));
+        } else {
+            items.push(BatchItem {
+                key: None,
+                value: m,
+            });
+            slots.push(i);
+        }
+    }
+    if items.is_empty() {
+        return acks;
+    }
+    let done = match api::publish::resolve(core, caller, template).await {
+        Ok(meta) => api::publish::publish_all(core, &meta, template, items).await,
+        Err(e) => Err(e),
     };
-    ack_text(reply)
+    match done {
+        Ok((results, _)) => {
+            for (slot, (p, o)) in slots.into_iter().zip(results) {
+                let mut t = BytesMut::with_capacity(40);
+                t.extend_from_slice(b"{\"partition\":");
+                put_u64(&mut t, p.into());
+                t.extend_from_slice(b",\"offset\":");
+                put_i64(&mut t, o);
+                t.extend_from_slice(b"}");
+                acks[slot] = t.freeze();
+            }
+        }
+        Err(e) => {
+            let t = ack_text(Reply::error(&e));
+            for slot in slots {
+                acks[slot] = t.clone();
+            }
+        }
+    }
+    acks
 }
 
 /// The writer of a publishing socket.
@@ -343,6 +374,7 @@ async fn publish<W: AsyncWriteRent>(
     let every = shard.cfg.websocket.ping_interval.0;
     let mut out = BytesMut::new();
     let mut in_flight = FuturesOrdered::new();
+    let max_batch = shard.cfg.limits.max_batch_messages as usize;
     let mut closing: Option<(u16, &'static str)> = None;
     let mut last_ping = Instant::now();
     loop {
@@ -351,17 +383,25 @@ async fn publish<W: AsyncWriteRent>(
         let seen = sh.ev.epoch();
         let drain = shard.shutdown_event.epoch();
         let items: Vec<Inbox> = sh.inbox.borrow_mut().drain(..).collect();
+        let mut batch = Vec::new();
         for item in items {
             match item {
                 Inbox::Data(m) if closing.is_none() => {
                     metrics::inc(&shard.metrics.websocket_messages_in_total);
-                    in_flight.push_back(publish_one(core, caller, template, m));
+                    batch.push(m);
+                    if batch.len() == max_batch {
+                        let b = std::mem::take(&mut batch);
+                        in_flight.push_back(publish_many(core, caller, template, b));
+                    }
                 }
                 Inbox::Data(_) => sh.pending.set(sh.pending.get() - 1),
                 Inbox::Ping(p) => ws::encode::write_pong(&mut out, &p),
                 Inbox::Close(code, reason) => closing = closing.or(Some((code, reason))),
                 Inbox::Gone => return,
             }
+        }
+        if !batch.is_empty() {
+            in_flight.push_back(publish_many(core, caller, template, batch));
         }
         if let Some((code, reason)) = closing {
             if in_flight.is_empty() {
@@ -377,13 +417,13 @@ async fn publish<W: AsyncWriteRent>(
             .saturating_sub(sh.heard.get().elapsed())
             .max(Duration::from_millis(10));
         monoio::select! {
-            ack = in_flight.next(), if !in_flight.is_empty() => {
-                if let Some(text) = ack {
+            acks = in_flight.next(), if !in_flight.is_empty() => {
+                for text in acks.unwrap_or_default() {
                     sh.pending.set(sh.pending.get() - 1);
-                    sh.ev.notify();
                     metrics::inc(&shard.metrics.websocket_messages_out_total);
                     ws::encode::write_frame(&mut out, ws::Opcode::Text, &text);
                 }
+                sh.ev.notify();
             }
             _ = sh.ev.wait(seen) => {}
             _ = shard.shutdown_event.wait(drain), if closing.is_none() => {
