@@ -16,11 +16,19 @@ fn malformed_and_oversized_requests() {
     let g = Gateway::start_with(&[("KATEWAY_LIMITS_MAX_MESSAGE_BYTES", "1KiB")]);
     g.create_topic("app1", "t", 1);
 
+    // A malformed HTTP/1.1 request gets its 400 and the connection closes...
     let mut c = g.connect();
-    c.send_raw(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    c.send_raw(b"GET /alive HTTP/1.1\r\nno colon here\r\n\r\n")
+        .unwrap();
     let r = c.read_response().unwrap();
     r.assert_error(400);
     assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
+    // ...while bytes with no HTTP version at all (another protocol: an invalid HTTP/2
+    // preface, say) get no HTTP/1.1 answer, only the close.
+    let mut c = g.connect();
+    c.send_raw(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    assert!(c.read_response().is_err());
     assert!(c.is_closed());
 
     let mut c = g.connect();

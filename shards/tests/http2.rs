@@ -79,6 +79,23 @@ fn h2load_publishes_over_multiplexed_streams(b: Backend) {
     let got = g.drain(&app2, &app1, "t", "group=g&batch=500&wait=2s");
     assert_eq!(got.len(), 400, "every acknowledged message is stored");
     assert!(got.iter().all(|(_, _, v)| v == b"h2load message"));
+    // And h2load subscribes: 40 polls of 10 messages each read them all again.
+    let url = format!(
+        "http://{}/v1/msgs/{app1}/t/v1?group=h2&batch=10&wait=0s",
+        g.addr
+    );
+    let appid = format!("Appid: {app2}");
+    let (ok, out) = run(
+        "h2load",
+        &["-n", "40", "-c", "1", "-m", "1", "-H", &appid, &url],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("status codes: 40 2xx"), "{out}");
+    assert_eq!(
+        g.sub(&app2, &app1, "t", "group=h2&wait=0s", &[]).status,
+        204,
+        "all read"
+    );
 }
 
 fn a_parked_poll_leaves_the_other_streams_free(b: Backend) {
@@ -133,7 +150,10 @@ fn h2spec_passes_every_case_over_h2c(b: Backend) {
 }
 
 fn floods_and_hpack_bombs_get_enhance_your_calm(b: Backend) {
-    let g = Gateway::on(b, &[]);
+    // One core: the attacks and the requests served meanwhile share it.
+    let mut g = Gateway::new_on(b, &[]);
+    g.cores = 1;
+    g.spawn();
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 1);
     for attack in [

@@ -171,7 +171,9 @@ fn a_message_over_the_limit_closes_with_1009(b: Backend) {
 }
 
 fn protocol_errors_close_with_their_codes(b: Backend) {
-    let g = Gateway::on(b, &[]);
+    let mut g = Gateway::new_on(b, &[]);
+    g.cores = 1;
+    g.spawn();
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 1);
     let path = format!("/v1/ws/msgs/t/v1?appid={app1}");
@@ -266,7 +268,10 @@ fn draining_closes_sockets_with_1001(b: Backend) {
 }
 
 fn a_subscriber_that_does_not_read_is_held_to_its_credit(b: Backend) {
-    let g = Gateway::on(b, &[("KATEWAY_SERVER_WRITE_TIMEOUT", "1s")]);
+    // One core: the stalled socket and the others share it.
+    let mut g = Gateway::new_on(b, &[("KATEWAY_SERVER_WRITE_TIMEOUT", "1s")]);
+    g.cores = 1;
+    g.spawn();
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 1);
     let big = vec![b'x'; 100_000];

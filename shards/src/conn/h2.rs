@@ -90,7 +90,9 @@ where
                 None
             },
             _ = shard.shutdown_event.wait(seen), if !draining => None,
-            _ = monoio::time::sleep(Duration::from_secs(1)), if draining && !forced => {
+            // (Timers in async blocks: select! builds every branch's future, and a sleep reads
+            // the clock when it is made; these are made only for an enabled branch.)
+            _ = async { monoio::time::sleep(Duration::from_secs(1)).await }, if draining && !forced => {
                 // A client that does not answer the graceful shutdown's PING would hold the
                 // connection (and the drain) open: once nothing is in flight, close it.
                 if open.get() == 0 {
@@ -99,7 +101,7 @@ where
                 }
                 None
             },
-            _ = monoio::time::sleep(cfg.server.idle_timeout.0), if idle => {
+            _ = async { monoio::time::sleep(cfg.server.idle_timeout.0).await }, if idle => {
                 // Nothing open for the idle timeout: say goodbye, finish what is in flight.
                 draining = true;
                 conn.graceful_shutdown();
@@ -324,27 +326,31 @@ fn take(
 
 /// The response head of a reply.
 fn head(reply: &Reply, body: Option<(&'static str, &Bytes)>) -> http::Response<()> {
-    let mut r = http::Response::builder().status(reply.status);
+    use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+    let mut r = http::Response::new(());
+    *r.status_mut() = http::StatusCode::from_u16(reply.status).unwrap_or_default();
+    let h = r.headers_mut();
     for (name, v) in &reply.headers {
         // Values that differ from reply to reply (offsets, keys) are sent as never-indexed
         // literals: indexing them would only churn the HPACK table.
         let value = match v {
-            Value::Bytes(b) => http::HeaderValue::from_bytes(b).ok().map(sensitive),
-            Value::Static(s) => Some(http::HeaderValue::from_static(s)),
-            Value::Int(i) => Some(sensitive(http::HeaderValue::from(*i))),
+            Value::Bytes(b) => HeaderValue::from_bytes(b).ok().map(sensitive),
+            Value::Static(s) => Some(HeaderValue::from_static(s)),
+            Value::Int(i) => Some(sensitive(HeaderValue::from(*i))),
         };
-        if let Some(value) = value {
-            r = r.header(*name, value);
+        if let (Some(value), Ok(name)) = (value, HeaderName::from_bytes(name.as_bytes())) {
+            h.append(name, value);
         }
     }
     if let Some((ct, data)) = body {
-        r = r
-            .header("content-type", ct)
-            .header("content-length", sensitive(data.len().into()));
+        if let Ok(ct) = HeaderValue::from_str(ct) {
+            h.insert(CONTENT_TYPE, ct);
+        }
+        h.insert(CONTENT_LENGTH, sensitive(data.len().into()));
     } else if reply.status != 204 && reply.status != 304 {
-        r = r.header("content-length", 0);
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
-    r.body(()).unwrap_or_default()
+    r
 }
 
 /// Sends a reply on a stream; its hold is kept until the body is out.
