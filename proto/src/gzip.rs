@@ -6,7 +6,7 @@
 use crate::command::Parts;
 use crate::reply::{Body, Reply, Value};
 use bytes::Bytes;
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use kateway_core::{Error, ErrorKind};
@@ -33,7 +33,9 @@ pub fn body<'a>(parts: &'a impl Parts, max: usize) -> Result<Cow<'a, Bytes>, Err
         ));
     }
     let mut out = Vec::with_capacity((raw.len() * 4).min(max));
-    let read = GzDecoder::new(&raw[..])
+    // Every member (RFC 1952 §2.2: a gzip stream is a series of members); bytes after the last
+    // member that are no member are an error, not ignored.
+    let read = MultiGzDecoder::new(&raw[..])
         .take(max as u64 + 1)
         .read_to_end(&mut out);
     match read {
@@ -58,48 +60,91 @@ pub fn accepted(parts: &impl Parts) -> bool {
     let Ok(v) = std::str::from_utf8(v) else {
         return false;
     };
-    v.split(',').any(|item| {
+    // (coding, acceptable) for each item; `q=0` refuses. A coding named refuses or accepts on
+    // its own; `*` speaks only for codings not named (RFC 9110 §12.5.3).
+    let items = v.split(',').map(|item| {
         let mut it = item.split(';');
         let coding = it.next().unwrap_or("").trim();
-        let named = ["gzip", "x-gzip", "*"]
-            .iter()
-            .any(|c| coding.eq_ignore_ascii_case(c));
         let refused = it.any(|p| {
             let p = p.trim();
             let q = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="));
             q.and_then(|q| q.trim().parse::<f32>().ok())
                 .is_some_and(|q| q <= 0.0)
         });
-        named && !refused
-    })
+        (coding, !refused)
+    });
+    let mut star = None;
+    let mut named = None;
+    for (coding, ok) in items {
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            named = Some(named.unwrap_or(true) && ok);
+        } else if coding == "*" {
+            star = Some(ok);
+        }
+    }
+    named.or(star).unwrap_or(false)
 }
 
-/// `reply` gzip-coded when it succeeded and its body has at least `min` bytes (0: never);
-/// otherwise as it is.
-pub fn compress(mut reply: Reply, min: usize) -> Reply {
-    if min == 0 || reply.status / 100 != 2 {
-        return reply;
+/// A reply's body being gzip-coded, a piece at a time (so a transport can let other work run
+/// between pieces of a large body).
+pub struct Gzip {
+    enc: GzEncoder<Vec<u8>>,
+    content_type: &'static str,
+    data: Bytes,
+    done: usize,
+}
+
+impl Gzip {
+    /// Starts coding `reply` if it succeeded and its body has at least `min` bytes (0: never).
+    pub fn of(reply: &Reply, min: usize) -> Option<Self> {
+        if min == 0 || reply.status / 100 != 2 {
+            return None;
+        }
+        let (content_type, data) = reply.body.encode()?;
+        if data.len() < min {
+            return None;
+        }
+        Some(Self {
+            enc: GzEncoder::new(Vec::with_capacity(data.len() / 3), Compression::fast()),
+            content_type,
+            data,
+            done: 0,
+        })
     }
-    let Some((content_type, data)) = reply.body.encode() else {
-        return reply;
-    };
-    if data.len() < min {
-        return reply;
+
+    /// Codes up to `n` more bytes of the body; true once all of it is in.
+    pub fn step(&mut self, n: usize) -> bool {
+        let end = self.done.saturating_add(n).min(self.data.len());
+        // Writing into a Vec cannot fail.
+        let _ = self.enc.write_all(&self.data[self.done..end]);
+        self.done = end;
+        self.done == self.data.len()
     }
-    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 3), Compression::fast());
-    if enc.write_all(&data).is_err() {
-        return reply;
+
+    /// `reply` with the coded body and its `content-encoding` (unchanged if coding failed).
+    pub fn into_reply(self, mut reply: Reply) -> Reply {
+        let Ok(zipped) = self.enc.finish() else {
+            return reply;
+        };
+        reply.body = Body::Full {
+            content_type: self.content_type,
+            data: Bytes::from(zipped),
+        };
+        reply
+            .header("content-encoding", Value::Static("gzip"))
+            .header("vary", Value::Static("accept-encoding"))
     }
-    let Ok(zipped) = enc.finish() else {
-        return reply;
-    };
-    reply.body = Body::Full {
-        content_type,
-        data: Bytes::from(zipped),
-    };
-    reply
-        .header("content-encoding", Value::Static("gzip"))
-        .header("vary", Value::Static("accept-encoding"))
+}
+
+/// `reply` gzip-coded, all at once, when [`Gzip::of`] would code it; otherwise as it is.
+pub fn compress(reply: Reply, min: usize) -> Reply {
+    match Gzip::of(&reply, min) {
+        None => reply,
+        Some(mut g) => {
+            g.step(usize::MAX);
+            g.into_reply(reply)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +185,16 @@ mod tests {
         let r = request("POST / HTTP/1.1\r\ncontent-encoding: gzip\r\n", &bomb);
         let e = body(&r, 1 << 20).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
+        // Members one after another are all inflated; bytes after them that are no member
+        // are an error.
+        let mut two = gz(b"hello ");
+        two.extend(gz(b"world"));
+        let r = request("POST / HTTP/1.1\r\ncontent-encoding: gzip\r\n", &two);
+        assert_eq!(&body(&r, 1000).unwrap()[..], b"hello world");
+        let mut tail = gz(b"hello");
+        tail.extend_from_slice(b"GARBAGE");
+        let r = request("POST / HTTP/1.1\r\ncontent-encoding: gzip\r\n", &tail);
+        assert_eq!(body(&r, 1000).unwrap_err().kind(), ErrorKind::InvalidBody);
         let r = request("POST / HTTP/1.1\r\ncontent-encoding: gzip\r\n", b"not gzip");
         assert_eq!(body(&r, 1000).unwrap_err().kind(), ErrorKind::InvalidBody);
         let r = request("POST / HTTP/1.1\r\ncontent-encoding: br\r\n", b"x");
@@ -160,6 +215,11 @@ mod tests {
         assert!(accepts("br, GZIP;q=0.5"));
         assert!(accepts("*"));
         assert!(!accepts("gzip;q=0"));
+        assert!(
+            !accepts("gzip;q=0.0, *"),
+            "* does not cover a coding refused by name"
+        );
+        assert!(!accepts("*;q=0"));
         assert!(!accepts("br, deflate"));
         assert!(!accepted(&request("GET / HTTP/1.1\r\n", b"")));
     }
@@ -176,7 +236,9 @@ mod tests {
         };
         assert_eq!(*content_type, "application/json");
         let mut out = Vec::new();
-        GzDecoder::new(&data[..]).read_to_end(&mut out).unwrap();
+        MultiGzDecoder::new(&data[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, vec![b'a'; 5000]);
         assert!(compress(Reply::json(200, vec![b'a'; 100]), 1024)
             .headers

@@ -80,16 +80,38 @@ fn gzip_bodies_are_inflated_and_bombs_refused(b: Backend) {
         statuses[4].2.contains("inflates to more than"),
         "{statuses:?}"
     );
+    // Two members, one after the other: both inflated; bytes after a member that are none:
+    // refused, nothing stored.
+    let mut two = gzip(b"first member, ");
+    two.extend(gzip(b"second member"));
+    let mut tail = gzip(b"then garbage");
+    tail.extend_from_slice(b"GARBAGE");
+    for (name, data, want) in [("two", two, 201), ("tail", tail, 400)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        let file = format!("@{}", path.display());
+        let (body, _, status) = curl(&[
+            "-H",
+            &appid,
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            &file,
+            &url,
+        ]);
+        assert_eq!(status, want, "{name}: {body}");
+    }
     let (body, _, status) = curl(&["-H", &appid, "-H", "Content-Encoding: br", "-d", "x", &url]);
     assert_eq!(status, 415, "{body}");
     let got = g.drain(&app2, &app1, "t", "group=g&batch=500&wait=1s");
     assert_eq!(
         got.len(),
-        2 + 100,
-        "the messages and the batches, inflated, and no bomb"
+        2 + 100 + 1,
+        "the messages, the batches and the two members, inflated; no bomb, no garbage"
     );
     assert_eq!(got[0].2, b"a gzip-coded message");
-    assert!(got[2..].iter().all(|(_, _, v)| v.starts_with(b"line ")));
+    assert!(got[2..102].iter().all(|(_, _, v)| v.starts_with(b"line ")));
+    assert_eq!(got[102].2, b"first member, second member");
 }
 
 fn large_replies_are_gzip_coded_when_accepted(b: Backend) {

@@ -21,6 +21,7 @@ on_both_backends!(
     a_silent_client_is_pinged_then_closed,
     draining_closes_sockets_with_1001,
     a_subscriber_that_does_not_read_is_held_to_its_credit,
+    a_ping_flood_on_a_subscribe_socket_stays_bounded,
 );
 
 /// Opens a WebSocket with a raw HTTP/1.1 upgrade; panics unless the answer is 101.
@@ -204,6 +205,19 @@ fn protocol_errors_close_with_their_codes(b: Backend) {
 fn a_plain_get_on_a_websocket_route_is_426(b: Backend) {
     let g = Gateway::on(b, &[]);
     let app1 = g.app("app1");
+    g.create_topic(&app1, "t", 1);
+    // An upgrade over HTTP/1.0 is refused (RFC 6455 §4.1).
+    let mut s = TcpStream::connect(&g.addr).unwrap();
+    write!(
+        s,
+        "GET /v1/ws/msgs/t/v1?appid={app1} HTTP/1.0\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     let r = g.req("GET", &format!("/v1/ws/msgs/t/v1?appid={app1}"), &[], b"");
     assert_eq!(r.status, 426, "{}", r.text());
     assert_eq!(r.json()["code"], 42600);
@@ -306,4 +320,62 @@ fn a_subscriber_that_does_not_read_is_held_to_its_credit(b: Backend) {
     drop(idle);
     s.write_all(&frame(0x1, br#"{"credit":1}"#, true)).unwrap();
     assert_eq!(read_frame(&mut s).0, 0x1, "the reading subscriber goes on");
+}
+
+fn a_ping_flood_on_a_subscribe_socket_stays_bounded(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let app1 = g.app("app1");
+    g.create_topic(&app1, "t", 1);
+    let s = open(
+        &g.addr,
+        &format!("/v1/ws/msgs/{app1}/t/v1?appid={app1}&group=p"),
+    );
+    let mut r = s.try_clone().unwrap();
+    // Pongs are read as fast as they come; pings are sent faster than the subscription's
+    // writer (which waits for messages) takes its inbox.
+    let reader = std::thread::spawn(move || {
+        let mut pongs = 0u64;
+        while let Ok((op, _)) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_frame(&mut r)))
+        {
+            if op == 0xA {
+                pongs += 1;
+            }
+            if op == 0x8 {
+                break;
+            }
+        }
+        pongs
+    });
+    let ping = frame(0x9, &[7u8; 125], true);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    let mut w = s.try_clone().unwrap();
+    // The gateway stops reading while its inbox is full: the writes then stall.
+    w.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if w.write_all(&burst).is_err() {
+            break;
+        }
+    }
+    let rss = rss_kib(g.pid());
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    drop((w, s));
+    let pongs = reader.join().unwrap();
+    assert!(pongs > 0, "pings were answered");
+    assert!(rss < 200 * 1024, "memory stayed bounded: {rss} KiB");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
 }

@@ -64,7 +64,12 @@ impl Events {
                 for m in &b.records {
                     sse::put_event(&mut data, m);
                 }
-                Some(Chunk { data, hold: b.held })
+                let mut hold = b.held;
+                if let Some(h) = &mut hold {
+                    // The events wait for the client, not the records they came from.
+                    h.resize(data.len());
+                }
+                Some(Chunk { data, hold })
             }
             Err(e) => {
                 self.done = true;

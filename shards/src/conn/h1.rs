@@ -86,9 +86,11 @@ pub fn encode(
     t0: Instant,
 ) -> (bool, Option<Box<dyn Any>>) {
     let close = !keep_alive || reply.close || core.shard.shutdown.get();
-    with_date(|d| write_reply(wbuf, &reply, d, head, close));
+    let n = with_date(|d| write_reply(wbuf, &reply, d, head, close));
     api::count(core, reply.status, t0);
-    (close, reply.hold)
+    let mut hold = reply.hold;
+    super::hold_encoded(&mut hold, n);
+    (close, hold)
 }
 
 /// The limits of this core's HTTP/1.1 decoder.
@@ -313,12 +315,14 @@ async fn answer<S: Transport>(
     }
     let caller = Caller::of(&req);
     let gzip = kateway_proto::gzip::accepted(&req);
-    let coded = |r: Reply| match gzip {
-        true => kateway_proto::gzip::compress(r, core.shard.cfg.server.gzip_min_bytes.0 as usize),
-        false => r,
+    let coded = |r: Reply| async move {
+        match gzip {
+            true => super::gzip(core, r).await,
+            false => r,
+        }
     };
     if !cmd.may_park() {
-        return Answered::Reply(coded(api::execute(core, caller, cmd).await));
+        return Answered::Reply(coded(api::execute(core, caller, cmd).await).await);
     }
     let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
     {
@@ -329,7 +333,7 @@ async fn answer<S: Transport>(
             stream.watch().await
         };
         monoio::select! {
-            reply = &mut fut => return Answered::Reply(coded(reply)),
+            reply = &mut fut => return Answered::Reply(coded(reply).await),
             _ = watch => {}
         }
     }
@@ -338,7 +342,7 @@ async fn answer<S: Transport>(
     *rbuf = buf.into_inner();
     match res {
         Ok(0) | Err(_) => Answered::Gone,
-        Ok(_) => Answered::Reply(coded(fut.await)),
+        Ok(_) => Answered::Reply(coded(fut.await).await),
     }
 }
 

@@ -23,7 +23,7 @@ use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{Caller, Command, Parts};
 use kateway_proto::h2scan::Scanner;
 use kateway_proto::http1::Method;
-use kateway_proto::reply::{Reply, Value};
+use kateway_proto::reply::{Body, Reply, Value};
 use monoio_compat::{AsyncRead, AsyncWrite};
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -209,10 +209,11 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
     let t0 = Instant::now();
     let (head, body) = req.into_parts();
     let method = Method::parse(head.method.as_str());
+    let head_only = method == Method::Head;
     let body = match collect(&core, body).await {
         Ok(b) => b,
         Err(e) => {
-            send(&core, &mut respond, Reply::error(&e), false, t0).await;
+            send(&core, &mut respond, Reply::error(&e), head_only, t0).await;
             return;
         }
     };
@@ -220,7 +221,7 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
     let cmd = match Command::parse(&req, &core.shard.limits) {
         Ok(c) => c,
         Err(e) => {
-            send(&core, &mut respond, Reply::error(&e), false, t0).await;
+            send(&core, &mut respond, Reply::error(&e), head_only, t0).await;
             return;
         }
     };
@@ -229,12 +230,11 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
         if sub.events {
             match api::stream::events(&core, caller, sub).await {
                 Ok(events) => stream_events(&core, respond, events, t0).await,
-                Err(e) => send(&core, &mut respond, Reply::error(&e), false, t0).await,
+                Err(e) => send(&core, &mut respond, Reply::error(&e), head_only, t0).await,
             }
             return;
         }
     }
-    let head_only = method == Method::Head;
     let gzip = kateway_proto::gzip::accepted(&req);
     let reply = if cmd.may_park() {
         // A parked poll whose stream the client resets is dropped at once.
@@ -247,9 +247,7 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
         api::execute(&core, caller, cmd).await
     };
     let reply = match gzip {
-        true => {
-            kateway_proto::gzip::compress(reply, core.shard.cfg.server.gzip_min_bytes.0 as usize)
-        }
+        true => super::gzip(&core, reply).await,
         false => reply,
     };
     send(&core, &mut respond, reply, head_only, t0).await;
@@ -362,7 +360,10 @@ async fn send(
     t0: Instant,
 ) {
     api::count(core, reply.status, t0);
-    let body = reply.body.encode();
+    let mut reply = reply;
+    // Encoded once, and the records it came from let go at once.
+    let body = std::mem::replace(&mut reply.body, Body::Empty).encode();
+    super::hold_encoded(&mut reply.hold, body.as_ref().map_or(0, |(_, d)| d.len()));
     let resp = head(&reply, body.as_ref().map(|(ct, d)| (*ct, d)));
     let data = body.map(|(_, d)| d).filter(|d| !d.is_empty() && !head_only);
     let Ok(mut out) = respond.send_response(resp, data.is_none()) else {

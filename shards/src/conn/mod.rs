@@ -47,6 +47,31 @@ impl Transport for monoio_rustls::ServerTlsStream<TcpStream> {
     }
 }
 
+/// Makes a reply's response-memory hold count what its encoding takes: the encoded body (base64
+/// JSON lines, events, frames) is what waits for a slow client, not the payloads it came from.
+pub fn hold_encoded(hold: &mut Option<Box<dyn std::any::Any>>, bytes: usize) {
+    if let Some(h) = hold
+        .as_mut()
+        .and_then(|h| h.downcast_mut::<crate::shard::Held>())
+    {
+        h.resize(bytes);
+    }
+}
+
+/// `reply` gzip-coded for a client that accepts it (replies of at least `server.gzip_min_bytes`),
+/// 64 KiB at a time with the core yielding in between, so that coding a large batch does not
+/// hold up the core's other connections.
+pub async fn gzip(core: &Core, reply: Reply) -> Reply {
+    let min = core.shard.cfg.server.gzip_min_bytes.0 as usize;
+    let Some(mut g) = kateway_proto::gzip::Gzip::of(&reply, min) else {
+        return reply;
+    };
+    while !g.step(64 << 10) {
+        crate::event::yield_now().await;
+    }
+    g.into_reply(reply)
+}
+
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
@@ -172,12 +197,19 @@ async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
     use std::os::fd::AsRawFd;
     let shard = &core.shard;
     let deadline = Instant::now() + shard.cfg.server.idle_timeout.0;
+    // After a lone `P`, the next byte is waited for a few times (1, 2, 4 ... 64 ms); a client
+    // that sends one byte and stops (or closes: a peeked byte hides the end of the stream)
+    // is then served as HTTP/1.1, which reads the byte and sees the rest.
+    let mut pause = Duration::from_millis(1);
     loop {
         let seen = shard.shutdown_event.epoch();
         if shard.shutdown.get() {
             return None;
         }
         let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
         let ready = monoio::select! {
             r = monoio::time::timeout(left, stream.readable(false)) => matches!(r, Ok(Ok(()))),
             _ = shard.shutdown_event.wait(seen) => false,
@@ -193,8 +225,11 @@ async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
             Ok(_) if b[0] != b'P' => return Some(Sniffed::Http1),
             Ok(2) if b[1] == b'R' => return Some(Sniffed::H2c),
             Ok(2) => return Some(Sniffed::Http1),
-            // One byte, `P`: wait a moment for the next.
-            Ok(_) => monoio::time::sleep(Duration::from_millis(2)).await,
+            Ok(_) if pause > Duration::from_millis(64) => return Some(Sniffed::Http1),
+            Ok(_) => {
+                monoio::time::sleep(pause).await;
+                pause *= 2;
+            }
             Err(nix::errno::Errno::EAGAIN) => {}
             Err(_) => return None,
         }

@@ -41,6 +41,9 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// The largest message a subscribing client may send (its control frames are a few bytes).
+const CONTROL_FRAME: u64 = 4096;
+
 /// What the reader hands the writer.
 enum Inbox {
     Data(Bytes),
@@ -54,7 +57,8 @@ enum Inbox {
 /// State shared by the reader and the writer of one socket.
 struct Shared {
     inbox: RefCell<VecDeque<Inbox>>,
-    /// Data messages queued or in flight (publish): the reader stops at `max_in_flight`.
+    /// Messages and pings queued, or publishes in flight: the reader stops reading at its
+    /// limit (`max_in_flight` for a publish socket), so a client cannot queue without bound.
     pending: Cell<usize>,
     heard: Cell<Instant>,
     ev: Event,
@@ -62,7 +66,7 @@ struct Shared {
 
 impl Shared {
     fn push(&self, item: Inbox) {
-        if matches!(item, Inbox::Data(_)) {
+        if matches!(item, Inbox::Data(_) | Inbox::Ping(_)) {
             self.pending.set(self.pending.get() + 1);
         }
         self.inbox.borrow_mut().push_back(item);
@@ -88,6 +92,15 @@ pub async fn serve<S: Transport>(
         out
     };
     let up = match ws::handshake::check_upgrade(req) {
+        // RFC 6455 §4.1: the upgrade is an HTTP/1.1 request.
+        Ok(_) if req.minor == 0 => {
+            let e = Error::new(
+                ErrorKind::InvalidParam,
+                "a WebSocket upgrade needs HTTP/1.1",
+            );
+            let _ = write_out(&core, &mut stream, &mut refuse(Reply::error(&e))).await;
+            return;
+        }
         Ok(up) => up,
         Err(e) => {
             let kind = match e {
@@ -130,15 +143,18 @@ pub async fn serve<S: Transport>(
     let cfg = &core.shard.cfg.websocket;
     // A published message larger than a message may be is refused by the codec (1009) before
     // it is buffered, rather than read whole and answered with an error.
-    let max_message = match mode {
-        Mode::Publish(_) => cfg
-            .max_message_bytes
-            .0
-            .min(core.shard.cfg.limits.max_message_bytes.0),
-        Mode::Subscribe { .. } => cfg.max_message_bytes.0,
+    // A subscriber only sends small control frames ({"credit":n}, {"ack":[p,o]}).
+    let (max_frame, max_message) = match mode {
+        Mode::Publish(_) => (
+            cfg.max_frame_bytes.0,
+            cfg.max_message_bytes
+                .0
+                .min(core.shard.cfg.limits.max_message_bytes.0),
+        ),
+        Mode::Subscribe { .. } => (CONTROL_FRAME, CONTROL_FRAME),
     };
     let limits = ws::Limits {
-        max_frame: cfg.max_frame_bytes.0 as usize,
+        max_frame: max_frame as usize,
         max_message: max_message as usize,
     };
     let max_pending = match mode {
@@ -231,7 +247,8 @@ async fn read_frames<R: AsyncReadRent>(
                 sh.heard.set(Instant::now());
                 match m {
                     Message::Text(b) | Message::Binary(b) => sh.push(Inbox::Data(b)),
-                    Message::Ping(p) => sh.push(Inbox::Ping(p)),
+                    // A copy: the payload would otherwise keep its whole read buffer alive.
+                    Message::Ping(p) => sh.push(Inbox::Ping(Bytes::copy_from_slice(&p))),
                     Message::Pong(_) => {}
                     Message::Close(c) => {
                         let code = c.map_or(1000, |(code, _)| code);
@@ -395,7 +412,10 @@ async fn publish<W: AsyncWriteRent>(
                     }
                 }
                 Inbox::Data(_) => sh.pending.set(sh.pending.get() - 1),
-                Inbox::Ping(p) => ws::encode::write_pong(&mut out, &p),
+                Inbox::Ping(p) => {
+                    sh.pending.set(sh.pending.get() - 1);
+                    ws::encode::write_pong(&mut out, &p);
+                }
                 Inbox::Close(code, reason) => closing = closing.or(Some((code, reason))),
                 Inbox::Gone => return,
             }
@@ -506,7 +526,10 @@ async fn subscribe<W: AsyncWriteRent>(
                     }
                     sh.ev.notify();
                 }
-                Inbox::Ping(p) => ws::encode::write_pong(&mut out, &p),
+                Inbox::Ping(p) => {
+                    sh.pending.set(sh.pending.get() - 1);
+                    ws::encode::write_pong(&mut out, &p);
+                }
                 Inbox::Close(code, reason) => {
                     ws::encode::write_close(&mut out, code, reason);
                     flush(core, wr, &mut out).await;
@@ -537,8 +560,8 @@ async fn subscribe<W: AsyncWriteRent>(
         sub.set_max((credit as usize).min(batch));
         let deadline = Instant::now() + every.min(Duration::from_secs(1));
         match sub.next(deadline).await {
-            Ok(b) => {
-                for m in &b.records {
+            Ok(crate::delivery::Batch { records, mut held }) => {
+                for m in &records {
                     let mut line = BytesMut::with_capacity(m.value.len() * 4 / 3 + 96);
                     kateway_proto::batch::put_json_line(
                         &mut line,
@@ -552,9 +575,14 @@ async fn subscribe<W: AsyncWriteRent>(
                     ws::encode::write_frame(&mut out, ws::Opcode::Text, &line[..line.len() - 1]);
                     metrics::inc(&shard.metrics.websocket_messages_out_total);
                 }
-                credit -= (b.records.len() as u32).min(credit);
+                credit -= (records.len() as u32).min(credit);
+                // The frames wait for the client, not the records they came from.
+                drop(records);
+                if let Some(h) = &mut held {
+                    h.resize(out.len());
+                }
                 let ok = flush(core, wr, &mut out).await;
-                drop(b.held);
+                drop(held);
                 if !ok {
                     return;
                 }
