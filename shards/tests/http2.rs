@@ -3,6 +3,8 @@
 //! message is stored; hyper-h2 shows a parked long poll leaving the connection's other streams
 //! free, and a drain answering a parked stream 204 before GOAWAY; h2spec passes every case;
 //! frame floods and HPACK bombs end with GOAWAY ENHANCE_YOUR_CALM while the core serves on.
+//! Two connection-level checks that no backend sees (the request budget against bodies that
+//! never end, the first-bytes sniffer) run on the embedded store.
 
 mod support;
 use std::io::{Read, Write};
@@ -17,6 +19,31 @@ on_both_backends!(
     h2spec_passes_every_case_over_h2c,
     floods_and_hpack_bombs_get_enhance_your_calm,
 );
+
+#[test]
+fn bodies_that_never_end_count_against_the_request_budget() {
+    // 30 streams of one connection, each with 60 KiB of a body that never ends: 1.8 MB against
+    // a budget of 1 MiB; the streams beyond it are refused with 503, the core serves on.
+    let mut g = Gateway::new_with(&[("KATEWAY_LIMITS_MAX_REQUEST_BYTES_PER_CORE", "1MiB")]);
+    g.cores = 1;
+    g.spawn();
+    g.create_topic("app1", "t", 1);
+    let (ok, out) = python(
+        "h2_client.py",
+        &[
+            &g.addr,
+            "partial-bodies",
+            "--app",
+            "app1",
+            "--topic",
+            "t",
+            "--expect-status",
+            "503",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
+}
 
 #[test]
 fn a_lone_first_byte_is_served_as_http1_and_its_connection_released() {

@@ -3,7 +3,8 @@
 //! SIGHUP swaps the certificate for new handshakes and leaves an open connection alone; a
 //! missing or bad certificate stops startup with the file named; a handshake that never
 //! finishes is closed while other connections are served; HTTPS-only with a plaintext health
-//! listener.
+//! listener. The behaviour tests run on both backends; the checks of TLS itself (reload,
+//! certificates, handshakes, listeners), which no backend sees, on the embedded store.
 
 mod support;
 use std::io::{Read, Write};

@@ -8,6 +8,9 @@ frames from `hyperframe`: a client no one on the project wrote.
   h2_client.py ADDR parked --app A --sub S --topic T
       Opens a long poll (wait=60s), prints "parked", and waits: the caller drains the gateway;
       the poll must be answered 204, and GOAWAY must arrive before the connection closes.
+  h2_client.py ADDR partial-bodies --app A --topic T [--streams N --body-kib K --expect-status S]
+      Many publish streams whose bodies arrive but never end: the core's request budget must
+      refuse some (503) rather than hold them all.
   h2_client.py ADDR rapid-reset|continuation|hpack-bomb|settings-flood|ping-flood
       Attacks; each must end with the connection closed (GOAWAY or EOF) or the attack answered
       without the gateway buffering it, within the timeout. Prints what the gateway did.
@@ -110,6 +113,64 @@ def multiplex(a):
     # Had the connection served one stream at a time, the publish would wait behind the poll,
     # the poll would end 204 after its 30 s wait, and pump() would have timed out at 20 s.
     print("ok: stream 3 answered while stream 1 was parked, and it woke stream 1")
+
+
+def partial_bodies(a):
+    """Opens `--streams` publish streams on one connection and sends `--body-kib` of each body
+    without ending it; prints how many streams the gateway answered, and with what."""
+    s, c = connect(a.addr)
+    want = a.body_kib * 1024
+    sent = {}
+    for i in range(a.streams):
+        sid = 1 + 2 * i
+        request_headers = [(":method", "POST"), (":scheme", "http"), (":authority", "gw"),
+                           (":path", f"/v1/msgs/{a.topic}/v1"), ("appid", a.app)]
+        c.send_headers(sid, request_headers, end_stream=False)
+        sent[sid] = 0
+    s.sendall(c.data_to_send())
+    statuses = {}
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        progressed = False
+        for sid in sent:
+            if sid in statuses or sent[sid] >= want:
+                continue
+            try:
+                room = min(c.local_flow_control_window(sid), c.max_outbound_frame_size)
+            except Exception:
+                continue
+            n = min(room, want - sent[sid])
+            if n > 0:
+                c.send_data(sid, b"x" * n, end_stream=False)
+                sent[sid] += n
+                progressed = True
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+        if all(v >= want for k, v in sent.items() if k not in statuses) and not progressed:
+            s.settimeout(2)
+        else:
+            s.settimeout(0.2)
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            if all(v >= want or k in statuses for k, v in sent.items()):
+                break
+            continue
+        if not data:
+            break
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                statuses[ev.stream_id] = dict(ev.headers)[b":status"].decode()
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+    counts = {}
+    for v in statuses.values():
+        counts[v] = counts.get(v, 0) + 1
+    print(f"answered {len(statuses)} of {a.streams} streams: {counts}")
+    if a.expect_status and counts.get(a.expect_status, 0) == 0:
+        fail(f"no stream was answered {a.expect_status}")
 
 
 def frames(data):
@@ -252,11 +313,16 @@ def main():
     p.add_argument("--sub")
     p.add_argument("--topic")
     p.add_argument("--expect-goaway", type=int)
+    p.add_argument("--streams", type=int, default=30)
+    p.add_argument("--body-kib", type=int, default=60)
+    p.add_argument("--expect-status")
     a = p.parse_args()
     if a.mode == "multiplex":
         multiplex(a)
     elif a.mode == "parked":
         parked(a)
+    elif a.mode == "partial-bodies":
+        partial_bodies(a)
     else:
         attack(a)
 

@@ -36,8 +36,6 @@ use tokio::io::ReadBuf;
 /// A reply body up to this size is handed to the connection at once, without waiting for the
 /// client's window (the connection buffers it): bounded by this times the open streams.
 const SMALL_REPLY: usize = 16 << 10;
-/// A request body beyond this is counted against the core's request budget.
-const FREE_BODY: usize = 64 << 10;
 
 /// Serves an HTTP/2 connection until it closes.
 pub async fn serve<T>(core: Rc<Core>, io: T)
@@ -254,7 +252,9 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
 }
 
 /// The request body, whole, within the request timeout and the body limit; what it holds
-/// beyond [`FREE_BODY`] counts against the core's request budget while it arrives.
+/// counts against the core's request budget while it arrives (all of it: a connection may have
+/// many streams sending at once, so there is no per-stream allowance as HTTP/1.1 has per
+/// connection).
 async fn collect(core: &Rc<Core>, mut body: RecvStream) -> Result<Bytes, Error> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
@@ -316,9 +316,7 @@ fn take(
         ));
     }
     data.extend_from_slice(&chunk);
-    if data.len() > FREE_BODY {
-        held.resize(data.len())?;
-    }
+    held.resize(data.len())?;
     Ok(())
 }
 
