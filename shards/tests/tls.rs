@@ -10,7 +10,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use support::clients::{cert, curl, python, root, run};
+use support::clients::{cert, curl, root, run, ws_pubsub};
 use support::{Backend, Gateway};
 
 on_both_backends!(
@@ -83,20 +83,7 @@ fn a_websocket_works_over_tls(b: Backend) {
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 2);
     let base = format!("wss://{}", g.addr);
-    let (ok, out) = python(
-        "ws_pubsub.py",
-        &[
-            "--base",
-            &base,
-            "--app",
-            &app1,
-            "--topic",
-            "t",
-            "--count",
-            "50",
-            "--insecure",
-        ],
-    );
+    let (ok, out) = ws_pubsub(&base, &app1, "t", &["--count", "50", "--insecure"]);
     assert!(ok, "{out}");
 }
 

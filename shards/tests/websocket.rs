@@ -9,7 +9,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use support::clients::python;
+use support::clients::ws_pubsub;
 use support::{Backend, Gateway};
 
 on_both_backends!(
@@ -109,12 +109,7 @@ fn websockets_publishes_pipelined_and_subscribes_with_credit(b: Backend) {
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 4);
     let base = format!("ws://{}", g.addr);
-    let (ok, out) = python(
-        "ws_pubsub.py",
-        &[
-            "--base", &base, "--app", &app1, "--topic", "t", "--count", "300", "--credit", "7",
-        ],
-    );
+    let (ok, out) = ws_pubsub(&base, &app1, "t", &["--count", "300", "--credit", "7"]);
     assert!(ok, "{out}");
     // The acknowledged messages are stored: HTTP/1.1 reads them all back.
     let got = g.drain(&g.app("app2"), &app1, "t", "group=h1&batch=500&wait=2s");
@@ -126,21 +121,11 @@ fn explicit_acks_commit_the_group(b: Backend) {
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 1);
     let base = format!("ws://{}", g.addr);
-    let (ok, out) = python(
-        "ws_pubsub.py",
-        &[
-            "--base",
-            &base,
-            "--app",
-            &app1,
-            "--topic",
-            "t",
-            "--count",
-            "20",
-            "--group",
-            "acked",
-            "--sub-ack",
-        ],
+    let (ok, out) = ws_pubsub(
+        &base,
+        &app1,
+        "t",
+        &["--count", "20", "--group", "acked", "--sub-ack"],
     );
     assert!(ok, "{out}");
     // Everything was acknowledged over the socket: the group has nothing left.
@@ -153,20 +138,11 @@ fn a_message_over_the_limit_closes_with_1009(b: Backend) {
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 1);
     let base = format!("ws://{}", g.addr);
-    let (ok, out) = python(
-        "ws_pubsub.py",
-        &[
-            "--base",
-            &base,
-            "--app",
-            &app1,
-            "--topic",
-            "t",
-            "--send-oversize",
-            "600000",
-            "--expect-close-code",
-            "1009",
-        ],
+    let (ok, out) = ws_pubsub(
+        &base,
+        &app1,
+        "t",
+        &["--send-oversize", "600000", "--expect-close-code", "1009"],
     );
     assert!(ok, "{out}");
 }

@@ -31,6 +31,14 @@ pub fn python(script: &str, args: &[&str]) -> (bool, String) {
     checked(script, out)
 }
 
+/// Runs `tests/clients/ws_pubsub.py` (Python's websockets) against the gateway at `base`
+/// (`ws://` or `wss://`) for `app`'s topic `topic`, with `extra` options.
+pub fn ws_pubsub(base: &str, app: &str, topic: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["--base", base, "--app", app, "--topic", topic];
+    args.extend_from_slice(extra);
+    python("ws_pubsub.py", &args)
+}
+
 /// Runs a program; (success, stdout and stderr).
 pub fn run(program: &str, args: &[&str]) -> (bool, String) {
     checked(program, Command::new(program).args(args).output())
