@@ -1,7 +1,7 @@
 //! The WebSocket driver (RFC 6455, with the sans-I/O codec of `kateway_proto::ws`). After the
 //! upgrade the connection is split: a reader decodes the client's frames into [`Inbox`] items,
 //! and the writer turns them into commands and writes every frame the server sends, so only
-//! one place writes. What a socket does comes from its route:
+//! one place writes ([`publish`] and [`subscribe`]). What a socket does comes from its route:
 //!
 //! * **publish** (`/v1/ws/msgs/:topic/:ver`): every text or binary message is published with
 //!   the route's options (ack level, key, tags). The messages that arrive together are published
@@ -26,11 +26,9 @@ use crate::event::Event;
 use crate::metrics;
 use crate::node::Core;
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::batch::BatchItem;
-use kateway_proto::command::{AckBatch, Caller, Command, Publish, Socket, Subscribe, TopicPath};
-use kateway_proto::http1::encode::{put_i64, put_u64, write_reply};
+use kateway_proto::command::{Caller, Publish, Socket, Subscribe, TopicPath};
+use kateway_proto::http1::encode::write_reply;
 use kateway_proto::http1::Request;
 use kateway_proto::query;
 use kateway_proto::reply::{Body, Reply, Value};
@@ -40,6 +38,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+mod publish;
+mod subscribe;
+use publish::publish;
+use subscribe::subscribe;
 
 /// The largest message a subscribing client may send (its control frames are a few bytes).
 const CONTROL_FRAME: u64 = 4096;
@@ -323,277 +326,4 @@ fn ack_text(reply: Reply) -> Bytes {
     t.extend_from_slice(&body);
     t.extend_from_slice(b"}");
     t.freeze()
-}
-
-/// Publishes the messages that arrived together as one batch with the socket's options (one
-/// append per partition, not one per message); returns each message's acknowledgement text, in
-/// order. A message that is empty gets its own error; a batch that fails gives its error to
-/// each of its messages.
-async fn publish_many(
-    core: &Rc<Core>,
-    caller: Caller<'_>,
-    template: &Publish<'_>,
-    msgs: Vec<Bytes>,
-) -> Vec<Bytes> {
-    let mut acks = vec![Bytes::new(); msgs.len()];
-    let mut items = Vec::with_capacity(msgs.len());
-    let mut slots = Vec::with_capacity(msgs.len());
-    for (i, m) in msgs.into_iter().enumerate() {
-        if m.is_empty() {
-            let e = Error::new(ErrorKind::InvalidBody, "empty message");
-            acks[i] = ack_text(Reply::error(&e));
-        } else {
-            items.push(BatchItem {
-                key: None,
-                value: m,
-            });
-            slots.push(i);
-        }
-    }
-    if items.is_empty() {
-        return acks;
-    }
-    let done = match api::publish::resolve(core, caller, template).await {
-        Ok(meta) => api::publish::publish_all(core, &meta, template, items).await,
-        Err(e) => Err(e),
-    };
-    match done {
-        Ok((results, _)) => {
-            for (slot, (p, o)) in slots.into_iter().zip(results) {
-                let mut t = BytesMut::with_capacity(40);
-                t.extend_from_slice(b"{\"partition\":");
-                put_u64(&mut t, p.into());
-                t.extend_from_slice(b",\"offset\":");
-                put_i64(&mut t, o);
-                t.extend_from_slice(b"}");
-                acks[slot] = t.freeze();
-            }
-        }
-        Err(e) => {
-            let t = ack_text(Reply::error(&e));
-            for slot in slots {
-                acks[slot] = t.clone();
-            }
-        }
-    }
-    acks
-}
-
-/// The writer of a publishing socket.
-async fn publish<W: AsyncWriteRent>(
-    core: &Rc<Core>,
-    caller: Caller<'_>,
-    template: &Publish<'_>,
-    sh: &Shared,
-    wr: &mut W,
-) {
-    let shard = &core.shard;
-    let every = shard.cfg.websocket.ping_interval.0;
-    let mut out = BytesMut::new();
-    let mut in_flight = FuturesOrdered::new();
-    let max_batch = shard.cfg.limits.max_batch_messages as usize;
-    let mut closing: Option<(u16, &'static str)> = None;
-    let mut last_ping = Instant::now();
-    loop {
-        // Taken before the inbox is read: what arrives later (even during a write below)
-        // moves the epoch, so the wait at the end of the loop cannot miss it.
-        let seen = sh.ev.epoch();
-        let drain = shard.shutdown_event.epoch();
-        let items: Vec<Inbox> = sh.inbox.borrow_mut().drain(..).collect();
-        let mut batch = Vec::new();
-        for item in items {
-            match item {
-                Inbox::Data(m) if closing.is_none() => {
-                    metrics::inc(&shard.metrics.websocket_messages_in_total);
-                    batch.push(m);
-                    if batch.len() == max_batch {
-                        let b = std::mem::take(&mut batch);
-                        in_flight.push_back(publish_many(core, caller, template, b));
-                    }
-                }
-                Inbox::Data(_) => sh.pending.set(sh.pending.get() - 1),
-                Inbox::Ping(p) => {
-                    sh.pending.set(sh.pending.get() - 1);
-                    ws::encode::write_pong(&mut out, &p);
-                }
-                Inbox::Close(code, reason) => closing = closing.or(Some((code, reason))),
-                Inbox::Gone => return,
-            }
-        }
-        if !batch.is_empty() {
-            in_flight.push_back(publish_many(core, caller, template, batch));
-        }
-        if let Some((code, reason)) = closing {
-            if in_flight.is_empty() {
-                ws::encode::write_close(&mut out, code, reason);
-                flush(core, wr, &mut out).await;
-                return;
-            }
-        }
-        if !flush(core, wr, &mut out).await {
-            return;
-        }
-        let tick = every
-            .saturating_sub(sh.heard.get().elapsed())
-            .max(Duration::from_millis(10));
-        monoio::select! {
-            acks = in_flight.next(), if !in_flight.is_empty() => {
-                for text in acks.unwrap_or_default() {
-                    sh.pending.set(sh.pending.get() - 1);
-                    metrics::inc(&shard.metrics.websocket_messages_out_total);
-                    ws::encode::write_frame(&mut out, ws::Opcode::Text, &text);
-                }
-                sh.ev.notify();
-            }
-            _ = sh.ev.wait(seen) => {}
-            _ = shard.shutdown_event.wait(drain), if closing.is_none() => {
-                closing = Some((1001, "going away"));
-            }
-            _ = monoio::time::sleep(tick) => {
-                if !keepalive(sh, every, &mut out, &mut last_ping) {
-                    flush(core, wr, &mut out).await;
-                    return;
-                }
-            }
-        }
-        if shard.shutdown.get() && closing.is_none() {
-            closing = Some((1001, "going away"));
-        }
-    }
-}
-
-/// A subscriber's frame: `{"credit":n}`, `{"ack":[p,o]}`, or both.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Control {
-    credit: Option<u32>,
-    ack: Option<(u32, u64)>,
-}
-
-/// The writer of a subscribing socket.
-async fn subscribe<W: AsyncWriteRent>(
-    core: &Rc<Core>,
-    caller: Caller<'_>,
-    s: &Subscribe<'_>,
-    mut sub: crate::delivery::Subscription,
-    mut credit: u32,
-    sh: &Shared,
-    wr: &mut W,
-) {
-    let shard = &core.shard;
-    let cfg = &shard.cfg.websocket;
-    let every = cfg.ping_interval.0;
-    let batch = s.batch.unwrap_or(100);
-    let mut out = BytesMut::new();
-    let mut last_ping = Instant::now();
-    loop {
-        // Taken before the inbox is read: what arrives later (even during a write below)
-        // moves the epoch, so the wait at the end of the loop cannot miss it.
-        let seen = sh.ev.epoch();
-        let drain = shard.shutdown_event.epoch();
-        let items: Vec<Inbox> = sh.inbox.borrow_mut().drain(..).collect();
-        for item in items {
-            match item {
-                Inbox::Data(m) => {
-                    sh.pending.set(sh.pending.get() - 1);
-                    metrics::inc(&shard.metrics.websocket_messages_in_total);
-                    match serde_json::from_slice::<Control>(&m) {
-                        Ok(c) => {
-                            if let Some(n) = c.credit {
-                                credit = credit.saturating_add(n).min(cfg.max_credit);
-                            }
-                            if let Some(a) = c.ack {
-                                let cmd = Command::AckBatch(AckBatch {
-                                    topic: s.topic,
-                                    group: s.group,
-                                    acks: vec![a],
-                                });
-                                let r = api::execute(core, caller, cmd).await;
-                                if r.status >= 300 {
-                                    let t = ack_text(r);
-                                    ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let e = Error::new(
-                                ErrorKind::InvalidBody,
-                                format!("expected {{\"credit\":n}} or {{\"ack\":[p,o]}}: {e}"),
-                            );
-                            let t = ack_text(Reply::error(&e));
-                            ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
-                        }
-                    }
-                    sh.ev.notify();
-                }
-                Inbox::Ping(p) => {
-                    sh.pending.set(sh.pending.get() - 1);
-                    ws::encode::write_pong(&mut out, &p);
-                }
-                Inbox::Close(code, reason) => {
-                    ws::encode::write_close(&mut out, code, reason);
-                    flush(core, wr, &mut out).await;
-                    return;
-                }
-                Inbox::Gone => return,
-            }
-        }
-        if shard.shutdown.get() {
-            ws::encode::write_close(&mut out, 1001, "going away");
-            flush(core, wr, &mut out).await;
-            return;
-        }
-        if !keepalive(sh, every, &mut out, &mut last_ping) || !flush(core, wr, &mut out).await {
-            flush(core, wr, &mut out).await;
-            return;
-        }
-        if credit == 0 {
-            monoio::select! {
-                _ = sh.ev.wait(seen) => {}
-                _ = shard.shutdown_event.wait(drain) => {}
-                _ = monoio::time::sleep(every) => {}
-            }
-            continue;
-        }
-        // Not raced against the inbox: a read that is cut short could lose what it took
-        // (auto-ack commits on delivery), so control frames wait at most a second.
-        sub.set_max((credit as usize).min(batch));
-        let deadline = Instant::now() + every.min(Duration::from_secs(1));
-        match sub.next(deadline).await {
-            Ok(crate::delivery::Batch { records, mut held }) => {
-                for m in &records {
-                    let mut line = BytesMut::with_capacity(m.value.len() * 4 / 3 + 96);
-                    kateway_proto::batch::put_json_line(
-                        &mut line,
-                        m.partition,
-                        m.offset,
-                        m.timestamp,
-                        &m.key,
-                        &m.tags,
-                        &m.value,
-                    );
-                    ws::encode::write_frame(&mut out, ws::Opcode::Text, &line[..line.len() - 1]);
-                    metrics::inc(&shard.metrics.websocket_messages_out_total);
-                }
-                credit -= (records.len() as u32).min(credit);
-                // The frames wait for the client, not the records they came from.
-                drop(records);
-                if let Some(h) = &mut held {
-                    h.resize(out.len());
-                }
-                let ok = flush(core, wr, &mut out).await;
-                drop(held);
-                if !ok {
-                    return;
-                }
-            }
-            Err(e) => {
-                let t = ack_text(Reply::error(&e));
-                ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
-                ws::encode::write_close(&mut out, 1011, "subscription failed");
-                flush(core, wr, &mut out).await;
-                return;
-            }
-        }
-    }
 }
