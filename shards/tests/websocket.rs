@@ -22,6 +22,7 @@ on_both_backends!(
     draining_closes_sockets_with_1001,
     a_subscriber_that_does_not_read_is_held_to_its_credit,
     a_ping_flood_on_a_subscribe_socket_stays_bounded,
+    pings_beyond_the_inbox_are_all_answered,
 );
 
 /// Opens a WebSocket with a raw HTTP/1.1 upgrade; panics unless the answer is 101.
@@ -354,4 +355,28 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
+}
+
+fn pings_beyond_the_inbox_are_all_answered(b: Backend) {
+    // More pings at once than a subscribe socket's inbox holds, with nothing to deliver: the
+    // reader waits for room, and each batch the writer takes makes room again.
+    let g = Gateway::on(b, &[]);
+    let app1 = g.app("app1");
+    g.create_topic(&app1, "t", 1);
+    let mut s = open(
+        &g.addr,
+        &format!("/v1/ws/msgs/{app1}/t/v1?appid={app1}&group=q"),
+    );
+    let ping = frame(0x9, b"are you there", true);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 200)
+        .collect();
+    s.write_all(&burst).unwrap();
+    for i in 0..200 {
+        let (op, p) = read_frame(&mut s);
+        assert_eq!((op, p.as_slice()), (0xA, &b"are you there"[..]), "pong {i}");
+    }
 }

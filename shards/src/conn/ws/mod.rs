@@ -68,6 +68,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// One queued message or ping taken off: the reader, which may be waiting for room in the
+    /// inbox, is woken.
+    fn done(&self) {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        self.ev.notify();
+    }
+
     fn push(&self, item: Inbox) {
         if matches!(item, Inbox::Data(_) | Inbox::Ping(_)) {
             self.pending.set(self.pending.get() + 1);

@@ -104,9 +104,9 @@ pub(super) async fn publish<W: AsyncWriteRent>(
                         in_flight.push_back(publish_many(core, caller, template, b));
                     }
                 }
-                Inbox::Data(_) => sh.pending.set(sh.pending.get() - 1),
+                Inbox::Data(_) => sh.done(),
                 Inbox::Ping(p) => {
-                    sh.pending.set(sh.pending.get() - 1);
+                    sh.done();
                     ws::encode::write_pong(&mut out, &p);
                 }
                 Inbox::Close(code, reason) => closing = closing.or(Some((code, reason))),
@@ -132,11 +132,10 @@ pub(super) async fn publish<W: AsyncWriteRent>(
         monoio::select! {
             acks = in_flight.next(), if !in_flight.is_empty() => {
                 for text in acks.unwrap_or_default() {
-                    sh.pending.set(sh.pending.get() - 1);
+                    sh.done();
                     metrics::inc(&shard.metrics.websocket_messages_out_total);
                     ws::encode::write_frame(&mut out, ws::Opcode::Text, &text);
                 }
-                sh.ev.notify();
             }
             _ = sh.ev.wait(seen) => {}
             _ = shard.shutdown_event.wait(drain), if closing.is_none() => {

@@ -48,7 +48,7 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
         for item in items {
             match item {
                 Inbox::Data(m) => {
-                    sh.pending.set(sh.pending.get() - 1);
+                    sh.done();
                     metrics::inc(&shard.metrics.websocket_messages_in_total);
                     match serde_json::from_slice::<Control>(&m) {
                         Ok(c) => {
@@ -77,10 +77,9 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
                             ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
                         }
                     }
-                    sh.ev.notify();
                 }
                 Inbox::Ping(p) => {
-                    sh.pending.set(sh.pending.get() - 1);
+                    sh.done();
                     ws::encode::write_pong(&mut out, &p);
                 }
                 Inbox::Close(code, reason) => {
