@@ -128,11 +128,17 @@ pub fn merge(threads: impl IntoIterator<Item = ThreadStats>, seconds: f64) -> Ou
     out
 }
 
+/// A run's moments: when the client threads start (200 ms from now, so that all are ready),
+/// when measuring starts (after the warm-up), and when the run ends.
+pub fn window(warmup: Duration, duration: Duration) -> (Instant, Instant, Instant) {
+    let start = Instant::now() + Duration::from_millis(200);
+    let measure_from = start + warmup;
+    (start, measure_from, measure_from + duration)
+}
+
 /// Runs the load and returns the merged outcome.
 pub fn run(load: &Load) -> Outcome {
-    let start = Instant::now() + Duration::from_millis(200);
-    let measure_from = start + load.warmup;
-    let end = measure_from + load.duration;
+    let (start, measure_from, end) = window(load.warmup, load.duration);
     let threads: Vec<_> = load
         .cpus
         .iter()

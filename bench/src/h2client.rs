@@ -31,9 +31,7 @@ pub struct H2Load {
 
 /// Runs the load and returns the merged outcome (one message per 2xx answer).
 pub fn run(load: &H2Load) -> Outcome {
-    let start = Instant::now() + Duration::from_millis(200);
-    let measure_from = start + load.warmup;
-    let end = measure_from + load.duration;
+    let (start, measure_from, end) = client::window(load.warmup, load.duration);
     let threads: Vec<_> = load
         .cpus
         .iter()

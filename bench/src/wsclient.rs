@@ -117,9 +117,7 @@ pub struct WsLoad {
 
 /// Runs a publish load and returns the merged outcome.
 pub fn publish(load: &WsLoad) -> Outcome {
-    let start = Instant::now() + Duration::from_millis(200);
-    let measure_from = start + load.warmup;
-    let end = measure_from + load.duration;
+    let (start, measure_from, end) = client::window(load.warmup, load.duration);
     let threads: Vec<_> = load
         .cpus
         .iter()

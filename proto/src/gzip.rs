@@ -136,17 +136,6 @@ impl Gzip {
     }
 }
 
-/// `reply` gzip-coded, all at once, when [`Gzip::of`] would code it; otherwise as it is.
-pub fn compress(reply: Reply, min: usize) -> Reply {
-    match Gzip::of(&reply, min) {
-        None => reply,
-        Some(mut g) => {
-            g.step(usize::MAX);
-            g.into_reply(reply)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +211,17 @@ mod tests {
         assert!(!accepts("*;q=0"));
         assert!(!accepts("br, deflate"));
         assert!(!accepted(&request("GET / HTTP/1.1\r\n", b"")));
+    }
+
+    /// `reply` coded all at once, when [`Gzip::of`] would code it.
+    fn compress(reply: Reply, min: usize) -> Reply {
+        match Gzip::of(&reply, min) {
+            None => reply,
+            Some(mut g) => {
+                g.step(usize::MAX);
+                g.into_reply(reply)
+            }
+        }
     }
 
     #[test]

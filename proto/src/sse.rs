@@ -4,7 +4,7 @@
 //! heartbeat. A client that reconnects sends the last id it saw as `Last-Event-ID`, which
 //! [`parse_id`] reads back.
 
-use crate::batch;
+use crate::reply::RecordFormat;
 use bytes::{BufMut, BytesMut};
 use kateway_core::Delivered;
 
@@ -26,15 +26,7 @@ pub fn put_event(out: &mut BytesMut, m: &Delivered) {
     put_u64(out, m.offset);
     out.put_slice(b"\nevent: message\ndata: ");
     // A JSON line without its newline: the event's one data line.
-    batch::put_json_line(
-        out,
-        m.partition,
-        m.offset,
-        m.timestamp,
-        &m.key,
-        &m.tags,
-        &m.value,
-    );
+    RecordFormat::NdJson.put(out, m);
     out.truncate(out.len() - 1);
     out.put_slice(b"\n\n");
 }

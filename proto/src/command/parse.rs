@@ -73,27 +73,23 @@ pub(super) fn publish_template<'a>(
             (!k.is_empty()).then(|| Bytes::copy_from_slice(&k))
         }
     };
-    let tags = match parts.header("x-tag") {
+    // The X-Tag header, or (browsers cannot set headers on a WebSocket) `tag=` in the query.
+    let (tag, name) = match parts.header("x-tag") {
+        Some(t) => (Some(std::borrow::Cow::Borrowed(t)), "X-Tag"),
+        None => (
+            query::get(q, "tag").map_err(|_| Error::param("tag is not valid percent-encoding"))?,
+            "tag",
+        ),
+    };
+    let tags = match tag {
         Some(t) if t.len() > lim.max_tag => {
             return Err(Error::param(format!(
-                "X-Tag longer than {} bytes",
+                "{name} longer than {} bytes",
                 lim.max_tag
             )))
         }
         Some(t) => Bytes::copy_from_slice(t.trim_ascii()),
-        // Browsers cannot set headers on a WebSocket: `tag=` in the query instead.
-        None => match query::get(q, "tag")
-            .map_err(|_| Error::param("tag is not valid percent-encoding"))?
-        {
-            Some(t) if t.len() > lim.max_tag => {
-                return Err(Error::param(format!(
-                    "tag longer than {} bytes",
-                    lim.max_tag
-                )))
-            }
-            Some(t) => Bytes::copy_from_slice(t.trim_ascii()),
-            None => Bytes::new(),
-        },
+        None => Bytes::new(),
     };
     Ok(Publish {
         topic,

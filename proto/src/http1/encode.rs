@@ -144,14 +144,10 @@ pub fn write_reply(
         Body::Empty => r.body("", b""),
         Body::Full { content_type, data } if head => r.head_only(content_type, data.len()),
         Body::Full { content_type, data } => r.body(content_type, data),
-        Body::Records { format, records } => {
+        Body::Records { format, .. } => {
             r.chunked(format.content_type());
             if !head {
-                let size: usize = records.iter().map(|m| m.value.len() + 64).sum();
-                let mut body = BytesMut::with_capacity(size);
-                for m in records {
-                    format.put(&mut body, m);
-                }
+                let (_, body) = reply.body.encode().unwrap_or_default();
                 super::chunked::encode_chunk(out, &body);
                 super::chunked::encode_last(out);
             }

@@ -238,6 +238,20 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, health_only: boo
     }
 }
 
+/// Writes `reply` as the connection's last answer (`connection: close`), for a stream that
+/// could not start (an event stream or a WebSocket refused before it began).
+pub(super) async fn answer_last<S: Transport>(
+    core: &Core,
+    stream: &mut S,
+    reply: Reply,
+    t0: Instant,
+) {
+    let mut out = BytesMut::new();
+    let (_, hold) = encode(core, &mut out, reply, false, false, t0);
+    let _ = write_out(core, stream, &mut out).await;
+    drop(hold);
+}
+
 /// Answers a request that will not be read to its end with `err`, then closes the connection
 /// gracefully ([`lingering_close`]).
 async fn refuse<S: Transport>(core: &Core, mut stream: S, err: &Error) {
@@ -314,15 +328,9 @@ async fn answer<S: Transport>(
         return Answered::Stream(req);
     }
     let caller = Caller::of(&req);
-    let gzip = kateway_proto::gzip::accepted(&req);
-    let coded = |r: Reply| async move {
-        match gzip {
-            true => super::gzip(core, r).await,
-            false => r,
-        }
-    };
     if !cmd.may_park() {
-        return Answered::Reply(coded(api::execute(core, caller, cmd).await).await);
+        let reply = api::execute(core, caller, cmd).await;
+        return Answered::Reply(super::gzip(core, &req, reply).await);
     }
     let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
     {
@@ -333,7 +341,7 @@ async fn answer<S: Transport>(
             stream.watch().await
         };
         monoio::select! {
-            reply = &mut fut => return Answered::Reply(coded(reply).await),
+            reply = &mut fut => return Answered::Reply(super::gzip(core, &req, reply).await),
             _ = watch => {}
         }
     }
@@ -342,7 +350,7 @@ async fn answer<S: Transport>(
     *rbuf = buf.into_inner();
     match res {
         Ok(0) | Err(_) => Answered::Gone,
-        Ok(_) => Answered::Reply(coded(fut.await).await),
+        Ok(_) => Answered::Reply(super::gzip(core, &req, fut.await).await),
     }
 }
 

@@ -233,7 +233,6 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
             return;
         }
     }
-    let gzip = kateway_proto::gzip::accepted(&req);
     let reply = if cmd.may_park() {
         // A parked poll whose stream the client resets is dropped at once.
         let run = api::execute(&core, caller, cmd);
@@ -244,10 +243,7 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
     } else {
         api::execute(&core, caller, cmd).await
     };
-    let reply = match gzip {
-        true => super::gzip(&core, reply).await,
-        false => reply,
-    };
+    let reply = super::gzip(&core, &req, reply).await;
     send(&core, &mut respond, reply, head_only, t0).await;
 }
 

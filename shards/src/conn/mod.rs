@@ -17,7 +17,7 @@ use crate::metrics;
 use crate::node::Core;
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{Caller, Command};
+use kateway_proto::command::{Caller, Command, Parts};
 use kateway_proto::http1::encode::write_reply;
 use kateway_proto::http1::{Decoder, Event, Limits, Method};
 use kateway_proto::reply::Reply;
@@ -58,10 +58,13 @@ pub fn hold_encoded(hold: &mut Option<Box<dyn std::any::Any>>, bytes: usize) {
     }
 }
 
-/// `reply` gzip-coded for a client that accepts it (replies of at least `server.gzip_min_bytes`),
+/// `reply` gzip-coded when `req` accepts it (replies of at least `server.gzip_min_bytes`),
 /// 64 KiB at a time with the core yielding in between, so that coding a large batch does not
 /// hold up the core's other connections.
-pub async fn gzip(core: &Core, reply: Reply) -> Reply {
+pub async fn gzip(core: &Core, req: &impl Parts, reply: Reply) -> Reply {
+    if !kateway_proto::gzip::accepted(req) {
+        return reply;
+    }
     let min = core.shard.cfg.server.gzip_min_bytes.0 as usize;
     let Some(mut g) = kateway_proto::gzip::Gzip::of(&reply, min) else {
         return reply;
@@ -179,9 +182,7 @@ async fn serve(core: Rc<Core>, stream: TcpStream) {
         }
         _ if https_only => {
             let err = Error::new(ErrorKind::MalformedHttp, "this port speaks HTTPS only");
-            let mut buf = BytesMut::new();
-            with_date(|d| write_reply(&mut buf, &Reply::error(&err), d, false, true));
-            send_now(&stream, &buf);
+            send_now(&stream, &closing_answer(&err));
         }
         Sniffed::H2c => h2::serve(core, monoio_compat::StreamWrapper::new(stream)).await,
         Sniffed::Http1 => h1::serve(core, stream, false).await,
@@ -236,13 +237,18 @@ async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
     }
 }
 
+/// The answer to a connection beyond the cap.
 fn refusal() -> BytesMut {
-    let err = Error::new(
+    closing_answer(&Error::new(
         ErrorKind::TooManyConnections,
         "too many connections on this core",
-    );
+    ))
+}
+
+/// `err` as an HTTP/1.1 answer that closes the connection.
+fn closing_answer(err: &Error) -> BytesMut {
     let mut buf = BytesMut::new();
-    with_date(|d| write_reply(&mut buf, &Reply::error(&err), d, false, true));
+    with_date(|d| write_reply(&mut buf, &Reply::error(err), d, false, true));
     buf
 }
 

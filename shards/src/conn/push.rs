@@ -3,7 +3,7 @@
 //! and WebSockets ([`super::ws`]). The connection closes when the stream ends: the client goes
 //! away, a write makes no progress within `write_timeout`, or the core drains.
 
-use super::h1::write_out;
+use super::h1::{answer_last, write_out};
 use super::Transport;
 use crate::api;
 use crate::api::stream::Events;
@@ -12,7 +12,7 @@ use crate::node::Core;
 use bytes::BytesMut;
 use kateway_proto::command::{Caller, Command};
 use kateway_proto::http1::chunked::{encode_chunk, encode_last};
-use kateway_proto::http1::encode::{write_reply, Response};
+use kateway_proto::http1::encode::Response;
 use kateway_proto::http1::Request;
 use kateway_proto::reply::Reply;
 use kateway_proto::sse;
@@ -37,13 +37,7 @@ pub async fn serve<S: Transport>(
         }
         Command::Subscribe(s) => match api::stream::events(&core, caller, &s).await {
             Ok(events) => events_h1(&core, stream, events, t0).await,
-            Err(e) => {
-                let mut out = BytesMut::new();
-                let reply = Reply::error(&e);
-                api::count(&core, reply.status, t0);
-                with_date(|d| write_reply(&mut out, &reply, d, false, true));
-                let _ = write_out(&core, &mut stream, &mut out).await;
-            }
+            Err(e) => answer_last(&core, &mut stream, Reply::error(&e), t0).await,
         },
         _ => {}
     }

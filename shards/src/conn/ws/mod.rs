@@ -18,17 +18,15 @@
 //! silent for two intervals is closed (1000, "idle timeout"). Draining closes with 1001. A
 //! frame the codec refuses closes with its code (1002, 1007, 1009).
 
-use super::h1::write_out;
+use super::h1::{answer_last, write_out};
 use super::Transport;
 use crate::api;
-use crate::date::with_date;
 use crate::event::Event;
 use crate::metrics;
 use crate::node::Core;
 use bytes::{Bytes, BytesMut};
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{Caller, Publish, Socket, Subscribe, TopicPath};
-use kateway_proto::http1::encode::write_reply;
 use kateway_proto::http1::Request;
 use kateway_proto::query;
 use kateway_proto::reply::{Body, Reply, Value};
@@ -95,12 +93,6 @@ pub async fn serve<S: Transport>(
     socket: Socket<'_>,
     t0: Instant,
 ) {
-    let refuse = |reply: Reply| {
-        let mut out = BytesMut::new();
-        api::count(&core, reply.status, t0);
-        with_date(|d| write_reply(&mut out, &reply, d, false, true));
-        out
-    };
     let up = match ws::handshake::check_upgrade(req) {
         // RFC 6455 §4.1: the upgrade is an HTTP/1.1 request.
         Ok(_) if req.minor == 0 => {
@@ -108,7 +100,7 @@ pub async fn serve<S: Transport>(
                 ErrorKind::InvalidParam,
                 "a WebSocket upgrade needs HTTP/1.1",
             );
-            let _ = write_out(&core, &mut stream, &mut refuse(Reply::error(&e))).await;
+            answer_last(&core, &mut stream, Reply::error(&e), t0).await;
             return;
         }
         Ok(up) => up,
@@ -124,7 +116,7 @@ pub async fn serve<S: Transport>(
                     "sec-websocket-version",
                     Value::Static(ws::handshake::VERSION),
                 );
-            let _ = write_out(&core, &mut stream, &mut refuse(reply)).await;
+            answer_last(&core, &mut stream, reply, t0).await;
             return;
         }
     };
@@ -132,7 +124,7 @@ pub async fn serve<S: Transport>(
     let mode = match prepare(&core, caller, socket, req).await {
         Ok(m) => m,
         Err(e) => {
-            let _ = write_out(&core, &mut stream, &mut refuse(Reply::error(&e))).await;
+            answer_last(&core, &mut stream, Reply::error(&e), t0).await;
             return;
         }
     };

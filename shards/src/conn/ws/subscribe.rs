@@ -9,7 +9,7 @@ use crate::node::Core;
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{AckBatch, Caller, Command, Subscribe};
-use kateway_proto::reply::Reply;
+use kateway_proto::reply::{RecordFormat, Reply};
 use kateway_proto::ws;
 use monoio::io::AsyncWriteRent;
 use std::rc::Rc;
@@ -115,15 +115,8 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
             Ok(Batch { records, mut held }) => {
                 for m in &records {
                     let mut line = BytesMut::with_capacity(m.value.len() * 4 / 3 + 96);
-                    kateway_proto::batch::put_json_line(
-                        &mut line,
-                        m.partition,
-                        m.offset,
-                        m.timestamp,
-                        &m.key,
-                        &m.tags,
-                        &m.value,
-                    );
+                    RecordFormat::NdJson.put(&mut line, m);
+                    // The JSON line without its newline.
                     ws::encode::write_frame(&mut out, ws::Opcode::Text, &line[..line.len() - 1]);
                     metrics::inc(&shard.metrics.websocket_messages_out_total);
                 }
