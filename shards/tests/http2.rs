@@ -238,11 +238,6 @@ fn floods_and_hpack_bombs_get_enhance_your_calm(b: Backend) {
         g.publish(&app1, "t", "", attack.as_bytes());
     }
     assert!(g.metric("kateway_http2_floods_total") >= 2.0);
-    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", g.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    assert!(rss_kib < 512 * 1024, "memory stayed bounded: {rss_kib} KiB");
+    let rss = support::rss_kib(g.pid());
+    assert!(rss < 512 * 1024, "memory stayed bounded: {rss} KiB");
 }

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::clients::ws_pubsub;
-use support::{Backend, Gateway};
+use support::{rss_kib, Backend, Gateway};
 
 on_both_backends!(
     websockets_publishes_pipelined_and_subscribes_with_credit,
@@ -346,15 +346,6 @@ fn a_ping_flood_on_a_subscribe_socket_stays_bounded(b: Backend) {
     let pongs = reader.join().unwrap();
     assert!(pongs > 0, "pings were answered");
     assert!(rss < 200 * 1024, "memory stayed bounded: {rss} KiB");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 fn pings_beyond_the_inbox_are_all_answered(b: Backend) {

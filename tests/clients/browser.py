@@ -35,42 +35,33 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+
+from common import Failure, Progress, create_topic, in_test_venv, q
 
 try:
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 except ImportError:
-    # Not the test virtualenv: run again with it (scripts/deps makes it).
-    venv = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".venv-test")
-    if os.path.exists(os.path.join(venv, "bin", "python")) and not os.environ.get("KATEWAY_TEST_VENV"):
-        os.environ["KATEWAY_TEST_VENV"] = "1"
-        os.execv(os.path.join(venv, "bin", "python"), [os.path.join(venv, "bin", "python")] + sys.argv)
-    print("FAIL: the selenium package is missing; run scripts/deps (it makes .venv-test)", file=sys.stderr)
-    sys.exit(1)
+    in_test_venv("selenium")
 
-PROG = "browser"
-stage = "start"
+PROGRESS = Progress("browser")
+log = PROGRESS.log
+set_stage = PROGRESS.set_stage
 driver_holder = {}
 
 
-class Failure(Exception):
-    pass
-
-
-def log(msg):
-    print(f"{PROG}: {msg}", flush=True)
-
-
-def set_stage(s):
-    global stage
-    stage = s
-    log(s)
+def cleanup():
+    """What the watchdog does before it ends a stuck run: the browser and its profile go."""
+    kill_browser()
+    if driver_holder.get("profile"):
+        time.sleep(0.5)
+        shutil.rmtree(driver_holder["profile"], ignore_errors=True)
 
 
 def kill_browser():
@@ -84,38 +75,7 @@ def kill_browser():
             pass
 
 
-def watchdog(seconds):
-    def fire():
-        print(f"FAIL: {PROG}: the run took over {seconds}s (stuck in: {stage})", flush=True)
-        kill_browser()
-        if driver_holder.get("profile"):
-            time.sleep(0.5)
-            shutil.rmtree(driver_holder["profile"], ignore_errors=True)
-        os._exit(1)
-    t = threading.Timer(seconds, fire)
-    t.daemon = True
-    t.start()
-
-
-def q(s):
-    return urllib.parse.quote(s, safe="")
-
-
 # ---------------------------------------------------------------- plain HTTP side (urllib)
-
-def create_topic(args):
-    url = f"{args.http}/v1/topics/{q(args.app)}/{q(args.topic)}/{q(args.ver)}?partitions={args.create}"
-    req = urllib.request.Request(url, data=b"", method="POST", headers={"Appid": args.app})
-    try:
-        with urllib.request.urlopen(req, timeout=args.timeout) as r:
-            log(f"created topic: {r.status}")
-    except urllib.error.HTTPError as e:
-        if e.code != 409:
-            raise Failure(f"creating the topic: {url} answered {e.code} {e.read()[:300]!r}")
-        log("topic exists (409)")
-    except OSError as e:
-        raise Failure(f"creating the topic: {url}: {e}")
-
 
 def http_publish(args, payload):
     url = f"{args.http}/v1/msgs/{q(args.topic)}/{q(args.ver)}?key={q(args.key)}"
@@ -495,14 +455,14 @@ def main():
     run_id = f"b{os.getpid()}x{int(time.time() * 1000) % 10**9}"
     args.group = args.group or f"sse-{run_id}"
     args.key = args.key or run_id
-    watchdog(args.deadline)
+    PROGRESS.watchdog(args.deadline, cleanup)
     profile = tempfile.mkdtemp(prefix="kateway-chromium-")
     driver_holder["profile"] = profile
     drv = None
     rc = 1
     try:
         if args.create:
-            create_topic(args)
+            create_topic(args.http, args, log)
         set_stage("starting headless Chromium")
         drv = start_browser(args, profile)
         run(args, drv, run_id)
@@ -510,11 +470,11 @@ def main():
             f"(group {args.group})")
         rc = 0
     except Failure as e:
-        print(f"FAIL: {PROG}: {e}", flush=True)
+        print(f"FAIL: {PROGRESS.prog}: {e}", flush=True)
     except WebDriverException as e:
-        print(f"FAIL: {PROG}: webdriver error in '{stage}': {e.msg or e}", flush=True)
+        print(f"FAIL: {PROGRESS.prog}: webdriver error in '{PROGRESS.stage}': {e.msg or e}", flush=True)
     except Exception as e:  # noqa: BLE001 - any surprise is a failure with a reason
-        print(f"FAIL: {PROG}: unexpected {type(e).__name__} in '{stage}': {e}", flush=True)
+        print(f"FAIL: {PROGRESS.prog}: unexpected {type(e).__name__} in '{PROGRESS.stage}': {e}", flush=True)
     finally:
         if drv is not None:
             if rc != 0:

@@ -28,60 +28,29 @@ import base64
 import json
 import os
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
+
+from common import Failure, Progress, create_topic, in_test_venv, q
+
 try:
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
 except ImportError:
-    # Not the test virtualenv: run again with it (scripts/deps makes it).
-    venv = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".venv-test")
-    if os.path.exists(os.path.join(venv, "bin", "python")) and not os.environ.get("KATEWAY_TEST_VENV"):
-        os.environ["KATEWAY_TEST_VENV"] = "1"
-        os.execv(os.path.join(venv, "bin", "python"), [os.path.join(venv, "bin", "python")] + sys.argv)
-    print("FAIL: the websockets package is missing; run scripts/deps (it makes .venv-test)", file=sys.stderr)
-    sys.exit(1)
+    in_test_venv("websockets")
 
-PROG = "ws_pubsub"
-stage = "start"
-
-
-class Failure(Exception):
-    pass
-
-
-def log(msg):
-    print(f"{PROG}: {msg}", flush=True)
-
-
-def watchdog(seconds):
-    """Ends the process if the whole run takes longer than `seconds`, whatever it is blocked on."""
-    def fire():
-        print(f"FAIL: {PROG}: the run took over {seconds}s (stuck in: {stage})", flush=True)
-        os._exit(1)
-    t = threading.Timer(seconds, fire)
-    t.daemon = True
-    t.start()
-
-
-def set_stage(s):
-    global stage
-    stage = s
-    log(s)
+PROGRESS = Progress("ws_pubsub")
+log = PROGRESS.log
+set_stage = PROGRESS.set_stage
 
 
 def http_base(ws_base):
     u = urllib.parse.urlsplit(ws_base)
     scheme = {"ws": "http", "wss": "https"}.get(u.scheme, u.scheme)
     return urllib.parse.urlunsplit((scheme, u.netloc, u.path.rstrip("/"), "", ""))
-
-
-def q(s):
-    return urllib.parse.quote(s, safe="")
 
 
 # --insecure: accept the gateway's certificate unverified (a test certificate over wss://).
@@ -106,21 +75,6 @@ def ws_connect(url, timeout, max_size=2**24):
         raise Failure(f"{url}: handshake failed: {e}")
     except (OSError, TimeoutError) as e:
         raise Failure(f"{url}: cannot connect: {e}")
-
-
-def create_topic(args):
-    url = (f"{http_base(args.base)}/v1/topics/{q(args.app)}/{q(args.topic)}/{q(args.ver)}"
-           f"?partitions={args.create}")
-    req = urllib.request.Request(url, data=b"", method="POST", headers={"Appid": args.app})
-    try:
-        with urllib.request.urlopen(req, timeout=args.timeout) as r:
-            log(f"created topic: {r.status}")
-    except urllib.error.HTTPError as e:
-        if e.code != 409:
-            raise Failure(f"creating the topic: {url} answered {e.code} {e.read()[:300]!r}")
-        log("topic exists (409)")
-    except OSError as e:
-        raise Failure(f"creating the topic: {url}: {e}")
 
 
 def recv_json(ws, timeout, what):
@@ -338,13 +292,13 @@ def main():
     if args.count < 1 or args.credit < 1:
         ap.error("--count and --credit must be at least 1")
     args.base = args.base.rstrip("/")
-    watchdog(args.deadline)
+    PROGRESS.watchdog(args.deadline)
     run_id = f"r{os.getpid()}x{int(time.time() * 1000) % 10**9}"
     if not args.group:
         args.group = f"ws-{run_id}"
     try:
         if args.create:
-            create_topic(args)
+            create_topic(http_base(args.base), args, log)
         if args.send_oversize is not None:
             oversize(args)
             log(f"PASS: a {args.send_oversize}-byte message closed the connection with {args.expect_close_code}")
@@ -354,10 +308,10 @@ def main():
             log(f"PASS: {args.count} messages published over WebSocket and received over WebSocket "
                 f"(group {args.group})")
     except Failure as e:
-        print(f"FAIL: {PROG}: {e}", flush=True)
+        print(f"FAIL: {PROGRESS.prog}: {e}", flush=True)
         return 1
     except Exception as e:  # noqa: BLE001 - any surprise is a failure with a reason
-        print(f"FAIL: {PROG}: unexpected {type(e).__name__} in '{stage}': {e}", flush=True)
+        print(f"FAIL: {PROGRESS.prog}: unexpected {type(e).__name__} in '{PROGRESS.stage}': {e}", flush=True)
         return 1
     return 0
 

@@ -72,6 +72,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 impl Gateway {
     /// Starts a gateway with 2 cores on a fresh data directory.
     pub fn start() -> Self {
