@@ -170,6 +170,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             &[
                 ("KATEWAY_SERVER_PIN_CORES", "false"),
                 ("KATEWAY_LOG_LEVEL", "warn"),
+                ("KATEWAY_AUTH_ENABLED", "false"),
             ],
         )
     };

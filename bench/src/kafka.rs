@@ -116,6 +116,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         &[
             ("KATEWAY_SERVER_PIN_CORES", "false"),
             ("KATEWAY_LOG_LEVEL", "warn"),
+            ("KATEWAY_AUTH_ENABLED", "false"),
             ("KATEWAY_KAFKA_LINGER", &linger),
         ],
     )?;

@@ -326,6 +326,7 @@ pub fn run(a: ProtocolsArgs) -> anyhow::Result<()> {
         &[
             ("KATEWAY_SERVER_PIN_CORES", "false"),
             ("KATEWAY_LOG_LEVEL", "warn"),
+            ("KATEWAY_AUTH_ENABLED", "false"),
             ("KATEWAY_TLS_CERT", &cert.to_string_lossy()),
             ("KATEWAY_TLS_KEY", &key.to_string_lossy()),
         ],

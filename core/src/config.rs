@@ -24,6 +24,8 @@ pub struct Config {
     pub sse: SseConfig,
     /// TLS.
     pub tls: TlsConfig,
+    /// Authentication and the operator listener.
+    pub auth: AuthConfig,
     /// Request and message limits.
     pub limits: LimitsConfig,
     /// Subscribe behaviour.
@@ -102,6 +104,28 @@ impl TlsConfig {
     }
 }
 
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    pub operator_listen: String,
+    pub pepper_file: PathBuf,
+    pub failed_burst: u32,
+    pub failed_per_second: u32,
+}
+
+impl AuthConfig {
+    /// The pepper file: `pepper_file`, or `<data>/meta/pepper`.
+    pub fn pepper_path(&self, data_dir: &Path) -> PathBuf {
+        if self.pepper_file.as_os_str().is_empty() {
+            data_dir.join("meta").join("pepper")
+        } else {
+            self.pepper_file.clone()
+        }
+    }
+}
+
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,6 +139,8 @@ pub struct LimitsConfig {
     pub max_pending_bytes_per_core: ByteSize,
     pub max_response_bytes_per_core: ByteSize,
     pub max_request_bytes_per_core: ByteSize,
+    pub max_requests_in_flight_per_core: u32,
+    pub app_share_per_core: u32,
 }
 
 /// `[subscribe]`
@@ -178,6 +204,7 @@ pub enum Backend {
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
+    pub meta_topic: String,
     pub client_id: String,
     pub replication_factor: i32,
     pub linger: Dur,
@@ -206,7 +233,8 @@ pub struct LogConfig {
 /// the gateway at start.
 const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
+    "auth",
     "server",
     "http2",
     "websocket",
@@ -274,6 +302,34 @@ impl Config {
             s.max_connections_per_core.into(),
             0,
             10_000_000,
+        )?;
+        let a = &self.auth;
+        if !a.operator_listen.is_empty() {
+            a.operator_listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("auth.operator_listen = {:?}: {e}", a.operator_listen))?;
+            if a.operator_listen == s.listen {
+                return Err("auth.operator_listen must differ from server.listen".into());
+            }
+        }
+        range("auth.failed_burst", a.failed_burst.into(), 1, 1_000_000)?;
+        range(
+            "auth.failed_per_second",
+            a.failed_per_second.into(),
+            1,
+            1_000_000,
+        )?;
+        range(
+            "limits.max_requests_in_flight_per_core",
+            self.limits.max_requests_in_flight_per_core.into(),
+            1,
+            10_000_000,
+        )?;
+        range(
+            "limits.app_share_per_core",
+            self.limits.app_share_per_core.into(),
+            1,
+            100,
         )?;
         if s.write_timeout.0.is_zero() {
             return Err("server.write_timeout must be greater than 0".into());

@@ -50,6 +50,10 @@ kinds! {
     InvalidBody = 40006, Client;
     /// A required header such as `Appid` is missing.
     MissingHeader = 40007, Client;
+    /// No credentials, or credentials that do not authenticate (`WWW-Authenticate: Bearer`).
+    Unauthorized = 40100, Client;
+    /// Authenticated, but the key may not do this (wrong app, scope, topic or listener).
+    Forbidden = 40300, Client;
     /// The topic does not exist.
     UnknownTopic = 40400, Client;
     /// No route matches the path.
@@ -72,6 +76,10 @@ kinds! {
     HeadersTooLarge = 43100, Client;
     /// The core has too much work in flight; retry after the advertised delay.
     Overloaded = 42900, Capacity;
+    /// The app's quota is spent for now (`Retry-After`, `RateLimit-Policy`, `RateLimit`).
+    QuotaExceeded = 42901, Capacity;
+    /// Too many failed authentications from this client address.
+    TooManyAuthFailures = 42902, Capacity;
     /// A bug or an unexpected state.
     Internal = 50000, Internal;
     /// The request uses a protocol feature the gateway does not implement.
@@ -96,6 +104,8 @@ kinds! {
     NotReady = 50307, Capacity;
     /// The core holds its limit of bytes of requests still arriving.
     RequestsBuffered = 50308, Capacity;
+    /// The core runs as many requests as it may (`limits.max_requests_in_flight_per_core`).
+    Busy = 50309, Capacity;
 }
 
 impl ErrorKind {
@@ -117,6 +127,10 @@ pub struct Error {
     kind: ErrorKind,
     msg: Cow<'static, str>,
     allow: Option<&'static str>,
+    /// Seconds before a retry can succeed, where the failure knows better than its kind.
+    retry: Option<u32>,
+    /// `RateLimit-Policy` and `RateLimit` header values of a quota refusal.
+    limit: Option<Box<(String, String)>>,
 }
 
 impl Error {
@@ -126,7 +140,26 @@ impl Error {
             kind,
             msg: msg.into(),
             allow: None,
+            retry: None,
+            limit: None,
         }
+    }
+
+    /// This error with a `Retry-After` of `secs` (at least 1).
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry = Some(secs.max(1));
+        self
+    }
+
+    /// This error with `RateLimit-Policy` and `RateLimit` header values.
+    pub fn with_rate_limit(mut self, policy: String, limit: String) -> Self {
+        self.limit = Some(Box::new((policy, limit)));
+        self
+    }
+
+    /// The `RateLimit-Policy` and `RateLimit` header values of a quota refusal.
+    pub fn rate_limit(&self) -> Option<(&str, &str)> {
+        self.limit.as_deref().map(|(p, l)| (p.as_str(), l.as_str()))
     }
 
     /// A 405 for a route that exists for the methods in `allow` (the `Allow` header).
@@ -159,6 +192,9 @@ impl Error {
 
     /// Seconds a client should wait before retrying, for capacity failures.
     pub fn retry_after(&self) -> Option<u32> {
+        if self.retry.is_some() {
+            return self.retry;
+        }
         match self.kind.origin() {
             Origin::Capacity => Some(1),
             Origin::Disk => Some(5),

@@ -24,8 +24,9 @@ const KEYID_LEN: usize = 12;
 const SECRET_LEN: usize = 32;
 const CHECK_LEN: usize = 7;
 
-/// What a key may do. Scopes are a bit set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a key may do: one scope per key, named by its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     Publish,
     Subscribe,
@@ -55,6 +56,28 @@ impl Scope {
             b'l' => Scope::Legacy,
             _ => return None,
         })
+    }
+
+    /// The scope called `name` in the API (`publish`, `subscribe`, `app_admin`, `operator`).
+    pub fn of_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "publish" | "pub" => Scope::Publish,
+            "subscribe" | "sub" => Scope::Subscribe,
+            "app_admin" | "admin" => Scope::AppAdmin,
+            "operator" => Scope::Operator,
+            _ => return None,
+        })
+    }
+
+    /// The scope's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Publish => "publish",
+            Scope::Subscribe => "subscribe",
+            Scope::AppAdmin => "app_admin",
+            Scope::Operator => "operator",
+            Scope::Legacy => "legacy",
+        }
     }
 
     /// Whether a key of this scope allows `wanted`.
@@ -180,8 +203,50 @@ impl Pepper {
 
     /// Whether a presented key's secret is the one `stored` was made from (constant time).
     pub fn verify(&self, key: &Presented<'_>, stored: &[u8; 32]) -> bool {
-        hmac::verify(&self.0, key.secret.as_bytes(), stored).is_ok()
+        self.verify_secret(key.secret, stored)
     }
+
+    /// Whether `secret` is the one `stored` was made from (constant time).
+    pub fn verify_secret(&self, secret: &str, stored: &[u8; 32]) -> bool {
+        hmac::verify(&self.0, secret.as_bytes(), stored).is_ok()
+    }
+
+    /// A public fingerprint of the pepper, stored beside each hash, so a gateway that was given
+    /// another pepper can say so instead of refusing every key without a reason.
+    pub fn id(&self) -> String {
+        let tag = hmac::sign(&self.0, b"kateway pepper id");
+        tag.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl<'a> Presented<'a> {
+    /// The secret part, for a per-core cache of verified keys; never logged or stored.
+    pub fn secret(&self) -> &'a str {
+        self.secret
+    }
+}
+
+/// A fresh random key id.
+pub fn random_keyid() -> Result<String, ring::error::Unspecified> {
+    let mut raw = [0u8; KEYID_LEN];
+    SystemRandom::new().fill(&mut raw)?;
+    Ok(raw
+        .iter()
+        .map(|b| ALPHABET[(b & 31) as usize] as char)
+        .collect())
+}
+
+/// A legacy secret (the original kateway's app secret, any text) as a key: a fresh key id and
+/// the hash to store. The text a client sends stays the secret itself.
+pub fn legacy(secret: &str, pepper: &Pepper) -> Result<NewKey, ring::error::Unspecified> {
+    Ok(NewKey {
+        text: secret.to_owned(),
+        keyid: random_keyid()?,
+        hash: pepper.hash(secret),
+    })
 }
 
 /// A new key: the text to show once, its key id, and what to store.

@@ -4,15 +4,23 @@
 //! status), the naming rules for apps, topics, versions and groups, the message vocabulary the
 //! backends and the Kafka bridge share ([`message`]), Kafka's default partitioner (so the
 //! embedded and Kafka backends place keys identically), and the configuration schema with its
-//! defaults and validation, and API keys ([`keys`]: format, keyed hashes, constant-time checks).
-//! It does no I/O besides reading the configuration file.
+//! defaults and validation, API keys ([`keys`]: format, keyed hashes, constant-time checks),
+//! tenancy ([`tenancy`]: apps, keys, grants and quotas as metadata records, the rules of every
+//! change, and the snapshot requests are authorized with), per-app rate quotas enforced per core
+//! with tokens leased from a per-process pool, concurrency slots and the failed-authentication
+//! limiter ([`quota`]), and the durable append-only record file of the embedded backend's
+//! metadata ([`metalog`]). It does no I/O besides reading the configuration file and the
+//! metadata log.
 
 pub mod config;
 pub mod error;
 pub mod keys;
 pub mod message;
+pub mod metalog;
 pub mod names;
 pub mod partitioner;
+pub mod quota;
+pub mod tenancy;
 pub mod units;
 
 pub use error::{Error, ErrorKind};

@@ -42,11 +42,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
         "us" => Duration::from_micros(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         u => {
             return Err(format!(
-                "invalid duration unit {u:?} in {s:?}: use ms, s, m or h"
+                "invalid duration unit {u:?} in {s:?}: use ms, s, m, h or d"
             ))
         }
     })

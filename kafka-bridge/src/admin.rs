@@ -84,6 +84,16 @@ impl Admin {
         res.into_iter().try_for_each(topic_result)
     }
 
+    /// Creates the topic `t` describes.
+    pub(crate) async fn create(&self, t: &NewTopic<'_>) -> Result<(), BridgeError> {
+        let res = self
+            .client
+            .create_topics([t], &self.opts())
+            .await
+            .map_err(BridgeError::from_kafka)?;
+        res.into_iter().try_for_each(topic_result)
+    }
+
     /// Grows a topic to `partitions` partitions.
     pub async fn add_partitions(&self, name: &str, partitions: u32) -> Result<(), BridgeError> {
         let p = NewPartitions::new(name, partitions as usize);

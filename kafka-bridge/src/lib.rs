@@ -10,12 +10,15 @@
 //! * [`GroupConsumer`]: one consumer-group membership per process, group and topic, with
 //!   explicit commits that Kafka's own tools see.
 //! * [`Admin`]: create, grow and delete topics, and read partition counts.
+//! * [`metatopic`]: the compacted metadata topic (apps, key hashes, grants, quotas) every
+//!   gateway of a cluster follows from its start.
 //!
 //! Failures are [`BridgeError`]s that say whether the broker was unreachable or timed out (the
 //! cases the gateway answers by buffering locally) or the request itself was refused.
 
 mod admin;
 mod consumer;
+pub mod metatopic;
 mod native;
 mod producer;
 

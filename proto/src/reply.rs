@@ -172,6 +172,20 @@ impl Reply {
         if let Some(a) = e.allow() {
             r = r.header("allow", Value::Static(a));
         }
+        if e.kind() == ErrorKind::Unauthorized {
+            r = r.header(
+                "www-authenticate",
+                Value::Static("Bearer realm=\"kateway\""),
+            );
+        }
+        if let Some((policy, limit)) = e.rate_limit() {
+            r = r
+                .header(
+                    "ratelimit-policy",
+                    Value::Bytes(Bytes::from(policy.to_owned())),
+                )
+                .header("ratelimit", Value::Bytes(Bytes::from(limit.to_owned())));
+        }
         r.close = matches!(
             e.kind(),
             ErrorKind::MalformedHttp

@@ -64,6 +64,39 @@ pub enum Route<'a> {
         topic: &'a str,
         ver: &'a str,
     },
+    /// The tenancy API.
+    Admin(AdminRoute<'a>),
+}
+
+/// The tenancy API: apps, keys, secrets, grants, quotas and the audit list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRoute<'a> {
+    /// `GET /v1/apps`
+    Apps,
+    /// `POST|DELETE /v1/apps/:app`
+    App { method: Method, app: &'a str },
+    /// `GET|POST /v1/keys/:app`
+    Keys { method: Method, app: &'a str },
+    /// `DELETE /v1/keys/:app/:keyid`
+    Key { app: &'a str, keyid: &'a str },
+    /// `POST /v1/keys/:app/:keyid/rotate`
+    Rotate { app: &'a str, keyid: &'a str },
+    /// `PUT /v1/secrets/:app`: import the original kateway's app secret.
+    Secret { app: &'a str },
+    /// `GET /v1/grants/:app`
+    Grants { app: &'a str },
+    /// `PUT|DELETE /v1/grants/:appid/:topic/:ver/:subscriber`
+    Grant {
+        method: Method,
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+        subscriber: &'a str,
+    },
+    /// `GET|PUT|DELETE /v1/quotas/:app`
+    Quota { method: Method, app: &'a str },
+    /// `GET /v1/audit`
+    Audit,
 }
 
 /// Why no route matched.
@@ -156,9 +189,89 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
         ["v1", "status", appid, topic, ver] => {
             allow(get, "GET", Route::TopicStatus { appid, topic, ver })
         }
+        ["v1", "apps"] => allow(get, "GET", Route::Admin(AdminRoute::Apps)),
+        ["v1", "apps", app] => allow(
+            matches!(method, Post | Delete),
+            "POST, DELETE",
+            Route::Admin(AdminRoute::App { method, app }),
+        ),
+        ["v1", "keys", app] => allow(
+            get || method == Post,
+            "GET, POST",
+            Route::Admin(AdminRoute::Keys { method, app }),
+        ),
+        ["v1", "keys", app, keyid] => allow(
+            method == Delete,
+            "DELETE",
+            Route::Admin(AdminRoute::Key { app, keyid }),
+        ),
+        ["v1", "keys", app, keyid, "rotate"] => allow(
+            method == Post,
+            "POST",
+            Route::Admin(AdminRoute::Rotate { app, keyid }),
+        ),
+        ["v1", "secrets", app] => allow(
+            method == Put,
+            "PUT",
+            Route::Admin(AdminRoute::Secret { app }),
+        ),
+        ["v1", "grants", app] => allow(get, "GET", Route::Admin(AdminRoute::Grants { app })),
+        ["v1", "grants", appid, topic, ver, subscriber] => allow(
+            matches!(method, Put | Delete),
+            "PUT, DELETE",
+            Route::Admin(AdminRoute::Grant {
+                method,
+                appid,
+                topic,
+                ver,
+                subscriber,
+            }),
+        ),
+        ["v1", "quotas", app] => allow(
+            get || matches!(method, Put | Delete),
+            "GET, PUT, DELETE",
+            Route::Admin(AdminRoute::Quota { method, app }),
+        ),
+        ["v1", "audit"] => allow(get, "GET", Route::Admin(AdminRoute::Audit)),
         _ => Err(NotFound),
     }
 }
+
+/// A request for every route the table knows, with the path parameters filled in with valid
+/// names: what a test walks to check that every route is authenticated, so that a route added
+/// later is covered without anyone remembering to.
+pub const EVERY_ROUTE: &[(&str, &str)] = &[
+    ("GET", "/alive"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/status"),
+    ("POST", "/v1/msgs/t/v1"),
+    ("GET", "/v1/msgs/a/t/v1"),
+    ("GET", "/v1/ws/msgs/t/v1"),
+    ("GET", "/v1/ws/msgs/a/t/v1"),
+    ("PUT", "/v1/offsets/a/t/v1/g"),
+    ("PUT", "/v1/offset/a/t/v1/g/0"),
+    ("POST", "/v1/topics/a/t/v1"),
+    ("PUT", "/v1/topics/a/t/v1"),
+    ("DELETE", "/v1/topics/a/t/v1"),
+    ("GET", "/v1/partitions/a/t/v1"),
+    ("GET", "/v1/status/a/t/v1"),
+    ("GET", "/v1/apps"),
+    ("POST", "/v1/apps/a"),
+    ("DELETE", "/v1/apps/a"),
+    ("GET", "/v1/keys/a"),
+    ("POST", "/v1/keys/a"),
+    ("DELETE", "/v1/keys/a/k"),
+    ("POST", "/v1/keys/a/k/rotate"),
+    ("PUT", "/v1/secrets/a"),
+    ("GET", "/v1/grants/a"),
+    ("PUT", "/v1/grants/a/t/v1/b"),
+    ("DELETE", "/v1/grants/a/t/v1/b"),
+    ("GET", "/v1/quotas/a"),
+    ("PUT", "/v1/quotas/a"),
+    ("DELETE", "/v1/quotas/a"),
+    ("GET", "/v1/audit"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -231,6 +344,63 @@ mod tests {
         assert_eq!(
             route(Method::Get, "/v1/topics/a/t/v1"),
             Err(RouteError::MethodNotAllowed("POST, PUT, DELETE"))
+        );
+    }
+
+    /// A number per kind of route (and method, where one path takes several): the match is
+    /// exhaustive, so a new route does not compile until it has a number, and the test below
+    /// then fails until [`EVERY_ROUTE`] lists it.
+    fn kind(r: &Route<'_>) -> usize {
+        use AdminRoute as A;
+        let m = |m: &Method| match m {
+            Method::Post => 0,
+            Method::Put => 1,
+            _ => 2,
+        };
+        match r {
+            Route::Alive => 0,
+            Route::Ready => 1,
+            Route::ProcessStatus => 2,
+            Route::Metrics => 3,
+            Route::Publish { .. } => 4,
+            Route::Subscribe { .. } => 5,
+            Route::WsPublish { .. } => 6,
+            Route::WsSubscribe { .. } => 7,
+            Route::AckBatch { .. } => 8,
+            Route::Topic { method, .. } => 9 + m(method),
+            Route::Seek { .. } => 12,
+            Route::Partitions { .. } => 13,
+            Route::TopicStatus { .. } => 14,
+            Route::Admin(A::Apps) => 15,
+            Route::Admin(A::App { method, .. }) => 16 + m(method) / 2,
+            Route::Admin(A::Keys { method, .. }) => 18 + usize::from(*method == Method::Post),
+            Route::Admin(A::Key { .. }) => 20,
+            Route::Admin(A::Rotate { .. }) => 21,
+            Route::Admin(A::Secret { .. }) => 22,
+            Route::Admin(A::Grants { .. }) => 23,
+            Route::Admin(A::Grant { method, .. }) => 24 + m(method) - 1,
+            Route::Admin(A::Quota { method, .. }) => match method {
+                Method::Put => 26,
+                Method::Delete => 27,
+                _ => 28,
+            },
+            Route::Admin(A::Audit) => 29,
+        }
+    }
+    const KINDS: usize = 30;
+
+    #[test]
+    fn every_route_is_listed_once_and_routes() {
+        let mut seen = vec![false; KINDS];
+        for (m, p) in EVERY_ROUTE {
+            let r = route(Method::parse(m), p).unwrap_or_else(|e| panic!("{m} {p}: {e:?}"));
+            let k = kind(&r);
+            assert!(!seen[k], "{m} {p} listed twice");
+            seen[k] = true;
+        }
+        assert!(
+            seen.iter().all(|s| *s),
+            "EVERY_ROUTE misses a route: {seen:?}"
         );
     }
 }

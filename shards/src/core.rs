@@ -26,11 +26,20 @@ pub struct CoreInit {
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
     /// Descriptor budget: connections and open log files of this core.
     pub fds: crate::fds::FdPlan,
+    /// The key hashes' pepper.
+    pub pepper: std::sync::Arc<kateway_core::keys::Pepper>,
+    /// Core 0: the tenancy metadata to start its writer with.
+    pub meta: Option<crate::backend::meta::MetaInit>,
 }
 
 /// Runs a core to completion.
 pub async fn run(init: CoreInit) {
-    let shard = Rc::new(Shard::new(init.id, init.cfg.clone(), init.mesh));
+    let shard = Rc::new(Shard::new(
+        init.id,
+        init.cfg.clone(),
+        init.mesh,
+        init.pepper.clone(),
+    ));
     let backend = match Backend::new(&init.shared, shard.clone(), init.fds.files_per_core) {
         Ok(b) => b,
         Err(e) => {
@@ -38,7 +47,16 @@ pub async fn run(init: CoreInit) {
             return;
         }
     };
-    let core = Rc::new(Core::new(shard.clone(), backend));
+    let mut meta = init.meta;
+    let follow = meta.as_mut().and_then(|m| m.follow.take());
+    let writer = meta.map(|m| {
+        Rc::new(crate::tenancy::writer::Writer::new(
+            m,
+            init.pepper.clone(),
+            init.cfg.store.data_dir.clone(),
+        ))
+    });
+    let core = Rc::new(Core::new(shard.clone(), backend, writer.clone()));
     for t in &init.topics {
         if let Err(e) = admin::apply_here(&shard, &core.backend, t) {
             let _ = init.ready.send(Err(e.to_string()));
@@ -60,6 +78,16 @@ pub async fn run(init: CoreInit) {
     };
     let tasks = &core.tasks;
     tasks.spawn("inbox", core.clone().inbox(init.inbox));
+    if let Some(w) = &writer {
+        match follow {
+            Some(rx) => tasks.spawn("metadata follower", w.clone().follow(core.clone(), rx)),
+            None => {
+                w.bootstrap(&core).await;
+                w.publish(&core).await;
+            }
+        }
+        tasks.spawn("key expiries", w.clone().expiries(core.clone()));
+    }
     core.backend.spawn(tasks);
     tasks.spawn("allocator", crate::alloc::run(shard.clone()));
     tasks.spawn(
@@ -71,6 +99,27 @@ pub async fn run(init: CoreInit) {
             crate::conn::Listener::Main,
         ),
     );
+    let operator = &init.cfg.auth.operator_listen;
+    if init.cfg.auth.enabled && !operator.is_empty() {
+        let l = match TcpListener::bind_with_config(operator.as_str(), &opts) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = init.ready.send(Err(format!(
+                    "cannot listen on {operator} (auth.operator_listen): {e}"
+                )));
+                return;
+            }
+        };
+        tasks.spawn(
+            "operator acceptor",
+            crate::conn::accept(
+                core.clone(),
+                l,
+                crate::conn::OVER_CAP,
+                crate::conn::Listener::Operator,
+            ),
+        );
+    }
     let health = &init.cfg.tls.health_listen;
     if !health.is_empty() {
         let l = match TcpListener::bind_with_config(health.as_str(), &opts) {
@@ -97,6 +146,9 @@ pub async fn run(init: CoreInit) {
     let seen = shard.stop_event.epoch();
     if seen == 0 {
         shard.stop_event.wait(seen).await;
+    }
+    if let Some(w) = &writer {
+        w.stop();
     }
     let late = tasks.finish(init.cfg.server.shutdown_timeout.0).await;
     if !late.is_empty() {

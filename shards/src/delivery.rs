@@ -32,6 +32,8 @@ pub struct Subscription {
     backend: Backend,
     topic: Rc<LocalTopic>,
     fetch: Fetch,
+    /// The app whose subscribe-bytes quota what it delivers is charged to.
+    quota_app: Option<String>,
 }
 
 impl Subscription {
@@ -41,7 +43,14 @@ impl Subscription {
             backend,
             topic,
             fetch,
+            quota_app: None,
         }
+    }
+
+    /// Charges what this subscription delivers to `app`'s subscribe quota.
+    pub fn charged_to(mut self, app: &str) -> Self {
+        self.quota_app = Some(app.to_owned());
+        self
     }
 
     /// Whether the core is draining (a stream then ends).
@@ -57,6 +66,17 @@ impl Subscription {
     /// The next batch: what is there now, or what arrives before `deadline` (empty at the
     /// deadline or when the core starts draining).
     pub async fn next(&self, deadline: Instant) -> Result<Batch, Error> {
+        let b = self.next_uncharged(deadline).await?;
+        if let Some(app) = &self.quota_app {
+            let bytes: usize = b.records.iter().map(|m| m.value.len()).sum();
+            if bytes > 0 {
+                crate::tenancy::edge::charge_subscribe(&self.shard, app, bytes as u64);
+            }
+        }
+        Ok(b)
+    }
+
+    async fn next_uncharged(&self, deadline: Instant) -> Result<Batch, Error> {
         let shard = self.shard.clone();
         let shard = &shard;
         let want = self.fetch.max_bytes;

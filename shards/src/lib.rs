@@ -14,6 +14,8 @@
 //! * [`catalog`], [`admin`]: the topic catalog, its file, and topic administration.
 //! * [`node`], [`shard`], [`mesh`], [`request`], [`tasks`]: a core, its context, and how cores
 //!   ask each other for things. Cores share nothing mutable.
+//! * [`tenancy`]: apps, keys, grants and quotas: authentication and admission at the edge,
+//!   the per-core view they are checked against, and core 0's metadata writer.
 //! * [`runtime`], [`core`], [`fds`]: process and core bootstrap, and the open-file budget.
 
 pub mod admin;
@@ -35,3 +37,4 @@ pub mod request;
 pub mod runtime;
 pub mod shard;
 pub mod tasks;
+pub mod tenancy;

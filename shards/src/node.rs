@@ -21,16 +21,40 @@ pub struct Core {
     /// Serialises topic administration (core 0).
     admin_busy: Cell<bool>,
     admin_done: Event,
+    /// The metadata writer (core 0 only).
+    pub writer: Option<Rc<crate::tenancy::writer::Writer>>,
 }
 
 impl Core {
-    pub fn new(shard: Rc<Shard>, backend: Backend) -> Self {
+    pub fn new(
+        shard: Rc<Shard>,
+        backend: Backend,
+        writer: Option<Rc<crate::tenancy::writer::Writer>>,
+    ) -> Self {
         Self {
             shard,
             backend,
             tasks: Tasks::default(),
             admin_busy: Cell::new(false),
             admin_done: Event::default(),
+            writer,
+        }
+    }
+
+    /// Has core 0's metadata writer run a tenancy API call.
+    pub async fn meta(
+        &self,
+        call: crate::tenancy::writer::MetaCall,
+    ) -> Result<(u16, String), kateway_core::Error> {
+        if let Some(w) = &self.writer {
+            return w.call(self, call).await;
+        }
+        match self.shard.mesh.call(0, Request::Meta(call)).await? {
+            Answer::Meta(r) => r,
+            _ => Err(kateway_core::Error::new(
+                kateway_core::ErrorKind::Internal,
+                "unexpected answer from core 0",
+            )),
         }
     }
 
@@ -82,6 +106,17 @@ impl Core {
                 Answer::Done(Ok(()))
             }
             Request::Metrics => Answer::Snapshot(Box::new(self.snapshot())),
+            Request::View(v) => {
+                shard.tenancy.install(v);
+                Answer::None
+            }
+            Request::Meta(call) => match &self.writer {
+                Some(w) => Answer::Meta(w.call(self, call).await),
+                None => Answer::Meta(Err(kateway_core::Error::new(
+                    kateway_core::ErrorKind::Internal,
+                    "metadata calls go to core 0",
+                ))),
+            },
             Request::Drain => {
                 shard.begin_shutdown();
                 while shard.metrics.http_connections_active.get() > 0 {

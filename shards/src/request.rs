@@ -68,6 +68,10 @@ pub enum Request {
     Drop(String),
     /// The receiver's metrics.
     Metrics,
+    /// Install this tenancy view (from core 0's metadata writer).
+    View(std::sync::Arc<crate::tenancy::View>),
+    /// Core 0 only: a tenancy API call.
+    Meta(crate::tenancy::writer::MetaCall),
     /// Stop accepting, finish requests, close connections; answer when none is left.
     Drain,
     /// Stop every task and the core.
@@ -82,5 +86,7 @@ pub enum Answer {
     Infos(Vec<PartitionInfo>),
     Topic(Result<TopicMeta, Error>),
     Snapshot(Box<Snapshot>),
+    /// A tenancy API call's status and JSON body.
+    Meta(Result<(u16, String), Error>),
     None,
 }

@@ -45,6 +45,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     let topics = load_catalog(&cfg)?;
     let shared = Shared::start(&cfg)?;
+    let pepper = Arc::new(load_pepper(&cfg)?);
+    let mut meta = Some(crate::backend::meta::open(&cfg, shared.bridge())?);
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (mesh, inboxes) = Mesh::<Request, Answer>::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -62,6 +64,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let topics = topics.clone();
         let shared = shared.clone();
         let ready = ready_tx.clone();
+        let pepper = pepper.clone();
+        let meta = if id == 0 { meta.take() } else { None };
         let cpu = (cfg.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let t = std::thread::Builder::new()
             .name(format!("kateway-core-{id}"))
@@ -78,6 +82,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     shared,
                     ready,
                     fds,
+                    pepper,
+                    meta,
                 };
                 reactor(id, cfg.server.ring_entries, init);
             })
@@ -123,6 +129,40 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The pepper key hashes are keyed with: read from `auth.pepper_file` (or `<data>/meta/pepper`),
+/// or made (32 random bytes, mode 0600) on the first start.
+fn load_pepper(cfg: &Config) -> Result<kateway_core::keys::Pepper, String> {
+    use kateway_core::keys::Pepper;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = cfg.auth.pepper_path(&cfg.store.data_dir);
+    match std::fs::read(&path) {
+        Ok(b) => Pepper::new(&b)
+            .ok_or_else(|| format!("{}: a pepper file holds at least 32 bytes", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let bytes = Pepper::generate().map_err(|_| "the system's random source failed")?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            f.write_all(&bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            tracing::info!(file = %path.display(), "made the pepper that key hashes are keyed with: back it up");
+            Pepper::new(&bytes).ok_or_else(|| "pepper".to_string())
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// Refuses to start when another process serves the same data directory (an exclusive lock on

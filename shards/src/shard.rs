@@ -52,10 +52,18 @@ pub struct Shard {
     /// Bytes of requests still arriving, held in connections' read buffers (beyond a small
     /// allowance each).
     pub request_bytes: Cell<usize>,
+    /// Authentication, quotas and admission on this core.
+    pub tenancy: crate::tenancy::Tenancy,
 }
 
 impl Shard {
-    pub fn new(id: usize, cfg: Rc<Config>, mesh: Mesh<Request, Answer>) -> Self {
+    pub fn new(
+        id: usize,
+        cfg: Rc<Config>,
+        mesh: Mesh<Request, Answer>,
+        pepper: std::sync::Arc<kateway_core::keys::Pepper>,
+    ) -> Self {
+        let tenancy = crate::tenancy::Tenancy::new(&cfg, pepper);
         let limits = Limits {
             max_message: cfg.limits.max_message_bytes.0 as usize,
             max_key: cfg.limits.max_key_bytes.0 as usize,
@@ -83,6 +91,7 @@ impl Shard {
             interest: Default::default(),
             response_bytes: Cell::new(0),
             request_bytes: Cell::new(0),
+            tenancy,
         }
     }
 

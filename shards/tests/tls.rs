@@ -254,6 +254,7 @@ fn https_only_refuses_plaintext_and_the_health_listener_answers_health_checks_on
         .env("KATEWAY_TLS_KEY", k.to_str().unwrap())
         .env("KATEWAY_TLS_HTTPS_ONLY", "true")
         .env("KATEWAY_TLS_HEALTH_LISTEN", &health)
+        .env("KATEWAY_AUTH_ENABLED", "false")
         .spawn()
         .unwrap();
     g.child = Some(child);

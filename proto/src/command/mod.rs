@@ -15,9 +15,12 @@ use kateway_core::units::{parse_duration, parse_size};
 use kateway_core::{Ack, Error, ErrorKind, Reset};
 use parse::{ack_list, bad_ack, num, publish, publish_template, subscribe};
 
+mod admin;
+mod need;
 mod parse;
 #[cfg(test)]
 mod tests;
+pub use admin::{Admin, DEFAULT_GRACE};
 use std::time::Duration;
 
 /// What a transport exposes of a request.
@@ -48,13 +51,16 @@ pub struct Limits {
     pub max_wait: Duration,
 }
 
-/// Who is asking: the `Appid` header, or the `appid` query parameter where a client cannot set
-/// headers (authentication comes later).
+/// Who is asking: the app of the key the request authenticated with; or, with authentication
+/// off, the `Appid` header (or the `appid` query parameter where a client cannot set headers).
+/// It also carries the principal and the client address, for the audit list.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     appid: Option<&'a str>,
     /// The request named its app more than once (ambiguous: refused).
     repeated: bool,
+    principal: Option<&'a kateway_core::tenancy::Principal>,
+    ip: Option<std::net::IpAddr>,
 }
 
 impl<'a> Caller<'a> {
@@ -67,7 +73,12 @@ impl<'a> Caller<'a> {
             .filter(|s| !s.is_empty())
             // Browsers cannot set headers on an EventSource or a WebSocket: `appid=` then.
             .or_else(|| query::raw(parts.query(), "appid").filter(|s| !s.is_empty()));
-        Self { appid, repeated }
+        Self {
+            appid,
+            repeated,
+            principal: None,
+            ip: None,
+        }
     }
 
     /// A caller with this app.
@@ -75,7 +86,38 @@ impl<'a> Caller<'a> {
         Self {
             appid: Some(appid),
             repeated: false,
+            principal: None,
+            ip: None,
         }
+    }
+
+    /// The caller authenticated as `principal` (if any), from `ip`.
+    pub fn with(
+        mut self,
+        principal: Option<&'a kateway_core::tenancy::Principal>,
+        ip: std::net::IpAddr,
+    ) -> Self {
+        self.principal = principal;
+        self.ip = Some(ip);
+        self
+    }
+
+    /// The principal, when the request authenticated.
+    pub fn principal(&self) -> Option<&'a kateway_core::tenancy::Principal> {
+        self.principal
+    }
+
+    /// Who the audit list names: the principal, or `open:<appid>` with authentication off.
+    pub fn actor(&self) -> String {
+        match self.principal {
+            Some(p) => p.actor(),
+            None => format!("open:{}", self.appid.unwrap_or("-")),
+        }
+    }
+
+    /// The client's address.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.ip
     }
 
     /// The caller's app, validated; 400 when the request did not say.
@@ -224,6 +266,8 @@ pub enum Command<'a> {
         topic: TopicPath<'a>,
         group: Option<&'a str>,
     },
+    /// The tenancy API.
+    Admin(Admin<'a>),
 }
 
 impl Command<'_> {
@@ -376,6 +420,7 @@ impl<'a> Command<'a> {
                     group,
                 }
             }
+            Route::Admin(r) => Command::Admin(admin::admin(parts, q, r, limits)?),
         })
     }
 }

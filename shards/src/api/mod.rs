@@ -2,6 +2,7 @@
 //! `Result<Reply, Error>`; [`execute`] turns a failure into its reply in one place
 //! ([`Reply::error`]). The transport counts the reply ([`count`]).
 
+mod admin;
 pub mod publish;
 mod status;
 pub mod stream;
@@ -34,8 +35,19 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::TopicAdmin(t) => topics::administer(core, t).await,
         Command::Partitions(t) => status::partitions(core, t).await,
         Command::TopicStatus { topic, group } => status::topic(core, caller, topic, group).await,
+        Command::Admin(a) => admin::run(core, caller, a).await,
     };
     r.unwrap_or_else(|e| Reply::error(&e))
+}
+
+/// The answer to `/alive` or `/ready` (what a connection beyond the cap may still ask).
+pub async fn alive_or_ready(core: &Rc<Core>, cmd: &Command<'_>) -> Reply {
+    match cmd {
+        Command::Ready => status::ready(core)
+            .await
+            .unwrap_or_else(|e| Reply::error(&e)),
+        _ => alive(),
+    }
 }
 
 /// The answer to `/alive`: the process answers.

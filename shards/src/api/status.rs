@@ -26,8 +26,9 @@ pub async fn partitions(core: &Rc<Core>, t: TopicPath<'_>) -> Result<Reply, Erro
     ))
 }
 
-/// `GET /v1/status/:appid/:topic/:ver?group=`: the caller's groups on a topic with their
-/// committed offsets and lag per partition.
+/// `GET /v1/status/:appid/:topic/:ver?group=`: groups on a topic with their committed offsets
+/// and lag per partition: the owner of the topic (or an operator) sees every app's groups (named
+/// `<appid>.<group>`: who consumes my topic), a subscriber its own.
 pub async fn topic(
     core: &Rc<Core>,
     caller: Caller<'_>,
@@ -36,8 +37,10 @@ pub async fn topic(
 ) -> Result<Reply, Error> {
     let me = caller.appid()?;
     let meta = core.backend.resolve(&t).await?;
+    let everyone = me == t.appid || caller.principal().is_some_and(|p| p.operator());
     let query = match group {
         Some(g) => Groups::Exact(GroupName::new(me, g)?.to_string()),
+        None if everyone => Groups::Prefix(String::new()),
         None => Groups::Prefix(format!("{me}.")),
     };
     let infos = core.backend.info(&meta, &query).await?;
@@ -73,8 +76,8 @@ pub async fn topic(
         .into_iter()
         .map(|(g, parts)| {
             let lag: u64 = parts.iter().filter_map(|p| p["lag"].as_u64()).sum();
-            let short = g.split_once('.').map_or(g.as_str(), |(_, s)| s).to_owned();
-            json!({"group": short, "lag": lag, "partitions": parts})
+            let (app, short) = g.split_once('.').unwrap_or(("", g.as_str()));
+            json!({"group": short, "app": app, "lag": lag, "partitions": parts})
         })
         .collect();
     Ok(json_reply(
@@ -88,6 +91,9 @@ fn not_ready(core: &Core, faults: &[String]) -> Vec<String> {
     let mut why = faults.to_vec();
     if core.shard.shutdown.get() {
         why.push("shutting down".into());
+    }
+    if !core.shard.tenancy.ready() {
+        why.push("the tenancy metadata is not loaded yet".into());
     }
     why
 }

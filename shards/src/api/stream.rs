@@ -30,6 +30,15 @@ pub struct Chunk {
     pub hold: Option<Held>,
 }
 
+impl Chunk {
+    /// An error event (the stream ends after it).
+    pub fn error(e: &Error) -> Self {
+        let mut data = BytesMut::new();
+        sse::put_error(&mut data, e.message(), e.kind().code());
+        Chunk { data, hold: None }
+    }
+}
+
 /// Opens the event stream of a subscribe (`Accept: text/event-stream`).
 pub async fn events(
     core: &Rc<Core>,

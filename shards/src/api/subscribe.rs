@@ -43,7 +43,8 @@ pub async fn open(
     s: &Subscribe<'_>,
     max: usize,
 ) -> Result<Subscription, Error> {
-    let group = GroupName::new(caller.appid()?, s.group)?.to_string();
+    let app = caller.appid()?;
+    let group = GroupName::new(app, s.group)?.to_string();
     let meta = core.backend.resolve(&s.topic).await?;
     if let Some((p, o)) = s.ack {
         let p = partition(&meta, p)?;
@@ -66,12 +67,12 @@ pub async fn open(
         auto_ack: !s.explicit,
         tags: s.tags.clone(),
     };
-    Ok(Subscription::new(
-        core.shard.clone(),
-        core.backend.clone(),
-        meta,
-        fetch,
-    ))
+    let sub = Subscription::new(core.shard.clone(), core.backend.clone(), meta, fetch);
+    Ok(if core.shard.tenancy.quota_on_subscribe(app) {
+        sub.charged_to(app)
+    } else {
+        sub
+    })
 }
 
 /// Handles a subscribe long poll.

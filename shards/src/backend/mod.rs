@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod meta;
 
 use crate::catalog::{AdminOp, LocalTopic, TopicMeta};
 use crate::metrics::{self, Snapshot};
@@ -36,6 +37,14 @@ impl Shared {
             Kind::Embedded => Shared::Embedded,
             Kind::Kafka => Shared::Kafka(kafka::KafkaShared::start(cfg)?),
         })
+    }
+
+    /// The Kafka client settings, on the Kafka backend.
+    pub fn bridge(&self) -> Option<&kateway_kafka_bridge::BridgeConfig> {
+        match self {
+            Shared::Embedded => None,
+            Shared::Kafka(k) => Some(&k.bridge),
+        }
     }
 
     /// At exit, after every core drained: leaves the consumer groups at once.

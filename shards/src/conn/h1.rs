@@ -18,9 +18,10 @@ use crate::date::with_date;
 use crate::metrics;
 use crate::node::Core;
 use crate::shard::HeldRequest;
+use crate::tenancy::edge::{admit, lost, refused, Peer};
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{Caller, Command};
+use kateway_proto::command::Command;
 use kateway_proto::http1::encode::{write_continue, write_reply};
 use kateway_proto::http1::{Decoder, Event, HttpError, Limits, Method, Request};
 use kateway_proto::reply::Reply;
@@ -103,7 +104,7 @@ pub fn limits(core: &Core) -> Limits {
 }
 
 /// Serves a connection until it closes.
-pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, health_only: bool) {
+pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
     let cfg = core.shard.cfg.clone();
     let mut decoder = Decoder::new(limits(&core));
     let mut rbuf = BytesMut::new();
@@ -129,7 +130,7 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, health_only: boo
                     request_started = None;
                     let t0 = Instant::now();
                     let (head, keep_alive) = (req.method == Method::Head, req.keep_alive);
-                    let answered = answer(&core, req, &mut stream, &mut rbuf, health_only).await;
+                    let answered = answer(&core, req, &mut stream, &mut rbuf, peer).await;
                     let reply = match answered {
                         Answered::Reply(r) => r,
                         // The client went away during a long poll: the poll is dropped.
@@ -141,7 +142,7 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, health_only: boo
                                 return;
                             }
                             drop((holds, held, decoder, wbuf));
-                            super::push::serve(core, stream, rbuf, req, t0).await;
+                            super::push::serve(core, stream, rbuf, req, t0, peer).await;
                             return;
                         }
                     };
@@ -311,12 +312,13 @@ async fn answer<S: Transport>(
     req: Request,
     stream: &mut S,
     rbuf: &mut BytesMut,
-    health_only: bool,
+    peer: Peer,
 ) -> Answered {
     let cmd = match Command::parse(&req, &core.shard.limits) {
         Ok(cmd) => cmd,
-        Err(e) => return Answered::Reply(Reply::error(&e)),
+        Err(e) => return Answered::Reply(Reply::error(&refused(&core.shard, &req, peer, e))),
     };
+    let health_only = peer.listener == super::Listener::Health;
     if health_only && !matches!(cmd, Command::Alive | Command::Ready | Command::Metrics) {
         let e = Error::new(
             ErrorKind::UnknownRoute,
@@ -327,11 +329,18 @@ async fn answer<S: Transport>(
     if cmd.events() || matches!(cmd, Command::Socket(_)) {
         return Answered::Stream(req);
     }
-    let caller = Caller::of(&req);
+    let admitted = match admit(&core.shard, &req, &cmd, peer) {
+        Ok(a) => a,
+        Err(e) => return Answered::Reply(Reply::error(&e)),
+    };
+    let caller = admitted.caller(&req);
     if !cmd.may_park() {
         let reply = api::execute(core, caller, cmd).await;
         return Answered::Reply(super::gzip(core, &req, reply).await);
     }
+    let need = cmd.need();
+    let lost = lost(&core.shard, admitted.principal.as_ref(), need);
+    let mut lost = std::pin::pin!(lost);
     let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
     {
         // Most subscribes are answered at once; only a poll that is still waiting after a
@@ -342,6 +351,7 @@ async fn answer<S: Transport>(
         };
         monoio::select! {
             reply = &mut fut => return Answered::Reply(super::gzip(core, &req, reply).await),
+            e = &mut lost => return Answered::Reply(Reply::error(&e)),
             _ = watch => {}
         }
     }

@@ -16,11 +16,12 @@ use crate::api::stream::Events;
 use crate::event::Event;
 use crate::node::Core;
 use crate::shard::HeldRequest;
+use crate::tenancy::edge::{admit, lost, refused, Peer};
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{Caller, Command, Parts};
+use kateway_proto::command::{Command, Parts};
 use kateway_proto::h2scan::Scanner;
 use kateway_proto::http1::Method;
 use kateway_proto::reply::{Body, Reply, Value};
@@ -38,7 +39,7 @@ use tokio::io::ReadBuf;
 const SMALL_REPLY: usize = 16 << 10;
 
 /// Serves an HTTP/2 connection until it closes.
-pub async fn serve<T>(core: Rc<Core>, io: T)
+pub async fn serve<T>(core: Rc<Core>, io: T, peer: Peer)
 where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -112,7 +113,7 @@ where
                 open.set(open.get() + 1);
                 let (c, o) = (core.clone(), open.clone());
                 monoio::spawn(async move {
-                    stream(c, req, respond).await;
+                    stream(c, req, respond, peer).await;
                     o.set(o.get() - 1);
                 });
             }
@@ -203,7 +204,12 @@ impl Parts for H2Request {
 }
 
 /// Serves one stream: collect, parse, run, reply.
-async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+async fn stream(
+    core: Rc<Core>,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: Peer,
+) {
     let t0 = Instant::now();
     let (head, body) = req.into_parts();
     let method = Method::parse(head.method.as_str());
@@ -219,25 +225,36 @@ async fn stream(core: Rc<Core>, req: http::Request<RecvStream>, mut respond: Sen
     let cmd = match Command::parse(&req, &core.shard.limits) {
         Ok(c) => c,
         Err(e) => {
+            let e = refused(&core.shard, &req, peer, e);
             send(&core, &mut respond, Reply::error(&e), head_only, t0).await;
             return;
         }
     };
-    let caller = Caller::of(&req);
+    let admitted = match admit(&core.shard, &req, &cmd, peer) {
+        Ok(a) => a,
+        Err(e) => {
+            send(&core, &mut respond, Reply::error(&e), head_only, t0).await;
+            return;
+        }
+    };
+    let caller = admitted.caller(&req);
+    let lost = lost(&core.shard, admitted.principal.as_ref(), cmd.need());
     if let Command::Subscribe(sub) = &cmd {
         if sub.events {
             match api::stream::events(&core, caller, sub).await {
-                Ok(events) => stream_events(&core, respond, events, t0).await,
+                Ok(events) => stream_events(&core, respond, events, t0, lost).await,
                 Err(e) => send(&core, &mut respond, Reply::error(&e), head_only, t0).await,
             }
             return;
         }
     }
     let reply = if cmd.may_park() {
-        // A parked poll whose stream the client resets is dropped at once.
+        // A parked poll whose stream the client resets is dropped at once; one whose key
+        // loses access is answered 401 or 403.
         let run = api::execute(&core, caller, cmd);
         monoio::select! {
             r = run => r,
+            e = lost => Reply::error(&e),
             _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
         }
     } else {
@@ -410,7 +427,9 @@ async fn stream_events(
     mut respond: SendResponse<Bytes>,
     mut events: Events,
     t0: Instant,
+    lost: impl std::future::Future<Output = Error>,
 ) {
+    let mut lost = std::pin::pin!(lost);
     api::count(core, 200, t0);
     crate::metrics::inc(&core.shard.metrics.sse_streams_total);
     let head = http::Response::builder()
@@ -436,6 +455,12 @@ async fn stream_events(
         let next = monoio::select! {
             n = events.next() => n,
             _ = poll_fn(|cx| out.poll_reset(cx)) => return,
+            // The key lost access: an error event, and the stream ends.
+            e = &mut lost => {
+                let chunk = api::stream::Chunk::error(&e);
+                let _ = send_data(core, &mut out, chunk.data.freeze(), true).await;
+                return;
+            }
         };
         match next {
             // The chunk's hold is given back once it is sent.

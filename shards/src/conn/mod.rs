@@ -15,9 +15,10 @@ mod ws;
 use crate::date::with_date;
 use crate::metrics;
 use crate::node::Core;
+pub use crate::tenancy::edge::Peer;
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{Caller, Command, Parts};
+use kateway_proto::command::{Command, Parts};
 use kateway_proto::http1::encode::write_reply;
 use kateway_proto::http1::{Decoder, Event, Limits, Method};
 use kateway_proto::reply::Reply;
@@ -82,6 +83,8 @@ pub enum Listener {
     Main,
     /// Plaintext HTTP/1.1 health checks only (`/alive`, `/ready`, `/metrics`).
     Health,
+    /// The operator API, for operator keys only (`auth.operator_listen`).
+    Operator,
 }
 
 /// The protocol a connection's first bytes announce.
@@ -119,7 +122,7 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Lis
             r = listener.accept() => r,
             _ = shard.shutdown_event.wait(seen) => return,
         };
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, addr)) = accepted else {
             // EMFILE and friends: back off instead of spinning.
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -147,10 +150,14 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Lis
         let _ = stream.set_nodelay(true);
         metrics::inc(&m.http_connections_active);
         let c = core.clone();
+        let peer = Peer {
+            ip: addr.ip(),
+            listener: kind,
+        };
         monoio::spawn(async move {
             match kind {
-                Listener::Main => serve(c.clone(), stream).await,
-                Listener::Health => h1::serve(c.clone(), stream, true).await,
+                Listener::Main | Listener::Operator => serve(c.clone(), stream, peer).await,
+                Listener::Health => h1::serve(c.clone(), stream, peer).await,
             }
             metrics::dec(&c.shard.metrics.http_connections_active);
         });
@@ -158,7 +165,7 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Lis
 }
 
 /// Serves a connection of the main listener in the protocol its first bytes announce.
-async fn serve(core: Rc<Core>, stream: TcpStream) {
+async fn serve(core: Rc<Core>, stream: TcpStream, peer: Peer) {
     let Some(proto) = sniff(&core, &stream).await else {
         return;
     };
@@ -167,7 +174,7 @@ async fn serve(core: Rc<Core>, stream: TcpStream) {
         Sniffed::Tls => {
             let Some(acceptor) = tls::acceptor() else {
                 // Not configured: HTTP/1.1 answers the bytes with 400.
-                return h1::serve(core, stream, false).await;
+                return h1::serve(core, stream, peer).await;
             };
             let limit = core.shard.cfg.server.request_timeout.0;
             let Ok(Ok(tls)) = monoio::time::timeout(limit, acceptor.accept(stream)).await else {
@@ -175,17 +182,17 @@ async fn serve(core: Rc<Core>, stream: TcpStream) {
                 return;
             };
             if tls.alpn_protocol().as_deref() == Some(b"h2") {
-                h2::serve(core, monoio_compat::StreamWrapper::new(tls)).await
+                h2::serve(core, monoio_compat::StreamWrapper::new(tls), peer).await
             } else {
-                h1::serve(core, tls, false).await
+                h1::serve(core, tls, peer).await
             }
         }
         _ if https_only => {
             let err = Error::new(ErrorKind::MalformedHttp, "this port speaks HTTPS only");
             send_now(&stream, &closing_answer(&err));
         }
-        Sniffed::H2c => h2::serve(core, monoio_compat::StreamWrapper::new(stream)).await,
-        Sniffed::Http1 => h1::serve(core, stream, false).await,
+        Sniffed::H2c => h2::serve(core, monoio_compat::StreamWrapper::new(stream), peer).await,
+        Sniffed::Http1 => h1::serve(core, stream, peer).await,
     }
 }
 
@@ -281,7 +288,7 @@ async fn serve_over_cap(core: Rc<Core>, mut stream: TcpStream) {
     });
     match health {
         Some((r, cmd)) => {
-            let reply = crate::api::execute(&core, Caller::of(r), cmd).await;
+            let reply = crate::api::alive_or_ready(&core, &cmd).await;
             let head = r.method == Method::Head;
             h1::encode(&core, &mut wbuf, reply, head, false, Instant::now());
         }

@@ -9,13 +9,16 @@ use crate::api;
 use crate::api::stream::Events;
 use crate::date::with_date;
 use crate::node::Core;
+use crate::tenancy::edge::{admit, lost, Peer};
 use bytes::BytesMut;
-use kateway_proto::command::{Caller, Command};
+use kateway_core::Error;
+use kateway_proto::command::Command;
 use kateway_proto::http1::chunked::{encode_chunk, encode_last};
 use kateway_proto::http1::encode::Response;
 use kateway_proto::http1::Request;
 use kateway_proto::reply::Reply;
 use kateway_proto::sse;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -26,17 +29,27 @@ pub async fn serve<S: Transport>(
     rbuf: BytesMut,
     req: Request,
     t0: Instant,
+    peer: Peer,
 ) {
     let Ok(cmd) = Command::parse(&req, &core.shard.limits) else {
         return;
     };
-    let caller = Caller::of(&req);
+    // Held until the stream ends: its slot among the app's streams.
+    let admitted = match admit(&core.shard, &req, &cmd, peer) {
+        Ok(a) => a,
+        Err(e) => return answer_last(&core, &mut stream, Reply::error(&e), t0).await,
+    };
+    let caller = admitted.caller(&req);
+    let need = cmd.need();
     match cmd {
         Command::Socket(socket) => {
             super::ws::serve(core, stream, rbuf, &req, caller, socket, t0).await
         }
         Command::Subscribe(s) => match api::stream::events(&core, caller, &s).await {
-            Ok(events) => events_h1(&core, stream, events, t0).await,
+            Ok(events) => {
+                let lost = lost(&core.shard, admitted.principal.as_ref(), need);
+                events_h1(&core, stream, events, t0, lost).await
+            }
             Err(e) => answer_last(&core, &mut stream, Reply::error(&e), t0).await,
         },
         _ => {}
@@ -44,7 +57,14 @@ pub async fn serve<S: Transport>(
 }
 
 /// Streams server-sent events as a chunked body until the client goes away or the core drains.
-async fn events_h1<S: Transport>(core: &Core, mut stream: S, mut events: Events, t0: Instant) {
+async fn events_h1<S: Transport>(
+    core: &Core,
+    mut stream: S,
+    mut events: Events,
+    t0: Instant,
+    lost: impl Future<Output = Error>,
+) {
+    let mut lost = std::pin::pin!(lost);
     api::count(core, 200, t0);
     crate::metrics::inc(&core.shard.metrics.sse_streams_total);
     let mut out = BytesMut::new();
@@ -64,6 +84,13 @@ async fn events_h1<S: Transport>(core: &Core, mut stream: S, mut events: Events,
         let next = monoio::select! {
             n = events.next() => n,
             _ = stream.watch() => return,
+            // The key lost access: an error event, and the stream ends.
+            e = &mut lost => {
+                encode_chunk(&mut out, &api::stream::Chunk::error(&e).data);
+                encode_last(&mut out);
+                let _ = write_out(core, &mut stream, &mut out).await;
+                return;
+            }
         };
         match next {
             Some(chunk) => {

@@ -62,6 +62,16 @@ pub struct Gateway {
     pub backend: Backend,
     /// What [`Gateway::app`] appends to names on the Kafka backend.
     suffix: String,
+    /// Authentication on, as shipped ([`Gateway::secured`]); the other tests run with it off,
+    /// believing the `Appid` header, so that each tests its own subject.
+    pub auth: bool,
+    /// The operator listener's address, with authentication on.
+    pub op_addr: String,
+    /// Where the process's stderr goes (inherited when `None`).
+    pub stderr_file: Option<PathBuf>,
+    /// With authentication on, whether starting waits for the operator key file (a gateway
+    /// joining another's metadata makes none).
+    pub makes_operator_key: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -155,7 +165,57 @@ impl Gateway {
             cores: 2,
             backend: Backend::Embedded,
             suffix: String::new(),
+            auth: false,
+            op_addr: String::new(),
+            stderr_file: None,
+            makes_operator_key: true,
         }
+    }
+
+    /// A started gateway on backend `b` with authentication on, as shipped: every request
+    /// needs a key; [`Gateway::operator_key`] is the key it made on its first start.
+    pub fn secured(b: Backend, env: &[(&str, &str)]) -> Self {
+        let mut g = Self::new_on(b, env);
+        g.auth = true;
+        g.spawn();
+        g
+    }
+
+    /// The operator key the gateway made on its first start.
+    pub fn operator_key(&self) -> String {
+        std::fs::read_to_string(self.data.join("operator.key"))
+            .expect("the operator key file")
+            .trim()
+            .to_owned()
+    }
+
+    /// A request to the operator listener with the operator key.
+    pub fn op(&self, method: &str, path: &str, body: &[u8]) -> Resp {
+        let auth = format!("Bearer {}", self.operator_key());
+        let mut c = Self::connect_to(&self.op_addr);
+        c.req(method, path, &[("Authorization", &auth)], body)
+    }
+
+    /// Creates app `app` with a publish, a subscribe and an app-admin key.
+    pub fn make_app(&self, app: &str) -> AppKeys {
+        let r = self.op("POST", &format!("/v1/apps/{app}"), b"");
+        assert_eq!(r.status, 201, "{}", r.text());
+        let key = |scope: &str| {
+            let r = self.op("POST", &format!("/v1/keys/{app}?scope={scope}"), b"");
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()["key"].as_str().unwrap().to_owned()
+        };
+        AppKeys {
+            publish: key("publish"),
+            subscribe: key("subscribe"),
+            admin: key("app_admin"),
+        }
+    }
+
+    /// One request on a fresh connection with `key` as a bearer token.
+    pub fn req_as(&self, key: &str, method: &str, path: &str, body: &[u8]) -> Resp {
+        let auth = format!("Bearer {key}");
+        self.req(method, path, &[("Authorization", &auth)], body)
     }
 
     /// A gateway on data directory `data` (which the caller owns), not started yet.
@@ -211,8 +271,27 @@ impl Gateway {
         ])
         .arg(&self.data)
         .env("KATEWAY_LOG_LEVEL", "warn")
+        .env(
+            "KATEWAY_AUTH_ENABLED",
+            if self.auth { "true" } else { "false" },
+        )
+        .env("KATEWAY_AUTH_OPERATOR_LISTEN", &self.op_addr)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+        if self.backend == Backend::Kafka {
+            cmd.env(
+                "KATEWAY_KAFKA_META_TOPIC",
+                format!("__kateway_meta{}", self.suffix),
+            );
+        }
+        if let Some(f) = &self.stderr_file {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .expect("stderr file");
+            cmd.stderr(f);
+        }
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -230,12 +309,29 @@ impl Gateway {
     /// (Re)starts the process on the same data directory and a new port.
     pub fn spawn(&mut self) {
         self.addr = format!("127.0.0.1:{}", free_port());
+        self.op_addr = if self.auth {
+            format!("127.0.0.1:{}", free_port())
+        } else {
+            String::new()
+        };
         self.child = Some(self.command().spawn().expect("start kateway"));
-        // Wait (up to about 20 s) for the gateway to answer.
+        // Wait (up to about 20 s) for the gateway to answer, and with authentication on (up to
+        // 60 s) to have loaded its metadata.
         for _ in 0..1000 {
             if let Ok(r) = self.try_request("GET", "/alive", &[], b"") {
                 assert_eq!(r.status, 200);
-                return;
+                if !self.auth {
+                    return;
+                }
+                for _ in 0..3000 {
+                    let key = self.data.join("operator.key");
+                    let key = key.exists() || !self.makes_operator_key;
+                    if self.req("GET", "/ready", &[], b"").status == 200 && key {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                panic!("gateway did not get ready");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -388,6 +484,14 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The keys [`Gateway::make_app`] made.
+#[derive(Debug, Clone)]
+pub struct AppKeys {
+    pub publish: String,
+    pub subscribe: String,
+    pub admin: String,
 }
 
 #[derive(Debug)]

@@ -24,7 +24,9 @@ use crate::api;
 use crate::event::Event;
 use crate::metrics;
 use crate::node::Core;
+use crate::tenancy::edge::lost;
 use bytes::{Bytes, BytesMut};
+use kateway_core::tenancy::Need;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{Caller, Publish, Socket, Subscribe, TopicPath};
 use kateway_proto::http1::Request;
@@ -93,6 +95,13 @@ pub async fn serve<S: Transport>(
     socket: Socket<'_>,
     t0: Instant,
 ) {
+    let need = match &socket {
+        Socket::Publish(p) => Need::Publish {
+            topic: p.topic,
+            ver: p.ver,
+        },
+        Socket::Subscribe(s) => Need::Subscribe(s.topic.as_ref()),
+    };
     let up = match ws::handshake::check_upgrade(req) {
         // RFC 6455 §4.1: the upgrade is an HTTP/1.1 request.
         Ok(_) if req.minor == 0 => {
@@ -172,9 +181,24 @@ pub async fn serve<S: Transport>(
             }
         }
     });
+    // A key that loses access (revoked, expired, a grant taken back) closes the socket with
+    // 1008, through the writer, like a close of the client's.
+    let revoked = async {
+        lost(&core.shard, caller.principal(), need).await;
+        sh.push(Inbox::Close(1008, "policy violation: the key lost access"));
+        sh.ev.notify();
+        std::future::pending::<()>().await
+    };
+    let mut revoked = std::pin::pin!(revoked);
     monoio::select! {
-        _ = &mut reader => writer.await,
+        _ = &mut reader => {
+            monoio::select! {
+                _ = &mut writer => {}
+                _ = &mut revoked => {}
+            }
+        }
         _ = &mut writer => {}
+        _ = &mut revoked => {}
     }
 }
 

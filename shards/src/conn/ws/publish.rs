@@ -46,9 +46,20 @@ async fn publish_many(
     if items.is_empty() {
         return acks;
     }
-    let done = match api::publish::resolve(core, caller, template).await {
-        Ok(meta) => api::publish::publish_all(core, &meta, template, items).await,
+    // The app's quota, charged like an HTTP publish of the same messages.
+    let bytes: usize = items.iter().map(|i| i.value.len()).sum();
+    let charged = match caller.appid() {
+        Ok(app) => {
+            crate::tenancy::edge::charge_publish(&core.shard, app, items.len() as u64, bytes as u64)
+        }
         Err(e) => Err(e),
+    };
+    let done = match charged {
+        Err(e) => Err(e),
+        Ok(()) => match api::publish::resolve(core, caller, template).await {
+            Ok(meta) => api::publish::publish_all(core, &meta, template, items).await,
+            Err(e) => Err(e),
+        },
     };
     match done {
         Ok((results, _)) => {

@@ -1,0 +1,619 @@
+//! The metadata log of the embedded backend: a small, durable, append-only file of records.
+//!
+//! It owns the file's format and its durability: apps, keys, grants and quotas are written as
+//! records (opaque byte strings here; JSON to the caller), each durable before its write is
+//! answered. Writes are rare and the file is small, so it is read whole when opened and
+//! compacted by rewriting it whole.
+//!
+//! Format: the header [`MAGIC`], then frames `len: u32 LE | crc32c(payload): u32 LE | payload`,
+//! a payload at most [`MAX_RECORD`] bytes. Opening reads frames up to the end of the file or
+//! the first bad one (short, CRC mismatch, length over the maximum) and truncates the file
+//! there: what a crash tore off the tail is dropped, and [`Opened::dropped_bytes`] says how much
+//! so that the caller can log it.
+//!
+//! An append that fails is rolled back (the file is cut back to its previous length) so that no
+//! later append lands after a partial frame. If the rollback or the sync itself fails, what the
+//! disk holds is unknown and the log refuses further appends until it is opened again.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The first bytes of a metadata log.
+pub const MAGIC: &[u8; 8] = b"KWMETA1\n";
+
+/// The largest record, in bytes (16 MiB).
+pub const MAX_RECORD: usize = 16 << 20;
+
+/// The bytes before each payload: its length and its CRC-32C.
+const FRAME_HEADER: usize = 8;
+
+/// An open metadata log, positioned for appending.
+#[derive(Debug)]
+pub struct MetaLog {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    records: usize,
+    /// Set when a failed sync or rollback left the file's contents unknown.
+    broken: bool,
+}
+
+/// What [`MetaLog::open`] found.
+#[derive(Debug)]
+pub struct Opened {
+    /// The log, ready for appending.
+    pub log: MetaLog,
+    /// Every record in the file, in order.
+    pub records: Vec<Vec<u8>>,
+    /// Bytes of a torn or corrupt tail that were truncated away (0 for a clean file).
+    pub dropped_bytes: u64,
+}
+
+impl MetaLog {
+    /// Opens the log at `path`, creating it (with its header, the file and its directory
+    /// fsynced) when there is none. A torn or corrupt tail is truncated away and reported in
+    /// [`Opened::dropped_bytes`]; a file that does not start with [`MAGIC`] is refused with
+    /// `InvalidData` and left alone.
+    pub fn open(path: &Path) -> io::Result<Opened> {
+        let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Self::create(path),
+            Err(e) => return Err(e),
+        };
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
+        let scan = scan(&data)?;
+        let dropped_bytes = (data.len() - scan.end) as u64;
+        if dropped_bytes > 0 {
+            file.set_len(scan.end as u64)?;
+            file.sync_all()?;
+        }
+        let log = MetaLog {
+            file,
+            path: path.to_path_buf(),
+            len: scan.end as u64,
+            records: scan.records.len(),
+            broken: false,
+        };
+        Ok(Opened {
+            log,
+            records: scan.records,
+            dropped_bytes,
+        })
+    }
+
+    /// Creates an empty log at `path`, atomically (a temporary file renamed into place).
+    fn create(path: &Path) -> io::Result<Opened> {
+        let (file, len) = replace(path, &encode_log(&[])?)?;
+        let log = MetaLog {
+            file,
+            path: path.to_path_buf(),
+            len,
+            records: 0,
+            broken: false,
+        };
+        Ok(Opened {
+            log,
+            records: Vec::new(),
+            dropped_bytes: 0,
+        })
+    }
+
+    /// Appends one record and syncs the file's data (`fdatasync`) before returning.
+    pub fn append(&mut self, record: &[u8]) -> io::Result<()> {
+        self.append_all(&[record])
+    }
+
+    /// Appends several records with one write and one sync. Either all of them are appended
+    /// or, on error, none (a record over [`MAX_RECORD`] is refused with `InvalidInput` before
+    /// anything is written).
+    pub fn append_all(&mut self, records: &[&[u8]]) -> io::Result<()> {
+        self.usable()?;
+        let mut frames = Vec::new();
+        for record in records {
+            encode_frame(record, &mut frames)?;
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.write_at_end(&frames) {
+            self.roll_back();
+            return Err(e);
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.roll_back();
+            self.broken = true;
+            return Err(e);
+        }
+        self.len += frames.len() as u64;
+        self.records += records.len();
+        Ok(())
+    }
+
+    /// Replaces the whole log with `records` (compaction): writes `<path>.tmp`, fsyncs it,
+    /// renames it over the log, fsyncs the directory, and appends to the new file from then
+    /// on. An error before the rename leaves the old log untouched and in use; an error in the
+    /// directory's fsync, after it, leaves the new log in place but refusing appends until
+    /// reopened, since whether the rename is durable is unknown.
+    pub fn rewrite(&mut self, records: &[&[u8]]) -> io::Result<()> {
+        let contents = encode_log(records)?;
+        let tmp = tmp_path(&self.path);
+        let file = write_file(&tmp, &contents)?;
+        if let Err(e) = fs::rename(&tmp, &self.path) {
+            // Best effort: a stale temporary file is overwritten by the next rewrite anyway.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.file = file;
+        self.len = contents.len() as u64;
+        self.records = records.len();
+        self.broken = false;
+        if let Err(e) = sync_parent(&self.path) {
+            self.broken = true;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The file's length in bytes, header included.
+    pub fn len_bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// The number of records in the file.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `Err` when an earlier failure left the log needing to be reopened.
+    fn usable(&self) -> io::Result<()> {
+        if self.broken {
+            Err(io::Error::other(format!(
+                "metadata log {} failed to sync or roll back; reopen it",
+                self.path.display()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes `bytes` after the last whole frame.
+    fn write_at_end(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(self.len))?;
+        self.file.write_all(bytes)
+    }
+
+    /// Cuts the file back to its last whole frame after a failed append; if even that fails,
+    /// marks the log unusable.
+    fn roll_back(&mut self) {
+        if self.file.set_len(self.len).is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+/// The records of a log file's contents and where the last good frame ends.
+struct Scan {
+    records: Vec<Vec<u8>>,
+    end: usize,
+}
+
+/// Reads `data` (a whole log file) up to its end or its first bad frame.
+fn scan(data: &[u8]) -> io::Result<Scan> {
+    if !data.starts_with(MAGIC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a kateway metadata log (bad header)",
+        ));
+    }
+    let mut records = Vec::new();
+    let mut end = MAGIC.len();
+    while let Some((payload, frame_len)) = read_frame(&data[end..]) {
+        records.push(payload.to_vec());
+        end += frame_len;
+    }
+    Ok(Scan { records, end })
+}
+
+/// The payload of the frame at the start of `data` and the frame's length, or `None` when
+/// there is no whole, valid frame there.
+fn read_frame(data: &[u8]) -> Option<(&[u8], usize)> {
+    let header = data.get(..FRAME_HEADER)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let payload = data.get(FRAME_HEADER..FRAME_HEADER + len)?;
+    (crc32c::crc32c(payload) == crc).then_some((payload, FRAME_HEADER + len))
+}
+
+/// Appends the frame of `record` to `out`; `InvalidInput` for a record over [`MAX_RECORD`].
+fn encode_frame(record: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    if record.len() > MAX_RECORD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "metadata record of {} bytes exceeds the maximum of {MAX_RECORD}",
+                record.len()
+            ),
+        ));
+    }
+    // MAX_RECORD fits a u32.
+    out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
+    out.extend_from_slice(record);
+    Ok(())
+}
+
+/// A whole log file holding `records`.
+fn encode_log(records: &[&[u8]]) -> io::Result<Vec<u8>> {
+    let mut out = MAGIC.to_vec();
+    for record in records {
+        encode_frame(record, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// `<path>.tmp`.
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Puts a file holding `contents` at `path` atomically: written and fsynced as `<path>.tmp`,
+/// renamed into place, the directory fsynced. Returns the file, open for reading and writing,
+/// and its length.
+fn replace(path: &Path, contents: &[u8]) -> io::Result<(File, u64)> {
+    let tmp = tmp_path(path);
+    let file = write_file(&tmp, contents)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_parent(path)?;
+    Ok((file, contents.len() as u64))
+}
+
+/// Creates (or truncates) the file at `path`, writes `contents` and fsyncs it; on error removes
+/// it again, best effort.
+fn write_file(path: &Path, contents: &[u8]) -> io::Result<File> {
+    let write = || -> io::Result<File> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        Ok(file)
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(path);
+    })
+}
+
+/// Fsyncs the directory holding `path`, so that a creation or rename there is durable.
+#[cfg(unix)]
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be fsynced portably outside Unix; the rename is as durable as the
+/// platform makes it.
+#[cfg(not(unix))]
+fn sync_parent(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A directory of its own under the system's temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("kateway-metalog-{}-{name}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("creating a test directory");
+            TempDir(dir)
+        }
+
+        fn log(&self) -> PathBuf {
+            self.0.join("meta.log")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn open(path: &Path) -> Opened {
+        MetaLog::open(path).expect("opening the log")
+    }
+
+    fn frame_len(record: &[u8]) -> u64 {
+        (FRAME_HEADER + record.len()) as u64
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        fs::metadata(path).expect("stat").len()
+    }
+
+    #[test]
+    fn round_trip_and_reopen() {
+        let dir = TempDir::new("round-trip");
+        let path = dir.log();
+        let opened = open(&path);
+        assert!(opened.records.is_empty());
+        assert_eq!(opened.dropped_bytes, 0);
+        let mut log = opened.log;
+        assert_eq!(log.len_bytes(), MAGIC.len() as u64);
+        assert_eq!(fs::read(&path).expect("read"), MAGIC.to_vec());
+        assert!(!tmp_path(&path).exists());
+
+        log.append(br#"{"app":"a"}"#).expect("append");
+        log.append_all(&[b"b", b"", b"c"]).expect("append_all");
+        log.append_all(&[]).expect("append nothing");
+        assert_eq!(log.records(), 4);
+        assert_eq!(log.len_bytes(), file_len(&path));
+        let len = log.len_bytes();
+        drop(log);
+
+        let opened = open(&path);
+        assert_eq!(
+            opened.records,
+            vec![
+                br#"{"app":"a"}"#.to_vec(),
+                b"b".to_vec(),
+                vec![],
+                b"c".to_vec()
+            ]
+        );
+        assert_eq!(opened.dropped_bytes, 0);
+        assert_eq!(opened.log.records(), 4);
+        assert_eq!(opened.log.len_bytes(), len);
+    }
+
+    #[test]
+    fn empty_and_large_records() {
+        let dir = TempDir::new("sizes");
+        let path = dir.log();
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let mut log = open(&path).log;
+        log.append(b"").expect("empty record");
+        log.append(&big).expect("1 MiB record");
+        log.append(b"").expect("empty record");
+        drop(log);
+        let opened = open(&path);
+        assert_eq!(opened.records, vec![vec![], big, vec![]]);
+        assert_eq!(opened.dropped_bytes, 0);
+    }
+
+    #[test]
+    fn oversized_records_are_refused_whole() {
+        let dir = TempDir::new("oversized");
+        let path = dir.log();
+        let mut log = open(&path).log;
+        let huge = vec![0u8; MAX_RECORD + 1];
+        let err = log.append_all(&[b"ok", &huge]).expect_err("too large");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(log.records(), 0);
+        assert_eq!(file_len(&path), MAGIC.len() as u64);
+        assert_eq!(
+            log.rewrite(&[&huge]).expect_err("too large").kind(),
+            io::ErrorKind::InvalidInput
+        );
+        log.append(b"next").expect("append after a refusal");
+        drop(log);
+        assert_eq!(open(&path).records, vec![b"next".to_vec()]);
+    }
+
+    /// Writes `records` to a fresh log at `path`, then applies `damage` to the file.
+    fn damaged(path: &Path, records: &[&[u8]], damage: impl FnOnce(&mut Vec<u8>)) {
+        let mut log = open(path).log;
+        log.append_all(records).expect("append");
+        drop(log);
+        let mut data = fs::read(path).expect("read");
+        damage(&mut data);
+        fs::write(path, &data).expect("write");
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_appends_continue_after_it() {
+        let dir = TempDir::new("torn");
+        let path = dir.log();
+        let third: &[u8] = b"third record";
+        damaged(&path, &[b"one", b"two", third], |data| {
+            data.truncate(data.len() - 3)
+        });
+        let good = file_len(&path) + 3 - frame_len(third);
+
+        let opened = open(&path);
+        assert_eq!(opened.records, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(opened.dropped_bytes, frame_len(third) - 3);
+        assert_eq!(file_len(&path), good);
+        let mut log = opened.log;
+        assert_eq!(log.len_bytes(), good);
+        log.append(b"four").expect("append");
+        drop(log);
+
+        let opened = open(&path);
+        assert_eq!(opened.dropped_bytes, 0);
+        assert_eq!(
+            opened.records,
+            vec![b"one".to_vec(), b"two".to_vec(), b"four".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_corrupt_last_payload_is_dropped() {
+        let dir = TempDir::new("crc");
+        let path = dir.log();
+        damaged(&path, &[b"one", b"two"], |data| {
+            let last = data.len() - 1;
+            data[last] ^= 0x01;
+        });
+        let opened = open(&path);
+        assert_eq!(opened.records, vec![b"one".to_vec()]);
+        assert_eq!(opened.dropped_bytes, frame_len(b"two"));
+        let mut log = opened.log;
+        log.append(b"three").expect("append");
+        drop(log);
+        assert_eq!(
+            open(&path).records,
+            vec![b"one".to_vec(), b"three".to_vec()]
+        );
+    }
+
+    #[test]
+    fn short_headers_and_huge_lengths_are_dropped() {
+        let dir = TempDir::new("headers");
+        let path = dir.log();
+        damaged(&path, &[b"one"], |data| {
+            data.extend_from_slice(&[1, 2, 3, 4, 5])
+        });
+        let opened = open(&path);
+        assert_eq!(opened.records, vec![b"one".to_vec()]);
+        assert_eq!(opened.dropped_bytes, 5);
+        drop(opened);
+
+        let dir = TempDir::new("huge-len");
+        let path = dir.log();
+        let huge = (MAX_RECORD as u32 + 1).to_le_bytes();
+        damaged(&path, &[b"one"], |data| {
+            data.extend_from_slice(&huge);
+            data.extend_from_slice(&crc32c::crc32c(b"").to_le_bytes());
+        });
+        let opened = open(&path);
+        assert_eq!(opened.records, vec![b"one".to_vec()]);
+        assert_eq!(opened.dropped_bytes, 8);
+    }
+
+    #[test]
+    fn reading_stops_at_the_first_bad_frame() {
+        let dir = TempDir::new("middle");
+        let path = dir.log();
+        let first = MAGIC.len() + FRAME_HEADER;
+        damaged(&path, &[b"one", b"two", b"three"], |data| {
+            data[first] ^= 0xff;
+        });
+        let opened = open(&path);
+        assert!(opened.records.is_empty());
+        assert_eq!(
+            opened.dropped_bytes,
+            frame_len(b"one") + frame_len(b"two") + frame_len(b"three")
+        );
+        assert_eq!(file_len(&path), MAGIC.len() as u64);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_and_left_alone() {
+        let dir = TempDir::new("foreign");
+        let path = dir.log();
+        fs::write(&path, b"hello, world\n").expect("write");
+        let err = MetaLog::open(&path).expect_err("not a log");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(fs::read(&path).expect("read"), b"hello, world\n".to_vec());
+        fs::write(&path, b"").expect("write");
+        assert!(MetaLog::open(&path).is_err());
+    }
+
+    #[test]
+    fn rewrite_compacts() {
+        let dir = TempDir::new("rewrite");
+        let path = dir.log();
+        let mut log = open(&path).log;
+        for i in 0..10u8 {
+            log.append(&[i; 100]).expect("append");
+        }
+        let before = log.len_bytes();
+        log.rewrite(&[b"alpha", b"beta"]).expect("rewrite");
+        assert_eq!(log.records(), 2);
+        assert!(log.len_bytes() < before);
+        assert_eq!(log.len_bytes(), file_len(&path));
+        assert!(!tmp_path(&path).exists());
+        log.append(b"gamma").expect("append after rewrite");
+        assert_eq!(log.records(), 3);
+        drop(log);
+
+        let opened = open(&path);
+        assert_eq!(opened.dropped_bytes, 0);
+        assert_eq!(
+            opened.records,
+            vec![b"alpha".to_vec(), b"beta".to_vec(), b"gamma".to_vec()]
+        );
+        let mut log = opened.log;
+        log.rewrite(&[]).expect("rewrite to nothing");
+        drop(log);
+        assert!(open(&path).records.is_empty());
+    }
+
+    #[test]
+    fn a_failed_rewrite_leaves_the_old_log() {
+        let dir = TempDir::new("rewrite-fails");
+        let path = dir.log();
+        let mut log = open(&path).log;
+        log.append(b"kept").expect("append");
+        // A directory where the temporary file should go makes its creation fail.
+        fs::create_dir(tmp_path(&path)).expect("mkdir");
+        assert!(log.rewrite(&[b"lost"]).is_err());
+        fs::remove_dir(tmp_path(&path)).expect("rmdir");
+        log.append(b"after").expect("append after a failed rewrite");
+        drop(log);
+        assert_eq!(
+            open(&path).records,
+            vec![b"kept".to_vec(), b"after".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_failed_append_leaves_no_partial_frame() {
+        let dir = TempDir::new("append-fails");
+        let path = dir.log();
+        let mut log = open(&path).log;
+        log.append(b"kept").expect("append");
+        let len = log.len_bytes();
+        // A read-only handle: the write fails, and so does the rollback, which makes the log
+        // refuse appends until reopened.
+        log.file = File::open(&path).expect("open read-only");
+        assert!(log.append(b"lost").is_err());
+        assert!(log.append(b"lost too").is_err());
+        assert_eq!(log.records(), 1);
+        assert_eq!(log.len_bytes(), len);
+        drop(log);
+        let opened = open(&path);
+        assert_eq!(opened.records, vec![b"kept".to_vec()]);
+        assert_eq!(opened.dropped_bytes, 0);
+    }
+
+    #[test]
+    fn a_relative_path_works() {
+        assert_eq!(
+            tmp_path(Path::new("meta.log")),
+            PathBuf::from("meta.log.tmp")
+        );
+        assert!(sync_parent(Path::new("meta.log")).is_ok());
+    }
+}

@@ -1,0 +1,185 @@
+//! The metadata records. Each names the entity it sets ([`Record::entity`]): a later record
+//! for the same entity replaces the earlier one, which is what lets the log be compacted (the
+//! embedded store rewrites its file; Kafka compacts the topic by record key). Audit entries have
+//! unique entity names, so compaction keeps each until it ages out. Records hold key hashes,
+//! never secrets.
+
+use crate::keys::Scope;
+use serde::{Deserialize, Serialize};
+
+/// The pseudo-app operator keys belong to. App names cannot start with `_`, so no app can take it.
+pub const OPERATOR_APP: &str = "_operator";
+
+/// Who made a change, when, and from where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// `operator:<keyid>`, `app:<appid>:<keyid>`, or `gateway` for what a gateway does itself.
+    pub actor: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// The client address of the request that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// A key as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub keyid: String,
+    /// The app it belongs to ([`OPERATOR_APP`] for operator keys).
+    pub app: String,
+    pub scope: Scope,
+    /// Topic storage names (`<appid>.<topic>.<ver>`) it is narrowed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
+    /// `HMAC-SHA256(pepper, secret)`, hex.
+    pub hash: String,
+    /// [`crate::keys::Pepper::id`] of the pepper the hash was made with.
+    pub pepper_id: String,
+    pub created_ms: i64,
+    /// When it stops working (a retiring key after a rotation, or an expiring key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+    #[serde(default)]
+    pub revoked: bool,
+    pub stamp: Stamp,
+}
+
+impl KeyRecord {
+    /// Whether the key works at `now_ms`.
+    pub fn live(&self, now_ms: i64) -> bool {
+        !self.revoked && self.expires_ms.is_none_or(|e| e > now_ms)
+    }
+}
+
+/// What an app may use; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_messages_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_bytes_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe_bytes_per_sec: Option<u64>,
+    /// Concurrent long polls, event streams and WebSockets, on each gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u32>,
+}
+
+/// One entry of the audit list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// `<ts_ms, 13 digits>-<random>`: unique, and sorts by time.
+    pub id: String,
+    pub stamp: Stamp,
+    /// What was done: `create_app`, `create_key`, `revoke_key`, ...
+    pub action: String,
+    /// What it was done to: `app/<appid>`, `key/<appid>/<keyid>`, `grant/<topic>/<appid>`, ...
+    pub target: String,
+}
+
+/// One metadata record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    App {
+        app: String,
+        #[serde(default)]
+        deleted: bool,
+        stamp: Stamp,
+    },
+    Key(KeyRecord),
+    /// App `app` may subscribe to topic `topic` (a storage name).
+    Grant {
+        topic: String,
+        app: String,
+        #[serde(default)]
+        deleted: bool,
+        stamp: Stamp,
+    },
+    Quota {
+        app: String,
+        quota: Option<QuotaSpec>,
+        stamp: Stamp,
+    },
+    Audit(Audit),
+}
+
+impl Record {
+    /// The entity this record sets: the compaction key.
+    pub fn entity(&self) -> String {
+        match self {
+            Record::App { app, .. } => format!("app/{app}"),
+            Record::Key(k) => format!("key/{}", k.keyid),
+            Record::Grant { topic, app, .. } => format!("grant/{topic}/{app}"),
+            Record::Quota { app, .. } => format!("quota/{app}"),
+            Record::Audit(a) => format!("audit/{}", a.id),
+        }
+    }
+
+    /// The record as stored (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A stored record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(D[(b >> 4) as usize] as char);
+        s.push(D[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// The 32 bytes of a hex hash, if it is one.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = nib(b[2 * i])? << 4 | nib(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_name_their_entity() {
+        let stamp = Stamp {
+            actor: "operator:abc".into(),
+            ts_ms: 5,
+            ip: None,
+        };
+        let r = Record::Grant {
+            topic: "a.t.v1".into(),
+            app: "b".into(),
+            deleted: false,
+            stamp,
+        };
+        assert_eq!(r.entity(), "grant/a.t.v1/b");
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert!(Record::decode(b"{\"kind\":\"nope\"}").is_err());
+        let h = [0xabu8; 32];
+        assert_eq!(unhex32(&hex(&h)), Some(h));
+        assert_eq!(unhex32("zz"), None);
+    }
+}

@@ -1,0 +1,596 @@
+//! The view of the metadata every core authorizes with: built once per change from the
+//! [`State`], immutable, shared read-only. Authenticating a request is a key-id lookup and one
+//! HMAC (which the caller may skip through a cache of keys it verified already); authorizing it
+//! is a scope check and, for another app's topic, one grant lookup, with the topic's storage
+//! name built on the stack. Neither allocates.
+
+use super::record::{unhex32, QuotaSpec, OPERATOR_APP};
+use super::state::State;
+use crate::keys::{Presented, Scope};
+use crate::{Error, ErrorKind};
+use rustc_hash::FxHashMap;
+
+/// A key as the snapshot holds it.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    pub app: String,
+    pub scope: Scope,
+    /// Topic storage names it is narrowed to.
+    pub topics: Option<Box<[String]>>,
+    pub hash: [u8; 32],
+    pub expires_ms: Option<i64>,
+}
+
+/// A topic named by a request: `(appid, topic, ver)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicRef<'a> {
+    pub app: &'a str,
+    pub topic: &'a str,
+    pub ver: &'a str,
+}
+
+/// What a command needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'a> {
+    /// Nothing: liveness and readiness.
+    Nothing,
+    /// An operator key.
+    Operator,
+    /// A publish key of the app, for its topic `(topic, ver)`.
+    Publish { topic: &'a str, ver: &'a str },
+    /// A subscribe key of the owner or of an app it granted.
+    Subscribe(TopicRef<'a>),
+    /// Any key of the owner, or a subscribe key of an app it granted (partitions, status).
+    Read(TopicRef<'a>),
+    /// An app-admin key of the owner (topic administration).
+    Owner(TopicRef<'a>),
+    /// An app-admin key of this app (its keys, its grants).
+    AppAdmin(&'a str),
+}
+
+/// How a request presents its key.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A kateway key (`Authorization: Bearer`, `Pubkey`/`Subkey`, or `access_token=`).
+    Key(Presented<'a>),
+    /// The original kateway's `Appid` + `Pubkey`/`Subkey` with an app secret.
+    Legacy { app: &'a str, secret: &'a str },
+}
+
+const APP_MAX: usize = 64;
+const KEYID_MAX: usize = 16;
+
+/// Who a request is: an app's key, or an operator's. Plain data (no allocation, no reference
+/// count), so a request can hold it across awaits.
+#[derive(Clone, Copy)]
+pub struct Principal {
+    app: [u8; APP_MAX],
+    app_len: u8,
+    keyid: [u8; KEYID_MAX],
+    keyid_len: u8,
+    pub scope: Scope,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("app", &self.app())
+            .field("keyid", &self.keyid())
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+fn fill<const N: usize>(s: &str) -> ([u8; N], u8) {
+    let mut b = [0u8; N];
+    let n = s.len().min(N);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    (b, n as u8)
+}
+
+impl Principal {
+    /// A principal of app `app` through key `keyid`.
+    pub fn new(app: &str, keyid: &str, scope: Scope) -> Self {
+        let (app, app_len) = fill::<APP_MAX>(app);
+        let (keyid, keyid_len) = fill::<KEYID_MAX>(keyid);
+        Self {
+            app,
+            app_len,
+            keyid,
+            keyid_len,
+            scope,
+        }
+    }
+
+    /// The app (names are ASCII and at most 64 characters).
+    pub fn app(&self) -> &str {
+        std::str::from_utf8(&self.app[..self.app_len as usize]).unwrap_or("")
+    }
+
+    /// The key id it authenticated with ("" when authentication is off).
+    pub fn keyid(&self) -> &str {
+        std::str::from_utf8(&self.keyid[..self.keyid_len as usize]).unwrap_or("")
+    }
+
+    /// Whether it is an operator.
+    pub fn operator(&self) -> bool {
+        self.scope == Scope::Operator
+    }
+
+    /// The actor an audit entry names.
+    pub fn actor(&self) -> String {
+        if self.operator() {
+            format!("operator:{}", self.keyid())
+        } else {
+            format!("app:{}:{}", self.app(), self.keyid())
+        }
+    }
+}
+
+/// The metadata, ready for lookups.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Records applied when it was built (or the metadata log position): newer is larger.
+    pub version: u64,
+    keys: FxHashMap<String, KeyEntry>,
+    /// Legacy secrets by app: key ids.
+    legacy: FxHashMap<String, Vec<String>>,
+    /// Topic storage name: the apps it is granted to.
+    grants: FxHashMap<String, Vec<String>>,
+    quotas: FxHashMap<String, QuotaSpec>,
+    /// The earliest time a key in it expires: the snapshot is rebuilt then.
+    pub next_expiry_ms: Option<i64>,
+}
+
+fn unauthorized(msg: &'static str) -> Error {
+    Error::new(ErrorKind::Unauthorized, msg)
+}
+
+fn forbidden(msg: String) -> Error {
+    Error::new(ErrorKind::Forbidden, msg)
+}
+
+/// `<app>.<topic>.<ver>` in `buf` (names are validated, so at most 64 + 64 + 10 + 2 bytes).
+fn storage_name<'b>(buf: &'b mut [u8; 160], t: &TopicRef<'_>) -> &'b str {
+    let mut n = 0;
+    for part in [t.app, ".", t.topic, ".", t.ver] {
+        let end = (n + part.len()).min(buf.len());
+        buf[n..end].copy_from_slice(&part.as_bytes()[..end - n]);
+        n = end;
+    }
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+impl Snapshot {
+    /// The snapshot of `state` at `now_ms` (keys dead by then are left out).
+    pub fn build(state: &State, version: u64, now_ms: i64) -> Self {
+        let mut s = Snapshot {
+            version,
+            ..Default::default()
+        };
+        for k in state.keys.values().filter(|k| k.live(now_ms)) {
+            let owner_live = k.app == OPERATOR_APP || state.app_exists(&k.app);
+            let Some(hash) = unhex32(&k.hash).filter(|_| owner_live) else {
+                continue;
+            };
+            if let Some(e) = k.expires_ms {
+                s.next_expiry_ms = Some(s.next_expiry_ms.map_or(e, |n: i64| n.min(e)));
+            }
+            if k.scope == Scope::Legacy {
+                s.legacy
+                    .entry(k.app.clone())
+                    .or_default()
+                    .push(k.keyid.clone());
+            }
+            s.keys.insert(
+                k.keyid.clone(),
+                KeyEntry {
+                    app: k.app.clone(),
+                    scope: k.scope,
+                    topics: k.topics.clone().map(Vec::into_boxed_slice),
+                    hash,
+                    expires_ms: k.expires_ms,
+                },
+            );
+        }
+        for (topic, app) in state.grants.keys() {
+            if state.app_exists(app) {
+                s.grants.entry(topic.clone()).or_default().push(app.clone());
+            }
+        }
+        s.quotas = state
+            .quotas
+            .iter()
+            .filter(|(a, _)| state.app_exists(a))
+            .map(|(a, q)| (a.clone(), *q))
+            .collect();
+        s
+    }
+
+    /// The key with id `keyid`, if it works at `now_ms`.
+    pub fn key(&self, keyid: &str, now_ms: i64) -> Option<&KeyEntry> {
+        self.keys
+            .get(keyid)
+            .filter(|k| k.expires_ms.is_none_or(|e| e > now_ms))
+    }
+
+    /// An app's quota.
+    pub fn quota(&self, app: &str) -> Option<&QuotaSpec> {
+        self.quotas.get(app)
+    }
+
+    /// Whether any app has a quota.
+    pub fn has_quotas(&self) -> bool {
+        !self.quotas.is_empty()
+    }
+
+    /// Who presented `cred` (with `Appid` saying `claimed`), checking secrets with `verify`
+    /// (`verify(keyid, secret, stored hash)`, constant-time: the caller may cache). 401 for
+    /// anything that does not authenticate, with a reason that names no secret.
+    pub fn authenticate(
+        &self,
+        cred: &Credential<'_>,
+        claimed: Option<&str>,
+        now_ms: i64,
+        mut verify: impl FnMut(&str, &str, &[u8; 32]) -> bool,
+    ) -> Result<Principal, Error> {
+        match cred {
+            Credential::Key(p) => {
+                let k = self
+                    .key(p.keyid, now_ms)
+                    .filter(|k| k.scope == p.scope)
+                    .ok_or_else(|| unauthorized("unknown, revoked or expired key"))?;
+                if !verify(p.keyid, p.secret(), &k.hash) {
+                    return Err(unauthorized("unknown, revoked or expired key"));
+                }
+                if claimed.is_some_and(|a| a != k.app) {
+                    return Err(unauthorized(
+                        "the key belongs to another app than Appid names",
+                    ));
+                }
+                Ok(Principal::new(&k.app, p.keyid, k.scope))
+            }
+            Credential::Legacy { app, secret } => {
+                for id in self.legacy.get(*app).into_iter().flatten() {
+                    if let Some(k) = self.key(id, now_ms) {
+                        if verify(id, secret, &k.hash) {
+                            return Ok(Principal::new(app, id, Scope::Legacy));
+                        }
+                    }
+                }
+                Err(unauthorized("unknown app or wrong secret"))
+            }
+        }
+    }
+
+    /// Whether `p` may do what `need` says: 403 with the reason if not.
+    pub fn authorize(&self, p: &Principal, need: &Need<'_>, now_ms: i64) -> Result<(), Error> {
+        if p.operator() {
+            return Ok(());
+        }
+        let me = p.app();
+        let key = self.key(p.keyid(), now_ms);
+        let narrowed = |t: &TopicRef<'_>| -> Result<(), Error> {
+            let Some(topics) = key.and_then(|k| k.topics.as_deref()) else {
+                return Ok(());
+            };
+            let mut buf = [0u8; 160];
+            let name = storage_name(&mut buf, t);
+            if topics.iter().any(|n| n == name) {
+                Ok(())
+            } else {
+                Err(forbidden(format!("this key is not for topic {name}")))
+            }
+        };
+        let scope = |wanted: Scope| -> Result<(), Error> {
+            if p.scope.allows(wanted) {
+                Ok(())
+            } else {
+                Err(forbidden(format!(
+                    "a {} key cannot do this: it needs a {} key",
+                    p.scope.name(),
+                    wanted.name()
+                )))
+            }
+        };
+        match need {
+            Need::Nothing => Ok(()),
+            Need::Operator => Err(forbidden(
+                "this needs an operator key, on the operator listener".into(),
+            )),
+            Need::Publish { topic, ver } => {
+                scope(Scope::Publish)?;
+                narrowed(&TopicRef {
+                    app: me,
+                    topic,
+                    ver,
+                })
+            }
+            Need::Subscribe(t) => {
+                scope(Scope::Subscribe)?;
+                self.may_read(me, t)?;
+                narrowed(t)
+            }
+            Need::Read(t) => {
+                if t.app == me {
+                    return narrowed(t);
+                }
+                scope(Scope::Subscribe)?;
+                self.may_read(me, t)?;
+                narrowed(t)
+            }
+            Need::Owner(t) => {
+                scope(Scope::AppAdmin)?;
+                if t.app != me {
+                    return Err(forbidden(format!("topics of app {} are not yours", t.app)));
+                }
+                Ok(())
+            }
+            Need::AppAdmin(app) => {
+                scope(Scope::AppAdmin)?;
+                if *app != me {
+                    return Err(forbidden(format!("app {app} is not yours")));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether app `me` owns topic `t` or holds a grant on it.
+    fn may_read(&self, me: &str, t: &TopicRef<'_>) -> Result<(), Error> {
+        if t.app == me {
+            return Ok(());
+        }
+        let mut buf = [0u8; 160];
+        let name = storage_name(&mut buf, t);
+        if self
+            .grants
+            .get(name)
+            .is_some_and(|apps| apps.iter().any(|a| a == me))
+        {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "app {me} holds no grant on topic {name}"
+            )))
+        }
+    }
+
+    /// Whether a session that `p` opened for `need` may go on under this snapshot: its key
+    /// still works and still allows it (a revocation, an expiry or a removed grant ends it).
+    pub fn still(&self, p: &Principal, need: &Need<'_>, now_ms: i64) -> Result<(), Error> {
+        if self.key(p.keyid(), now_ms).is_none() {
+            return Err(unauthorized("the key was revoked or expired"));
+        }
+        self.authorize(p, need, now_ms)
+    }
+
+    /// The apps granted topic `name`.
+    pub fn granted(&self, name: &str) -> &[String] {
+        self.grants.get(name).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::Stamp;
+    use super::super::state::Op;
+    use super::*;
+    use crate::keys::{self, Pepper};
+
+    fn world() -> (State, Pepper, String, String, String) {
+        let pepper = Pepper::new(&[3; 32]).unwrap();
+        let mut s = State::default();
+        let mut text = Vec::new();
+        let mut run = |s: &mut State, op| {
+            let stamp = Stamp {
+                actor: "t".into(),
+                ts_ms: 10,
+                ip: None,
+            };
+            let nonce = s.applied.to_string();
+            let p = s.plan(op, stamp, &pepper, &nonce).unwrap();
+            text.push(p.secret.clone().unwrap_or_default());
+            for r in p.records {
+                s.apply(r);
+            }
+        };
+        run(&mut s, Op::CreateApp { app: "a".into() });
+        run(&mut s, Op::CreateApp { app: "b".into() });
+        for (app, scope) in [
+            ("a", Scope::Publish),
+            ("b", Scope::Subscribe),
+            ("a", Scope::AppAdmin),
+        ] {
+            run(
+                &mut s,
+                Op::CreateKey {
+                    app: app.into(),
+                    scope,
+                    topics: None,
+                    expires_ms: None,
+                },
+            );
+        }
+        run(
+            &mut s,
+            Op::ImportLegacy {
+                app: "b".into(),
+                secret: "old-secret".into(),
+            },
+        );
+        (s, pepper, text[2].clone(), text[3].clone(), text[4].clone())
+    }
+
+    fn t<'a>(app: &'a str) -> TopicRef<'a> {
+        TopicRef {
+            app,
+            topic: "t",
+            ver: "v1",
+        }
+    }
+
+    #[test]
+    fn authenticates_and_authorizes() {
+        let (mut state, pepper, apub, bsub, aadmin) = world();
+        let snap = Snapshot::build(&state, 1, 20);
+        let verify = |_: &str, s: &str, h: &[u8; 32]| pepper.verify_secret(s, h);
+        let auth = |snap: &Snapshot, key: &str, claimed| {
+            snap.authenticate(
+                &Credential::Key(keys::parse(key).unwrap()),
+                claimed,
+                20,
+                verify,
+            )
+        };
+        let pa = auth(&snap, &apub, None).unwrap();
+        assert_eq!(pa.app(), "a");
+        assert_eq!(auth(&snap, &apub, Some("b")).unwrap_err().status(), 401);
+        let pb = auth(&snap, &bsub, Some("b")).unwrap();
+        let padmin = auth(&snap, &aadmin, None).unwrap();
+        let ok = |p: &Principal, n: Need<'_>| snap.authorize(p, &n, 20).map_err(|e| e.status());
+        assert_eq!(
+            ok(
+                &pa,
+                Need::Publish {
+                    topic: "t",
+                    ver: "v1"
+                }
+            ),
+            Ok(())
+        );
+        assert_eq!(ok(&pa, Need::Subscribe(t("a"))), Err(403), "wrong scope");
+        assert_eq!(ok(&pb, Need::Subscribe(t("a"))), Err(403), "no grant");
+        assert_eq!(ok(&pb, Need::Subscribe(t("b"))), Ok(()));
+        assert_eq!(ok(&pa, Need::Read(t("a"))), Ok(()));
+        assert_eq!(ok(&pb, Need::Read(t("a"))), Err(403));
+        assert_eq!(ok(&padmin, Need::Owner(t("a"))), Ok(()));
+        assert_eq!(ok(&padmin, Need::Owner(t("b"))), Err(403));
+        assert_eq!(ok(&pa, Need::Owner(t("a"))), Err(403));
+        assert_eq!(ok(&pa, Need::Operator), Err(403));
+        assert_eq!(ok(&padmin, Need::AppAdmin("a")), Ok(()));
+        assert_eq!(ok(&padmin, Need::AppAdmin("b")), Err(403));
+        // A grant lets b subscribe to a's topic.
+        let stamp = Stamp {
+            actor: "t".into(),
+            ts_ms: 11,
+            ip: None,
+        };
+        let p = state
+            .plan(
+                Op::Grant {
+                    topic: "a.t.v1".into(),
+                    app: "b".into(),
+                },
+                stamp,
+                &pepper,
+                "g",
+            )
+            .unwrap();
+        for r in p.records {
+            state.apply(r);
+        }
+        let snap2 = Snapshot::build(&state, 2, 20);
+        assert!(snap2.authorize(&pb, &Need::Subscribe(t("a")), 20).is_ok());
+        assert_eq!(snap2.granted("a.t.v1"), ["b".to_string()]);
+        // Legacy secrets authenticate with their app.
+        let legacy = Credential::Legacy {
+            app: "b",
+            secret: "old-secret",
+        };
+        let pl = snap.authenticate(&legacy, None, 20, verify).unwrap();
+        assert_eq!(pl.scope, Scope::Legacy);
+        assert!(snap
+            .authorize(
+                &pl,
+                &Need::Publish {
+                    topic: "t",
+                    ver: "v1"
+                },
+                20
+            )
+            .is_ok());
+        let wrong = Credential::Legacy {
+            app: "b",
+            secret: "nope",
+        };
+        assert_eq!(
+            snap.authenticate(&wrong, None, 20, verify)
+                .unwrap_err()
+                .status(),
+            401
+        );
+        // A revoked key fails authentication and ends its sessions.
+        let keyid = pa.keyid().to_owned();
+        let stamp = Stamp {
+            actor: "t".into(),
+            ts_ms: 12,
+            ip: None,
+        };
+        let p = state
+            .plan(
+                Op::RevokeKey {
+                    app: "a".into(),
+                    keyid,
+                },
+                stamp,
+                &pepper,
+                "r",
+            )
+            .unwrap();
+        for r in p.records {
+            state.apply(r);
+        }
+        let snap3 = Snapshot::build(&state, 3, 20);
+        assert_eq!(auth(&snap3, &apub, None).unwrap_err().status(), 401);
+        let need = Need::Publish {
+            topic: "t",
+            ver: "v1",
+        };
+        assert_eq!(snap3.still(&pa, &need, 20).unwrap_err().status(), 401);
+        assert!(snap3.still(&pb, &Need::Subscribe(t("b")), 20).is_ok());
+    }
+
+    #[test]
+    fn narrowed_keys_and_storage_names() {
+        let mut buf = [0u8; 160];
+        assert_eq!(storage_name(&mut buf, &t("app")), "app.t.v1");
+        let e = KeyEntry {
+            app: "a".into(),
+            scope: Scope::Publish,
+            topics: Some(vec!["a.t.v1".to_string()].into_boxed_slice()),
+            hash: [0; 32],
+            expires_ms: Some(100),
+        };
+        let mut snap = Snapshot::default();
+        snap.keys.insert("k".into(), e);
+        let p = Principal::new("a", "k", Scope::Publish);
+        assert!(snap
+            .authorize(
+                &p,
+                &Need::Publish {
+                    topic: "t",
+                    ver: "v1"
+                },
+                50
+            )
+            .is_ok());
+        assert_eq!(
+            snap.authorize(
+                &p,
+                &Need::Publish {
+                    topic: "u",
+                    ver: "v1"
+                },
+                50
+            )
+            .unwrap_err()
+            .status(),
+            403
+        );
+        assert!(
+            snap.key("k", 99).is_some() && snap.key("k", 100).is_none(),
+            "expiry"
+        );
+    }
+}

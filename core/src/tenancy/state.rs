@@ -1,0 +1,777 @@
+//! The metadata as the records add up to ([`State::apply`]), and the rules a change must pass
+//! before it becomes records ([`State::plan`]): names are valid, what a change refers to exists,
+//! an app holds at most [`MAX_LIVE_KEYS`] live keys of a scope, the last operator key cannot be
+//! revoked. Only the writer (core 0 of a gateway) plans; every gateway applies.
+
+use super::record::{hex, Audit, KeyRecord, QuotaSpec, Record, Stamp, OPERATOR_APP};
+use crate::keys::{self, Pepper, Scope};
+use crate::names::{validate_part, TopicName};
+use crate::{Error, ErrorKind};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Live keys an app may hold per scope: one in use and one being rotated in.
+pub const MAX_LIVE_KEYS: usize = 2;
+/// Audit entries kept when the log is compacted.
+pub const AUDIT_KEEP: usize = 10_000;
+/// Revoked and expired keys are kept (so the audit list can name them) this long.
+pub const DEAD_KEY_KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// A metadata change, as asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    CreateApp {
+        app: String,
+    },
+    /// Deletes an app: revokes its keys and the grants it holds (its topics stay until deleted).
+    DeleteApp {
+        app: String,
+    },
+    CreateKey {
+        app: String,
+        scope: Scope,
+        topics: Option<Vec<String>>,
+        expires_ms: Option<i64>,
+    },
+    /// A new key like `keyid`; `keyid` keeps working for `grace_ms`.
+    RotateKey {
+        app: String,
+        keyid: String,
+        grace_ms: i64,
+    },
+    RevokeKey {
+        app: String,
+        keyid: String,
+    },
+    /// The original kateway's app secret, as a legacy (publish + subscribe) key; replaces an
+    /// earlier one.
+    ImportLegacy {
+        app: String,
+        secret: String,
+    },
+    Grant {
+        topic: String,
+        app: String,
+    },
+    Ungrant {
+        topic: String,
+        app: String,
+    },
+    SetQuota {
+        app: String,
+        quota: Option<QuotaSpec>,
+    },
+    /// An operator key, if there is no live one: the first start.
+    Bootstrap,
+}
+
+/// A checked change: the records to write and the answer to give once they are written.
+#[derive(Debug)]
+pub struct Planned {
+    pub records: Vec<Record>,
+    pub answer: Value,
+    /// Status of the answer (201 for a creation, 200 otherwise).
+    pub status: u16,
+    /// The secret shown once (a new key's text), kept out of `answer` for logging.
+    pub secret: Option<String>,
+}
+
+/// Apps, keys, grants, quotas and the audit list.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// Apps, with whether each is deleted.
+    pub apps: BTreeMap<String, (bool, Stamp)>,
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// `(topic storage name, subscriber app)`.
+    pub grants: BTreeMap<(String, String), Stamp>,
+    pub quotas: BTreeMap<String, QuotaSpec>,
+    pub audit: BTreeMap<String, Audit>,
+    /// Records applied.
+    pub applied: u64,
+}
+
+fn conflict(msg: String) -> Error {
+    Error::new(ErrorKind::Conflict, msg)
+}
+
+fn not_found(msg: String) -> Error {
+    Error::new(ErrorKind::UnknownRoute, msg)
+}
+
+impl State {
+    /// Applies one record.
+    pub fn apply(&mut self, r: Record) {
+        self.applied += 1;
+        match r {
+            Record::App {
+                app,
+                deleted,
+                stamp,
+            } => {
+                self.apps.insert(app, (deleted, stamp));
+            }
+            Record::Key(k) => {
+                self.keys.insert(k.keyid.clone(), k);
+            }
+            Record::Grant {
+                topic,
+                app,
+                deleted,
+                stamp,
+            } => {
+                if deleted {
+                    self.grants.remove(&(topic, app));
+                } else {
+                    self.grants.insert((topic, app), stamp);
+                }
+            }
+            Record::Quota { app, quota, .. } => match quota {
+                Some(q) => {
+                    self.quotas.insert(app, q);
+                }
+                None => {
+                    self.quotas.remove(&app);
+                }
+            },
+            Record::Audit(a) => {
+                self.audit.insert(a.id.clone(), a);
+                while self.audit.len() > AUDIT_KEEP {
+                    self.audit.pop_first();
+                }
+            }
+        }
+    }
+
+    /// The records that rebuild this state (for compaction): every entity's latest record,
+    /// dead keys younger than [`DEAD_KEY_KEEP_MS`], and the newest [`AUDIT_KEEP`] audit entries.
+    pub fn records(&self, now_ms: i64) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (app, (deleted, stamp)) in &self.apps {
+            out.push(Record::App {
+                app: app.clone(),
+                deleted: *deleted,
+                stamp: stamp.clone(),
+            });
+        }
+        for k in self.keys.values() {
+            let dead_since = if k.revoked {
+                Some(k.stamp.ts_ms)
+            } else {
+                k.expires_ms.filter(|e| *e <= now_ms)
+            };
+            if dead_since.is_none_or(|t| now_ms - t < DEAD_KEY_KEEP_MS) {
+                out.push(Record::Key(k.clone()));
+            }
+        }
+        for ((topic, app), stamp) in &self.grants {
+            out.push(Record::Grant {
+                topic: topic.clone(),
+                app: app.clone(),
+                deleted: false,
+                stamp: stamp.clone(),
+            });
+        }
+        for (app, q) in &self.quotas {
+            out.push(Record::Quota {
+                app: app.clone(),
+                quota: Some(*q),
+                stamp: Stamp {
+                    actor: "gateway".into(),
+                    ts_ms: now_ms,
+                    ip: None,
+                },
+            });
+        }
+        out.extend(self.audit.values().cloned().map(Record::Audit));
+        out
+    }
+
+    /// Whether app `app` exists (and is not deleted).
+    pub fn app_exists(&self, app: &str) -> bool {
+        self.apps.get(app).is_some_and(|(deleted, _)| !deleted)
+    }
+
+    /// Live operator keys.
+    pub fn operator_keys(&self, now_ms: i64) -> usize {
+        self.keys
+            .values()
+            .filter(|k| k.scope == Scope::Operator && k.live(now_ms))
+            .count()
+    }
+
+    fn live_keys(&self, app: &str, scope: Scope, now_ms: i64) -> usize {
+        self.keys
+            .values()
+            .filter(|k| k.app == app && k.scope == scope && k.live(now_ms))
+            .count()
+    }
+
+    fn need_app(&self, app: &str) -> Result<(), Error> {
+        if app == OPERATOR_APP || self.app_exists(app) {
+            Ok(())
+        } else {
+            Err(not_found(format!("unknown app {app}")))
+        }
+    }
+
+    fn key_of(&self, app: &str, keyid: &str) -> Result<&KeyRecord, Error> {
+        self.keys
+            .get(keyid)
+            .filter(|k| k.app == app)
+            .ok_or_else(|| not_found(format!("app {app} has no key {keyid}")))
+    }
+
+    /// Checks `op` made by `stamp`'s actor and turns it into records (the change, then its
+    /// audit entry) and an answer. `nonce` makes the audit id unique.
+    pub fn plan(
+        &self,
+        op: Op,
+        stamp: Stamp,
+        pepper: &Pepper,
+        nonce: &str,
+    ) -> Result<Planned, Error> {
+        let now = stamp.ts_ms;
+        let mut secret = None;
+        let (records, target, answer, status, action): (Vec<Record>, String, Value, u16, &str) =
+            match op {
+                Op::CreateApp { app } => {
+                    validate_part("appid", &app)?;
+                    if app.starts_with('_') {
+                        return Err(Error::param("app names starting with _ are reserved"));
+                    }
+                    if self.app_exists(&app) {
+                        return Err(conflict(format!("app {app} already exists")));
+                    }
+                    let r = Record::App {
+                        app: app.clone(),
+                        deleted: false,
+                        stamp: stamp.clone(),
+                    };
+                    let a = json!({"app": app});
+                    (vec![r], format!("app/{app}"), a, 201, "create_app")
+                }
+                Op::DeleteApp { app } => {
+                    if !self.app_exists(&app) {
+                        return Err(not_found(format!("unknown app {app}")));
+                    }
+                    let mut v = vec![Record::App {
+                        app: app.clone(),
+                        deleted: true,
+                        stamp: stamp.clone(),
+                    }];
+                    for k in self.keys.values().filter(|k| k.app == app && !k.revoked) {
+                        let mut k = k.clone();
+                        k.revoked = true;
+                        k.stamp = stamp.clone();
+                        v.push(Record::Key(k));
+                    }
+                    for (topic, sub) in self.grants.keys().filter(|(t, s)| {
+                        *s == app || TopicName::parse_storage(t).is_ok_and(|n| n.appid == app)
+                    }) {
+                        v.push(Record::Grant {
+                            topic: topic.clone(),
+                            app: sub.clone(),
+                            deleted: true,
+                            stamp: stamp.clone(),
+                        });
+                    }
+                    (
+                        v,
+                        format!("app/{app}"),
+                        json!({"app": app, "deleted": true}),
+                        200,
+                        "delete_app",
+                    )
+                }
+                Op::CreateKey {
+                    app,
+                    scope,
+                    topics,
+                    expires_ms,
+                } => {
+                    self.need_app(&app)?;
+                    if (scope == Scope::Operator) != (app == OPERATOR_APP) {
+                        return Err(Error::param(
+                            "operator keys belong to no app, and apps hold no operator keys",
+                        ));
+                    }
+                    if scope == Scope::Legacy {
+                        return Err(Error::param("import a legacy secret instead"));
+                    }
+                    if let Some(t) = &topics {
+                        for n in t {
+                            TopicName::parse_storage(n)?;
+                        }
+                        if t.is_empty() {
+                            return Err(Error::param("topics= names no topic"));
+                        }
+                    }
+                    if expires_ms.is_some_and(|e| e <= now) {
+                        return Err(Error::param("the expiry is in the past"));
+                    }
+                    if self.live_keys(&app, scope, now) >= MAX_LIVE_KEYS {
+                        return Err(conflict(format!(
+                            "app {app} holds {MAX_LIVE_KEYS} live {} keys: rotate or revoke one",
+                            scope.name()
+                        )));
+                    }
+                    let (k, text) =
+                        self.new_key(&app, scope, topics, expires_ms, &stamp, pepper)?;
+                    secret = Some(text.clone());
+                    let a = key_json(&k, Some(&text));
+                    (
+                        vec![Record::Key(k.clone())],
+                        format!("key/{app}/{}", k.keyid),
+                        a,
+                        201,
+                        "create_key",
+                    )
+                }
+                Op::RotateKey {
+                    app,
+                    keyid,
+                    grace_ms,
+                } => {
+                    let old = self.key_of(&app, &keyid)?;
+                    if !old.live(now) {
+                        return Err(conflict(format!("key {keyid} is revoked or expired")));
+                    }
+                    if old.scope == Scope::Legacy {
+                        return Err(Error::param(
+                            "a legacy secret is replaced by creating publish and subscribe keys",
+                        ));
+                    }
+                    if old.expires_ms.is_some_and(|e| e <= now + grace_ms.max(0)) {
+                        return Err(conflict(format!("key {keyid} is already retiring")));
+                    }
+                    if self.live_keys(&app, old.scope, now) >= MAX_LIVE_KEYS {
+                        return Err(conflict(format!(
+                            "app {app} holds {MAX_LIVE_KEYS} live {} keys: revoke one first",
+                            old.scope.name()
+                        )));
+                    }
+                    let (k, text) =
+                        self.new_key(&app, old.scope, old.topics.clone(), None, &stamp, pepper)?;
+                    let mut retiring = old.clone();
+                    retiring.expires_ms = Some(now + grace_ms.max(0));
+                    retiring.stamp = stamp.clone();
+                    let mut a = key_json(&k, Some(&text));
+                    a["retiring"] = json!({"keyid": keyid, "expires_ms": retiring.expires_ms});
+                    secret = Some(text);
+                    (
+                        vec![Record::Key(retiring), Record::Key(k.clone())],
+                        format!("key/{app}/{keyid}"),
+                        a,
+                        201,
+                        "rotate_key",
+                    )
+                }
+                Op::RevokeKey { app, keyid } => {
+                    let k = self.key_of(&app, &keyid)?;
+                    if k.scope == Scope::Operator && k.live(now) && self.operator_keys(now) <= 1 {
+                        return Err(conflict(
+                            "this is the last live operator key: create another one first".into(),
+                        ));
+                    }
+                    let mut k = k.clone();
+                    k.revoked = true;
+                    k.stamp = stamp.clone();
+                    let a = key_json(&k, None);
+                    (
+                        vec![Record::Key(k)],
+                        format!("key/{app}/{keyid}"),
+                        a,
+                        200,
+                        "revoke_key",
+                    )
+                }
+                Op::ImportLegacy { app, secret: s } => {
+                    if !self.app_exists(&app) {
+                        return Err(not_found(format!("unknown app {app}")));
+                    }
+                    if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
+                        return Err(Error::param(
+                            "a legacy secret is 1-256 printable characters",
+                        ));
+                    }
+                    let mut v: Vec<Record> = self
+                        .keys
+                        .values()
+                        .filter(|k| k.app == app && k.scope == Scope::Legacy && !k.revoked)
+                        .map(|k| {
+                            let mut k = k.clone();
+                            k.revoked = true;
+                            k.stamp = stamp.clone();
+                            Record::Key(k)
+                        })
+                        .collect();
+                    let nk = keys::legacy(&s, pepper).map_err(rng)?;
+                    let k = KeyRecord {
+                        keyid: nk.keyid,
+                        app: app.clone(),
+                        scope: Scope::Legacy,
+                        topics: None,
+                        hash: hex(&nk.hash),
+                        pepper_id: pepper.id(),
+                        created_ms: now,
+                        expires_ms: None,
+                        revoked: false,
+                        stamp: stamp.clone(),
+                    };
+                    let a = key_json(&k, None);
+                    let target = format!("key/{app}/{}", k.keyid);
+                    v.push(Record::Key(k));
+                    (v, target, a, 201, "import_legacy_secret")
+                }
+                Op::Grant { topic, app } => {
+                    let t = TopicName::parse_storage(&topic)?;
+                    if !self.app_exists(&app) {
+                        return Err(not_found(format!("unknown app {app}")));
+                    }
+                    if t.appid == app {
+                        return Err(Error::param("an app needs no grant on its own topics"));
+                    }
+                    let r = Record::Grant {
+                        topic: topic.clone(),
+                        app: app.clone(),
+                        deleted: false,
+                        stamp: stamp.clone(),
+                    };
+                    let a = json!({"topic": topic, "app": app});
+                    (vec![r], format!("grant/{topic}/{app}"), a, 200, "grant")
+                }
+                Op::Ungrant { topic, app } => {
+                    if !self.grants.contains_key(&(topic.clone(), app.clone())) {
+                        return Err(not_found(format!("app {app} holds no grant on {topic}")));
+                    }
+                    let r = Record::Grant {
+                        topic: topic.clone(),
+                        app: app.clone(),
+                        deleted: true,
+                        stamp: stamp.clone(),
+                    };
+                    let a = json!({"topic": topic, "app": app, "deleted": true});
+                    (vec![r], format!("grant/{topic}/{app}"), a, 200, "ungrant")
+                }
+                Op::SetQuota { app, quota } => {
+                    if !self.app_exists(&app) {
+                        return Err(not_found(format!("unknown app {app}")));
+                    }
+                    if let Some(q) = &quota {
+                        let zero = [
+                            q.publish_messages_per_sec,
+                            q.publish_bytes_per_sec,
+                            q.subscribe_bytes_per_sec,
+                        ]
+                        .contains(&Some(0))
+                            || q.max_streams == Some(0);
+                        if zero {
+                            return Err(Error::param("a quota of 0 is no quota: leave it out"));
+                        }
+                    }
+                    let r = Record::Quota {
+                        app: app.clone(),
+                        quota,
+                        stamp: stamp.clone(),
+                    };
+                    let a = json!({"app": app, "quota": quota});
+                    (vec![r], format!("quota/{app}"), a, 200, "set_quota")
+                }
+                Op::Bootstrap => {
+                    if self.operator_keys(now) > 0 {
+                        return Err(conflict("an operator key exists".into()));
+                    }
+                    let (k, text) =
+                        self.new_key(OPERATOR_APP, Scope::Operator, None, None, &stamp, pepper)?;
+                    let a = key_json(&k, Some(&text));
+                    secret = Some(text);
+                    (
+                        vec![Record::Key(k.clone())],
+                        format!("key/{OPERATOR_APP}/{}", k.keyid),
+                        a,
+                        201,
+                        "bootstrap_operator_key",
+                    )
+                }
+            };
+        let mut records = records;
+        records.push(Record::Audit(Audit {
+            id: format!("{:013}-{nonce}", now.max(0)),
+            stamp,
+            action: action.to_owned(),
+            target,
+        }));
+        Ok(Planned {
+            records,
+            answer,
+            status,
+            secret,
+        })
+    }
+
+    fn new_key(
+        &self,
+        app: &str,
+        scope: Scope,
+        topics: Option<Vec<String>>,
+        expires_ms: Option<i64>,
+        stamp: &Stamp,
+        pepper: &Pepper,
+    ) -> Result<(KeyRecord, String), Error> {
+        let nk = keys::generate(scope, pepper).map_err(rng)?;
+        if self.keys.contains_key(&nk.keyid) {
+            return Err(Error::new(ErrorKind::Internal, "key id collision: retry"));
+        }
+        let k = KeyRecord {
+            keyid: nk.keyid.clone(),
+            app: app.to_owned(),
+            scope,
+            topics,
+            hash: hex(&nk.hash),
+            pepper_id: pepper.id(),
+            created_ms: stamp.ts_ms,
+            expires_ms,
+            revoked: false,
+            stamp: stamp.clone(),
+        };
+        Ok((k, nk.text))
+    }
+}
+
+fn rng(_: ring::error::Unspecified) -> Error {
+    Error::new(ErrorKind::Internal, "the system's random source failed")
+}
+
+/// A key as the API shows it: never its hash; its text only when just made.
+pub fn key_json(k: &KeyRecord, text: Option<&str>) -> Value {
+    let mut v = json!({
+        "keyid": k.keyid,
+        "app": k.app,
+        "scope": k.scope.name(),
+        "created_ms": k.created_ms,
+        "expires_ms": k.expires_ms,
+        "revoked": k.revoked,
+    });
+    if let Some(t) = &k.topics {
+        v["topics"] = json!(t);
+    }
+    if let Some(t) = text {
+        v["key"] = json!(t);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(ts: i64) -> Stamp {
+        Stamp {
+            actor: "test".into(),
+            ts_ms: ts,
+            ip: None,
+        }
+    }
+
+    fn run(s: &mut State, op: Op, ts: i64) -> Result<Planned, Error> {
+        let p = Pepper::new(&[1; 32]).unwrap();
+        let nonce = s.applied.to_string();
+        let planned = s.plan(op, stamp(ts), &p, &nonce)?;
+        for r in &planned.records {
+            s.apply(Record::decode(&r.encode()).unwrap());
+        }
+        Ok(planned)
+    }
+
+    #[test]
+    fn apps_keys_rotation_and_the_rules() {
+        let mut s = State::default();
+        let boot = run(&mut s, Op::Bootstrap, 1).unwrap();
+        assert!(boot.secret.unwrap().starts_with("kwo_"));
+        assert_eq!(run(&mut s, Op::Bootstrap, 2).unwrap_err().status(), 409);
+        run(&mut s, Op::CreateApp { app: "a".into() }, 3).unwrap();
+        assert_eq!(
+            run(&mut s, Op::CreateApp { app: "a".into() }, 3)
+                .unwrap_err()
+                .status(),
+            409
+        );
+        assert_eq!(
+            run(&mut s, Op::CreateApp { app: "_x".into() }, 3)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let key = |s: &mut State, scope| {
+            run(
+                s,
+                Op::CreateKey {
+                    app: "a".into(),
+                    scope,
+                    topics: None,
+                    expires_ms: None,
+                },
+                4,
+            )
+        };
+        let k1 = key(&mut s, Scope::Publish).unwrap();
+        assert!(k1.secret.as_deref().unwrap().starts_with("kwp_"));
+        assert!(!k1.answer.to_string().contains("hash"));
+        key(&mut s, Scope::Publish).unwrap();
+        assert_eq!(
+            key(&mut s, Scope::Publish).unwrap_err().status(),
+            409,
+            "two live keys at most"
+        );
+        key(&mut s, Scope::Subscribe).unwrap();
+        let id1 = k1.answer["keyid"].as_str().unwrap().to_owned();
+        // Rotating needs room: revoke the second publish key first.
+        assert_eq!(
+            run(
+                &mut s,
+                Op::RotateKey {
+                    app: "a".into(),
+                    keyid: id1.clone(),
+                    grace_ms: 10
+                },
+                5
+            )
+            .unwrap_err()
+            .status(),
+            409
+        );
+        let id2 = s
+            .keys
+            .values()
+            .find(|k| k.scope == Scope::Publish && k.keyid != id1)
+            .unwrap()
+            .keyid
+            .clone();
+        run(
+            &mut s,
+            Op::RevokeKey {
+                app: "a".into(),
+                keyid: id2,
+            },
+            5,
+        )
+        .unwrap();
+        let rot = run(
+            &mut s,
+            Op::RotateKey {
+                app: "a".into(),
+                keyid: id1.clone(),
+                grace_ms: 10,
+            },
+            6,
+        )
+        .unwrap();
+        assert_eq!(s.keys[&id1].expires_ms, Some(16));
+        assert!(s.keys[&id1].live(15) && !s.keys[&id1].live(16));
+        assert_ne!(rot.answer["keyid"], json!(id1));
+        // The last operator key stays.
+        let op = s
+            .keys
+            .values()
+            .find(|k| k.scope == Scope::Operator)
+            .unwrap()
+            .keyid
+            .clone();
+        assert_eq!(
+            run(
+                &mut s,
+                Op::RevokeKey {
+                    app: OPERATOR_APP.into(),
+                    keyid: op
+                },
+                7
+            )
+            .unwrap_err()
+            .status(),
+            409
+        );
+        // Every change left an audit entry.
+        assert_eq!(s.audit.len(), 7);
+    }
+
+    #[test]
+    fn grants_quotas_deletion_and_compaction() {
+        let mut s = State::default();
+        for a in ["a", "b"] {
+            run(&mut s, Op::CreateApp { app: a.into() }, 1).unwrap();
+        }
+        run(
+            &mut s,
+            Op::Grant {
+                topic: "a.t.v1".into(),
+                app: "b".into(),
+            },
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            run(
+                &mut s,
+                Op::Grant {
+                    topic: "a.t.v1".into(),
+                    app: "a".into()
+                },
+                2
+            )
+            .unwrap_err()
+            .status(),
+            400
+        );
+        assert_eq!(
+            run(
+                &mut s,
+                Op::Grant {
+                    topic: "bad".into(),
+                    app: "b".into()
+                },
+                2
+            )
+            .unwrap_err()
+            .status(),
+            400
+        );
+        let q = QuotaSpec {
+            publish_messages_per_sec: Some(10),
+            ..Default::default()
+        };
+        run(
+            &mut s,
+            Op::SetQuota {
+                app: "b".into(),
+                quota: Some(q),
+            },
+            3,
+        )
+        .unwrap();
+        run(
+            &mut s,
+            Op::ImportLegacy {
+                app: "b".into(),
+                secret: "s3cret".into(),
+            },
+            3,
+        )
+        .unwrap();
+        let legacy = s.keys.values().find(|k| k.scope == Scope::Legacy).unwrap();
+        assert!(!legacy.hash.contains("s3cret"));
+        // Rebuilding from the compacted records gives the same state.
+        let mut again = State::default();
+        for r in s.records(4) {
+            again.apply(r);
+        }
+        assert_eq!(again.apps, s.apps);
+        assert_eq!(again.keys, s.keys);
+        assert_eq!(again.grants, s.grants);
+        assert_eq!(again.quotas, s.quotas);
+        assert_eq!(again.audit, s.audit);
+        run(&mut s, Op::DeleteApp { app: "b".into() }, 5).unwrap();
+        assert!(s.grants.is_empty());
+        assert!(s.keys.values().all(|k| k.revoked));
+        assert!(!s.app_exists("b"));
+    }
+}
