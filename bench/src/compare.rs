@@ -22,6 +22,10 @@ pub struct CompareArgs {
     /// Only the single-publish scenarios.
     #[arg(long)]
     pub publish_only: bool,
+    /// Only what authentication and quotas cost: kateway with them off against kateway with
+    /// them on (a bearer key, a quota charged on every request).
+    #[arg(long)]
+    pub auth: bool,
     /// CPU the servers run on.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
@@ -213,6 +217,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     )?;
     create_topic(&kateway.addr, "bench", "t", 1)?;
     create_topic(&kateway.addr, "bench", "empty", 1)?;
+    if a.auth {
+        let (rows, v) = crate::auth::run(&a, &kw, &kateway, &tmp.0)?;
+        let report = json!({"machine": machine(), "settings": {
+            "rounds": a.rounds, "duration_s": a.duration_s, "warmup_s": a.warmup_s,
+            "conns": a.conns, "message_bytes": a.size, "server_cpu": a.server_cpu,
+            "client_cpu": a.client_cpu}, "scenarios": {"auth": v}});
+        return finish(&a, report, &rows);
+    }
     let mut servers = vec![&kateway, &noop, &baseline];
     servers.extend(before.as_ref());
     let load =

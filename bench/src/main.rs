@@ -14,6 +14,7 @@
 //!   and latency per interval.
 //! * `serve-noop`, `serve-baseline`: the two comparison servers.
 
+mod auth;
 mod baseline;
 mod client;
 mod compare;

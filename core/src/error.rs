@@ -58,6 +58,8 @@ kinds! {
     UnknownTopic = 40400, Client;
     /// No route matches the path.
     UnknownRoute = 40401, Client;
+    /// No such app, key or grant (the tenancy API).
+    UnknownEntity = 40402, Client;
     /// The route exists but not for this method.
     MethodNotAllowed = 40500, Client;
     /// The client was too slow to send its request.
@@ -78,6 +80,8 @@ kinds! {
     Overloaded = 42900, Capacity;
     /// The app's quota is spent for now (`Retry-After`, `RateLimit-Policy`, `RateLimit`).
     QuotaExceeded = 42901, Capacity;
+    /// The app holds its share of a core's requests in flight (`limits.app_share_per_core`).
+    AppBusy = 42903, Capacity;
     /// Too many failed authentications from this client address.
     TooManyAuthFailures = 42902, Capacity;
     /// A bug or an unexpected state.

@@ -9,7 +9,8 @@
 //! a payload at most [`MAX_RECORD`] bytes. Opening reads frames up to the end of the file or
 //! the first bad one (short, CRC mismatch, length over the maximum) and truncates the file
 //! there: what a crash tore off the tail is dropped, and [`Opened::dropped_bytes`] says how much
-//! so that the caller can log it.
+//! so that the caller can log it. A bad frame with whole records after it is damage, not a torn
+//! end: dropping those records could undo a revocation, so the file is refused and left alone.
 //!
 //! An append that fails is rolled back (the file is cut back to its previous length) so that no
 //! later append lands after a partial frame. If the rollback or the sync itself fails, what the
@@ -54,8 +55,8 @@ pub struct Opened {
 impl MetaLog {
     /// Opens the log at `path`, creating it (with its header, the file and its directory
     /// fsynced) when there is none. A torn or corrupt tail is truncated away and reported in
-    /// [`Opened::dropped_bytes`]; a file that does not start with [`MAGIC`] is refused with
-    /// `InvalidData` and left alone.
+    /// [`Opened::dropped_bytes`]; damage with whole records after it, and a file that does not
+    /// start with [`MAGIC`], are refused with `InvalidData` and the file left alone.
     pub fn open(path: &Path) -> io::Result<Opened> {
         let mut file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(file) => file,
@@ -218,6 +219,19 @@ fn scan(data: &[u8]) -> io::Result<Scan> {
     while let Some((payload, frame_len)) = read_frame(&data[end..]) {
         records.push(payload.to_vec());
         end += frame_len;
+    }
+    // A torn end (a write that was never acknowledged) has no whole frame after it; damage in
+    // the middle does. Dropping what follows damage could bring back what it undid (a revoked
+    // key): refused, and the file left alone.
+    // (Empty frames do not count: zeroes, as a torn write may leave, make one.)
+    let whole = |i: usize| read_frame(&data[i..]).is_some_and(|(p, _)| !p.is_empty());
+    if let Some(at) = (end + 1..data.len()).find(|&i| whole(i)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "damaged at byte {end}, with whole records after it (from byte {at}): restore it from a backup"
+            ),
+        ));
     }
     Ok(Scan { records, end })
 }
@@ -468,6 +482,28 @@ mod tests {
     }
 
     #[test]
+    fn damage_followed_by_whole_records_is_refused_and_left_alone() {
+        let dir = TempDir::new("middle");
+        let path = dir.log();
+        damaged(&path, &[b"one", b"revoke the key", b"three"], |data| {
+            data[MAGIC.len() + FRAME_HEADER + 3 + FRAME_HEADER + 2] ^= 0x40;
+        });
+        let before = fs::read(&path).expect("read");
+        let e = MetaLog::open(&path).map(|_| ()).expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("restore"), "{e}");
+        assert_eq!(fs::read(&path).expect("read"), before, "left alone");
+        // Zeroes after a torn end are no records.
+        let dir = TempDir::new("zeroes");
+        let path = dir.log();
+        damaged(&path, &[b"one", b"two"], |data| {
+            data.truncate(data.len() - 2);
+            data.extend_from_slice(&[0; 64]);
+        });
+        assert_eq!(open(&path).records, vec![b"one".to_vec()]);
+    }
+
+    #[test]
     fn a_corrupt_last_payload_is_dropped() {
         let dir = TempDir::new("crc");
         let path = dir.log();
@@ -509,23 +545,6 @@ mod tests {
         let opened = open(&path);
         assert_eq!(opened.records, vec![b"one".to_vec()]);
         assert_eq!(opened.dropped_bytes, 8);
-    }
-
-    #[test]
-    fn reading_stops_at_the_first_bad_frame() {
-        let dir = TempDir::new("middle");
-        let path = dir.log();
-        let first = MAGIC.len() + FRAME_HEADER;
-        damaged(&path, &[b"one", b"two", b"three"], |data| {
-            data[first] ^= 0xff;
-        });
-        let opened = open(&path);
-        assert!(opened.records.is_empty());
-        assert_eq!(
-            opened.dropped_bytes,
-            frame_len(b"one") + frame_len(b"two") + frame_len(b"three")
-        );
-        assert_eq!(file_len(&path), MAGIC.len() as u64);
     }
 
     #[test]

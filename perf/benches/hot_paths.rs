@@ -1,5 +1,6 @@
 //! The per-message work of the gateway, one piece at a time: parsing a publish request,
-//! encoding a record, appending to a partition (with its write), and reading a batch back.
+//! authorizing it, encoding a record, appending to a partition (with its write), and reading a
+//! batch back.
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -80,5 +81,61 @@ fn log(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, http_parse, log);
+/// What authorizing a publish costs: the key parsed from its header, looked up in the snapshot,
+/// its secret checked (by the HMAC, or against a key verified already, as a core caches them),
+/// and the scope and topic checked.
+fn auth(c: &mut Criterion) {
+    use kateway_core::keys::{self, Pepper, Scope};
+    use kateway_core::tenancy::{Credential, Need, Op, Snapshot, Stamp, State};
+    let pepper = Pepper::new(&[9; 32]).expect("pepper");
+    let mut state = State::default();
+    let mut key = String::new();
+    for op in [
+        Op::CreateApp { app: "app1".into() },
+        Op::CreateKey {
+            app: "app1".into(),
+            scope: Scope::Publish,
+            topics: None,
+            expires_ms: None,
+        },
+    ] {
+        let stamp = Stamp {
+            actor: "bench".into(),
+            ts_ms: 1,
+            ip: None,
+        };
+        let p = state.plan(op, stamp, &pepper, "n").expect("plan");
+        key = p.secret.unwrap_or(key);
+        for r in p.records {
+            state.apply(r);
+        }
+    }
+    let snap = Snapshot::build(&state, 1, 2);
+    let header = format!("Bearer {key}");
+    let need = Need::Publish {
+        topic: "orders",
+        ver: "v1",
+    };
+    let mut g = c.benchmark_group("auth");
+    g.throughput(Throughput::Elements(1));
+    let run = |verify: &dyn Fn(&str, &[u8; 32]) -> bool| {
+        let k = keys::bearer(black_box(header.as_bytes())).expect("bearer");
+        let cred = Credential::Key(keys::parse(k).expect("key"));
+        let p = snap
+            .authenticate(&cred, None, 0, |_, s, h| verify(s, h))
+            .expect("authenticates");
+        snap.authorize(&p, &need, 0).expect("authorized");
+        black_box(p)
+    };
+    g.bench_function("publish_key_hmac", |b| {
+        b.iter(|| run(&|s, h| pepper.verify_secret(s, h)))
+    });
+    let secret = key[17..49].to_owned();
+    g.bench_function("publish_key_cached", |b| {
+        b.iter(|| run(&|s, _| s.as_bytes() == secret.as_bytes()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, http_parse, auth, log);
 criterion_main!(benches);

@@ -66,6 +66,19 @@ impl Subscription {
     /// The next batch: what is there now, or what arrives before `deadline` (empty at the
     /// deadline or when the core starts draining).
     pub async fn next(&self, deadline: Instant) -> Result<Batch, Error> {
+        if let Some(app) = &self.quota_app {
+            // Past the app's subscribe quota a stream (or a poll) waits, rather than read more.
+            if let Some(wait) = crate::tenancy::edge::subscribe_wait(&self.shard, app) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.shard.sleep(wait.min(left)).await;
+                if crate::tenancy::edge::subscribe_wait(&self.shard, app).is_some() {
+                    return Ok(Batch {
+                        records: Vec::new(),
+                        held: None,
+                    });
+                }
+            }
+        }
         let b = self.next_uncharged(deadline).await?;
         if let Some(app) = &self.quota_app {
             let bytes: usize = b.records.iter().map(|m| m.value.len()).sum();

@@ -525,7 +525,65 @@ fn a_flood_from_one_app_leaves_room_for_the_others(b: Backend) {
     );
 }
 
+fn subscribe_bytes_quota_holds_back_deliveries(b: Backend) {
+    let (g, a, ka, _z, _kz) = world(b, &[]);
+    let body: Vec<u8> = (0..100)
+        .flat_map(|i| {
+            let mut line = vec![b'a' + (i % 26) as u8; 99];
+            line.push(b'\n');
+            line
+        })
+        .collect();
+    let auth = format!("Bearer {}", ka.publish);
+    let r = g.req(
+        "POST",
+        "/v1/msgs/t/v1",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/x-ndjson"),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = g.op(
+        "PUT",
+        &format!("/v1/quotas/{a}"),
+        br#"{"subscribe_bytes_per_sec":1000}"#,
+    );
+    assert_eq!(r.status, 200);
+    // Four seconds of polling as fast as the answers allow: about the burst (1000 bytes) and
+    // 1000 bytes a second get through, plus at most one batch beyond (charged after it).
+    let t0 = Instant::now();
+    let (mut bytes, mut refused) = (0usize, 0);
+    let path = format!("/v1/msgs/{a}/t/v1?group=slow&batch=10&wait=1s&reset=oldest");
+    let mut c = Gateway::connect_to(&g.addr);
+    let auth = format!("Bearer {}", ka.subscribe);
+    while t0.elapsed() < Duration::from_secs(4) {
+        let r = c.req("GET", &path, &[("Authorization", &auth)], b"");
+        match r.status {
+            200 => {
+                bytes += support::records(&r.body)
+                    .iter()
+                    .map(|m| m.2.len())
+                    .sum::<usize>()
+            }
+            204 => {}
+            429 => {
+                refused += 1;
+                assert!(r.header("retry-after").is_some());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            s => panic!("{s} {}", r.text()),
+        }
+    }
+    eprintln!("subscribe quota 1000 B/s: {bytes} bytes in 4 s, {refused} refusals");
+    assert!(bytes >= 2000, "{bytes}");
+    assert!(bytes <= 7000, "{bytes} bytes: the quota did not hold");
+    assert!(refused > 0);
+}
+
 on_both_backends!(
+    subscribe_bytes_quota_holds_back_deliveries,
     every_route_needs_a_key,
     cross_app_attempts_change_nothing,
     rotation_grace_and_revocation,

@@ -69,6 +69,8 @@ pub struct Principal {
     keyid: [u8; KEYID_MAX],
     keyid_len: u8,
     pub scope: Scope,
+    /// The key is narrowed to some topics (looked up again to check them).
+    narrowed: bool,
 }
 
 impl std::fmt::Debug for Principal {
@@ -99,7 +101,14 @@ impl Principal {
             keyid,
             keyid_len,
             scope,
+            narrowed: true,
         }
+    }
+
+    /// This principal, marked as holding a key for every topic of its app.
+    fn unnarrowed(mut self, narrowed: bool) -> Self {
+        self.narrowed = narrowed;
+        self
     }
 
     /// The app (names are ASCII and at most 64 characters).
@@ -248,13 +257,13 @@ impl Snapshot {
                         "the key belongs to another app than Appid names",
                     ));
                 }
-                Ok(Principal::new(&k.app, p.keyid, k.scope))
+                Ok(Principal::new(&k.app, p.keyid, k.scope).unnarrowed(k.topics.is_some()))
             }
             Credential::Legacy { app, secret } => {
                 for id in self.legacy.get(*app).into_iter().flatten() {
                     if let Some(k) = self.key(id, now_ms) {
                         if verify(id, secret, &k.hash) {
-                            return Ok(Principal::new(app, id, Scope::Legacy));
+                            return Ok(Principal::new(app, id, Scope::Legacy).unnarrowed(false));
                         }
                     }
                 }
@@ -269,7 +278,11 @@ impl Snapshot {
             return Ok(());
         }
         let me = p.app();
-        let key = self.key(p.keyid(), now_ms);
+        let key = if p.narrowed {
+            self.key(p.keyid(), now_ms)
+        } else {
+            None
+        };
         let narrowed = |t: &TopicRef<'_>| -> Result<(), Error> {
             let Some(topics) = key.and_then(|k| k.topics.as_deref()) else {
                 return Ok(());

@@ -95,7 +95,7 @@ fn conflict(msg: String) -> Error {
 }
 
 fn not_found(msg: String) -> Error {
-    Error::new(ErrorKind::UnknownRoute, msg)
+    Error::new(ErrorKind::UnknownEntity, msg)
 }
 
 impl State {
@@ -196,6 +196,23 @@ impl State {
         self.keys
             .values()
             .filter(|k| k.scope == Scope::Operator && k.live(now_ms))
+            .count()
+    }
+
+    /// Live operator keys hashed with the pepper `pepper_id` (those made with another pepper
+    /// can never authenticate here).
+    pub fn usable_operator_keys(&self, now_ms: i64, pepper_id: &str) -> usize {
+        self.keys
+            .values()
+            .filter(|k| k.scope == Scope::Operator && k.live(now_ms) && k.pepper_id == pepper_id)
+            .count()
+    }
+
+    /// Live keys hashed with another pepper than `pepper_id`.
+    pub fn foreign_keys(&self, now_ms: i64, pepper_id: &str) -> usize {
+        self.keys
+            .values()
+            .filter(|k| k.live(now_ms) && k.pepper_id != pepper_id)
             .count()
     }
 
@@ -478,7 +495,7 @@ impl State {
                     (vec![r], format!("quota/{app}"), a, 200, "set_quota")
                 }
                 Op::Bootstrap => {
-                    if self.operator_keys(now) > 0 {
+                    if self.usable_operator_keys(now, &pepper.id()) > 0 {
                         return Err(conflict("an operator key exists".into()));
                     }
                     let (k, text) =

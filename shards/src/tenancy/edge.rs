@@ -132,8 +132,12 @@ impl Tenancy {
                 "the gateway has not loaded its metadata yet",
             ));
         }
-        let now = Instant::now();
-        if let Err(wait) = self.fails.borrow().check(peer.ip, now) {
+        let fails = self.fails.borrow();
+        if let Err(wait) = if fails.is_empty() {
+            Ok(())
+        } else {
+            fails.check(peer.ip, Instant::now())
+        } {
             metrics::inc(&m.auth_limited_total);
             return Err(Error::new(
                 ErrorKind::TooManyAuthFailures,
@@ -141,9 +145,10 @@ impl Tenancy {
             )
             .with_retry_after(retry_after_secs(wait) as u32));
         }
+        drop(fails);
         let failed = |e: Error| {
             metrics::inc(&m.auth_failures_total);
-            self.fails.borrow_mut().failed(peer.ip, now);
+            self.fails.borrow_mut().failed(peer.ip, Instant::now());
             e
         };
         let (cred, claimed) = credential(parts).map_err(failed)?.ok_or_else(|| {
@@ -151,7 +156,12 @@ impl Tenancy {
             unauthorized("missing credentials: send Authorization: Bearer <key>")
         })?;
         let view = self.view.borrow();
-        let now_ms = now_ms();
+        // The wall clock matters only to keys that expire.
+        let now_ms = if view.snap.next_expiry_ms.is_some() {
+            now_ms()
+        } else {
+            0
+        };
         let p = view
             .snap
             .authenticate(&cred, claimed, now_ms, |id, s, h| self.verify(id, s, h))
@@ -164,7 +174,7 @@ impl Tenancy {
             (Listener::Operator, false) => {
                 return forbidden("the operator listener takes operator keys only")
             }
-            (Listener::Main | Listener::Health, true) => {
+            (Listener::Main, true) => {
                 return forbidden("operator keys are taken on the operator listener only")
             }
             _ => {}
@@ -261,6 +271,19 @@ pub fn check_subscribe(shard: &Shard, app: &str) -> Result<(), Error> {
     .unwrap_or(Ok(()))
 }
 
+/// How long `app`'s subscribe bytes stay in debt (`None`: not in debt): an open stream waits
+/// that long before it reads more.
+pub fn subscribe_wait(shard: &Shard, app: &str) -> Option<Duration> {
+    let t = &shard.tenancy;
+    let view = t.view.borrow();
+    let pool = view.pools.get(app)?.subscribe_bytes.as_ref()?;
+    let now = Instant::now();
+    match t.locals.borrow().get(app) {
+        Some(l) => l.subscribe_bytes.check(pool, now).err(),
+        None => pool.check(now).err(),
+    }
+}
+
 /// Charges `bytes` delivered to a subscriber of `app`.
 pub fn charge_subscribe(shard: &Shard, app: &str, bytes: u64) {
     let _ = with_quota(shard, app, |pools, local| {
@@ -319,6 +342,11 @@ pub fn admit(
     }
     let principal = if t.enabled {
         Some(t.authenticate(&shard.metrics, parts, &need, peer)?)
+    } else if matches!(cmd, Command::Admin(_)) {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "authentication is off (auth.enabled = false): the tenancy API is too",
+        ));
     } else {
         None
     };
@@ -405,7 +433,7 @@ fn place(shard: &Rc<Shard>, app: Option<&str>) -> Result<Place, Error> {
         if *n >= t.app_max_in_flight {
             metrics::inc(&shard.metrics.admission_refusals_total);
             return Err(Error::new(
-                ErrorKind::Overloaded,
+                ErrorKind::AppBusy,
                 "the app holds its share of this core's requests in flight: retry",
             ));
         }

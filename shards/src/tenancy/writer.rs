@@ -185,7 +185,17 @@ impl Writer {
 
     /// Makes the first operator key if there is no live one.
     pub async fn bootstrap(&self, core: &Core) {
-        if !core.shard.cfg.auth.enabled || self.state.borrow().operator_keys(now_ms()) > 0 {
+        let id = self.pepper.id();
+        let foreign = self.state.borrow().foreign_keys(now_ms(), &id);
+        if foreign > 0 {
+            tracing::error!(
+                foreign,
+                "live keys were made with another pepper than this gateway's (auth.pepper_file): they cannot authenticate here; restore the pepper file, or issue new keys"
+            );
+        }
+        if !core.shard.cfg.auth.enabled
+            || self.state.borrow().usable_operator_keys(now_ms(), &id) > 0
+        {
             return;
         }
         let stamp = Stamp {
