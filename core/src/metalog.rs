@@ -301,11 +301,14 @@ fn replace(path: &Path, contents: &[u8]) -> io::Result<(File, u64)> {
 /// it again, best effort.
 fn write_file(path: &Path, contents: &[u8]) -> io::Result<File> {
     let write = || -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable by the gateway's user only: key hashes are no secrets, but no one else's.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)?;
         file.write_all(contents)?;
         file.sync_all()?;

@@ -261,7 +261,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 /// `Arc`: one atomic operation when a stream starts and one when it ends.
 #[derive(Debug)]
 pub struct Slots {
-    limit: u64,
+    limit: AtomicU64,
     in_use: AtomicU64,
 }
 
@@ -269,14 +269,20 @@ impl Slots {
     /// `limit` slots, none in use.
     pub fn new(limit: u64) -> Self {
         Slots {
-            limit,
+            limit: AtomicU64::new(limit),
             in_use: AtomicU64::new(0),
         }
     }
 
     /// The number of slots.
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the number of slots; those in use stay counted (a lower limit refuses new
+    /// streams until enough have ended).
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// The slots in use now.
@@ -288,7 +294,7 @@ impl Slots {
     pub fn try_acquire(self: &Arc<Self>) -> Option<SlotGuard> {
         self.in_use
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                (used < self.limit).then_some(used + 1)
+                (used < self.limit.load(Ordering::Relaxed)).then_some(used + 1)
             })
             .ok()?;
         Some(SlotGuard {

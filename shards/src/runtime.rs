@@ -45,8 +45,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     let topics = load_catalog(&cfg)?;
     let shared = Shared::start(&cfg)?;
-    let pepper = Arc::new(load_pepper(&cfg)?);
-    let mut meta = Some(crate::backend::meta::open(&cfg, shared.bridge())?);
+    let meta = crate::backend::meta::open(&cfg, shared.bridge())?;
+    let pepper = Arc::new(load_pepper(&cfg, !meta.records.is_empty())?);
+    let mut meta = Some(meta);
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (mesh, inboxes) = Mesh::<Request, Answer>::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -132,8 +133,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
 }
 
 /// The pepper key hashes are keyed with: read from `auth.pepper_file` (or `<data>/meta/pepper`),
-/// or made (32 random bytes, mode 0600) on the first start.
-fn load_pepper(cfg: &Config) -> Result<kateway_core::keys::Pepper, String> {
+/// or made (32 random bytes, mode 0600) on the first start; refused when it is missing although
+/// the metadata (`has_keys`) was made with one: every key would stop working for good.
+fn load_pepper(cfg: &Config, has_keys: bool) -> Result<kateway_core::keys::Pepper, String> {
     use kateway_core::keys::Pepper;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -141,6 +143,10 @@ fn load_pepper(cfg: &Config) -> Result<kateway_core::keys::Pepper, String> {
     match std::fs::read(&path) {
         Ok(b) => Pepper::new(&b)
             .ok_or_else(|| format!("{}: a pepper file holds at least 32 bytes", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && has_keys => Err(format!(
+            "the pepper file {} is missing, but the metadata holds keys hashed with it: restore it from a backup",
+            path.display()
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -613,10 +613,32 @@ fn failed_authentications_are_limited_per_address(b: Backend) {
     assert!(i >= 20, "the burst of 20 passes first ({i})");
     r.assert_error(429);
     assert!(r.header("retry-after").is_some());
-    // Same connection, still open: while the address is limited even a good key waits.
+    // Same connection, still open. A good key sharing the address still works; a legacy
+    // secret (guessable) waits, even a right one.
     let auth = format!("Bearer {}", ka.publish);
     let r = c.req("POST", "/v1/msgs/t/v1", &[("Authorization", &auth)], b"x");
-    r.assert_error(429);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let a = g.app("a");
+    assert_eq!(
+        g.op("PUT", &format!("/v1/secrets/{a}"), b"legacy").status,
+        201
+    );
+    c.req(
+        "POST",
+        "/v1/msgs/t/v1",
+        &[("Appid", &a), ("Pubkey", "legacy")],
+        b"x",
+    )
+    .assert_error(429);
+    // Repeated credential headers are refused.
+    let r = c.req(
+        "POST",
+        "/v1/msgs/t/v1",
+        &[("Authorization", &auth), ("Authorization", bad)],
+        b"x",
+    );
+    assert_eq!(r.status / 100, 4);
+    assert_ne!(r.status, 201);
 }
 
 /// Publishes with `key` as fast as `threads` connections go for `secs` seconds; returns the
@@ -684,6 +706,19 @@ fn quotas_hold_within_ten_percent_on_one_and_two_cores(b: Backend) {
             br#"{"publish_messages_per_sec":200,"max_streams":2}"#,
         );
         assert_eq!(r.status, 200, "{}", r.text());
+        // A batch larger than the burst could never pass: 413, at once.
+        let auth = format!("Bearer {}", k.publish);
+        let batch = "m\n".repeat(201);
+        let r = g.req(
+            "POST",
+            "/v1/msgs/t/v1",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/x-ndjson"),
+            ],
+            batch.as_bytes(),
+        );
+        r.assert_error(413);
         // Spend the burst (a second's worth), then measure the sustained rate.
         drive(&g, &k.publish, 2, 1);
         let (rate, slowest) = drive(&g, &k.publish, 4, 10);
@@ -768,4 +803,75 @@ fn kafka_a_key_made_on_one_gateway_works_on_another() {
     }
     assert!(refused, "a key revoked on B still works on A");
     eprintln!("revoked on B, refused on A after {:?}", revoked.elapsed());
+}
+
+#[test]
+fn kafka_unreadable_metadata_is_not_ready_and_serves_nothing_open() {
+    // Brokers that do not answer: the metadata topic cannot be read.
+    let mut g = Gateway::new_on(Backend::Kafka, &[("KATEWAY_KAFKA_BROKERS", "127.0.0.1:1")]);
+    g.auth = true;
+    g.waits_ready = false;
+    g.spawn();
+    std::thread::sleep(Duration::from_secs(2));
+    let r = g.req("GET", "/ready", &[], b"");
+    r.assert_error(503);
+    assert!(r.text().contains("metadata"), "{}", r.text());
+    let fake = "Bearer kwp_aaaaaaaaaaaa_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for (m, p) in [
+        ("POST", "/v1/msgs/t/v1"),
+        ("GET", "/v1/msgs/a/t/v1?wait=0s&group=g"),
+    ] {
+        g.req(m, p, &[("Authorization", fake)], b"x")
+            .assert_error(503);
+        g.req(m, p, &[("Appid", "a")], b"x").assert_error(503);
+    }
+    assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
+}
+
+#[test]
+fn embedded_lost_or_damaged_metadata_refuses_to_start() {
+    let mut g = Gateway::new_on(Backend::Embedded, &[]);
+    g.auth = true;
+    g.spawn();
+    let a = g.app("a");
+    let k = g.make_app(&a);
+    let r = g.req_as(
+        &k.admin,
+        "DELETE",
+        &format!("/v1/keys/{a}/{}", keyid(&k.publish)),
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    g.kill9();
+    let meta = g.data_dir().join("meta");
+    let log = std::fs::read(meta.join("tenancy.log")).unwrap();
+    // The pepper gone: every key would fail for good.
+    std::fs::rename(meta.join("pepper"), meta.join("pepper.aside")).unwrap();
+    let (code, err) = g.run_to_exit();
+    assert_ne!(code, Some(0));
+    assert!(err.contains("pepper"), "{err}");
+    std::fs::rename(meta.join("pepper.aside"), meta.join("pepper")).unwrap();
+    // The log gone while the pepper is there: everything would be reset.
+    std::fs::remove_file(meta.join("tenancy.log")).unwrap();
+    let (code, err) = g.run_to_exit();
+    assert_ne!(code, Some(0));
+    assert!(err.contains("metadata log"), "{err}");
+    // Damage in the middle (a revocation after it would be dropped): refused, left alone.
+    let mut damaged = log.clone();
+    damaged[200] ^= 0x20;
+    std::fs::write(meta.join("tenancy.log"), &damaged).unwrap();
+    let (code, err) = g.run_to_exit();
+    assert_ne!(code, Some(0));
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(std::fs::read(meta.join("tenancy.log")).unwrap(), damaged);
+    // Restored: it starts, and the revoked key stays revoked.
+    std::fs::write(meta.join("tenancy.log"), &log).unwrap();
+    g.spawn();
+    g.req_as(&k.publish, "POST", "/v1/msgs/t/v1", b"x")
+        .assert_error(401);
+    assert_eq!(
+        g.req_as(&k.admin, "GET", &format!("/v1/keys/{a}"), b"")
+            .status,
+        200
+    );
 }

@@ -317,7 +317,14 @@ impl State {
                     }
                     if let Some(t) = &topics {
                         for n in t {
-                            TopicName::parse_storage(n)?;
+                            let name = TopicName::parse_storage(n)?;
+                            // Only a subscribe key reads other apps' (granted) topics.
+                            if scope != Scope::Subscribe && name.appid != app {
+                                return Err(Error::param(format!(
+                                    "a {} key is narrowed to the app's own topics: {n} is not",
+                                    scope.name()
+                                )));
+                            }
                         }
                         if t.is_empty() {
                             return Err(Error::param("topics= names no topic"));
@@ -358,7 +365,8 @@ impl State {
                             "a legacy secret is replaced by creating publish and subscribe keys",
                         ));
                     }
-                    if old.expires_ms.is_some_and(|e| e <= now + grace_ms.max(0)) {
+                    let until = now.saturating_add(grace_ms.max(0));
+                    if old.expires_ms.is_some_and(|e| e <= until) {
                         return Err(conflict(format!("key {keyid} is already retiring")));
                     }
                     if self.live_keys(&app, old.scope, now) >= MAX_LIVE_KEYS {
@@ -370,7 +378,7 @@ impl State {
                     let (k, text) =
                         self.new_key(&app, old.scope, old.topics.clone(), None, &stamp, pepper)?;
                     let mut retiring = old.clone();
-                    retiring.expires_ms = Some(now + grace_ms.max(0));
+                    retiring.expires_ms = Some(until);
                     retiring.stamp = stamp.clone();
                     let mut a = key_json(&k, Some(&text));
                     a["retiring"] = json!({"keyid": keyid, "expires_ms": retiring.expires_ms});
@@ -409,6 +417,11 @@ impl State {
                     if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
                         return Err(Error::param(
                             "a legacy secret is 1-256 printable characters",
+                        ));
+                    }
+                    if keys::parse(&s).is_ok() {
+                        return Err(Error::param(
+                            "that is a kateway key, not a legacy secret: it cannot be imported",
                         ));
                     }
                     let mut v: Vec<Record> = self

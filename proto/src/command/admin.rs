@@ -58,10 +58,17 @@ pub enum Admin<'a> {
 /// How long a rotated key keeps working by default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
+/// The longest a key's expiry or grace period may be.
+pub const MAX_KEY_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 fn duration(q: &str, name: &str) -> Result<Option<Duration>, Error> {
-    query::raw(q, name)
+    let d = query::raw(q, name)
         .map(|v| parse_duration(v).map_err(Error::param))
-        .transpose()
+        .transpose()?;
+    if d.is_some_and(|d| d > MAX_KEY_DURATION) {
+        return Err(Error::param(format!("{name} is at most 100 years")));
+    }
+    Ok(d)
 }
 
 /// `topics=a.t.v1,t.v2`: storage names, a bare `topic.ver` being the app's own.

@@ -61,6 +61,14 @@ pub fn open(cfg: &Config, bridge: Option<&BridgeConfig>) -> Result<MetaInit, Str
         }
         _ => {
             let path = log_path(cfg);
+            let pepper = cfg.auth.pepper_path(&cfg.store.data_dir);
+            if !path.exists() && pepper.exists() {
+                return Err(format!(
+                    "the metadata log {} is missing, but the pepper {} exists: the apps, keys and grants are gone. Restore the log from a backup; or, to start afresh with no keys, remove the pepper",
+                    path.display(),
+                    pepper.display()
+                ));
+            }
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }

@@ -86,8 +86,17 @@ fn text(v: &[u8]) -> Option<&str> {
 fn credential<'a>(
     parts: &'a impl Parts,
 ) -> Result<Option<(Credential<'a>, Option<&'a str>)>, Error> {
-    let claimed = parts
-        .header("appid")
+    // A credential header given twice is ambiguous (a proxy may read the other one): refused.
+    let once = |name: &'static str| -> Result<Option<&'a [u8]>, Error> {
+        match parts.header_first(name) {
+            (v, false) => Ok(v),
+            (_, true) => Err(Error::new(
+                ErrorKind::InvalidParam,
+                format!("the {name} header is given more than once"),
+            )),
+        }
+    };
+    let claimed = once("appid")?
         .and_then(text)
         .or_else(|| query::raw(parts.query(), "appid").filter(|s| !s.is_empty()));
     let key = |k: &'a str| {
@@ -95,14 +104,11 @@ fn credential<'a>(
             .map(Credential::Key)
             .map_err(|_| unauthorized("not a valid kateway key (mistyped or cut?)"))
     };
-    if let Some(h) = parts.header("authorization") {
+    if let Some(h) = once("authorization")? {
         let k = keys::bearer(h).ok_or_else(|| unauthorized("use Authorization: Bearer <key>"))?;
         return Ok(Some((key(k)?, claimed)));
     }
-    let secret = parts
-        .header("pubkey")
-        .or_else(|| parts.header("subkey"))
-        .and_then(text);
+    let secret = once("pubkey")?.or(once("subkey")?).and_then(text);
     if let Some(s) = secret {
         if s.starts_with("kw") && keys::parse(s).is_ok() {
             return Ok(Some((key(s)?, claimed)));
@@ -132,29 +138,41 @@ impl Tenancy {
                 "the gateway has not loaded its metadata yet",
             ));
         }
-        let fails = self.fails.borrow();
-        if let Err(wait) = if fails.is_empty() {
-            Ok(())
-        } else {
-            fails.check(peer.ip, Instant::now())
-        } {
+        // An address past its failed authentications: what it presents next that does not
+        // authenticate gets 429 (not 401, and it must wait); a legacy secret (guessable) or a
+        // malformed credential is not even tried. A kateway key (160 random bits, not
+        // guessable) is still checked, so that a good key sharing the address (a NAT, a proxy)
+        // is not locked out.
+        let limited = || -> Option<Error> {
+            let fails = self.fails.borrow();
+            if fails.is_empty() {
+                return None;
+            }
+            let wait = fails.check(peer.ip, Instant::now()).err()?;
             metrics::inc(&m.auth_limited_total);
-            return Err(Error::new(
-                ErrorKind::TooManyAuthFailures,
-                "too many failed authentications from this address",
+            Some(
+                Error::new(
+                    ErrorKind::TooManyAuthFailures,
+                    "too many failed authentications from this address",
+                )
+                .with_retry_after(retry_after_secs(wait) as u32),
             )
-            .with_retry_after(retry_after_secs(wait) as u32));
-        }
-        drop(fails);
+        };
         let failed = |e: Error| {
             metrics::inc(&m.auth_failures_total);
+            let limit = limited();
             self.fails.borrow_mut().failed(peer.ip, Instant::now());
-            e
+            limit.unwrap_or(e)
         };
         let (cred, claimed) = credential(parts).map_err(failed)?.ok_or_else(|| {
             metrics::inc(&m.auth_failures_total);
             unauthorized("missing credentials: send Authorization: Bearer <key>")
         })?;
+        if matches!(cred, Credential::Legacy { .. }) {
+            if let Some(e) = limited() {
+                return Err(e);
+            }
+        }
         let view = self.view.borrow();
         // The wall clock matters only to keys that expire.
         let now_ms = if view.snap.next_expiry_ms.is_some() {
@@ -243,6 +261,21 @@ fn with_quota<T>(
 pub fn charge_publish(shard: &Shard, app: &str, n: u64, bytes: u64) -> Result<(), Error> {
     with_quota(shard, app, |pools, local| {
         let now = Instant::now();
+        // A request that costs more than the quota's burst could never be answered in time.
+        for (what, pool, cost) in [
+            ("messages", &pools.publish_messages, n),
+            ("bytes", &pools.publish_bytes, bytes),
+        ] {
+            if let Some(p) = pool.as_ref().filter(|p| cost > p.rate().burst) {
+                return Err(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "{cost} {what} in one publish is more than the app's quota allows at once ({})",
+                        p.rate().burst
+                    ),
+                ));
+            }
+        }
         if let Some(pb) = &pools.publish_bytes {
             check("publish-bytes", &local.publish_bytes, pb, now)?;
         }

@@ -32,8 +32,10 @@ pub struct AppPools {
 }
 
 impl AppPools {
-    /// Pools for `spec`: each rate with a burst of one second's worth.
-    pub fn new(spec: QuotaSpec) -> Self {
+    /// Pools for `spec`: each rate with a burst of one second's worth. The stream slots of
+    /// `before` (the app's pools under its previous quota) are kept, so that the streams open
+    /// under it stay counted.
+    pub fn new(spec: QuotaSpec, before: Option<&AppPools>) -> Self {
         let pool = |r: Option<u64>| {
             r.map(|per_sec| {
                 Pool::new(Rate {
@@ -47,7 +49,15 @@ impl AppPools {
             publish_messages: pool(spec.publish_messages_per_sec),
             publish_bytes: pool(spec.publish_bytes_per_sec),
             subscribe_bytes: pool(spec.subscribe_bytes_per_sec),
-            streams: spec.max_streams.map(|n| Arc::new(Slots::new(n.into()))),
+            streams: spec
+                .max_streams
+                .map(|n| match before.and_then(|b| b.streams.clone()) {
+                    Some(s) => {
+                        s.set_limit(n.into());
+                        s
+                    }
+                    None => Arc::new(Slots::new(n.into())),
+                }),
         }
     }
 }
@@ -131,6 +141,9 @@ impl Tenancy {
     pub fn install(&self, v: Arc<View>) {
         *self.view.borrow_mut() = v;
         self.verified.borrow_mut().clear();
+        // Allowances leased from pools that may have been replaced (a quota lowered) are
+        // dropped, not spent.
+        self.locals.borrow_mut().clear();
         self.ready.set(true);
         self.changed.notify();
     }

@@ -104,11 +104,16 @@ impl Writer {
         let state = self.state.borrow();
         let snap = Snapshot::build(&state, state.applied, now_ms());
         let mut pools = self.pools.borrow_mut();
-        pools.retain(|app, p| snap.quota(app) == Some(&p.spec));
+        let before = std::mem::take(&mut *pools);
         for (app, spec) in &state.quotas {
-            if snap.quota(app).is_some() && !pools.contains_key(app) {
-                pools.insert(app.clone(), Arc::new(AppPools::new(*spec)));
+            if snap.quota(app).is_none() {
+                continue;
             }
+            let p = match before.get(app) {
+                Some(p) if p.spec == *spec => p.clone(),
+                old => Arc::new(AppPools::new(*spec, old.map(|p| &**p))),
+            };
+            pools.insert(app.clone(), p);
         }
         View {
             snap,
