@@ -99,47 +99,34 @@ pub async fn run(init: CoreInit) {
             crate::conn::Listener::Main,
         ),
     );
-    let operator = &init.cfg.auth.operator_listen;
-    if init.cfg.auth.enabled && !operator.is_empty() {
-        let l = match TcpListener::bind_with_config(operator.as_str(), &opts) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = init.ready.send(Err(format!(
-                    "cannot listen on {operator} (auth.operator_listen): {e}"
-                )));
-                return;
-            }
-        };
-        tasks.spawn(
+    // The operator's and the health checkers' listeners, where configured.
+    let cfg = &init.cfg;
+    let operator = (cfg.auth.enabled && !cfg.auth.operator_listen.is_empty())
+        .then_some((&cfg.auth.operator_listen, "auth.operator_listen"));
+    let health = (!cfg.tls.health_listen.is_empty())
+        .then_some((&cfg.tls.health_listen, "tls.health_listen"));
+    for (name, kind, at) in [
+        (
             "operator acceptor",
-            crate::conn::accept(
-                core.clone(),
-                l,
-                crate::conn::OVER_CAP,
-                crate::conn::Listener::Operator,
-            ),
-        );
-    }
-    let health = &init.cfg.tls.health_listen;
-    if !health.is_empty() {
-        let l = match TcpListener::bind_with_config(health.as_str(), &opts) {
+            crate::conn::Listener::Operator,
+            operator,
+        ),
+        ("health acceptor", crate::conn::Listener::Health, health),
+    ] {
+        let Some((addr, key)) = at else {
+            continue;
+        };
+        let l = match TcpListener::bind_with_config(addr.as_str(), &opts) {
             Ok(l) => l,
             Err(e) => {
-                let _ = init.ready.send(Err(format!(
-                    "cannot listen on {health} (tls.health_listen): {e}"
-                )));
+                let _ = init
+                    .ready
+                    .send(Err(format!("cannot listen on {addr} ({key}): {e}")));
                 return;
             }
         };
-        tasks.spawn(
-            "health acceptor",
-            crate::conn::accept(
-                core.clone(),
-                l,
-                crate::conn::OVER_CAP,
-                crate::conn::Listener::Health,
-            ),
-        );
+        let accept = crate::conn::accept(core.clone(), l, crate::conn::OVER_CAP, kind);
+        tasks.spawn(name, accept);
     }
     let _ = init.ready.send(Ok(()));
     tracing::debug!(core = shard.id, "core ready");

@@ -218,12 +218,28 @@ def parked(a):
 
 def raw_attack(a, frames_fn):
     """Sends the preface and what frames_fn yields (as bytes) until the connection closes;
-    returns (what the gateway sent last, bytes sent)."""
+    returns (what the gateway sent, bytes sent). The gateway's bytes are read while the attack
+    is sent: a server that closes a connection whose client is still sending makes the kernel
+    reset it, which would discard a GOAWAY not read yet."""
+    import threading
     host, port = a.addr.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=10)
+    got = bytearray()
+
+    def read():
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    return
+                got.extend(d)
+        except (socket.timeout, OSError):
+            return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     s.sendall(PREFACE + SettingsFrame(0).serialize())
     sent = 0
-    got = b""
     deadline = time.time() + 30
     try:
         for chunk in frames_fn():
@@ -231,19 +247,11 @@ def raw_attack(a, frames_fn):
             sent += len(chunk)
             if time.time() > deadline:
                 break
-    except (BrokenPipeError, ConnectionResetError):
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
         pass
-    s.settimeout(10)
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-    except (socket.timeout, ConnectionResetError):
-        pass
+    reader.join(timeout=12)
     s.close()
-    return got, sent
+    return bytes(got), sent
 
 
 def goaway_code(data):
