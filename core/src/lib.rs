@@ -8,9 +8,10 @@
 //! tenancy ([`tenancy`]: apps, keys, grants and quotas as metadata records, the rules of every
 //! change, and the snapshot requests are authorized with), per-app rate quotas enforced per core
 //! with tokens leased from a per-process pool, concurrency slots and the failed-authentication
-//! limiter ([`quota`]), and the durable append-only record file of the embedded backend's
-//! metadata ([`metalog`]). It does no I/O besides reading the configuration file and the
-//! metadata log.
+//! limiter ([`quota`]), the durable append-only record file of the embedded backend's
+//! metadata ([`metalog`]), and the state machine of leased, per-message delivery on a
+//! partition ([`queue`]: windows, receipts, checkpoints). It does no I/O besides reading the
+//! configuration file and the metadata log.
 
 pub mod config;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod message;
 pub mod metalog;
 pub mod names;
 pub mod partitioner;
+pub mod queue;
 pub mod quota;
 pub mod tenancy;
 pub mod units;

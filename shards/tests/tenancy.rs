@@ -151,6 +151,25 @@ fn cross_app_attempts_change_nothing(b: Backend) {
     g.req_as(&kz.subscribe, "GET", &sub, b"").assert_error(403);
     // Still a's topic.
     assert_eq!(publish(&ka.publish, &[]).status, 201);
+    // Deleted with a grant on it, then made again: the new topic has no grant.
+    assert_eq!(g.req_as(&ka.admin, "PUT", &grant, b"").status, 200);
+    assert_eq!(g.req_as(&ka.admin, "DELETE", &topic, b"").status, 200);
+    // (Kafka deletes a topic in the background: made again once it is gone.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = g.req_as(&ka.admin, "POST", &format!("{topic}?partitions=1"), b"");
+        if r.status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} {}", r.status, r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    g.req_as(&kz.subscribe, "GET", &again, b"")
+        .assert_error(403);
+    let grants = g
+        .req_as(&ka.admin, "GET", &format!("/v1/grants/{a}"), b"")
+        .json();
+    assert_eq!(grants["given"].as_array().unwrap().len(), 0, "{grants}");
 }
 
 /// The keys `app` holds, as listed by the operator API.

@@ -61,6 +61,11 @@ pub enum Op {
         app: String,
         quota: Option<QuotaSpec>,
     },
+    /// Takes back every grant on a deleted topic, so that a topic made again under its name
+    /// starts with none (409 when there is none to take back).
+    ForgetTopic {
+        topic: String,
+    },
     /// An operator key, if there is no live one: the first start.
     Bootstrap,
 }
@@ -506,6 +511,24 @@ impl State {
                     };
                     let a = json!({"app": app, "quota": quota});
                     (vec![r], format!("quota/{app}"), a, 200, "set_quota")
+                }
+                Op::ForgetTopic { topic } => {
+                    let v: Vec<Record> = self
+                        .grants
+                        .keys()
+                        .filter(|(t, _)| *t == topic)
+                        .map(|(t, app)| Record::Grant {
+                            topic: t.clone(),
+                            app: app.clone(),
+                            deleted: true,
+                            stamp: stamp.clone(),
+                        })
+                        .collect();
+                    if v.is_empty() {
+                        return Err(conflict(format!("no grant on {topic}")));
+                    }
+                    let a = json!({"topic": topic, "grants_taken_back": v.len()});
+                    (v, format!("topic/{topic}"), a, 200, "forget_topic_grants")
                 }
                 Op::Bootstrap => {
                     if self.usable_operator_keys(now, &pepper.id()) > 0 {

@@ -32,7 +32,7 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         )),
         Command::AckBatch(a) => subscribe::ack_batch(core, caller, a).await,
         Command::Seek(s) => subscribe::seek(core, caller, s).await,
-        Command::TopicAdmin(t) => topics::administer(core, t).await,
+        Command::TopicAdmin(t) => topics::administer(core, caller, t).await,
         Command::Partitions(t) => status::partitions(core, t).await,
         Command::TopicStatus { topic, group } => status::topic(core, caller, topic, group).await,
         Command::Admin(a) => admin::run(core, caller, a).await,

@@ -5,14 +5,20 @@ use crate::admin;
 use crate::catalog::{AdminOp, TopicMeta};
 use crate::node::Core;
 use crate::shard::now_ms;
+use crate::tenancy::writer::MetaCall;
+use kateway_core::tenancy::{Op, Stamp};
 use kateway_core::{Error, ErrorKind, TopicName};
-use kateway_proto::command::{TopicAdmin, TopicOp};
+use kateway_proto::command::{Caller, TopicAdmin, TopicOp};
 use kateway_proto::reply::Reply;
 use serde_json::json;
 use std::rc::Rc;
 
 /// Handles a topic administration call.
-pub async fn administer(core: &Rc<Core>, t: TopicAdmin<'_>) -> Result<Reply, Error> {
+pub async fn administer(
+    core: &Rc<Core>,
+    caller: Caller<'_>,
+    t: TopicAdmin<'_>,
+) -> Result<Reply, Error> {
     let name = TopicName::new(t.topic.appid, t.topic.topic, t.topic.ver)?.storage_name();
     let op = match t.op {
         TopicOp::Create => {
@@ -54,6 +60,22 @@ pub async fn administer(core: &Rc<Core>, t: TopicAdmin<'_>) -> Result<Reply, Err
         }
         r => r?,
     };
+    if t.op == TopicOp::Delete && core.shard.tenancy.enabled {
+        // The grants on it go with it.
+        let stamp = Stamp {
+            actor: caller.actor(),
+            ts_ms: now_ms(),
+            ip: caller.ip().map(|ip| ip.to_string()),
+        };
+        let forget = Op::ForgetTopic {
+            topic: meta.name.clone(),
+        };
+        match core.meta(MetaCall::Change(forget, stamp)).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Conflict => {}
+            Err(e) => tracing::warn!(topic = %meta.name, "the grants on a deleted topic stay: {e}"),
+        }
+    }
     let status = if t.op == TopicOp::Create { 201 } else { 200 };
     Ok(Reply::json(
         status,
