@@ -544,6 +544,57 @@ fn a_flood_from_one_app_leaves_room_for_the_others(b: Backend) {
     );
 }
 
+/// HTTP/2 (curl with prior knowledge) and server-sent events authenticate at the same edge:
+/// refused without a key, served with one, and ended when the key is revoked (a parked h2 poll
+/// with 401, an event stream with an error event).
+fn http2_and_event_streams_authenticate_and_end_on_revocation(b: Backend) {
+    use support::clients::curl;
+    let (g, a, ka, _z, _kz) = world(b, &[]);
+    let url = |p: &str| format!("http://{}{p}", g.addr);
+    let bearer = |k: &str| format!("Authorization: Bearer {k}");
+    let h2 = "--http2-prior-knowledge";
+    let (_, v, status) = curl(&[h2, "-X", "POST", "-d", "x", &url("/v1/msgs/t/v1")]);
+    assert_eq!((v.as_str(), status), ("2", 401));
+    let pub_h = bearer(&ka.publish);
+    let (body, _, status) = curl(&[
+        h2,
+        "-X",
+        "POST",
+        "-H",
+        &pub_h,
+        "-d",
+        "x",
+        &url("/v1/msgs/t/v1"),
+    ]);
+    assert_eq!(status, 201, "{body}");
+    // A parked h2 poll and an event stream, both with the subscribe key, then revoked.
+    let sub_h = bearer(&ka.subscribe);
+    let poll_url = url(&format!("/v1/msgs/{a}/t/v1?group=h2&wait=20s&reset=newest"));
+    let sse_url = url(&format!("/v1/msgs/{a}/t/v1?group=sse&reset=newest"));
+    let (h, u) = (sub_h.clone(), poll_url.clone());
+    let poll = std::thread::spawn(move || curl(&["--http2-prior-knowledge", "-H", &h, &u]));
+    let (h, u) = (sub_h.clone(), sse_url.clone());
+    let sse =
+        std::thread::spawn(move || curl(&["-N", "-H", &h, "-H", "Accept: text/event-stream", &u]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = g.req_as(
+        &ka.admin,
+        "DELETE",
+        &format!("/v1/keys/{a}/{}", keyid(&ka.subscribe)),
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let (body, v, status) = poll.join().unwrap();
+    assert_eq!((v.as_str(), status), ("2", 401), "{body}");
+    let (body, _, status) = sse.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("retry:"), "{body}");
+    assert!(
+        body.contains("event: error"),
+        "the stream ends with an error event: {body}"
+    );
+}
+
 fn subscribe_bytes_quota_holds_back_deliveries(b: Backend) {
     let (g, a, ka, _z, _kz) = world(b, &[]);
     let body: Vec<u8> = (0..100)
@@ -602,6 +653,7 @@ fn subscribe_bytes_quota_holds_back_deliveries(b: Backend) {
 }
 
 on_both_backends!(
+    http2_and_event_streams_authenticate_and_end_on_revocation,
     subscribe_bytes_quota_holds_back_deliveries,
     every_route_needs_a_key,
     cross_app_attempts_change_nothing,
