@@ -94,8 +94,9 @@ fn cross_app_attempts_change_nothing(b: Backend) {
         g.req("POST", "/v1/msgs/t/v1", &h, b"hello")
     };
     assert_eq!(publish(&ka.publish, &[]).status, 201);
-    // z's key naming a as its app: 401. z's own topic t does not exist: 404.
-    publish(&kz.publish, &[("Appid", &a)]).assert_error(401);
+    // z's key naming a as its app (the original's way to publish to a's topic): 403. z's own
+    // topic t does not exist: 404.
+    publish(&kz.publish, &[("Appid", &a)]).assert_error(403);
     publish(&kz.publish, &[]).assert_error(404);
     // No grant: z cannot read, commit or seek a's topic, nor administer it.
     // (A generous wait: on Kafka a new group first joins; an answer comes as soon as there is

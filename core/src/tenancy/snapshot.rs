@@ -235,7 +235,8 @@ impl Snapshot {
 
     /// Who presented `cred` (with `Appid` saying `claimed`), checking secrets with `verify`
     /// (`verify(keyid, secret, stored hash)`, constant-time: the caller may cache). 401 for
-    /// anything that does not authenticate, with a reason that names no secret.
+    /// anything that does not authenticate, with a reason that names no secret; 403 for a good
+    /// key whose app is not the one `Appid` names.
     pub fn authenticate(
         &self,
         cred: &Credential<'_>,
@@ -252,10 +253,13 @@ impl Snapshot {
                 if !verify(p.keyid, p.secret(), &k.hash) {
                     return Err(unauthorized("unknown, revoked or expired key"));
                 }
-                if claimed.is_some_and(|a| a != k.app) {
-                    return Err(unauthorized(
-                        "the key belongs to another app than Appid names",
-                    ));
+                // A good key naming another app (the original's way to reach another app's
+                // topic): authenticated, and not allowed.
+                if let Some(a) = claimed.filter(|a| *a != k.app) {
+                    return Err(forbidden(format!(
+                        "this key belongs to app {}, not to app {a}",
+                        k.app
+                    )));
                 }
                 Ok(Principal::new(&k.app, p.keyid, k.scope).unnarrowed(k.topics.is_some()))
             }
@@ -458,7 +462,7 @@ mod tests {
         };
         let pa = auth(&snap, &apub, None).unwrap();
         assert_eq!(pa.app(), "a");
-        assert_eq!(auth(&snap, &apub, Some("b")).unwrap_err().status(), 401);
+        assert_eq!(auth(&snap, &apub, Some("b")).unwrap_err().status(), 403);
         let pb = auth(&snap, &bsub, Some("b")).unwrap();
         let padmin = auth(&snap, &aadmin, None).unwrap();
         let ok = |p: &Principal, n: Need<'_>| snap.authorize(p, &n, 20).map_err(|e| e.status());

@@ -159,6 +159,10 @@ impl Tenancy {
             )
         };
         let failed = |e: Error| {
+            if e.kind() == ErrorKind::Forbidden {
+                metrics::inc(&m.auth_forbidden_total);
+                return e;
+            }
             metrics::inc(&m.auth_failures_total);
             let limit = limited();
             self.fails.borrow_mut().failed(peer.ip, Instant::now());
