@@ -75,7 +75,10 @@ fn publish_through_fault(
 fn watch_ready(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u16>> {
     std::thread::spawn(move || {
         let mut seen: Vec<u16> = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
+        loop {
+            // The last sample is taken after `stop`: one sent earlier can be answered (and
+            // read) after the caller already saw the gateway ready again.
+            let last = stop.load(Ordering::Relaxed);
             if let Ok(mut c) = std::panic::catch_unwind(|| Gateway::connect_to(&addr)) {
                 if c.send("GET", "/ready", &[], b"").is_ok() {
                     if let Ok(r) = c.read_response() {
@@ -85,9 +88,11 @@ fn watch_ready(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<V
                     }
                 }
             }
+            if last {
+                return seen;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        seen
     })
 }
 
