@@ -137,8 +137,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
 /// the metadata (`has_keys`) was made with one: every key would stop working for good.
 fn load_pepper(cfg: &Config, has_keys: bool) -> Result<kateway_core::keys::Pepper, String> {
     use kateway_core::keys::Pepper;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = cfg.auth.pepper_path(&cfg.store.data_dir);
     match std::fs::read(&path) {
         Ok(b) => Pepper::new(&b)
@@ -152,18 +150,8 @@ fn load_pepper(cfg: &Config, has_keys: bool) -> Result<kateway_core::keys::Peppe
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             let bytes = Pepper::generate().map_err(|_| "the system's random source failed")?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            f.write_all(&bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-            }
+            kateway_log::partition::replace_private_file(&path, &bytes)
+                .map_err(|e| format!("cannot write the pepper: {e}"))?;
             tracing::info!(file = %path.display(), "made the pepper that key hashes are keyed with: back it up");
             Pepper::new(&bytes).ok_or_else(|| "pepper".to_string())
         }

@@ -481,13 +481,29 @@ pub fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
     replace_file_reporting_rename(path, data).map_err(|(e, _)| e)
 }
 
+/// [`replace_file`] for a secret: the new file is readable and writable by its owner only.
+pub fn replace_private_file(path: &Path, data: &[u8]) -> Result<()> {
+    replace_with_mode(path, data, 0o600).map_err(|(e, _)| e)
+}
+
 /// [`replace_file`], telling on failure whether the new content is in place (the rename
 /// succeeded and only the directory fsync failed).
 pub(crate) fn replace_file_reporting_rename(
     path: &Path,
     data: &[u8],
 ) -> std::result::Result<(), (LogError, bool)> {
+    // What `File::create` asks for: the umask decides.
+    replace_with_mode(path, data, 0o666)
+}
+
+/// [`replace_file_reporting_rename`], creating the new file with `mode` (before the umask).
+fn replace_with_mode(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+) -> std::result::Result<(), (LogError, bool)> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -495,7 +511,13 @@ pub(crate) fn replace_file_reporting_rename(
         if let Some(a) = crate::fail::eval(FP_REPLACE) {
             return Err(a.error());
         }
-        let mut f = File::create(&tmp)?;
+        // A temporary file a crash left behind would keep its mode: made afresh.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()
     })();

@@ -15,7 +15,7 @@ use super::{AppPools, View};
 use crate::backend::meta::{MetaInit, MetaStore};
 use crate::event::Event;
 use crate::node::Core;
-use crate::request::{Answer, Request};
+use crate::request::Request;
 use crate::shard::now_ms;
 use kateway_core::keys::Pepper;
 use kateway_core::tenancy::state::key_json;
@@ -212,7 +212,9 @@ impl Writer {
             Ok(p) => {
                 let text = p.secret.unwrap_or_default();
                 let path = operator_key_path(&self.data_dir);
-                if let Err(e) = write_secret(&path, &text) {
+                let line = format!("{text}\n");
+                let written = kateway_log::partition::replace_private_file(&path, line.as_bytes());
+                if let Err(e) = written {
                     tracing::error!(file = %path.display(), "cannot write the operator key: {e}");
                 }
                 eprintln!(
@@ -359,30 +361,4 @@ impl Writer {
             }
         }
     }
-}
-
-/// Writes `text` to `path` readable by its owner only, durably.
-pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// The answer core 0 gives another core's [`Request::Meta`].
-pub fn answer(r: Result<(u16, String), Error>) -> Answer {
-    Answer::Meta(r)
 }
