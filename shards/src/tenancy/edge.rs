@@ -387,11 +387,11 @@ pub fn admit(
     } else {
         None
     };
-    let caller = match &principal {
-        Some(p) => Caller::app(p.app()),
-        None => Caller::of(parts),
+    // A principal's app came from the metadata, valid already; a believed `Appid` is checked.
+    let app = match &principal {
+        Some(p) => Some(p.app()),
+        None => Caller::of(parts).appid().ok(),
     };
-    let app = caller.appid().ok();
     // Quotas.
     let mut slot = None;
     if let Some(app) = app {
