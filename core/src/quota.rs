@@ -484,9 +484,15 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
     }
 
-    /// Round-robin pre-paid takes of 1 unit by `cores` `Local`s, `attempts` per core per ms, from
-    /// 0 to 10 simulated seconds; returns the units granted.
-    fn simulate_prepaid(cores: usize, r: Rate, attempts: usize) -> u64 {
+    /// Round-robin requests by `cores` `Local`s, `attempts` per core per ms, from 0 to 10
+    /// simulated seconds; `serve` answers one (the units it was granted); returns the units
+    /// granted in all.
+    fn simulate(
+        cores: usize,
+        r: Rate,
+        attempts: usize,
+        serve: impl Fn(&mut Local, &Pool, Instant) -> u64,
+    ) -> u64 {
         let t0 = Instant::now();
         let pool = Pool::with_epoch(r, t0);
         let mut locals: Vec<Local> = (0..cores).map(|_| Local::new()).collect();
@@ -495,34 +501,30 @@ mod tests {
             let now = ms(t0, step);
             for _ in 0..attempts {
                 for local in &mut locals {
-                    if local.take(&pool, 1, now).is_ok() {
-                        granted += 1;
-                    }
+                    granted += serve(local, &pool, now);
                 }
             }
         }
         granted
     }
 
-    /// Like [`simulate_prepaid`], for requests of `size` units checked first and charged
-    /// post-paid.
+    /// Pre-paid takes of 1 unit.
+    fn simulate_prepaid(cores: usize, r: Rate, attempts: usize) -> u64 {
+        simulate(cores, r, attempts, |local, pool, now| {
+            u64::from(local.take(pool, 1, now).is_ok())
+        })
+    }
+
+    /// Requests of `size` units checked first and charged post-paid.
     fn simulate_postpaid(cores: usize, r: Rate, attempts: usize, size: u64) -> u64 {
-        let t0 = Instant::now();
-        let pool = Pool::with_epoch(r, t0);
-        let mut locals: Vec<Local> = (0..cores).map(|_| Local::new()).collect();
-        let mut granted = 0;
-        for step in 0..=10_000 {
-            let now = ms(t0, step);
-            for _ in 0..attempts {
-                for local in &mut locals {
-                    if local.check(&pool, now).is_ok() {
-                        local.charge(&pool, size, now);
-                        granted += size;
-                    }
-                }
+        simulate(cores, r, attempts, |local, pool, now| {
+            if local.check(pool, now).is_ok() {
+                local.charge(pool, size, now);
+                size
+            } else {
+                0
             }
-        }
-        granted
+        })
     }
 
     fn assert_close(granted: u64, r: Rate, cores: u64, size: u64) {

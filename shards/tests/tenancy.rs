@@ -195,6 +195,16 @@ fn keyid(key: &str) -> &str {
     &key[4..16]
 }
 
+/// Revokes `key` of `app` with the app's admin key `admin`, through gateway `g`.
+fn revoke(g: &Gateway, admin: &str, app: &str, key: &str) -> Resp {
+    g.req_as(
+        admin,
+        "DELETE",
+        &format!("/v1/keys/{app}/{}", keyid(key)),
+        b"",
+    )
+}
+
 fn rotation_grace_and_revocation(b: Backend) {
     let (g, a, ka, _z, _kz) = world(b, &[]);
     let publish = |key: &str| g.req_as(key, "POST", "/v1/msgs/t/v1", b"m").status;
@@ -237,12 +247,7 @@ fn rotation_grace_and_revocation(b: Backend) {
         (r.status, t.elapsed())
     });
     std::thread::sleep(Duration::from_millis(500));
-    let r = g.req_as(
-        &ka.admin,
-        "DELETE",
-        &format!("/v1/keys/{a}/{}", keyid(&ka.subscribe)),
-        b"",
-    );
+    let r = revoke(&g, &ka.admin, &a, &ka.subscribe);
     assert_eq!(r.status, 200, "{}", r.text());
     let (status, took) = poll.join().unwrap();
     assert_eq!(status, 401, "the parked poll ends when its key is revoked");
@@ -259,12 +264,7 @@ fn rotation_grace_and_revocation(b: Backend) {
         r.assert_error(401);
     }
     // Revoking the new publish key: refused at once too.
-    let r = g.req_as(
-        &ka.admin,
-        "DELETE",
-        &format!("/v1/keys/{a}/{}", keyid(&new)),
-        b"",
-    );
+    let r = revoke(&g, &ka.admin, &a, &new);
     assert_eq!(r.status, 200);
     for _ in 0..6 {
         assert_eq!(publish(&new), 401);
@@ -310,12 +310,7 @@ fn revoked_websocket_closes_with_1008(b: Backend) {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    let r = g.req_as(
-        &ka.admin,
-        "DELETE",
-        &format!("/v1/keys/{a}/{}", keyid(&ka.subscribe)),
-        b"",
-    );
+    let r = revoke(&g, &ka.admin, &a, &ka.subscribe);
     assert_eq!(r.status, 200);
     loop {
         let (op, p) = ws_frame(&mut s);
@@ -578,12 +573,7 @@ fn http2_and_event_streams_authenticate_and_end_on_revocation(b: Backend) {
     let sse =
         std::thread::spawn(move || curl(&["-N", "-H", &h, "-H", "Accept: text/event-stream", &u]));
     std::thread::sleep(Duration::from_millis(1500));
-    let r = g.req_as(
-        &ka.admin,
-        "DELETE",
-        &format!("/v1/keys/{a}/{}", keyid(&ka.subscribe)),
-        b"",
-    );
+    let r = revoke(&g, &ka.admin, &a, &ka.subscribe);
     assert_eq!(r.status, 200);
     let (body, v, status) = poll.join().unwrap();
     assert_eq!((v.as_str(), status), ("2", 401), "{body}");
@@ -857,12 +847,7 @@ fn kafka_a_key_made_on_one_gateway_works_on_another() {
     let took = took.expect("the key never worked on the other gateway");
     eprintln!("a key made on gateway A worked on gateway B after {took:?}");
     // Revoked through B: refused on A.
-    let r = b.req_as(
-        &k.admin,
-        "DELETE",
-        &format!("/v1/keys/{app}/{}", keyid(&k.publish)),
-        b"",
-    );
+    let r = revoke(&b, &k.admin, &app, &k.publish);
     assert_eq!(r.status, 200, "{}", r.text());
     let revoked = Instant::now();
     let mut refused = false;
@@ -907,12 +892,7 @@ fn embedded_lost_or_damaged_metadata_refuses_to_start() {
     g.spawn();
     let a = g.app("a");
     let k = g.make_app(&a);
-    let r = g.req_as(
-        &k.admin,
-        "DELETE",
-        &format!("/v1/keys/{a}/{}", keyid(&k.publish)),
-        b"",
-    );
+    let r = revoke(&g, &k.admin, &a, &k.publish);
     assert_eq!(r.status, 200);
     g.kill9();
     let meta = g.data_dir().join("meta");
