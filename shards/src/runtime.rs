@@ -159,11 +159,19 @@ fn load_pepper(cfg: &Config, has_keys: bool) -> Result<kateway_core::keys::Peppe
     }
 }
 
+/// What a running gateway holds to keep a second one off its data directory and address.
+struct Claims {
+    _lock: std::fs::File,
+    _addr: std::os::unix::net::UnixListener,
+}
+
 /// Refuses to start when another process serves the same data directory (an exclusive lock on
 /// `<data>/lock`, held while the returned file is open, so until exit) or already listens on
 /// the address (every core binds with `SO_REUSEPORT`, which would otherwise let two gateways
-/// share one port without a word).
-fn exclusive(cfg: &Config) -> Result<std::fs::File, String> {
+/// share one port without a word). The address is claimed with an abstract Unix socket named
+/// after it: binding one is atomic, so two gateways starting at the same moment cannot both
+/// pass, and the kernel releases it when the process exits, however it exits.
+fn exclusive(cfg: &Config) -> Result<Claims, String> {
     use nix::fcntl::{flock, FlockArg};
     use std::os::fd::AsRawFd;
     let path = cfg.store.data_dir.join("lock");
@@ -191,7 +199,27 @@ fn exclusive(cfg: &Config) -> Result<std::fs::File, String> {
             ));
         }
     }
-    Ok(file)
+    let addr = claim_address(&cfg.server.listen)?;
+    Ok(Claims {
+        _lock: file,
+        _addr: addr,
+    })
+}
+
+/// Binds the abstract Unix socket `kateway-listen:<addr>`; a second gateway on the address gets
+/// `EADDRINUSE`.
+fn claim_address(listen: &str) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("kateway-listen:{listen}");
+    let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| format!("cannot claim {listen}: {e}"))?;
+    std::os::unix::net::UnixListener::bind_addr(&at).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("{listen} is already in use (is another kateway running?)")
+        } else {
+            format!("cannot claim {listen}: {e}")
+        }
+    })
 }
 
 /// Loads the configured backend's catalog and reconciles it with the topic directories on disk

@@ -76,12 +76,22 @@ pub struct Gateway {
     pub waits_ready: bool,
 }
 
+/// A loopback port nothing listens on, never the same one twice in this process (the kernel may
+/// hand a released port out again, and two tests starting together would then share it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The resident memory of process `pid`, in KiB.
@@ -250,6 +260,14 @@ impl Gateway {
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Spawns the gateway listening on `addr` with stderr piped, without waiting for anything.
+    pub fn spawn_at(&mut self, addr: &str) -> std::process::Child {
+        self.addr = addr.to_owned();
+        let mut cmd = self.command();
+        cmd.stderr(Stdio::piped());
+        cmd.spawn().expect("start kateway")
     }
 
     fn command(&self) -> Command {
