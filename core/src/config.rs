@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Subscribe behaviour.
     pub subscribe: SubscribeConfig,
+    pub queue: QueueConfig,
     /// The embedded log store.
     pub store: StoreConfig,
     /// The Kafka backend and its hinted handoff.
@@ -153,6 +154,29 @@ pub struct SubscribeConfig {
     pub max_batch_bytes: ByteSize,
 }
 
+/// `[queue]`: leased delivery (`ack=lease`), the same for every group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Offsets past a group's committed offset that its window tracks per partition.
+    pub window: u32,
+    /// Bytes of read-ahead records one group's queue may hold on a core.
+    pub max_window_bytes: ByteSize,
+    /// How long a lease lasts when the subscribe names no `visibility`.
+    pub visibility: Dur,
+    /// The longest lease a subscribe or an extension may ask for.
+    pub max_visibility: Dur,
+    /// Deliveries of a message before it goes to the dead-letter topic.
+    pub max_attempts: u32,
+    /// The first retry's backoff; it doubles with each failure, with jitter, up to `backoff_max`.
+    pub backoff_base: Dur,
+    pub backoff_max: Dur,
+    /// How often a group's queue state is made durable.
+    pub checkpoint_interval: Dur,
+    /// How long a group's queue with no subscriber and nothing leased stays in memory.
+    pub idle_timeout: Dur,
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,7 +257,7 @@ pub struct LogConfig {
 /// the gateway at start.
 const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "auth",
     "server",
     "http2",
@@ -242,6 +266,7 @@ const SECTIONS: [&str; 11] = [
     "tls",
     "limits",
     "subscribe",
+    "queue",
     "store",
     "kafka",
     "log",
@@ -319,6 +344,18 @@ impl Config {
             1,
             1_000_000,
         )?;
+        let q = &self.queue;
+        range("queue.window", q.window.into(), 16, 1 << 20)?;
+        range("queue.max_attempts", q.max_attempts.into(), 1, 1000)?;
+        if q.visibility.0.is_zero() || q.visibility.0 > q.max_visibility.0 {
+            return Err("queue.visibility must be above 0 and at most queue.max_visibility".into());
+        }
+        if q.backoff_base.0 > q.backoff_max.0 {
+            return Err("queue.backoff_base must be at most queue.backoff_max".into());
+        }
+        if q.checkpoint_interval.0.is_zero() {
+            return Err("queue.checkpoint_interval must be above 0".into());
+        }
         range(
             "limits.max_requests_in_flight_per_core",
             self.limits.max_requests_in_flight_per_core.into(),

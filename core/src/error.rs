@@ -50,6 +50,9 @@ kinds! {
     InvalidBody = 40006, Client;
     /// A required header such as `Appid` is missing.
     MissingHeader = 40007, Client;
+    /// A receipt that this gateway did not issue for this topic and group (forged, damaged, or
+    /// another group's).
+    InvalidReceipt = 40008, Client;
     /// No credentials, or credentials that do not authenticate (`WWW-Authenticate: Bearer`).
     Unauthorized = 40100, Client;
     /// Authenticated, but the key may not do this (wrong app, scope, topic or listener).
@@ -66,6 +69,9 @@ kinds! {
     RequestTimeout = 40800, Client;
     /// The resource already exists.
     Conflict = 40900, Client;
+    /// The receipt's lease is no longer the message's current one (it expired and the message
+    /// was delivered again, or it was acked): the caller no longer holds the message.
+    StaleLease = 40901, Client;
     /// Content-Length is required and missing.
     LengthRequired = 41100, Client;
     /// A message, batch or body is over its limit.

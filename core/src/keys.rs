@@ -212,6 +212,13 @@ impl Pepper {
         hmac::verify(&self.0, secret.as_bytes(), stored).is_ok()
     }
 
+    /// A key for another purpose (such as signing receipts), derived from the pepper and
+    /// `label`: every gateway with the same pepper derives the same one.
+    pub fn derive(&self, label: &str) -> ring::hmac::Key {
+        let tag = hmac::sign(&self.0, format!("kateway derive {label}").as_bytes());
+        hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref())
+    }
+
     /// A public fingerprint of the pepper, stored beside each hash, so a gateway that was given
     /// another pepper can say so instead of refusing every key without a reason.
     pub fn id(&self) -> String {

@@ -26,5 +26,5 @@ pub mod tenancy;
 pub mod units;
 
 pub use error::{Error, ErrorKind};
-pub use message::{Ack, Delivered, Groups, Item, PartitionInfo, Published, Reset};
+pub use message::{Ack, Delivered, Groups, Item, Leased, PartitionInfo, Published, Reset};
 pub use names::{GroupName, TopicName};

@@ -53,6 +53,16 @@ pub struct Delivered {
     pub key: Bytes,
     pub tags: Bytes,
     pub value: Bytes,
+    /// With leased delivery: the receipt and attempt it is delivered with.
+    pub leased: Option<Box<Leased>>,
+}
+
+/// How a leased message is delivered: the receipt that settles it and its delivery attempt
+/// (1 for the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub receipt: String,
+    pub attempt: u16,
 }
 
 /// Which groups' committed offsets a partition query wants.

@@ -109,6 +109,7 @@ impl GroupConsumer {
                     key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
                     tags: Bytes::from(tags),
                     value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                    leased: None,
                 }))
             }
         }
@@ -140,6 +141,46 @@ impl GroupConsumer {
         self.consumer
             .commit(&tpl, CommitMode::Sync)
             .map_err(BridgeError::from_kafka)
+    }
+
+    /// Commits `next` on `partition` with `metadata` beside it (a queue's checkpoint), waiting
+    /// for the broker. The group coordinator refuses it from a member of an older generation.
+    pub fn commit_with_metadata(
+        &self,
+        partition: u32,
+        next: u64,
+        metadata: &str,
+    ) -> Result<(), BridgeError> {
+        let mut tpl = TopicPartitionList::new();
+        let mut e = tpl.add_partition(&self.topic, partition as i32);
+        e.set_offset(Offset::Offset(next as i64))
+            .map_err(BridgeError::from_kafka)?;
+        e.set_metadata(metadata);
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(BridgeError::from_kafka)
+    }
+
+    /// The group's committed offset on `partition` (`None` when it has none) and the metadata
+    /// committed with it. Blocks for up to `timeout`.
+    pub fn committed(
+        &self,
+        partition: u32,
+        timeout: Duration,
+    ) -> Result<(Option<u64>, String), BridgeError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition as i32);
+        let got = self
+            .consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(BridgeError::from_kafka)?;
+        Ok(match got.find_partition(&self.topic, partition as i32) {
+            Some(e) => match e.offset() {
+                Offset::Offset(o) if o >= 0 => (Some(o as u64), e.metadata().to_owned()),
+                _ => (None, String::new()),
+            },
+            None => (None, String::new()),
+        })
     }
 
     /// Commits `next` for each `(partition, next)` without waiting for the broker (auto-ack:

@@ -207,16 +207,11 @@ pub fn decode_records(b: &[u8]) -> Option<Vec<(u32, u64, Vec<u8>)>> {
     (!it.is_malformed()).then_some(out)
 }
 
-/// Appends one subscribe record as a JSON line.
-pub fn put_json_line(
-    out: &mut BytesMut,
-    partition: u32,
-    offset: u64,
-    timestamp_ms: i64,
-    key: &[u8],
-    tags: &[u8],
-    payload: &[u8],
-) {
+/// Appends one subscribe record as a JSON line (with `receipt` and `attempt` for a leased
+/// one).
+pub fn put_json_line(out: &mut BytesMut, m: &kateway_core::Delivered) {
+    let (partition, offset, timestamp_ms) = (m.partition, m.offset, m.timestamp);
+    let (key, tags, payload) = (&m.key[..], &m.tags[..], &m.value[..]);
     use crate::http1::encode::{put_i64, put_u64};
     use base64::Engine;
     out.put_slice(b"{\"partition\":");
@@ -232,6 +227,12 @@ pub fn put_json_line(
     if !tags.is_empty() {
         out.put_slice(b",\"tags\":");
         crate::json::put_str(out, &String::from_utf8_lossy(tags));
+    }
+    if let Some(l) = &m.leased {
+        out.put_slice(b",\"receipt\":\"");
+        out.put_slice(l.receipt.as_bytes());
+        out.put_slice(b"\",\"attempt\":");
+        put_u64(out, l.attempt.into());
     }
     out.put_slice(b",\"value\":\"");
     let enc = base64::engine::general_purpose::STANDARD.encode(payload);
@@ -301,10 +302,25 @@ mod tests {
         assert_eq!(decode_records(&neg), None);
         assert_eq!(recs, vec![(3, 42, b"xyz".to_vec()), (0, 0, vec![])]);
         let mut j = BytesMut::new();
-        put_json_line(&mut j, 1, 2, 3, b"k", b"a;b", b"hi");
+        let mut m = kateway_core::Delivered {
+            partition: 1,
+            offset: 2,
+            timestamp: 3,
+            key: Bytes::from_static(b"k"),
+            tags: Bytes::from_static(b"a;b"),
+            value: Bytes::from_static(b"hi"),
+            leased: None,
+        };
+        put_json_line(&mut j, &m);
+        m.leased = Some(Box::new(kateway_core::Leased {
+            receipt: "r-1".into(),
+            attempt: 2,
+        }));
+        put_json_line(&mut j, &m);
         assert_eq!(
             &j[..],
-            &b"{\"partition\":1,\"offset\":2,\"timestamp\":3,\"key\":\"k\",\"tags\":\"a;b\",\"value\":\"aGk=\"}\n"[..]
+            &b"{\"partition\":1,\"offset\":2,\"timestamp\":3,\"key\":\"k\",\"tags\":\"a;b\",\"value\":\"aGk=\"}\n\
+               {\"partition\":1,\"offset\":2,\"timestamp\":3,\"key\":\"k\",\"tags\":\"a;b\",\"receipt\":\"r-1\",\"attempt\":2,\"value\":\"aGk=\"}\n"[..]
         );
     }
 }

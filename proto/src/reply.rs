@@ -41,15 +41,7 @@ impl RecordFormat {
     pub fn put(self, out: &mut BytesMut, m: &Delivered) {
         match self {
             RecordFormat::Binary => batch::put_record(out, m.partition, m.offset, &m.value),
-            RecordFormat::NdJson => batch::put_json_line(
-                out,
-                m.partition,
-                m.offset,
-                m.timestamp,
-                &m.key,
-                &m.tags,
-                &m.value,
-            ),
+            RecordFormat::NdJson => batch::put_json_line(out, m),
         }
     }
 }

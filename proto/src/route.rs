@@ -37,6 +37,15 @@ pub enum Route<'a> {
         ver: &'a str,
         group: &'a str,
     },
+    /// `POST /v1/queue/:appid/:topic/:ver/:group/:op`, `op` one of [`SETTLE_OPS`]: settles
+    /// leased messages by receipt.
+    Settle {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+        group: &'a str,
+        op: &'a str,
+    },
     /// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
     Topic {
         method: Method,
@@ -99,6 +108,9 @@ pub enum AdminRoute<'a> {
     Audit,
 }
 
+/// What `POST /v1/queue/.../:op` may do with a leased message.
+pub const SETTLE_OPS: [&str; 4] = ["ack", "nack", "extend", "bury"];
+
 /// Why no route matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteError {
@@ -160,6 +172,17 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
                 topic,
                 ver,
                 group,
+            },
+        ),
+        ["v1", "queue", appid, topic, ver, group, op] if SETTLE_OPS.contains(op) => allow(
+            method == Post,
+            "POST",
+            Route::Settle {
+                appid,
+                topic,
+                ver,
+                group,
+                op,
             },
         ),
         ["v1", "offset", appid, topic, ver, group, partition] => allow(
@@ -251,6 +274,10 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("GET", "/v1/ws/msgs/a/t/v1"),
     ("PUT", "/v1/offsets/a/t/v1/g"),
     ("PUT", "/v1/offset/a/t/v1/g/0"),
+    ("POST", "/v1/queue/a/t/v1/g/ack"),
+    ("POST", "/v1/queue/a/t/v1/g/nack"),
+    ("POST", "/v1/queue/a/t/v1/g/extend"),
+    ("POST", "/v1/queue/a/t/v1/g/bury"),
     ("POST", "/v1/topics/a/t/v1"),
     ("PUT", "/v1/topics/a/t/v1"),
     ("DELETE", "/v1/topics/a/t/v1"),
@@ -385,9 +412,10 @@ mod tests {
                 _ => 28,
             },
             Route::Admin(A::Audit) => 29,
+            Route::Settle { op, .. } => 30 + SETTLE_OPS.iter().position(|o| o == op).unwrap(),
         }
     }
-    const KINDS: usize = 30;
+    const KINDS: usize = 34;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {

@@ -63,6 +63,7 @@ mod tests {
             key: Bytes::from_static(b"k"),
             tags: Bytes::new(),
             value: Bytes::from_static(b"hi"),
+            leased: None,
         };
         let mut out = BytesMut::new();
         put_event(&mut out, &m);

@@ -33,6 +33,7 @@ pub mod logset;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod queue;
 pub mod request;
 pub mod runtime;
 pub mod shard;

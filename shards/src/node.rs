@@ -23,6 +23,8 @@ pub struct Core {
     admin_done: Event,
     /// The metadata writer (core 0 only).
     pub writer: Option<Rc<crate::tenancy::writer::Writer>>,
+    /// The leased groups' queues this core keeps.
+    pub queues: crate::queue::Queues,
 }
 
 impl Core {
@@ -31,7 +33,9 @@ impl Core {
         backend: Backend,
         writer: Option<Rc<crate::tenancy::writer::Writer>>,
     ) -> Self {
+        let queues = crate::queue::Queues::new(shard.tenancy.derive_key("receipts"));
         Self {
+            queues,
             shard,
             backend,
             tasks: Tasks::default(),
@@ -80,6 +84,16 @@ impl Core {
                     .commit_local(&topic, partition, &group, offset, seek)
                     .await,
             ),
+            Request::Lease(c) => Answer::Delivered(
+                self.queues
+                    .lease_here(shard, backend, c)
+                    .await
+                    .map(|records| crate::request::Fetched {
+                        records,
+                        more: false,
+                    }),
+            ),
+            Request::Settle(c) => Answer::Settled(self.queues.settle_here(shard, backend, c).await),
             Request::Info { topic, groups } => Answer::Infos(backend.info_local(&topic, &groups)),
             Request::Interest { topic, core, delta } => {
                 shard.add_interest(&topic, core, delta);
@@ -123,6 +137,7 @@ impl Core {
                     monoio::time::sleep(Duration::from_millis(5)).await;
                 }
                 backend.drain(shard.cfg.server.shutdown_timeout.0).await;
+                self.queues.save_all().await;
                 Answer::None
             }
             Request::Stop => {

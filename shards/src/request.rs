@@ -60,6 +60,10 @@ pub enum Request {
     },
     /// New data on a topic the receiver asked about.
     Wake { topic: String },
+    /// Lease messages of a group whose queue the receiver keeps.
+    Lease(crate::queue::LeaseCall),
+    /// Settle leased messages of a group whose queue the receiver keeps.
+    Settle(crate::queue::SettleCall),
     /// Core 0 only: create, alter, learn or delete a topic.
     Admin(AdminOp),
     /// Install (or replace) a topic's metadata and open the receiver's partitions of it.
@@ -84,6 +88,7 @@ pub enum Answer {
     Delivered(Result<Fetched, Error>),
     Done(Result<(), Error>),
     Infos(Vec<PartitionInfo>),
+    Settled(Result<Vec<crate::queue::Outcome>, Error>),
     Topic(Result<TopicMeta, Error>),
     Snapshot(Box<Snapshot>),
     /// A tenancy API call's status and JSON body.

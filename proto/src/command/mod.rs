@@ -13,7 +13,7 @@ use bytes::Bytes;
 use kateway_core::names::{validate_part, validate_ver};
 use kateway_core::units::{parse_duration, parse_size};
 use kateway_core::{Ack, Error, ErrorKind, Reset};
-use parse::{ack_list, bad_ack, num, publish, publish_template, subscribe};
+use parse::{ack_list, bad_ack, num, publish, publish_template, settle, subscribe};
 
 mod admin;
 mod need;
@@ -188,6 +188,8 @@ pub struct Subscribe<'a> {
     pub reset: Reset,
     /// `ack=1`: delivery does not commit.
     pub explicit: bool,
+    /// `ack=lease`: each message is leased (see [`Leasing`]).
+    pub lease: Option<Leasing>,
     /// With `ack=1`: `X-Partition`/`X-Offset`, the last message the client finished.
     pub ack: Option<(u32, u64)>,
     /// `X-Tag`: deliver only messages with one of these.
@@ -200,12 +202,49 @@ pub struct Subscribe<'a> {
     pub resume: Option<(u32, u64)>,
 }
 
+/// `ack=lease`: each message is delivered with a receipt and leased for `visibility=` (the
+/// configured default without it); one not acked by then is delivered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leasing {
+    pub visibility: Option<Duration>,
+}
+
 /// `PUT /v1/offsets/:appid/:topic/:ver/:group`: `[{"partition","offset"}]`, the last processed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckBatch<'a> {
     pub topic: TopicPath<'a>,
     pub group: &'a str,
     pub acks: Vec<(u32, u64)>,
+}
+
+/// What a settle does with each leased message it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOp {
+    /// Done: never delivered again.
+    Ack,
+    /// Failed: delivered again after `delay` (the group's backoff without one), or moved to the
+    /// dead-letter topic once its attempts are spent.
+    Nack,
+    /// Still being worked on: the lease ends `visibility` from now.
+    Extend,
+    /// Moved to the dead-letter topic now.
+    Bury,
+}
+
+/// `POST /v1/queue/:appid/:topic/:ver/:group/:op` with `{"receipts":[...]}` (and `delay`,
+/// `visibility`, `error`), or one receipt in `X-Receipt` (and those in the query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle<'a> {
+    pub topic: TopicPath<'a>,
+    pub group: &'a str,
+    pub op: SettleOp,
+    pub receipts: Vec<String>,
+    /// Nack: how long until the message is delivered again.
+    pub delay: Option<Duration>,
+    /// Extend: the lease's new length from now.
+    pub visibility: Option<Duration>,
+    /// Nack and bury: why the attempt failed (kept with a dead letter).
+    pub error: Option<String>,
 }
 
 /// `PUT /v1/offset/:appid/:topic/:ver/:group/:partition?offset=N`.
@@ -258,6 +297,7 @@ pub enum Command<'a> {
     Subscribe(Subscribe<'a>),
     Socket(Socket<'a>),
     AckBatch(AckBatch<'a>),
+    Settle(Settle<'a>),
     Seek(Seek<'a>),
     TopicAdmin(TopicAdmin<'a>),
     Partitions(TopicPath<'a>),
@@ -352,6 +392,18 @@ impl<'a> Command<'a> {
                     group,
                     acks: ack_list(&crate::gzip::body(parts, limits.max_batch_bytes)?)?,
                 })
+            }
+            Route::Settle {
+                appid,
+                topic,
+                ver,
+                group,
+                op,
+            } => {
+                let topic = TopicPath::new(appid, topic, ver)?;
+                validate_part("group", group)?;
+                let body = crate::gzip::body(parts, limits.max_batch_bytes)?;
+                Command::Settle(settle(parts, q, topic, group, op, &body)?)
             }
             Route::Seek {
                 appid,

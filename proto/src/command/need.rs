@@ -31,6 +31,7 @@ impl<'a> Command<'a> {
                 Need::Subscribe(s.topic.as_ref())
             }
             Command::AckBatch(a) => Need::Subscribe(a.topic.as_ref()),
+            Command::Settle(s) => Need::Subscribe(s.topic.as_ref()),
             Command::Seek(s) => Need::Subscribe(s.topic.as_ref()),
             Command::TopicAdmin(t) => Need::Owner(t.topic.as_ref()),
             Command::Partitions(t) => Need::Read(t.as_ref()),
@@ -75,6 +76,9 @@ impl<'a> Command<'a> {
                 appid, topic, ver, ..
             }
             | Route::Seek {
+                appid, topic, ver, ..
+            }
+            | Route::Settle {
                 appid, topic, ver, ..
             } => Need::Subscribe(t(appid, topic, ver)),
             Route::Topic {

@@ -228,6 +228,25 @@ pub(super) fn subscribe<'a>(
     };
     let explicit = matches!(query::raw(q, "ack"), Some("1") | Some("true"));
     let ack = if explicit { ack_headers(parts)? } else { None };
+    let lease = match query::raw(q, "ack") {
+        Some("lease") => Some(Leasing {
+            visibility: duration(q, "visibility")?,
+        }),
+        None | Some("0") | Some("1") | Some("true") | Some("false") => {
+            if query::raw(q, "visibility").is_some() {
+                return Err(Error::param("visibility needs ack=lease"));
+            }
+            None
+        }
+        Some(other) => {
+            return Err(Error::param(format!(
+                "invalid ack {other:?}: use 1 (explicit offsets) or lease"
+            )))
+        }
+    };
+    if lease.is_some() && parts.header("x-tag").is_some() {
+        return Err(Error::param("X-Tag filters do not combine with ack=lease"));
+    }
     let accepts = |t: &str| {
         parts.header("accept").is_some_and(|a| {
             a.windows(t.len())
@@ -254,6 +273,7 @@ pub(super) fn subscribe<'a>(
         reset,
         explicit,
         ack,
+        lease,
         tags: parts
             .header("x-tag")
             .map(kateway_core::message::parse_tags)
@@ -266,6 +286,106 @@ pub(super) fn subscribe<'a>(
         events,
         resume,
     })
+}
+
+/// A duration parameter (`30s`, `5m`, ...), if given.
+fn duration(q: &str, name: &str) -> Result<Option<Duration>, Error> {
+    match query::raw(q, name) {
+        None => Ok(None),
+        Some(v) => parse_duration(v)
+            .map(Some)
+            .map_err(|e| Error::param(format!("{name}: {e}"))),
+    }
+}
+
+/// The most receipts one settle may name.
+pub const MAX_RECEIPTS: usize = 1000;
+
+/// A settle: receipts from the JSON body (`{"receipts":[...],"delay":"5s","visibility":"1m",
+/// "error":"..."}`) or one from `X-Receipt` with an empty body (the rest in the query).
+pub(super) fn settle<'a>(
+    parts: &impl Parts,
+    q: &str,
+    topic: TopicPath<'a>,
+    group: &'a str,
+    op: &str,
+    body: &[u8],
+) -> Result<Settle<'a>, Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        receipts: Vec<String>,
+        delay: Option<String>,
+        visibility: Option<String>,
+        error: Option<String>,
+    }
+    let op = match op {
+        "ack" => SettleOp::Ack,
+        "nack" => SettleOp::Nack,
+        "extend" => SettleOp::Extend,
+        _ => SettleOp::Bury,
+    };
+    let dur = |v: Option<String>, name: &str| match v {
+        None => Ok(None),
+        Some(v) => parse_duration(&v)
+            .map(Some)
+            .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("{name}: {e}"))),
+    };
+    let mut s = if body.iter().all(u8::is_ascii_whitespace) {
+        let receipt = parts
+            .header("x-receipt")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::MissingHeader,
+                    "name the receipts: a JSON body {\"receipts\":[...]} or an X-Receipt header",
+                )
+            })?;
+        Settle {
+            topic,
+            group,
+            op,
+            receipts: vec![receipt.to_owned()],
+            delay: duration(q, "delay")?,
+            visibility: duration(q, "visibility")?,
+            error: query::get(q, "error")
+                .map_err(|_| Error::param("error: bad percent-encoding"))?
+                .map(|e| String::from_utf8_lossy(&e).into_owned()),
+        }
+    } else {
+        let b: Body = serde_json::from_slice(body)
+            .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("invalid settle body: {e}")))?;
+        Settle {
+            topic,
+            group,
+            op,
+            receipts: b.receipts,
+            delay: dur(b.delay, "delay")?,
+            visibility: dur(b.visibility, "visibility")?,
+            error: b.error,
+        }
+    };
+    if s.receipts.is_empty() || s.receipts.len() > MAX_RECEIPTS {
+        return Err(Error::new(
+            ErrorKind::InvalidBody,
+            format!("name 1 to {MAX_RECEIPTS} receipts"),
+        ));
+    }
+    if let Some(e) = &mut s.error {
+        // Kept with a dead letter: bounded, one line.
+        let mut end = e.len().min(200);
+        while !e.is_char_boundary(end) {
+            end -= 1;
+        }
+        e.truncate(end);
+        *e = e.replace(['\n', '\r', ';'], " ");
+    }
+    if s.op == SettleOp::Extend && s.visibility.is_none() {
+        return Err(Error::param("extend needs visibility"));
+    }
+    Ok(s)
 }
 
 /// `X-Partition`/`X-Offset` of an explicit ack: both or neither; `-1/-1` means nothing.

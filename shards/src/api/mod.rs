@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod publish;
+mod queue;
 mod status;
 pub mod stream;
 pub mod subscribe;
@@ -25,7 +26,9 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Metrics => status::metrics(core).await,
         Command::ProcessStatus => status::process(core).await,
         Command::Publish(p) => publish::publish(core, caller, p).await,
+        Command::Subscribe(s) if s.lease.is_some() => queue::subscribe(core, caller, s).await,
         Command::Subscribe(s) => subscribe::subscribe(core, caller, s).await,
+        Command::Settle(s) => queue::settle(core, caller, s).await,
         Command::Socket(_) => Err(Error::new(
             ErrorKind::UpgradeRequired,
             "this route speaks WebSocket: send a GET with Upgrade: websocket",

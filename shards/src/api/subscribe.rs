@@ -43,6 +43,11 @@ pub async fn open(
     s: &Subscribe<'_>,
     max: usize,
 ) -> Result<Subscription, Error> {
+    if s.lease.is_some() {
+        return Err(Error::param(
+            "ack=lease is served on long polls (GET without Upgrade or event-stream)",
+        ));
+    }
     let app = caller.appid()?;
     let group = GroupName::new(app, s.group)?.to_string();
     let meta = core.backend.resolve(&s.topic).await?;

@@ -244,6 +244,66 @@ impl Backend {
         }
     }
 
+    /// Leased delivery: where the queue of `group` on partition `p` starts. Answers the group's
+    /// committed offset (`None` for a group that has none) and the checkpoint stored with it,
+    /// and moves the group's read position back to that offset, so that everything from there
+    /// is read again into the new window.
+    pub async fn queue_restore(
+        &self,
+        topic: &LocalTopic,
+        p: u32,
+        group: &str,
+    ) -> Result<(Option<u64>, Option<Vec<u8>>), Error> {
+        match self {
+            Backend::Embedded(s) => s.queue_restore(topic, p, group).await,
+            Backend::Kafka(k) => {
+                let (next, meta) = kafka::groups::queue_restore(k, &topic.name, group, p).await?;
+                Ok((next, kafka::queue_checkpoint(&meta)))
+            }
+        }
+    }
+
+    /// Leased delivery: stores a queue checkpoint of `group` on partition `p` and commits its
+    /// watermark (everything before it is done), durably before answering.
+    pub async fn queue_save(
+        &self,
+        topic: &LocalTopic,
+        p: u32,
+        group: &str,
+        watermark: u64,
+        checkpoint: Vec<u8>,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::Embedded(s) => s.queue_save(topic, p, group, watermark, &checkpoint).await,
+            Backend::Kafka(k) => {
+                let meta = kafka::queue_metadata(&checkpoint);
+                kafka::groups::queue_save(k, &topic.name, group, p, watermark, meta).await
+            }
+        }
+    }
+
+    /// Leased delivery: the most checkpoint bytes [`Backend::queue_save`] stores (`None`: no
+    /// limit).
+    pub fn queue_checkpoint_limit(&self) -> Option<usize> {
+        match self {
+            Backend::Embedded(_) => None,
+            Backend::Kafka(_) => Some(kafka::QUEUE_CHECKPOINT_BYTES),
+        }
+    }
+
+    /// Leased delivery: the partitions of `topic` whose queues this gateway keeps for `group`
+    /// (all of them on the embedded store; those its membership holds on Kafka).
+    pub async fn queue_partitions(
+        &self,
+        topic: &LocalTopic,
+        group: &str,
+    ) -> Result<Vec<u32>, Error> {
+        match self {
+            Backend::Embedded(_) => Ok((0..topic.partitions).collect()),
+            Backend::Kafka(k) => kafka::groups::assignment(k, &topic.name, group).await,
+        }
+    }
+
     /// Partition offsets, with the committed offsets of the groups asked about.
     pub async fn info(
         &self,

@@ -110,6 +110,11 @@ pub struct Tenancy {
 
 impl Tenancy {
     /// A core's tenancy state, before any view is installed (not ready).
+    /// A key derived from the pepper for `label` (the same on every gateway with the pepper).
+    pub fn derive_key(&self, label: &str) -> ring::hmac::Key {
+        self.pepper.derive(label)
+    }
+
     pub fn new(cfg: &kateway_core::config::Config, pepper: Arc<Pepper>) -> Self {
         let a = &cfg.auth;
         let max = cfg.limits.max_requests_in_flight_per_core;

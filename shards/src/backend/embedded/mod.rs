@@ -5,6 +5,7 @@
 //! message. What runs on the owner core is here; reaching the owner from another core is in
 //! [`remote`]; retention and the scrubber in [`retention`] and [`scrub`].
 
+mod queue;
 pub mod remote;
 pub mod retention;
 pub mod scrub;
@@ -174,6 +175,7 @@ impl Store {
                     key: r.key,
                     tags: r.tags,
                     value: r.value,
+                    leased: None,
                 });
             }
             if f.tags.is_empty() {

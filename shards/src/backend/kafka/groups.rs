@@ -32,6 +32,23 @@ pub enum GroupReq {
         seek: bool,
         reply: flume::Sender<Result<(), Error>>,
     },
+    /// Leased delivery: the committed offset of a partition and the checkpoint committed with
+    /// it; if this membership holds the partition, it drops what it read ahead there and reads
+    /// again from the committed offset.
+    QueueRestore {
+        partition: u32,
+        reply: flume::Sender<Result<(Option<u64>, String), Error>>,
+    },
+    /// Leased delivery: commits `next` with a checkpoint, if this membership still holds the
+    /// partition.
+    QueueSave {
+        partition: u32,
+        next: u64,
+        metadata: String,
+        reply: flume::Sender<Result<(), Error>>,
+    },
+    /// The partitions this membership holds now.
+    Assignment { reply: flume::Sender<Vec<u32>> },
     /// Leave the group now (at shutdown), so its partitions move to the other members at once
     /// instead of after the session timeout; answered once left.
     Leave { done: flume::Sender<()> },
@@ -60,6 +77,69 @@ fn closed() -> Error {
         ErrorKind::KafkaUnavailable,
         "consumer group membership closed",
     )
+}
+
+fn moved(partition: u32) -> Error {
+    Error::new(
+        ErrorKind::StaleLease,
+        format!("partition {partition} moved to another member of the group"),
+    )
+}
+
+/// Asks a group's membership something and waits for the answer.
+async fn ask<T>(
+    k: &Kafka,
+    group: &str,
+    topic: &str,
+    make: impl FnOnce(flume::Sender<T>) -> GroupReq,
+) -> Result<T, Error> {
+    let (reply, rx) = flume::bounded(1);
+    send(k, group, topic, Reset::Oldest, make(reply))?;
+    match monoio::time::timeout(Duration::from_secs(15), rx.recv_async()).await {
+        Ok(r) => r.map_err(|_| closed()),
+        Err(_) => Err(Error::new(
+            ErrorKind::KafkaUnavailable,
+            "kafka did not answer for this consumer group in time",
+        )),
+    }
+}
+
+/// Leased delivery: the committed offset of partition `p` with its checkpoint, the membership
+/// reading again from there.
+pub async fn queue_restore(
+    k: &Kafka,
+    topic: &str,
+    group: &str,
+    p: u32,
+) -> Result<(Option<u64>, String), Error> {
+    ask(k, group, topic, |reply| GroupReq::QueueRestore {
+        partition: p,
+        reply,
+    })
+    .await?
+}
+
+/// Leased delivery: commits `next` with `metadata` on partition `p`.
+pub async fn queue_save(
+    k: &Kafka,
+    topic: &str,
+    group: &str,
+    p: u32,
+    next: u64,
+    metadata: String,
+) -> Result<(), Error> {
+    ask(k, group, topic, |reply| GroupReq::QueueSave {
+        partition: p,
+        next,
+        metadata,
+        reply,
+    })
+    .await?
+}
+
+/// The partitions of `topic` this gateway's membership of `group` holds.
+pub async fn assignment(k: &Kafka, topic: &str, group: &str) -> Result<Vec<u32>, Error> {
+    ask(k, group, topic, |reply| GroupReq::Assignment { reply }).await
 }
 
 /// Asks the group's membership for records, which answers when it has some or at the deadline;
@@ -296,6 +376,29 @@ impl Member {
                         let _ = done.send(());
                         return;
                     }
+                    GroupReq::QueueRestore { partition, reply } => {
+                        let _ = reply.send(self.queue_restore(partition));
+                    }
+                    GroupReq::QueueSave {
+                        partition,
+                        next,
+                        metadata,
+                        reply,
+                    } => {
+                        let r = if self.assigned.contains(&partition) {
+                            self.consumer
+                                .commit_with_metadata(partition, next, &metadata)
+                                .map_err(kafka_err)
+                        } else {
+                            Err(moved(partition))
+                        };
+                        let _ = reply.send(r);
+                    }
+                    GroupReq::Assignment { reply } => {
+                        // Served after a poll, so a rebalance since is seen.
+                        self.fill();
+                        let _ = reply.send(self.assigned.clone());
+                    }
                     GroupReq::Commit {
                         partition,
                         next,
@@ -474,6 +577,22 @@ impl Member {
                 .map_err(kafka_err)?;
         }
         Ok(())
+    }
+
+    fn queue_restore(&mut self, partition: u32) -> Result<(Option<u64>, String), Error> {
+        let (next, meta) = self
+            .consumer
+            .committed(partition, Duration::from_secs(10))
+            .map_err(kafka_err)?;
+        if let Some(next) = next {
+            if self.assigned.contains(&partition) {
+                self.buf.retain(|r| r.partition != partition);
+                self.consumer
+                    .seek(partition, next, Duration::from_secs(5))
+                    .map_err(kafka_err)?;
+            }
+        }
+        Ok((next, meta))
     }
 
     fn commit_taken(&self, taken: &[Delivered], auto_ack: bool) {

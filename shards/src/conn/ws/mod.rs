@@ -202,7 +202,8 @@ pub async fn serve<S: Transport>(
     }
 }
 
-/// What an upgraded socket does.
+/// What an upgraded socket does (one per socket, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Mode<'a> {
     Publish(Publish<'a>),
     Subscribe {

@@ -1,0 +1,91 @@
+//! Leased delivery on the embedded store: a group's queue checkpoint of a partition is a file,
+//! `<data>/queues/<topic>/<group>/<partition>.ckpt`, replaced durably before the watermark it
+//! names is committed; restoring takes the later of the committed offset and that watermark
+//! (a crash between the two leaves the checkpoint ahead, and everything before its watermark
+//! is done).
+
+use super::Store;
+use crate::catalog::LocalTopic;
+use kateway_core::queue::Checkpoint;
+use kateway_core::{Error, ErrorKind, Groups};
+use std::path::PathBuf;
+
+impl Store {
+    fn checkpoint_path(&self, topic: &str, group: &str, p: u32) -> PathBuf {
+        self.logs
+            .shard
+            .cfg
+            .store
+            .data_dir
+            .join("queues")
+            .join(topic)
+            .join(group)
+            .join(format!("{p}.ckpt"))
+    }
+
+    /// See [`crate::backend::Backend::queue_restore`].
+    pub async fn queue_restore(
+        &self,
+        topic: &LocalTopic,
+        p: u32,
+        group: &str,
+    ) -> Result<(Option<u64>, Option<Vec<u8>>), Error> {
+        let infos = self
+            .info_anywhere(topic, &Groups::Exact(group.to_owned()))
+            .await?;
+        let info = infos.iter().find(|i| i.partition == p);
+        let oldest = info.map_or(0, |i| i.oldest);
+        let committed =
+            info.and_then(|i| i.groups.iter().find(|(g, _)| g == group).map(|&(_, o)| o));
+        let path = self.checkpoint_path(&topic.name, group, p);
+        let cp = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::StorageFailed,
+                    format!("cannot read {}: {e}", path.display()),
+                ))
+            }
+        };
+        let watermark = cp
+            .as_deref()
+            .and_then(|b| Checkpoint::decode(b).ok())
+            .map(|c| c.watermark);
+        let start = match (committed, watermark) {
+            (Some(c), Some(w)) => Some(c.max(w)),
+            (c, None) => c,
+            (None, w) => w,
+        };
+        // Retention may have removed records since: the queue starts at the oldest one left.
+        let start = start.map(|s| s.max(oldest));
+        if let Some(start) = start {
+            self.commit_anywhere(topic, p, group, start, true).await?;
+        }
+        Ok((start, cp))
+    }
+
+    /// See [`crate::backend::Backend::queue_save`].
+    pub async fn queue_save(
+        &self,
+        topic: &LocalTopic,
+        p: u32,
+        group: &str,
+        watermark: u64,
+        checkpoint: &[u8],
+    ) -> Result<(), Error> {
+        let path = self.checkpoint_path(&topic.name, group, p);
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::StorageFailed,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        }
+        kateway_log::partition::replace_file(&path, checkpoint).map_err(|e| failed(&e))?;
+        self.commit_anywhere(topic, p, group, watermark, false)
+            .await
+    }
+}

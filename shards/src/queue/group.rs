@@ -1,0 +1,742 @@
+//! One group's queue on one topic, on the core that owns it in this gateway: a
+//! [`PartitionQueue`] per partition with the records it holds, a pump task that reads the
+//! group (the backend's ordinary group read) into the windows, moves dead letters, expires
+//! leases and checkpoints, and the lease and settle calls.
+//!
+//! The pump never abandons a read halfway (a read's records are always offered), so the group's
+//! read position and the windows agree. A partition whose window is full keeps its read records
+//! in a short overflow, and the pump reads no more while that overflow or the records held
+//! reach their bounds.
+
+use super::dead;
+use super::Outcome;
+use crate::backend::Backend;
+use crate::catalog::LocalTopic;
+use crate::delivery::Subscription;
+use crate::event::Event;
+use crate::request::Fetch;
+use crate::shard::{now_ms, Shard};
+use kateway_core::queue::{
+    Ack, Backoff, Checkpoint, Committed, Entered, Jitter, Next, PartitionQueue, Policy, QueueError,
+    Receipt,
+};
+use kateway_core::{Delivered, Error, ErrorKind, Leased, Reset};
+use kateway_proto::command::SettleOp;
+use ring::hmac;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Records a pump reads at a time.
+const READ_BATCH: usize = 500;
+/// Records read past full windows that the pump keeps before it stops reading.
+const OVERFLOW: usize = 4096;
+/// The pump's longest sleep: lease expiry and dead letters are handled at least this often.
+const TICK: Duration = Duration::from_millis(200);
+
+/// One partition's window and the records it holds.
+struct Part {
+    q: PartitionQueue,
+    records: HashMap<u64, Delivered>,
+    /// The last error a consumer reported per offset (for dead letters).
+    errors: HashMap<u64, String>,
+    dirty: bool,
+}
+
+/// A group's queue on one topic.
+pub struct QueueGroup {
+    shard: Rc<Shard>,
+    backend: Backend,
+    pub topic: Rc<LocalTopic>,
+    pub group: String,
+    fingerprint: u32,
+    key: Rc<hmac::Key>,
+    policy: Policy,
+    capacity: usize,
+    reset: Reset,
+    parts: RefCell<BTreeMap<u32, Part>>,
+    /// Partitions this gateway keeps queues for (all but those another member holds on Kafka).
+    held: RefCell<Vec<u32>>,
+    overflow: RefCell<VecDeque<Delivered>>,
+    bytes: Cell<usize>,
+    /// Something became deliverable, or room was made.
+    pub changed: Event,
+    /// Leases or settles in progress, and when the group was last used.
+    users: Cell<usize>,
+    last_used: Cell<Instant>,
+    /// Turn for fair leasing across partitions.
+    turn: Cell<u32>,
+    /// The pump has ended: the group is being dropped.
+    pub closed: Cell<bool>,
+}
+
+fn generation() -> u32 {
+    // Seconds since the epoch: later owners get higher generations.
+    (now_ms() / 1000).clamp(1, u32::MAX as i64) as u32
+}
+
+impl QueueGroup {
+    pub fn new(
+        shard: Rc<Shard>,
+        backend: Backend,
+        topic: Rc<LocalTopic>,
+        group: String,
+        key: Rc<hmac::Key>,
+        reset: Reset,
+    ) -> Self {
+        let q = &shard.cfg.queue;
+        let policy = Policy {
+            max_attempts: q.max_attempts.min(u16::MAX.into()) as u16,
+            visibility_ms: q.visibility.0.as_millis() as u64,
+            max_visibility_ms: q.max_visibility.0.as_millis() as u64,
+            backoff: Backoff {
+                base_ms: q.backoff_base.0.as_millis() as u64,
+                max_ms: q.backoff_max.0.as_millis() as u64,
+                jitter: Jitter::Full,
+                seed: u64::from(kateway_core::queue::fingerprint(&topic.name, &group)),
+            },
+        };
+        Self {
+            fingerprint: kateway_core::queue::fingerprint(&topic.name, &group),
+            capacity: q.window as usize,
+            shard,
+            backend,
+            topic,
+            group,
+            key,
+            policy,
+            reset,
+            parts: RefCell::new(BTreeMap::new()),
+            held: RefCell::new(Vec::new()),
+            overflow: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            changed: Event::default(),
+            users: Cell::new(0),
+            last_used: Cell::new(Instant::now()),
+            turn: Cell::new(0),
+            closed: Cell::new(false),
+        }
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.shard.cfg.queue.max_window_bytes.0 as usize
+    }
+
+    /// Marks the group in use until the guard drops.
+    fn used(&self) -> Use<'_> {
+        self.users.set(self.users.get() + 1);
+        self.last_used.set(Instant::now());
+        Use(self)
+    }
+
+    /// Opens the window of partition `p` if this gateway keeps it and it is not open yet,
+    /// restored from the backend (committed offset and checkpoint). Answers whether the
+    /// partition is open, and whether opening it moved the group's read position (records of
+    /// it read before are then read again).
+    async fn ensure(&self, p: u32) -> Result<(bool, bool), Error> {
+        if self.parts.borrow().contains_key(&p) {
+            return Ok((true, false));
+        }
+        if !self.held.borrow().contains(&p) {
+            return Ok((false, false));
+        }
+        let (committed, cp) = self
+            .backend
+            .queue_restore(&self.topic, p, &self.group)
+            .await?;
+        if self.parts.borrow().contains_key(&p) {
+            return Ok((true, false));
+        }
+        let cp = cp.and_then(|b| match Checkpoint::decode(&b) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(topic = %self.topic.name, group = %self.group, partition = p, "queue checkpoint unreadable, starting clean: {e}");
+                None
+            }
+        });
+        let gen = generation().max(cp.as_ref().map_or(0, |c| c.generation.saturating_add(1)));
+        let start = committed.unwrap_or(u64::MAX);
+        let (q, recovery) = match committed {
+            Some(offset) => PartitionQueue::restore(
+                cp.as_ref(),
+                Committed {
+                    offset,
+                    generation: 0,
+                },
+                self.policy,
+                self.capacity,
+                gen,
+            ),
+            // No committed offset: the window starts at the first record read.
+            None => (
+                PartitionQueue::new(self.policy, self.capacity, 0, gen),
+                kateway_core::queue::Recovery::NoCheckpoint,
+            ),
+        };
+        tracing::debug!(topic = %self.topic.name, group = %self.group, partition = p, start, ?recovery, "queue window opened");
+        if committed.is_some() {
+            // Records of the partition read before the restore are read again from its start.
+            self.drop_records_of(p);
+        }
+        self.parts.borrow_mut().insert(
+            p,
+            Part {
+                q,
+                records: HashMap::new(),
+                errors: HashMap::new(),
+                dirty: false,
+            },
+        );
+        Ok((true, committed.is_some()))
+    }
+
+    fn drop_records_of(&self, p: u32) {
+        let mut freed = 0;
+        self.overflow.borrow_mut().retain(|r| {
+            let keep = r.partition != p;
+            if !keep {
+                freed += r.value.len();
+            }
+            keep
+        });
+        self.bytes.set(self.bytes.get().saturating_sub(freed));
+    }
+
+    /// Closes the windows of partitions this gateway no longer keeps (another member of the
+    /// group took them on Kafka): their leases end here, and the new owner restores them.
+    async fn refresh_held(&self) -> Result<(), Error> {
+        let now = self
+            .backend
+            .queue_partitions(&self.topic, &self.group)
+            .await?;
+        let gone: Vec<u32> = self
+            .parts
+            .borrow()
+            .keys()
+            .copied()
+            .filter(|p| !now.contains(p))
+            .collect();
+        for p in gone {
+            if let Some(part) = self.parts.borrow_mut().remove(&p) {
+                let freed: usize = part.records.values().map(|r| r.value.len()).sum();
+                self.bytes.set(self.bytes.get().saturating_sub(freed));
+            }
+            self.drop_records_of(p);
+            tracing::debug!(topic = %self.topic.name, group = %self.group, partition = p, "queue window closed: partition moved");
+        }
+        *self.held.borrow_mut() = now;
+        Ok(())
+    }
+
+    /// Offers read records to their windows; those that do not fit wait in the overflow.
+    async fn take(&self, records: Vec<Delivered>) -> Result<(), Error> {
+        let mut reread = Vec::new();
+        for r in records {
+            if reread.contains(&r.partition) {
+                continue;
+            }
+            let fresh = !self.parts.borrow().contains_key(&r.partition);
+            if fresh {
+                let (open, moved) = self.ensure(r.partition).await?;
+                if !open {
+                    continue;
+                }
+                if moved {
+                    // Restoring moved the read position: this batch's records of the
+                    // partition are read again.
+                    reread.push(r.partition);
+                    continue;
+                }
+            }
+            self.bytes.set(self.bytes.get() + r.value.len());
+            self.overflow.borrow_mut().push_back(r);
+        }
+        self.drain_overflow();
+        Ok(())
+    }
+
+    /// Moves overflow records into their windows while they fit (in order per partition).
+    fn drain_overflow(&self) {
+        let now = now_ms();
+        let mut blocked: Vec<u32> = Vec::new();
+        let mut keep = VecDeque::new();
+        let mut added = 0usize;
+        let mut parts = self.parts.borrow_mut();
+        let mut overflow = self.overflow.borrow_mut();
+        let mut bytes = self.bytes.get();
+        while let Some(r) = overflow.pop_front() {
+            let Some(part) = parts.get_mut(&r.partition) else {
+                bytes = bytes.saturating_sub(r.value.len());
+                continue;
+            };
+            if blocked.contains(&r.partition) {
+                keep.push_back(r);
+                continue;
+            }
+            match part.q.offer(r.offset, now) {
+                Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
+                    added += 1;
+                    part.records.insert(r.offset, r);
+                }
+                Ok(Entered::Done) => {
+                    part.dirty = true;
+                    bytes = bytes.saturating_sub(r.value.len());
+                }
+                Ok(Entered::Known) => bytes = bytes.saturating_sub(r.value.len()),
+                Err(_) => {
+                    blocked.push(r.partition);
+                    keep.push_back(r);
+                }
+            }
+        }
+        *overflow = keep;
+        self.bytes.set(bytes);
+        drop(parts);
+        drop(overflow);
+        if added > 0 {
+            self.changed.notify();
+        }
+    }
+
+    /// The pump: reads the group into the windows while there is room, and every tick expires
+    /// leases, moves dead letters and checkpoints. Ends when the core stops or the group has
+    /// been idle for `queue.idle_timeout` with nothing leased.
+    pub async fn pump(self: Rc<Self>) {
+        let fetch = Fetch {
+            topic: self.topic.name.to_string(),
+            group: self.group.clone(),
+            max: READ_BATCH,
+            max_bytes: self.shard.cfg.subscribe.max_batch_bytes.0 as usize,
+            reset: self.reset,
+            auto_ack: false,
+            tags: Vec::new(),
+        };
+        let sub = Subscription::new(
+            self.shard.clone(),
+            self.backend.clone(),
+            self.topic.clone(),
+            fetch,
+        );
+        let interval = self.shard.cfg.queue.checkpoint_interval.0;
+        let idle = self.shard.cfg.queue.idle_timeout.0;
+        let mut last_save = Instant::now();
+        let mut last_held = None::<Instant>;
+        let mut failing = false;
+        loop {
+            if self.shard.stopping() || self.shard.shutdown.get() {
+                break;
+            }
+            if last_held.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                match self.refresh_held().await {
+                    Ok(()) => last_held = Some(Instant::now()),
+                    Err(e) => tracing::debug!(group = %self.group, "queue partitions: {e}"),
+                }
+            }
+            self.expire();
+            if let Err(e) = self.move_dead().await {
+                tracing::warn!(topic = %self.topic.name, group = %self.group, "dead letters not moved yet: {e}");
+            }
+            if last_save.elapsed() >= interval {
+                self.save().await;
+                last_save = Instant::now();
+            }
+            let room = self.bytes.get() < self.max_bytes()
+                && self.overflow.borrow().len() < OVERFLOW
+                && !self.held.borrow().is_empty();
+            if room && !failing {
+                match sub.next(Instant::now() + TICK).await {
+                    Ok(b) => {
+                        drop(b.held);
+                        if let Err(e) = self.take(b.records).await {
+                            tracing::warn!(topic = %self.topic.name, group = %self.group, "queue read: {e}");
+                            failing = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = %self.topic.name, group = %self.group, "queue read: {e}");
+                        failing = true;
+                    }
+                }
+            } else {
+                failing = false;
+                let seen = self.changed.epoch();
+                monoio::select! {
+                    _ = self.changed.wait(seen) => {}
+                    _ = self.shard.sleep(TICK) => {}
+                }
+                self.drain_overflow();
+            }
+            let leased = self.parts.borrow().values().any(|p| p.q.stats().leased > 0);
+            if self.users.get() == 0 && !leased && self.last_used.get().elapsed() > idle {
+                break;
+            }
+        }
+        self.save().await;
+        self.closed.set(true);
+    }
+
+    /// Ends expired leases (each a failed attempt).
+    fn expire(&self) {
+        let now = now_ms();
+        let mut any = false;
+        for part in self.parts.borrow_mut().values_mut() {
+            if part.q.next_deadline().is_some_and(|d| d <= now) && !part.q.expire(now).is_empty() {
+                part.dirty = true;
+                any = true;
+            }
+        }
+        if any {
+            self.changed.notify();
+        }
+    }
+
+    /// Copies the messages that spent their attempts to the dead-letter topic.
+    async fn move_dead(&self) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        let mut offsets = Vec::new();
+        for (&p, part) in self.parts.borrow().iter() {
+            for o in part.q.dead_letters() {
+                let (Some(r), Some(v)) = (part.records.get(&o), part.q.slot(o)) else {
+                    continue;
+                };
+                let err = part.errors.get(&o).map(String::as_str);
+                batch.push(dead::item(
+                    &self.topic.name,
+                    r,
+                    v.attempt,
+                    v.first_seen_ms,
+                    err,
+                ));
+                offsets.push((p, o));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        dead::send(&self.shard, &self.backend, &self.group, batch).await?;
+        for (p, o) in offsets {
+            self.finish(p, o, |q| q.moved(o).map(|_| ()));
+        }
+        Ok(())
+    }
+
+    /// Applies `f` to the window of `p` and drops the record at `o` if it is done then.
+    fn finish(
+        &self,
+        p: u32,
+        o: u64,
+        f: impl FnOnce(&mut PartitionQueue) -> Result<(), QueueError>,
+    ) {
+        let mut parts = self.parts.borrow_mut();
+        let Some(part) = parts.get_mut(&p) else {
+            return;
+        };
+        let _ = f(&mut part.q);
+        part.dirty = true;
+        let done = part.q.slot(o).is_none_or(|v| {
+            matches!(
+                v.state,
+                kateway_core::queue::SlotState::Acked | kateway_core::queue::SlotState::Moved
+            )
+        });
+        if done {
+            if let Some(r) = part.records.remove(&o) {
+                self.bytes
+                    .set(self.bytes.get().saturating_sub(r.value.len()));
+            }
+            part.errors.remove(&o);
+        }
+    }
+
+    /// Makes every changed window durable: checkpoint, then the watermark as the committed
+    /// offset.
+    pub async fn save(&self) {
+        let dirty: Vec<(u32, u64, Vec<u8>)> = self
+            .parts
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(_, p)| p.dirty)
+            .map(|(&n, p)| {
+                p.dirty = false;
+                let cp = fit(p.q.checkpoint(), self.backend.queue_checkpoint_limit());
+                (n, p.q.watermark(), cp)
+            })
+            .collect();
+        for (p, wm, cp) in dirty {
+            if let Err(e) = self
+                .backend
+                .queue_save(&self.topic, p, &self.group, wm, cp)
+                .await
+            {
+                tracing::warn!(topic = %self.topic.name, group = %self.group, partition = p, "queue checkpoint not stored: {e}");
+                if let Some(part) = self.parts.borrow_mut().get_mut(&p) {
+                    part.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Leases up to `max` messages (about `max_bytes`), waiting until `deadline` for one.
+    pub async fn lease(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        visibility: Option<Duration>,
+        deadline: Instant,
+    ) -> Result<Vec<Delivered>, Error> {
+        let _use = self.used();
+        let vis = visibility.map_or(self.policy.visibility_ms, |v| v.as_millis() as u64);
+        loop {
+            self.expire();
+            let got = self.take_leases(max, max_bytes, vis);
+            if !got.is_empty() {
+                // Room was made for the pump only by settles; leasing changes nothing it waits on.
+                return Ok(got);
+            }
+            let now = Instant::now();
+            if now >= deadline || self.shard.shutdown.get() || self.closed.get() {
+                return Ok(Vec::new());
+            }
+            let soonest = self
+                .parts
+                .borrow()
+                .values()
+                .filter_map(|p| {
+                    let a = p.q.next_visible();
+                    let b = p.q.next_deadline();
+                    a.into_iter().chain(b).min()
+                })
+                .min();
+            let mut wait = deadline - now;
+            if let Some(t) = soonest {
+                let ms = (t - now_ms()).max(1) as u64;
+                wait = wait.min(Duration::from_millis(ms));
+            }
+            let seen = self.changed.epoch();
+            let stop = self.shard.shutdown_event.epoch();
+            monoio::select! {
+                _ = self.changed.wait(seen) => {}
+                _ = monoio::time::sleep(wait) => {}
+                _ = self.shard.shutdown_event.wait(stop) => {}
+            }
+        }
+    }
+
+    fn take_leases(&self, max: usize, max_bytes: usize, vis: u64) -> Vec<Delivered> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut parts = self.parts.borrow_mut();
+        let n = parts.len();
+        if n == 0 {
+            return out;
+        }
+        let start = self.turn.get() as usize % n;
+        self.turn.set(self.turn.get().wrapping_add(1));
+        let keys: Vec<u32> = parts.keys().copied().collect();
+        for i in 0..n {
+            if out.len() >= max || bytes >= max_bytes {
+                break;
+            }
+            let p = keys[(start + i) % n];
+            let part = parts.get_mut(&p).expect("listed");
+            // One at a time, so the byte budget holds.
+            while out.len() < max && bytes < max_bytes {
+                let Some(l) = part.q.lease(1, now, vis).pop() else {
+                    break;
+                };
+                part.dirty = true;
+                let Some(r) = part.records.get(&l.offset) else {
+                    // No record for a leased offset cannot happen; settle it so it never stalls.
+                    let _ = part.q.ack(l.offset, Some(l.id));
+                    continue;
+                };
+                let receipt = Receipt::of_lease(self.fingerprint, p, &l).encode(&self.key);
+                let mut m = r.clone();
+                bytes += m.value.len();
+                m.leased = Some(Box::new(Leased {
+                    receipt,
+                    attempt: l.attempt,
+                }));
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Settles the messages of `receipts` (already checked to be this group's).
+    pub async fn settle(
+        &self,
+        op: SettleOp,
+        receipts: Vec<Result<Receipt, Error>>,
+        delay: Option<Duration>,
+        visibility: Option<Duration>,
+        error: Option<String>,
+    ) -> Vec<Outcome> {
+        let _use = self.used();
+        let mut out = Vec::with_capacity(receipts.len());
+        let mut bury = Vec::new();
+        for (i, r) in receipts.into_iter().enumerate() {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    out.push(Outcome::Failed(e));
+                    continue;
+                }
+            };
+            match self.ensure(r.partition).await {
+                Ok((true, _)) => {}
+                Ok((false, _)) => {
+                    out.push(Outcome::Failed(Error::new(
+                        ErrorKind::StaleLease,
+                        format!(
+                            "partition {} is leased out by another gateway of the group",
+                            r.partition
+                        ),
+                    )));
+                    continue;
+                }
+                Err(e) => {
+                    out.push(Outcome::Failed(e));
+                    continue;
+                }
+            }
+            let now = now_ms();
+            let mut parts = self.parts.borrow_mut();
+            let part = parts.get_mut(&r.partition).expect("ensured");
+            let o = r.offset;
+            let res = match op {
+                SettleOp::Ack => part.q.ack(o, Some(r.lease)).map(|a| match a {
+                    Ack::Acked { .. } => Outcome::Acked,
+                    Ack::AlreadyDone => Outcome::AlreadyDone,
+                }),
+                SettleOp::Nack => {
+                    if let Some(e) = &error {
+                        part.errors.insert(o, e.clone());
+                    }
+                    let d = delay.map(|d| d.as_millis() as u64);
+                    part.q.nack(o, r.lease, d, now).map(|f| match f.next {
+                        Next::Retry { visible_at_ms } => Outcome::Retry { visible_at_ms },
+                        Next::Dead => Outcome::Dead,
+                    })
+                }
+                SettleOp::Extend => {
+                    let by = visibility.map_or(0, |v| v.as_millis() as u64);
+                    part.q
+                        .extend(o, r.lease, by, now)
+                        .map(|deadline_ms| Outcome::Extended { deadline_ms })
+                }
+                SettleOp::Bury => {
+                    if part.q.holds(o, r.lease) {
+                        if let (Some(rec), Some(v)) = (part.records.get(&o), part.q.slot(o)) {
+                            bury.push((
+                                i,
+                                r,
+                                dead::item(
+                                    &self.topic.name,
+                                    rec,
+                                    v.attempt,
+                                    v.first_seen_ms,
+                                    error.as_deref(),
+                                ),
+                            ));
+                        }
+                        Ok(Outcome::Buried)
+                    } else {
+                        Err(QueueError::StaleLease(o))
+                    }
+                }
+            };
+            part.dirty = true;
+            drop(parts);
+            match res {
+                Ok(outcome) => {
+                    if matches!(outcome, Outcome::Acked | Outcome::AlreadyDone) {
+                        self.finish(r.partition, o, |_| Ok(()));
+                    }
+                    out.push(outcome);
+                }
+                Err(e) => out.push(Outcome::Failed(queue_err(e))),
+            }
+        }
+        if !bury.is_empty() {
+            let items = bury.iter().map(|(_, _, it)| it.clone()).collect();
+            match dead::send(&self.shard, &self.backend, &self.group, items).await {
+                Ok(()) => {
+                    for (_, r, _) in &bury {
+                        let (p, o, lease) = (r.partition, r.offset, r.lease);
+                        // Buried, or acked if its lease ended while it was copied.
+                        self.finish(p, o, |q| {
+                            q.bury(o, lease).or_else(|_| q.ack(o, None).map(|_| ()))
+                        });
+                    }
+                }
+                Err(e) => {
+                    for (i, _, _) in &bury {
+                        out[*i] = Outcome::Failed(e.clone());
+                    }
+                }
+            }
+        }
+        // Nacked messages may be deliverable at once; the pump may have room again.
+        self.changed.notify();
+        out
+    }
+
+    /// Counts of the windows' states, for status.
+    pub fn stats(&self) -> kateway_core::queue::Stats {
+        let mut s = kateway_core::queue::Stats::default();
+        for p in self.parts.borrow().values() {
+            let t = p.q.stats();
+            s.pending += t.pending;
+            s.leased += t.leased;
+            s.waiting += t.waiting;
+            s.dead += t.dead;
+            s.done += t.done;
+        }
+        s
+    }
+}
+
+/// Marks a group in use while alive.
+struct Use<'a>(&'a QueueGroup);
+
+impl Drop for Use<'_> {
+    fn drop(&mut self) {
+        self.0.users.set(self.0.users.get() - 1);
+        self.0.last_used.set(Instant::now());
+    }
+}
+
+fn queue_err(e: QueueError) -> Error {
+    match e {
+        QueueError::StaleLease(o) => Error::new(
+            ErrorKind::StaleLease,
+            format!("the lease on offset {o} ended: the message was delivered again or settled"),
+        ),
+        QueueError::AlreadyDone(o) => {
+            Error::new(ErrorKind::StaleLease, format!("offset {o} is already done"))
+        }
+        QueueError::NotRead(o) => {
+            Error::new(ErrorKind::StaleLease, format!("offset {o} is not leased"))
+        }
+        e => Error::new(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+/// A checkpoint encoded within `limit` bytes: beyond it, the entries farthest from the
+/// watermark are left out (after a restart, acks there may be delivered again and attempts
+/// there counted from 0).
+fn fit(mut cp: Checkpoint, limit: Option<usize>) -> Vec<u8> {
+    let mut b = cp.encode();
+    let Some(limit) = limit else { return b };
+    while b.len() > limit && (!cp.done.is_empty() || !cp.attempted.is_empty()) {
+        let cut_done = cp.done.len().div_ceil(4);
+        let cut_att = cp.attempted.len().div_ceil(4);
+        cp.done.truncate(cp.done.len() - cut_done);
+        cp.attempted.truncate(cp.attempted.len() - cut_att);
+        b = cp.encode();
+    }
+    b
+}
