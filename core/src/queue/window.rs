@@ -28,7 +28,7 @@
 //! fixed epoch). Results depend only on the calls made, never on when: jitter is a hash of the
 //! policy's seed, the offset and the attempt.
 //!
-//! Memory: a slot is 24 bytes, so a full window of 65 536 costs 1.5 MiB; an in-flight message
+//! Memory: a slot is 24 bytes, so a full window of 4096 (the default) costs 96 KiB; an in-flight message
 //! adds a 24-byte deadline entry, a deliverable one an 8-byte queue entry.
 
 use std::cmp::Reverse;
