@@ -29,8 +29,6 @@ const QUEUE_ENV: &[(&str, &str)] = &[
 /// A leased message as a JSON line shows it.
 #[derive(Debug, Clone)]
 struct Leased {
-    partition: u64,
-    offset: u64,
     receipt: String,
     attempt: u64,
     value: Vec<u8>,
@@ -43,8 +41,6 @@ fn parse(body: &[u8]) -> Vec<Leased> {
         .map(|l| {
             let v: Value = serde_json::from_slice(l).unwrap();
             Leased {
-                partition: v["partition"].as_u64().unwrap(),
-                offset: v["offset"].as_u64().unwrap(),
                 receipt: v["receipt"].as_str().unwrap().to_owned(),
                 attempt: v["attempt"].as_u64().unwrap(),
                 value: base64::engine::general_purpose::STANDARD
@@ -174,7 +170,7 @@ fn every_message_is_acked_once_and_poison_ones_are_dead_lettered(b: Backend) {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
-                        if id % 100 == 0 {
+                        if id.is_multiple_of(100) {
                             continue;
                         }
                         if rng % 10 == 0 && m.attempt == 1 {
@@ -208,7 +204,7 @@ fn every_message_is_acked_once_and_poison_ones_are_dead_lettered(b: Backend) {
         w.join().unwrap();
     }
     let acked = acked.lock().unwrap();
-    for id in (0..N).filter(|i| i % 100 != 0) {
+    for id in (0..N).filter(|i| !i.is_multiple_of(100)) {
         assert_eq!(acked.get(&id), Some(&1), "message {id}");
     }
     // Attempts count every delivery.
@@ -230,7 +226,7 @@ fn every_message_is_acked_once_and_poison_ones_are_dead_lettered(b: Backend) {
     assert!(tags.contains("kgw-first-seen="), "{tags}");
     for (id, _) in &dead {
         assert!(
-            id % 100 == 0 || !acked.contains_key(id),
+            id.is_multiple_of(100) || !acked.contains_key(id),
             "message {id} acked and dead"
         );
     }
