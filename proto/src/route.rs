@@ -46,6 +46,14 @@ pub enum Route<'a> {
         group: &'a str,
         op: &'a str,
     },
+    /// `GET|DELETE /v1/dlq/:appid/:group` (count, purge), `GET .../messages` (peek),
+    /// `POST .../redrive`: a leased group's dead letters.
+    DeadLetters {
+        method: Method,
+        appid: &'a str,
+        group: &'a str,
+        action: Option<&'a str>,
+    },
     /// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
     Topic {
         method: Method,
@@ -185,6 +193,36 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
                 op,
             },
         ),
+        ["v1", "dlq", appid, group] => allow(
+            get || method == Delete,
+            "GET, DELETE",
+            Route::DeadLetters {
+                method,
+                appid,
+                group,
+                action: None,
+            },
+        ),
+        ["v1", "dlq", appid, group, "messages"] => allow(
+            get,
+            "GET",
+            Route::DeadLetters {
+                method,
+                appid,
+                group,
+                action: Some("messages"),
+            },
+        ),
+        ["v1", "dlq", appid, group, "redrive"] => allow(
+            method == Post,
+            "POST",
+            Route::DeadLetters {
+                method,
+                appid,
+                group,
+                action: Some("redrive"),
+            },
+        ),
         ["v1", "offset", appid, topic, ver, group, partition] => allow(
             method == Put,
             "PUT",
@@ -278,6 +316,10 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("POST", "/v1/queue/a/t/v1/g/nack"),
     ("POST", "/v1/queue/a/t/v1/g/extend"),
     ("POST", "/v1/queue/a/t/v1/g/bury"),
+    ("GET", "/v1/dlq/a/g"),
+    ("DELETE", "/v1/dlq/a/g"),
+    ("GET", "/v1/dlq/a/g/messages"),
+    ("POST", "/v1/dlq/a/g/redrive"),
     ("POST", "/v1/topics/a/t/v1"),
     ("PUT", "/v1/topics/a/t/v1"),
     ("DELETE", "/v1/topics/a/t/v1"),
@@ -413,9 +455,15 @@ mod tests {
             },
             Route::Admin(A::Audit) => 29,
             Route::Settle { op, .. } => 30 + SETTLE_OPS.iter().position(|o| o == op).unwrap(),
+            Route::DeadLetters { method, action, .. } => match (action, method) {
+                (None, Method::Delete) => 34,
+                (None, _) => 35,
+                (Some(&"messages"), _) => 36,
+                _ => 37,
+            },
         }
     }
-    const KINDS: usize = 34;
+    const KINDS: usize = 38;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {

@@ -15,6 +15,7 @@ on_both_backends!(
     settling_acks_nacks_extends_and_buries,
     receipts_cannot_be_forged_or_used_on_another_group,
     acked_messages_stay_acked_across_kill_9,
+    dead_letters_are_counted_peeked_redriven_and_purged,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -555,4 +556,89 @@ fn acked_messages_stay_acked_across_kill_9(b: Backend) {
             after[id]
         );
     }
+}
+
+/// The dead-letter routes: count, peek (takes nothing), redrive to the origin topic (the
+/// messages are consumed again there), purge.
+fn dead_letters_are_counted_peeked_redriven_and_purged(b: Backend) {
+    let g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    publish_numbered(&g, &app1, 5);
+    let mut c = g.connect();
+    let count = |c: &mut Conn| {
+        let r = c.req(
+            "GET",
+            &format!("/v1/dlq/{app2}/g"),
+            &[("Appid", app2.as_str())],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["messages"].as_u64().unwrap()
+    };
+    assert_eq!(count(&mut c), 0);
+    let got = lease(&mut c, &app1, &app2, "g", "batch=5&wait=5s");
+    assert_eq!(got.len(), 5);
+    let buried: Vec<&String> = got[..3].iter().map(|m| &m.receipt).collect();
+    let acked: Vec<&String> = got[3..].iter().map(|m| &m.receipt).collect();
+    assert_eq!(
+        settle(
+            &mut c,
+            &app1,
+            &app2,
+            "g",
+            "bury",
+            serde_json::json!({"receipts": buried})
+        ),
+        ["buried"; 3]
+    );
+    assert_eq!(
+        settle(
+            &mut c,
+            &app1,
+            &app2,
+            "g",
+            "ack",
+            serde_json::json!({"receipts": acked})
+        ),
+        ["acked"; 2]
+    );
+    assert_eq!(count(&mut c), 3);
+    let peek = c.req(
+        "GET",
+        &format!("/v1/dlq/{app2}/g/messages?max=2"),
+        &[("Appid", app2.as_str())],
+        b"",
+    );
+    assert_eq!(peek.status, 200, "{}", peek.text());
+    assert_eq!(
+        peek.body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        2
+    );
+    assert_eq!(count(&mut c), 3, "a peek takes nothing");
+    let r = c.req(
+        "POST",
+        &format!("/v1/dlq/{app2}/g/redrive?max=2"),
+        &[("Appid", app2.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["redriven"], 2);
+    assert_eq!(count(&mut c), 1);
+    let again = lease(&mut c, &app1, &app2, "g", "batch=5&wait=5s");
+    let ids: Vec<usize> = again.iter().map(|m| num(&m.value)).collect();
+    assert_eq!(ids, [0, 1]);
+    assert!(again.iter().all(|m| m.attempt == 1));
+    let r = c.req(
+        "DELETE",
+        &format!("/v1/dlq/{app2}/g"),
+        &[("Appid", app2.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["purged"], 1);
+    assert_eq!(count(&mut c), 0);
 }

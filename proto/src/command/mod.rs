@@ -13,7 +13,7 @@ use bytes::Bytes;
 use kateway_core::names::{validate_part, validate_ver};
 use kateway_core::units::{parse_duration, parse_size};
 use kateway_core::{Ack, Error, ErrorKind, Reset};
-use parse::{ack_list, bad_ack, num, publish, publish_template, settle, subscribe};
+use parse::{ack_list, bad_ack, num, publish, publish_template, redrive_target, settle, subscribe};
 
 mod admin;
 mod need;
@@ -247,6 +247,31 @@ pub struct Settle<'a> {
     pub error: Option<String>,
 }
 
+/// What a dead-letter call does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterOp<'a> {
+    /// How many dead letters wait.
+    Count,
+    /// Up to `max` of them, without taking them.
+    Peek { max: usize },
+    /// Publishes up to `max` of them again (to their origin topics, or to topic `to` of the
+    /// app) and takes them.
+    Redrive {
+        max: usize,
+        to: Option<TopicPath<'a>>,
+    },
+    /// Takes every one without publishing it.
+    Purge,
+}
+
+/// `/v1/dlq/:appid/:group[/messages|/redrive]`: the dead letters of app `appid`'s group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetters<'a> {
+    pub appid: &'a str,
+    pub group: &'a str,
+    pub op: DeadLetterOp<'a>,
+}
+
 /// `PUT /v1/offset/:appid/:topic/:ver/:group/:partition?offset=N`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seek<'a> {
@@ -298,6 +323,7 @@ pub enum Command<'a> {
     Socket(Socket<'a>),
     AckBatch(AckBatch<'a>),
     Settle(Settle<'a>),
+    DeadLetters(DeadLetters<'a>),
     Seek(Seek<'a>),
     TopicAdmin(TopicAdmin<'a>),
     Partitions(TopicPath<'a>),
@@ -404,6 +430,29 @@ impl<'a> Command<'a> {
                 validate_part("group", group)?;
                 let body = crate::gzip::body(parts, limits.max_batch_bytes)?;
                 Command::Settle(settle(parts, q, topic, group, op, &body)?)
+            }
+            Route::DeadLetters {
+                method,
+                appid,
+                group,
+                action,
+            } => {
+                validate_part("appid", appid)?;
+                validate_part("group", group)?;
+                let max = num(q, "max")?.unwrap_or(100usize).clamp(1, 10_000);
+                let op = match (action, method) {
+                    (None, Method::Delete) => DeadLetterOp::Purge,
+                    (None, _) => DeadLetterOp::Count,
+                    (Some("messages"), _) => DeadLetterOp::Peek { max },
+                    _ => DeadLetterOp::Redrive {
+                        max,
+                        to: match query::raw(q, "to") {
+                            None => None,
+                            Some(t) => Some(redrive_target(appid, t)?),
+                        },
+                    },
+                };
+                Command::DeadLetters(DeadLetters { appid, group, op })
             }
             Route::Seek {
                 appid,

@@ -32,6 +32,7 @@ impl<'a> Command<'a> {
             }
             Command::AckBatch(a) => Need::Subscribe(a.topic.as_ref()),
             Command::Settle(s) => Need::Subscribe(s.topic.as_ref()),
+            Command::DeadLetters(d) => Need::AppAdmin(d.appid),
             Command::Seek(s) => Need::Subscribe(s.topic.as_ref()),
             Command::TopicAdmin(t) => Need::Owner(t.topic.as_ref()),
             Command::Partitions(t) => Need::Read(t.as_ref()),
@@ -95,6 +96,7 @@ impl<'a> Command<'a> {
                 Method::Put | Method::Delete => Need::Operator,
                 _ => Need::AppAdmin(app),
             },
+            Route::DeadLetters { appid, .. } => Need::AppAdmin(appid),
             Route::Admin(
                 A::Keys { app, .. }
                 | A::Key { app, .. }

@@ -288,6 +288,14 @@ pub(super) fn subscribe<'a>(
     })
 }
 
+/// `to=<topic>/<ver>` (or `<topic>.<ver>`) of a redrive: a topic of app `appid`.
+pub(super) fn redrive_target<'a>(appid: &'a str, to: &'a str) -> Result<TopicPath<'a>, Error> {
+    let (topic, ver) = to.split_once(['/', '.']).ok_or_else(|| {
+        Error::param("to must be <topic>/<ver>, a topic of the dead letters' app")
+    })?;
+    TopicPath::new(appid, topic, ver)
+}
+
 /// A duration parameter (`30s`, `5m`, ...), if given.
 fn duration(q: &str, name: &str) -> Result<Option<Duration>, Error> {
     match query::raw(q, name) {

@@ -3,6 +3,7 @@
 //! ([`Reply::error`]). The transport counts the reply ([`count`]).
 
 mod admin;
+mod dlq;
 pub mod publish;
 mod queue;
 mod status;
@@ -29,6 +30,7 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Subscribe(s) if s.lease.is_some() => queue::subscribe(core, caller, s).await,
         Command::Subscribe(s) => subscribe::subscribe(core, caller, s).await,
         Command::Settle(s) => queue::settle(core, caller, s).await,
+        Command::DeadLetters(d) => dlq::run(core, d).await,
         Command::Socket(_) => Err(Error::new(
             ErrorKind::UpgradeRequired,
             "this route speaks WebSocket: send a GET with Upgrade: websocket",
