@@ -458,7 +458,7 @@ mod tests {
             Route::DeadLetters { method, action, .. } => match (action, method) {
                 (None, Method::Delete) => 34,
                 (None, _) => 35,
-                (Some(&"messages"), _) => 36,
+                (Some("messages"), _) => 36,
                 _ => 37,
             },
         }
