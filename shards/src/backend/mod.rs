@@ -253,11 +253,13 @@ impl Backend {
         topic: &LocalTopic,
         p: u32,
         group: &str,
+        reset: kateway_core::Reset,
     ) -> Result<(Option<u64>, Option<Vec<u8>>), Error> {
         match self {
             Backend::Embedded(s) => s.queue_restore(topic, p, group).await,
             Backend::Kafka(k) => {
-                let (next, meta) = kafka::groups::queue_restore(k, &topic.name, group, p).await?;
+                let (next, meta) =
+                    kafka::groups::queue_restore(k, &topic.name, group, p, reset).await?;
                 Ok((next, kafka::queue_checkpoint(&meta)))
             }
         }
@@ -292,15 +294,17 @@ impl Backend {
     }
 
     /// Leased delivery: the partitions of `topic` whose queues this gateway keeps for `group`
-    /// (all of them on the embedded store; those its membership holds on Kafka).
+    /// (all of them on the embedded store; those its membership holds on Kafka, which joins the
+    /// group starting at `reset` if it has no offset).
     pub async fn queue_partitions(
         &self,
         topic: &LocalTopic,
         group: &str,
+        reset: kateway_core::Reset,
     ) -> Result<Vec<u32>, Error> {
         match self {
             Backend::Embedded(_) => Ok((0..topic.partitions).collect()),
-            Backend::Kafka(k) => kafka::groups::assignment(k, &topic.name, group).await,
+            Backend::Kafka(k) => kafka::groups::assignment(k, &topic.name, group, reset).await,
         }
     }
 

@@ -107,8 +107,9 @@ pub async fn send(
 /// The message's origin, `(topic, partition, offset)`, from a dead letter's tags.
 pub fn origin(tags: &[u8]) -> Option<(String, u32, u64)> {
     let tags = std::str::from_utf8(tags).ok()?;
+    // The last one: the gateway appends it after the message's own tags.
     let v = tags
-        .split(';')
+        .rsplit(';')
         .find_map(|t| t.trim().strip_prefix("kgw-origin="))?;
     let mut it = v.rsplitn(3, '/');
     let offset = it.next()?.parse().ok()?;
@@ -147,6 +148,11 @@ mod tests {
             b"a;b;kgw-origin=app.t.v1/3/42;kgw-attempts=5;kgw-first-seen=1000;kgw-error=boom"
         );
         assert_eq!(origin(&it.tags), Some(("app.t.v1".into(), 3, 42)));
+        // A publisher's own kgw-origin tag does not redirect a redrive.
+        let mut forged = m.clone();
+        forged.tags = Bytes::from_static(b"kgw-origin=other.t.v1/0/0");
+        let f = item("app.t.v1", &forged, 1, 0, None);
+        assert_eq!(origin(&f.tags), Some(("app.t.v1".into(), 3, 42)));
         assert_eq!(&own_tags(&it.tags)[..], b"a;b");
         assert!(topic_of("app.g").unwrap().1 == "g-dlq");
         assert!(topic_of(&format!("app.{}", "x".repeat(61))).is_err());

@@ -56,8 +56,10 @@ pub struct QueueGroup {
     capacity: usize,
     reset: Reset,
     parts: RefCell<BTreeMap<u32, Part>>,
-    /// Partitions this gateway keeps queues for (all but those another member holds on Kafka).
+    /// Partitions this gateway keeps queues for (all but those another member holds on Kafka),
+    /// once asked.
     held: RefCell<Vec<u32>>,
+    refreshed: Cell<bool>,
     overflow: RefCell<VecDeque<Delivered>>,
     bytes: Cell<usize>,
     /// Something became deliverable, or room was made.
@@ -109,6 +111,7 @@ impl QueueGroup {
             reset,
             parts: RefCell::new(BTreeMap::new()),
             held: RefCell::new(Vec::new()),
+            refreshed: Cell::new(false),
             overflow: RefCell::new(VecDeque::new()),
             bytes: Cell::new(0),
             changed: Event::default(),
@@ -138,15 +141,19 @@ impl QueueGroup {
         if self.parts.borrow().contains_key(&p) {
             return Ok((true, false));
         }
+        if !self.refreshed.get() {
+            self.refresh_held().await?;
+        }
         if !self.held.borrow().contains(&p) {
             return Ok((false, false));
         }
         let (committed, cp) = self
             .backend
-            .queue_restore(&self.topic, p, &self.group)
+            .queue_restore(&self.topic, p, &self.group, self.reset)
             .await?;
         if self.parts.borrow().contains_key(&p) {
-            return Ok((true, false));
+            // Opened meanwhile; this restore moved the read position back all the same.
+            return Ok((true, committed.is_some()));
         }
         let cp = cp.and_then(|b| match Checkpoint::decode(&b) {
             Ok(c) => Some(c),
@@ -208,7 +215,7 @@ impl QueueGroup {
     async fn refresh_held(&self) -> Result<(), Error> {
         let now = self
             .backend
-            .queue_partitions(&self.topic, &self.group)
+            .queue_partitions(&self.topic, &self.group, self.reset)
             .await?;
         let gone: Vec<u32> = self
             .parts
@@ -226,19 +233,28 @@ impl QueueGroup {
             tracing::debug!(topic = %self.topic.name, group = %self.group, partition = p, "queue window closed: partition moved");
         }
         *self.held.borrow_mut() = now;
+        self.refreshed.set(true);
         Ok(())
     }
 
-    /// Offers read records to their windows; those that do not fit wait in the overflow.
+    /// Offers read records to their windows; those that do not fit wait in the overflow, as do
+    /// those of a partition whose window could not be opened yet (the pump tries again).
     async fn take(&self, records: Vec<Delivered>) -> Result<(), Error> {
         let mut reread = Vec::new();
+        let mut failed = None;
         for r in records {
             if reread.contains(&r.partition) {
                 continue;
             }
             let fresh = !self.parts.borrow().contains_key(&r.partition);
-            if fresh {
-                let (open, moved) = self.ensure(r.partition).await?;
+            if fresh && failed.is_none() {
+                let (open, moved) = match self.ensure(r.partition).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        failed = Some(e);
+                        (true, false)
+                    }
+                };
                 if !open {
                     continue;
                 }
@@ -251,6 +267,26 @@ impl QueueGroup {
             }
             self.bytes.set(self.bytes.get() + r.value.len());
             self.overflow.borrow_mut().push_back(r);
+        }
+        self.drain_overflow();
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Opens the windows of partitions that have records waiting in the overflow but no window
+    /// (opening failed when they were read).
+    async fn open_waiting(&self) -> Result<(), Error> {
+        let mut want: Vec<u32> = {
+            let parts = self.parts.borrow();
+            self.overflow
+                .borrow()
+                .iter()
+                .map(|r| r.partition)
+                .filter(|p| !parts.contains_key(p))
+                .collect()
+        };
+        want.dedup();
+        for p in want {
+            self.ensure(p).await?;
         }
         self.drain_overflow();
         Ok(())
@@ -267,7 +303,12 @@ impl QueueGroup {
         let mut bytes = self.bytes.get();
         while let Some(r) = overflow.pop_front() {
             let Some(part) = parts.get_mut(&r.partition) else {
-                bytes = bytes.saturating_sub(r.value.len());
+                if self.held.borrow().contains(&r.partition) {
+                    // Its window is not open yet.
+                    keep.push_back(r);
+                } else {
+                    bytes = bytes.saturating_sub(r.value.len());
+                }
                 continue;
             };
             if blocked.contains(&r.partition) {
@@ -323,6 +364,7 @@ impl QueueGroup {
         let mut last_save = Instant::now();
         let mut last_held = None::<Instant>;
         let mut failing = false;
+        let mut opened = false;
         loop {
             if self.shard.stopping() || self.shard.shutdown.get() {
                 break;
@@ -331,6 +373,21 @@ impl QueueGroup {
                 match self.refresh_held().await {
                     Ok(()) => last_held = Some(Instant::now()),
                     Err(e) => tracing::debug!(group = %self.group, "queue partitions: {e}"),
+                }
+            }
+            if let Err(e) = self.open_waiting().await {
+                tracing::debug!(group = %self.group, "queue windows not opened yet: {e}");
+            }
+            if !opened {
+                // A queue started again (after idling) resumes where its group's offset is,
+                // whether new records arrive or not.
+                let held = self.held.borrow().clone();
+                opened = true;
+                for p in held {
+                    if let Err(e) = self.ensure(p).await {
+                        tracing::debug!(group = %self.group, partition = p, "queue window not opened yet: {e}");
+                        opened = false;
+                    }
                 }
             }
             self.expire();
@@ -612,11 +669,12 @@ impl QueueGroup {
                     Ack::AlreadyDone => Outcome::AlreadyDone,
                 }),
                 SettleOp::Nack => {
-                    if let Some(e) = &error {
+                    let d = delay.map(|d| d.as_millis() as u64);
+                    let res = part.q.nack(o, r.lease, d, now);
+                    if let (Ok(_), Some(e)) = (&res, &error) {
                         part.errors.insert(o, e.clone());
                     }
-                    let d = delay.map(|d| d.as_millis() as u64);
-                    part.q.nack(o, r.lease, d, now).map(|f| match f.next {
+                    res.map(|f| match f.next {
                         Next::Retry { visible_at_ms } => Outcome::Retry { visible_at_ms },
                         Next::Dead => Outcome::Dead,
                     })

@@ -91,10 +91,11 @@ async fn ask<T>(
     k: &Kafka,
     group: &str,
     topic: &str,
+    reset: Reset,
     make: impl FnOnce(flume::Sender<T>) -> GroupReq,
 ) -> Result<T, Error> {
     let (reply, rx) = flume::bounded(1);
-    send(k, group, topic, Reset::Oldest, make(reply))?;
+    send(k, group, topic, reset, make(reply))?;
     match monoio::time::timeout(Duration::from_secs(15), rx.recv_async()).await {
         Ok(r) => r.map_err(|_| closed()),
         Err(_) => Err(Error::new(
@@ -111,8 +112,9 @@ pub async fn queue_restore(
     topic: &str,
     group: &str,
     p: u32,
+    reset: Reset,
 ) -> Result<(Option<u64>, String), Error> {
-    ask(k, group, topic, |reply| GroupReq::QueueRestore {
+    ask(k, group, topic, reset, |reply| GroupReq::QueueRestore {
         partition: p,
         reply,
     })
@@ -128,18 +130,28 @@ pub async fn queue_save(
     next: u64,
     metadata: String,
 ) -> Result<(), Error> {
-    ask(k, group, topic, |reply| GroupReq::QueueSave {
-        partition: p,
-        next,
-        metadata,
-        reply,
+    ask(k, group, topic, Reset::Oldest, |reply| {
+        GroupReq::QueueSave {
+            partition: p,
+            next,
+            metadata,
+            reply,
+        }
     })
     .await?
 }
 
 /// The partitions of `topic` this gateway's membership of `group` holds.
-pub async fn assignment(k: &Kafka, topic: &str, group: &str) -> Result<Vec<u32>, Error> {
-    ask(k, group, topic, |reply| GroupReq::Assignment { reply }).await
+pub async fn assignment(
+    k: &Kafka,
+    topic: &str,
+    group: &str,
+    reset: Reset,
+) -> Result<Vec<u32>, Error> {
+    ask(k, group, topic, reset, |reply| GroupReq::Assignment {
+        reply,
+    })
+    .await
 }
 
 /// Asks the group's membership for records, which answers when it has some or at the deadline;
