@@ -31,6 +31,7 @@ pub struct Config {
     /// Subscribe behaviour.
     pub subscribe: SubscribeConfig,
     pub queue: QueueConfig,
+    pub idempotency: IdempotencyConfig,
     /// The embedded log store.
     pub store: StoreConfig,
     /// The Kafka backend and its hinted handoff.
@@ -177,6 +178,18 @@ pub struct QueueConfig {
     pub idle_timeout: Dur,
 }
 
+/// `[idempotency]`: publishes with an `Idempotency-Key`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered after its publish.
+    pub window: Dur,
+    /// How long a claim of a key whose publish never finished (its gateway died) holds it.
+    pub claim_timeout: Dur,
+    /// The most keys remembered; past it a publish with a new key is refused (503).
+    pub max_keys: u32,
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +242,7 @@ pub enum Backend {
 pub struct KafkaConfig {
     pub brokers: String,
     pub meta_topic: String,
+    pub idempotency_topic: String,
     pub client_id: String,
     pub replication_factor: i32,
     pub linger: Dur,
@@ -257,7 +271,7 @@ pub struct LogConfig {
 /// the gateway at start.
 const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "auth",
     "server",
     "http2",
@@ -267,6 +281,7 @@ const SECTIONS: [&str; 12] = [
     "limits",
     "subscribe",
     "queue",
+    "idempotency",
     "store",
     "kafka",
     "log",
@@ -353,6 +368,11 @@ impl Config {
         if q.backoff_base.0 > q.backoff_max.0 {
             return Err("queue.backoff_base must be at most queue.backoff_max".into());
         }
+        let i = &self.idempotency;
+        if i.window.0.is_zero() || i.claim_timeout.0.is_zero() {
+            return Err("idempotency.window and idempotency.claim_timeout must be above 0".into());
+        }
+        range("idempotency.max_keys", i.max_keys.into(), 1, 100_000_000)?;
         if q.checkpoint_interval.0.is_zero() {
             return Err("queue.checkpoint_interval must be above 0".into());
         }

@@ -72,6 +72,10 @@ kinds! {
     /// The receipt's lease is no longer the message's current one (it expired and the message
     /// was delivered again, or it was acked): the caller no longer holds the message.
     StaleLease = 40901, Client;
+    /// A publish with this `Idempotency-Key` is still in progress (`Retry-After`).
+    IdempotencyInProgress = 40902, Client;
+    /// This `Idempotency-Key` was used for a publish with another body.
+    IdempotencyMismatch = 42200, Client;
     /// Content-Length is required and missing.
     LengthRequired = 41100, Client;
     /// A message, batch or body is over its limit.

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod error;
+pub mod idem;
 pub mod keys;
 pub mod message;
 pub mod metalog;

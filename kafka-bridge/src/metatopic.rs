@@ -37,6 +37,25 @@ pub fn ensure(cfg: &BridgeConfig, topic: &str, replicas: i32) -> Result<(), Brid
     }
 }
 
+/// Creates a one-partition log topic keeping its records `retention_ms` (such as the
+/// idempotency topic) if it does not exist.
+pub fn ensure_log(
+    cfg: &BridgeConfig,
+    topic: &str,
+    replicas: i32,
+    retention_ms: u64,
+) -> Result<(), BridgeError> {
+    let admin = Admin::new(cfg)?;
+    let retention = retention_ms.to_string();
+    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(replicas))
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", &retention);
+    match futures_executor::block_on(admin.create(&t)) {
+        Ok(()) | Err(BridgeError::TopicExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads `topic` from its first record on a thread of its own, handing every record to `tx`, and
 /// [`MetaEvent::CaughtUp`] once it reached the end offset seen at the start; runs until `stop`.
 pub fn follow(

@@ -30,6 +30,8 @@ pub struct CoreInit {
     pub pepper: std::sync::Arc<kateway_core::keys::Pepper>,
     /// Core 0: the tenancy metadata to start its writer with.
     pub meta: Option<crate::backend::meta::MetaInit>,
+    /// Core 0: the idempotency keys to start with.
+    pub idem: Option<crate::idem::IdemInit>,
 }
 
 /// Runs a core to completion.
@@ -77,6 +79,16 @@ pub async fn run(init: CoreInit) {
         }
     };
     let tasks = &core.tasks;
+    if let Some(i) = init.idem {
+        let (idem, follow) = crate::idem::Idem::new(i, &init.cfg);
+        if let Some(rx) = follow {
+            tasks.spawn(
+                "idempotency follower",
+                idem.clone().follow(shard.clone(), rx),
+            );
+        }
+        let _ = core.idem.set(idem);
+    }
     tasks.spawn("inbox", core.clone().inbox(init.inbox));
     if let Some(w) = &writer {
         match follow {

@@ -34,6 +34,8 @@ pub struct Subscription {
     fetch: Fetch,
     /// The app whose subscribe-bytes quota what it delivers is charged to.
     quota_app: Option<String>,
+    /// Leased delivery: the queues that lease the group's messages, and the lease length.
+    lease: Option<(Rc<crate::queue::Queues>, Option<std::time::Duration>)>,
 }
 
 impl Subscription {
@@ -44,7 +46,19 @@ impl Subscription {
             topic,
             fetch,
             quota_app: None,
+            lease: None,
         }
+    }
+
+    /// Leases what it delivers (`ack=lease`) from `queues`, for `visibility` (the configured
+    /// default without one).
+    pub fn leased(
+        mut self,
+        queues: Rc<crate::queue::Queues>,
+        visibility: Option<std::time::Duration>,
+    ) -> Self {
+        self.lease = Some((queues, visibility));
+        self
     }
 
     /// Charges what this subscription delivers to `app`'s subscribe quota.
@@ -93,6 +107,21 @@ impl Subscription {
         let shard = self.shard.clone();
         let shard = &shard;
         let want = self.fetch.max_bytes;
+        if let Some((queues, visibility)) = &self.lease {
+            let call = crate::queue::LeaseCall {
+                topic: self.topic.name.to_string(),
+                group: self.fetch.group.clone(),
+                reset: self.fetch.reset,
+                max: self.fetch.max,
+                max_bytes: want,
+                visibility: *visibility,
+                deadline,
+            };
+            let records = queues.lease(shard, &self.backend, call).await?;
+            let bytes: usize = records.iter().map(|m| m.value.len() + 160).sum();
+            let held = (!records.is_empty()).then(|| shard.account_response(bytes));
+            return Ok(Batch { records, held });
+        }
         if self.backend.reads_wait() {
             if shard.shutdown.get() {
                 return Ok(Batch {

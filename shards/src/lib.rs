@@ -29,6 +29,7 @@ pub mod date;
 pub mod delivery;
 pub mod event;
 pub mod fds;
+pub mod idem;
 pub mod logset;
 pub mod mesh;
 pub mod metrics;

@@ -24,7 +24,9 @@ pub struct Core {
     /// The metadata writer (core 0 only).
     pub writer: Option<Rc<crate::tenancy::writer::Writer>>,
     /// The leased groups' queues this core keeps.
-    pub queues: crate::queue::Queues,
+    pub queues: Rc<crate::queue::Queues>,
+    /// The idempotency keys (core 0 only).
+    pub idem: std::cell::OnceCell<Rc<crate::idem::Idem>>,
 }
 
 impl Core {
@@ -33,9 +35,12 @@ impl Core {
         backend: Backend,
         writer: Option<Rc<crate::tenancy::writer::Writer>>,
     ) -> Self {
-        let queues = crate::queue::Queues::new(shard.tenancy.derive_key("receipts"));
+        let queues = Rc::new(crate::queue::Queues::new(
+            shard.tenancy.derive_key("receipts"),
+        ));
         Self {
             queues,
+            idem: std::cell::OnceCell::new(),
             shard,
             backend,
             tasks: Tasks::default(),
@@ -93,6 +98,13 @@ impl Core {
                         more: false,
                     }),
             ),
+            Request::Idem(c) => Answer::Idem(match self.idem.get() {
+                Some(idem) => idem.call(backend, c).await,
+                None => Err(kateway_core::Error::new(
+                    kateway_core::ErrorKind::Internal,
+                    "idempotency calls go to core 0",
+                )),
+            }),
             Request::Settle(c) => Answer::Settled(self.queues.settle_here(shard, backend, c).await),
             Request::Info { topic, groups } => Answer::Infos(backend.info_local(&topic, &groups)),
             Request::Interest { topic, core, delta } => {

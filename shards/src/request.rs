@@ -64,6 +64,8 @@ pub enum Request {
     Lease(crate::queue::LeaseCall),
     /// Settle leased messages of a group whose queue the receiver keeps.
     Settle(crate::queue::SettleCall),
+    /// Core 0 only: an idempotency-key call.
+    Idem(crate::idem::IdemCall),
     /// Core 0 only: create, alter, learn or delete a topic.
     Admin(AdminOp),
     /// Install (or replace) a topic's metadata and open the receiver's partitions of it.
@@ -89,6 +91,7 @@ pub enum Answer {
     Done(Result<(), Error>),
     Infos(Vec<PartitionInfo>),
     Settled(Result<Vec<crate::queue::Outcome>, Error>),
+    Idem(Result<Option<crate::idem::Begun>, Error>),
     Topic(Result<TopicMeta, Error>),
     Snapshot(Box<Snapshot>),
     /// A tenancy API call's status and JSON body.

@@ -21,6 +21,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 pub use admin::{Admin, DEFAULT_GRACE};
+pub use parse::settle_json;
 use std::time::Duration;
 
 /// What a transport exposes of a request.
@@ -174,6 +175,8 @@ pub struct Publish<'a> {
     /// `X-Tag`.
     pub tags: Bytes,
     pub messages: Messages,
+    /// `Idempotency-Key`: a retry within the window answers the first publish's results.
+    pub idempotency_key: Option<String>,
 }
 
 /// `GET /v1/msgs/:appid/:topic/:ver?group=`: long-poll a group.
@@ -229,6 +232,19 @@ pub enum SettleOp {
     Extend,
     /// Moved to the dead-letter topic now.
     Bury,
+}
+
+impl SettleOp {
+    /// `ack`, `nack`, `extend` or `bury`.
+    pub fn parse(op: &str) -> Option<Self> {
+        Some(match op {
+            "ack" => SettleOp::Ack,
+            "nack" => SettleOp::Nack,
+            "extend" => SettleOp::Extend,
+            "bury" => SettleOp::Bury,
+            _ => return None,
+        })
+    }
 }
 
 /// `POST /v1/queue/:appid/:topic/:ver/:group/:op` with `{"receipts":[...]}` (and `delay`,

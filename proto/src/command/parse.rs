@@ -98,6 +98,7 @@ pub(super) fn publish_template<'a>(
         key,
         tags,
         messages: Messages::One(Bytes::new()),
+        idempotency_key: None,
     })
 }
 
@@ -110,6 +111,18 @@ pub(super) fn publish<'a>(
     lim: &Limits,
 ) -> Result<Publish<'a>, Error> {
     let mut p = publish_template(parts, q, topic, ver, lim)?;
+    p.idempotency_key = match parts.header("idempotency-key") {
+        None => None,
+        Some(k) => {
+            let ok = (1..=255).contains(&k.len()) && k.iter().all(|b| (0x21..=0x7e).contains(b));
+            if !ok {
+                return Err(Error::param(
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                ));
+            }
+            Some(String::from_utf8_lossy(k).into_owned())
+        }
+    };
     let ctype = parts.header("content-type").map(|c| {
         let c = c.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
         if c.eq_ignore_ascii_case(batch::NDJSON.as_bytes()) {
@@ -319,27 +332,8 @@ pub(super) fn settle<'a>(
     op: &str,
     body: &[u8],
 ) -> Result<Settle<'a>, Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Body {
-        receipts: Vec<String>,
-        delay: Option<String>,
-        visibility: Option<String>,
-        error: Option<String>,
-    }
-    let op = match op {
-        "ack" => SettleOp::Ack,
-        "nack" => SettleOp::Nack,
-        "extend" => SettleOp::Extend,
-        _ => SettleOp::Bury,
-    };
-    let dur = |v: Option<String>, name: &str| match v {
-        None => Ok(None),
-        Some(v) => parse_duration(&v)
-            .map(Some)
-            .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("{name}: {e}"))),
-    };
-    let mut s = if body.iter().all(u8::is_ascii_whitespace) {
+    let op = SettleOp::parse(op).ok_or_else(|| Error::param("unknown settle op"))?;
+    let s = if body.iter().all(u8::is_ascii_whitespace) {
         let receipt = parts
             .header("x-receipt")
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -363,18 +357,49 @@ pub(super) fn settle<'a>(
                 .map(|e| String::from_utf8_lossy(&e).into_owned()),
         }
     } else {
-        let b: Body = serde_json::from_slice(body)
-            .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("invalid settle body: {e}")))?;
-        Settle {
-            topic,
-            group,
-            op,
-            receipts: b.receipts,
-            delay: dur(b.delay, "delay")?,
-            visibility: dur(b.visibility, "visibility")?,
-            error: b.error,
-        }
+        return settle_json(topic, group, op, body);
     };
+    checked(s)
+}
+
+/// A settle from a JSON object `{"receipts":[...],"delay","visibility","error"}` (a request
+/// body, or a WebSocket subscriber's `{"settle":op, ...}` frame without its `settle`).
+pub fn settle_json<'a>(
+    topic: TopicPath<'a>,
+    group: &'a str,
+    op: SettleOp,
+    body: &[u8],
+) -> Result<Settle<'a>, Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        receipts: Vec<String>,
+        delay: Option<String>,
+        visibility: Option<String>,
+        error: Option<String>,
+    }
+    let dur = |v: Option<String>, name: &str| match v {
+        None => Ok(None),
+        Some(v) => parse_duration(&v)
+            .map(Some)
+            .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("{name}: {e}"))),
+    };
+    let b: Body = serde_json::from_slice(body)
+        .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("invalid settle body: {e}")))?;
+    checked(Settle {
+        topic,
+        group,
+        op,
+        receipts: b.receipts,
+        delay: dur(b.delay, "delay")?,
+        visibility: dur(b.visibility, "visibility")?,
+        error: b.error,
+    })
+}
+
+/// A settle's limits: 1 to [`MAX_RECEIPTS`] receipts, a bounded one-line error, and a
+/// `visibility` for an extension.
+fn checked(mut s: Settle<'_>) -> Result<Settle<'_>, Error> {
     if s.receipts.is_empty() || s.receipts.len() > MAX_RECEIPTS {
         return Err(Error::new(
             ErrorKind::InvalidBody,

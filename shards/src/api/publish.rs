@@ -3,10 +3,11 @@
 //! core that owns it. The reply waits for the durability asked for.
 
 use crate::catalog::LocalTopic;
+use crate::idem::{self, Begun, IdemCall};
 use crate::node::Core;
 use bytes::{BufMut, Bytes, BytesMut};
 use kateway_core::partitioner::partition_for_key;
-use kateway_core::{Ack, Error, Item};
+use kateway_core::{Ack, Error, ErrorKind, Item};
 use kateway_proto::batch::BatchItem;
 use kateway_proto::command::{Caller, Messages, Publish, TopicPath};
 use kateway_proto::http1::encode::{put_i64, put_u64};
@@ -14,7 +15,9 @@ use kateway_proto::reply::{Reply, Value};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-/// Handles a publish.
+/// Handles a publish. With an `Idempotency-Key`, the key is claimed first (core 0), and a
+/// retry within the window is answered with the first publish's results (and
+/// `Idempotent-Replayed: true`) without storing anything.
 pub async fn publish(
     core: &Rc<Core>,
     caller: Caller<'_>,
@@ -22,31 +25,117 @@ pub async fn publish(
 ) -> Result<Reply, Error> {
     let meta = resolve(core, caller, &c).await?;
     let status = if c.ack == Ack::Async { 202 } else { 201 };
-    let items = match std::mem::replace(&mut c.messages, Messages::Batch(Vec::new())) {
+    let single = matches!(c.messages, Messages::One(_));
+    let Some(idem_key) = c.idempotency_key.take() else {
+        let (results, buffered) = publish_now(core, &meta, c).await?;
+        return Ok(reply(status, single, &results, buffered));
+    };
+    let hash = request_hash(&meta.name, &c);
+    let key = format!("{}\n{idem_key}", meta.name);
+    let begun = idem::call(
+        core,
+        IdemCall::Begin {
+            key: key.clone(),
+            hash,
+        },
+    )
+    .await?;
+    let owner = match begun {
+        Some(Begun::Proceed(owner)) => owner,
+        Some(Begun::Replay(results)) => {
+            return Ok(reply(status, single, &results, false)
+                .header("idempotent-replayed", Value::Static("true")))
+        }
+        None => return Err(Error::new(ErrorKind::Internal, "no idempotency answer")),
+    };
+    match publish_now(core, &meta, c).await {
+        Ok((results, buffered)) => {
+            let done = IdemCall::Finish {
+                key,
+                hash,
+                owner,
+                results: results.clone(),
+            };
+            if let Err(e) = idem::call(core, done).await {
+                // Stored all the same: say so; a retry within the claim timeout gets 409.
+                tracing::warn!(topic = %meta.name, "an idempotent publish's outcome was not recorded: {e}");
+            }
+            Ok(reply(status, single, &results, buffered))
+        }
+        Err(e) => {
+            let _ = idem::call(core, IdemCall::Release { key, owner }).await;
+            Err(e)
+        }
+    }
+}
+
+/// What identifies a publish's content for its `Idempotency-Key`: SHA-256 of the topic, the
+/// options and every message.
+fn request_hash(topic: &str, c: &Publish<'_>) -> [u8; 32] {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut part = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    part(topic.as_bytes());
+    part(c.key.as_deref().unwrap_or_default());
+    part(&c.tags);
+    match &c.messages {
+        Messages::One(v) => {
+            part(b"one");
+            part(v);
+        }
+        Messages::Batch(items) => {
+            part(b"batch");
+            for it in items {
+                part(it.key.as_deref().unwrap_or_default());
+                part(&it.value);
+            }
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
+}
+
+/// Publishes the messages of `c`: returns where each landed and whether any went to the
+/// hinted-handoff buffer.
+async fn publish_now(
+    core: &Rc<Core>,
+    meta: &LocalTopic,
+    mut c: Publish<'_>,
+) -> Result<(Vec<(u32, i64)>, bool), Error> {
+    match std::mem::replace(&mut c.messages, Messages::Batch(Vec::new())) {
         Messages::One(value) => {
             // The common case: one message, one partition, no grouping.
             let item = Item {
-                key: c.key.unwrap_or_default(),
-                tags: c.tags,
+                key: c.key.clone().unwrap_or_default(),
+                tags: c.tags.clone(),
                 value,
             };
             let p = if item.key.is_empty() {
-                core.shard.pick_partition(&meta)
+                core.shard.pick_partition(meta)
             } else {
                 partition_for_key(&item.key, meta.partitions)
             };
-            let done = core.backend.publish(&meta, p, vec![item], c.ack).await?;
-            let o = done.offsets[0];
-            let mut body = BytesMut::with_capacity(48);
-            put_result(&mut body, p, o);
-            let r = Reply::json(status, body.freeze())
-                .header_int("x-partition", p.into())
-                .header_int("x-offset", o);
-            return Ok(buffered(r, done.buffered));
+            let done = core.backend.publish(meta, p, vec![item], c.ack).await?;
+            Ok((vec![(p, done.offsets[0])], done.buffered))
         }
-        Messages::Batch(items) => items,
-    };
-    let (results, any_buffered) = publish_all(core, &meta, &c, items).await?;
+        Messages::Batch(items) => publish_all(core, meta, &c, items).await,
+    }
+}
+
+/// The reply to a publish: `{"partition","offset"}` (and `X-Partition`/`X-Offset`) for one
+/// message, `{"count","results":[...]}` for a batch.
+fn reply(status: u16, single: bool, results: &[(u32, i64)], any_buffered: bool) -> Reply {
+    if let (true, [(p, o)]) = (single, results) {
+        let mut body = BytesMut::with_capacity(48);
+        put_result(&mut body, *p, *o);
+        let r = Reply::json(status, body.freeze())
+            .header_int("x-partition", (*p).into())
+            .header_int("x-offset", *o);
+        return buffered(r, any_buffered);
+    }
     let n = results.len();
     let mut body = BytesMut::with_capacity(32 + n * 32);
     body.put_slice(b"{\"count\":");
@@ -59,7 +148,7 @@ pub async fn publish(
         put_result(&mut body, *p, *o);
     }
     body.put_slice(b"]}");
-    Ok(buffered(Reply::json(status, body.freeze()), any_buffered))
+    buffered(Reply::json(status, body.freeze()), any_buffered)
 }
 
 /// The caller's topic a publish names.

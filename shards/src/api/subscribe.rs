@@ -43,14 +43,29 @@ pub async fn open(
     s: &Subscribe<'_>,
     max: usize,
 ) -> Result<Subscription, Error> {
-    if s.lease.is_some() {
-        return Err(Error::param(
-            "ack=lease is served on long polls (GET without Upgrade or event-stream)",
-        ));
-    }
     let app = caller.appid()?;
     let group = GroupName::new(app, s.group)?.to_string();
     let meta = core.backend.resolve(&s.topic).await?;
+    if let Some(l) = s.lease {
+        // Leased: settled by receipt, never by offset.
+        crate::queue::dead::topic_of(&group)?;
+        let fetch = Fetch {
+            topic: meta.name.to_string(),
+            group,
+            max,
+            max_bytes: core.shard.cfg.subscribe.max_batch_bytes.0 as usize,
+            reset: s.reset,
+            auto_ack: false,
+            tags: Vec::new(),
+        };
+        let sub = Subscription::new(core.shard.clone(), core.backend.clone(), meta, fetch)
+            .leased(core.queues.clone(), l.visibility);
+        return Ok(if core.shard.tenancy.quota_on_subscribe(app) {
+            sub.charged_to(app)
+        } else {
+            sub
+        });
+    }
     if let Some((p, o)) = s.ack {
         let p = partition(&meta, p)?;
         core.backend

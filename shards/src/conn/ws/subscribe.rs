@@ -1,5 +1,7 @@
 //! The writer of a subscribing socket: messages are pushed while the client has credit; its
-//! frames grant more credit and, with explicit acknowledgement, commit.
+//! frames grant more credit and, with explicit acknowledgement, commit; with `ack=lease`,
+//! `{"settle":"ack"|"nack"|"extend"|"bury","receipts":[...],...}` settles leased messages (as
+//! `POST /v1/queue/...` does; the answer comes back as a frame when a receipt failed).
 
 use super::{ack_text, flush, keepalive, Inbox, Shared};
 use crate::api;
@@ -8,7 +10,7 @@ use crate::metrics;
 use crate::node::Core;
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{AckBatch, Caller, Command, Subscribe};
+use kateway_proto::command::{settle_json, AckBatch, Caller, Command, SettleOp, Subscribe};
 use kateway_proto::reply::{RecordFormat, Reply};
 use kateway_proto::ws;
 use monoio::io::AsyncWriteRent;
@@ -21,6 +23,33 @@ use std::time::{Duration, Instant};
 struct Control {
     credit: Option<u32>,
     ack: Option<(u32, u64)>,
+}
+
+/// Runs a `{"settle":op, ...}` frame; `None` for another frame. Answers a frame to send back:
+/// the error, or the outcomes when one receipt failed (nothing when all went well).
+async fn settle_frame(
+    core: &Rc<Core>,
+    caller: Caller<'_>,
+    s: &Subscribe<'_>,
+    m: &[u8],
+) -> Option<Vec<u8>> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(m).ok()?;
+    let op = v.remove("settle")?;
+    let settle = op
+        .as_str()
+        .and_then(SettleOp::parse)
+        .ok_or_else(|| Error::param("settle must be ack, nack, extend or bury"))
+        .and_then(|op| {
+            let rest = serde_json::to_vec(&v).unwrap_or_default();
+            settle_json(s.topic, s.group, op, &rest)
+        });
+    let reply = match settle {
+        Ok(c) => api::execute(core, caller, Command::Settle(c)).await,
+        Err(e) => Reply::error(&e),
+    };
+    let text = ack_text(reply);
+    let failed = text.starts_with(b"{\"error\"") || text.windows(8).any(|w| w == b"\"failed\"");
+    failed.then(|| text.to_vec())
 }
 
 /// The writer of a subscribing socket.
@@ -50,6 +79,10 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
                 Inbox::Data(m) => {
                     sh.done();
                     metrics::inc(&shard.metrics.websocket_messages_in_total);
+                    if let Some(t) = settle_frame(core, caller, s, &m).await {
+                        ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
+                        continue;
+                    }
                     match serde_json::from_slice::<Control>(&m) {
                         Ok(c) => {
                             if let Some(n) = c.credit {
