@@ -14,6 +14,7 @@ use support::{Backend, Gateway};
 on_both_backends!(
     curl_streams_events_over_http1_and_h2c,
     last_event_id_resumes_right_after_that_event,
+    a_leased_stream_carries_receipts_settled_over_http,
     eventsource_and_websocket_in_chromium,
 );
 
@@ -97,6 +98,58 @@ fn next_id(r: &mut BufReader<TcpStream>) -> String {
             return id.trim().to_string();
         }
     }
+}
+
+/// The data of the next event on a stream.
+fn next_data(r: &mut BufReader<TcpStream>) -> serde_json::Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        if let Some(d) = line.strip_prefix("data: ") {
+            return serde_json::from_str(d.trim()).unwrap();
+        }
+    }
+}
+
+/// `ack=lease` on an event stream: each event carries a receipt and its attempt; receipts are
+/// settled over plain HTTP (any connection); an unsettled message comes back when its lease ends.
+fn a_leased_stream_carries_receipts_settled_over_http(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    for i in 0..3 {
+        g.publish(&app1, "t", "", format!("m{i}").as_bytes());
+    }
+    let path = format!("/v1/msgs/{app1}/t/v1?group=g&ack=lease&visibility=2s");
+    let mut r = stream(&g, &path, &app2, None);
+    let events: Vec<serde_json::Value> = (0..3).map(|_| next_data(&mut r)).collect();
+    drop(r);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["offset"], i as u64, "{e}");
+        assert_eq!(e["attempt"], 1, "{e}");
+    }
+    let receipts: Vec<&str> = events[..2]
+        .iter()
+        .map(|e| e["receipt"].as_str().unwrap())
+        .collect();
+    let ack = g.req(
+        "POST",
+        &format!("/v1/queue/{app1}/t/v1/g/ack"),
+        &[("Appid", app2.as_str())],
+        serde_json::json!({ "receipts": receipts })
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(ack.status, 200, "{}", ack.text());
+    assert_eq!(ack.json()["results"][1]["status"], "acked");
+    // The third was never settled: it comes back.
+    let mut r = stream(&g, &path, &app2, None);
+    let again = next_data(&mut r);
+    assert_eq!(again["offset"], 2, "{again}");
+    // At least its second delivery (the closed stream may have taken it once more before it
+    // noticed the client was gone).
+    assert!(again["attempt"].as_u64().unwrap() >= 2, "{again}");
 }
 
 fn last_event_id_resumes_right_after_that_event(b: Backend) {

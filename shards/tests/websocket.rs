@@ -15,6 +15,7 @@ use support::{rss_kib, Backend, Gateway};
 on_both_backends!(
     websockets_publishes_pipelined_and_subscribes_with_credit,
     explicit_acks_commit_the_group,
+    a_leased_subscribe_settles_with_frames,
     a_message_over_the_limit_closes_with_1009,
     protocol_errors_close_with_their_codes,
     a_plain_get_on_a_websocket_route_is_426,
@@ -132,6 +133,33 @@ fn explicit_acks_commit_the_group(b: Backend) {
     // Everything was acknowledged over the socket: the group has nothing left.
     let left = g.sub(&app1, &app1, "t", "group=acked&ack=1&wait=1s", &[]);
     assert_eq!(left.status, 204, "{}", left.text());
+}
+
+/// `ack=lease` over a WebSocket (Python's websockets): receipts and attempts on every message,
+/// a `{"settle":"nack"}` brings one back as attempt 2, `{"settle":"ack"}` settles the rest, and
+/// nothing comes back after; a plain group then finds nothing unacked either.
+fn a_leased_subscribe_settles_with_frames(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let app1 = g.app("app1");
+    g.create_topic(&app1, "t", 2);
+    let base = format!("ws://{}", g.addr);
+    let (ok, out) = ws_pubsub(
+        &base,
+        &app1,
+        "t",
+        &[
+            "--count", "40", "--group", "leased", "--lease", "--settle", "2",
+        ],
+    );
+    assert!(ok, "{out}");
+    // Every message was acked: a leased long poll of the group finds nothing.
+    let r = g.req(
+        "GET",
+        &format!("/v1/msgs/{app1}/t/v1?group=leased&ack=lease&wait=1s"),
+        &[("Appid", app1.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
 }
 
 fn a_message_over_the_limit_closes_with_1009(b: Backend) {

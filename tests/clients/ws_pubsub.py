@@ -13,6 +13,10 @@ Round trip (default):
   Messages left in the topic by earlier runs (a new group starts at the oldest offset) are
   skipped: every payload of a run starts with a run id.
 
+  With --lease, the subscribe is leased (ack=lease): every message must carry a receipt and an
+  attempt; the first message of the run is nacked with {"settle":"nack"} and must come back as
+  attempt 2; every other delivery is acked with {"settle":"ack"}; nothing may come back after.
+
 Limits:
   ... ws_pubsub.py --base ws://127.0.0.1:9191 --app app1 --topic t1 --ver v1 \
       --send-oversize 600000 --expect-close-code 1009
@@ -150,6 +154,9 @@ def subscribe(args, run_id, payloads, acks):
            f"?group={q(args.group)}&appid={q(sub_app)}&credit={credit}")
     if args.sub_ack:
         url += "&ack=1"
+    if args.lease:
+        url += "&ack=lease&visibility=30s"
+    nacked = None
     set_stage(f"subscribing at {url}")
     want = {ack: payloads[i] for i, ack in enumerate(acks)}
     got = {}
@@ -167,8 +174,8 @@ def subscribe(args, run_id, payloads, acks):
                 raise Failure(f"subscribe: {len(got)} of {len(want)} messages within {args.timeout}s "
                               f"(no progress); first missing (partition, offset): {missing[:5]}")
             m = recv_json(ws, left, f"subscribe: message {len(got) + 1} of {len(want)}")
-            if "error" in m:
-                raise Failure(f"subscribe: the server sent an error: {m['error']}")
+            if "error" in m or "results" in m:
+                raise Failure(f"subscribe: the server sent an error: {m}")
             deadline = time.monotonic() + args.timeout  # progress: the timeout counts from here
             outstanding -= 1
             if outstanding < 0:
@@ -181,9 +188,24 @@ def subscribe(args, run_id, payloads, acks):
                 value = base64.b64decode(v, validate=True).decode("utf-8", "replace")
             except ValueError:
                 raise Failure(f"subscribe: value is not base64: {v[:100]!r}")
-            if p in last and o <= last[p]:
+            receipt, attempt = m.get("receipt"), m.get("attempt")
+            if args.lease:
+                if not (isinstance(receipt, str) and is_int(attempt)):
+                    raise Failure(f"subscribe: a leased message without receipt and attempt: {m}")
+                if attempt > 1 and (p, o) != nacked:
+                    raise Failure(f"subscribe: ({p}, {o}) came back as attempt {attempt} unnacked")
+            if p in last and o <= last[p] and not (args.lease and attempt > 1):
                 raise Failure(f"subscribe: partition {p} offset {o} after offset {last[p]}")
-            last[p] = o
+            if not (args.lease and attempt > 1):
+                last[p] = o
+            if args.lease and value.startswith(run_id) and nacked is None:
+                # Nacked once: it must come back, as attempt 2.
+                nacked = (p, o)
+                ws.send(json.dumps({"settle": "nack", "receipts": [receipt], "delay": "0s"}))
+                consumed_since_grant += 1
+                continue
+            if args.lease and (p, o) == nacked and attempt != 2:
+                raise Failure(f"subscribe: the nacked message came back as attempt {attempt}")
             if value.startswith(run_id):
                 if (p, o) not in want:
                     raise Failure(f"subscribe: this run's payload {value[:40]!r} at ({p}, {o}), "
@@ -200,6 +222,8 @@ def subscribe(args, run_id, payloads, acks):
                 foreign += 1
             if args.sub_ack:
                 ws.send(json.dumps({"ack": [p, o]}))
+            if args.lease:
+                ws.send(json.dumps({"settle": "ack", "receipts": [receipt]}))
             consumed_since_grant += 1
             if consumed_since_grant >= grant:
                 ws.send(json.dumps({"credit": consumed_since_grant}))
@@ -270,6 +294,8 @@ def main():
     ap.add_argument("--sub-app", help="the subscribing app (default: --app)")
     ap.add_argument("--credit", type=int, default=16, help="initial subscribe credit (default 16)")
     ap.add_argument("--sub-ack", action="store_true", help="subscribe with ack=1 and ack each message")
+    ap.add_argument("--lease", action="store_true",
+                    help="subscribe with ack=lease: nack the first message once, ack every delivery")
     ap.add_argument("--ack", choices=["all", "local"], default="all", help="publish durability")
     ap.add_argument("--key", help="partition key for every message")
     ap.add_argument("--pad", type=int, default=16, help="bytes of padding per payload")

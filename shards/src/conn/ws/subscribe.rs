@@ -25,14 +25,14 @@ struct Control {
     ack: Option<(u32, u64)>,
 }
 
-/// Runs a `{"settle":op, ...}` frame; `None` for another frame. Answers a frame to send back:
-/// the error, or the outcomes when one receipt failed (nothing when all went well).
+/// Runs a `{"settle":op, ...}` frame (`None` for another frame), answering the frame to send
+/// back: the error, or the outcomes when a receipt failed (none when all went well).
 async fn settle_frame(
     core: &Rc<Core>,
     caller: Caller<'_>,
     s: &Subscribe<'_>,
     m: &[u8],
-) -> Option<Vec<u8>> {
+) -> Option<Option<Vec<u8>>> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(m).ok()?;
     let op = v.remove("settle")?;
     let settle = op
@@ -49,7 +49,7 @@ async fn settle_frame(
     };
     let text = ack_text(reply);
     let failed = text.starts_with(b"{\"error\"") || text.windows(8).any(|w| w == b"\"failed\"");
-    failed.then(|| text.to_vec())
+    Some(failed.then(|| text.to_vec()))
 }
 
 /// The writer of a subscribing socket.
@@ -79,8 +79,10 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
                 Inbox::Data(m) => {
                     sh.done();
                     metrics::inc(&shard.metrics.websocket_messages_in_total);
-                    if let Some(t) = settle_frame(core, caller, s, &m).await {
-                        ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
+                    if let Some(answer) = settle_frame(core, caller, s, &m).await {
+                        if let Some(t) = answer {
+                            ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
+                        }
                         continue;
                     }
                     match serde_json::from_slice::<Control>(&m) {
