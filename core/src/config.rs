@@ -186,7 +186,7 @@ pub struct IdempotencyConfig {
     pub window: Dur,
     /// How long a claim of a key whose publish never finished (its gateway died) holds it.
     pub claim_timeout: Dur,
-    /// The most keys remembered; past it a publish with a new key is refused (503).
+    /// The most keys remembered; past it a publish with a new key is refused (429).
     pub max_keys: u32,
 }
 
@@ -243,6 +243,7 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub meta_topic: String,
     pub idempotency_topic: String,
+    pub queue_settle_topic: String,
     pub client_id: String,
     pub replication_factor: i32,
     pub linger: Dur,

@@ -64,6 +64,26 @@ pub fn follow(
     stop: Arc<AtomicBool>,
     tx: impl Fn(MetaEvent) -> bool + Send + 'static,
 ) -> Result<std::thread::JoinHandle<()>, BridgeError> {
+    follow_at(cfg, topic, Offset::Beginning, stop, tx)
+}
+
+/// [`follow`] from the end of `topic`: only records written from now on.
+pub fn follow_new(
+    cfg: &BridgeConfig,
+    topic: &str,
+    stop: Arc<AtomicBool>,
+    tx: impl Fn(MetaEvent) -> bool + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, BridgeError> {
+    follow_at(cfg, topic, Offset::End, stop, tx)
+}
+
+fn follow_at(
+    cfg: &BridgeConfig,
+    topic: &str,
+    start: Offset,
+    stop: Arc<AtomicBool>,
+    tx: impl Fn(MetaEvent) -> bool + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, BridgeError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .set("client.id", format!("{}-meta", cfg.client_id))
@@ -81,7 +101,7 @@ pub fn follow(
         .create()
         .map_err(BridgeError::from_kafka)?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    tpl.add_partition_offset(topic, 0, start)
         .map_err(BridgeError::from_kafka)?;
     consumer.assign(&tpl).map_err(BridgeError::from_kafka)?;
     let topic = topic.to_owned();

@@ -32,6 +32,8 @@ pub struct CoreInit {
     pub meta: Option<crate::backend::meta::MetaInit>,
     /// Core 0: the idempotency keys to start with.
     pub idem: Option<crate::idem::IdemInit>,
+    /// Core 0 on Kafka: the follower of settles other gateways hand on.
+    pub forward: Option<crate::queue::forward::ForwardInit>,
 }
 
 /// Runs a core to completion.
@@ -88,6 +90,12 @@ pub async fn run(init: CoreInit) {
             );
         }
         let _ = core.idem.set(idem);
+    }
+    if let Some(f) = init.forward {
+        tasks.spawn(
+            "queue settle follower",
+            crate::queue::forward::run(core.clone(), f),
+        );
     }
     tasks.spawn("inbox", core.clone().inbox(init.inbox));
     if let Some(w) = &writer {

@@ -49,6 +49,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let pepper = Arc::new(load_pepper(&cfg, !meta.records.is_empty())?);
     let mut meta = Some(meta);
     let mut idem = Some(crate::idem::open(&cfg, shared.bridge())?);
+    let mut forward = crate::queue::forward::open(&cfg, shared.bridge())?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (mesh, inboxes) = Mesh::<Request, Answer>::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -69,6 +70,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let pepper = pepper.clone();
         let meta = if id == 0 { meta.take() } else { None };
         let idem = if id == 0 { idem.take() } else { None };
+        let forward = if id == 0 { forward.take() } else { None };
         let cpu = (cfg.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let t = std::thread::Builder::new()
             .name(format!("kateway-core-{id}"))
@@ -88,6 +90,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     pepper,
                     meta,
                     idem,
+                    forward,
                 };
                 reactor(id, cfg.server.ring_entries, init);
             })

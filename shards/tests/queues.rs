@@ -80,7 +80,12 @@ fn settle(c: &mut Conn, app1: &str, app2: &str, group: &str, op: &str, body: Val
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| o["status"].as_str().unwrap().to_owned())
+        .map(|o| {
+            if o["status"] == "failed" {
+                eprintln!("{op}: {o}");
+            }
+            o["status"].as_str().unwrap().to_owned()
+        })
         .collect()
 }
 
@@ -641,4 +646,71 @@ fn dead_letters_are_counted_peeked_redriven_and_purged(b: Backend) {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["purged"], 1);
     assert_eq!(count(&mut c), 0);
+}
+
+/// On Kafka, two gateways share one group (each holding some of its partitions): every
+/// message is acked through the gateway that did not lease it, and none comes back after its
+/// lease would have ended.
+#[test]
+fn kafka_acks_sent_to_the_other_gateway_are_honoured() {
+    let a = Gateway::on(Backend::Kafka, QUEUE_ENV);
+    let (app1, app2) = (a.app("app1"), a.app("app2"));
+    a.create_topic(&app1, "t", 2);
+    // The gateways of a cluster share the pepper that receipts are signed with.
+    let pepper = a.data_dir().join("meta").join("pepper");
+    let mut env = QUEUE_ENV.to_vec();
+    env.push(("KATEWAY_AUTH_PEPPER_FILE", pepper.to_str().unwrap()));
+    let b = support::kafka::gateway(&support::kafka::shared_brokers(), &env);
+    for i in 0..20 {
+        let r = a.req(
+            "POST",
+            &format!("/v1/msgs/t/v1?key=k{i}"),
+            &[("Appid", app1.as_str())],
+            format!("{i}").as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let (mut ca, mut cb) = (a.connect(), b.connect());
+    let mut acked = HashSet::new();
+    let mut forwarded = 0;
+    let t0 = Instant::now();
+    while acked.len() < 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "acked only {acked:?}"
+        );
+        for (lease_on, ack_on) in [(0, 1), (1, 0)] {
+            let c = if lease_on == 0 { &mut ca } else { &mut cb };
+            let got = lease(c, &app1, &app2, "g", "batch=5&wait=1s&visibility=4s");
+            if got.is_empty() {
+                continue;
+            }
+            let receipts: Vec<&String> = got.iter().map(|m| &m.receipt).collect();
+            let other = if ack_on == 0 { &mut ca } else { &mut cb };
+            let st = settle(
+                other,
+                &app1,
+                &app2,
+                "g",
+                "ack",
+                serde_json::json!({ "receipts": receipts }),
+            );
+            for (m, s) in got.iter().zip(&st) {
+                assert!(
+                    ["acked", "forwarded", "already_done"].contains(&s.as_str()),
+                    "{s}"
+                );
+                forwarded += usize::from(s == "forwarded");
+                acked.insert(num(&m.value));
+            }
+        }
+    }
+    assert!(forwarded > 0, "no ack was handed to the other gateway");
+    // Past every lease: nothing comes back on either gateway.
+    std::thread::sleep(Duration::from_secs(6));
+    for c in [&mut ca, &mut cb] {
+        let again = lease(c, &app1, &app2, "g", "batch=20&wait=2s");
+        let ids: Vec<usize> = again.iter().map(|m| num(&m.value)).collect();
+        assert!(ids.is_empty(), "delivered again after their acks: {ids:?}");
+    }
 }

@@ -108,6 +108,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
             json!({"status": "extended", "deadline_ms": deadline_ms})
         }
         Outcome::Buried => json!({"status": "buried"}),
+        Outcome::Forwarded => json!({"status": "forwarded"}),
         Outcome::Failed(e) => {
             json!({"status": "failed", "code": e.kind().code(), "errmsg": e.to_string()})
         }

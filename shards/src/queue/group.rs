@@ -622,18 +622,17 @@ impl QueueGroup {
         out
     }
 
-    /// Settles the messages of `receipts` (already checked to be this group's).
-    pub async fn settle(
-        &self,
-        op: SettleOp,
-        receipts: Vec<Result<Receipt, Error>>,
-        delay: Option<Duration>,
-        visibility: Option<Duration>,
-        error: Option<String>,
-    ) -> Vec<Outcome> {
+    /// Settles the messages of the call's receipts (already checked to be this group's); those
+    /// of partitions another gateway holds are handed on to it, unless the call was itself
+    /// handed on.
+    pub async fn settle(&self, mut c: super::SettleCall) -> Vec<Outcome> {
         let _use = self.used();
+        let (op, delay, visibility) = (c.op, c.delay, c.visibility);
+        let error = c.error.clone();
+        let receipts = std::mem::take(&mut c.receipts);
         let mut out = Vec::with_capacity(receipts.len());
         let mut bury = Vec::new();
+        let mut elsewhere: Vec<(usize, String)> = Vec::new();
         for (i, r) in receipts.into_iter().enumerate() {
             let r = match r {
                 Ok(r) => r,
@@ -644,6 +643,11 @@ impl QueueGroup {
             };
             match self.ensure(r.partition).await {
                 Ok((true, _)) => {}
+                Ok((false, _)) if !c.forwarded => {
+                    elsewhere.push((i, r.encode(&self.key)));
+                    out.push(Outcome::Forwarded);
+                    continue;
+                }
                 Ok((false, _)) => {
                     out.push(Outcome::Failed(Error::new(
                         ErrorKind::StaleLease,
@@ -734,6 +738,15 @@ impl QueueGroup {
                     for (i, _, _) in &bury {
                         out[*i] = Outcome::Failed(e.clone());
                     }
+                }
+            }
+        }
+        if !elsewhere.is_empty() {
+            let strings = elsewhere.iter().map(|(_, s)| s.clone()).collect();
+            let f = super::forward::record(&c, strings);
+            if let Err(e) = super::forward::send(&self.backend, &self.shard.cfg, &f).await {
+                for (i, _) in &elsewhere {
+                    out[*i] = Outcome::Failed(e.clone());
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! gateway of a cluster checks them and none can be forged.
 
 pub mod dead;
+pub mod forward;
 pub mod group;
 
 use crate::backend::Backend;
@@ -32,10 +33,16 @@ use std::time::{Duration, Instant};
 pub enum Outcome {
     Acked,
     AlreadyDone,
-    Retry { visible_at_ms: i64 },
+    Retry {
+        visible_at_ms: i64,
+    },
     Dead,
-    Extended { deadline_ms: i64 },
+    Extended {
+        deadline_ms: i64,
+    },
     Buried,
+    /// Handed on to the gateway holding the message's partition ([`forward`]).
+    Forwarded,
     Failed(Error),
 }
 
@@ -77,6 +84,8 @@ pub struct SettleCall {
     pub delay: Option<Duration>,
     pub visibility: Option<Duration>,
     pub error: Option<String>,
+    /// Handed on by another gateway: applied here or dropped, never handed on again.
+    pub forwarded: bool,
 }
 
 impl Queues {
@@ -158,11 +167,10 @@ impl Queues {
         shard: &Rc<Shard>,
         backend: &Backend,
         c: SettleCall,
-    ) -> Result<Vec<super::queue::Outcome>, Error> {
+    ) -> Result<Vec<Outcome>, Error> {
         let topic = shard.topic(&c.topic)?;
         let g = self.get(shard, backend, topic, &c.group, Reset::Oldest)?;
-        Ok(g.settle(c.op, c.receipts, c.delay, c.visibility, c.error)
-            .await)
+        Ok(g.settle(c).await)
     }
 
     /// Leases messages of `group` on `topic`, from whichever core owns the queue.
@@ -183,6 +191,26 @@ impl Queues {
         }
     }
 
+    /// [`Queues::settle`] of a settle another gateway handed on.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn settle_forwarded(
+        &self,
+        shard: &Rc<Shard>,
+        backend: &Backend,
+        topic: &LocalTopic,
+        group: &str,
+        op: SettleOp,
+        receipts: &[String],
+        delay: Option<Duration>,
+        visibility: Option<Duration>,
+        error: Option<String>,
+    ) -> Result<Vec<Outcome>, Error> {
+        self.settle_as(
+            shard, backend, topic, group, op, receipts, delay, visibility, error, true,
+        )
+        .await
+    }
+
     /// Decodes the receipts of a settle (a forged or another group's one fails alone) and
     /// settles them on the core that owns the queue.
     #[allow(clippy::too_many_arguments)]
@@ -197,6 +225,26 @@ impl Queues {
         delay: Option<Duration>,
         visibility: Option<Duration>,
         error: Option<String>,
+    ) -> Result<Vec<Outcome>, Error> {
+        self.settle_as(
+            shard, backend, topic, group, op, receipts, delay, visibility, error, false,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_as(
+        &self,
+        shard: &Rc<Shard>,
+        backend: &Backend,
+        topic: &LocalTopic,
+        group: &str,
+        op: SettleOp,
+        receipts: &[String],
+        delay: Option<Duration>,
+        visibility: Option<Duration>,
+        error: Option<String>,
+        forwarded: bool,
     ) -> Result<Vec<Outcome>, Error> {
         let fp = kateway_core::queue::fingerprint(&topic.name, group);
         let decoded = receipts
@@ -221,6 +269,7 @@ impl Queues {
             delay,
             visibility,
             error,
+            forwarded,
         };
         let owner = owner(&c.topic, &c.group, shard.cores());
         if owner == shard.id {
