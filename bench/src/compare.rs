@@ -26,6 +26,11 @@ pub struct CompareArgs {
     /// them on (a bearer key, a quota charged on every request).
     #[arg(long)]
     pub auth: bool,
+    /// Only what leased delivery costs (scenario `subscribe-lease`): consuming a topic with
+    /// leases and acks of 100 receipts against consuming it with plain offsets, and one ack of
+    /// 100 receipts against one publish.
+    #[arg(long)]
+    pub lease: bool,
     /// CPU the servers run on.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
@@ -217,6 +222,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     )?;
     create_topic(&kateway.addr, "bench", "t", 1)?;
     create_topic(&kateway.addr, "bench", "empty", 1)?;
+    if a.lease {
+        let (rows, v) = crate::lease::run(&a, &kateway)?;
+        let report = json!({"machine": machine(), "settings": {
+            "rounds": a.rounds, "message_bytes": a.size, "server_cpu": a.server_cpu,
+            "client_cpu": a.client_cpu}, "scenarios": {"subscribe-lease": v}});
+        return finish(&a, report, &rows);
+    }
     if a.auth {
         let (rows, v) = crate::auth::run(&a, &kw, &kateway, &tmp.0)?;
         let report = json!({"machine": machine(), "settings": {

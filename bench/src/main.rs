@@ -22,6 +22,7 @@ mod e2e;
 mod h2client;
 mod h2load;
 mod kafka;
+mod lease;
 mod noop;
 mod procstat;
 mod protocols;

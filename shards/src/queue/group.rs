@@ -60,7 +60,8 @@ pub struct QueueGroup {
     /// once asked.
     held: RefCell<Vec<u32>>,
     refreshed: Cell<bool>,
-    overflow: RefCell<VecDeque<Delivered>>,
+    /// Per partition, records read past its full window (or before it opened), in order.
+    overflow: RefCell<BTreeMap<u32, VecDeque<Delivered>>>,
     bytes: Cell<usize>,
     /// Something became deliverable, or room was made.
     pub changed: Event,
@@ -112,7 +113,7 @@ impl QueueGroup {
             parts: RefCell::new(BTreeMap::new()),
             held: RefCell::new(Vec::new()),
             refreshed: Cell::new(false),
-            overflow: RefCell::new(VecDeque::new()),
+            overflow: RefCell::new(BTreeMap::new()),
             bytes: Cell::new(0),
             changed: Event::default(),
             users: Cell::new(0),
@@ -199,15 +200,15 @@ impl QueueGroup {
     }
 
     fn drop_records_of(&self, p: u32) {
-        let mut freed = 0;
-        self.overflow.borrow_mut().retain(|r| {
-            let keep = r.partition != p;
-            if !keep {
-                freed += r.value.len();
-            }
-            keep
-        });
-        self.bytes.set(self.bytes.get().saturating_sub(freed));
+        if let Some(q) = self.overflow.borrow_mut().remove(&p) {
+            let freed: usize = q.iter().map(|r| r.value.len()).sum();
+            self.bytes.set(self.bytes.get().saturating_sub(freed));
+        }
+    }
+
+    /// Records waiting in the overflow.
+    fn overflowed(&self) -> usize {
+        self.overflow.borrow().values().map(VecDeque::len).sum()
     }
 
     /// Closes the windows of partitions this gateway no longer keeps (another member of the
@@ -266,7 +267,11 @@ impl QueueGroup {
                 }
             }
             self.bytes.set(self.bytes.get() + r.value.len());
-            self.overflow.borrow_mut().push_back(r);
+            self.overflow
+                .borrow_mut()
+                .entry(r.partition)
+                .or_default()
+                .push_back(r);
         }
         self.drain_overflow();
         failed.map_or(Ok(()), Err)
@@ -275,16 +280,15 @@ impl QueueGroup {
     /// Opens the windows of partitions that have records waiting in the overflow but no window
     /// (opening failed when they were read).
     async fn open_waiting(&self) -> Result<(), Error> {
-        let mut want: Vec<u32> = {
+        let want: Vec<u32> = {
             let parts = self.parts.borrow();
             self.overflow
                 .borrow()
-                .iter()
-                .map(|r| r.partition)
+                .keys()
+                .copied()
                 .filter(|p| !parts.contains_key(p))
                 .collect()
         };
-        want.dedup();
         for p in want {
             self.ensure(p).await?;
         }
@@ -292,47 +296,45 @@ impl QueueGroup {
         Ok(())
     }
 
-    /// Moves overflow records into their windows while they fit (in order per partition).
+    /// Moves overflow records into their windows while they fit (in order per partition):
+    /// each partition's queue is offered from its front until its window is full.
     fn drain_overflow(&self) {
         let now = now_ms();
-        let mut blocked: Vec<u32> = Vec::new();
-        let mut keep = VecDeque::new();
         let mut added = 0usize;
         let mut parts = self.parts.borrow_mut();
         let mut overflow = self.overflow.borrow_mut();
         let mut bytes = self.bytes.get();
-        while let Some(r) = overflow.pop_front() {
-            let Some(part) = parts.get_mut(&r.partition) else {
-                if self.held.borrow().contains(&r.partition) {
+        let held = self.held.borrow();
+        overflow.retain(|p, q| {
+            let Some(part) = parts.get_mut(p) else {
+                if held.contains(p) {
                     // Its window is not open yet.
-                    keep.push_back(r);
-                } else {
-                    bytes = bytes.saturating_sub(r.value.len());
+                    return true;
                 }
-                continue;
+                bytes = bytes.saturating_sub(q.iter().map(|r| r.value.len()).sum());
+                return false;
             };
-            if blocked.contains(&r.partition) {
-                keep.push_back(r);
-                continue;
-            }
-            match part.q.offer(r.offset, now) {
-                Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
-                    added += 1;
-                    part.records.insert(r.offset, r);
-                }
-                Ok(Entered::Done) => {
-                    part.dirty = true;
-                    bytes = bytes.saturating_sub(r.value.len());
-                }
-                Ok(Entered::Known) => bytes = bytes.saturating_sub(r.value.len()),
-                Err(_) => {
-                    blocked.push(r.partition);
-                    keep.push_back(r);
+            while let Some(r) = q.front() {
+                match part.q.offer(r.offset, now) {
+                    Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
+                        let r = q.pop_front().expect("front");
+                        added += 1;
+                        part.records.insert(r.offset, r);
+                    }
+                    Ok(e) => {
+                        if e == Entered::Done {
+                            part.dirty = true;
+                        }
+                        let r = q.pop_front().expect("front");
+                        bytes = bytes.saturating_sub(r.value.len());
+                    }
+                    Err(_) => break,
                 }
             }
-        }
-        *overflow = keep;
+            !q.is_empty()
+        });
         self.bytes.set(bytes);
+        drop(held);
         drop(parts);
         drop(overflow);
         if added > 0 {
@@ -399,7 +401,7 @@ impl QueueGroup {
                 last_save = Instant::now();
             }
             let room = self.bytes.get() < self.max_bytes()
-                && self.overflow.borrow().len() < OVERFLOW
+                && self.overflowed() < OVERFLOW
                 && !self.held.borrow().is_empty();
             if room && !failing {
                 match sub.next(Instant::now() + TICK).await {

@@ -1,0 +1,296 @@
+//! `compare --lease` (scenario `subscribe-lease`): what leased delivery costs. On one kateway
+//! (one server CPU), in alternating rounds, a fresh topic of messages is consumed whole in
+//! batches of 100, either with plain offsets (auto-ack: one `GET` per batch) or with leases (one
+//! `GET ...&ack=lease` and one `POST .../ack` with the batch's 100 receipts): messages per
+//! server CPU second, and their ratio. Then the cost of one ack of 100 receipts against one
+//! single-message publish, in server CPU per request.
+
+use crate::client::Outcome;
+use crate::compare::{median, stats, CompareArgs, Server};
+use crate::scenario::{self, measure_whole};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+/// Messages per round and mode.
+const N: usize = 50_000;
+/// Messages per batch (subscribe and ack).
+const BATCH: usize = 100;
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn new(addr: &str) -> anyhow::Result<Self> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(Self {
+            r: BufReader::new(s),
+        })
+    }
+
+    /// One request; the status and the body (a `Content-Length` one).
+    fn call(&mut self, head: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        let s = self.r.get_mut();
+        write!(
+            s,
+            "{head} HTTP/1.1\r\nHost: b\r\nAppid: bench\r\nAccept: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut line = String::new();
+        self.r.read_line(&mut line)?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let (mut len, mut chunked) = (0, false);
+        loop {
+            line.clear();
+            self.r.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            let l = line.to_ascii_lowercase();
+            if let Some(v) = l.strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+            chunked |= l.starts_with("transfer-encoding") && l.contains("chunked");
+        }
+        if !chunked {
+            let mut body = vec![0; len];
+            self.r.read_exact(&mut body)?;
+            return Ok((status, body));
+        }
+        let mut body = Vec::new();
+        loop {
+            line.clear();
+            self.r.read_line(&mut line)?;
+            let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)?;
+            let mut chunk = vec![0; n + 2];
+            self.r.read_exact(&mut chunk)?;
+            if n == 0 {
+                return Ok((status, body));
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Publishes `n` messages of `size` bytes to `bench.<topic>` in batches (not measured).
+fn fill(addr: &str, topic: &str, n: usize, size: usize) -> anyhow::Result<()> {
+    scenario::create_topic(addr, "bench", topic, 4)?;
+    let mut c = Conn::new(addr)?;
+    let line = "x".repeat(size);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let body = format!("{line}\n").repeat(k);
+        let mut s = c.r.get_mut().try_clone()?;
+        write!(
+            s,
+            "POST /v1/msgs/{topic}/v1?ack=local HTTP/1.1\r\nHost: b\r\nAppid: bench\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(body.as_bytes())?;
+        let mut line = String::new();
+        c.r.read_line(&mut line)?;
+        anyhow::ensure!(line.contains(" 201 "), "fill: {line}");
+        let mut len = 0;
+        loop {
+            line.clear();
+            c.r.read_line(&mut line)?;
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+        }
+        let mut b = vec![0; len];
+        c.r.read_exact(&mut b)?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// The receipts of a leased batch of JSON lines.
+fn receipts(body: &[u8]) -> anyhow::Result<Vec<String>> {
+    body.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_slice(l)?;
+            v["receipt"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no receipt"))
+        })
+        .collect()
+}
+
+/// Consumes all `n` messages of `bench.<topic>`, leased or not; the requests made and messages.
+fn consume(addr: &str, topic: &str, n: usize, leased: bool) -> anyhow::Result<Outcome> {
+    let mut c = Conn::new(addr)?;
+    let (mut got, mut requests) = (0, 0u64);
+    let t0 = Instant::now();
+    let q = if leased {
+        "&ack=lease&visibility=10m"
+    } else {
+        ""
+    };
+    while got < n {
+        let (st, body) = c.call(
+            &format!("GET /v1/msgs/bench/{topic}/v1?group=g&batch={BATCH}&wait=1s{q}"),
+            b"",
+        )?;
+        requests += 1;
+        anyhow::ensure!(st == 200 || st == 204, "subscribe: {st}");
+        anyhow::ensure!(t0.elapsed().as_secs() < 300, "only {got} of {n} messages");
+        if st == 204 {
+            continue;
+        }
+        let lines = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        got += lines;
+        if leased {
+            let r = receipts(&body)?;
+            let ack = serde_json::to_vec(&json!({ "receipts": r }))?;
+            let (st, _) = c.call(&format!("POST /v1/queue/bench/{topic}/v1/g/ack"), &ack)?;
+            anyhow::ensure!(st == 200, "ack: {st}");
+            requests += 1;
+        }
+    }
+    Ok(Outcome {
+        requests,
+        messages: got as u64,
+        seconds: t0.elapsed().as_secs_f64(),
+        ..Outcome::default()
+    })
+}
+
+/// Server CPU microseconds per ack of 100 receipts and per single publish (`ack=local`),
+/// `cycles` times `16000` messages leased then acked.
+fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64)> {
+    let pid = Some(s.child.id());
+    let (mut ack_cpu, mut acks) = (0.0, 0u64);
+    for cycle in 0..cycles {
+        let topic = format!("ack{cycle}");
+        fill(&s.addr, &topic, 16_000, size)?;
+        let mut c = Conn::new(&s.addr)?;
+        let mut batches = Vec::new();
+        let mut n = 0;
+        while n < 16_000 {
+            let (st, body) = c.call(
+                &format!("GET /v1/msgs/bench/{topic}/v1?group=g&batch={BATCH}&wait=1s&ack=lease&visibility=10m"),
+                b"",
+            )?;
+            anyhow::ensure!(st == 200 || st == 204, "lease: {st}");
+            if st == 200 {
+                let r = receipts(&body)?;
+                n += r.len();
+                batches.push(serde_json::to_vec(&json!({ "receipts": r }))?);
+            }
+        }
+        let m = measure_whole(pid, || {
+            let mut o = Outcome::default();
+            for b in &batches {
+                if let Ok((200, _)) = c.call(&format!("POST /v1/queue/bench/{topic}/v1/g/ack"), b) {
+                    o.requests += 1;
+                }
+            }
+            o
+        });
+        ack_cpu += m.server_cpu_s;
+        acks += m.outcome.requests;
+    }
+    let payload = scenario::payload(size);
+    let mut c = Conn::new(&s.addr)?;
+    let n = acks.max(1000);
+    let m = measure_whole(pid, || {
+        let mut o = Outcome::default();
+        for _ in 0..n {
+            if let Ok((201, _)) = c.call("POST /v1/msgs/t/v1?ack=local", &payload) {
+                o.requests += 1;
+            }
+        }
+        o
+    });
+    Ok((
+        ack_cpu * 1e6 / acks.max(1) as f64,
+        m.server_cpu_s * 1e6 / m.outcome.requests.max(1) as f64,
+    ))
+}
+
+/// Runs the scenario on `kateway`; returns the table rows and the report's scenario.
+pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Value)> {
+    let pid = Some(kateway.child.id());
+    let mut per_cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..a.rounds {
+        for k in 0..2 {
+            let leased = (k + round) % 2 == 1;
+            let name = if leased { "leases" } else { "offsets" };
+            let topic = format!("sub{round}{name}");
+            fill(&kateway.addr, &topic, N, a.size)?;
+            eprintln!("[subscribe-lease] round {} {name}", round + 1);
+            let mut err = None;
+            let m = measure_whole(pid, || match consume(&kateway.addr, &topic, N, leased) {
+                Ok(o) => o,
+                Err(e) => {
+                    err = Some(e);
+                    Outcome::default()
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            let v = m.outcome.messages as f64 / m.server_cpu_s.max(1e-9);
+            eprintln!(
+                "    {:.0} msg/s, {v:.0} msg per server CPU s, {} requests",
+                m.outcome.messages as f64 / m.outcome.seconds.max(1e-9),
+                m.outcome.requests
+            );
+            per_cpu[usize::from(leased)].push(v);
+        }
+    }
+    let ratio: Vec<f64> = per_cpu[1]
+        .iter()
+        .zip(&per_cpu[0])
+        .map(|(l, o)| l / o)
+        .collect();
+    eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
+    let (ack_us, publish_us) = ack_cost(kateway, a.size, 4)?;
+    let rows = vec![
+        format!(
+            "| subscribe batch={BATCH}, offsets (auto-ack) | {:.0} msg per server CPU s |",
+            median(&per_cpu[0])
+        ),
+        format!(
+            "| subscribe batch={BATCH}, leases + ack of {BATCH} receipts | {:.0} msg per server CPU s |",
+            median(&per_cpu[1])
+        ),
+        format!(
+            "| **leases/offsets** | ×{:.3} (min {:.3}, max {:.3}) |",
+            median(&ratio),
+            ratio.iter().cloned().fold(f64::INFINITY, f64::min),
+            ratio.iter().cloned().fold(0.0, f64::max)
+        ),
+        format!("| one ack of {BATCH} receipts | {ack_us:.1} µs server CPU |"),
+        format!("| one single-message publish (ack=local) | {publish_us:.1} µs server CPU |"),
+    ];
+    let v = json!({
+        "offsets": {"messages_per_cpu_s": stats(&per_cpu[0])},
+        "leases": {"messages_per_cpu_s": stats(&per_cpu[1])},
+        "leases/offsets": stats(&ratio),
+        "ack_100_cpu_us": ack_us,
+        "publish_cpu_us": publish_us,
+        "messages_per_round": N,
+        "batch": BATCH,
+    });
+    Ok((rows, v))
+}
