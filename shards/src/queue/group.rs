@@ -454,7 +454,8 @@ impl QueueGroup {
     async fn move_dead(&self) -> Result<(), Error> {
         let mut batch = Vec::new();
         let mut offsets = Vec::new();
-        for (&p, part) in self.parts.borrow().iter() {
+        // Counting is O(1); listing walks the window, so only where there are dead letters.
+        for (&p, part) in self.parts.borrow().iter().filter(|(_, p)| p.q.stats().dead > 0) {
             for o in part.q.dead_letters() {
                 let (Some(r), Some(v)) = (part.records.get(&o), part.q.slot(o)) else {
                     continue;
