@@ -212,11 +212,13 @@ impl Pepper {
         hmac::verify(&self.0, secret.as_bytes(), stored).is_ok()
     }
 
-    /// A key for another purpose (such as signing receipts), derived from the pepper and
-    /// `label`: every gateway with the same pepper derives the same one.
-    pub fn derive(&self, label: &str) -> ring::hmac::Key {
+    /// 32 secret bytes for another purpose (such as tagging receipts), derived from the pepper
+    /// and `label`: every gateway with the same pepper derives the same ones.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
         let tag = hmac::sign(&self.0, format!("kateway derive {label}").as_bytes());
-        hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref())
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// A public fingerprint of the pepper, stored beside each hash, so a gateway that was given

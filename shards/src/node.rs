@@ -36,7 +36,7 @@ impl Core {
         writer: Option<Rc<crate::tenancy::writer::Writer>>,
     ) -> Self {
         let queues = Rc::new(crate::queue::Queues::new(
-            shard.tenancy.derive_key("receipts"),
+            &shard.tenancy.derive_key("receipts"),
         ));
         Self {
             queues,

@@ -21,7 +21,7 @@ pub mod receipt;
 pub mod window;
 
 pub use checkpoint::{Attempted, Checkpoint, CheckpointError};
-pub use receipt::{fingerprint, Receipt, ReceiptError};
+pub use receipt::{fingerprint, Receipt, ReceiptError, ReceiptKey};
 pub use window::{
     Ack, Backoff, Committed, Entered, Failure, Jitter, Lease, LeaseId, Next, PartitionQueue,
     Policy, QueueError, Recovery, SlotState, SlotView, Stats,

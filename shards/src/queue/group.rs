@@ -18,13 +18,13 @@ use crate::request::Fetch;
 use crate::shard::{now_ms, Shard};
 use kateway_core::queue::{
     Ack, Backoff, Checkpoint, Committed, Entered, Jitter, Next, PartitionQueue, Policy, QueueError,
-    Receipt,
+    Receipt, ReceiptKey,
 };
 use kateway_core::{Delivered, Error, ErrorKind, Leased, Reset};
 use kateway_proto::command::SettleOp;
-use ring::hmac;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// One partition's window and the records it holds.
 struct Part {
     q: PartitionQueue,
-    records: HashMap<u64, Delivered>,
+    records: FxHashMap<u64, Delivered>,
     /// The last error a consumer reported per offset (for dead letters).
-    errors: HashMap<u64, String>,
+    errors: FxHashMap<u64, String>,
     dirty: bool,
 }
 
@@ -51,7 +51,7 @@ pub struct QueueGroup {
     pub topic: Rc<LocalTopic>,
     pub group: String,
     fingerprint: u32,
-    key: Rc<hmac::Key>,
+    key: Rc<ReceiptKey>,
     policy: Policy,
     capacity: usize,
     reset: Reset,
@@ -85,7 +85,7 @@ impl QueueGroup {
         backend: Backend,
         topic: Rc<LocalTopic>,
         group: String,
-        key: Rc<hmac::Key>,
+        key: Rc<ReceiptKey>,
         reset: Reset,
     ) -> Self {
         let q = &shard.cfg.queue;
@@ -191,8 +191,8 @@ impl QueueGroup {
             p,
             Part {
                 q,
-                records: HashMap::new(),
-                errors: HashMap::new(),
+                records: FxHashMap::default(),
+                errors: FxHashMap::default(),
                 dirty: false,
             },
         );

@@ -18,10 +18,9 @@ use crate::metrics;
 use crate::request::{Answer, Request};
 use crate::shard::Shard;
 use group::QueueGroup;
-use kateway_core::queue::Receipt;
+use kateway_core::queue::{Receipt, ReceiptKey};
 use kateway_core::{Delivered, Error, ErrorKind, Reset};
 use kateway_proto::command::SettleOp;
-use ring::hmac;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -50,7 +49,7 @@ type Registry = Rc<RefCell<HashMap<(Rc<str>, String), Rc<QueueGroup>>>>;
 
 /// This core's queues.
 pub struct Queues {
-    key: Rc<hmac::Key>,
+    key: Rc<ReceiptKey>,
     groups: Registry,
 }
 
@@ -89,9 +88,9 @@ pub struct SettleCall {
 }
 
 impl Queues {
-    pub fn new(key: hmac::Key) -> Self {
+    pub fn new(secret: &[u8]) -> Self {
         Self {
-            key: Rc::new(key),
+            key: Rc::new(ReceiptKey::new(secret)),
             groups: Rc::default(),
         }
     }

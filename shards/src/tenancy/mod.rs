@@ -111,7 +111,7 @@ pub struct Tenancy {
 impl Tenancy {
     /// A core's tenancy state, before any view is installed (not ready).
     /// A key derived from the pepper for `label` (the same on every gateway with the pepper).
-    pub fn derive_key(&self, label: &str) -> ring::hmac::Key {
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
         self.pepper.derive(label)
     }
 
