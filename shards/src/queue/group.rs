@@ -22,8 +22,8 @@ use kateway_core::queue::{
 };
 use kateway_core::{Delivered, Error, ErrorKind, Leased, Reset};
 use kateway_proto::command::SettleOp;
-use std::cell::{Cell, RefCell};
 use rustc_hash::FxHashMap;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -65,6 +65,9 @@ pub struct QueueGroup {
     bytes: Cell<usize>,
     /// Something became deliverable, or room was made.
     pub changed: Event,
+    /// Settles made room in the windows or the read-ahead budget (what a pump without room
+    /// waits for).
+    room: Event,
     /// Leases or settles in progress, and when the group was last used.
     users: Cell<usize>,
     last_used: Cell<Instant>,
@@ -116,6 +119,7 @@ impl QueueGroup {
             overflow: RefCell::new(BTreeMap::new()),
             bytes: Cell::new(0),
             changed: Event::default(),
+            room: Event::default(),
             users: Cell::new(0),
             last_used: Cell::new(Instant::now()),
             turn: Cell::new(0),
@@ -419,9 +423,9 @@ impl QueueGroup {
                 }
             } else {
                 failing = false;
-                let seen = self.changed.epoch();
+                let seen = self.room.epoch();
                 monoio::select! {
-                    _ = self.changed.wait(seen) => {}
+                    _ = self.room.wait(seen) => {}
                     _ = self.shard.sleep(TICK) => {}
                 }
                 self.drain_overflow();
@@ -455,7 +459,12 @@ impl QueueGroup {
         let mut batch = Vec::new();
         let mut offsets = Vec::new();
         // Counting is O(1); listing walks the window, so only where there are dead letters.
-        for (&p, part) in self.parts.borrow().iter().filter(|(_, p)| p.q.stats().dead > 0) {
+        for (&p, part) in self
+            .parts
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.q.stats().dead > 0)
+        {
             for o in part.q.dead_letters() {
                 let (Some(r), Some(v)) = (part.records.get(&o), part.q.slot(o)) else {
                     continue;
@@ -644,7 +653,13 @@ impl QueueGroup {
                     continue;
                 }
             };
-            match self.ensure(r.partition).await {
+            // Most receipts name an open window: no future to build for them.
+            let open = if self.parts.borrow().contains_key(&r.partition) {
+                Ok((true, false))
+            } else {
+                self.ensure(r.partition).await
+            };
+            match open {
                 Ok((true, _)) => {}
                 Ok((false, _)) if !c.forwarded => {
                     elsewhere.push((i, r.encode(&self.key)));
@@ -753,8 +768,17 @@ impl QueueGroup {
                 }
             }
         }
-        // Nacked messages may be deliverable at once; the pump may have room again.
-        self.changed.notify();
+        // Nacked messages may be deliverable at once: leasers look again.
+        if out
+            .iter()
+            .any(|o| matches!(o, Outcome::Retry { .. } | Outcome::Dead))
+        {
+            self.changed.notify();
+        }
+        // A pump waiting for room reads on (an ack or a burial moved a watermark or freed bytes).
+        if self.overflowed() > 0 || self.bytes.get() >= self.max_bytes() {
+            self.room.notify();
+        }
         out
     }
 
