@@ -176,6 +176,8 @@ pub struct QueueConfig {
     pub checkpoint_interval: Dur,
     /// How long a group's queue with no subscriber and nothing leased stays in memory.
     pub idle_timeout: Dur,
+    /// Leased groups' queues one core keeps at most; past it a new one is refused (429).
+    pub max_groups_per_core: u32,
 }
 
 /// `[idempotency]`: publishes with an `Idempotency-Key`.
@@ -363,6 +365,12 @@ impl Config {
         let q = &self.queue;
         range("queue.window", q.window.into(), 16, 1 << 20)?;
         range("queue.max_attempts", q.max_attempts.into(), 1, 1000)?;
+        range(
+            "queue.max_groups_per_core",
+            q.max_groups_per_core.into(),
+            1,
+            1_000_000,
+        )?;
         if q.visibility.0.is_zero() || q.visibility.0 > q.max_visibility.0 {
             return Err("queue.visibility must be above 0 and at most queue.max_visibility".into());
         }

@@ -16,6 +16,7 @@ on_both_backends!(
     receipts_cannot_be_forged_or_used_on_another_group,
     acked_messages_stay_acked_across_kill_9,
     dead_letters_are_counted_peeked_redriven_and_purged,
+    a_topic_created_again_starts_its_queues_afresh,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -713,4 +714,75 @@ fn kafka_acks_sent_to_the_other_gateway_are_honoured() {
         let ids: Vec<usize> = again.iter().map(|m| num(&m.value)).collect();
         assert!(ids.is_empty(), "delivered again after their acks: {ids:?}");
     }
+}
+
+/// A topic deleted while messages are leased, then created again under its name: its groups'
+/// queues start afresh (no state of the old topic: every new message is delivered).
+fn a_topic_created_again_starts_its_queues_afresh(b: Backend) {
+    let g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    publish_numbered(&g, &app1, 10);
+    let mut c = g.connect();
+    let got = lease(&mut c, &app1, &app2, "g", "batch=5&wait=5s&visibility=1h");
+    assert_eq!(got.len(), 5);
+    let receipts: Vec<&String> = got[1..3].iter().map(|m| &m.receipt).collect();
+    settle(
+        &mut c,
+        &app1,
+        &app2,
+        "g",
+        "ack",
+        serde_json::json!({ "receipts": receipts }),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let r = g.req(
+        "DELETE",
+        &format!("/v1/topics/{app1}/t/v1"),
+        &[("Appid", app1.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Kafka deletes a topic in the background: creating it again may take a few tries.
+    let t0 = Instant::now();
+    loop {
+        let r = g.req(
+            "POST",
+            &format!("/v1/topics/{app1}/t/v1?partitions=1"),
+            &[],
+            b"",
+        );
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for i in 100..110 {
+        g.publish(&app1, "t", "ack=all", format!("{i}").as_bytes());
+    }
+    let mut ids = Vec::new();
+    let t0 = Instant::now();
+    while ids.len() < 10 && t0.elapsed() < Duration::from_secs(30) {
+        let got = lease(&mut c, &app1, &app2, "g", "batch=10&wait=2s");
+        let receipts: Vec<&String> = got.iter().map(|m| &m.receipt).collect();
+        ids.extend(got.iter().map(|m| num(&m.value)));
+        if !receipts.is_empty() {
+            settle(
+                &mut c,
+                &app1,
+                &app2,
+                "g",
+                "ack",
+                serde_json::json!({ "receipts": receipts }),
+            );
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (100..110).collect::<Vec<_>>());
 }

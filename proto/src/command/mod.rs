@@ -455,7 +455,10 @@ impl<'a> Command<'a> {
             } => {
                 validate_part("appid", appid)?;
                 validate_part("group", group)?;
-                let max = num(q, "max")?.unwrap_or(100usize).clamp(1, 10_000);
+                let max = num(q, "max")?.unwrap_or(100usize);
+                if !(1..=10_000).contains(&max) {
+                    return Err(Error::param("max must be 1..=10000"));
+                }
                 let op = match (action, method) {
                     (None, Method::Delete) => DeadLetterOp::Purge,
                     (None, _) => DeadLetterOp::Count,

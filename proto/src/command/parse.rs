@@ -243,7 +243,10 @@ pub(super) fn subscribe<'a>(
     let ack = if explicit { ack_headers(parts)? } else { None };
     let lease = match query::raw(q, "ack") {
         Some("lease") => Some(Leasing {
-            visibility: duration(q, "visibility")?,
+            visibility: match duration(q, "visibility")? {
+                Some(v) if v.is_zero() => return Err(Error::param("visibility must be above 0")),
+                v => v,
+            },
         }),
         None | Some("0") | Some("1") | Some("true") | Some("false") => {
             if query::raw(q, "visibility").is_some() {
@@ -415,8 +418,8 @@ fn checked(mut s: Settle<'_>) -> Result<Settle<'_>, Error> {
         e.truncate(end);
         *e = e.replace(['\n', '\r', ';'], " ");
     }
-    if s.op == SettleOp::Extend && s.visibility.is_none() {
-        return Err(Error::param("extend needs visibility"));
+    if s.op == SettleOp::Extend && !s.visibility.is_some_and(|v| !v.is_zero()) {
+        return Err(Error::param("extend needs a visibility above 0"));
     }
     Ok(s)
 }

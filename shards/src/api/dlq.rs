@@ -32,13 +32,14 @@ pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
         Ok(t) => t,
         // No dead letter yet.
         Err(e) if e.kind() == ErrorKind::UnknownTopic => {
+            let topic = format!("{app}.{name}.v1");
+            let body = |v: serde_json::Value| Reply::json(200, v.to_string());
             return Ok(match d.op {
                 DeadLetterOp::Peek { .. } => Reply::empty(204),
-                _ => Reply::json(
-                    200,
-                    json!({"topic": format!("{app}.{name}.v1"), "messages": 0}).to_string(),
-                ),
-            })
+                DeadLetterOp::Count => body(json!({"topic": topic, "messages": 0})),
+                DeadLetterOp::Purge => body(json!({"topic": topic, "purged": 0})),
+                DeadLetterOp::Redrive { .. } => body(json!({"redriven": 0})),
+            });
         }
         Err(e) => return Err(e),
     };

@@ -140,8 +140,14 @@ impl Backend {
     /// Closes this core's partitions of a topic being removed.
     pub fn drop_topic(&self, name: &str) {
         match self {
-            Backend::Embedded(s) => s.logs.forget_topic(name),
-            Backend::Kafka(k) => k.buffer.forget_topic(name),
+            Backend::Embedded(s) => {
+                s.logs.forget_topic(name);
+                s.forget_queues(name);
+            }
+            Backend::Kafka(k) => {
+                k.buffer.forget_topic(name);
+                kafka::groups::leave_topic(k, name);
+            }
         }
     }
 

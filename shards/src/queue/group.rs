@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 const READ_BATCH: usize = 500;
 /// Records read past full windows that the pump keeps before it stops reading.
 const OVERFLOW: usize = 4096;
+/// Deliverable messages the pump keeps read ahead (beyond them it reads when leases take some):
+/// a group nobody leases from holds little, whatever its backlog.
+const PREFETCH: usize = 1000;
 /// The pump's longest sleep: lease expiry and dead letters are handled at least this often.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -127,6 +130,14 @@ impl QueueGroup {
         }
     }
 
+    /// Whether the topic this queue reads is still the catalog's (not deleted, nor deleted and
+    /// created again).
+    pub fn current(&self) -> bool {
+        self.shard
+            .topic(&self.topic.name)
+            .is_ok_and(|t| t.created_ms == self.topic.created_ms)
+    }
+
     fn max_bytes(&self) -> usize {
         self.shard.cfg.queue.max_window_bytes.0 as usize
     }
@@ -208,6 +219,17 @@ impl QueueGroup {
             let freed: usize = q.iter().map(|r| r.value.len()).sum();
             self.bytes.set(self.bytes.get().saturating_sub(freed));
         }
+    }
+
+    /// Messages read and not leased yet: deliverable in the windows, and waiting in the overflow.
+    fn deliverable(&self) -> usize {
+        let pending: usize = self
+            .parts
+            .borrow()
+            .values()
+            .map(|p| p.q.stats().pending)
+            .sum();
+        pending + self.overflowed()
     }
 
     /// Records waiting in the overflow.
@@ -375,6 +397,12 @@ impl QueueGroup {
             if self.shard.stopping() || self.shard.shutdown.get() {
                 break;
             }
+            if !self.current() {
+                // Deleted: its state goes with it (the checkpoints are removed by the deletion).
+                self.closed.set(true);
+                self.changed.notify();
+                return;
+            }
             if last_held.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 match self.refresh_held().await {
                     Ok(()) => last_held = Some(Instant::now()),
@@ -406,6 +434,7 @@ impl QueueGroup {
             }
             let room = self.bytes.get() < self.max_bytes()
                 && self.overflowed() < OVERFLOW
+                && self.deliverable() < PREFETCH
                 && !self.held.borrow().is_empty();
             if room && !failing {
                 match sub.next(Instant::now() + TICK).await {
@@ -559,6 +588,10 @@ impl QueueGroup {
         loop {
             self.expire();
             let got = self.take_leases(max, max_bytes, vis);
+            if !got.is_empty() && self.deliverable() < PREFETCH {
+                // The pump reads ahead again.
+                self.room.notify();
+            }
             if !got.is_empty() {
                 // Room was made for the pump only by settles; leasing changes nothing it waits on.
                 return Ok(got);

@@ -107,8 +107,26 @@ impl Queues {
         dead::topic_of(group)?;
         let id = (topic.name.clone(), group.to_owned());
         if let Some(g) = self.groups.borrow().get(&id) {
-            if !g.closed.get() {
+            if !g.closed.get() && g.current() {
                 return Ok(g.clone());
+            }
+            // Its topic was deleted (and maybe created again): a new queue starts.
+            g.closed.set(true);
+        }
+        let limit = shard.cfg.queue.max_groups_per_core as usize;
+        {
+            let mut groups = self.groups.borrow_mut();
+            if groups.len() >= limit {
+                groups.retain(|_, g| !g.closed.get());
+            }
+            if groups.len() >= limit {
+                return Err(Error::new(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "this core keeps {limit} leased groups' queues (queue.max_groups_per_core)"
+                    ),
+                )
+                .with_retry_after(5));
             }
         }
         let g = Rc::new(QueueGroup::new(

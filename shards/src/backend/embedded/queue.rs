@@ -11,6 +11,26 @@ use kateway_core::{Error, ErrorKind, Groups};
 use std::path::PathBuf;
 
 impl Store {
+    /// Removes the queue checkpoints of a deleted topic (a topic created again under its name
+    /// starts its groups' queues afresh).
+    pub fn forget_queues(&self, topic: &str) {
+        let dir = self
+            .logs
+            .shard
+            .cfg
+            .store
+            .data_dir
+            .join("queues")
+            .join(topic);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot remove a deleted topic's queue checkpoints: {e}")
+            }
+        }
+    }
+
     fn checkpoint_path(&self, topic: &str, group: &str, p: u32) -> PathBuf {
         self.logs
             .shard
@@ -74,6 +94,14 @@ impl Store {
         watermark: u64,
         checkpoint: &[u8],
     ) -> Result<(), Error> {
+        // Not for a topic deleted (or created again) since the queue read it.
+        let current = self.logs.shard.topic(&topic.name);
+        if !current.is_ok_and(|t| t.created_ms == topic.created_ms) {
+            return Err(Error::new(
+                ErrorKind::UnknownTopic,
+                format!("topic {} was deleted", topic.name),
+            ));
+        }
         let path = self.checkpoint_path(&topic.name, group, p);
         let failed = |e: &dyn std::fmt::Display| {
             Error::new(

@@ -217,6 +217,25 @@ pub async fn commit(
     rx.recv_async().await.map_err(|_| closed())?
 }
 
+/// Makes this process's memberships of `topic` leave their groups (the topic was deleted: a
+/// topic created again under its name is joined afresh), without waiting.
+pub fn leave_topic(k: &Kafka, topic: &str) {
+    let suffix = format!("\n{topic}");
+    k.groups.borrow_mut().retain(|id, _| !id.ends_with(&suffix));
+    let mut reg = k.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
+    let gone: Vec<String> = reg
+        .keys()
+        .filter(|id| id.ends_with(&suffix))
+        .cloned()
+        .collect();
+    for id in gone {
+        if let Some(tx) = reg.remove(&id) {
+            let (done, _) = flume::bounded(1);
+            let _ = tx.try_send(GroupReq::Leave { done });
+        }
+    }
+}
+
 /// Makes every membership of this process leave its group, waiting at most `limit`.
 pub fn leave_all(shared: &KafkaShared, limit: Duration) {
     let members: Vec<flume::Sender<GroupReq>> = shared

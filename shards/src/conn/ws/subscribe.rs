@@ -106,7 +106,7 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
                         Err(e) => {
                             let e = Error::new(
                                 ErrorKind::InvalidBody,
-                                format!("expected {{\"credit\":n}} or {{\"ack\":[p,o]}}: {e}"),
+                                format!("expected {{\"credit\":n}}, {{\"ack\":[p,o]}} or {{\"settle\":op,\"receipts\":[...]}}: {e}"),
                             );
                             let t = ack_text(Reply::error(&e));
                             ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
