@@ -418,7 +418,7 @@ fn checked(mut s: Settle<'_>) -> Result<Settle<'_>, Error> {
         e.truncate(end);
         *e = e.replace(['\n', '\r', ';'], " ");
     }
-    if s.op == SettleOp::Extend && !s.visibility.is_some_and(|v| !v.is_zero()) {
+    if s.op == SettleOp::Extend && s.visibility.is_none_or(|v| v.is_zero()) {
         return Err(Error::param("extend needs a visibility above 0"));
     }
     Ok(s)
