@@ -75,16 +75,24 @@ pub fn open(cfg: &Config, bridge: Option<&BridgeConfig>) -> Result<IdemInit, Str
         (Kind::Kafka, Some(b)) => {
             let topic = cfg.kafka.idempotency_topic.clone();
             let keep_ms = 2 * cfg.idempotency.window.0.as_millis() as u64;
-            if let Err(e) = metatopic::ensure_log(b, &topic, cfg.kafka.replication_factor, keep_ms)
-            {
-                tracing::warn!(
-                    topic,
-                    "cannot create the idempotency topic yet ({e}); following it anyway"
-                );
-            }
             let (tx, rx) = flume::unbounded();
-            metatopic::follow(b, &topic, stop.clone(), move |ev| tx.send(ev).is_ok())
-                .map_err(|e| format!("cannot follow the idempotency topic {topic}: {e}"))?;
+            // Created and followed off the start path: Kafka may not answer yet.
+            let (b2, t2, s2) = (b.clone(), topic.clone(), stop.clone());
+            let replicas = cfg.kafka.replication_factor;
+            std::thread::Builder::new()
+                .name("kateway-idem-start".into())
+                .spawn(move || {
+                    if let Err(e) = metatopic::ensure_log(&b2, &t2, replicas, keep_ms) {
+                        tracing::warn!(
+                            topic = t2,
+                            "cannot create the idempotency topic yet ({e}); following it anyway"
+                        );
+                    }
+                    if let Err(e) = metatopic::follow(&b2, &t2, s2, move |ev| tx.send(ev).is_ok()) {
+                        tracing::error!(topic = t2, "cannot follow the idempotency topic: {e}");
+                    }
+                })
+                .map_err(|e| format!("cannot start the idempotency follower: {e}"))?;
             Ok(IdemInit {
                 store: Store::Kafka { topic },
                 records: Vec::new(),

@@ -42,17 +42,25 @@ pub fn open(cfg: &Config, bridge: Option<&BridgeConfig>) -> Result<Option<Forwar
     let (Kind::Kafka, Some(b)) = (cfg.store.backend, bridge) else {
         return Ok(None);
     };
-    let topic = &cfg.kafka.queue_settle_topic;
-    if let Err(e) = metatopic::ensure_log(b, topic, cfg.kafka.replication_factor, 3_600_000) {
-        tracing::warn!(
-            topic,
-            "cannot create the queue settle topic yet ({e}); following it anyway"
-        );
-    }
+    let topic = cfg.kafka.queue_settle_topic.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = flume::unbounded();
-    metatopic::follow_new(b, topic, stop.clone(), move |ev| tx.send(ev).is_ok())
-        .map_err(|e| format!("cannot follow the queue settle topic {topic}: {e}"))?;
+    // Created and followed off the start path: Kafka may not answer yet.
+    let (b, s, replicas) = (b.clone(), stop.clone(), cfg.kafka.replication_factor);
+    std::thread::Builder::new()
+        .name("kateway-qsettle-start".into())
+        .spawn(move || {
+            if let Err(e) = metatopic::ensure_log(&b, &topic, replicas, 3_600_000) {
+                tracing::warn!(
+                    topic,
+                    "cannot create the queue settle topic yet ({e}); following it anyway"
+                );
+            }
+            if let Err(e) = metatopic::follow_new(&b, &topic, s, move |ev| tx.send(ev).is_ok()) {
+                tracing::error!(topic, "cannot follow the queue settle topic: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start the queue settle follower: {e}"))?;
     Ok(Some(ForwardInit { rx, stop }))
 }
 
