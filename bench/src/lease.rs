@@ -32,12 +32,22 @@ impl Conn {
         })
     }
 
-    /// One request; the status and the body (a `Content-Length` one).
+    /// One request; the status and the body (`Content-Length` or chunked).
     fn call(&mut self, head: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.call_as(head, "application/json", body)
+    }
+
+    /// [`Conn::call`] with a body of `content_type`.
+    fn call_as(
+        &mut self,
+        head: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         let s = self.r.get_mut();
         write!(
             s,
-            "{head} HTTP/1.1\r\nHost: b\r\nAppid: bench\r\nAccept: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            "{head} HTTP/1.1\r\nHost: b\r\nAppid: bench\r\nAccept: application/x-ndjson\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )?;
         s.write_all(body)?;
@@ -90,29 +100,9 @@ fn fill(addr: &str, topic: &str, n: usize, size: usize) -> anyhow::Result<()> {
     while left > 0 {
         let k = left.min(1000);
         let body = format!("{line}\n").repeat(k);
-        let mut s = c.r.get_mut().try_clone()?;
-        write!(
-            s,
-            "POST /v1/msgs/{topic}/v1?ack=local HTTP/1.1\r\nHost: b\r\nAppid: bench\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )?;
-        s.write_all(body.as_bytes())?;
-        let mut line = String::new();
-        c.r.read_line(&mut line)?;
-        anyhow::ensure!(line.contains(" 201 "), "fill: {line}");
-        let mut len = 0;
-        loop {
-            line.clear();
-            c.r.read_line(&mut line)?;
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse()?;
-            }
-        }
-        let mut b = vec![0; len];
-        c.r.read_exact(&mut b)?;
+        let head = format!("POST /v1/msgs/{topic}/v1?ack=local");
+        let (st, _) = c.call_as(&head, "application/x-ndjson", body.as_bytes())?;
+        anyhow::ensure!(st == 201, "fill: {st}");
         left -= k;
     }
     Ok(())

@@ -87,6 +87,7 @@ pub async fn settle(core: &Rc<Core>, caller: Caller<'_>, s: Settle<'_>) -> Resul
             s.delay,
             s.visibility,
             s.error,
+            false,
         )
         .await?;
     if let [Outcome::Failed(e)] = &out[..] {

@@ -148,7 +148,7 @@ pub async fn run(core: Rc<Core>, init: ForwardInit) {
         };
         let r = core
             .queues
-            .settle_forwarded(
+            .settle(
                 &shard,
                 &core.backend,
                 &topic,
@@ -158,6 +158,7 @@ pub async fn run(core: Rc<Core>, init: ForwardInit) {
                 f.delay_ms.map(Duration::from_millis),
                 f.visibility_ms.map(Duration::from_millis),
                 f.error,
+                true,
             )
             .await;
         if let Err(e) = r {

@@ -208,49 +208,11 @@ impl Queues {
         }
     }
 
-    /// [`Queues::settle`] of a settle another gateway handed on.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn settle_forwarded(
-        &self,
-        shard: &Rc<Shard>,
-        backend: &Backend,
-        topic: &LocalTopic,
-        group: &str,
-        op: SettleOp,
-        receipts: &[String],
-        delay: Option<Duration>,
-        visibility: Option<Duration>,
-        error: Option<String>,
-    ) -> Result<Vec<Outcome>, Error> {
-        self.settle_as(
-            shard, backend, topic, group, op, receipts, delay, visibility, error, true,
-        )
-        .await
-    }
-
     /// Decodes the receipts of a settle (a forged or another group's one fails alone) and
-    /// settles them on the core that owns the queue.
+    /// settles them on the core that owns the queue. `forwarded`: handed on by another gateway
+    /// (applied here or dropped, never handed on again).
     #[allow(clippy::too_many_arguments)]
     pub async fn settle(
-        &self,
-        shard: &Rc<Shard>,
-        backend: &Backend,
-        topic: &LocalTopic,
-        group: &str,
-        op: SettleOp,
-        receipts: &[String],
-        delay: Option<Duration>,
-        visibility: Option<Duration>,
-        error: Option<String>,
-    ) -> Result<Vec<Outcome>, Error> {
-        self.settle_as(
-            shard, backend, topic, group, op, receipts, delay, visibility, error, false,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn settle_as(
         &self,
         shard: &Rc<Shard>,
         backend: &Backend,
