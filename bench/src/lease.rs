@@ -164,9 +164,10 @@ fn consume(addr: &str, topic: &str, n: usize, leased: bool) -> anyhow::Result<Ou
     })
 }
 
-/// Server CPU microseconds per ack of 100 receipts and per single publish (`ack=local`),
-/// `cycles` times up to 16 000 messages leased, then acked.
-fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64)> {
+/// Server CPU microseconds per ack of 100 receipts, per single-message publish and per
+/// publish of 100 messages (`ack=local`); `cycles` times up to 16 000 messages leased, then
+/// acked.
+fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64, f64)> {
     let pid = Some(s.child.id());
     let (mut ack_cpu, mut acks) = (0.0, 0u64);
     for cycle in 0..cycles {
@@ -211,9 +212,22 @@ fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64)
         }
         o
     });
+    let line = format!("{}\n", "x".repeat(size));
+    let batch = line.repeat(BATCH);
+    let b = measure_whole(pid, || {
+        let mut o = Outcome::default();
+        for _ in 0..n {
+            let head = "POST /v1/msgs/t/v1?ack=local";
+            if let Ok((201, _)) = c.call_as(head, "application/x-ndjson", batch.as_bytes()) {
+                o.requests += 1;
+            }
+        }
+        o
+    });
     Ok((
         ack_cpu * 1e6 / acks.max(1) as f64,
         m.server_cpu_s * 1e6 / m.outcome.requests.max(1) as f64,
+        b.server_cpu_s * 1e6 / b.outcome.requests.max(1) as f64,
     ))
 }
 
@@ -254,7 +268,7 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
         .map(|(l, o)| l / o)
         .collect();
     eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
-    let (ack_us, publish_us) = ack_cost(kateway, a.size, 4)?;
+    let (ack_us, publish_us, batch_us) = ack_cost(kateway, a.size, 4)?;
     let rows = vec![
         format!(
             "| subscribe batch={BATCH}, offsets (auto-ack) | {:.0} msg per server CPU s |",
@@ -272,6 +286,7 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
         ),
         format!("| one ack of {BATCH} receipts | {ack_us:.1} µs server CPU |"),
         format!("| one single-message publish (ack=local) | {publish_us:.1} µs server CPU |"),
+        format!("| one publish of {BATCH} messages (ack=local) | {batch_us:.1} µs server CPU |"),
     ];
     let v = json!({
         "offsets": {"messages_per_cpu_s": stats(&per_cpu[0])},
@@ -279,6 +294,7 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
         "leases/offsets": stats(&ratio),
         "ack_100_cpu_us": ack_us,
         "publish_cpu_us": publish_us,
+        "publish_100_cpu_us": batch_us,
         "messages_per_round": N,
         "batch": BATCH,
     });

@@ -61,7 +61,8 @@ pub struct Delivered {
 /// (1 for the first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leased {
-    pub receipt: String,
+    /// The receipt's text (URL-safe base64), inline: no allocation of its own.
+    pub receipt: [u8; crate::queue::receipt::RECEIPT_LEN],
     pub attempt: u16,
 }
 

@@ -230,13 +230,21 @@ pub fn put_json_line(out: &mut BytesMut, m: &kateway_core::Delivered) {
     }
     if let Some(l) = &m.leased {
         out.put_slice(b",\"receipt\":\"");
-        out.put_slice(l.receipt.as_bytes());
+        out.put_slice(&l.receipt);
         out.put_slice(b"\",\"attempt\":");
         put_u64(out, l.attempt.into());
     }
     out.put_slice(b",\"value\":\"");
-    let enc = base64::engine::general_purpose::STANDARD.encode(payload);
-    out.put_slice(enc.as_bytes());
+    // Straight into the body, without a String per message.
+    let at = out.len();
+    out.resize(
+        at + base64::encoded_len(payload.len(), true).unwrap_or(0),
+        0,
+    );
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(payload, &mut out[at..])
+        .unwrap_or(0);
+    out.truncate(at + n);
     out.put_slice(b"\"}\n");
 }
 
@@ -313,14 +321,15 @@ mod tests {
         };
         put_json_line(&mut j, &m);
         m.leased = Some(Box::new(kateway_core::Leased {
-            receipt: "r-1".into(),
+            receipt: [b'r'; kateway_core::queue::receipt::RECEIPT_LEN],
             attempt: 2,
         }));
         put_json_line(&mut j, &m);
-        assert_eq!(
-            &j[..],
-            &b"{\"partition\":1,\"offset\":2,\"timestamp\":3,\"key\":\"k\",\"tags\":\"a;b\",\"value\":\"aGk=\"}\n\
-               {\"partition\":1,\"offset\":2,\"timestamp\":3,\"key\":\"k\",\"tags\":\"a;b\",\"receipt\":\"r-1\",\"attempt\":2,\"value\":\"aGk=\"}\n"[..]
+        let receipt = "r".repeat(kateway_core::queue::receipt::RECEIPT_LEN);
+        let want = format!(
+            "{{\"partition\":1,\"offset\":2,\"timestamp\":3,\"key\":\"k\",\"tags\":\"a;b\",\"value\":\"aGk=\"}}\n\
+             {{\"partition\":1,\"offset\":2,\"timestamp\":3,\"key\":\"k\",\"tags\":\"a;b\",\"receipt\":\"{receipt}\",\"attempt\":2,\"value\":\"aGk=\"}}\n"
         );
+        assert_eq!(&j[..], want.as_bytes());
     }
 }

@@ -8,6 +8,8 @@
 //!   with its [`Policy`].
 //! * [`receipt`]: [`Receipt`], the MAC'd handle a leased message is delivered with, which any
 //!   gateway can decode and route to the owner.
+//! * `minqueue`: the min-priority queue of the window's pending offsets, leases and backoffs,
+//!   cheap for values that arrive in order.
 //! * [`checkpoint`]: [`Checkpoint`], the durable snapshot of a window, with the crash guarantee
 //!   it gives.
 //!
@@ -17,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+mod minqueue;
 pub mod receipt;
 pub mod window;
 

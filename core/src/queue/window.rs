@@ -31,12 +31,12 @@
 //! Memory: a slot is 24 bytes, so a full window of 4096 (the default) costs 96 KiB; an in-flight message
 //! adds a 24-byte deadline entry, a deliverable one an 8-byte queue entry.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use thiserror::Error;
 
 use super::checkpoint::{Attempted, Checkpoint};
+use super::minqueue::MinQueue;
 
 /// Stale heap entries tolerated beyond twice the live ones before a heap is rebuilt.
 const HEAP_SLACK: usize = 1024;
@@ -390,11 +390,11 @@ pub struct PartitionQueue {
     slots: VecDeque<Slot>,
     counts: [usize; Kind::COUNT],
     /// Pending offsets, smallest first (stale entries skipped when popped).
-    ready: BinaryHeap<Reverse<u64>>,
+    ready: MinQueue<u64>,
     /// `(visible_at, offset)` of waiting slots.
-    waiting: BinaryHeap<Reverse<(i64, u64)>>,
+    waiting: MinQueue<(i64, u64)>,
     /// `(deadline, offset, seq)` of leased slots.
-    leases: BinaryHeap<Reverse<(i64, u64, u32)>>,
+    leases: MinQueue<(i64, u64, u32)>,
     next_seq: u32,
     /// Done offsets at or above the read position, as `start → end` ranges: restored from a
     /// checkpoint or acked before this owner read them.
@@ -414,9 +414,9 @@ impl PartitionQueue {
             watermark: start,
             slots: VecDeque::new(),
             counts: [0; Kind::COUNT],
-            ready: BinaryHeap::new(),
-            waiting: BinaryHeap::new(),
-            leases: BinaryHeap::new(),
+            ready: MinQueue::default(),
+            waiting: MinQueue::default(),
+            leases: MinQueue::default(),
             next_seq: 1,
             ahead_done: BTreeMap::new(),
             ahead_attempted: BTreeMap::new(),
@@ -543,9 +543,24 @@ impl PartitionQueue {
         let deadline_ms = now_ms.saturating_add(self.policy.lease_ms(visibility_ms));
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(Reverse(offset)) = self.ready.pop() else {
+            let Some(l) = self.lease_next(deadline_ms) else {
                 break;
             };
+            out.push(l);
+        }
+        out
+    }
+
+    /// [`lease`](Self::lease) of one offset, without a vector.
+    pub fn lease_one(&mut self, now_ms: i64, visibility_ms: u64) -> Option<Lease> {
+        self.promote(now_ms);
+        self.lease_next(now_ms.saturating_add(self.policy.lease_ms(visibility_ms)))
+    }
+
+    /// Leases the lowest pending offset until `deadline_ms`.
+    fn lease_next(&mut self, deadline_ms: i64) -> Option<Lease> {
+        loop {
+            let offset = self.ready.pop()?;
             let Some(i) = self.index(offset) else {
                 continue;
             };
@@ -559,8 +574,8 @@ impl PartitionQueue {
             s.time_ms = deadline_ms;
             s.attempt = s.attempt.saturating_add(1);
             let (attempt, first_seen_ms) = (s.attempt, s.first_seen_ms);
-            self.leases.push(Reverse((deadline_ms, offset, seq)));
-            out.push(Lease {
+            self.leases.push((deadline_ms, offset, seq));
+            return Some(Lease {
                 offset,
                 id: LeaseId {
                     generation: self.generation,
@@ -571,13 +586,12 @@ impl PartitionQueue {
                 first_seen_ms,
             });
         }
-        out
     }
 
     /// Whether [`lease`](Self::lease) would hand out anything at `now_ms`.
     pub fn has_deliverable(&mut self, now_ms: i64) -> bool {
         self.promote(now_ms);
-        while let Some(&Reverse(offset)) = self.ready.peek() {
+        while let Some(offset) = self.ready.peek() {
             if self
                 .index(offset)
                 .is_some_and(|i| self.slots[i].kind == Kind::Pending)
@@ -641,7 +655,7 @@ impl PartitionQueue {
         }
         let deadline = now_ms.saturating_add(self.policy.lease_ms(by_ms));
         self.slots[i].time_ms = deadline;
-        self.leases.push(Reverse((deadline, offset, lease.seq)));
+        self.leases.push((deadline, offset, lease.seq));
         self.compact();
         Ok(deadline)
     }
@@ -673,7 +687,7 @@ impl PartitionQueue {
     /// order.
     pub fn expire(&mut self, now_ms: i64) -> Vec<Failure> {
         let mut out = Vec::new();
-        while let Some(&Reverse((deadline, offset, seq))) = self.leases.peek() {
+        while let Some((deadline, offset, seq)) = self.leases.peek() {
             if deadline > now_ms {
                 break;
             }
@@ -691,12 +705,12 @@ impl PartitionQueue {
 
     /// When [`expire`](Self::expire) has work next: at or before the earliest lease deadline.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.leases.peek().map(|&Reverse((t, _, _))| t)
+        self.leases.peek().map(|(t, _, _)| t)
     }
 
     /// At or before the time the next waiting offset becomes deliverable.
     pub fn next_visible(&self) -> Option<i64> {
-        self.waiting.peek().map(|&Reverse((t, _))| t)
+        self.waiting.peek().map(|(t, _)| t)
     }
 
     /// The durable snapshot of the window: see [`Checkpoint`].
@@ -871,7 +885,7 @@ impl PartitionQueue {
         }
         let Some(a) = attempted else {
             self.push(Slot::new(Kind::Pending, now_ms));
-            self.ready.push(Reverse(offset));
+            self.ready.push(offset);
             return Entered::Ready;
         };
         let kind = if a.leased {
@@ -889,8 +903,8 @@ impl PartitionQueue {
             kind,
         });
         match kind {
-            Kind::Leased => self.leases.push(Reverse((a.at_ms, offset, 0))),
-            Kind::Waiting => self.waiting.push(Reverse((a.at_ms, offset))),
+            Kind::Leased => self.leases.push((a.at_ms, offset, 0)),
+            Kind::Waiting => self.waiting.push((a.at_ms, offset)),
             _ => return Entered::Dead,
         }
         Entered::Held
@@ -933,7 +947,7 @@ impl PartitionQueue {
 
     /// Makes the waiting offsets whose time has come deliverable.
     fn promote(&mut self, now_ms: i64) {
-        while let Some(&Reverse((visible_at, offset))) = self.waiting.peek() {
+        while let Some((visible_at, offset)) = self.waiting.peek() {
             if visible_at > now_ms {
                 break;
             }
@@ -944,7 +958,7 @@ impl PartitionQueue {
             let s = &self.slots[i];
             if s.kind == Kind::Waiting && s.time_ms == visible_at {
                 self.set_kind(i, Kind::Pending);
-                self.ready.push(Reverse(offset));
+                self.ready.push(offset);
             }
         }
     }
@@ -964,7 +978,7 @@ impl PartitionQueue {
             let visible_at_ms = from_ms.saturating_add(to_i64(delay));
             self.set_kind(i, Kind::Waiting);
             self.slots[i].time_ms = visible_at_ms;
-            self.waiting.push(Reverse((visible_at_ms, offset)));
+            self.waiting.push((visible_at_ms, offset));
             Next::Retry { visible_at_ms }
         };
         Failure {
@@ -990,21 +1004,21 @@ impl PartitionQueue {
             self.leases = (self.watermark..)
                 .zip(&self.slots)
                 .filter(|(_, s)| s.kind == Kind::Leased)
-                .map(|(o, s)| Reverse((s.time_ms, o, s.lease)))
+                .map(|(o, s)| (s.time_ms, o, s.lease))
                 .collect();
         }
         if self.waiting.len() > live(Kind::Waiting) {
             self.waiting = (self.watermark..)
                 .zip(&self.slots)
                 .filter(|(_, s)| s.kind == Kind::Waiting)
-                .map(|(o, s)| Reverse((s.time_ms, o)))
+                .map(|(o, s)| (s.time_ms, o))
                 .collect();
         }
         if self.ready.len() > live(Kind::Pending) {
             self.ready = (self.watermark..)
                 .zip(&self.slots)
                 .filter(|(_, s)| s.kind == Kind::Pending)
-                .map(|(o, _)| Reverse(o))
+                .map(|(o, _)| o)
                 .collect();
         }
     }
@@ -1221,7 +1235,7 @@ mod tests {
             q.extend(0, l.id, 10, 11_000),
             Err(QueueError::StaleLease(0))
         );
-        assert!(q.leases.is_empty());
+        assert!(q.leases.len() == 0);
     }
 
     #[test]

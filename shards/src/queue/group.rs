@@ -9,6 +9,7 @@
 //! reach their bounds.
 
 use super::dead;
+use super::records::Records;
 use super::Outcome;
 use crate::backend::Backend;
 use crate::catalog::LocalTopic;
@@ -41,7 +42,7 @@ const TICK: Duration = Duration::from_millis(200);
 /// One partition's window and the records it holds.
 struct Part {
     q: PartitionQueue,
-    records: FxHashMap<u64, Delivered>,
+    records: Records,
     /// The last error a consumer reported per offset (for dead letters).
     errors: FxHashMap<u64, String>,
     dirty: bool,
@@ -206,7 +207,7 @@ impl QueueGroup {
             p,
             Part {
                 q,
-                records: FxHashMap::default(),
+                records: Records::default(),
                 errors: FxHashMap::default(),
                 dirty: false,
             },
@@ -253,7 +254,7 @@ impl QueueGroup {
             .collect();
         for p in gone {
             if let Some(part) = self.parts.borrow_mut().remove(&p) {
-                let freed: usize = part.records.values().map(|r| r.value.len()).sum();
+                let freed: usize = part.records.bytes();
                 self.bytes.set(self.bytes.get().saturating_sub(freed));
             }
             self.drop_records_of(p);
@@ -269,6 +270,8 @@ impl QueueGroup {
     async fn take(&self, records: Vec<Delivered>) -> Result<(), Error> {
         let mut reread = Vec::new();
         let mut failed = None;
+        let now = now_ms();
+        let mut added = false;
         for r in records {
             if reread.contains(&r.partition) {
                 continue;
@@ -293,14 +296,56 @@ impl QueueGroup {
                 }
             }
             self.bytes.set(self.bytes.get() + r.value.len());
+            let Some(r) = self.offer_direct(r, now, &mut added) else {
+                continue;
+            };
             self.overflow
                 .borrow_mut()
                 .entry(r.partition)
                 .or_default()
                 .push_back(r);
         }
-        self.drain_overflow();
+        if added {
+            self.changed.notify();
+        }
+        if !self.overflow.borrow().is_empty() {
+            self.drain_overflow();
+        }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Offers `r` straight to its window when nothing of its partition waits in the overflow
+    /// (the common case, without a trip through it), setting `added` if it entered as a
+    /// message to deliver. Answers `r` when it must wait in the overflow.
+    fn offer_direct(&self, r: Delivered, now: i64, added: &mut bool) -> Option<Delivered> {
+        if self
+            .overflow
+            .borrow()
+            .get(&r.partition)
+            .is_some_and(|q| !q.is_empty())
+        {
+            return Some(r);
+        }
+        let mut parts = self.parts.borrow_mut();
+        let Some(part) = parts.get_mut(&r.partition) else {
+            return Some(r);
+        };
+        match part.q.offer(r.offset, now) {
+            Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
+                part.records.insert(r);
+                *added = true;
+                None
+            }
+            Ok(e) => {
+                if e == Entered::Done {
+                    part.dirty = true;
+                }
+                self.bytes
+                    .set(self.bytes.get().saturating_sub(r.value.len()));
+                None
+            }
+            Err(_) => Some(r),
+        }
     }
 
     /// Opens the windows of partitions that have records waiting in the overflow but no window
@@ -345,7 +390,7 @@ impl QueueGroup {
                     Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
                         let r = q.pop_front().expect("front");
                         added += 1;
-                        part.records.insert(r.offset, r);
+                        part.records.insert(r);
                     }
                     Ok(e) => {
                         if e == Entered::Done {
@@ -495,7 +540,7 @@ impl QueueGroup {
             .filter(|(_, p)| p.q.stats().dead > 0)
         {
             for o in part.q.dead_letters() {
-                let (Some(r), Some(v)) = (part.records.get(&o), part.q.slot(o)) else {
+                let (Some(r), Some(v)) = (part.records.get(o), part.q.slot(o)) else {
                     continue;
                 };
                 let err = part.errors.get(&o).map(String::as_str);
@@ -531,6 +576,11 @@ impl QueueGroup {
             return;
         };
         let _ = f(&mut part.q);
+        self.forget_if_done(part, o);
+    }
+
+    /// Drops the record (and error) at `o` if its message is done.
+    fn forget_if_done(&self, part: &mut Part, o: u64) {
         part.dirty = true;
         let done = part.q.slot(o).is_none_or(|v| {
             matches!(
@@ -539,11 +589,13 @@ impl QueueGroup {
             )
         });
         if done {
-            if let Some(r) = part.records.remove(&o) {
+            if let Some(r) = part.records.remove(o) {
                 self.bytes
                     .set(self.bytes.get().saturating_sub(r.value.len()));
             }
-            part.errors.remove(&o);
+            if !part.errors.is_empty() {
+                part.errors.remove(&o);
+            }
         }
     }
 
@@ -627,7 +679,7 @@ impl QueueGroup {
 
     fn take_leases(&self, max: usize, max_bytes: usize, vis: u64) -> Vec<Delivered> {
         let now = now_ms();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(1000));
         let mut bytes = 0;
         let mut parts = self.parts.borrow_mut();
         let n = parts.len();
@@ -645,16 +697,16 @@ impl QueueGroup {
             let part = parts.get_mut(&p).expect("listed");
             // One at a time, so the byte budget holds.
             while out.len() < max && bytes < max_bytes {
-                let Some(l) = part.q.lease(1, now, vis).pop() else {
+                let Some(l) = part.q.lease_one(now, vis) else {
                     break;
                 };
                 part.dirty = true;
-                let Some(r) = part.records.get(&l.offset) else {
+                let Some(r) = part.records.get(l.offset) else {
                     // No record for a leased offset cannot happen; settle it so it never stalls.
                     let _ = part.q.ack(l.offset, Some(l.id));
                     continue;
                 };
-                let receipt = Receipt::of_lease(self.fingerprint, p, &l).encode(&self.key);
+                let receipt = Receipt::of_lease(self.fingerprint, p, &l).encode_text(&self.key);
                 let mut m = r.clone();
                 bytes += m.value.len();
                 m.leased = Some(Box::new(Leased {
@@ -678,6 +730,7 @@ impl QueueGroup {
         let mut out = Vec::with_capacity(receipts.len());
         let mut bury = Vec::new();
         let mut elsewhere: Vec<(usize, String)> = Vec::new();
+        let now = now_ms();
         for (i, r) in receipts.into_iter().enumerate() {
             let r = match r {
                 Ok(r) => r,
@@ -714,9 +767,15 @@ impl QueueGroup {
                     continue;
                 }
             }
-            let now = now_ms();
             let mut parts = self.parts.borrow_mut();
-            let part = parts.get_mut(&r.partition).expect("ensured");
+            let Some(part) = parts.get_mut(&r.partition) else {
+                // Closed while another receipt's window opened.
+                out.push(Outcome::Failed(Error::new(
+                    ErrorKind::StaleLease,
+                    format!("partition {} is no longer open here", r.partition),
+                )));
+                continue;
+            };
             let o = r.offset;
             let res = match op {
                 SettleOp::Ack => part.q.ack(o, Some(r.lease)).map(|a| match a {
@@ -742,7 +801,7 @@ impl QueueGroup {
                 }
                 SettleOp::Bury => {
                     if part.q.holds(o, r.lease) {
-                        if let (Some(rec), Some(v)) = (part.records.get(&o), part.q.slot(o)) {
+                        if let (Some(rec), Some(v)) = (part.records.get(o), part.q.slot(o)) {
                             bury.push((
                                 i,
                                 r,
@@ -762,16 +821,16 @@ impl QueueGroup {
                 }
             };
             part.dirty = true;
-            drop(parts);
             match res {
                 Ok(outcome) => {
                     if matches!(outcome, Outcome::Acked | Outcome::AlreadyDone) {
-                        self.finish(r.partition, o, |_| Ok(()));
+                        self.forget_if_done(part, o);
                     }
                     out.push(outcome);
                 }
                 Err(e) => out.push(Outcome::Failed(queue_err(e))),
             }
+            drop(parts);
         }
         if !bury.is_empty() {
             let items = bury.iter().map(|(_, _, it)| it.clone()).collect();

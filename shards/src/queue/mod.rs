@@ -11,6 +11,7 @@
 pub mod dead;
 pub mod forward;
 pub mod group;
+mod records;
 
 use crate::backend::Backend;
 use crate::catalog::LocalTopic;
