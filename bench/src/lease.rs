@@ -1,9 +1,10 @@
 //! `compare --lease` (scenario `subscribe-lease`): what leased delivery costs. On one kateway
 //! (one server CPU), in alternating rounds, a fresh topic of messages is consumed whole in
-//! batches of 100, either with plain offsets (auto-ack: one `GET` per batch) or with leases (one
-//! `GET ...&ack=lease` and one `POST .../ack` with the batch's 100 receipts): messages per
-//! server CPU second, and their ratio. Then the cost of one ack of 100 receipts against one
-//! single-message publish, in server CPU per request.
+//! batches of 100, by one consumer and then by four at once, either with plain offsets
+//! (auto-ack: one `GET` per batch) or with leases (one `GET ...&ack=lease` and one
+//! `POST .../ack` with the batch's 100 receipts): messages per server CPU second, and their
+//! ratio. Then the cost of one ack of 100 receipts against one single-message publish and one
+//! publish of 100 messages, in server CPU per request.
 
 use crate::client::Outcome;
 use crate::compare::{median, stats, CompareArgs, Server};
@@ -122,43 +123,88 @@ fn receipts(body: &[u8]) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// Consumes all `n` messages of `bench.<topic>`, leased or not; the requests made and messages.
-fn consume(addr: &str, topic: &str, n: usize, leased: bool) -> anyhow::Result<Outcome> {
-    let mut c = Conn::new(addr)?;
-    let (mut got, mut requests) = (0, 0u64);
+/// Consumes all `n` messages of `bench.<topic>`, leased or not, with `consumers` connections
+/// at once (each its own thread); the requests made and the messages. Fails unless every
+/// message arrived, and each once.
+fn consume(
+    addr: &str,
+    topic: &str,
+    n: usize,
+    leased: bool,
+    consumers: usize,
+) -> anyhow::Result<Outcome> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let got = AtomicUsize::new(0);
     let t0 = Instant::now();
     let q = if leased {
         "&ack=lease&visibility=10m"
     } else {
         ""
     };
-    while got < n {
-        let (st, body) = c.call(
-            &format!("GET /v1/msgs/bench/{topic}/v1?group=g&batch={BATCH}&wait=1s{q}"),
-            b"",
-        )?;
-        requests += 1;
-        anyhow::ensure!(st == 200 || st == 204, "subscribe: {st}");
-        anyhow::ensure!(t0.elapsed().as_secs() < 300, "only {got} of {n} messages");
-        if st == 204 {
-            continue;
-        }
-        let lines = body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count();
-        got += lines;
-        if leased {
-            let r = receipts(&body)?;
-            let ack = serde_json::to_vec(&json!({ "receipts": r }))?;
-            let (st, _) = c.call(&format!("POST /v1/queue/bench/{topic}/v1/g/ack"), &ack)?;
-            anyhow::ensure!(st == 200, "ack: {st}");
+    let one = || -> anyhow::Result<(u64, Vec<(u64, u64)>)> {
+        let mut c = Conn::new(addr)?;
+        let (mut requests, mut seen) = (0u64, Vec::new());
+        while got.load(Ordering::Relaxed) < n {
+            let (st, body) = c.call(
+                &format!("GET /v1/msgs/bench/{topic}/v1?group=g&batch={BATCH}&wait=1s{q}"),
+                b"",
+            )?;
             requests += 1;
+            anyhow::ensure!(st == 200 || st == 204, "subscribe: {st}");
+            anyhow::ensure!(t0.elapsed().as_secs() < 300, "only {got:?} of {n} messages");
+            if st == 204 {
+                continue;
+            }
+            let lines: Vec<Value> = body
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(serde_json::from_slice)
+                .collect::<Result<_, _>>()?;
+            got.fetch_add(lines.len(), Ordering::Relaxed);
+            for l in &lines {
+                seen.push((
+                    l["partition"].as_u64().unwrap_or(u64::MAX),
+                    l["offset"].as_u64().unwrap_or(u64::MAX),
+                ));
+            }
+            if leased {
+                let r: Vec<&str> = lines.iter().filter_map(|l| l["receipt"].as_str()).collect();
+                anyhow::ensure!(r.len() == lines.len(), "a leased message without a receipt");
+                let ack = serde_json::to_vec(&json!({ "receipts": r }))?;
+                let (st, _) = c.call(&format!("POST /v1/queue/bench/{topic}/v1/g/ack"), &ack)?;
+                anyhow::ensure!(st == 200, "ack: {st}");
+                requests += 1;
+            }
         }
+        Ok((requests, seen))
+    };
+    let results: Vec<anyhow::Result<(u64, Vec<(u64, u64)>)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..consumers.max(1)).map(|_| sc.spawn(one)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("consumer panicked")))
+            })
+            .collect()
+    });
+    let (mut requests, mut all) = (0, Vec::new());
+    for r in results {
+        let (q, seen) = r?;
+        requests += q;
+        all.extend(seen);
     }
+    let delivered = all.len();
+    all.sort_unstable();
+    all.dedup();
+    anyhow::ensure!(
+        all.len() == n && delivered == n,
+        "{delivered} deliveries of {} distinct messages, not {n}",
+        all.len()
+    );
     Ok(Outcome {
         requests,
-        messages: got as u64,
+        messages: delivered as u64,
         seconds: t0.elapsed().as_secs_f64(),
         ..Outcome::default()
     })
@@ -233,21 +279,59 @@ fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64,
 
 /// Runs the scenario on `kateway`; returns the table rows and the report's scenario.
 pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Value)> {
+    let mut rows = Vec::new();
+    let mut report = serde_json::Map::new();
+    for consumers in CONSUMERS {
+        let (r, v) = ratio(a, kateway, consumers)?;
+        rows.extend(r);
+        report.insert(format!("consumers_{consumers}"), v);
+    }
+    eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
+    let (ack_us, publish_us, batch_us) = ack_cost(kateway, a.size, 4)?;
+    rows.extend([
+        format!("| one ack of {BATCH} receipts | {ack_us:.1} µs server CPU |"),
+        format!("| one single-message publish (ack=local) | {publish_us:.1} µs server CPU |"),
+        format!("| one publish of {BATCH} messages (ack=local) | {batch_us:.1} µs server CPU |"),
+    ]);
+    report.insert("ack_100_cpu_us".into(), json!(ack_us));
+    report.insert("publish_cpu_us".into(), json!(publish_us));
+    report.insert("publish_100_cpu_us".into(), json!(batch_us));
+    report.insert("messages_per_round".into(), json!(N));
+    report.insert("batch".into(), json!(BATCH));
+    Ok((rows, Value::Object(report)))
+}
+
+/// Consumers per round: one keep-alive connection (every request wakes the server), and four
+/// competing ones (a work queue's usual shape).
+const CONSUMERS: [usize; 2] = [1, 4];
+
+/// Alternating rounds of offsets and leases with `consumers` connections: the table rows and
+/// the report.
+fn ratio(
+    a: &CompareArgs,
+    kateway: &Server,
+    consumers: usize,
+) -> anyhow::Result<(Vec<String>, Value)> {
     let pid = Some(kateway.child.id());
     let mut per_cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..a.rounds {
         for k in 0..2 {
             let leased = (k + round) % 2 == 1;
             let name = if leased { "leases" } else { "offsets" };
-            let topic = format!("sub{round}{name}");
+            let topic = format!("sub{consumers}x{round}{name}");
             fill(&kateway.addr, &topic, N, a.size)?;
-            eprintln!("[subscribe-lease] round {} {name}", round + 1);
+            eprintln!(
+                "[subscribe-lease] {consumers} consumer(s), round {} {name}",
+                round + 1
+            );
             let mut err = None;
-            let m = measure_whole(pid, || match consume(&kateway.addr, &topic, N, leased) {
-                Ok(o) => o,
-                Err(e) => {
-                    err = Some(e);
-                    Outcome::default()
+            let m = measure_whole(pid, || {
+                match consume(&kateway.addr, &topic, N, leased, consumers) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        err = Some(e);
+                        Outcome::default()
+                    }
                 }
             });
             if let Some(e) = err {
@@ -267,36 +351,26 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
         .zip(&per_cpu[0])
         .map(|(l, o)| l / o)
         .collect();
-    eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
-    let (ack_us, publish_us, batch_us) = ack_cost(kateway, a.size, 4)?;
     let rows = vec![
         format!(
-            "| subscribe batch={BATCH}, offsets (auto-ack) | {:.0} msg per server CPU s |",
+            "| {consumers} consumer(s), batch={BATCH}, offsets (auto-ack) | {:.0} msg per server CPU s |",
             median(&per_cpu[0])
         ),
         format!(
-            "| subscribe batch={BATCH}, leases + ack of {BATCH} receipts | {:.0} msg per server CPU s |",
+            "| {consumers} consumer(s), batch={BATCH}, leases + ack of {BATCH} receipts | {:.0} msg per server CPU s |",
             median(&per_cpu[1])
         ),
         format!(
-            "| **leases/offsets** | ×{:.3} (min {:.3}, max {:.3}) |",
+            "| **{consumers} consumer(s): leases/offsets** | ×{:.3} (min {:.3}, max {:.3}) |",
             median(&ratio),
             ratio.iter().cloned().fold(f64::INFINITY, f64::min),
             ratio.iter().cloned().fold(0.0, f64::max)
         ),
-        format!("| one ack of {BATCH} receipts | {ack_us:.1} µs server CPU |"),
-        format!("| one single-message publish (ack=local) | {publish_us:.1} µs server CPU |"),
-        format!("| one publish of {BATCH} messages (ack=local) | {batch_us:.1} µs server CPU |"),
     ];
     let v = json!({
         "offsets": {"messages_per_cpu_s": stats(&per_cpu[0])},
         "leases": {"messages_per_cpu_s": stats(&per_cpu[1])},
         "leases/offsets": stats(&ratio),
-        "ack_100_cpu_us": ack_us,
-        "publish_cpu_us": publish_us,
-        "publish_100_cpu_us": batch_us,
-        "messages_per_round": N,
-        "batch": BATCH,
     });
     Ok((rows, v))
 }
