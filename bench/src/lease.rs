@@ -123,6 +123,9 @@ fn receipts(body: &[u8]) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// One consumer's requests and the `(partition, offset)` of each message it got.
+type Consumed = (u64, Vec<(u64, u64)>);
+
 /// Consumes all `n` messages of `bench.<topic>`, leased or not, with `consumers` connections
 /// at once (each its own thread); the requests made and the messages. Fails unless every
 /// message arrived, and each once.
@@ -141,7 +144,7 @@ fn consume(
     } else {
         ""
     };
-    let one = || -> anyhow::Result<(u64, Vec<(u64, u64)>)> {
+    let one = || -> anyhow::Result<Consumed> {
         let mut c = Conn::new(addr)?;
         let (mut requests, mut seen) = (0u64, Vec::new());
         while got.load(Ordering::Relaxed) < n {
@@ -178,7 +181,7 @@ fn consume(
         }
         Ok((requests, seen))
     };
-    let results: Vec<anyhow::Result<(u64, Vec<(u64, u64)>)>> = std::thread::scope(|sc| {
+    let results: Vec<anyhow::Result<Consumed>> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..consumers.max(1)).map(|_| sc.spawn(one)).collect();
         handles
             .into_iter()
