@@ -1,10 +1,11 @@
 //! `compare --lease` (scenario `subscribe-lease`): what leased delivery costs. On one kateway
 //! (one server CPU), in alternating rounds, a fresh topic of messages is consumed whole in
-//! batches of 100, by one consumer and then by four at once, either with plain offsets
-//! (auto-ack: one `GET` per batch) or with leases (one `GET ...&ack=lease` and one
-//! `POST .../ack` with the batch's 100 receipts): messages per server CPU second, and their
-//! ratio. Then the cost of one ack of 100 receipts against one single-message publish and one
-//! publish of 100 messages, in server CPU per request.
+//! batches of 100, by one consumer and then by four at once, with plain offsets (auto-ack: one
+//! `GET` per batch) or with leases (one `GET ...&ack=lease` and one `POST .../ack` with either
+//! the batch's 100 receipts or its batch receipt): messages per server CPU second, and the
+//! ratios to offsets. Then the cost of one ack of 100 receipts and of one ack by batch receipt
+//! against one single-message publish and one publish of 100 messages, in server CPU per
+//! request.
 
 use crate::client::Outcome;
 use crate::compare::{median, stats, CompareArgs, Server};
@@ -22,6 +23,8 @@ const BATCH: usize = 100;
 /// A keep-alive HTTP/1.1 connection.
 struct Conn {
     r: BufReader<TcpStream>,
+    /// The last reply's `X-Batch-Receipt`.
+    batch: Option<String>,
 }
 
 impl Conn {
@@ -30,6 +33,7 @@ impl Conn {
         s.set_nodelay(true)?;
         Ok(Self {
             r: BufReader::new(s),
+            batch: None,
         })
     }
 
@@ -60,6 +64,7 @@ impl Conn {
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         let (mut len, mut chunked) = (0, false);
+        self.batch = None;
         loop {
             line.clear();
             self.r.read_line(&mut line)?;
@@ -71,6 +76,9 @@ impl Conn {
                 len = v.trim().parse()?;
             }
             chunked |= l.starts_with("transfer-encoding") && l.contains("chunked");
+            if l.starts_with("x-batch-receipt:") {
+                self.batch = line.split_once(':').map(|(_, v)| v.trim().to_owned());
+            }
         }
         if !chunked {
             let mut body = vec![0; len];
@@ -123,6 +131,29 @@ fn receipts(body: &[u8]) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// How messages are consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Plain offsets, auto-ack.
+    Offsets,
+    /// Leases, each batch acked with its 100 receipts.
+    Receipts,
+    /// Leases, each batch acked with its batch receipt.
+    Batch,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Offsets, Mode::Receipts, Mode::Batch];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Offsets => "offsets",
+            Mode::Receipts => "leases+receipts",
+            Mode::Batch => "leases+batch-receipt",
+        }
+    }
+}
+
 /// One consumer's requests and the `(partition, offset)` of each message it got.
 type Consumed = (u64, Vec<(u64, u64)>);
 
@@ -133,9 +164,10 @@ fn consume(
     addr: &str,
     topic: &str,
     n: usize,
-    leased: bool,
+    mode: Mode,
     consumers: usize,
 ) -> anyhow::Result<Outcome> {
+    let leased = mode != Mode::Offsets;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let got = AtomicUsize::new(0);
     let t0 = Instant::now();
@@ -173,7 +205,13 @@ fn consume(
             if leased {
                 let r: Vec<&str> = lines.iter().filter_map(|l| l["receipt"].as_str()).collect();
                 anyhow::ensure!(r.len() == lines.len(), "a leased message without a receipt");
-                let ack = serde_json::to_vec(&json!({ "receipts": r }))?;
+                let ack = if mode == Mode::Batch {
+                    let b = c.batch.take();
+                    anyhow::ensure!(b.is_some(), "a leased batch without X-Batch-Receipt");
+                    serde_json::to_vec(&json!({ "batch_receipt": b }))?
+                } else {
+                    serde_json::to_vec(&json!({ "receipts": r }))?
+                };
                 let (st, _) = c.call(&format!("POST /v1/queue/bench/{topic}/v1/g/ack"), &ack)?;
                 anyhow::ensure!(st == 200, "ack: {st}");
                 requests += 1;
@@ -213,13 +251,15 @@ fn consume(
     })
 }
 
-/// Server CPU microseconds per ack of 100 receipts, per single-message publish and per
-/// publish of 100 messages (`ack=local`); `cycles` times up to 16 000 messages leased, then
-/// acked.
-fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// Server CPU microseconds per ack of 100 receipts, per ack by the batch receipt of 100
+/// messages, per single-message publish and per publish of 100 messages (`ack=local`);
+/// `cycles` times up to 16 000 messages leased, then acked (alternately by receipts and by
+/// batch receipts).
+fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<AckCost> {
     let pid = Some(s.child.id());
-    let (mut ack_cpu, mut acks) = (0.0, 0u64);
+    let (mut ack_cpu, mut acks) = ([0.0; 2], [0u64; 2]);
     for cycle in 0..cycles {
+        let by_batch = cycle % 2 == 1;
         let topic = format!("ack{cycle}");
         fill(&s.addr, &topic, 16_000, size)?;
         let mut c = Conn::new(&s.addr)?;
@@ -235,7 +275,13 @@ fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64,
                 break;
             }
             let r = receipts(&body)?;
-            batches.push(serde_json::to_vec(&json!({ "receipts": r }))?);
+            batches.push(if by_batch {
+                let b = c.batch.take();
+                anyhow::ensure!(b.is_some(), "a leased batch without X-Batch-Receipt");
+                serde_json::to_vec(&json!({ "batch_receipt": b }))?
+            } else {
+                serde_json::to_vec(&json!({ "receipts": r }))?
+            });
         }
         let m = measure_whole(pid, || {
             let mut o = Outcome::default();
@@ -246,12 +292,13 @@ fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64,
             }
             o
         });
-        ack_cpu += m.server_cpu_s;
-        acks += m.outcome.requests;
+        ack_cpu[usize::from(by_batch)] += m.server_cpu_s;
+        acks[usize::from(by_batch)] += m.outcome.requests;
     }
+    let acks_all = acks[0] + acks[1];
     let payload = scenario::payload(size);
     let mut c = Conn::new(&s.addr)?;
-    let n = acks.max(1000);
+    let n = acks_all.max(1000);
     let m = measure_whole(pid, || {
         let mut o = Outcome::default();
         for _ in 0..n {
@@ -273,11 +320,24 @@ fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<(f64, f64,
         }
         o
     });
-    Ok((
-        ack_cpu * 1e6 / acks.max(1) as f64,
-        m.server_cpu_s * 1e6 / m.outcome.requests.max(1) as f64,
-        b.server_cpu_s * 1e6 / b.outcome.requests.max(1) as f64,
-    ))
+    Ok(AckCost {
+        receipts: ack_cpu[0] * 1e6 / acks[0].max(1) as f64,
+        batch: ack_cpu[1] * 1e6 / acks[1].max(1) as f64,
+        publish: m.server_cpu_s * 1e6 / m.outcome.requests.max(1) as f64,
+        publish_100: b.server_cpu_s * 1e6 / b.outcome.requests.max(1) as f64,
+    })
+}
+
+/// Server CPU microseconds per request.
+struct AckCost {
+    /// An ack of 100 receipts.
+    receipts: f64,
+    /// An ack by the batch receipt of 100 messages.
+    batch: f64,
+    /// A single-message publish.
+    publish: f64,
+    /// A publish of 100 messages.
+    publish_100: f64,
 }
 
 /// Runs the scenario on `kateway`; returns the table rows and the report's scenario.
@@ -290,15 +350,29 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
         report.insert(format!("consumers_{consumers}"), v);
     }
     eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
-    let (ack_us, publish_us, batch_us) = ack_cost(kateway, a.size, 4)?;
+    let cost = ack_cost(kateway, a.size, 8)?;
     rows.extend([
-        format!("| one ack of {BATCH} receipts | {ack_us:.1} µs server CPU |"),
-        format!("| one single-message publish (ack=local) | {publish_us:.1} µs server CPU |"),
-        format!("| one publish of {BATCH} messages (ack=local) | {batch_us:.1} µs server CPU |"),
+        format!(
+            "| one ack of {BATCH} receipts | {:.1} µs server CPU |",
+            cost.receipts
+        ),
+        format!(
+            "| one ack by the batch receipt of {BATCH} messages | {:.1} µs server CPU |",
+            cost.batch
+        ),
+        format!(
+            "| one single-message publish (ack=local) | {:.1} µs server CPU |",
+            cost.publish
+        ),
+        format!(
+            "| one publish of {BATCH} messages (ack=local) | {:.1} µs server CPU |",
+            cost.publish_100
+        ),
     ]);
-    report.insert("ack_100_cpu_us".into(), json!(ack_us));
-    report.insert("publish_cpu_us".into(), json!(publish_us));
-    report.insert("publish_100_cpu_us".into(), json!(batch_us));
+    report.insert("ack_100_cpu_us".into(), json!(cost.receipts));
+    report.insert("ack_batch_receipt_100_cpu_us".into(), json!(cost.batch));
+    report.insert("publish_cpu_us".into(), json!(cost.publish));
+    report.insert("publish_100_cpu_us".into(), json!(cost.publish_100));
     report.insert("messages_per_round".into(), json!(N));
     report.insert("batch".into(), json!(BATCH));
     Ok((rows, Value::Object(report)))
@@ -308,28 +382,28 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
 /// competing ones (a work queue's usual shape).
 const CONSUMERS: [usize; 2] = [1, 4];
 
-/// Alternating rounds of offsets and leases with `consumers` connections: the table rows and
-/// the report.
+/// Rounds of offsets, leases acked by receipts and leases acked by batch receipt (in an order
+/// that turns each round) with `consumers` connections: the table rows and the report.
 fn ratio(
     a: &CompareArgs,
     kateway: &Server,
     consumers: usize,
 ) -> anyhow::Result<(Vec<String>, Value)> {
     let pid = Some(kateway.child.id());
-    let mut per_cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut per_cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..a.rounds {
-        for k in 0..2 {
-            let leased = (k + round) % 2 == 1;
-            let name = if leased { "leases" } else { "offsets" };
-            let topic = format!("sub{consumers}x{round}{name}");
+        for k in 0..3 {
+            let mode = Mode::ALL[(k + round) % 3];
+            let topic = format!("sub{consumers}x{round}{}", mode.name().replace('+', "-"));
             fill(&kateway.addr, &topic, N, a.size)?;
             eprintln!(
-                "[subscribe-lease] {consumers} consumer(s), round {} {name}",
-                round + 1
+                "[subscribe-lease] {consumers} consumer(s), round {} {}",
+                round + 1,
+                mode.name()
             );
             let mut err = None;
             let m = measure_whole(pid, || {
-                match consume(&kateway.addr, &topic, N, leased, consumers) {
+                match consume(&kateway.addr, &topic, N, mode, consumers) {
                     Ok(o) => o,
                     Err(e) => {
                         err = Some(e);
@@ -346,14 +420,25 @@ fn ratio(
                 m.outcome.messages as f64 / m.outcome.seconds.max(1e-9),
                 m.outcome.requests
             );
-            per_cpu[usize::from(leased)].push(v);
+            per_cpu[mode as usize].push(v);
         }
     }
-    let ratio: Vec<f64> = per_cpu[1]
-        .iter()
-        .zip(&per_cpu[0])
-        .map(|(l, o)| l / o)
-        .collect();
+    let ratio = |i: usize| -> Vec<f64> {
+        per_cpu[i]
+            .iter()
+            .zip(&per_cpu[0])
+            .map(|(l, o)| l / o)
+            .collect()
+    };
+    let (by_receipts, by_batch) = (ratio(1), ratio(2));
+    let range = |r: &[f64]| {
+        format!(
+            "×{:.3} (min {:.3}, max {:.3})",
+            median(r),
+            r.iter().cloned().fold(f64::INFINITY, f64::min),
+            r.iter().cloned().fold(0.0, f64::max)
+        )
+    };
     let rows = vec![
         format!(
             "| {consumers} consumer(s), batch={BATCH}, offsets (auto-ack) | {:.0} msg per server CPU s |",
@@ -364,16 +449,24 @@ fn ratio(
             median(&per_cpu[1])
         ),
         format!(
-            "| **{consumers} consumer(s): leases/offsets** | ×{:.3} (min {:.3}, max {:.3}) |",
-            median(&ratio),
-            ratio.iter().cloned().fold(f64::INFINITY, f64::min),
-            ratio.iter().cloned().fold(0.0, f64::max)
+            "| {consumers} consumer(s), batch={BATCH}, leases + ack by batch receipt | {:.0} msg per server CPU s |",
+            median(&per_cpu[2])
+        ),
+        format!(
+            "| **{consumers} consumer(s): leases (receipts)/offsets** | {} |",
+            range(&by_receipts)
+        ),
+        format!(
+            "| **{consumers} consumer(s): leases (batch receipt)/offsets** | {} |",
+            range(&by_batch)
         ),
     ];
     let v = json!({
         "offsets": {"messages_per_cpu_s": stats(&per_cpu[0])},
-        "leases": {"messages_per_cpu_s": stats(&per_cpu[1])},
-        "leases/offsets": stats(&ratio),
+        "leases_receipts": {"messages_per_cpu_s": stats(&per_cpu[1])},
+        "leases_batch_receipt": {"messages_per_cpu_s": stats(&per_cpu[2])},
+        "leases_receipts/offsets": stats(&by_receipts),
+        "leases_batch_receipt/offsets": stats(&by_batch),
     });
     Ok((rows, v))
 }

@@ -63,6 +63,8 @@ pub struct Delivered {
 pub struct Leased {
     /// The receipt's text (URL-safe base64), inline: no allocation of its own.
     pub receipt: [u8; crate::queue::receipt::RECEIPT_LEN],
+    /// The lease the receipt names (for the batch receipt of a batch).
+    pub lease: crate::queue::LeaseId,
     pub attempt: u16,
 }
 

@@ -323,6 +323,10 @@ mod tests {
         m.leased = Some(Box::new(kateway_core::Leased {
             receipt: [b'r'; kateway_core::queue::receipt::RECEIPT_LEN],
             attempt: 2,
+            lease: kateway_core::queue::LeaseId {
+                generation: 1,
+                seq: 1,
+            },
         }));
         put_json_line(&mut j, &m);
         let receipt = "r".repeat(kateway_core::queue::receipt::RECEIPT_LEN);

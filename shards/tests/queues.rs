@@ -1,6 +1,6 @@
 //! Leased delivery (`ack=lease`), on both backends: receipts, ack/nack/extend/bury, retries and
-//! dead letters, no head-of-line blocking, the queue state surviving `kill -9`, and receipts
-//! that cannot be forged.
+//! dead letters, no head-of-line blocking, the queue state surviving `kill -9`, receipts
+//! that cannot be forged, and batch receipts.
 
 mod support;
 use serde_json::Value;
@@ -17,6 +17,7 @@ on_both_backends!(
     acked_messages_stay_acked_across_kill_9,
     dead_letters_are_counted_peeked_redriven_and_purged,
     a_topic_created_again_starts_its_queues_afresh,
+    batch_receipts_settle_whole_batches,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -785,4 +786,155 @@ fn a_topic_created_again_starts_its_queues_afresh(b: Backend) {
     }
     ids.sort_unstable();
     assert_eq!(ids, (100..110).collect::<Vec<_>>());
+}
+
+/// Leases up to `batch` messages of `app2.<group>` on `app1.t` with their batch receipt.
+fn lease_batch(
+    c: &mut Conn,
+    app1: &str,
+    app2: &str,
+    group: &str,
+    q: &str,
+) -> (Vec<Leased>, String) {
+    let r = c.req(
+        "GET",
+        &format!("/v1/msgs/{app1}/t/v1?group={group}&ack=lease&{q}"),
+        &[("Appid", app2), ("Accept", "application/x-ndjson")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "lease: {}", r.text());
+    let batch = r
+        .header("x-batch-receipt")
+        .expect("X-Batch-Receipt")
+        .to_owned();
+    (parse(&r.body), batch)
+}
+
+fn batch_receipts_settle_whole_batches(b: Backend) {
+    let g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 2);
+    publish_numbered(&g, &app1, 40);
+    let mut c = g.connect();
+    let mut got = Vec::new();
+    let mut batches = Vec::new();
+    while got.len() < 40 {
+        let (m, b) = lease_batch(&mut c, &app1, &app2, "g", "batch=40&wait=5s&visibility=1m");
+        got.extend(m);
+        batches.push(b);
+    }
+    let n = got.len();
+    // A changed character, a batch receipt of another group, or a receipt where a batch
+    // receipt belongs: 400 (40008), and nothing settled.
+    let b0 = batches[0].clone();
+    let mut bad = vec![
+        format!("{b0}A"),
+        b0[..b0.len() - 2].to_owned(),
+        got[0].receipt.clone(),
+    ];
+    let mut flipped = b0.clone().into_bytes();
+    flipped[b0.len() / 2] = if flipped[b0.len() / 2] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    bad.push(String::from_utf8(flipped).unwrap());
+    for f in &bad {
+        let r = c.req(
+            "POST",
+            &format!("/v1/queue/{app1}/t/v1/g/ack"),
+            &[("Appid", app2.as_str())],
+            serde_json::json!({"batch_receipt": f})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{f}: {}", r.text());
+        assert_eq!(r.json()["code"], 40008, "{}", r.text());
+    }
+    let other = c.req(
+        "POST",
+        &format!("/v1/queue/{app1}/t/v1/other/ack"),
+        &[("Appid", app2.as_str()), ("X-Batch-Receipt", b0.as_str())],
+        b"",
+    );
+    assert_eq!(other.status, 400, "{}", other.text());
+    // One individual receipt, then every batch receipt: the first is done already.
+    assert_eq!(
+        settle(
+            &mut c,
+            &app1,
+            &app2,
+            "g",
+            "ack",
+            serde_json::json!({"receipts": [got[0].receipt]})
+        ),
+        ["acked"]
+    );
+    let mut statuses = Vec::new();
+    for b in &batches {
+        statuses.extend(settle(
+            &mut c,
+            &app1,
+            &app2,
+            "g",
+            "ack",
+            serde_json::json!({"batch_receipt": b}),
+        ));
+    }
+    assert_eq!(statuses.len(), n);
+    assert_eq!(statuses.iter().filter(|s| *s == "already_done").count(), 1);
+    assert_eq!(statuses.iter().filter(|s| *s == "acked").count(), n - 1);
+    // All done: past the 1 s default lease nothing comes back.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lease(&mut c, &app1, &app2, "g", "batch=50&wait=500ms").is_empty());
+
+    // Nack a batch by header (delay in the query): it comes back as attempt 2, and a receipt
+    // beside a batch receipt in one body settles both.
+    publish_numbered(&g, &app1, 6);
+    let mut fresh = Vec::new();
+    let mut fresh_batches = Vec::new();
+    while fresh.len() < 6 {
+        let (m, b) = lease_batch(&mut c, &app1, &app2, "g", "batch=6&wait=5s&visibility=1m");
+        fresh.extend(m);
+        fresh_batches.push(b);
+    }
+    let mut retried = 0;
+    for b in &fresh_batches {
+        let r = c.req(
+            "POST",
+            &format!("/v1/queue/{app1}/t/v1/g/nack?delay=100ms"),
+            &[("Appid", app2.as_str()), ("X-Batch-Receipt", b.as_str())],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        retried += r.json()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["status"] == "retry")
+            .count();
+    }
+    assert_eq!(retried, 6);
+    let mut again = Vec::new();
+    let mut again_batches = Vec::new();
+    let t0 = Instant::now();
+    while again.len() < 6 && t0.elapsed() < Duration::from_secs(10) {
+        let (m, b) = lease_batch(&mut c, &app1, &app2, "g", "batch=6&wait=5s&visibility=1m");
+        again.extend(m);
+        again_batches.push(b);
+    }
+    assert_eq!(again.len(), 6);
+    assert!(again.iter().all(|m| m.attempt == 2), "{again:?}");
+    let mut statuses = Vec::new();
+    for (i, b) in again_batches.iter().enumerate() {
+        let body = if i == 0 {
+            serde_json::json!({"receipts": [again[0].receipt], "batch_receipt": b})
+        } else {
+            serde_json::json!({"batch_receipt": b})
+        };
+        statuses.extend(settle(&mut c, &app1, &app2, "g", "ack", body));
+    }
+    assert_eq!(statuses[0], "acked");
+    assert_eq!(statuses.iter().filter(|s| *s == "already_done").count(), 1);
+    assert_eq!(statuses.iter().filter(|s| *s == "acked").count(), 6);
 }

@@ -10,6 +10,7 @@
 //!   gateway can decode and route to the owner.
 //! * `minqueue`: the min-priority queue of the window's pending offsets, leases and backoffs,
 //!   cheap for values that arrive in order.
+//! * [`batch`]: batch receipts, one tagged handle for every message of a leased batch.
 //! * [`checkpoint`]: [`Checkpoint`], the durable snapshot of a window, with the crash guarantee
 //!   it gives.
 //!
@@ -18,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod checkpoint;
 mod minqueue;
 pub mod receipt;

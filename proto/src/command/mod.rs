@@ -21,7 +21,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 pub use admin::{Admin, DEFAULT_GRACE};
-pub use parse::settle_json;
+pub use parse::{settle_json, MAX_RECEIPTS};
 use std::time::Duration;
 
 /// What a transport exposes of a request.
@@ -255,6 +255,9 @@ pub struct Settle<'a> {
     pub group: &'a str,
     pub op: SettleOp,
     pub receipts: Vec<String>,
+    /// A batch receipt (`X-Batch-Receipt` of a leased batch): every message it names, after
+    /// `receipts`.
+    pub batch: Option<String>,
     /// Nack: how long until the message is delivered again.
     pub delay: Option<Duration>,
     /// Extend: the lease's new length from now.

@@ -325,8 +325,9 @@ fn duration(q: &str, name: &str) -> Result<Option<Duration>, Error> {
 /// The most receipts one settle may name.
 pub const MAX_RECEIPTS: usize = 1000;
 
-/// A settle: receipts from the JSON body (`{"receipts":[...],"delay":"5s","visibility":"1m",
-/// "error":"..."}`) or one from `X-Receipt` with an empty body (the rest in the query).
+/// A settle: receipts from the JSON body (`{"receipts":[...],"batch_receipt":"...",
+/// "delay":"5s","visibility":"1m","error":"..."}`), or with an empty body one from `X-Receipt`
+/// or `X-Batch-Receipt` (the rest in the query).
 pub(super) fn settle<'a>(
     parts: &impl Parts,
     q: &str,
@@ -337,22 +338,27 @@ pub(super) fn settle<'a>(
 ) -> Result<Settle<'a>, Error> {
     let op = SettleOp::parse(op).ok_or_else(|| Error::param("unknown settle op"))?;
     let s = if body.iter().all(u8::is_ascii_whitespace) {
-        let receipt = parts
-            .header("x-receipt")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::MissingHeader,
-                    "name the receipts: a JSON body {\"receipts\":[...]} or an X-Receipt header",
-                )
-            })?;
+        let header = |name: &str| {
+            parts
+                .header(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let (receipt, batch) = (header("x-receipt"), header("x-batch-receipt"));
+        if receipt.is_none() && batch.is_none() {
+            return Err(Error::new(
+                ErrorKind::MissingHeader,
+                "name the receipts: a JSON body {\"receipts\":[...]}, or an X-Receipt or X-Batch-Receipt header",
+            ));
+        }
         Settle {
             topic,
             group,
             op,
-            receipts: vec![receipt.to_owned()],
+            receipts: receipt.into_iter().collect(),
+            batch,
             delay: duration(q, "delay")?,
             visibility: duration(q, "visibility")?,
             error: query::get(q, "error")
@@ -376,7 +382,9 @@ pub fn settle_json<'a>(
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
+        #[serde(default)]
         receipts: Vec<String>,
+        batch_receipt: Option<String>,
         delay: Option<String>,
         visibility: Option<String>,
         error: Option<String>,
@@ -393,6 +401,7 @@ pub fn settle_json<'a>(
             group,
             op,
             receipts,
+            batch: None,
             delay: None,
             visibility: None,
             error: None,
@@ -405,6 +414,7 @@ pub fn settle_json<'a>(
         group,
         op,
         receipts: b.receipts,
+        batch: b.batch_receipt,
         delay: dur(b.delay, "delay")?,
         visibility: dur(b.visibility, "visibility")?,
         error: b.error,
@@ -455,13 +465,14 @@ fn receipts_only(body: &[u8]) -> Option<Vec<String>> {
     (skip_ws(body, i) == body.len()).then_some(out)
 }
 
-/// A settle's limits: 1 to [`MAX_RECEIPTS`] receipts, a bounded one-line error, and a
+/// A settle's limits: 1 to [`MAX_RECEIPTS`] receipts (a batch receipt names at most as many,
+/// checked where it is decoded), a bounded one-line error, and a
 /// `visibility` for an extension.
 fn checked(mut s: Settle<'_>) -> Result<Settle<'_>, Error> {
-    if s.receipts.is_empty() || s.receipts.len() > MAX_RECEIPTS {
+    if (s.receipts.is_empty() && s.batch.is_none()) || s.receipts.len() > MAX_RECEIPTS {
         return Err(Error::new(
             ErrorKind::InvalidBody,
-            format!("name 1 to {MAX_RECEIPTS} receipts"),
+            format!("name 1 to {MAX_RECEIPTS} receipts, or a batch receipt"),
         ));
     }
     if let Some(e) = &mut s.error {

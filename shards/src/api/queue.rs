@@ -11,7 +11,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 /// A leased long poll: one message as the body (with `X-Receipt` and `X-Delivery-Attempt`), or
-/// with `batch=N` JSON lines carrying `receipt` and `attempt`.
+/// with `batch=N` JSON lines carrying `receipt` and `attempt`, and `X-Batch-Receipt` for all
+/// of them.
 pub async fn subscribe(
     core: &Rc<Core>,
     caller: Caller<'_>,
@@ -28,7 +29,7 @@ pub async fn subscribe(
     }
     let call = LeaseCall {
         topic: meta.name.to_string(),
-        group,
+        group: group.clone(),
         reset: s.reset,
         max: s.batch.unwrap_or(1),
         max_bytes: shard.cfg.subscribe.max_batch_bytes.0 as usize,
@@ -65,8 +66,11 @@ pub async fn subscribe(
         }
         r
     } else {
-        // Binary records have no room for a receipt: leased batches are JSON lines.
+        // Binary records have no room for a receipt: leased batches are JSON lines, and one
+        // batch receipt settles them all.
+        let batch = core.queues.batch_receipt(&meta.name, &group, &records);
         Reply::records(200, RecordFormat::NdJson, records)
+            .header("x-batch-receipt", Value::Bytes(batch.into()))
     };
     reply.hold = Some(Box::new(held));
     Ok(reply)
@@ -86,6 +90,7 @@ pub async fn settle(core: &Rc<Core>, caller: Caller<'_>, s: Settle<'_>) -> Resul
             &group,
             s.op,
             &s.receipts,
+            s.batch.as_deref(),
             s.delay,
             s.visibility,
             s.error,

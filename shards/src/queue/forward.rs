@@ -155,6 +155,7 @@ pub async fn run(core: Rc<Core>, init: ForwardInit) {
                 &f.group,
                 op,
                 &f.receipts,
+                None,
                 f.delay_ms.map(Duration::from_millis),
                 f.visibility_ms.map(Duration::from_millis),
                 f.error,

@@ -712,6 +712,7 @@ impl QueueGroup {
                 m.leased = Some(Box::new(Leased {
                     receipt,
                     attempt: l.attempt,
+                    lease: l.id,
                 }));
                 out.push(m);
             }

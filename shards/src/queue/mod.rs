@@ -19,6 +19,7 @@ use crate::metrics;
 use crate::request::{Answer, Request};
 use crate::shard::Shard;
 use group::QueueGroup;
+use kateway_core::queue::batch::BatchItem;
 use kateway_core::queue::{Receipt, ReceiptKey};
 use kateway_core::{Delivered, Error, ErrorKind, Reset};
 use kateway_proto::command::SettleOp;
@@ -150,6 +151,22 @@ impl Queues {
         Ok(g)
     }
 
+    /// The batch receipt of leased `records` of `group` on `topic`.
+    pub fn batch_receipt(&self, topic: &str, group: &str, records: &[Delivered]) -> String {
+        let items: Vec<BatchItem> = records
+            .iter()
+            .filter_map(|m| {
+                m.leased.as_ref().map(|l| BatchItem {
+                    partition: m.partition,
+                    offset: m.offset,
+                    lease: l.lease,
+                })
+            })
+            .collect();
+        let fp = kateway_core::queue::fingerprint(topic, group);
+        kateway_core::queue::batch::encode(&self.key, fp, &items)
+    }
+
     /// Makes every queue of this core durable (at shutdown).
     pub async fn save_all(&self) {
         let all: Vec<Rc<QueueGroup>> = self.groups.borrow().values().cloned().collect();
@@ -209,7 +226,8 @@ impl Queues {
         }
     }
 
-    /// Decodes the receipts of a settle (a forged or another group's one fails alone) and
+    /// Decodes the receipts of a settle (a forged or another group's one fails alone), then
+    /// the messages of its batch receipt (which fails whole: one error for the call), and
     /// settles them on the core that owns the queue. `forwarded`: handed on by another gateway
     /// (applied here or dropped, never handed on again).
     #[allow(clippy::too_many_arguments)]
@@ -221,6 +239,7 @@ impl Queues {
         group: &str,
         op: SettleOp,
         receipts: &[String],
+        batch: Option<&str>,
         delay: Option<Duration>,
         visibility: Option<Duration>,
         error: Option<String>,
@@ -240,7 +259,28 @@ impl Queues {
                     format!("invalid receipt: {e}"),
                 )),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut decoded = decoded;
+        if let Some(b) = batch {
+            let max = kateway_proto::command::MAX_RECEIPTS.saturating_sub(receipts.len());
+            match kateway_core::queue::batch::decode(&self.key, b, max) {
+                Ok((f, items)) if f == fp && items.iter().all(|r| r.partition < topic.partitions) => {
+                    decoded.extend(items.into_iter().map(Ok));
+                }
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidReceipt,
+                        "the batch receipt is for another topic or group",
+                    ))
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidReceipt,
+                        format!("invalid batch receipt (at most {max} messages with the receipts beside it): {e}"),
+                    ))
+                }
+            }
+        }
         let c = SettleCall {
             topic: topic.name.to_string(),
             group: group.to_owned(),
