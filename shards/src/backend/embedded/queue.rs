@@ -8,7 +8,7 @@ use super::Store;
 use crate::catalog::LocalTopic;
 use kateway_core::queue::Checkpoint;
 use kateway_core::{Error, ErrorKind, Groups};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 impl Store {
     /// Removes the queue checkpoints of a deleted topic (a topic created again under its name
@@ -112,8 +112,47 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
         }
-        kateway_log::partition::replace_file(&path, checkpoint).map_err(|e| failed(&e))?;
+        replace(&path, checkpoint).await.map_err(|e| failed(&e))?;
         self.commit_anywhere(topic, p, group, watermark, false)
             .await
     }
+}
+
+/// [`kateway_log::partition::replace_file`] with its fsyncs through io_uring, so that a
+/// checkpoint never stalls the core's other connections: write a temporary file beside `path`,
+/// fsync it, rename it over `path`, fsync the directory. A crash leaves the old or the new
+/// content; a failure before the rename leaves the old content and no temporary file.
+async fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = async {
+        if let Some(a) = kateway_log::fail::eval(kateway_log::fs::FP_REPLACE) {
+            return Err(a.error());
+        }
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        monoio::fs::File::from_std(f)?.sync_all().await
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    monoio::fs::File::from_std(std::fs::File::open(dir)?)?
+        .sync_all()
+        .await
 }
