@@ -87,6 +87,12 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_128_bytes() {
+        // The memory docs/performance.md gives per slot.
+        assert_eq!(std::mem::size_of::<Option<Delivered>>(), 128);
+    }
+
+    #[test]
     fn holds_by_offset_and_forgets_in_any_order() {
         let mut r = Records::default();
         for o in [10, 11, 13, 14] {
