@@ -18,6 +18,7 @@ on_both_backends!(
     dead_letters_are_counted_peeked_redriven_and_purged,
     a_topic_created_again_starts_its_queues_afresh,
     batch_receipts_settle_whole_batches,
+    a_message_is_buried_once,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -937,4 +938,31 @@ fn batch_receipts_settle_whole_batches(b: Backend) {
     assert_eq!(statuses[0], "acked");
     assert_eq!(statuses.iter().filter(|s| *s == "already_done").count(), 1);
     assert_eq!(statuses.iter().filter(|s| *s == "acked").count(), 6);
+}
+
+fn a_message_is_buried_once(b: Backend) {
+    let g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    publish_numbered(&g, &app1, 2);
+    let mut c = g.connect();
+    let (got, batch) = lease_batch(&mut c, &app1, &app2, "g", "batch=2&wait=5s&visibility=1m");
+    assert_eq!(got.len(), 2);
+    let (r0, r1) = (&got[0].receipt, &got[1].receipt);
+    // The same message named again in one call, by receipt or by batch receipt: buried once,
+    // the other namings refused. Control characters in the error become spaces.
+    let st = settle(
+        &mut c,
+        &app1,
+        &app2,
+        "g",
+        "bury",
+        serde_json::json!({"receipts": [r0, r0, r1], "batch_receipt": batch, "error": "a\u{0}b\u{1b}c\td"}),
+    );
+    assert_eq!(st, ["buried", "failed", "buried", "failed", "failed"]);
+    let dead = dead_letters(&g, &app2, "g");
+    let ids: Vec<usize> = dead.iter().map(|(n, _)| *n).collect();
+    assert_eq!(ids, [0, 1], "{dead:?}");
+    assert!(dead[0].1.contains("kgw-error=a b c d"), "{}", dead[0].1);
+    assert!(!dead[0].1.chars().any(char::is_control), "{:?}", dead[0].1);
 }

@@ -482,7 +482,9 @@ fn checked(mut s: Settle<'_>) -> Result<Settle<'_>, Error> {
             end -= 1;
         }
         e.truncate(end);
-        *e = e.replace(['\n', '\r', ';'], " ");
+        // Control characters would break the dead letter's tags (and the headers a single
+        // message is delivered with), and `;` separates its tags.
+        *e = e.replace(|c: char| c.is_control() || c == ';', " ");
     }
     if s.op == SettleOp::Extend && s.visibility.is_none_or(|v| v.is_zero()) {
         return Err(Error::param("extend needs a visibility above 0"));

@@ -23,7 +23,7 @@ use kateway_core::queue::{
 };
 use kateway_core::{Delivered, Error, ErrorKind, Leased, Reset};
 use kateway_proto::command::SettleOp;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -74,6 +74,9 @@ pub struct QueueGroup {
     room: Event,
     /// Leases or settles in progress, and when the group was last used.
     users: Cell<usize>,
+    /// `(partition, offset)` of messages being copied to the dead-letter topic by a bury: no
+    /// other bury, nack or extend of them until it ends.
+    burying: RefCell<FxHashSet<(u32, u64)>>,
     last_used: Cell<Instant>,
     /// Turn for fair leasing across partitions.
     turn: Cell<u32>,
@@ -125,6 +128,7 @@ impl QueueGroup {
             changed: Event::default(),
             room: Event::default(),
             users: Cell::new(0),
+            burying: RefCell::new(FxHashSet::default()),
             last_used: Cell::new(Instant::now()),
             turn: Cell::new(0),
             closed: Cell::new(false),
@@ -778,7 +782,11 @@ impl QueueGroup {
                 continue;
             };
             let o = r.offset;
+            let being_buried = self.burying.borrow().contains(&(r.partition, o));
             let res = match op {
+                SettleOp::Nack | SettleOp::Extend | SettleOp::Bury if being_buried => {
+                    Err(QueueError::StaleLease(o))
+                }
                 SettleOp::Ack => part.q.ack(o, Some(r.lease)).map(|a| match a {
                     Ack::Acked { .. } => Outcome::Acked,
                     Ack::AlreadyDone => Outcome::AlreadyDone,
@@ -803,6 +811,7 @@ impl QueueGroup {
                 SettleOp::Bury => {
                     if part.q.holds(o, r.lease) {
                         if let (Some(rec), Some(v)) = (part.records.get(o), part.q.slot(o)) {
+                            self.burying.borrow_mut().insert((r.partition, o));
                             bury.push((
                                 i,
                                 r,
@@ -829,13 +838,20 @@ impl QueueGroup {
                     }
                     out.push(outcome);
                 }
-                Err(e) => out.push(Outcome::Failed(queue_err(e))),
+                Err(e) => out.push(Outcome::Failed(queue_err(e, r.partition))),
             }
             drop(parts);
         }
         if !bury.is_empty() {
             let items = bury.iter().map(|(_, _, it)| it.clone()).collect();
-            match dead::send(&self.shard, &self.backend, &self.group, items).await {
+            let sent = dead::send(&self.shard, &self.backend, &self.group, items).await;
+            {
+                let mut burying = self.burying.borrow_mut();
+                for (_, r, _) in &bury {
+                    burying.remove(&(r.partition, r.offset));
+                }
+            }
+            match sent {
                 Ok(()) => {
                     for (_, r, _) in &bury {
                         let (p, o, lease) = (r.partition, r.offset, r.lease);
@@ -900,18 +916,20 @@ impl Drop for Use<'_> {
     }
 }
 
-fn queue_err(e: QueueError) -> Error {
+fn queue_err(e: QueueError, p: u32) -> Error {
     match e {
         QueueError::StaleLease(o) => Error::new(
             ErrorKind::StaleLease,
-            format!("the lease on offset {o} ended: the message was delivered again or settled"),
+            format!("the lease on partition {p} offset {o} ended: the message was delivered again, settled, or is being buried"),
         ),
-        QueueError::AlreadyDone(o) => {
-            Error::new(ErrorKind::StaleLease, format!("offset {o} is already done"))
-        }
-        QueueError::NotRead(o) => {
-            Error::new(ErrorKind::StaleLease, format!("offset {o} is not leased"))
-        }
+        QueueError::AlreadyDone(o) => Error::new(
+            ErrorKind::StaleLease,
+            format!("partition {p} offset {o} is already done"),
+        ),
+        QueueError::NotRead(o) => Error::new(
+            ErrorKind::StaleLease,
+            format!("partition {p} offset {o} is not leased"),
+        ),
         e => Error::new(ErrorKind::Internal, e.to_string()),
     }
 }

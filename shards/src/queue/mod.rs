@@ -262,9 +262,12 @@ impl Queues {
             .collect::<Vec<_>>();
         let mut decoded = decoded;
         if let Some(b) = batch {
-            let max = kateway_proto::command::MAX_RECEIPTS.saturating_sub(receipts.len());
-            match kateway_core::queue::batch::decode(&self.key, b, max) {
-                Ok((f, items)) if f == fp && items.iter().all(|r| r.partition < topic.partitions) => {
+            // A batch receipt names at most what one leased poll hands out.
+            let max = (shard.cfg.subscribe.max_batch as usize).max(1);
+            match kateway_core::queue::batch::decode(&self.key, b.trim(), max) {
+                Ok((f, items))
+                    if f == fp && items.iter().all(|r| r.partition < topic.partitions) =>
+                {
                     decoded.extend(items.into_iter().map(Ok));
                 }
                 Ok(_) => {
@@ -276,7 +279,7 @@ impl Queues {
                 Err(e) => {
                     return Err(Error::new(
                         ErrorKind::InvalidReceipt,
-                        format!("invalid batch receipt (at most {max} messages with the receipts beside it): {e}"),
+                        format!("invalid batch receipt: {e}"),
                     ))
                 }
             }
