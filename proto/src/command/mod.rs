@@ -21,7 +21,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 pub use admin::{Admin, DEFAULT_GRACE};
-pub use parse::{settle_json, MAX_RECEIPTS};
+pub use parse::{settle_frame, settle_json, MAX_RECEIPTS};
 use std::time::Duration;
 
 /// What a transport exposes of a request.

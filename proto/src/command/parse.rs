@@ -371,17 +371,50 @@ pub(super) fn settle<'a>(
     checked(s)
 }
 
-/// A settle from a JSON object `{"receipts":[...],"delay","visibility","error"}` (a request
-/// body, or a WebSocket subscriber's `{"settle":op, ...}` frame without its `settle`).
+/// A settle from a JSON object `{"receipts":[...],"batch_receipt","delay","visibility","error"}`
+/// (a request body).
 pub fn settle_json<'a>(
     topic: TopicPath<'a>,
     group: &'a str,
     op: SettleOp,
     body: &[u8],
 ) -> Result<Settle<'a>, Error> {
+    if let Some(receipts) = receipts_only(body) {
+        return checked(Settle {
+            topic,
+            group,
+            op,
+            receipts,
+            batch: None,
+            delay: None,
+            visibility: None,
+            error: None,
+        });
+    }
+    settle_object(topic, group, Some(op), body)
+}
+
+/// A WebSocket subscriber's settle frame: the object of [`settle_json`] with its op in
+/// `"settle"`. Every key at most once (a repeated one is refused, not the last taken).
+pub fn settle_frame<'a>(
+    topic: TopicPath<'a>,
+    group: &'a str,
+    frame: &[u8],
+) -> Result<Settle<'a>, Error> {
+    settle_object(topic, group, None, frame)
+}
+
+/// A settle object with its op given (`op`) or in its `"settle"` key (`None`).
+fn settle_object<'a>(
+    topic: TopicPath<'a>,
+    group: &'a str,
+    op: Option<SettleOp>,
+    body: &[u8],
+) -> Result<Settle<'a>, Error> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
+        settle: Option<String>,
         #[serde(default)]
         receipts: Vec<String>,
         batch_receipt: Option<String>,
@@ -395,20 +428,21 @@ pub fn settle_json<'a>(
             .map(Some)
             .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("{name}: {e}"))),
     };
-    if let Some(receipts) = receipts_only(body) {
-        return checked(Settle {
-            topic,
-            group,
-            op,
-            receipts,
-            batch: None,
-            delay: None,
-            visibility: None,
-            error: None,
-        });
-    }
     let b: Body = serde_json::from_slice(body)
         .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("invalid settle body: {e}")))?;
+    let op = match (op, b.settle) {
+        (Some(op), None) => op,
+        (Some(_), Some(_)) => {
+            return Err(Error::new(
+                ErrorKind::InvalidBody,
+                "invalid settle body: the op is in the path, not in \"settle\"",
+            ))
+        }
+        (None, s) => s
+            .as_deref()
+            .and_then(SettleOp::parse)
+            .ok_or_else(|| Error::param("settle must be ack, nack, extend or bury"))?,
+    };
     checked(Settle {
         topic,
         group,
@@ -539,7 +573,39 @@ pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::receipts_only;
+    use super::{receipts_only, settle_frame, settle_json, SettleOp, TopicPath};
+
+    #[test]
+    fn a_settle_frame_names_its_op_once() {
+        let t = || TopicPath::new("app", "t", "v1").unwrap();
+        let ok = settle_frame(
+            t(),
+            "g",
+            br#"{"settle":"nack","receipts":["a"],"delay":"1s"}"#,
+        );
+        assert_eq!(ok.map(|s| s.op).ok(), Some(SettleOp::Nack));
+        for bad in [
+            &br#"{"settle":"ack","settle":"nack","receipts":["a"]}"#[..],
+            br#"{"settle":"ack","receipts":["a"],"receipts":["b"]}"#,
+            br#"{"receipts":["a"]}"#,
+            br#"{"settle":"drop","receipts":["a"]}"#,
+            br#"{"settle":"ack","credit":1,"receipts":["a"]}"#,
+        ] {
+            assert!(
+                settle_frame(t(), "g", bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // In a request body the op is the path's.
+        assert!(settle_json(
+            t(),
+            "g",
+            SettleOp::Ack,
+            br#"{"settle":"ack","receipts":["a"]}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn the_common_settle_body_is_read_like_the_general_parser_reads_it() {

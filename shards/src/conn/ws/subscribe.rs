@@ -10,7 +10,7 @@ use crate::metrics;
 use crate::node::Core;
 use bytes::BytesMut;
 use kateway_core::{Error, ErrorKind};
-use kateway_proto::command::{settle_json, AckBatch, Caller, Command, SettleOp, Subscribe};
+use kateway_proto::command::{AckBatch, Caller, Command, Subscribe};
 use kateway_proto::reply::{RecordFormat, Reply};
 use kateway_proto::ws;
 use monoio::io::AsyncWriteRent;
@@ -33,16 +33,11 @@ async fn settle_frame(
     s: &Subscribe<'_>,
     m: &[u8],
 ) -> Option<Option<Vec<u8>>> {
-    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(m).ok()?;
-    let op = v.remove("settle")?;
-    let settle = op
-        .as_str()
-        .and_then(SettleOp::parse)
-        .ok_or_else(|| Error::param("settle must be ack, nack, extend or bury"))
-        .and_then(|op| {
-            let rest = serde_json::to_vec(&v).unwrap_or_default();
-            settle_json(s.topic, s.group, op, &rest)
-        });
+    // Other frames (`{"credit":n}`, `{"ack":[p,o]}`) never name "settle".
+    if !m.windows(8).any(|w| w == b"\"settle\"") {
+        return None;
+    }
+    let settle = kateway_proto::command::settle_frame(s.topic, s.group, m);
     let reply = match settle {
         Ok(c) => api::execute(core, caller, Command::Settle(c)).await,
         Err(e) => Reply::error(&e),
