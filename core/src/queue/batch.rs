@@ -12,7 +12,8 @@
 //! `h / 2` (at least 1); `h` odd is `partition = h / 2`, then `generation`, `seq` and `offset`
 //! as varints.
 
-use super::receipt::{ReceiptError, ReceiptKey};
+use super::receipt::{constant_time_eq, ReceiptError, ReceiptKey};
+use super::varint;
 use super::window::LeaseId;
 use super::Receipt;
 use base64::Engine;
@@ -38,7 +39,7 @@ pub fn encode(key: &ReceiptKey, fingerprint: u32, items: &[BatchItem]) -> String
     let mut b = Vec::with_capacity(16 + 2 * items.len());
     b.push(VERSION);
     b.extend_from_slice(&fingerprint.to_be_bytes());
-    put_varint(&mut b, items.len() as u64);
+    varint::put(&mut b, items.len() as u64);
     let mut prev: Option<BatchItem> = None;
     for it in items {
         match prev {
@@ -48,13 +49,13 @@ pub fn encode(key: &ReceiptKey, fingerprint: u32, items: &[BatchItem]) -> String
                     && p.lease.seq.checked_add(1) == Some(it.lease.seq)
                     && it.offset > p.offset =>
             {
-                put_varint(&mut b, (it.offset - p.offset) << 1);
+                varint::put(&mut b, (it.offset - p.offset) << 1);
             }
             _ => {
-                put_varint(&mut b, u64::from(it.partition) << 1 | 1);
-                put_varint(&mut b, it.lease.generation.into());
-                put_varint(&mut b, it.lease.seq.into());
-                put_varint(&mut b, it.offset);
+                varint::put(&mut b, u64::from(it.partition) << 1 | 1);
+                varint::put(&mut b, it.lease.generation.into());
+                varint::put(&mut b, it.lease.seq.into());
+                varint::put(&mut b, it.offset);
             }
         }
         prev = Some(*it);
@@ -80,10 +81,7 @@ pub fn decode(
         return Err(ReceiptError::Malformed);
     }
     let (body, presented) = raw.split_at(raw.len() - TAG_LEN);
-    let t = key.tag_bytes(body);
-    // One XOR of the whole tags and one comparison: no early exit at the first difference.
-    let presented = u64::from_le_bytes(presented.try_into().map_err(|_| ReceiptError::Malformed)?);
-    if std::hint::black_box(u64::from_le_bytes(t) ^ presented) != 0 {
+    if !constant_time_eq(&key.tag_bytes(body), presented) {
         return Err(ReceiptError::BadTag);
     }
     if body[0] != VERSION {
@@ -136,30 +134,12 @@ pub fn decode(
     Ok((fingerprint, out))
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
+/// A cursor over a batch receipt's items.
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
     fn varint(&mut self) -> Result<u64, ReceiptError> {
-        let mut v = 0u64;
-        for (i, &b) in self.0.iter().enumerate().take(10) {
-            if i == 9 && b > 1 {
-                return Err(ReceiptError::Malformed);
-            }
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                self.0 = &self.0[i + 1..];
-                return Ok(v);
-            }
-        }
-        Err(ReceiptError::Malformed)
+        varint::take(&mut self.0).map_err(|_| ReceiptError::Malformed)
     }
 }
 

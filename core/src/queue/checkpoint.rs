@@ -41,6 +41,7 @@ use std::ops::Range;
 
 use thiserror::Error;
 
+use super::varint::{self, Short};
 #[cfg(doc)]
 use super::window::PartitionQueue;
 
@@ -103,23 +104,23 @@ impl Checkpoint {
         let mut out = Vec::with_capacity(16 + 4 * self.done.len() + 14 * self.attempted.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        put_varint(&mut out, u64::from(self.generation));
-        put_varint(&mut out, self.watermark);
-        put_varint(&mut out, self.done.len() as u64);
+        varint::put(&mut out, u64::from(self.generation));
+        varint::put(&mut out, self.watermark);
+        varint::put(&mut out, self.done.len() as u64);
         let mut prev = self.watermark;
         for r in &self.done {
-            put_varint(&mut out, r.start.wrapping_sub(prev));
-            put_varint(&mut out, r.end.wrapping_sub(r.start));
+            varint::put(&mut out, r.start.wrapping_sub(prev));
+            varint::put(&mut out, r.end.wrapping_sub(r.start));
             prev = r.end;
         }
-        put_varint(&mut out, self.attempted.len() as u64);
+        varint::put(&mut out, self.attempted.len() as u64);
         let mut prev = self.watermark;
         for a in &self.attempted {
-            put_varint(&mut out, a.offset.wrapping_sub(prev));
-            put_varint(&mut out, u64::from(a.attempt));
+            varint::put(&mut out, a.offset.wrapping_sub(prev));
+            varint::put(&mut out, u64::from(a.attempt));
             out.push(if a.leased { FLAG_LEASED } else { 0 });
-            put_varint(&mut out, zigzag(a.first_seen_ms));
-            put_varint(&mut out, zigzag(a.at_ms.wrapping_sub(a.first_seen_ms)));
+            varint::put(&mut out, zigzag(a.first_seen_ms));
+            varint::put(&mut out, zigzag(a.at_ms.wrapping_sub(a.first_seen_ms)));
             prev = a.offset;
         }
         let crc = crc32c::crc32c(&out);
@@ -168,19 +169,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self) -> Result<u64, CheckpointError> {
-        let mut v = 0u64;
-        for (i, &b) in self.buf.iter().enumerate().take(10) {
-            let bits = u64::from(b & 0x7f);
-            if i == 9 && b > 1 {
-                return Err(CheckpointError::Malformed("varint overflow"));
-            }
-            v |= bits << (7 * i);
-            if b & 0x80 == 0 {
-                self.buf = &self.buf[i + 1..];
-                return Ok(v);
-            }
-        }
-        Err(CheckpointError::Truncated)
+        varint::take(&mut self.buf).map_err(|e| match e {
+            Short::Overflow => CheckpointError::Malformed("varint overflow"),
+            Short::Truncated => CheckpointError::Truncated,
+        })
     }
 
     fn byte(&mut self) -> Result<u8, CheckpointError> {
@@ -267,14 +259,6 @@ impl Reader<'_> {
         }
         Ok(out)
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 fn zigzag(v: i64) -> u64 {

@@ -23,6 +23,7 @@ pub mod batch;
 pub mod checkpoint;
 mod minqueue;
 pub mod receipt;
+mod varint;
 pub mod window;
 
 pub use checkpoint::{Attempted, Checkpoint, CheckpointError};
