@@ -811,19 +811,28 @@ fn lease_batch(
     (parse(&r.body), batch)
 }
 
+/// Leases at least `n` messages of `app2.g` on `app1.t` (trying for 10 s), in polls of up to
+/// `n`: the messages and each poll's batch receipt.
+fn lease_batches(c: &mut Conn, app1: &str, app2: &str, n: usize) -> (Vec<Leased>, Vec<String>) {
+    let (mut got, mut batches) = (Vec::new(), Vec::new());
+    let q = format!("batch={n}&wait=5s&visibility=1m");
+    let t0 = Instant::now();
+    while got.len() < n && t0.elapsed() < Duration::from_secs(10) {
+        let (m, b) = lease_batch(c, app1, app2, "g", &q);
+        got.extend(m);
+        batches.push(b);
+    }
+    assert!(got.len() >= n, "{} of {n} leased", got.len());
+    (got, batches)
+}
+
 fn batch_receipts_settle_whole_batches(b: Backend) {
     let g = Gateway::on(b, QUEUE_ENV);
     let (app1, app2) = (g.app("app1"), g.app("app2"));
     g.create_topic(&app1, "t", 2);
     publish_numbered(&g, &app1, 40);
     let mut c = g.connect();
-    let mut got = Vec::new();
-    let mut batches = Vec::new();
-    while got.len() < 40 {
-        let (m, b) = lease_batch(&mut c, &app1, &app2, "g", "batch=40&wait=5s&visibility=1m");
-        got.extend(m);
-        batches.push(b);
-    }
+    let (got, batches) = lease_batches(&mut c, &app1, &app2, 40);
     let n = got.len();
     // A changed character, a batch receipt of another group, or a receipt where a batch
     // receipt belongs: 400 (40008), and nothing settled.
@@ -892,13 +901,7 @@ fn batch_receipts_settle_whole_batches(b: Backend) {
     // Nack a batch by header (delay in the query): it comes back as attempt 2, and a receipt
     // beside a batch receipt in one body settles both.
     publish_numbered(&g, &app1, 6);
-    let mut fresh = Vec::new();
-    let mut fresh_batches = Vec::new();
-    while fresh.len() < 6 {
-        let (m, b) = lease_batch(&mut c, &app1, &app2, "g", "batch=6&wait=5s&visibility=1m");
-        fresh.extend(m);
-        fresh_batches.push(b);
-    }
+    let (_, fresh_batches) = lease_batches(&mut c, &app1, &app2, 6);
     let mut retried = 0;
     for b in &fresh_batches {
         let r = c.req(
@@ -916,14 +919,7 @@ fn batch_receipts_settle_whole_batches(b: Backend) {
             .count();
     }
     assert_eq!(retried, 6);
-    let mut again = Vec::new();
-    let mut again_batches = Vec::new();
-    let t0 = Instant::now();
-    while again.len() < 6 && t0.elapsed() < Duration::from_secs(10) {
-        let (m, b) = lease_batch(&mut c, &app1, &app2, "g", "batch=6&wait=5s&visibility=1m");
-        again.extend(m);
-        again_batches.push(b);
-    }
+    let (again, again_batches) = lease_batches(&mut c, &app1, &app2, 6);
     assert_eq!(again.len(), 6);
     assert!(again.iter().all(|m| m.attempt == 2), "{again:?}");
     let mut statuses = Vec::new();

@@ -48,6 +48,35 @@ struct Part {
     dirty: bool,
 }
 
+impl Part {
+    /// Offers read record `r` to the window: held if it entered as a message to deliver
+    /// (`added` set), dropped if it is done or known already (its payload off `bytes`), or
+    /// handed back when the window is full.
+    fn offer(
+        &mut self,
+        r: Delivered,
+        now: i64,
+        bytes: &mut usize,
+        added: &mut bool,
+    ) -> Option<Delivered> {
+        match self.q.offer(r.offset, now) {
+            Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
+                self.records.insert(r);
+                *added = true;
+                None
+            }
+            Ok(e) => {
+                if e == Entered::Done {
+                    self.dirty = true;
+                }
+                *bytes = bytes.saturating_sub(r.value.len());
+                None
+            }
+            Err(_) => Some(r),
+        }
+    }
+}
+
 /// A group's queue on one topic.
 pub struct QueueGroup {
     shard: Rc<Shard>,
@@ -334,22 +363,10 @@ impl QueueGroup {
         let Some(part) = parts.get_mut(&r.partition) else {
             return Some(r);
         };
-        match part.q.offer(r.offset, now) {
-            Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
-                part.records.insert(r);
-                *added = true;
-                None
-            }
-            Ok(e) => {
-                if e == Entered::Done {
-                    part.dirty = true;
-                }
-                self.bytes
-                    .set(self.bytes.get().saturating_sub(r.value.len()));
-                None
-            }
-            Err(_) => Some(r),
-        }
+        let mut bytes = self.bytes.get();
+        let back = part.offer(r, now, &mut bytes, added);
+        self.bytes.set(bytes);
+        back
     }
 
     /// Opens the windows of partitions that have records waiting in the overflow but no window
@@ -375,7 +392,7 @@ impl QueueGroup {
     /// each partition's queue is offered from its front until its window is full.
     fn drain_overflow(&self) {
         let now = now_ms();
-        let mut added = 0usize;
+        let mut added = false;
         let mut parts = self.parts.borrow_mut();
         let mut overflow = self.overflow.borrow_mut();
         let mut bytes = self.bytes.get();
@@ -389,21 +406,10 @@ impl QueueGroup {
                 bytes = bytes.saturating_sub(q.iter().map(|r| r.value.len()).sum());
                 return false;
             };
-            while let Some(r) = q.front() {
-                match part.q.offer(r.offset, now) {
-                    Ok(Entered::Ready | Entered::Held | Entered::Dead) => {
-                        let r = q.pop_front().expect("front");
-                        added += 1;
-                        part.records.insert(r);
-                    }
-                    Ok(e) => {
-                        if e == Entered::Done {
-                            part.dirty = true;
-                        }
-                        let r = q.pop_front().expect("front");
-                        bytes = bytes.saturating_sub(r.value.len());
-                    }
-                    Err(_) => break,
+            while let Some(r) = q.pop_front() {
+                if let Some(r) = part.offer(r, now, &mut bytes, &mut added) {
+                    q.push_front(r);
+                    break;
                 }
             }
             !q.is_empty()
@@ -412,7 +418,7 @@ impl QueueGroup {
         drop(held);
         drop(parts);
         drop(overflow);
-        if added > 0 {
+        if added {
             self.changed.notify();
         }
     }
