@@ -199,6 +199,13 @@ fn protocol_errors_close_with_their_codes(b: Backend) {
         let _ = s.write_all(&bytes);
         assert_eq!(close_code(&mut s), code, "{what}");
     }
+    // A client still writing a message far over the limit can write all of it (the gateway
+    // reads and drops it after its close frame, instead of resetting the connection under
+    // the write) and then reads the close.
+    let mut s = open(&g.addr, &path);
+    s.write_all(&frame(0x2, &vec![0; 32 << 20], true))
+        .expect("the gateway reads what follows its close frame");
+    assert_eq!(close_code(&mut s), 1009, "after a 32 MiB frame");
     // Nothing of it was published, and the gateway serves on.
     let mut s = open(&g.addr, &path);
     s.write_all(&frame(0x1, b"fine", true)).unwrap();

@@ -16,7 +16,9 @@
 //!
 //! Pings go out after `websocket.ping_interval` without a frame from the client; a client
 //! silent for two intervals is closed (1000, "idle timeout"). Draining closes with 1001. A
-//! frame the codec refuses closes with its code (1002, 1007, 1009).
+//! frame the codec refuses closes with its code (1002, 1007, 1009). When the server closes
+//! first it shuts its write side and reads (dropping) what the client still sends, for up to
+//! [`LINGER`], so the client reads the close frame rather than a reset.
 
 use super::h1::{answer_last, write_out};
 use super::Transport;
@@ -47,6 +49,10 @@ use subscribe::subscribe;
 /// The largest message a subscribing client may send (its control frames are a few bytes).
 const CONTROL_FRAME: u64 = 4096;
 
+/// How long a socket the server closed first keeps reading (and dropping) what the client
+/// still sends, so that the client reads the close frame instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// What the reader hands the writer.
 enum Inbox {
     Data(Bytes),
@@ -64,6 +70,8 @@ struct Shared {
     /// limit (`max_in_flight` for a publish socket), so a client cannot queue without bound.
     pending: Cell<usize>,
     heard: Cell<Instant>,
+    /// The server sent its close frame: the reader drops what it reads.
+    closing: Cell<bool>,
     ev: Event,
 }
 
@@ -149,6 +157,7 @@ pub async fn serve<S: Transport>(
         inbox: RefCell::new(VecDeque::new()),
         pending: Cell::new(0),
         heard: Cell::new(Instant::now()),
+        closing: Cell::new(false),
         ev: Event::default(),
     };
     let cfg = &core.shard.cfg.websocket;
@@ -173,32 +182,45 @@ pub async fn serve<S: Transport>(
         Mode::Subscribe { .. } => 64,
     };
     let mut reader = std::pin::pin!(read_frames(rd, rbuf, &sh, limits, max_pending));
-    let mut writer = std::pin::pin!(async {
-        match mode {
-            Mode::Publish(p) => publish(&core, caller, &p, &sh, &mut wr).await,
-            Mode::Subscribe { sub, s, credit } => {
-                subscribe(&core, caller, &s, sub, credit, &sh, &mut wr).await
+    let reader_done = {
+        let mut writer = std::pin::pin!(async {
+            match mode {
+                Mode::Publish(p) => publish(&core, caller, &p, &sh, &mut wr).await,
+                Mode::Subscribe { sub, s, credit } => {
+                    subscribe(&core, caller, &s, sub, credit, &sh, &mut wr).await
+                }
             }
+        });
+        // A key that loses access (revoked, expired, a grant taken back) closes the socket
+        // with 1008, through the writer, like a close of the client's.
+        let revoked = async {
+            lost(&core.shard, caller.principal(), need).await;
+            sh.push(Inbox::Close(1008, "policy violation: the key lost access"));
+            sh.ev.notify();
+            std::future::pending::<()>().await
+        };
+        let mut revoked = std::pin::pin!(revoked);
+        monoio::select! {
+            _ = &mut reader => {
+                monoio::select! {
+                    _ = &mut writer => {}
+                    _ = &mut revoked => {}
+                }
+                true
+            }
+            _ = &mut writer => false,
+            _ = &mut revoked => false,
         }
-    });
-    // A key that loses access (revoked, expired, a grant taken back) closes the socket with
-    // 1008, through the writer, like a close of the client's.
-    let revoked = async {
-        lost(&core.shard, caller.principal(), need).await;
-        sh.push(Inbox::Close(1008, "policy violation: the key lost access"));
-        sh.ev.notify();
-        std::future::pending::<()>().await
     };
-    let mut revoked = std::pin::pin!(revoked);
-    monoio::select! {
-        _ = &mut reader => {
-            monoio::select! {
-                _ = &mut writer => {}
-                _ = &mut revoked => {}
-            }
-        }
-        _ = &mut writer => {}
-        _ = &mut revoked => {}
+    if !reader_done {
+        // The server closed first (a protocol error, an idle client, a drain, a lost key).
+        // A socket closed with unread data is reset, and a client still writing then fails
+        // its write before it reads the close frame: so the write side is shut and the
+        // client's bytes are read and dropped until it closes too, for at most LINGER.
+        sh.closing.set(true);
+        sh.ev.notify();
+        let _ = wr.shutdown().await;
+        let _ = monoio::time::timeout(LINGER, &mut reader).await;
     }
 }
 
@@ -255,7 +277,9 @@ async fn prepare<'a>(
 }
 
 /// Reads and decodes the client's frames into the inbox until it closes, breaks the protocol
-/// or goes away. Stops reading while `max_pending` data messages wait.
+/// or goes away. Stops reading while `max_pending` data messages wait. Once the server closes
+/// (after a protocol error, or [`Shared::closing`]), it reads and drops bytes until the end of
+/// the stream.
 async fn read_frames<R: AsyncReadRent>(
     mut rd: R,
     mut rbuf: BytesMut,
@@ -265,30 +289,35 @@ async fn read_frames<R: AsyncReadRent>(
 ) {
     let mut dec = Decoder::new(limits);
     loop {
-        while sh.pending.get() >= max_pending {
+        while sh.pending.get() >= max_pending && !sh.closing.get() {
             let seen = sh.ev.epoch();
             sh.ev.wait(seen).await;
         }
-        match dec.decode(&mut rbuf) {
-            Ok(Some(m)) => {
-                sh.heard.set(Instant::now());
-                match m {
-                    Message::Text(b) | Message::Binary(b) => sh.push(Inbox::Data(b)),
-                    // A copy: the payload would otherwise keep its whole read buffer alive.
-                    Message::Ping(p) => sh.push(Inbox::Ping(Bytes::copy_from_slice(&p))),
-                    Message::Pong(_) => {}
-                    Message::Close(c) => {
-                        let code = c.map_or(1000, |(code, _)| code);
-                        sh.push(Inbox::Close(code, ""));
-                        return;
+        if sh.closing.get() {
+            rbuf.clear();
+        } else {
+            match dec.decode(&mut rbuf) {
+                Ok(Some(m)) => {
+                    sh.heard.set(Instant::now());
+                    match m {
+                        Message::Text(b) | Message::Binary(b) => sh.push(Inbox::Data(b)),
+                        // A copy: the payload would otherwise keep its whole read buffer alive.
+                        Message::Ping(p) => sh.push(Inbox::Ping(Bytes::copy_from_slice(&p))),
+                        Message::Pong(_) => {}
+                        Message::Close(c) => {
+                            let code = c.map_or(1000, |(code, _)| code);
+                            sh.push(Inbox::Close(code, ""));
+                            return;
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
-            Ok(None) => {}
-            Err(CloseError { code, reason }) => {
-                sh.push(Inbox::Close(code, reason));
-                return;
+                Ok(None) => {}
+                Err(CloseError { code, reason }) => {
+                    sh.push(Inbox::Close(code, reason));
+                    sh.closing.set(true);
+                    rbuf.clear();
+                }
             }
         }
         let (res, buf) = rd.read(super::h1::spare(rbuf)).await;
