@@ -246,6 +246,7 @@ pub struct KafkaConfig {
     pub meta_topic: String,
     pub idempotency_topic: String,
     pub queue_settle_topic: String,
+    pub queue_state_topic: String,
     pub client_id: String,
     pub replication_factor: i32,
     pub linger: Dur,

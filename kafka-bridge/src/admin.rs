@@ -15,6 +15,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
+/// A record's key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A Kafka admin client.
 pub struct Admin {
     client: AdminClient<DefaultClientContext>,
@@ -234,6 +237,56 @@ impl Admin {
             }
         }
         Ok(out)
+    }
+
+    /// The key and value of the record at exactly `offset` of partition `partition`, or `None`
+    /// when the partition no longer holds one there (compacted away, deleted, or never
+    /// written). Blocks.
+    pub fn read_at(
+        &self,
+        name: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<KeyValue>, BridgeError> {
+        use rdkafka::message::Message;
+        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            // Required by librdkafka, never joined: the partition is assigned by hand.
+            .set("group.id", "kateway-read-at")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(BridgeError::from_kafka)?;
+        let (low, high) = c
+            .fetch_watermarks(name, partition as i32, self.timeout)
+            .map_err(BridgeError::from_kafka)?;
+        let at = offset as i64;
+        if at < low || at >= high {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(name, partition as i32, Offset::Offset(at))
+            .map_err(BridgeError::from_kafka)?;
+        c.assign(&tpl).map_err(BridgeError::from_kafka)?;
+        let deadline = std::time::Instant::now() + self.timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match c.poll(left.min(Duration::from_millis(200))) {
+                None => {}
+                Some(Ok(m)) => {
+                    if m.offset() != at {
+                        return Ok(None);
+                    }
+                    let key = m.key().map(<[u8]>::to_vec).unwrap_or_default();
+                    return Ok(m.payload().map(|v| (key, v.to_vec())));
+                }
+                Some(Err(e)) => return Err(BridgeError::from_kafka(e)),
+            }
+        }
+        Err(BridgeError::Unavailable(format!(
+            "{name}/{partition}: no record read at offset {offset} within {:?}",
+            self.timeout
+        )))
     }
 
     /// Names of the consumer groups the cluster knows that start with `prefix`. Blocks.

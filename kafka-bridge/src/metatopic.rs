@@ -26,10 +26,22 @@ pub enum MetaEvent {
 
 /// Creates the compacted metadata topic if it does not exist.
 pub fn ensure(cfg: &BridgeConfig, topic: &str, replicas: i32) -> Result<(), BridgeError> {
+    ensure_compacted(cfg, topic, replicas, 60_000)
+}
+
+/// Creates a one-partition compacted topic if it does not exist: a record stays at least
+/// `min_lag_ms` before a later one of its key may replace it.
+pub fn ensure_compacted(
+    cfg: &BridgeConfig,
+    topic: &str,
+    replicas: i32,
+    min_lag_ms: u64,
+) -> Result<(), BridgeError> {
     let admin = Admin::new(cfg)?;
+    let lag = min_lag_ms.to_string();
     let t = NewTopic::new(topic, 1, TopicReplication::Fixed(replicas))
         .set("cleanup.policy", "compact")
-        .set("min.compaction.lag.ms", "60000")
+        .set("min.compaction.lag.ms", &lag)
         .set("delete.retention.ms", "604800000");
     match futures_executor::block_on(admin.create(&t)) {
         Ok(()) | Err(BridgeError::TopicExists(_)) => Ok(()),

@@ -50,6 +50,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut meta = Some(meta);
     let mut idem = Some(crate::idem::open(&cfg, shared.bridge())?);
     let mut forward = crate::queue::forward::open(&cfg, shared.bridge())?;
+    crate::backend::kafka::qstate::prepare(&cfg, shared.bridge());
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (mesh, inboxes) = Mesh::<Request, Answer>::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -15,6 +15,7 @@ on_both_backends!(
     settling_acks_nacks_extends_and_buries,
     receipts_cannot_be_forged_or_used_on_another_group,
     acked_messages_stay_acked_across_kill_9,
+    a_large_checkpoint_survives_kill_9,
     dead_letters_are_counted_peeked_redriven_and_purged,
     a_topic_created_again_starts_its_queues_afresh,
     batch_receipts_settle_whole_batches,
@@ -563,6 +564,87 @@ fn acked_messages_stay_acked_across_kill_9(b: Backend) {
             "message {id}: attempt count reset to {}",
             after[id]
         );
+    }
+}
+
+/// A window whose checkpoint is far larger than a Kafka commit's metadata (800 leases held
+/// between 1600 acks, about 12 KB) survives `kill -9` whole: no ack before the checkpoint
+/// comes back, and every held lease comes back as a second attempt.
+fn a_large_checkpoint_survives_kill_9(b: Backend) {
+    const N: usize = 2400;
+    let mut g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    publish_numbered(&g, &app1, N);
+    let mut c = g.connect();
+    let (mut acked, mut held) = (HashSet::new(), HashSet::new());
+    while acked.len() + held.len() < N {
+        let got = lease(&mut c, &app1, &app2, "g", "batch=500&wait=5s&visibility=4s");
+        assert!(
+            !got.is_empty(),
+            "{} of {N} leased",
+            acked.len() + held.len()
+        );
+        let mut receipts = Vec::new();
+        for m in got {
+            let id = num(&m.value);
+            assert_eq!(m.attempt, 1);
+            if id.is_multiple_of(3) {
+                held.insert(id);
+            } else {
+                acked.insert(id);
+                receipts.push(m.receipt);
+            }
+        }
+        let st = settle(
+            &mut c,
+            &app1,
+            &app2,
+            "g",
+            "ack",
+            serde_json::json!({ "receipts": receipts }),
+        );
+        assert!(st.iter().all(|s| s == "acked"), "{st:?}");
+    }
+    // Checkpoints every 200 ms: this one holds every ack and lease above.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(c);
+    g.kill9();
+    g.spawn();
+    let mut c = g.connect();
+    let mut back = HashSet::new();
+    let t0 = Instant::now();
+    while back.len() < held.len() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} of {} held leases came back",
+            back.len(),
+            held.len()
+        );
+        let got = lease(&mut c, &app1, &app2, "g", "batch=500&wait=2s");
+        let mut receipts = Vec::new();
+        for m in got {
+            let id = num(&m.value);
+            assert!(!acked.contains(&id), "message {id}, acked, came back");
+            assert!(held.contains(&id), "message {id} was never leased");
+            assert!(
+                m.attempt >= 2,
+                "message {id}: attempt count reset to {}",
+                m.attempt
+            );
+            back.insert(id);
+            receipts.push(m.receipt);
+        }
+        if !receipts.is_empty() {
+            settle(
+                &mut c,
+                &app1,
+                &app2,
+                "g",
+                "ack",
+                serde_json::json!({ "receipts": receipts }),
+            );
+        }
     }
 }
 

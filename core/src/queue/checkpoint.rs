@@ -2,9 +2,9 @@
 //!
 //! It owns [`Checkpoint`] (what a window must remember beyond the committed offset) and its
 //! byte format. [`PartitionQueue::checkpoint`] takes one and [`PartitionQueue::restore`]
-//! rebuilds a window from one; the caller stores the bytes (a file of the embedded store, or the
-//! metadata of the committed offset on Kafka) and commits the watermark as the group's offset
-//! with or right after them.
+//! rebuilds a window from one; the caller stores the bytes (a file of the embedded store; on
+//! Kafka the committed offset's metadata, or a record of the state topic it names) and commits
+//! the watermark as the group's offset with or right after them.
 //!
 //! A checkpoint holds:
 //! * the owner generation that wrote it and its watermark (the offset committed with it);

@@ -266,7 +266,8 @@ impl Backend {
             Backend::Kafka(k) => {
                 let (next, meta) =
                     kafka::groups::queue_restore(k, &topic.name, group, p, reset).await?;
-                Ok((next, kafka::queue_checkpoint(&meta)))
+                let cp = kafka::qstate::load(k, &topic.name, group, p, &meta).await?;
+                Ok((next, cp))
             }
         }
     }
@@ -284,7 +285,7 @@ impl Backend {
         match self {
             Backend::Embedded(s) => s.queue_save(topic, p, group, watermark, &checkpoint).await,
             Backend::Kafka(k) => {
-                let meta = kafka::queue_metadata(&checkpoint);
+                let meta = kafka::qstate::store(k, &topic.name, group, p, &checkpoint).await?;
                 kafka::groups::queue_save(k, &topic.name, group, p, watermark, meta).await
             }
         }
@@ -295,7 +296,7 @@ impl Backend {
     pub fn queue_checkpoint_limit(&self) -> Option<usize> {
         match self {
             Backend::Embedded(_) => None,
-            Backend::Kafka(_) => Some(kafka::QUEUE_CHECKPOINT_BYTES),
+            Backend::Kafka(_) => Some(kafka::qstate::MAX_BYTES),
         }
     }
 

@@ -14,30 +14,9 @@
 //! alone whether they go to Kafka or to the handoff log.
 
 pub mod groups;
-
-/// The most checkpoint bytes committed beside a leased group's offset: base64 of it stays
-/// within the broker's default `offset.metadata.max.bytes` (4096).
-pub const QUEUE_CHECKPOINT_BYTES: usize = 3000;
-
-/// A queue checkpoint as commit metadata: `kgw1:` and base64.
-pub fn queue_metadata(checkpoint: &[u8]) -> String {
-    use base64::Engine;
-    format!(
-        "kgw1:{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(checkpoint)
-    )
-}
-
-/// The queue checkpoint in commit metadata, if it holds one.
-pub fn queue_checkpoint(meta: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let b64 = meta.strip_prefix("kgw1:")?;
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(b64)
-        .ok()
-}
 pub mod handoff;
 pub mod lane;
+pub mod qstate;
 pub mod replay;
 pub mod topics;
 
