@@ -112,6 +112,12 @@ pub enum AdminRoute<'a> {
     },
     /// `GET|PUT|DELETE /v1/quotas/:app`
     Quota { method: Method, app: &'a str },
+    /// `GET|PUT|DELETE /v1/policies/:app/:group`: a leased group's delivery policy.
+    QueuePolicy {
+        method: Method,
+        app: &'a str,
+        group: &'a str,
+    },
     /// `GET /v1/audit`
     Audit,
 }
@@ -293,6 +299,11 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
             "GET, PUT, DELETE",
             Route::Admin(AdminRoute::Quota { method, app }),
         ),
+        ["v1", "policies", app, group] => allow(
+            get || matches!(method, Put | Delete),
+            "GET, PUT, DELETE",
+            Route::Admin(AdminRoute::QueuePolicy { method, app, group }),
+        ),
         ["v1", "audit"] => allow(get, "GET", Route::Admin(AdminRoute::Audit)),
         _ => Err(NotFound),
     }
@@ -339,6 +350,9 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("GET", "/v1/quotas/a"),
     ("PUT", "/v1/quotas/a"),
     ("DELETE", "/v1/quotas/a"),
+    ("GET", "/v1/policies/a/g"),
+    ("PUT", "/v1/policies/a/g"),
+    ("DELETE", "/v1/policies/a/g"),
     ("GET", "/v1/audit"),
 ];
 
@@ -461,9 +475,14 @@ mod tests {
                 (Some("messages"), _) => 36,
                 _ => 37,
             },
+            Route::Admin(A::QueuePolicy { method, .. }) => match method {
+                Method::Put => 38,
+                Method::Delete => 39,
+                _ => 40,
+            },
         }
     }
-    const KINDS: usize = 38;
+    const KINDS: usize = 41;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {

@@ -20,6 +20,7 @@ on_both_backends!(
     a_topic_created_again_starts_its_queues_afresh,
     batch_receipts_settle_whole_batches,
     a_message_is_buried_once,
+    a_group_policy_sets_its_attempts,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -1043,4 +1044,123 @@ fn a_message_is_buried_once(b: Backend) {
     assert_eq!(ids, [0, 1], "{dead:?}");
     assert!(dead[0].1.contains("kgw-error=a b c d"), "{}", dead[0].1);
     assert!(!dead[0].1.chars().any(char::is_control), "{:?}", dead[0].1);
+}
+
+/// `/v1/policies/:app/:group`: a group's own max attempts (and backoff and lease) override the
+/// gateway's settings, checked on the way in, for that group only, from its first lease, and
+/// a change reaches a queue already open.
+fn a_group_policy_sets_its_attempts(b: Backend) {
+    let g = Gateway::secured(b, QUEUE_ENV);
+    let (a1, a2) = (g.app("app1"), g.app("app2"));
+    let (k1, k2) = (g.make_app(&a1), g.make_app(&a2));
+    let r = g.req_as(
+        &k1.admin,
+        "POST",
+        &format!("/v1/topics/{a1}/t/v1?partitions=1"),
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = g.req_as(&k1.admin, "PUT", &format!("/v1/grants/{a1}/t/v1/{a2}"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let policy = format!("/v1/policies/{a2}/g");
+    // Until one is set: the gateway's settings.
+    let r = g.req_as(&k2.admin, "GET", &policy, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["policy"], Value::Null);
+    assert_eq!(r.json()["effective"]["max_attempts"], 3);
+    for bad in [
+        r#"{"max_attempts":0}"#,
+        r#"{"max_attempts":1001}"#,
+        r#"{"max_attempts":2,"dead_letters":"x"}"#,
+        r#"{"backoff_base":"2s","backoff_max":"1s"}"#,
+        r#"{"visibility":"0s"}"#,
+        r#"{"visibility":"soon"}"#,
+        r#"{"backoff_max":"31d"}"#,
+        "[]",
+    ] {
+        g.req_as(&k2.admin, "PUT", &policy, bad.as_bytes())
+            .assert_error(400);
+    }
+    // Only the group's app (its admin key) or an operator sets it.
+    for key in [&k1.admin, &k2.subscribe] {
+        g.req_as(key, "PUT", &policy, br#"{"max_attempts":1}"#)
+            .assert_error(403);
+    }
+    let r = g.req_as(
+        &k2.admin,
+        "PUT",
+        &policy,
+        br#"{"max_attempts":1,"backoff_max":"20ms"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = g.req_as(&k2.admin, "GET", &policy, b"");
+    assert_eq!(r.json()["policy"]["max_attempts"], 1, "{}", r.text());
+    assert_eq!(r.json()["effective"]["max_attempts"], 1);
+    assert_eq!(r.json()["effective"]["backoff_max_ms"], 20);
+    for i in 0..4 {
+        let r = g.req_as(
+            &k1.publish,
+            "POST",
+            "/v1/msgs/t/v1",
+            i.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let auth = format!("Bearer {}", k2.subscribe);
+    let lease_one = |group: &str| {
+        let r = g.req(
+            "GET",
+            &format!("/v1/msgs/{a1}/t/v1?group={group}&ack=lease&batch=1&wait=15s"),
+            &[("Authorization", &auth), ("Accept", "application/x-ndjson")],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        parse(&r.body).remove(0)
+    };
+    let nack = |group: &str, m: &Leased| {
+        let r = g.req(
+            "POST",
+            &format!("/v1/queue/{a1}/t/v1/{group}/nack"),
+            &[("Authorization", &auth)],
+            serde_json::json!({"receipts": [m.receipt]})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["results"][0]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Group g: one attempt, so its first nack is its last.
+    let m = lease_one("g");
+    assert_eq!((num(&m.value), m.attempt), (0, 1));
+    assert_eq!(nack("g", &m), "dead");
+    // Another group of the app keeps the gateway's 3 attempts.
+    let m = lease_one("other");
+    assert_eq!(nack("other", &m), "retry");
+    // The policy taken away reaches g's open queue: its next message is retried.
+    let r = g.req_as(&k2.admin, "DELETE", &policy, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["policy"], Value::Null);
+    let m = lease_one("g");
+    assert_eq!((num(&m.value), m.attempt), (1, 1));
+    assert_eq!(nack("g", &m), "retry");
+    // It comes back (after the gateway's backoff, while the later messages flow) as attempt 2.
+    let again = (0..3)
+        .map(|_| lease_one("g"))
+        .find(|m| num(&m.value) == 1)
+        .expect("message 1 again");
+    assert_eq!(again.attempt, 2);
+    // The dead one is in g's dead-letter topic.
+    let t0 = Instant::now();
+    loop {
+        let r = g.req_as(&k2.admin, "GET", &format!("/v1/dlq/{a2}/g"), b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.json()["messages"] == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -453,6 +453,12 @@ impl PartitionQueue {
         &self.policy
     }
 
+    /// Puts `policy` in force from now on: leases and retries already scheduled keep their
+    /// times; the next failure is counted and delayed under it.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy.normalized();
+    }
+
     /// How many slots are in each state.
     pub fn stats(&self) -> Stats {
         let c = |k: Kind| self.counts[k as usize];

@@ -67,6 +67,59 @@ pub struct QuotaSpec {
     pub max_streams: Option<u32>,
 }
 
+/// A leased group's delivery policy: each field left out takes the gateway's `[queue]`
+/// setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePolicySpec {
+    /// Deliveries before a message is dead (1..=1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The lease length when a subscribe names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_ms: Option<u64>,
+    /// The backoff after the first failed attempt; it doubles per failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base_ms: Option<u64>,
+    /// The backoff's cap, and the cap of a nack's delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u64>,
+}
+
+/// The longest backoff or lease a group policy may name (the gateway's `queue.max_visibility`
+/// caps a lease further).
+pub const QUEUE_POLICY_MAX_MS: u64 = 30 * 86_400_000;
+
+impl QueuePolicySpec {
+    /// Why the policy cannot be, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(n) = self.max_attempts {
+            if !(1..=1000).contains(&n) {
+                return Err(format!("max_attempts {n} is not within 1..=1000"));
+            }
+        }
+        for (name, v) in [
+            ("visibility", self.visibility_ms),
+            ("backoff_base", self.backoff_base_ms),
+            ("backoff_max", self.backoff_max_ms),
+        ] {
+            match v {
+                Some(0) if name == "visibility" => return Err("visibility must be above 0".into()),
+                Some(ms) if ms > QUEUE_POLICY_MAX_MS => {
+                    return Err(format!("{name} is at most 30 days"))
+                }
+                _ => {}
+            }
+        }
+        if let (Some(b), Some(m)) = (self.backoff_base_ms, self.backoff_max_ms) {
+            if b > m {
+                return Err("backoff_base must be at most backoff_max".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One entry of the audit list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
@@ -103,6 +156,13 @@ pub enum Record {
         quota: Option<QuotaSpec>,
         stamp: Stamp,
     },
+    /// The delivery policy of app `app`'s leased group `group` (`None`: the defaults).
+    QueuePolicy {
+        app: String,
+        group: String,
+        policy: Option<QueuePolicySpec>,
+        stamp: Stamp,
+    },
     Audit(Audit),
 }
 
@@ -114,6 +174,7 @@ impl Record {
             Record::Key(k) => format!("key/{}", k.keyid),
             Record::Grant { topic, app, .. } => format!("grant/{topic}/{app}"),
             Record::Quota { app, .. } => format!("quota/{app}"),
+            Record::QueuePolicy { app, group, .. } => format!("qpolicy/{app}/{group}"),
             Record::Audit(a) => format!("audit/{}", a.id),
         }
     }

@@ -4,7 +4,7 @@
 //! is a scope check and, for another app's topic, one grant lookup, with the topic's storage
 //! name built on the stack. Neither allocates.
 
-use super::record::{unhex32, QuotaSpec, OPERATOR_APP};
+use super::record::{unhex32, QueuePolicySpec, QuotaSpec, OPERATOR_APP};
 use super::state::State;
 use crate::keys::{Presented, Scope};
 use crate::{Error, ErrorKind};
@@ -147,6 +147,8 @@ pub struct Snapshot {
     /// Topic storage name: the apps it is granted to.
     grants: FxHashMap<String, Vec<String>>,
     quotas: FxHashMap<String, QuotaSpec>,
+    /// Leased groups' delivery policies, by group storage name (`<app>.<group>`).
+    queue_policies: FxHashMap<String, QueuePolicySpec>,
     /// The earliest time a key in it expires: the snapshot is rebuilt then.
     pub next_expiry_ms: Option<i64>,
 }
@@ -213,6 +215,12 @@ impl Snapshot {
             .filter(|(a, _)| state.app_exists(a))
             .map(|(a, q)| (a.clone(), *q))
             .collect();
+        s.queue_policies = state
+            .queue_policies
+            .iter()
+            .filter(|((a, _), _)| state.app_exists(a))
+            .map(|((a, g), q)| (format!("{a}.{g}"), *q))
+            .collect();
         s
     }
 
@@ -226,6 +234,11 @@ impl Snapshot {
     /// An app's quota.
     pub fn quota(&self, app: &str) -> Option<&QuotaSpec> {
         self.quotas.get(app)
+    }
+
+    /// The delivery policy of the leased group with storage name `group` (`<app>.<group>`).
+    pub fn queue_policy(&self, group: &str) -> Option<&QueuePolicySpec> {
+        self.queue_policies.get(group)
     }
 
     /// Whether any app has a quota.

@@ -3,7 +3,9 @@
 //! an app holds at most [`MAX_LIVE_KEYS`] live keys of a scope, the last operator key cannot be
 //! revoked. Only the writer (core 0 of a gateway) plans; every gateway applies.
 
-use super::record::{hex, Audit, KeyRecord, QuotaSpec, Record, Stamp, OPERATOR_APP};
+use super::record::{
+    hex, Audit, KeyRecord, QueuePolicySpec, QuotaSpec, Record, Stamp, OPERATOR_APP,
+};
 use crate::keys::{self, Pepper, Scope};
 use crate::names::{validate_part, TopicName};
 use crate::{Error, ErrorKind};
@@ -61,6 +63,12 @@ pub enum Op {
         app: String,
         quota: Option<QuotaSpec>,
     },
+    /// Sets (or with `None` removes) the delivery policy of app `app`'s leased group `group`.
+    SetQueuePolicy {
+        app: String,
+        group: String,
+        policy: Option<QueuePolicySpec>,
+    },
     /// Takes back every grant on a deleted topic, so that a topic made again under its name
     /// starts with none (409 when there is none to take back).
     ForgetTopic {
@@ -90,6 +98,8 @@ pub struct State {
     /// `(topic storage name, subscriber app)`.
     pub grants: BTreeMap<(String, String), Stamp>,
     pub quotas: BTreeMap<String, QuotaSpec>,
+    /// `(app, group)`: the group's delivery policy.
+    pub queue_policies: BTreeMap<(String, String), QueuePolicySpec>,
     pub audit: BTreeMap<String, Audit>,
     /// Records applied.
     pub applied: u64,
@@ -138,6 +148,16 @@ impl State {
                     self.quotas.remove(&app);
                 }
             },
+            Record::QueuePolicy {
+                app, group, policy, ..
+            } => match policy {
+                Some(q) => {
+                    self.queue_policies.insert((app, group), q);
+                }
+                None => {
+                    self.queue_policies.remove(&(app, group));
+                }
+            },
             Record::Audit(a) => {
                 self.audit.insert(a.id.clone(), a);
                 while self.audit.len() > AUDIT_KEEP {
@@ -180,6 +200,18 @@ impl State {
             out.push(Record::Quota {
                 app: app.clone(),
                 quota: Some(*q),
+                stamp: Stamp {
+                    actor: "gateway".into(),
+                    ts_ms: now_ms,
+                    ip: None,
+                },
+            });
+        }
+        for ((app, group), q) in &self.queue_policies {
+            out.push(Record::QueuePolicy {
+                app: app.clone(),
+                group: group.clone(),
+                policy: Some(*q),
                 stamp: Stamp {
                     actor: "gateway".into(),
                     ts_ms: now_ms,
@@ -512,6 +544,29 @@ impl State {
                     let a = json!({"app": app, "quota": quota});
                     (vec![r], format!("quota/{app}"), a, 200, "set_quota")
                 }
+                Op::SetQueuePolicy { app, group, policy } => {
+                    if !self.app_exists(&app) {
+                        return Err(not_found(format!("unknown app {app}")));
+                    }
+                    validate_part("group", &group)?;
+                    if let Some(q) = &policy {
+                        q.check().map_err(Error::param)?;
+                    }
+                    let r = Record::QueuePolicy {
+                        app: app.clone(),
+                        group: group.clone(),
+                        policy,
+                        stamp: stamp.clone(),
+                    };
+                    let a = json!({"app": app, "group": group, "policy": policy});
+                    (
+                        vec![r],
+                        format!("qpolicy/{app}/{group}"),
+                        a,
+                        200,
+                        "set_queue_policy",
+                    )
+                }
                 Op::ForgetTopic { topic } => {
                     let v: Vec<Record> = self
                         .grants
@@ -617,6 +672,7 @@ pub fn key_json(k: &KeyRecord, text: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tenancy::Snapshot;
 
     fn stamp(ts: i64) -> Stamp {
         Stamp {
@@ -745,6 +801,65 @@ mod tests {
         );
         // Every change left an audit entry.
         assert_eq!(s.audit.len(), 7);
+    }
+
+    #[test]
+    fn queue_policies_are_checked_kept_and_compacted() {
+        let mut s = State::default();
+        run(&mut s, Op::CreateApp { app: "a".into() }, 1).unwrap();
+        let set = |s: &mut State, app: &str, group: &str, p: Option<QueuePolicySpec>| {
+            run(
+                s,
+                Op::SetQueuePolicy {
+                    app: app.into(),
+                    group: group.into(),
+                    policy: p,
+                },
+                2,
+            )
+            .map_err(|e| e.status())
+        };
+        let p = QueuePolicySpec {
+            max_attempts: Some(7),
+            backoff_base_ms: Some(100),
+            backoff_max_ms: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(set(&mut s, "nope", "g", Some(p)).unwrap_err(), 404);
+        assert_eq!(set(&mut s, "a", "bad.group", Some(p)).unwrap_err(), 400);
+        for bad in [
+            QueuePolicySpec {
+                max_attempts: Some(0),
+                ..p
+            },
+            QueuePolicySpec {
+                backoff_base_ms: Some(2000),
+                ..p
+            },
+            QueuePolicySpec {
+                visibility_ms: Some(0),
+                ..p
+            },
+        ] {
+            assert_eq!(
+                set(&mut s, "a", "g", Some(bad)).unwrap_err(),
+                400,
+                "{bad:?}"
+            );
+        }
+        set(&mut s, "a", "g", Some(p)).unwrap();
+        set(&mut s, "a", "h", Some(p)).unwrap();
+        set(&mut s, "a", "h", None).unwrap();
+        assert_eq!(s.queue_policies.len(), 1);
+        let snap = Snapshot::build(&s, 1, 3);
+        assert_eq!(snap.queue_policy("a.g"), Some(&p));
+        assert_eq!(snap.queue_policy("a.h"), None);
+        // Compaction keeps it.
+        let mut again = State::default();
+        for r in s.records(3) {
+            again.apply(r);
+        }
+        assert_eq!(again.queue_policies, s.queue_policies);
     }
 
     #[test]

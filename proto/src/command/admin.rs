@@ -4,7 +4,7 @@
 use super::*;
 use crate::route::AdminRoute;
 use kateway_core::keys::Scope;
-use kateway_core::tenancy::QuotaSpec;
+use kateway_core::tenancy::{QueuePolicySpec, QuotaSpec};
 
 /// A tenancy API call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,16 @@ pub enum Admin<'a> {
     SetQuota {
         app: &'a str,
         quota: Option<QuotaSpec>,
+    },
+    GetQueuePolicy {
+        app: &'a str,
+        group: &'a str,
+    },
+    /// Sets (`None`: removes) a leased group's delivery policy.
+    SetQueuePolicy {
+        app: &'a str,
+        group: &'a str,
+        policy: Option<QueuePolicySpec>,
     },
     /// The newest `limit` audit entries.
     Audit {
@@ -175,8 +185,62 @@ pub(super) fn admin<'a>(
             },
             _ => Admin::GetQuota(app(a)?),
         },
+        AdminRoute::QueuePolicy {
+            method,
+            app: a,
+            group,
+        } => {
+            let (app, group) = (app(a)?, validate_part("group", group).map(|_| group)?);
+            match method {
+                Method::Put => Admin::SetQueuePolicy {
+                    app,
+                    group,
+                    policy: Some(queue_policy(&crate::gzip::body(
+                        parts,
+                        limits.max_batch_bytes,
+                    )?)?),
+                },
+                Method::Delete => Admin::SetQueuePolicy {
+                    app,
+                    group,
+                    policy: None,
+                },
+                _ => Admin::GetQueuePolicy { app, group },
+            }
+        }
         AdminRoute::Audit => Admin::Audit {
             limit: num(q, "limit")?.unwrap_or(100).clamp(1, 10_000),
         },
     })
+}
+
+/// A group policy's body: `{"max_attempts":n,"visibility":"30s","backoff_base":"1s",
+/// "backoff_max":"1m"}`, each optional (left out: the gateway's setting).
+fn queue_policy(body: &[u8]) -> Result<QueuePolicySpec, Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        max_attempts: Option<u32>,
+        visibility: Option<String>,
+        backoff_base: Option<String>,
+        backoff_max: Option<String>,
+    }
+    let invalid = |m: String| Error::new(ErrorKind::InvalidBody, format!("invalid policy: {m}"));
+    let b: Body = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let ms = |name: &str, v: Option<String>| {
+        v.map(|s| {
+            parse_duration(&s)
+                .map(|d| d.as_millis().min(u64::MAX.into()) as u64)
+                .map_err(|e| invalid(format!("{name}: {e}")))
+        })
+        .transpose()
+    };
+    let spec = QueuePolicySpec {
+        max_attempts: b.max_attempts,
+        visibility_ms: ms("visibility", b.visibility)?,
+        backoff_base_ms: ms("backoff_base", b.backoff_base)?,
+        backoff_max_ms: ms("backoff_max", b.backoff_max)?,
+    };
+    spec.check().map_err(invalid)?;
+    Ok(spec)
 }

@@ -53,7 +53,9 @@ impl<'a> Command<'a> {
                 | Admin::RevokeKey { app, .. }
                 | Admin::RotateKey { app, .. }
                 | Admin::ListGrants(app)
-                | Admin::GetQuota(app) => Need::AppAdmin(app),
+                | Admin::GetQuota(app)
+                | Admin::GetQueuePolicy { app, .. }
+                | Admin::SetQueuePolicy { app, .. } => Need::AppAdmin(app),
                 Admin::Grant { topic, .. } => Need::Owner(topic.as_ref()),
             },
         }
@@ -96,7 +98,9 @@ impl<'a> Command<'a> {
                 Method::Put | Method::Delete => Need::Operator,
                 _ => Need::AppAdmin(app),
             },
-            Route::DeadLetters { appid, .. } => Need::AppAdmin(appid),
+            Route::DeadLetters { appid, .. } | Route::Admin(A::QueuePolicy { app: appid, .. }) => {
+                Need::AppAdmin(appid)
+            }
             Route::Admin(
                 A::Keys { app, .. }
                 | A::Key { app, .. }

@@ -1,4 +1,5 @@
-//! The tenancy API: apps, keys, legacy secrets, grants, quotas and the audit list. Every call
+//! The tenancy API: apps, keys, legacy secrets, grants, quotas, leased groups' policies and the
+//! audit list. Every call
 //! goes to core 0's metadata writer ([`crate::tenancy::writer`]); a change is answered once it
 //! is durable and in force on every core. Who may call what was checked at the edge
 //! ([`kateway_proto::command::Command::need`]).
@@ -63,6 +64,12 @@ pub async fn run(core: &Rc<Core>, caller: Caller<'_>, a: Admin<'_>) -> Result<Re
         Admin::SetQuota { app, quota } => change(Op::SetQuota {
             app: app.into(),
             quota,
+        }),
+        Admin::GetQueuePolicy { app, group } => MetaCall::QueuePolicy(app.into(), group.into()),
+        Admin::SetQueuePolicy { app, group, policy } => change(Op::SetQueuePolicy {
+            app: app.into(),
+            group: group.into(),
+            policy,
         }),
         Admin::Audit { limit } => MetaCall::Audit(limit),
     };

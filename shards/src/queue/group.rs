@@ -18,8 +18,8 @@ use crate::event::Event;
 use crate::request::Fetch;
 use crate::shard::{now_ms, Shard};
 use kateway_core::queue::{
-    Ack, Backoff, Checkpoint, Committed, Entered, Jitter, Next, PartitionQueue, Policy, QueueError,
-    Receipt, ReceiptKey,
+    Ack, Checkpoint, Committed, Entered, Next, PartitionQueue, Policy, QueueError, Receipt,
+    ReceiptKey,
 };
 use kateway_core::{Delivered, Error, ErrorKind, Leased, Reset};
 use kateway_proto::command::SettleOp;
@@ -85,7 +85,9 @@ pub struct QueueGroup {
     pub group: String,
     fingerprint: u32,
     key: Rc<ReceiptKey>,
-    policy: Policy,
+    /// The policy in force, and the tenancy view version it was looked up in.
+    policy: Cell<Policy>,
+    policy_version: Cell<u64>,
     capacity: usize,
     reset: Reset,
     parts: RefCell<BTreeMap<u32, Part>>,
@@ -128,17 +130,12 @@ impl QueueGroup {
         reset: Reset,
     ) -> Self {
         let q = &shard.cfg.queue;
-        let policy = Policy {
-            max_attempts: q.max_attempts.min(u16::MAX.into()) as u16,
-            visibility_ms: q.visibility.0.as_millis() as u64,
-            max_visibility_ms: q.max_visibility.0.as_millis() as u64,
-            backoff: Backoff {
-                base_ms: q.backoff_base.0.as_millis() as u64,
-                max_ms: q.backoff_max.0.as_millis() as u64,
-                jitter: Jitter::Full,
-                seed: u64::from(kateway_core::queue::fingerprint(&topic.name, &group)),
-            },
-        };
+        let view = shard.tenancy.view();
+        let policy = super::policy::resolve(
+            q,
+            view.snap.queue_policy(&group),
+            u64::from(kateway_core::queue::fingerprint(&topic.name, &group)),
+        );
         Self {
             fingerprint: kateway_core::queue::fingerprint(&topic.name, &group),
             capacity: q.window as usize,
@@ -147,7 +144,8 @@ impl QueueGroup {
             topic,
             group,
             key,
-            policy,
+            policy: Cell::new(policy),
+            policy_version: Cell::new(view.snap.version),
             reset,
             parts: RefCell::new(BTreeMap::new()),
             held: RefCell::new(Vec::new()),
@@ -176,8 +174,30 @@ impl QueueGroup {
         self.shard.cfg.queue.max_window_bytes.0 as usize
     }
 
+    /// Puts the group's policy in force anew if the tenancy metadata changed since it was
+    /// looked up (a policy set or removed through the API).
+    fn refresh_policy(&self) {
+        let view = self.shard.tenancy.view();
+        if view.snap.version == self.policy_version.get() {
+            return;
+        }
+        self.policy_version.set(view.snap.version);
+        let p = super::policy::resolve(
+            &self.shard.cfg.queue,
+            view.snap.queue_policy(&self.group),
+            self.policy.get().backoff.seed,
+        );
+        if p != self.policy.get() {
+            self.policy.set(p);
+            for part in self.parts.borrow_mut().values_mut() {
+                part.q.set_policy(p);
+            }
+        }
+    }
+
     /// Marks the group in use until the guard drops.
     fn used(&self) -> Use<'_> {
+        self.refresh_policy();
         self.users.set(self.users.get() + 1);
         self.last_used.set(Instant::now());
         Use(self)
@@ -221,13 +241,13 @@ impl QueueGroup {
                     offset,
                     generation: 0,
                 },
-                self.policy,
+                self.policy.get(),
                 self.capacity,
                 gen,
             ),
             // No committed offset: the window starts at the first record read.
             None => (
-                PartitionQueue::new(self.policy, self.capacity, 0, gen),
+                PartitionQueue::new(self.policy.get(), self.capacity, 0, gen),
                 kateway_core::queue::Recovery::NoCheckpoint,
             ),
         };
@@ -646,7 +666,7 @@ impl QueueGroup {
         deadline: Instant,
     ) -> Result<Vec<Delivered>, Error> {
         let _use = self.used();
-        let vis = visibility.map_or(self.policy.visibility_ms, |v| v.as_millis() as u64);
+        let vis = visibility.map_or(self.policy.get().visibility_ms, |v| v.as_millis() as u64);
         loop {
             self.expire();
             let got = self.take_leases(max, max_bytes, vis);

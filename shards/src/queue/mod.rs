@@ -11,6 +11,7 @@
 pub mod dead;
 pub mod forward;
 pub mod group;
+pub mod policy;
 mod records;
 
 use crate::backend::Backend;

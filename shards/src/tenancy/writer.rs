@@ -39,6 +39,8 @@ pub enum MetaCall {
     Keys(String),
     Grants(String),
     Quota(String),
+    /// A leased group's policy: `(app, group)`.
+    QueuePolicy(String, String),
     Audit(usize),
 }
 
@@ -272,6 +274,18 @@ impl Writer {
             MetaCall::Quota(app) => {
                 let q = state().quotas.get(&app).copied().unwrap_or_default();
                 (200, json!({"app": app, "quota": q}))
+            }
+            MetaCall::QueuePolicy(app, group) => {
+                let spec = state()
+                    .queue_policies
+                    .get(&(app.clone(), group.clone()))
+                    .copied();
+                let effective =
+                    crate::queue::policy::resolve(&core.shard.cfg.queue, spec.as_ref(), 0);
+                (
+                    200,
+                    json!({"app": app, "group": group, "policy": spec, "effective": crate::queue::policy::json(&effective)}),
+                )
             }
             MetaCall::Audit(limit) => {
                 let s = state();
