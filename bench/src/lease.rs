@@ -251,13 +251,31 @@ fn consume(
     })
 }
 
+/// Server CPU per request of `n` requests `call` makes (those answered `ok`).
+fn cpu_per_request(pid: Option<u32>, n: usize, mut call: impl FnMut() -> bool) -> f64 {
+    let m = measure_whole(pid, || {
+        let mut o = Outcome::default();
+        for _ in 0..n {
+            if call() {
+                o.requests += 1;
+            }
+        }
+        o
+    });
+    m.server_cpu_s * 1e6 / m.outcome.requests.max(1) as f64
+}
+
 /// Server CPU microseconds per ack of 100 receipts, per ack by the batch receipt of 100
-/// messages, per single-message publish and per publish of 100 messages (`ack=local`);
-/// `cycles` times up to 16 000 messages leased, then acked (alternately by receipts and by
-/// batch receipts).
+/// messages, per single-message publish and per publish of 100 messages (`ack=local`), and the
+/// ratios of the acks to the publishes measured right after them. `cycles` times up to 16 000
+/// messages are leased, then acked (alternately by receipts and by batch receipts), then as
+/// many single publishes and publishes of 100 are made.
 fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<AckCost> {
     let pid = Some(s.child.id());
-    let (mut ack_cpu, mut acks) = ([0.0; 2], [0u64; 2]);
+    let mut cost = AckCost::default();
+    let payload = scenario::payload(size);
+    let line = format!("{}\n", "x".repeat(size));
+    let batch_body = line.repeat(BATCH);
     for cycle in 0..cycles {
         let by_batch = cycle % 2 == 1;
         let topic = format!("ack{cycle}");
@@ -283,61 +301,50 @@ fn ack_cost(s: &Server, size: usize, cycles: usize) -> anyhow::Result<AckCost> {
                 serde_json::to_vec(&json!({ "receipts": r }))?
             });
         }
-        let m = measure_whole(pid, || {
-            let mut o = Outcome::default();
-            for b in &batches {
-                if let Ok((200, _)) = c.call(&format!("POST /v1/queue/bench/{topic}/v1/g/ack"), b) {
-                    o.requests += 1;
-                }
-            }
-            o
+        let head = format!("POST /v1/queue/bench/{topic}/v1/g/ack");
+        let mut i = 0;
+        let ack = cpu_per_request(pid, batches.len(), || {
+            i += 1;
+            matches!(c.call(&head, &batches[i - 1]), Ok((200, _)))
         });
-        ack_cpu[usize::from(by_batch)] += m.server_cpu_s;
-        acks[usize::from(by_batch)] += m.outcome.requests;
-    }
-    let acks_all = acks[0] + acks[1];
-    let payload = scenario::payload(size);
-    let mut c = Conn::new(&s.addr)?;
-    let n = acks_all.max(1000);
-    let m = measure_whole(pid, || {
-        let mut o = Outcome::default();
-        for _ in 0..n {
-            if let Ok((201, _)) = c.call("POST /v1/msgs/t/v1?ack=local", &payload) {
-                o.requests += 1;
-            }
-        }
-        o
-    });
-    let line = format!("{}\n", "x".repeat(size));
-    let batch = line.repeat(BATCH);
-    let b = measure_whole(pid, || {
-        let mut o = Outcome::default();
-        for _ in 0..n {
+        let publish = cpu_per_request(pid, batches.len(), || {
+            matches!(
+                c.call("POST /v1/msgs/t/v1?ack=local", &payload),
+                Ok((201, _))
+            )
+        });
+        let publish_100 = cpu_per_request(pid, batches.len(), || {
             let head = "POST /v1/msgs/t/v1?ack=local";
-            if let Ok((201, _)) = c.call_as(head, "application/x-ndjson", batch.as_bytes()) {
-                o.requests += 1;
-            }
+            let r = c.call_as(head, "application/x-ndjson", batch_body.as_bytes());
+            matches!(r, Ok((201, _)))
+        });
+        if by_batch {
+            cost.batch.push(ack);
+            cost.batch_ratio.push(ack / publish);
+        } else {
+            cost.receipts.push(ack);
+            cost.receipts_ratio.push(ack / publish);
         }
-        o
-    });
-    Ok(AckCost {
-        receipts: ack_cpu[0] * 1e6 / acks[0].max(1) as f64,
-        batch: ack_cpu[1] * 1e6 / acks[1].max(1) as f64,
-        publish: m.server_cpu_s * 1e6 / m.outcome.requests.max(1) as f64,
-        publish_100: b.server_cpu_s * 1e6 / b.outcome.requests.max(1) as f64,
-    })
+        cost.publish.push(publish);
+        cost.publish_100.push(publish_100);
+    }
+    Ok(cost)
 }
 
-/// Server CPU microseconds per request.
+/// Server CPU microseconds per request, one entry per measurement, and the ratio of each ack
+/// measurement to the single publishes measured right after it.
+#[derive(Default)]
 struct AckCost {
-    /// An ack of 100 receipts.
-    receipts: f64,
-    /// An ack by the batch receipt of 100 messages.
-    batch: f64,
-    /// A single-message publish.
-    publish: f64,
-    /// A publish of 100 messages.
-    publish_100: f64,
+    /// Acks of 100 receipts.
+    receipts: Vec<f64>,
+    receipts_ratio: Vec<f64>,
+    /// Acks by the batch receipt of 100 messages.
+    batch: Vec<f64>,
+    batch_ratio: Vec<f64>,
+    /// Single-message publishes.
+    publish: Vec<f64>,
+    /// Publishes of 100 messages.
+    publish_100: Vec<f64>,
 }
 
 /// Runs the scenario on `kateway`; returns the table rows and the report's scenario.
@@ -350,29 +357,54 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
         report.insert(format!("consumers_{consumers}"), v);
     }
     eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
-    let cost = ack_cost(kateway, a.size, 8)?;
+    let cost = ack_cost(kateway, a.size, 12)?;
+    let m = |v: &[f64]| {
+        (
+            median(v),
+            v.iter().copied().fold(f64::MAX, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    let us = |v: &[f64]| {
+        let (med, lo, hi) = m(v);
+        format!("{med:.1} µs server CPU (min {lo:.1}, max {hi:.1})")
+    };
+    let ratio = |v: &[f64]| {
+        let (med, lo, hi) = m(v);
+        format!("×{med:.2} (min {lo:.2}, max {hi:.2})")
+    };
     rows.extend([
+        format!("| one ack of {BATCH} receipts | {} |", us(&cost.receipts)),
         format!(
-            "| one ack of {BATCH} receipts | {:.1} µs server CPU |",
-            cost.receipts
+            "| one ack by the batch receipt of {BATCH} messages | {} |",
+            us(&cost.batch)
         ),
         format!(
-            "| one ack by the batch receipt of {BATCH} messages | {:.1} µs server CPU |",
-            cost.batch
+            "| one single-message publish (ack=local) | {} |",
+            us(&cost.publish)
         ),
         format!(
-            "| one single-message publish (ack=local) | {:.1} µs server CPU |",
-            cost.publish
+            "| one publish of {BATCH} messages (ack=local) | {} |",
+            us(&cost.publish_100)
         ),
         format!(
-            "| one publish of {BATCH} messages (ack=local) | {:.1} µs server CPU |",
-            cost.publish_100
+            "| **ack of {BATCH} receipts ÷ single publish** (each against the publishes right after it) | {} |",
+            ratio(&cost.receipts_ratio)
+        ),
+        format!(
+            "| **ack by batch receipt ÷ single publish** | {} |",
+            ratio(&cost.batch_ratio)
         ),
     ]);
     report.insert("ack_100_cpu_us".into(), json!(cost.receipts));
     report.insert("ack_batch_receipt_100_cpu_us".into(), json!(cost.batch));
     report.insert("publish_cpu_us".into(), json!(cost.publish));
     report.insert("publish_100_cpu_us".into(), json!(cost.publish_100));
+    report.insert("ack_100_per_publish".into(), json!(cost.receipts_ratio));
+    report.insert(
+        "ack_batch_receipt_per_publish".into(),
+        json!(cost.batch_ratio),
+    );
     report.insert("messages_per_round".into(), json!(N));
     report.insert("batch".into(), json!(BATCH));
     Ok((rows, Value::Object(report)))

@@ -74,6 +74,9 @@ kinds! {
     StaleLease = 40901, Client;
     /// A publish with this `Idempotency-Key` is still in progress (`Retry-After`).
     IdempotencyInProgress = 40902, Client;
+    /// Another call that moves the same dead letters (a redrive, a purge or a peek) is running
+    /// (`Retry-After`).
+    DeadLettersMoving = 40903, Client;
     /// This `Idempotency-Key` was used for a publish with another body.
     IdempotencyMismatch = 42200, Client;
     /// Content-Length is required and missing.

@@ -21,6 +21,7 @@ on_both_backends!(
     batch_receipts_settle_whole_batches,
     a_message_is_buried_once,
     a_group_policy_sets_its_attempts,
+    concurrent_redrives_and_purges_move_each_dead_letter_once,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -1163,4 +1164,80 @@ fn a_group_policy_sets_its_attempts(b: Backend) {
         assert!(t0.elapsed() < Duration::from_secs(20), "{}", r.text());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Redrives and purges of one group's dead letters sent at once from many connections: each
+/// runs alone or is refused (409, `Retry-After`), and every dead letter is redriven or purged
+/// exactly once: what the answers count is what was published again, and nothing is left.
+fn concurrent_redrives_and_purges_move_each_dead_letter_once(b: Backend) {
+    const N: usize = 300;
+    let g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    publish_numbered(&g, &app1, N);
+    let mut c = g.connect();
+    let (got, _) = lease_batches(&mut c, &app1, &app2, N);
+    let receipts: Vec<&String> = got.iter().map(|m| &m.receipt).collect();
+    let st = settle(
+        &mut c,
+        &app1,
+        &app2,
+        "g",
+        "bury",
+        serde_json::json!({ "receipts": receipts }),
+    );
+    assert!(st.iter().all(|s| s == "buried"), "{st:?}");
+    let (mut redriven, mut purged) = (0, 0);
+    while redriven + purged < N {
+        let answers: Vec<(String, u16, Value, Option<String>)> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..6)
+                .map(|i| {
+                    let (g, app2) = (&g, &app2);
+                    s.spawn(move || {
+                        let (m, path) = if i == 5 {
+                            ("DELETE", format!("/v1/dlq/{app2}/g"))
+                        } else {
+                            ("POST", format!("/v1/dlq/{app2}/g/redrive?max=40"))
+                        };
+                        let r = g.req(m, &path, &[("Appid", app2.as_str())], b"");
+                        let retry = r.header("retry-after").map(str::to_owned);
+                        (m.to_owned(), r.status, r.json(), retry)
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (m, status, v, retry) in answers {
+            match status {
+                200 if m == "POST" => redriven += v["redriven"].as_u64().unwrap() as usize,
+                200 => purged += v["purged"].as_u64().unwrap() as usize,
+                409 => {
+                    assert_eq!(v["code"], 40903, "{v}");
+                    assert_eq!(retry.as_deref(), Some("1"));
+                }
+                s => panic!("{m}: {s} {v}"),
+            }
+        }
+    }
+    assert_eq!(redriven + purged, N, "redriven {redriven}, purged {purged}");
+    let r = g.req(
+        "GET",
+        &format!("/v1/dlq/{app2}/g"),
+        &[("Appid", app2.as_str())],
+        b"",
+    );
+    assert_eq!(r.json()["messages"], 0, "{}", r.text());
+    // The origin topic holds the N originals and exactly the redriven copies.
+    let r = g.req(
+        "GET",
+        &format!("/v1/partitions/{app1}/t/v1"),
+        &[("Appid", app1.as_str())],
+        b"",
+    );
+    assert_eq!(
+        r.json()["offsets"][0]["newest"],
+        N + redriven,
+        "{}",
+        r.text()
+    );
 }

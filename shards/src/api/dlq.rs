@@ -2,7 +2,8 @@
 //! admins and operators. The dead letters still waiting are those past the committed offset of
 //! the reserved group `<appid>.__dlq` on the dead-letter topic: a count (`GET`), a peek that
 //! takes nothing (`GET .../messages`), a redrive that publishes them again and takes them
-//! (`POST .../redrive`), and a purge that takes them all (`DELETE`).
+//! (`POST .../redrive`), and a purge that takes them all (`DELETE`). One peek, redrive or purge
+//! of a group runs at a time in a gateway; another meanwhile is 409 (40903) with `Retry-After`.
 
 use crate::node::Core;
 use crate::queue::dead;
@@ -12,12 +13,46 @@ use kateway_core::{Ack, Delivered, Error, ErrorKind, GroupName, Groups, Item, Re
 use kateway_proto::command::{DeadLetterOp, DeadLetters, TopicPath};
 use kateway_proto::reply::{RecordFormat, Reply};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// The reserved group that takes dead letters.
 const TAKER: &str = "__dlq";
+
+/// The groups whose dead letters a call of this process is moving (a peek, a redrive or a
+/// purge): one such call per group at a time, on whichever core it arrives, so that two never
+/// read the same letters or move the taker's offset under each other. Held only to insert or
+/// remove a name, never across an await.
+static MOVING: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// A group's turn to move its dead letters, until dropped.
+struct Moving(String);
+
+impl Moving {
+    fn take(group: &str) -> Result<Self, Error> {
+        let mut m = MOVING.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.insert(group.to_owned()) {
+            return Err(Error::new(
+                ErrorKind::DeadLettersMoving,
+                format!(
+                    "another peek, redrive or purge of group {group}'s dead letters is running"
+                ),
+            )
+            .with_retry_after(1));
+        }
+        Ok(Moving(group.to_owned()))
+    }
+}
+
+impl Drop for Moving {
+    fn drop(&mut self) {
+        MOVING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
 
 /// Handles a dead-letter call.
 pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
@@ -45,6 +80,10 @@ pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
     };
     let taker = GroupName::new(&app, TAKER)?.to_string();
     let backend = &core.backend;
+    let _turn = match d.op {
+        DeadLetterOp::Count => None,
+        _ => Some(Moving::take(&group)?),
+    };
     match d.op {
         DeadLetterOp::Count | DeadLetterOp::Purge => {
             let infos = backend.info(&topic, &Groups::Exact(taker.clone())).await?;

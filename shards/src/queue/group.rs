@@ -808,7 +808,11 @@ impl QueueGroup {
                 continue;
             };
             let o = r.offset;
-            let being_buried = self.burying.borrow().contains(&(r.partition, o));
+            // Only a nack, extend or bury can clash with a bury in progress.
+            let being_buried = op != SettleOp::Ack && {
+                let b = self.burying.borrow();
+                !b.is_empty() && b.contains(&(r.partition, o))
+            };
             let res = match op {
                 SettleOp::Nack | SettleOp::Extend | SettleOp::Bury if being_buried => {
                     Err(QueueError::StaleLease(o))
