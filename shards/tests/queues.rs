@@ -22,6 +22,7 @@ on_both_backends!(
     a_message_is_buried_once,
     a_group_policy_sets_its_attempts,
     concurrent_redrives_and_purges_move_each_dead_letter_once,
+    one_app_cannot_take_every_queue,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -1240,4 +1241,45 @@ fn concurrent_redrives_and_purges_move_each_dead_letter_once(b: Backend) {
         "{}",
         r.text()
     );
+}
+
+/// `queue.max_groups_per_core` is shared by the apps: one app that opens queue after queue is
+/// refused (429, 42903) at its share of them (`limits.app_share_per_core`), and another app
+/// still gets queues on every core.
+fn one_app_cannot_take_every_queue(b: Backend) {
+    let mut env = QUEUE_ENV.to_vec();
+    env.push(("KATEWAY_QUEUE_MAX_GROUPS_PER_CORE", "4"));
+    let g = Gateway::on(b, &env);
+    let (app1, app2, app3) = (g.app("app1"), g.app("app2"), g.app("app3"));
+    g.create_topic(&app1, "t", 1);
+    publish_numbered(&g, &app1, 1);
+    let mut c = g.connect();
+    let open = |c: &mut Conn, app: &str, group: &str| {
+        c.req(
+            "GET",
+            &format!("/v1/msgs/{app1}/t/v1?group={group}&ack=lease&wait=1s"),
+            &[("Appid", app), ("Accept", "application/x-ndjson")],
+            b"",
+        )
+    };
+    // 2 cores with 4 queues each: app2 gets at most 2 on each.
+    let (mut opened, mut refused) = (0, 0);
+    for i in 0..12 {
+        let r = open(&mut c, &app2, &format!("fill{i}"));
+        match r.status {
+            200 | 204 => opened += 1,
+            429 => {
+                assert_eq!(r.json()["code"], 42903, "{}", r.text());
+                assert!(r.header("retry-after").is_some());
+                refused += 1;
+            }
+            s => panic!("{s}: {}", r.text()),
+        }
+    }
+    assert_eq!((opened, refused), (4, 8));
+    // Each core has room left for another app's queues, wherever they land.
+    for i in 0..2 {
+        let r = open(&mut c, &app3, &format!("mine{i}"));
+        assert!(matches!(r.status, 200 | 204), "{}: {}", r.status, r.text());
+    }
 }

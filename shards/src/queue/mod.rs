@@ -131,6 +131,24 @@ impl Queues {
                 )
                 .with_retry_after(5));
             }
+            // One app takes at most its share of them (limits.app_share_per_core), so that
+            // it cannot leave the other apps without queues.
+            let share = (limit * shard.cfg.limits.app_share_per_core as usize / 100).max(1);
+            let app = group.split_once('.').map_or(group, |(a, _)| a);
+            let of_app = groups
+                .keys()
+                .filter(|(_, g)| g.split_once('.').is_some_and(|(a, _)| a == app))
+                .count();
+            if of_app >= share {
+                return Err(Error::new(
+                    ErrorKind::AppBusy,
+                    format!(
+                        "app {app} keeps {of_app} leased groups' queues on this core, its share \
+                         of queue.max_groups_per_core (limits.app_share_per_core)"
+                    ),
+                )
+                .with_retry_after(5));
+            }
         }
         let g = Rc::new(QueueGroup::new(
             shard.clone(),
