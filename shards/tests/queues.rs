@@ -310,6 +310,25 @@ fn settling_acks_nacks_extends_and_buries(b: Backend) {
     assert_eq!(r.body, b"0");
     assert_eq!(r.header("x-delivery-attempt"), Some("1"));
     let first = r.header("x-receipt").unwrap().to_owned();
+    // A body names the receipts and options alone: a receipt header or an option in the query
+    // beside it would be ignored, so the call is refused and nothing is settled.
+    let body = serde_json::json!({ "receipts": [first] }).to_string();
+    for (h, q) in [
+        (Some(("X-Receipt", first.as_str())), ""),
+        (Some(("X-Batch-Receipt", "x")), ""),
+        (None, "?delay=abc"),
+        (None, "?error=x"),
+    ] {
+        let mut headers = vec![("Appid", app2.as_str())];
+        headers.extend(h);
+        let r = c.req(
+            "POST",
+            &format!("/v1/queue/{app1}/t/v1/g/nack{q}"),
+            &headers,
+            body.as_bytes(),
+        );
+        r.assert_error(400);
+    }
     let ack = c.req(
         "POST",
         &format!("/v1/queue/{app1}/t/v1/g/ack"),
@@ -1083,6 +1102,15 @@ fn a_group_policy_sets_its_attempts(b: Backend) {
         g.req_as(&k2.admin, "PUT", &policy, bad.as_bytes())
             .assert_error(400);
     }
+    // A leased group's name is at most 60 characters.
+    let long = "g".repeat(61);
+    g.req_as(
+        &k2.admin,
+        "PUT",
+        &format!("/v1/policies/{a2}/{long}"),
+        br#"{"max_attempts":2}"#,
+    )
+    .assert_error(400);
     // Only the group's app (its admin key) or an operator sets it.
     for key in [&k1.admin, &k2.subscribe] {
         g.req_as(key, "PUT", &policy, br#"{"max_attempts":1}"#)

@@ -453,10 +453,19 @@ impl PartitionQueue {
         &self.policy
     }
 
-    /// Puts `policy` in force from now on: leases and retries already scheduled keep their
-    /// times; the next failure is counted and delayed under it.
-    pub fn set_policy(&mut self, policy: Policy) {
+    /// Puts `policy` in force from `now_ms`: leases and retries already scheduled keep their
+    /// times, and the next failure is counted and delayed under it; a message waiting for
+    /// another attempt that already had as many as the policy allows is dead at once.
+    pub fn set_policy(&mut self, policy: Policy, now_ms: i64) {
         self.policy = policy.normalized();
+        let max = self.policy.max_attempts;
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            if matches!(s.kind, Kind::Pending | Kind::Waiting) && s.attempt >= max {
+                self.set_kind(i, Kind::Dead);
+                self.slots[i].time_ms = now_ms;
+            }
+        }
     }
 
     /// How many slots are in each state.
@@ -1100,6 +1109,30 @@ mod tests {
 
     fn state(q: &PartitionQueue, offset: u64) -> SlotState {
         q.slot(offset).unwrap().state
+    }
+
+    #[test]
+    fn a_lower_max_attempts_kills_what_already_spent_them() {
+        let mut q = PartitionQueue::new(policy(5), 100, 0, 1);
+        q.offer_range(0, 3, 0);
+        // Offsets 0 and 1 fail twice; 2 once.
+        for round in 0..2 {
+            let now = 10_000 * (round + 1);
+            let leases = q.lease(3, now, VIS);
+            for l in &leases {
+                if round == 0 || l.offset < 2 {
+                    q.nack(l.offset, l.id, Some(0), now).unwrap();
+                }
+            }
+        }
+        assert_eq!(q.slot(0).unwrap().attempt, 2);
+        assert_eq!(q.slot(2).unwrap().attempt, 2);
+        // Offset 2 is leased now: its lease runs on, and its next failure decides.
+        q.set_policy(policy(2), 30_000);
+        assert_eq!(q.dead_letters(), [0, 1]);
+        assert_eq!(q.policy().max_attempts, 2);
+        assert!(q.lease(3, 30_000, VIS).is_empty());
+        assert!(matches!(state(&q, 2), SlotState::Leased { .. }));
     }
 
     #[test]

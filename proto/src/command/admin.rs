@@ -191,6 +191,11 @@ pub(super) fn admin<'a>(
             group,
         } => {
             let (app, group) = (app(a)?, validate_part("group", group).map(|_| group)?);
+            if group.len() > 60 {
+                return Err(Error::param(
+                    "a leased group's name is at most 60 characters (its dead-letter topic is <group>-dlq)",
+                ));
+            }
             match method {
                 Method::Put => Admin::SetQueuePolicy {
                     app,

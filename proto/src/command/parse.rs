@@ -366,6 +366,21 @@ pub(super) fn settle<'a>(
                 .map(|e| String::from_utf8_lossy(&e).into_owned()),
         }
     } else {
+        // One place names the receipts and options: a body leaves nothing to the headers or
+        // the query (which would otherwise be ignored without a word).
+        let elsewhere = ["x-receipt", "x-batch-receipt"]
+            .into_iter()
+            .find(|h| parts.header(h).is_some())
+            .or_else(|| {
+                ["delay", "visibility", "error"]
+                    .into_iter()
+                    .find(|k| query::raw(q, k).is_some())
+            });
+        if let Some(name) = elsewhere {
+            return Err(Error::param(format!(
+                "{name} beside a JSON body: name the receipts and options in the body, or send an empty body"
+            )));
+        }
         return settle_json(topic, group, op, body);
     };
     checked(s)

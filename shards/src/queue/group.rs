@@ -189,8 +189,10 @@ impl QueueGroup {
         );
         if p != self.policy.get() {
             self.policy.set(p);
+            let now = now_ms();
             for part in self.parts.borrow_mut().values_mut() {
-                part.q.set_policy(p);
+                part.q.set_policy(p, now);
+                part.dirty = true;
             }
         }
     }
@@ -484,6 +486,8 @@ impl QueueGroup {
                     Err(e) => tracing::debug!(group = %self.group, "queue partitions: {e}"),
                 }
             }
+            // A policy changed through the API reaches queues nobody leases from too.
+            self.refresh_policy();
             if let Err(e) = self.open_waiting().await {
                 tracing::debug!(group = %self.group, "queue windows not opened yet: {e}");
             }
