@@ -16,6 +16,7 @@ on_both_backends!(
     websockets_publishes_pipelined_and_subscribes_with_credit,
     explicit_acks_commit_the_group,
     a_leased_subscribe_settles_with_frames,
+    a_leased_socket_refuses_offset_acks,
     a_message_over_the_limit_closes_with_1009,
     protocol_errors_close_with_their_codes,
     a_plain_get_on_a_websocket_route_is_426,
@@ -160,6 +161,26 @@ fn a_leased_subscribe_settles_with_frames(b: Backend) {
         b"",
     );
     assert_eq!(r.status, 204, "{}", r.text());
+}
+
+/// `{"ack":[p,o]}` commits a group's offset, which a leased group's queue keeps itself: on a
+/// leased socket it is answered with an error frame, and the socket stays open.
+fn a_leased_socket_refuses_offset_acks(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    let path = format!("/v1/ws/msgs/{app1}/t/v1?appid={app2}&group=g&ack=lease");
+    let mut s = open(&g.addr, &path);
+    s.write_all(&frame(0x1, br#"{"ack":[0,0]}"#, true)).unwrap();
+    let (op, text) = read_frame(&mut s);
+    assert_eq!(op, 0x1);
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(v["error"]["code"], 40002, "{v}");
+    // Still open: credit is taken as before.
+    s.write_all(&frame(0x1, br#"{"credit":1}"#, true)).unwrap();
+    s.write_all(&frame(0x9, b"still", true)).unwrap();
+    let (op, p) = read_frame(&mut s);
+    assert_eq!((op, p.as_slice()), (0xA, &b"still"[..]));
 }
 
 fn a_message_over_the_limit_closes_with_1009(b: Backend) {

@@ -85,7 +85,15 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
                             if let Some(n) = c.credit {
                                 credit = credit.saturating_add(n).min(cfg.max_credit);
                             }
-                            if let Some(a) = c.ack {
+                            if c.ack.is_some() && s.lease.is_some() {
+                                // An offset commit would move the committed offset under
+                                // the queue, which keeps it itself.
+                                let e = Error::param(
+                                    "a leased socket settles with {\"settle\":op,\"receipts\":[...]}, not {\"ack\":[p,o]}",
+                                );
+                                let t = ack_text(Reply::error(&e));
+                                ws::encode::write_frame(&mut out, ws::Opcode::Text, &t);
+                            } else if let Some(a) = c.ack {
                                 let cmd = Command::AckBatch(AckBatch {
                                     topic: s.topic,
                                     group: s.group,
