@@ -47,15 +47,32 @@ impl Records {
     }
 
     /// Removes and answers the record at `offset`.
+    #[cfg(test)]
     pub fn remove(&mut self, offset: u64) -> Option<Delivered> {
         let i = usize::try_from(offset.checked_sub(self.base)?).ok()?;
         let r = self.slots.get_mut(i)?.take()?;
+        self.forgotten();
+        Some(r)
+    }
+
+    /// Drops the record at `offset` where it lies (no copy of it out); answers its payload's
+    /// length.
+    pub fn forget(&mut self, offset: u64) -> Option<usize> {
+        let i = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        let slot = self.slots.get_mut(i)?;
+        let n = slot.as_ref()?.value.len();
+        *slot = None;
+        self.forgotten();
+        Some(n)
+    }
+
+    /// One record fewer: the ring's front moves past the empty slots.
+    fn forgotten(&mut self) {
         self.len -= 1;
         while let Some(None) = self.slots.front() {
             self.slots.pop_front();
             self.base += 1;
         }
-        Some(r)
     }
 
     /// The payload bytes held.
@@ -105,7 +122,9 @@ mod tests {
         assert!(r.remove(13).is_none());
         assert_eq!(r.remove(10).map(|d| d.offset), Some(10));
         assert_eq!(r.bytes(), 4, "11 holds 4 bytes, 14 none");
-        assert_eq!(r.remove(11).map(|d| d.offset), Some(11));
+        // Forgotten in place: its payload's length comes back.
+        assert_eq!(r.forget(11), Some(4));
+        assert_eq!(r.forget(11), None);
         assert_eq!(r.remove(14).map(|d| d.offset), Some(14));
         assert_eq!((r.len(), r.slots.len()), (0, 0));
         // Empty, it starts again wherever the next record is.
