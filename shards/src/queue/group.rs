@@ -811,10 +811,7 @@ impl QueueGroup {
             let mut parts = self.parts.borrow_mut();
             let Some(part) = parts.get_mut(&r.partition) else {
                 // Closed while another receipt's window opened.
-                out.push(Outcome::Failed(Error::new(
-                    ErrorKind::StaleLease,
-                    format!("partition {} is no longer open here", r.partition),
-                )));
+                out.push(Outcome::Failed(closed_here(r.partition)));
                 continue;
             };
             let o = r.offset;
@@ -956,10 +953,7 @@ impl QueueGroup {
             };
             let Some(part) = parts.get_mut(&r.partition) else {
                 // Not reached: every window was open before the first ack.
-                out.push(Outcome::Failed(Error::new(
-                    ErrorKind::StaleLease,
-                    format!("partition {} is no longer open here", r.partition),
-                )));
+                out.push(Outcome::Failed(closed_here(r.partition)));
                 continue;
             };
             let o = r.offset;
@@ -1000,6 +994,14 @@ impl Drop for Use<'_> {
         self.0.users.set(self.0.users.get() - 1);
         self.0.last_used.set(Instant::now());
     }
+}
+
+/// A settle of a message whose partition's window closed here meanwhile.
+fn closed_here(p: u32) -> Error {
+    Error::new(
+        ErrorKind::StaleLease,
+        format!("partition {p} is no longer open here"),
+    )
 }
 
 fn queue_err(e: QueueError, p: u32) -> Error {
