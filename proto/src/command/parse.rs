@@ -304,9 +304,14 @@ pub(super) fn subscribe<'a>(
     })
 }
 
-/// `to=<topic>/<ver>` (or `<topic>.<ver>`) of a redrive: a topic of app `appid`.
+/// `to=<topic>/<ver>` (or `<topic>.<ver>`, or the slash percent-encoded) of a redrive: a topic
+/// of app `appid`.
 pub(super) fn redrive_target<'a>(appid: &'a str, to: &'a str) -> Result<TopicPath<'a>, Error> {
-    let (topic, ver) = to.split_once(['/', '.']).ok_or_else(|| {
+    let split = to
+        .split_once(['/', '.'])
+        .or_else(|| to.split_once("%2F"))
+        .or_else(|| to.split_once("%2f"));
+    let (topic, ver) = split.ok_or_else(|| {
         Error::param("to must be <topic>/<ver>, a topic of the dead letters' app")
     })?;
     TopicPath::new(appid, topic, ver)

@@ -298,3 +298,14 @@ fn ambiguous_queries_are_refused() {
     let p = req(Method::Post, "/v1/msgs/t/v1?", &[("Appid", "a")], b"m");
     assert!(parse(&p).is_ok());
 }
+
+#[test]
+fn redrive_targets_take_a_slash_a_dot_or_an_encoded_slash() {
+    for to in ["orders/v2", "orders.v2", "orders%2Fv2", "orders%2fv2"] {
+        let t = redrive_target("a", to).unwrap();
+        assert_eq!((t.appid, t.topic, t.ver), ("a", "orders", "v2"), "{to}");
+    }
+    for bad in ["orders", "", "orders/", "/v2"] {
+        assert_eq!(redrive_target("a", bad).unwrap_err().status(), 400, "{bad}");
+    }
+}

@@ -1008,7 +1008,7 @@ fn queue_err(e: QueueError, p: u32) -> Error {
     match e {
         QueueError::StaleLease(o) => Error::new(
             ErrorKind::StaleLease,
-            format!("the lease on partition {p} offset {o} ended: the message was delivered again, settled, or is being buried"),
+            format!("the lease on partition {p} offset {o} ended: the message was delivered again, settled, or is being buried, or was leased before a restart"),
         ),
         QueueError::AlreadyDone(o) => Error::new(
             ErrorKind::StaleLease,
