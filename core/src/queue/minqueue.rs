@@ -53,6 +53,12 @@ impl<T: Ord + Copy> MinQueue<T> {
     pub fn len(&self) -> usize {
         self.run.len() + self.rest.len()
     }
+
+    /// Removes every value, keeping the memory.
+    pub fn clear(&mut self) {
+        self.run.clear();
+        self.rest.clear();
+    }
 }
 
 impl<T: Ord + Copy> FromIterator<T> for MinQueue<T> {

@@ -1015,6 +1015,16 @@ impl PartitionQueue {
     /// traffic.
     fn compact(&mut self) {
         let live = |k: Kind| 2 * self.counts[k as usize] + HEAP_SLACK;
+        // Nothing left of a kind (a window acked whole): its entries go without a scan.
+        if self.counts[Kind::Leased as usize] == 0 {
+            self.leases.clear();
+        }
+        if self.counts[Kind::Waiting as usize] == 0 {
+            self.waiting.clear();
+        }
+        if self.counts[Kind::Pending as usize] == 0 {
+            self.ready.clear();
+        }
         if self.leases.len() > live(Kind::Leased) {
             self.leases = (self.watermark..)
                 .zip(&self.slots)
@@ -1170,7 +1180,8 @@ mod tests {
                 ..Stats::default()
             }
         );
-        assert_eq!(q.next_deadline(), Some(2_000));
+        // No lease left: the deadline entries went with the last one.
+        assert_eq!(q.next_deadline(), None);
         assert!(q.expire(5_000).is_empty(), "acked leases do not expire");
     }
 

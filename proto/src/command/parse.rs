@@ -399,13 +399,17 @@ pub fn settle_json<'a>(
     op: SettleOp,
     body: &[u8],
 ) -> Result<Settle<'a>, Error> {
-    if let Some(receipts) = receipts_only(body) {
+    let fast = match receipts_only(body) {
+        Some(receipts) => Some((receipts, None)),
+        None => batch_receipt_only(body).map(|b| (Vec::new(), Some(b))),
+    };
+    if let Some((receipts, batch)) = fast {
         return checked(Settle {
             topic,
             group,
             op,
             receipts,
-            batch: None,
+            batch,
             delay: None,
             visibility: None,
             error: None,
@@ -479,35 +483,15 @@ fn settle_object<'a>(
 /// tokens allowed), whose strings are printable ASCII without escapes; `None` for any other
 /// body, which the general parser then reads (and refuses where it is not JSON).
 fn receipts_only(body: &[u8]) -> Option<Vec<String>> {
-    fn skip_ws(b: &[u8], mut i: usize) -> usize {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
-            i += 1;
-        }
-        i
-    }
-    fn token(b: &[u8], i: usize, t: &[u8]) -> Option<usize> {
-        let i = skip_ws(b, i);
-        b.get(i..i + t.len()).filter(|s| *s == t)?;
-        Some(i + t.len())
-    }
     let mut i = token(body, 0, b"{")?;
     i = token(body, i, b"\"receipts\"")?;
     i = token(body, i, b":")?;
     i = token(body, i, b"[")?;
     let mut out = Vec::with_capacity(body.len() / 60 + 1);
     loop {
-        i = token(body, i, b"\"")?;
-        let len = memchr::memchr(b'"', &body[i..])?;
-        let s = &body[i..i + len];
-        // Without an early exit, so that it is vectorised.
-        let plain = s
-            .iter()
-            .fold(true, |ok, &c| ok & (0x20..0x7f).contains(&c) & (c != b'\\'));
-        if !plain {
-            return None;
-        }
-        out.push(std::str::from_utf8(s).ok()?.to_owned());
-        i += len + 1;
+        let (s, j) = plain_string(body, i)?;
+        out.push(s.to_owned());
+        i = j;
         if let Some(j) = token(body, i, b",") {
             i = j;
             continue;
@@ -517,6 +501,47 @@ fn receipts_only(body: &[u8]) -> Option<Vec<String>> {
     }
     i = token(body, i, b"}")?;
     (skip_ws(body, i) == body.len()).then_some(out)
+}
+
+/// The batch receipt of a body that is exactly `{"batch_receipt":"..."}` (the usual one),
+/// without a JSON parser; `None` for any other body.
+fn batch_receipt_only(body: &[u8]) -> Option<String> {
+    let mut i = token(body, 0, b"{")?;
+    i = token(body, i, b"\"batch_receipt\"")?;
+    i = token(body, i, b":")?;
+    let (s, j) = plain_string(body, i)?;
+    i = token(body, j, b"}")?;
+    (skip_ws(body, i) == body.len()).then(|| s.to_owned())
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// Where `t` ends, if it follows at `i` after white space.
+fn token(b: &[u8], i: usize, t: &[u8]) -> Option<usize> {
+    let i = skip_ws(b, i);
+    b.get(i..i + t.len()).filter(|s| *s == t)?;
+    Some(i + t.len())
+}
+
+/// A JSON string at `i` (after white space) of printable ASCII without escapes, and where it
+/// ends.
+fn plain_string(b: &[u8], i: usize) -> Option<(&str, usize)> {
+    let i = token(b, i, b"\"")?;
+    let len = memchr::memchr(b'"', &b[i..])?;
+    let s = &b[i..i + len];
+    // Without an early exit, so that it is vectorised.
+    let plain = s
+        .iter()
+        .fold(true, |ok, &c| ok & (0x20..0x7f).contains(&c) & (c != b'\\'));
+    if !plain {
+        return None;
+    }
+    Some((std::str::from_utf8(s).ok()?, i + len + 1))
 }
 
 /// A settle's limits: 1 to [`MAX_RECEIPTS`] receipts (a batch receipt names at most as many,
@@ -593,7 +618,9 @@ pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::{receipts_only, settle_frame, settle_json, SettleOp, TopicPath};
+    use super::{
+        batch_receipt_only, receipts_only, settle_frame, settle_json, SettleOp, TopicPath,
+    };
 
     #[test]
     fn a_settle_frame_names_its_op_once() {
@@ -663,5 +690,41 @@ mod tests {
         ] {
             assert_eq!(receipts_only(body.as_bytes()), None, "{body}");
         }
+    }
+
+    #[test]
+    fn a_body_of_one_batch_receipt_is_read_like_the_general_parser_reads_it() {
+        let t = || TopicPath::new("app", "t", "v1").unwrap();
+        for body in [
+            r#"{"batch_receipt":"AQ-_x"}"#,
+            " {\n\"batch_receipt\" : \"AQ\" }\r\n",
+        ] {
+            let general: serde_json::Value = serde_json::from_str(body).unwrap();
+            let fast = batch_receipt_only(body.as_bytes());
+            assert_eq!(fast.as_deref(), general["batch_receipt"].as_str(), "{body}");
+            let s = settle_json(t(), "g", SettleOp::Ack, body.as_bytes()).unwrap();
+            assert_eq!((s.batch, s.receipts.len()), (fast, 0));
+        }
+        for body in [
+            r#"{"batch_receipt":"a\"b"}"#,
+            r#"{"batch_receipt":"a","error":"x"}"#,
+            r#"{"batch_receipt":1}"#,
+            r#"{"batch_receipt":"a"}}"#,
+            r#"{"batch_receipt":"a""#,
+        ] {
+            assert_eq!(batch_receipt_only(body.as_bytes()), None, "{body}");
+        }
+        // What the fast path leaves still parses: with an error, a settle of one batch.
+        let s = settle_json(
+            t(),
+            "g",
+            SettleOp::Nack,
+            br#"{"batch_receipt":"a","error":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.batch.as_deref(), s.error.as_deref()),
+            (Some("a"), Some("x"))
+        );
     }
 }
