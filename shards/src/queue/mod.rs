@@ -5,7 +5,9 @@
 //! A group's queue on a topic lives on one core of the gateway ([`owner`]); leases and settles
 //! arriving on other cores go there through the mesh. The state machine of each partition's
 //! window is [`kateway_core::queue`]; [`group`] runs it against the backend; [`dead`] names and
-//! fills the dead-letter topic. Receipts are MAC'd with a key derived from the pepper, so any
+//! fills the dead-letter topic; [`policy`] resolves a group's policy (the `[queue]` settings and
+//! what the group's own policy record overrides); [`forward`] hands settles to the gateway
+//! holding a partition (Kafka). Receipts are MAC'd with a key derived from the pepper, so any
 //! gateway of a cluster checks them and none can be forged.
 
 pub mod dead;
