@@ -38,7 +38,9 @@ use thiserror::Error;
 use super::checkpoint::{Attempted, Checkpoint};
 use super::minqueue::MinQueue;
 
-/// Stale heap entries tolerated beyond twice the live ones before a heap is rebuilt.
+/// Stale heap entries tolerated beyond twice the live ones before a heap is rebuilt (or the
+/// window's capacity, if larger: a window leased whole and then acked is not rebuilt on the
+/// way down).
 const HEAP_SLACK: usize = 1024;
 
 /// How a backoff is randomised.
@@ -1014,7 +1016,8 @@ impl PartitionQueue {
     /// were pushed) outnumber the live ones by far, so that memory follows the window, not the
     /// traffic.
     fn compact(&mut self) {
-        let live = |k: Kind| 2 * self.counts[k as usize] + HEAP_SLACK;
+        let slack = HEAP_SLACK.max(self.capacity);
+        let live = |k: Kind| 2 * self.counts[k as usize] + slack;
         // Nothing left of a kind (a window acked whole): its entries go without a scan.
         if self.counts[Kind::Leased as usize] == 0 {
             self.leases.clear();
