@@ -18,7 +18,7 @@ use crate::shard::{now_ms, Shard};
 use kateway_core::config::{Backend as Kind, Config};
 use kateway_core::idem::{Decision, Record, Results, Table};
 use kateway_core::metalog::MetaLog;
-use kateway_core::{Ack, Error, ErrorKind};
+use kateway_core::{Error, ErrorKind};
 use kateway_kafka_bridge::metatopic::{self, MetaEvent};
 use kateway_kafka_bridge::BridgeConfig;
 use std::cell::{Cell, RefCell};
@@ -230,13 +230,9 @@ impl Idem {
                 let Backend::Kafka(k) = backend else {
                     return Err(Error::new(ErrorKind::Internal, "no Kafka producer"));
                 };
-                let d = k
-                    .producer()
-                    .send(topic, Some(0), b"", &[], &r.encode(), Ack::All)
-                    .map_err(unavailable)?;
-                let (_, offset) = monoio::time::timeout(Duration::from_secs(10), d)
+                let (_, offset) = k
+                    .write_own(topic, b"", &r.encode())
                     .await
-                    .map_err(|_| unavailable("Kafka did not acknowledge within 10 s"))?
                     .map_err(unavailable)?;
                 Some(offset)
             }

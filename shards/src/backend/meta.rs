@@ -8,7 +8,7 @@ use super::Backend;
 use kateway_core::config::{Backend as Kind, Config};
 use kateway_core::metalog::MetaLog;
 use kateway_core::tenancy::Record;
-use kateway_core::{Ack, Error, ErrorKind};
+use kateway_core::{Error, ErrorKind};
 use kateway_kafka_bridge::metatopic::{self, MetaEvent};
 use kateway_kafka_bridge::BridgeConfig;
 use std::cell::RefCell;
@@ -123,27 +123,16 @@ impl MetaStore {
                 let Backend::Kafka(k) = backend else {
                     return Err(Error::new(ErrorKind::Internal, "no Kafka producer"));
                 };
-                let producer = k.producer();
                 let mut last = -1;
                 let mut pending = Vec::new();
                 for r in records {
-                    let d = producer
-                        .send(
-                            topic,
-                            Some(0),
-                            r.entity().as_bytes(),
-                            &[],
-                            &r.encode(),
-                            Ack::All,
-                        )
+                    let d = k
+                        .send_own(topic, r.entity().as_bytes(), &r.encode())
                         .map_err(unavailable)?;
                     pending.push(d);
                 }
                 for d in pending {
-                    let (_, offset) = monoio::time::timeout(std::time::Duration::from_secs(10), d)
-                        .await
-                        .map_err(|_| unavailable("Kafka did not acknowledge within 10 s"))?
-                        .map_err(unavailable)?;
+                    let (_, offset) = super::kafka::acknowledged(d).await.map_err(unavailable)?;
                     last = last.max(offset);
                 }
                 Ok(Some(last))

@@ -9,7 +9,7 @@ use super::SettleCall;
 use crate::backend::Backend;
 use crate::node::Core;
 use kateway_core::config::{Backend as Kind, Config};
-use kateway_core::{Ack, Error, ErrorKind};
+use kateway_core::{Error, ErrorKind};
 use kateway_kafka_bridge::metatopic::{self, MetaEvent};
 use kateway_kafka_bridge::BridgeConfig;
 use kateway_proto::command::SettleOp;
@@ -88,20 +88,8 @@ pub async fn send(backend: &Backend, cfg: &Config, f: &Forwarded) -> Result<(), 
             format!("the settle cannot be handed to the gateway holding the partition: {e}"),
         )
     };
-    let d = k
-        .producer()
-        .send(
-            &cfg.kafka.queue_settle_topic,
-            Some(0),
-            b"",
-            &[],
-            &body,
-            Ack::All,
-        )
-        .map_err(|e| unavailable(&e))?;
-    monoio::time::timeout(Duration::from_secs(10), d)
+    k.write_own(&cfg.kafka.queue_settle_topic, b"", &body)
         .await
-        .map_err(|_| unavailable(&"Kafka did not acknowledge within 10 s"))?
         .map_err(|e| unavailable(&e))?;
     Ok(())
 }

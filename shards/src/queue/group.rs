@@ -85,9 +85,9 @@ pub struct QueueGroup {
     pub group: String,
     fingerprint: u32,
     key: Rc<ReceiptKey>,
-    /// The policy in force, and the tenancy view version it was looked up in.
+    /// The policy in force, and the tenancy change epoch it was looked up at.
     policy: Cell<Policy>,
-    policy_version: Cell<u64>,
+    policy_epoch: Cell<u64>,
     capacity: usize,
     reset: Reset,
     parts: RefCell<BTreeMap<u32, Part>>,
@@ -130,6 +130,7 @@ impl QueueGroup {
         reset: Reset,
     ) -> Self {
         let q = &shard.cfg.queue;
+        let policy_epoch = shard.tenancy.changed.epoch();
         let view = shard.tenancy.view();
         let policy = super::policy::resolve(
             q,
@@ -145,7 +146,7 @@ impl QueueGroup {
             group,
             key,
             policy: Cell::new(policy),
-            policy_version: Cell::new(view.snap.version),
+            policy_epoch: Cell::new(policy_epoch),
             reset,
             parts: RefCell::new(BTreeMap::new()),
             held: RefCell::new(Vec::new()),
@@ -177,11 +178,12 @@ impl QueueGroup {
     /// Puts the group's policy in force anew if the tenancy metadata changed since it was
     /// looked up (a policy set or removed through the API).
     fn refresh_policy(&self) {
-        let view = self.shard.tenancy.view();
-        if view.snap.version == self.policy_version.get() {
+        let epoch = self.shard.tenancy.changed.epoch();
+        if epoch == self.policy_epoch.get() {
             return;
         }
-        self.policy_version.set(view.snap.version);
+        self.policy_epoch.set(epoch);
+        let view = self.shard.tenancy.view();
         let p = super::policy::resolve(
             &self.shard.cfg.queue,
             view.snap.queue_policy(&self.group),
@@ -824,10 +826,7 @@ impl QueueGroup {
                 SettleOp::Nack | SettleOp::Extend | SettleOp::Bury if being_buried => {
                     Err(QueueError::StaleLease(o))
                 }
-                SettleOp::Ack => part.q.ack(o, Some(r.lease)).map(|a| match a {
-                    Ack::Acked { .. } => Outcome::Acked,
-                    Ack::AlreadyDone => Outcome::AlreadyDone,
-                }),
+                SettleOp::Ack => self.ack_in(part, &r),
                 SettleOp::Nack => {
                     let d = delay.map(|d| d.as_millis() as u64);
                     let res = part.q.nack(o, r.lease, d, now);
@@ -869,12 +868,7 @@ impl QueueGroup {
             };
             part.dirty = true;
             match res {
-                Ok(outcome) => {
-                    if matches!(outcome, Outcome::Acked | Outcome::AlreadyDone) {
-                        self.forget_if_done(part, o);
-                    }
-                    out.push(outcome);
-                }
+                Ok(outcome) => out.push(outcome),
                 Err(e) => out.push(Outcome::Failed(queue_err(e, r.partition))),
             }
             drop(parts);
@@ -956,19 +950,23 @@ impl QueueGroup {
                 out.push(Outcome::Failed(closed_here(r.partition)));
                 continue;
             };
-            let o = r.offset;
             part.dirty = true;
-            match part.q.ack(o, Some(r.lease)) {
-                Ok(a) => {
-                    self.forget_if_done(part, o);
-                    out.push(match a {
-                        Ack::Acked { .. } => Outcome::Acked,
-                        Ack::AlreadyDone => Outcome::AlreadyDone,
-                    });
-                }
-                Err(e) => out.push(Outcome::Failed(queue_err(e, r.partition))),
-            }
+            out.push(
+                self.ack_in(part, &r)
+                    .unwrap_or_else(|e| Outcome::Failed(queue_err(e, r.partition))),
+            );
         }
+    }
+
+    /// Acks the message `r` names in its partition's window and drops its record if it is
+    /// done.
+    fn ack_in(&self, part: &mut Part, r: &Receipt) -> Result<Outcome, QueueError> {
+        let a = part.q.ack(r.offset, Some(r.lease))?;
+        self.forget_if_done(part, r.offset);
+        Ok(match a {
+            Ack::Acked { .. } => Outcome::Acked,
+            Ack::AlreadyDone => Outcome::AlreadyDone,
+        })
     }
 
     /// Counts of the windows' states, for status.

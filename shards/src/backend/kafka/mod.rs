@@ -134,6 +134,18 @@ pub fn kafka_err(e: BridgeError) -> Error {
     }
 }
 
+/// How long a write to one of the gateway's own topics waits for Kafka's acknowledgement.
+const OWN_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for the acknowledgement of a [`Kafka::send_own`]: the record's partition and offset,
+/// or why it did not come within [`OWN_WRITE_TIMEOUT`].
+pub async fn acknowledged(d: kateway_kafka_bridge::Delivery) -> Result<(i32, i64), String> {
+    match monoio::time::timeout(OWN_WRITE_TIMEOUT, d).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("Kafka did not acknowledge within 10 s".into()),
+    }
+}
+
 /// One core's Kafka state.
 pub struct Kafka {
     pub shard: Rc<Shard>,
@@ -202,6 +214,30 @@ impl Kafka {
     /// This core's producers.
     pub fn producer(&self) -> Rc<Producer> {
         self.producer.borrow().clone()
+    }
+
+    /// Sends a record to partition 0 of one of the gateway's own topics (metadata,
+    /// idempotency keys, handed-on settles, queue checkpoints), to be acknowledged by every
+    /// in-sync replica: await it with [`acknowledged`].
+    pub fn send_own(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<kateway_kafka_bridge::Delivery, String> {
+        self.producer()
+            .send(topic, Some(0), key, &[], value, kateway_core::Ack::All)
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`Kafka::send_own`], acknowledged: the record's partition and offset, or why not.
+    pub async fn write_own(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(i32, i64), String> {
+        acknowledged(self.send_own(topic, key, value)?).await
     }
 
     /// Replaces the producers if librdkafka put them in a fatal state (they would refuse every

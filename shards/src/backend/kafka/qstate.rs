@@ -13,9 +13,8 @@
 
 use super::Kafka;
 use kateway_core::config::Config;
-use kateway_core::{Ack, Error, ErrorKind};
+use kateway_core::{Error, ErrorKind};
 use kateway_kafka_bridge::{metatopic, BridgeConfig};
-use std::time::Duration;
 
 /// The most checkpoint bytes committed beside a leased group's offset: base64 of it stays
 /// within the broker's default `offset.metadata.max.bytes` (4096).
@@ -126,20 +125,9 @@ pub async fn store(
             format!("the queue checkpoint cannot be written to {state_topic}: {e}"),
         )
     };
-    let d = k
-        .producer()
-        .send(
-            state_topic,
-            Some(0),
-            &key(topic, group, p),
-            &[],
-            checkpoint,
-            Ack::All,
-        )
-        .map_err(|e| unavailable(&e))?;
-    let (partition, offset) = monoio::time::timeout(Duration::from_secs(10), d)
+    let (partition, offset) = k
+        .write_own(state_topic, &key(topic, group, p), checkpoint)
         .await
-        .map_err(|_| unavailable(&"Kafka did not acknowledge within 10 s"))?
         .map_err(|e| unavailable(&e))?;
     if partition < 0 || offset < 0 {
         return Err(unavailable(&"no offset came back"));
