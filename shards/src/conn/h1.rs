@@ -39,8 +39,8 @@ const KEEP_CAPACITY: usize = 64 << 10;
 /// Large replies are written in pieces of this size, each within the write timeout.
 const WRITE_PIECE: usize = 256 << 10;
 /// A connection closed after an error answer reads and drops what its client still sends for
-/// at most this long, and this much.
-const LINGER: Duration = Duration::from_secs(1);
+/// at most this long, and this much (a WebSocket the server closes first lingers as long).
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 4 << 20;
 /// How long a request that may park runs before its socket is watched.
 const WATCH_AFTER: Duration = Duration::from_millis(100);

@@ -18,9 +18,10 @@
 //! silent for two intervals is closed (1000, "idle timeout"). Draining closes with 1001. A
 //! frame the codec refuses closes with its code (1002, 1007, 1009). When the server closes
 //! first it shuts its write side and reads (dropping) what the client still sends, for up to
-//! [`LINGER`], so the client reads the close frame rather than a reset.
+//! [`LINGER`] (an HTTP/1.1 error answer's lingering close), so the client reads the close frame
+//! rather than a reset.
 
-use super::h1::{answer_last, write_out};
+use super::h1::{answer_last, write_out, LINGER};
 use super::Transport;
 use crate::api;
 use crate::event::Event;
@@ -48,10 +49,6 @@ use subscribe::subscribe;
 
 /// The largest message a subscribing client may send (its control frames are a few bytes).
 const CONTROL_FRAME: u64 = 4096;
-
-/// How long a socket the server closed first keeps reading (and dropping) what the client
-/// still sends, so that the client reads the close frame instead of a reset.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// What the reader hands the writer.
 enum Inbox {
