@@ -1071,16 +1071,7 @@ fn a_message_is_buried_once(b: Backend) {
 /// gateway's settings, checked on the way in, for that group only, from its first lease, and
 /// a change reaches a queue already open.
 fn a_group_policy_sets_its_attempts(b: Backend) {
-    let g = Gateway::secured(b, QUEUE_ENV);
-    let (a1, a2) = (g.app("app1"), g.app("app2"));
-    let (k1, k2) = (g.make_app(&a1), g.make_app(&a2));
-    let r = g.req_as(
-        &k1.admin,
-        "POST",
-        &format!("/v1/topics/{a1}/t/v1?partitions=1"),
-        b"",
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
+    let (g, a1, k1, a2, k2) = Gateway::secured_world(b, QUEUE_ENV, "app1", "app2");
     let r = g.req_as(&k1.admin, "PUT", &format!("/v1/grants/{a1}/t/v1/{a2}"), b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let policy = format!("/v1/policies/{a2}/g");

@@ -11,21 +11,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use support::{AppKeys, Backend, Gateway, Resp};
 
-/// `(app, topic)` of a fresh secured gateway: app `a` with topic `t` (1 partition, created
-/// with a's app-admin key), and app `z` that owns nothing.
 fn world(b: Backend, env: &[(&str, &str)]) -> (Gateway, String, AppKeys, String, AppKeys) {
-    let g = Gateway::secured(b, env);
-    let (a, z) = (g.app("a"), g.app("z"));
-    let ka = g.make_app(&a);
-    let kz = g.make_app(&z);
-    let r = g.req_as(
-        &ka.admin,
-        "POST",
-        &format!("/v1/topics/{a}/t/v1?partitions=1"),
-        b"",
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    (g, a, ka, z, kz)
+    Gateway::secured_world(b, env, "a", "z")
 }
 
 /// `path` with the route table's sample names replaced by this gateway's apps.

@@ -194,6 +194,29 @@ impl Gateway {
         g
     }
 
+    /// A fresh secured gateway with app `owner`, which has topic `t` (1 partition, created with
+    /// its app-admin key), and app `other`, which owns nothing: the gateway, then each app's
+    /// name and keys.
+    pub fn secured_world(
+        b: Backend,
+        env: &[(&str, &str)],
+        owner: &str,
+        other: &str,
+    ) -> (Gateway, String, AppKeys, String, AppKeys) {
+        let g = Gateway::secured(b, env);
+        let (a, z) = (g.app(owner), g.app(other));
+        let ka = g.make_app(&a);
+        let kz = g.make_app(&z);
+        let r = g.req_as(
+            &ka.admin,
+            "POST",
+            &format!("/v1/topics/{a}/t/v1?partitions=1"),
+            b"",
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        (g, a, ka, z, kz)
+    }
+
     /// The operator key the gateway made on its first start.
     pub fn operator_key(&self) -> String {
         std::fs::read_to_string(self.data.join("operator.key"))
