@@ -32,6 +32,8 @@ pub struct Config {
     pub subscribe: SubscribeConfig,
     pub queue: QueueConfig,
     pub idempotency: IdempotencyConfig,
+    /// Delayed messages.
+    pub delay: DelayConfig,
     /// The embedded log store.
     pub store: StoreConfig,
     /// The Kafka backend and its hinted handoff.
@@ -180,6 +182,20 @@ pub struct QueueConfig {
     pub max_groups_per_core: u32,
 }
 
+/// `[delay]`: delayed messages (`delay=` or `X-Deliver-At` on a publish).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayConfig {
+    /// Partitions of the delay log (fixed when it is first created).
+    pub partitions: u32,
+    /// The longest delay a publish may ask for.
+    pub max_delay: Dur,
+    /// Pending delays due within this are held in memory; later ones wait in the on-disk index.
+    pub memory_horizon: Dur,
+    /// Accept `POST /v1/debug/clock` (operator) to move the delay clock forward: for tests only.
+    pub test_clock: bool,
+}
+
 /// `[idempotency]`: publishes with an `Idempotency-Key`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,7 +291,8 @@ pub struct LogConfig {
 /// the gateway at start.
 const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
+    "delay",
     "auth",
     "server",
     "http2",
@@ -362,6 +379,20 @@ impl Config {
             a.failed_per_second.into(),
             1,
             1_000_000,
+        )?;
+        let d = &self.delay;
+        range("delay.partitions", d.partitions.into(), 1, 1024)?;
+        range(
+            "delay.max_delay (seconds)",
+            d.max_delay.0.as_secs(),
+            1,
+            10 * 365 * 86_400,
+        )?;
+        range(
+            "delay.memory_horizon (ms)",
+            d.memory_horizon.0.as_millis() as u64,
+            1000,
+            86_400_000,
         )?;
         let q = &self.queue;
         range("queue.window", q.window.into(), 16, 1 << 20)?;

@@ -63,6 +63,8 @@ kinds! {
     UnknownRoute = 40401, Client;
     /// No such app, key or grant (the tenancy API).
     UnknownEntity = 40402, Client;
+    /// No pending delay has this id (never issued for this topic, or cancelled already).
+    UnknownDelay = 40403, Client;
     /// The route exists but not for this method.
     MethodNotAllowed = 40500, Client;
     /// The client was too slow to send its request.
@@ -77,6 +79,8 @@ kinds! {
     /// Another call that moves the same dead letters (a redrive, a purge or a peek) is running
     /// (`Retry-After`).
     DeadLettersMoving = 40903, Client;
+    /// The delay fired (or is firing): too late to cancel it.
+    DelayFired = 40904, Client;
     /// This `Idempotency-Key` was used for a publish with another body.
     IdempotencyMismatch = 42200, Client;
     /// Content-Length is required and missing.

@@ -14,6 +14,7 @@
 //! configuration file and the metadata log.
 
 pub mod config;
+pub mod delay;
 pub mod error;
 pub mod idem;
 pub mod keys;

@@ -54,6 +54,16 @@ pub enum Route<'a> {
         group: &'a str,
         action: Option<&'a str>,
     },
+    /// `GET /v1/delays/:topic/:ver` (list), `GET|DELETE /v1/delays/:topic/:ver/:id` (peek,
+    /// cancel): the delayed messages of one of the caller's topics.
+    Delays {
+        method: Method,
+        topic: &'a str,
+        ver: &'a str,
+        id: Option<&'a str>,
+    },
+    /// `POST /v1/debug/clock?advance=`: moves the delay clock forward (`delay.test_clock`).
+    Clock,
     /// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
     Topic {
         method: Method,
@@ -305,6 +315,27 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
             Route::Admin(AdminRoute::QueuePolicy { method, app, group }),
         ),
         ["v1", "audit"] => allow(get, "GET", Route::Admin(AdminRoute::Audit)),
+        ["v1", "delays", topic, ver] => allow(
+            get,
+            "GET",
+            Route::Delays {
+                method,
+                topic,
+                ver,
+                id: None,
+            },
+        ),
+        ["v1", "delays", topic, ver, id] => allow(
+            get || method == Delete,
+            "GET, DELETE",
+            Route::Delays {
+                method,
+                topic,
+                ver,
+                id: Some(id),
+            },
+        ),
+        ["v1", "debug", "clock"] => allow(method == Post, "POST", Route::Clock),
         _ => Err(NotFound),
     }
 }
@@ -354,6 +385,10 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("PUT", "/v1/policies/a/g"),
     ("DELETE", "/v1/policies/a/g"),
     ("GET", "/v1/audit"),
+    ("GET", "/v1/delays/t/v1"),
+    ("GET", "/v1/delays/t/v1/i"),
+    ("DELETE", "/v1/delays/t/v1/i"),
+    ("POST", "/v1/debug/clock"),
 ];
 
 #[cfg(test)]
@@ -480,9 +515,12 @@ mod tests {
                 Method::Delete => 39,
                 _ => 40,
             },
+            Route::Delays { id: None, .. } => 41,
+            Route::Delays { method, .. } => 42 + usize::from(*method == Method::Delete),
+            Route::Clock => 44,
         }
     }
-    const KINDS: usize = 41;
+    const KINDS: usize = 45;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {

@@ -91,6 +91,11 @@ pub async fn run(init: CoreInit) {
         }
         let _ = core.idem.set(idem);
     }
+    if shard.id == 0 {
+        let delays = crate::delay::Delays::new(shard.clone(), core.backend.clone());
+        tasks.spawn("delays", delays.clone().run());
+        let _ = core.delays.set(delays);
+    }
     if let Some(f) = init.forward {
         tasks.spawn(
             "queue settle follower",

@@ -11,6 +11,8 @@
 //!   or Apache Kafka with a hinted-handoff buffer); the only module that knows which one runs.
 //! * [`logset`]: one core's partition logs, their group commit ([`logset::flusher`]) and
 //!   durability accounting; both backends keep their logs here.
+//! * [`queue`], [`delay`]: leased delivery (per-message acks, retries, dead letters) and
+//!   delayed messages, on top of the delivery layer and the backend seam.
 //! * [`catalog`], [`admin`]: the topic catalog, its file, and topic administration.
 //! * [`node`], [`shard`], [`mesh`], [`request`], [`tasks`]: a core, its context, and how cores
 //!   ask each other for things. Cores share nothing mutable.
@@ -26,6 +28,7 @@ pub mod catalog;
 pub mod conn;
 pub mod core;
 pub mod date;
+pub mod delay;
 pub mod delivery;
 pub mod event;
 pub mod fds;

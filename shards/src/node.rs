@@ -27,6 +27,10 @@ pub struct Core {
     pub queues: Rc<crate::queue::Queues>,
     /// The idempotency keys (core 0 only).
     pub idem: std::cell::OnceCell<Rc<crate::idem::Idem>>,
+    /// The delays this gateway fires (core 0 only).
+    pub delays: std::cell::OnceCell<Rc<crate::delay::Delays>>,
+    /// The key delay ids are tagged with.
+    pub delay_key: kateway_core::delay::DelayKey,
 }
 
 impl Core {
@@ -41,6 +45,8 @@ impl Core {
         Self {
             queues,
             idem: std::cell::OnceCell::new(),
+            delays: std::cell::OnceCell::new(),
+            delay_key: kateway_core::delay::DelayKey::new(&shard.tenancy.derive_key("delays")),
             shard,
             backend,
             tasks: Tasks::default(),
@@ -60,6 +66,26 @@ impl Core {
         }
         match self.shard.mesh.call(0, Request::Meta(call)).await? {
             Answer::Meta(r) => r,
+            _ => Err(kateway_core::Error::new(
+                kateway_core::ErrorKind::Internal,
+                "unexpected answer from core 0",
+            )),
+        }
+    }
+
+    /// Has core 0's delays run a call.
+    pub async fn delay_call(
+        &self,
+        call: crate::delay::DelayCall,
+    ) -> Result<crate::delay::DelayAnswer, kateway_core::Error> {
+        let req = Request::Delay(call);
+        let a = if self.shard.id == 0 {
+            self.execute(req).await
+        } else {
+            self.shard.mesh.call(0, req).await?
+        };
+        match a {
+            Answer::Delay(r) => r,
             _ => Err(kateway_core::Error::new(
                 kateway_core::ErrorKind::Internal,
                 "unexpected answer from core 0",
@@ -103,6 +129,13 @@ impl Core {
                 None => Err(kateway_core::Error::new(
                     kateway_core::ErrorKind::Internal,
                     "idempotency calls go to core 0",
+                )),
+            }),
+            Request::Delay(c) => Answer::Delay(match self.delays.get() {
+                Some(d) => d.call(c).await,
+                None => Err(kateway_core::Error::new(
+                    kateway_core::ErrorKind::Internal,
+                    "delay calls go to core 0",
                 )),
             }),
             Request::Settle(c) => Answer::Settled(self.queues.settle_here(shard, backend, c).await),

@@ -64,6 +64,8 @@ pub enum Request {
     Lease(crate::queue::LeaseCall),
     /// Settle leased messages of a group whose queue the receiver keeps.
     Settle(crate::queue::SettleCall),
+    /// Core 0 only: a call on delayed messages.
+    Delay(crate::delay::DelayCall),
     /// Core 0 only: an idempotency-key call.
     Idem(crate::idem::IdemCall),
     /// Core 0 only: create, alter, learn or delete a topic.
@@ -92,6 +94,7 @@ pub enum Answer {
     Infos(Vec<PartitionInfo>),
     Settled(Result<Vec<crate::queue::Outcome>, Error>),
     Idem(Result<Option<crate::idem::Begun>, Error>),
+    Delay(Result<crate::delay::DelayAnswer, Error>),
     Topic(Result<TopicMeta, Error>),
     Snapshot(Box<Snapshot>),
     /// A tenancy API call's status and JSON body.

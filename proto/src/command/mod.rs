@@ -133,9 +133,18 @@ impl<'a> Caller<'a> {
             .appid
             .ok_or_else(|| Error::new(ErrorKind::MissingHeader, "missing Appid header"))?;
         validate_part("appid", a)?;
+        if a == RESERVED_APP {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                format!("app {RESERVED_APP} is the gateway's own"),
+            ));
+        }
         Ok(a)
     }
 }
+
+/// The app that owns the gateway's internal topics (the delay log): no caller acts as it.
+pub const RESERVED_APP: &str = "_kgw";
 
 /// A topic named in a path: `(appid, topic, ver)`, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +186,8 @@ pub struct Publish<'a> {
     pub messages: Messages,
     /// `Idempotency-Key`: a retry within the window answers the first publish's results.
     pub idempotency_key: Option<String>,
+    /// `delay=` or `X-Deliver-At`: the messages wait in the delay log until then.
+    pub due: Option<Due>,
 }
 
 /// `GET /v1/msgs/:appid/:topic/:ver?group=`: long-poll a group.
@@ -353,6 +364,39 @@ pub enum Command<'a> {
     },
     /// The tenancy API.
     Admin(Admin<'a>),
+    /// `/v1/delays/:topic/:ver[/:id]`: list, peek or cancel delayed messages.
+    Delays(Delays<'a>),
+    /// `POST /v1/debug/clock?advance=`: move the delay clock forward (tests only).
+    Clock {
+        advance: Duration,
+    },
+}
+
+/// A call on the delayed messages of one of the caller's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delays<'a> {
+    pub topic: &'a str,
+    pub ver: &'a str,
+    pub op: DelayOp<'a>,
+}
+
+/// What a [`Delays`] call does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DelayOp<'a> {
+    /// The pending delays, soonest first, at most `max`.
+    List { max: usize },
+    /// One pending delay with its message.
+    Peek(&'a str),
+    /// Cancel one.
+    Cancel(&'a str),
+}
+
+/// When a publish's messages are to be delivered: `delay=` or `X-Deliver-At`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    After(Duration),
+    /// Milliseconds since the Unix epoch.
+    At(i64),
 }
 
 impl Command<'_> {
@@ -416,9 +460,13 @@ impl<'a> Command<'a> {
             Route::WsPublish { topic, ver } => {
                 validate_part("topic", topic)?;
                 validate_ver(ver)?;
-                Command::Socket(Socket::Publish(publish_template(
-                    parts, q, topic, ver, limits,
-                )?))
+                let template = publish_template(parts, q, topic, ver, limits)?;
+                if template.due.is_some() {
+                    return Err(Error::param(
+                        "a WebSocket publish cannot be delayed: POST /v1/msgs with delay=",
+                    ));
+                }
+                Command::Socket(Socket::Publish(template))
             }
             Route::WsSubscribe { appid, topic, ver } => {
                 let topic = TopicPath::new(appid, topic, ver)?;
@@ -544,6 +592,34 @@ impl<'a> Command<'a> {
                 }
             }
             Route::Admin(r) => Command::Admin(admin::admin(parts, q, r, limits)?),
+            Route::Delays {
+                method,
+                topic,
+                ver,
+                id,
+            } => {
+                validate_part("topic", topic)?;
+                validate_ver(ver)?;
+                let op = match (id, method) {
+                    (None, _) => {
+                        let max = num(q, "max")?.unwrap_or(100usize);
+                        if !(1..=10_000).contains(&max) {
+                            return Err(Error::param("max must be 1..=10000"));
+                        }
+                        DelayOp::List { max }
+                    }
+                    (Some(id), Method::Delete) => DelayOp::Cancel(id),
+                    (Some(id), _) => DelayOp::Peek(id),
+                };
+                Command::Delays(Delays { topic, ver, op })
+            }
+            Route::Clock => {
+                let advance = query::raw(q, "advance")
+                    .ok_or_else(|| Error::param("missing advance parameter (a duration)"))?;
+                Command::Clock {
+                    advance: kateway_core::units::parse_duration(advance).map_err(Error::param)?,
+                }
+            }
         })
     }
 }

@@ -33,6 +33,11 @@ impl<'a> Command<'a> {
             Command::AckBatch(a) => Need::Subscribe(a.topic.as_ref()),
             Command::Settle(s) => Need::Subscribe(s.topic.as_ref()),
             Command::DeadLetters(d) => Need::AppAdmin(d.appid),
+            Command::Delays(d) => Need::Publish {
+                topic: d.topic,
+                ver: d.ver,
+            },
+            Command::Clock { .. } => Need::Operator,
             Command::Seek(s) => Need::Subscribe(s.topic.as_ref()),
             Command::TopicAdmin(t) => Need::Owner(t.topic.as_ref()),
             Command::Partitions(t) => Need::Read(t.as_ref()),
@@ -70,9 +75,10 @@ impl<'a> Command<'a> {
         match r {
             Route::Alive | Route::Ready => Need::Nothing,
             Route::Metrics | Route::ProcessStatus => Need::Operator,
-            Route::Publish { topic, ver } | Route::WsPublish { topic, ver } => {
-                Need::Publish { topic, ver }
-            }
+            Route::Publish { topic, ver }
+            | Route::WsPublish { topic, ver }
+            | Route::Delays { topic, ver, .. } => Need::Publish { topic, ver },
+            Route::Clock => Need::Operator,
             Route::Subscribe { appid, topic, ver }
             | Route::WsSubscribe { appid, topic, ver }
             | Route::AckBatch {

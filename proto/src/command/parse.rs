@@ -58,12 +58,7 @@ pub(super) fn publish_template<'a>(
     lim: &Limits,
 ) -> Result<Publish<'a>, Error> {
     let ack = parse_ack(q)?;
-    if query::raw(q, "delay").is_some() || query::raw(q, "due").is_some() {
-        return Err(Error::new(
-            ErrorKind::NotImplemented,
-            "delayed messages are not supported yet",
-        ));
-    }
+    let due = due(parts, q)?;
     let key = match query::get(q, "key")
         .map_err(|_| Error::param("key is not valid percent-encoding"))?
     {
@@ -99,7 +94,30 @@ pub(super) fn publish_template<'a>(
         tags,
         messages: Messages::One(Bytes::new()),
         idempotency_key: None,
+        due,
     })
+}
+
+/// `delay=<duration>` or `X-Deliver-At: <RFC 3339 time>`.
+fn due(parts: &impl Parts, q: &str) -> Result<Option<Due>, Error> {
+    let at = parts.header("x-deliver-at");
+    match (query::raw(q, "delay"), at) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(Error::param("give either delay= or X-Deliver-At, not both")),
+        (Some(d), None) => kateway_core::units::parse_duration(d)
+            .map(|d| Some(Due::After(d)))
+            .map_err(|e| Error::param(format!("delay: {e}"))),
+        (None, Some(t)) => {
+            let t = std::str::from_utf8(t).unwrap_or_default();
+            kateway_core::delay::parse_rfc3339(t)
+                .map(|ms| Some(Due::At(ms)))
+                .ok_or_else(|| {
+                    Error::param(format!(
+                        "X-Deliver-At {t:?} is no RFC 3339 time (like 2026-12-24T18:00:00Z)"
+                    ))
+                })
+        }
+    }
 }
 
 /// A publish: its options ([`publish_template`]) and the messages of its body.

@@ -116,9 +116,45 @@ fn publishes() {
         code(&req(Method::Post, "/v1/msgs/t/v1?ack=maybe", &[], b"x")),
         40002
     );
+    let due = |p: &P| match parse(p).unwrap() {
+        Command::Publish(c) => c.due,
+        _ => panic!(),
+    };
     assert_eq!(
-        code(&req(Method::Post, "/v1/msgs/t/v1?delay=5", &[], b"x")),
-        50100
+        due(&req(Method::Post, "/v1/msgs/t/v1?delay=5", &[], b"x")),
+        Some(Due::After(Duration::from_secs(5)))
+    );
+    assert_eq!(
+        due(&req(
+            Method::Post,
+            "/v1/msgs/t/v1",
+            &[("x-deliver-at", "1970-01-01T00:00:01Z")],
+            b"x"
+        )),
+        Some(Due::At(1000))
+    );
+    assert_eq!(due(&req(Method::Post, "/v1/msgs/t/v1", &[], b"x")), None);
+    assert_eq!(
+        code(&req(Method::Post, "/v1/msgs/t/v1?delay=soon", &[], b"x")),
+        40002
+    );
+    assert_eq!(
+        code(&req(
+            Method::Post,
+            "/v1/msgs/t/v1?delay=5s",
+            &[("x-deliver-at", "1970-01-01T00:00:01Z")],
+            b"x"
+        )),
+        40002
+    );
+    assert_eq!(
+        code(&req(
+            Method::Post,
+            "/v1/msgs/t/v1",
+            &[("x-deliver-at", "tomorrow")],
+            b"x"
+        )),
+        40002
     );
     assert_eq!(
         code(&req(Method::Post, "/v1/msgs/t.x/v1", &[], b"x")),

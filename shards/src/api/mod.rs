@@ -3,6 +3,7 @@
 //! ([`Reply::error`]). The transport counts the reply ([`count`]).
 
 mod admin;
+mod delays;
 mod dlq;
 pub mod publish;
 mod queue;
@@ -41,6 +42,8 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Partitions(t) => status::partitions(core, t).await,
         Command::TopicStatus { topic, group } => status::topic(core, caller, topic, group).await,
         Command::Admin(a) => admin::run(core, caller, a).await,
+        Command::Delays(d) => delays::run(core, caller, d).await,
+        Command::Clock { advance } => delays::clock(core, advance),
     };
     r.unwrap_or_else(|e| Reply::error(&e))
 }

@@ -24,6 +24,9 @@ pub async fn publish(
     mut c: Publish<'_>,
 ) -> Result<Reply, Error> {
     let meta = resolve(core, caller, &c).await?;
+    if let Some(due) = c.due {
+        return super::delays::publish(core, &meta, c, due).await;
+    }
     let status = if c.ack == Ack::Async { 202 } else { 201 };
     let single = matches!(c.messages, Messages::One(_));
     let Some(idem_key) = c.idempotency_key.take() else {
