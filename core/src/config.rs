@@ -186,6 +186,9 @@ pub struct QueueConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelayConfig {
+    /// The delay log is the topic `_kgw.<log>.v1`, held by the group `_kgw.<log>`: gateways
+    /// that share a Kafka cluster but not their delays use different names.
+    pub log: String,
     /// Partitions of the delay log (fixed when it is first created).
     pub partitions: u32,
     /// The longest delay a publish may ask for.
@@ -381,6 +384,7 @@ impl Config {
             1_000_000,
         )?;
         let d = &self.delay;
+        crate::names::validate_part("delay.log", &d.log).map_err(|e| e.to_string())?;
         range("delay.partitions", d.partitions.into(), 1, 1024)?;
         range(
             "delay.max_delay (seconds)",

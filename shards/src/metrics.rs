@@ -212,6 +212,12 @@ counters! {
     websocket_messages_in_total: "WebSocket messages received from clients (publishes, acks, credit).",
     websocket_messages_out_total: "WebSocket messages sent to clients (acks and pushed messages).",
     sse_streams_total: "Server-sent event streams opened.",
+    delays_published_total: "Delayed messages accepted (written to the delay log).",
+    delays_fired_total: "Delayed messages fired to their topics by this gateway.",
+    delays_cancelled_total: "Delayed messages cancelled before they fired.",
+    delays_pending_memory: "Pending delays held in memory (due within delay.memory_horizon).",
+    delays_pending_memory_bytes: "Message bytes of the pending delays held in memory.",
+    delays_pending_disk: "Pending delays waiting in the on-disk index (cancelled ones counted until their bucket loads).",
     http_requests_refused_total: "Connections answered 503 and closed because the core held limits.max_request_bytes_per_core of requests still arriving.",
 }
 

@@ -107,6 +107,7 @@ pub async fn publish(
         .backend
         .publish(&log, u32::from(dp), items, c.ack)
         .await?;
+    crate::metrics::add(&core.shard.metrics.delays_published_total, ids.len() as u64);
     let when = format_rfc3339(at);
     let reply = if single {
         let id = ids.pop().unwrap_or_default();
@@ -192,7 +193,11 @@ pub async fn run(core: &Rc<Core>, caller: Caller<'_>, d: Delays<'_>) -> Result<R
                 } else {
                     Error::new(
                         ErrorKind::UnknownDelay,
-                        format!("delay {id:?} is held by another gateway of the cluster"),
+                        format!(
+                            "delay {id:?} is in a partition of the delay log this gateway does \
+                             not hold (another gateway of the cluster holds it, or it is being \
+                             assigned)"
+                        ),
                     )
                 });
             };

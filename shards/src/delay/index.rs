@@ -46,6 +46,7 @@ pub struct Index {
     mem: BTreeMap<(i64, u64), Pending>,
     by_id: FxHashMap<Bytes, (i64, u64)>,
     buckets: BTreeMap<Bucket, BucketInfo>,
+    mem_bytes: usize,
     /// The next offset of the log to read into the index.
     pub next: u64,
     /// The log's end when the partition was opened: the index is complete (and may fire) once
@@ -66,6 +67,7 @@ impl Index {
             mem: BTreeMap::new(),
             by_id: FxHashMap::default(),
             buckets: BTreeMap::new(),
+            mem_bytes: 0,
             next,
             end_at_open,
         }
@@ -88,7 +90,13 @@ impl Index {
 
     /// Message bytes held in memory.
     pub fn bytes(&self) -> usize {
-        self.mem.values().map(|p| p.delay.value.len()).sum()
+        self.mem_bytes
+    }
+
+    fn drop_mem(&mut self, k: &(i64, u64)) {
+        if let Some(p) = self.mem.remove(k) {
+            self.mem_bytes -= p.delay.value.len();
+        }
     }
 
     /// Adds a pending delay read at `offset` (its record's value `raw`).
@@ -98,8 +106,9 @@ impl Index {
             None => {
                 if let Some(old) = self.by_id.insert(id.clone(), (due, offset)) {
                     // Read twice (a log read again from an earlier offset): keep one.
-                    self.mem.remove(&old);
+                    self.drop_mem(&old);
                 }
+                self.mem_bytes += delay.value.len();
                 self.mem.insert(
                     (due, offset),
                     Pending {
@@ -135,7 +144,7 @@ impl Index {
                 return Cancelled::Firing;
             }
             self.by_id.remove(id);
-            self.mem.remove(&k);
+            self.drop_mem(&k);
             return Cancelled::Yes;
         }
         let Some(b) = bucket_of(due, now, self.horizon) else {
@@ -253,7 +262,7 @@ impl Index {
             };
             if ok {
                 self.by_id.remove(id);
-                self.mem.remove(&k);
+                self.drop_mem(&k);
             } else if let Some(p) = self.mem.get_mut(&k) {
                 p.firing = false;
             }

@@ -1,8 +1,8 @@
 //! Delayed messages (docs/delays.md), the same on both backends. A delayed publish appends its
 //! messages, with their target and due time, to the delay log: the internal topic
-//! `_kgw.delays.v1` of the backend, so a delay is as durable as any message there. Core 0 of
+//! `_kgw.<delay.log>.v1` of the backend, so a delay is as durable as any message there. Core 0 of
 //! each gateway runs [`Delays`]: it holds the delay-log partitions the reserved group
-//! `_kgw.delays` assigns it (all of them on the embedded store, a share of them per gateway on
+//! `_kgw.<delay.log>` assigns it (all of them on the embedded store, a share of them per gateway on
 //! Kafka), reads them into an [`index::Index`] per partition, and fires each delay when due: it
 //! publishes the message to its target, then appends a `fired` mark to the delay log.
 //!
@@ -29,20 +29,29 @@ use kateway_core::delay::{Delay, DelayId, Record};
 use kateway_core::{Ack, Delivered, Error, ErrorKind, Groups, Item, Reset};
 use kateway_proto::command::TopicPath;
 use rustc_hash::FxHashMap;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The delay log: `_kgw.delays.v1`.
-const LOG: TopicPath<'static> = TopicPath {
-    appid: "_kgw",
-    topic: "delays",
-    ver: "v1",
-};
-/// The reserved group that holds the delay log's partitions.
-pub const GROUP: &str = "_kgw.delays";
+/// The delay log, `_kgw.<delay.log>.v1`.
+fn log_path(shard: &Shard) -> TopicPath<'_> {
+    TopicPath {
+        appid: kateway_proto::command::RESERVED_APP,
+        topic: &shard.cfg.delay.log,
+        ver: "v1",
+    }
+}
+
+/// The reserved group that holds the delay log's partitions, `_kgw.<delay.log>`.
+fn group(shard: &Shard) -> String {
+    format!(
+        "{}.{}",
+        kateway_proto::command::RESERVED_APP,
+        shard.cfg.delay.log
+    )
+}
 /// The longest the pump sleeps: delays fire at most this late (plus the firing itself).
 const TICK: Duration = Duration::from_millis(50);
 /// Delays one firing round takes per partition.
@@ -67,20 +76,21 @@ pub fn advance(ms: i64) -> i64 {
 /// The delay log's topic, created (with `delay.partitions` partitions, kept for
 /// `delay.max_delay` plus 7 days) if it does not exist yet.
 pub async fn log_topic(shard: &Shard, backend: &Backend) -> Result<Rc<LocalTopic>, Error> {
-    match backend.resolve(&LOG).await {
+    let path = log_path(shard);
+    match backend.resolve(&path).await {
         Ok(t) => return Ok(t),
         Err(e) if e.kind() != ErrorKind::UnknownTopic => return Err(e),
         Err(_) => {}
     }
     let d = &shard.cfg.delay;
     let op = AdminOp::Create(TopicMeta {
-        name: format!("{}.{}.{}", LOG.appid, LOG.topic, LOG.ver),
+        name: format!("{}.{}.{}", path.appid, path.topic, path.ver),
         partitions: d.partitions,
         retention_hours: Some(d.max_delay.0.as_secs() / 3600 + 7 * 24),
         retention_bytes: None,
         created_ms: now_ms(),
     });
-    match backend.administer(op, &LOG).await {
+    match backend.administer(op, &path).await {
         Ok(op) => match crate::admin::request(shard, op).await {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::Conflict => {}
@@ -89,7 +99,7 @@ pub async fn log_topic(shard: &Shard, backend: &Backend) -> Result<Rc<LocalTopic
         Err(e) if e.kind() == ErrorKind::Conflict => {}
         Err(e) => return Err(e),
     }
-    backend.resolve(&LOG).await
+    backend.resolve(&path).await
 }
 
 /// A call to core 0's [`Delays`].
@@ -156,7 +166,6 @@ pub struct Delays {
     waiters: RefCell<FxHashMap<Bytes, Vec<flume::Sender<CancelOutcome>>>>,
     recent: RefCell<(VecDeque<Bytes>, FxHashMap<Bytes, Settled>)>,
     saved: RefCell<FxHashMap<u32, u64>>,
-    fired: Cell<u64>,
 }
 
 impl Delays {
@@ -172,7 +181,6 @@ impl Delays {
             waiters: RefCell::default(),
             recent: RefCell::default(),
             saved: RefCell::default(),
-            fired: Cell::new(0),
         })
     }
 
@@ -180,18 +188,16 @@ impl Delays {
         self.shard.cfg.delay.memory_horizon.0.as_millis() as i64
     }
 
-    /// Delays fired by this gateway since it started.
-    pub fn fired_total(&self) -> u64 {
-        self.fired.get()
-    }
-
-    /// Pending delays in memory and on disk in this gateway's partitions.
-    pub fn pending(&self) -> (u64, u64) {
+    /// Sets the gauges of pending delays.
+    fn gauges(&self) {
         let parts = self.parts.borrow();
-        (
-            parts.values().map(|p| p.in_memory() as u64).sum(),
-            parts.values().map(Index::on_disk).sum(),
-        )
+        let m = &self.shard.metrics;
+        m.delays_pending_memory
+            .set(parts.values().map(|p| p.in_memory() as u64).sum());
+        m.delays_pending_memory_bytes
+            .set(parts.values().map(|p| p.bytes() as u64).sum());
+        m.delays_pending_disk
+            .set(parts.values().map(Index::on_disk).sum());
     }
 
     /// The pump: holds the delay log's partitions, reads them into their indexes and fires what
@@ -214,10 +220,10 @@ impl Delays {
                         sub = Some(Subscription::new(
                             self.shard.clone(),
                             self.backend.clone(),
-                            t,
+                            t.clone(),
                             Fetch {
-                                topic: format!("{}.{}.{}", LOG.appid, LOG.topic, LOG.ver),
-                                group: GROUP.to_owned(),
+                                topic: t.name.to_string(),
+                                group: group(&self.shard),
                                 max: 1000,
                                 max_bytes: self.shard.cfg.subscribe.max_batch_bytes.0 as usize,
                                 reset: Reset::Oldest,
@@ -247,6 +253,7 @@ impl Delays {
                 ix.refill(now);
             }
             while self.fire(&topic).await {}
+            self.gauges();
             if last_save.elapsed() >= interval {
                 self.save(&topic).await;
                 last_save = Instant::now();
@@ -288,7 +295,7 @@ impl Delays {
     async fn refresh_held(&self, topic: &Rc<LocalTopic>) -> Result<(), Error> {
         let held = self
             .backend
-            .queue_partitions(topic, GROUP, Reset::Oldest)
+            .queue_partitions(topic, &group(&self.shard), Reset::Oldest)
             .await?;
         let gone: Vec<u32> = self
             .parts
@@ -329,7 +336,7 @@ impl Delays {
     async fn open(&self, topic: &Rc<LocalTopic>, p: u32) -> Result<(), Error> {
         let (committed, _) = self
             .backend
-            .queue_restore(topic, p, GROUP, Reset::Oldest)
+            .queue_restore(topic, p, &group(&self.shard), Reset::Oldest)
             .await?;
         let info = self.backend.info(topic, &Groups::None).await?;
         let info = info.iter().find(|i| i.partition == p);
@@ -399,6 +406,7 @@ impl Delays {
                 let outcome = match ix.remove(now, &r.key, due) {
                     Cancelled::Yes => {
                         self.settle(&r.key, Settled::Cancelled);
+                        crate::metrics::inc(&self.shard.metrics.delays_cancelled_total);
                         CancelOutcome::Cancelled
                     }
                     Cancelled::Firing => CancelOutcome::Fired,
@@ -475,7 +483,7 @@ impl Delays {
                 for id in &ids {
                     self.settle(id, Settled::Fired);
                 }
-                self.fired.set(self.fired.get() + ids.len() as u64);
+                crate::metrics::add(&self.shard.metrics.delays_fired_total, ids.len() as u64);
                 any = true;
             }
             if let Some(ix) = self.parts.borrow_mut().get_mut(&dp) {
@@ -554,7 +562,7 @@ impl Delays {
         for (p, wm) in marks {
             match self
                 .backend
-                .queue_save(topic, p, GROUP, wm, Vec::new())
+                .queue_save(topic, p, &group(&self.shard), wm, Vec::new())
                 .await
             {
                 Ok(()) => {
@@ -573,6 +581,7 @@ impl Delays {
                 .await
                 .map(DelayAnswer::Cancel),
             DelayCall::Peek { id, partition, due } => {
+                self.catch_up(Some(partition)).await;
                 let parts = self.parts.borrow();
                 let ix = parts.get(&partition);
                 Ok(DelayAnswer::Peek {
@@ -581,6 +590,7 @@ impl Delays {
                 })
             }
             DelayCall::List { topic, max } => {
+                self.catch_up(None).await;
                 let parts = self.parts.borrow();
                 let mut delays: Vec<(Bytes, Delay)> =
                     parts.values().flat_map(|ix| ix.list(&topic, max)).collect();
@@ -591,6 +601,31 @@ impl Delays {
                     held: parts.len(),
                     partitions: self.shard.cfg.delay.partitions,
                 })
+            }
+        }
+    }
+
+    /// Waits (at most 5 s) until the pump has read the held partitions (or just `only`) as far
+    /// as the delay log reaches now, so that a peek or a list sees every delay accepted before
+    /// it.
+    async fn catch_up(&self, only: Option<u32>) {
+        let cached = self.topic.borrow().clone();
+        let Some(topic) = cached else { return };
+        let Ok(info) = self.backend.info(&topic, &Groups::None).await else {
+            return;
+        };
+        let ends: Vec<(u32, u64)> = info
+            .iter()
+            .filter(|i| only.is_none_or(|p| p == i.partition))
+            .map(|i| (i.partition, i.newest))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let behind = ends
+                .iter()
+                .any(|(p, end)| self.parts.borrow().get(p).is_some_and(|ix| ix.next < *end));
+            if !behind || self.shard.sleep(Duration::from_millis(5)).await {
+                return;
             }
         }
     }

@@ -34,6 +34,12 @@ pub fn new_gateway(brokers: &str, env: &[(&str, &str)]) -> Gateway {
     all.extend_from_slice(env);
     let mut g = Gateway::new_with(&all);
     g.use_kafka();
+    // Each gateway its own delay log on the shared broker (a test that shares one names it).
+    let log = format!("delays{}", g.suffix);
+    if !env.iter().any(|(k, _)| *k == "KATEWAY_DELAY_LOG") {
+        all.push(("KATEWAY_DELAY_LOG", &log));
+        g.set_env(&all);
+    }
     g
 }
 
