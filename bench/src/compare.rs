@@ -31,6 +31,10 @@ pub struct CompareArgs {
     /// 100 receipts against one publish.
     #[arg(long)]
     pub lease: bool,
+    /// Only what delayed publishes cost (scenario `publish-delayed`): server CPU per delayed
+    /// publish against an immediate one, and the memory held per 100 000 pending delays.
+    #[arg(long)]
+    pub delays: bool,
     /// CPU the servers run on.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
@@ -227,6 +231,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let report = json!({"machine": machine(), "settings": {
             "rounds": a.rounds, "message_bytes": a.size, "server_cpu": a.server_cpu,
             "client_cpu": a.client_cpu}, "scenarios": {"subscribe-lease": v}});
+        return finish(&a, report, &rows);
+    }
+    if a.delays {
+        let (rows, v) = crate::delays::run(&a, &kateway)?;
+        let report = json!({"machine": machine(), "settings": {
+            "message_bytes": a.size, "server_cpu": a.server_cpu,
+            "client_cpu": a.client_cpu}, "scenarios": {"publish-delayed": v}});
         return finish(&a, report, &rows);
     }
     if a.auth {

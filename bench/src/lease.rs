@@ -21,14 +21,14 @@ const N: usize = 200_000;
 const BATCH: usize = 100;
 
 /// A keep-alive HTTP/1.1 connection.
-struct Conn {
+pub(crate) struct Conn {
     r: BufReader<TcpStream>,
     /// The last reply's `X-Batch-Receipt`.
     batch: Option<String>,
 }
 
 impl Conn {
-    fn new(addr: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(addr: &str) -> anyhow::Result<Self> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         Ok(Self {
@@ -38,12 +38,12 @@ impl Conn {
     }
 
     /// One request; the status and the body (`Content-Length` or chunked).
-    fn call(&mut self, head: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub(crate) fn call(&mut self, head: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         self.call_as(head, "application/json", body)
     }
 
     /// [`Conn::call`] with a body of `content_type`.
-    fn call_as(
+    pub(crate) fn call_as(
         &mut self,
         head: &str,
         content_type: &str,
@@ -252,7 +252,7 @@ fn consume(
 }
 
 /// Server CPU per request of `n` requests `call` makes (those answered `ok`).
-fn cpu_per_request(pid: Option<u32>, n: usize, mut call: impl FnMut() -> bool) -> f64 {
+pub(crate) fn cpu_per_request(pid: Option<u32>, n: usize, mut call: impl FnMut() -> bool) -> f64 {
     let m = measure_whole(pid, || {
         let mut o = Outcome::default();
         for _ in 0..n {

@@ -18,6 +18,7 @@ mod auth;
 mod baseline;
 mod client;
 mod compare;
+mod delays;
 mod e2e;
 mod h2client;
 mod h2load;

@@ -8,17 +8,37 @@
 use bytes::Bytes;
 use kateway_core::delay::{bucket_of, Bucket, BucketEntry, Delay, Record};
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// A pending delay held in memory.
-pub struct Pending {
-    pub id: Bytes,
-    pub offset: u64,
-    pub delay: Delay,
+/// A pending delay held in memory: its delay-log record as read (decoded when it fires), so
+/// that one allocation holds it.
+struct Pending {
+    id: Bytes,
+    offset: u64,
+    raw: Bytes,
     /// Handed to the firing round now in flight.
-    pub firing: bool,
+    firing: bool,
+}
+
+impl Pending {
+    fn delay(&self) -> Option<Delay> {
+        match Record::decode(&self.raw) {
+            Ok(Record::Delay(d)) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The key of an id in [`Index::by_id`]: its hash (the entry it finds is checked against
+/// the id itself; ids carry a MAC, so nobody can choose ids that collide).
+fn hash(id: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    id.hash(&mut h);
+    h.finish()
 }
 
 /// What one bucket file holds.
@@ -44,8 +64,11 @@ pub struct Index {
     dir: PathBuf,
     horizon: i64,
     mem: BTreeMap<(i64, u64), Pending>,
-    by_id: FxHashMap<Bytes, (i64, u64)>,
+    by_id: FxHashMap<u64, (i64, u64)>,
     buckets: BTreeMap<Bucket, BucketInfo>,
+    /// Entries not yet appended to their bucket files: written once per batch of records
+    /// ([`Index::flush`]), and before a bucket is read.
+    unwritten: RefCell<BTreeMap<Bucket, Vec<u8>>>,
     mem_bytes: usize,
     /// The next offset of the log to read into the index.
     pub next: u64,
@@ -67,6 +90,7 @@ impl Index {
             mem: BTreeMap::new(),
             by_id: FxHashMap::default(),
             buckets: BTreeMap::new(),
+            unwritten: RefCell::default(),
             mem_bytes: 0,
             next,
             end_at_open,
@@ -95,26 +119,36 @@ impl Index {
 
     fn drop_mem(&mut self, k: &(i64, u64)) {
         if let Some(p) = self.mem.remove(k) {
-            self.mem_bytes -= p.delay.value.len();
+            self.mem_bytes -= p.raw.len();
         }
     }
 
-    /// Adds a pending delay read at `offset` (its record's value `raw`).
-    pub fn add(&mut self, now: i64, offset: u64, id: Bytes, delay: Delay, raw: Bytes) {
-        let due = delay.deliver_at_ms;
+    /// Where pending delay `id` is in memory.
+    fn mem_key(&self, id: &[u8]) -> Option<(i64, u64)> {
+        let k = *self.by_id.get(&hash(id))?;
+        self.mem.get(&k).is_some_and(|p| p.id == id).then_some(k)
+    }
+
+    /// Adds a pending delay due at `due`, read at `offset` (its record's value `raw`).
+    pub fn add(&mut self, now: i64, offset: u64, id: Bytes, due: i64, raw: Bytes) {
         match bucket_of(due, now, self.horizon) {
             None => {
-                if let Some(old) = self.by_id.insert(id.clone(), (due, offset)) {
+                // Held until it fires: copied out of the read buffer it was sliced from, which
+                // it would otherwise keep alive whole.
+                let id = Bytes::copy_from_slice(&id);
+                let raw = Bytes::copy_from_slice(&raw);
+                if let Some(old) = self.mem_key(&id) {
                     // Read twice (a log read again from an earlier offset): keep one.
                     self.drop_mem(&old);
                 }
-                self.mem_bytes += delay.value.len();
+                self.by_id.insert(hash(&id), (due, offset));
+                self.mem_bytes += raw.len();
                 self.mem.insert(
                     (due, offset),
                     Pending {
                         id,
                         offset,
-                        delay,
+                        raw,
                         firing: false,
                     },
                 );
@@ -139,11 +173,11 @@ impl Index {
     /// Takes a pending delay out (cancelled, or marked fired): from memory, or with a removal
     /// entry in its bucket if it waits in one.
     pub fn remove(&mut self, now: i64, id: &[u8], due: i64) -> Cancelled {
-        if let Some(&k) = self.by_id.get(id) {
+        if let Some(k) = self.mem_key(id) {
             if self.mem.get(&k).is_some_and(|p| p.firing) {
                 return Cancelled::Firing;
             }
-            self.by_id.remove(id);
+            self.by_id.remove(&hash(id));
             self.drop_mem(&k);
             return Cancelled::Yes;
         }
@@ -183,6 +217,7 @@ impl Index {
     }
 
     fn read_bucket(&self, b: Bucket) -> Vec<BucketEntry> {
+        self.flush();
         match std::fs::read(self.path(b)) {
             Ok(data) => BucketEntry::read_all(Bytes::from(data)),
             Err(e) => {
@@ -193,15 +228,21 @@ impl Index {
     }
 
     fn append(&self, b: Bucket, e: &BucketEntry) {
-        let mut buf = Vec::with_capacity(64);
-        e.write(&mut buf);
-        let r = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(b))
-            .and_then(|mut f| f.write_all(&buf));
-        if let Err(e) = r {
-            tracing::warn!(bucket = %b.file_name(), "cannot write a delay index bucket: {e}");
+        e.write(self.unwritten.borrow_mut().entry(b).or_default());
+    }
+
+    /// Appends the entries added since the last flush to their bucket files.
+    pub fn flush(&self) {
+        let unwritten = std::mem::take(&mut *self.unwritten.borrow_mut());
+        for (b, buf) in unwritten {
+            let r = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(b))
+                .and_then(|mut f| f.write_all(&buf));
+            if let Err(e) = r {
+                tracing::warn!(bucket = %b.file_name(), "cannot write a delay index bucket: {e}");
+            }
         }
     }
 
@@ -216,6 +257,7 @@ impl Index {
         for b in due {
             let entries = self.read_bucket(b);
             self.buckets.remove(&b);
+            self.unwritten.borrow_mut().remove(&b);
             let _ = std::fs::remove_file(self.path(b));
             let removed: FxHashSet<Bytes> = entries
                 .iter()
@@ -232,7 +274,7 @@ impl Index {
                     continue;
                 }
                 match Record::decode(&record) {
-                    Ok(Record::Delay(d)) => self.add(now, offset, id, d, record),
+                    Ok(Record::Delay(d)) => self.add(now, offset, id, d.deliver_at_ms, record),
                     _ => tracing::warn!(offset, "a delay index bucket holds an unreadable record"),
                 }
             }
@@ -248,7 +290,9 @@ impl Index {
             }
             if !p.firing {
                 p.firing = true;
-                out.push((p.id.clone(), p.offset, p.delay.clone()));
+                if let Some(d) = p.delay() {
+                    out.push((p.id.clone(), p.offset, d));
+                }
             }
         }
         out
@@ -257,11 +301,11 @@ impl Index {
     /// A firing round ended: the delays it fired leave the index; the others wait again.
     pub fn fired(&mut self, ids: &[Bytes], ok: bool) {
         for id in ids {
-            let Some(&k) = self.by_id.get(id) else {
+            let Some(k) = self.mem_key(id) else {
                 continue;
             };
             if ok {
-                self.by_id.remove(id);
+                self.by_id.remove(&hash(id));
                 self.drop_mem(&k);
             } else if let Some(p) = self.mem.get_mut(&k) {
                 p.firing = false;
@@ -291,8 +335,8 @@ impl Index {
 
     /// The pending delay `id`, from memory or its bucket.
     pub fn find(&self, now: i64, id: &[u8], due: i64) -> Option<(u64, Delay)> {
-        if let Some(k) = self.by_id.get(id) {
-            return self.mem.get(k).map(|p| (p.offset, p.delay.clone()));
+        if let Some(k) = self.mem_key(id) {
+            return self.mem.get(&k).and_then(|p| Some((p.offset, p.delay()?)));
         }
         let b = bucket_of(due, now, self.horizon)?;
         if !self.buckets.contains_key(&b) {
@@ -322,9 +366,9 @@ impl Index {
         let mut out: Vec<(Bytes, Delay)> = self
             .mem
             .values()
-            .filter(|p| p.delay.topic == topic)
+            .filter_map(|p| Some((p.id.clone(), p.delay()?)))
+            .filter(|(_, d)| d.topic == topic)
             .take(max)
-            .map(|p| (p.id.clone(), p.delay.clone()))
             .collect();
         // Buckets by when they start: minutes come before the hours after them.
         let mut order: Vec<Bucket> = self.buckets.keys().copied().collect();
@@ -387,7 +431,7 @@ mod tests {
 
     fn add(ix: &mut Index, now: i64, offset: u64, id: &'static [u8], d: Delay) {
         let raw = Record::Delay(d.clone()).encode();
-        ix.add(now, offset, Bytes::from_static(id), d, raw);
+        ix.add(now, offset, Bytes::from_static(id), d.deliver_at_ms, raw);
     }
 
     #[test]

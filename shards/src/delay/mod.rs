@@ -54,6 +54,9 @@ fn group(shard: &Shard) -> String {
 }
 /// The longest the pump sleeps: delays fire at most this late (plus the firing itself).
 const TICK: Duration = Duration::from_millis(50);
+/// How long the pump lets new delay-log records gather between reads when nothing is due
+/// sooner (a delay is in the index at most this long after it was accepted).
+const GATHER: Duration = Duration::from_millis(10);
 /// Delays one firing round takes per partition.
 const ROUND: usize = 1000;
 /// Recently settled ids remembered, so that a cancel after firing is told apart from one of an
@@ -276,7 +279,13 @@ impl Delays {
             match s.next(Instant::now() + wait).await {
                 Ok(b) => {
                     drop(b.held);
+                    let read = !b.records.is_empty();
                     self.take(&topic, b.records).await;
+                    if read && wait >= GATHER {
+                        // Under a stream of delayed publishes, read them in batches rather
+                        // than waking for each one.
+                        self.shard.sleep(GATHER).await;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!("delay log read: {e}");
@@ -375,6 +384,9 @@ impl Delays {
             }
             self.apply(r);
         }
+        for ix in self.parts.borrow().values() {
+            ix.flush();
+        }
     }
 
     /// Applies one record to its partition's index.
@@ -397,7 +409,7 @@ impl Delays {
             return;
         };
         match Record::decode(&r.value) {
-            Ok(Record::Delay(d)) => ix.add(now, r.offset, r.key, d, r.value),
+            Ok(Record::Delay(d)) => ix.add(now, r.offset, r.key, d.deliver_at_ms, r.value),
             Ok(Record::Fired) => {
                 ix.remove(now, &r.key, due);
                 self.settle(&r.key, Settled::Fired);
