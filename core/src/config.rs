@@ -34,6 +34,8 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     /// Delayed messages.
     pub delay: DelayConfig,
+    /// Webhook push subscriptions.
+    pub webhook: WebhookConfig,
     /// The embedded log store.
     pub store: StoreConfig,
     /// The Kafka backend and its hinted handoff.
@@ -199,6 +201,23 @@ pub struct DelayConfig {
     pub test_clock: bool,
 }
 
+/// `[webhook]`: push subscriptions; the defaults of a subscription that names none.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub max_in_flight: u32,
+    pub timeout: Dur,
+    pub max_attempts: u32,
+    pub backoff_base: Dur,
+    pub backoff_max: Dur,
+    /// Consecutive failed deliveries after which an endpoint is paused (0: never).
+    pub pause_after_failures: u32,
+    /// Allow endpoints on loopback, private and link-local addresses.
+    pub allow_private_addresses: bool,
+    /// Attempts kept per endpoint for `GET .../log`.
+    pub log_entries: u32,
+}
+
 /// `[idempotency]`: publishes with an `Idempotency-Key`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,8 +313,9 @@ pub struct LogConfig {
 /// the gateway at start.
 const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "delay",
+    "webhook",
     "auth",
     "server",
     "http2",

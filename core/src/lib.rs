@@ -26,6 +26,7 @@ pub mod queue;
 pub mod quota;
 pub mod tenancy;
 pub mod units;
+pub mod webhook;
 
 pub use error::{Error, ErrorKind};
 pub use message::{Ack, Delivered, Groups, Item, Leased, PartitionInfo, Published, Reset};

@@ -62,6 +62,16 @@ pub enum Route<'a> {
         ver: &'a str,
         id: Option<&'a str>,
     },
+    /// `GET|PUT|DELETE /v1/webhooks/:appid/:topic/:ver/:group`, `POST .../pause|resume`,
+    /// `GET .../log`: the caller's group's webhook on a topic.
+    Webhook {
+        method: Method,
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+        group: &'a str,
+        action: Option<&'a str>,
+    },
     /// `POST /v1/debug/clock?advance=`: moves the delay clock forward (`delay.test_clock`).
     Clock,
     /// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
@@ -335,6 +345,42 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
                 id: Some(id),
             },
         ),
+        ["v1", "webhooks", appid, topic, ver, group] => allow(
+            get || matches!(method, Put | Delete),
+            "GET, PUT, DELETE",
+            Route::Webhook {
+                method,
+                appid,
+                topic,
+                ver,
+                group,
+                action: None,
+            },
+        ),
+        ["v1", "webhooks", appid, topic, ver, group, action @ ("pause" | "resume")] => allow(
+            method == Post,
+            "POST",
+            Route::Webhook {
+                method,
+                appid,
+                topic,
+                ver,
+                group,
+                action: Some(action),
+            },
+        ),
+        ["v1", "webhooks", appid, topic, ver, group, "log"] => allow(
+            get,
+            "GET",
+            Route::Webhook {
+                method,
+                appid,
+                topic,
+                ver,
+                group,
+                action: Some("log"),
+            },
+        ),
         ["v1", "debug", "clock"] => allow(method == Post, "POST", Route::Clock),
         _ => Err(NotFound),
     }
@@ -389,6 +435,12 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("GET", "/v1/delays/t/v1/i"),
     ("DELETE", "/v1/delays/t/v1/i"),
     ("POST", "/v1/debug/clock"),
+    ("GET", "/v1/webhooks/a/t/v1/g"),
+    ("PUT", "/v1/webhooks/a/t/v1/g"),
+    ("DELETE", "/v1/webhooks/a/t/v1/g"),
+    ("POST", "/v1/webhooks/a/t/v1/g/pause"),
+    ("POST", "/v1/webhooks/a/t/v1/g/resume"),
+    ("GET", "/v1/webhooks/a/t/v1/g/log"),
 ];
 
 #[cfg(test)]
@@ -518,9 +570,17 @@ mod tests {
             Route::Delays { id: None, .. } => 41,
             Route::Delays { method, .. } => 42 + usize::from(*method == Method::Delete),
             Route::Clock => 44,
+            Route::Webhook { method, action, .. } => match (action, method) {
+                (None, Method::Put) => 45,
+                (None, Method::Delete) => 46,
+                (None, _) => 47,
+                (Some("pause"), _) => 48,
+                (Some("resume"), _) => 49,
+                _ => 50,
+            },
         }
     }
-    const KINDS: usize = 45;
+    const KINDS: usize = 51;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {

@@ -91,6 +91,8 @@ pub async fn run(init: CoreInit) {
         }
         let _ = core.idem.set(idem);
     }
+    crate::webhook::LOG_MAX.with(|m| m.set(init.cfg.webhook.log_entries as usize));
+    tasks.spawn("webhooks", crate::webhook::Webhooks::run(core.clone()));
     if shard.id == 0 {
         let delays = crate::delay::Delays::new(shard.clone(), core.backend.clone());
         tasks.spawn("delays", delays.clone().run());

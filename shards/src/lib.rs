@@ -11,8 +11,9 @@
 //!   or Apache Kafka with a hinted-handoff buffer); the only module that knows which one runs.
 //! * [`logset`]: one core's partition logs, their group commit ([`logset::flusher`]) and
 //!   durability accounting; both backends keep their logs here.
-//! * [`queue`], [`delay`]: leased delivery (per-message acks, retries, dead letters) and
-//!   delayed messages, on top of the delivery layer and the backend seam.
+//! * [`queue`], [`delay`], [`webhook`]: leased delivery (per-message acks, retries, dead
+//!   letters), delayed messages and webhook push, on top of the delivery layer and the backend
+//!   seam.
 //! * [`catalog`], [`admin`]: the topic catalog, its file, and topic administration.
 //! * [`node`], [`shard`], [`mesh`], [`request`], [`tasks`]: a core, its context, and how cores
 //!   ask each other for things. Cores share nothing mutable.
@@ -43,3 +44,4 @@ pub mod runtime;
 pub mod shard;
 pub mod tasks;
 pub mod tenancy;
+pub mod webhook;

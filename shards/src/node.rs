@@ -31,6 +31,8 @@ pub struct Core {
     pub delays: std::cell::OnceCell<Rc<crate::delay::Delays>>,
     /// The key delay ids are tagged with.
     pub delay_key: kateway_core::delay::DelayKey,
+    /// The webhook endpoints this core runs.
+    pub webhooks: crate::webhook::Webhooks,
 }
 
 impl Core {
@@ -47,6 +49,7 @@ impl Core {
             idem: std::cell::OnceCell::new(),
             delays: std::cell::OnceCell::new(),
             delay_key: kateway_core::delay::DelayKey::new(&shard.tenancy.derive_key("delays")),
+            webhooks: crate::webhook::Webhooks::default(),
             shard,
             backend,
             tasks: Tasks::default(),
@@ -138,6 +141,12 @@ impl Core {
                     "delay calls go to core 0",
                 )),
             }),
+            Request::WebhookInfo { group, topic, log } => {
+                Answer::Meta(Ok(match self.webhooks.describe(&group, &topic, log) {
+                    Some(v) => (200, v.to_string()),
+                    None => (404, String::new()),
+                }))
+            }
             Request::Settle(c) => Answer::Settled(self.queues.settle_here(shard, backend, c).await),
             Request::Info { topic, groups } => Answer::Infos(backend.info_local(&topic, &groups)),
             Request::Interest { topic, core, delta } => {

@@ -66,6 +66,12 @@ pub enum Request {
     Settle(crate::queue::SettleCall),
     /// Core 0 only: a call on delayed messages.
     Delay(crate::delay::DelayCall),
+    /// The state (or delivery log) of a webhook endpoint the receiver runs.
+    WebhookInfo {
+        group: String,
+        topic: String,
+        log: bool,
+    },
     /// Core 0 only: an idempotency-key call.
     Idem(crate::idem::IdemCall),
     /// Core 0 only: create, alter, learn or delete a topic.

@@ -17,6 +17,8 @@ pub mod record;
 pub mod snapshot;
 pub mod state;
 
-pub use record::{Audit, KeyRecord, QueuePolicySpec, QuotaSpec, Record, Stamp, OPERATOR_APP};
+pub use record::{
+    Audit, KeyRecord, QueuePolicySpec, QuotaSpec, Record, Stamp, WebhookSpec, OPERATOR_APP,
+};
 pub use snapshot::{Credential, KeyEntry, Need, Principal, Snapshot, TopicRef};
 pub use state::{Op, Planned, State};

@@ -120,6 +120,67 @@ impl QueuePolicySpec {
     }
 }
 
+/// A webhook push subscription: the gateway leases the messages of a group on a topic and
+/// POSTs each one to `url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http://` or `https://`.
+    pub url: String,
+    /// Hex; the signing secret is derived from it and the cluster's pepper.
+    pub secret_nonce: String,
+    /// Requests in flight to the endpoint, per gateway.
+    pub max_in_flight: u32,
+    /// How long one request may take.
+    pub timeout_ms: u64,
+    /// Deliveries before a message goes to the group's dead-letter topic.
+    pub max_attempts: u32,
+    /// Retry backoff: doubling from `backoff_base_ms`, at most `backoff_max_ms`, with jitter.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// One message in flight per key, in order.
+    #[serde(default)]
+    pub ordered: bool,
+    /// Why the endpoint is paused (`None`: it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// Where a new subscription starts: the topic's oldest message, or new ones only.
+    #[serde(default)]
+    pub from_oldest: bool,
+    pub created_ms: i64,
+}
+
+impl WebhookSpec {
+    /// Why the spec cannot be, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"))
+            .ok_or("url must start with http:// or https://")?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty() || host.contains('@') {
+            return Err("url needs a host (and no user info)".into());
+        }
+        if self.url.len() > 2048 || self.url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err("url must be at most 2048 visible characters".into());
+        }
+        if !(1..=1000).contains(&self.max_in_flight) {
+            return Err("max_in_flight must be 1..=1000".into());
+        }
+        if !(100..=300_000).contains(&self.timeout_ms) {
+            return Err("timeout must be 100ms..=5m".into());
+        }
+        if !(1..=1000).contains(&self.max_attempts) {
+            return Err("max_attempts must be 1..=1000".into());
+        }
+        if self.backoff_base_ms > self.backoff_max_ms || self.backoff_max_ms > QUEUE_POLICY_MAX_MS {
+            return Err("backoff_base must be at most backoff_max, at most 30 days".into());
+        }
+        Ok(())
+    }
+}
+
 /// One entry of the audit list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
@@ -163,6 +224,15 @@ pub enum Record {
         policy: Option<QueuePolicySpec>,
         stamp: Stamp,
     },
+    /// The webhook of app `app`'s group `group` on topic `topic` (a storage name; `None`:
+    /// removed).
+    Webhook {
+        app: String,
+        group: String,
+        topic: String,
+        spec: Option<WebhookSpec>,
+        stamp: Stamp,
+    },
     Audit(Audit),
 }
 
@@ -175,6 +245,9 @@ impl Record {
             Record::Grant { topic, app, .. } => format!("grant/{topic}/{app}"),
             Record::Quota { app, .. } => format!("quota/{app}"),
             Record::QueuePolicy { app, group, .. } => format!("qpolicy/{app}/{group}"),
+            Record::Webhook {
+                app, group, topic, ..
+            } => format!("webhook/{app}/{group}/{topic}"),
             Record::Audit(a) => format!("audit/{}", a.id),
         }
     }

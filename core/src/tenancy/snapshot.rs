@@ -4,7 +4,7 @@
 //! is a scope check and, for another app's topic, one grant lookup, with the topic's storage
 //! name built on the stack. Neither allocates.
 
-use super::record::{unhex32, QueuePolicySpec, QuotaSpec, OPERATOR_APP};
+use super::record::{unhex32, QueuePolicySpec, QuotaSpec, WebhookSpec, OPERATOR_APP};
 use super::state::State;
 use crate::keys::{Presented, Scope};
 use crate::{Error, ErrorKind};
@@ -149,6 +149,8 @@ pub struct Snapshot {
     quotas: FxHashMap<String, QuotaSpec>,
     /// Leased groups' delivery policies, by group storage name (`<app>.<group>`).
     queue_policies: FxHashMap<String, QueuePolicySpec>,
+    /// `(group storage name, topic storage name, spec)`.
+    webhooks: Vec<(String, String, WebhookSpec)>,
     /// The earliest time a key in it expires: the snapshot is rebuilt then.
     pub next_expiry_ms: Option<i64>,
 }
@@ -221,7 +223,27 @@ impl Snapshot {
             .filter(|((a, _), _)| state.app_exists(a))
             .map(|((a, g), q)| (format!("{a}.{g}"), *q))
             .collect();
+        // Apps exist in the metadata with authentication on; a deleted one's webhooks stop.
+        s.webhooks = state
+            .webhooks
+            .iter()
+            .filter(|((a, _, _), _)| !state.apps.get(a).is_some_and(|(deleted, _)| *deleted))
+            .map(|((a, g, t), w)| (format!("{a}.{g}"), t.clone(), w.clone()))
+            .collect();
         s
+    }
+
+    /// Every webhook: `(group storage name, topic storage name, spec)`.
+    pub fn webhooks(&self) -> &[(String, String, WebhookSpec)] {
+        &self.webhooks
+    }
+
+    /// The webhook of group `group` (`<app>.<group>`) on `topic`.
+    pub fn webhook(&self, group: &str, topic: &str) -> Option<&WebhookSpec> {
+        self.webhooks
+            .iter()
+            .find(|(g, t, _)| g == group && t == topic)
+            .map(|(_, _, w)| w)
     }
 
     /// The key with id `keyid`, if it works at `now_ms`.

@@ -4,7 +4,7 @@
 //! revoked. Only the writer (core 0 of a gateway) plans; every gateway applies.
 
 use super::record::{
-    hex, Audit, KeyRecord, QueuePolicySpec, QuotaSpec, Record, Stamp, OPERATOR_APP,
+    hex, Audit, KeyRecord, QueuePolicySpec, QuotaSpec, Record, Stamp, WebhookSpec, OPERATOR_APP,
 };
 use crate::keys::{self, Pepper, Scope};
 use crate::names::{validate_part, TopicName};
@@ -69,6 +69,13 @@ pub enum Op {
         group: String,
         policy: Option<QueuePolicySpec>,
     },
+    /// Sets (or with `None` removes) the webhook of app `app`'s group `group` on `topic`.
+    SetWebhook {
+        app: String,
+        group: String,
+        topic: String,
+        spec: Option<WebhookSpec>,
+    },
     /// Takes back every grant on a deleted topic, so that a topic made again under its name
     /// starts with none (409 when there is none to take back).
     ForgetTopic {
@@ -100,6 +107,8 @@ pub struct State {
     pub quotas: BTreeMap<String, QuotaSpec>,
     /// `(app, group)`: the group's delivery policy.
     pub queue_policies: BTreeMap<(String, String), QueuePolicySpec>,
+    /// `(app, group, topic)`: the group's webhook on the topic.
+    pub webhooks: BTreeMap<(String, String, String), WebhookSpec>,
     pub audit: BTreeMap<String, Audit>,
     /// Records applied.
     pub applied: u64,
@@ -158,6 +167,20 @@ impl State {
                     self.queue_policies.remove(&(app, group));
                 }
             },
+            Record::Webhook {
+                app,
+                group,
+                topic,
+                spec,
+                ..
+            } => match spec {
+                Some(w) => {
+                    self.webhooks.insert((app, group, topic), w);
+                }
+                None => {
+                    self.webhooks.remove(&(app, group, topic));
+                }
+            },
             Record::Audit(a) => {
                 self.audit.insert(a.id.clone(), a);
                 while self.audit.len() > AUDIT_KEEP {
@@ -200,6 +223,19 @@ impl State {
             out.push(Record::Quota {
                 app: app.clone(),
                 quota: Some(*q),
+                stamp: Stamp {
+                    actor: "gateway".into(),
+                    ts_ms: now_ms,
+                    ip: None,
+                },
+            });
+        }
+        for ((app, group, topic), w) in &self.webhooks {
+            out.push(Record::Webhook {
+                app: app.clone(),
+                group: group.clone(),
+                topic: topic.clone(),
+                spec: Some(w.clone()),
                 stamp: Stamp {
                     actor: "gateway".into(),
                     ts_ms: now_ms,
@@ -565,6 +601,35 @@ impl State {
                         a,
                         200,
                         "set_queue_policy",
+                    )
+                }
+                Op::SetWebhook {
+                    app,
+                    group,
+                    topic,
+                    spec,
+                } => {
+                    if self.apps.get(&app).is_some_and(|(deleted, _)| *deleted) {
+                        return Err(not_found(format!("unknown app {app}")));
+                    }
+                    validate_part("group", &group)?;
+                    if let Some(w) = &spec {
+                        w.check().map_err(Error::param)?;
+                    }
+                    let r = Record::Webhook {
+                        app: app.clone(),
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        spec: spec.clone(),
+                        stamp: stamp.clone(),
+                    };
+                    let a = json!({"app": app, "group": group, "topic": topic});
+                    (
+                        vec![r],
+                        format!("webhook/{app}/{group}/{topic}"),
+                        a,
+                        200,
+                        "set_webhook",
                     )
                 }
                 Op::ForgetTopic { topic } => {

@@ -370,6 +370,52 @@ pub enum Command<'a> {
     Clock {
         advance: Duration,
     },
+    /// `/v1/webhooks/:appid/:topic/:ver/:group[/pause|/resume|/log]`.
+    Webhook(Webhook<'a>),
+}
+
+/// A call on the caller's group's webhook on a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook<'a> {
+    pub topic: TopicPath<'a>,
+    pub group: &'a str,
+    pub op: WebhookOp,
+}
+
+/// What a [`Webhook`] call does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookOp {
+    Get,
+    Put(WebhookParams),
+    Delete,
+    Pause,
+    Resume,
+    Log,
+}
+
+/// A `PUT` body: the endpoint and its settings (each left out takes `[webhook]`'s).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookParams {
+    pub url: String,
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff_base: Option<String>,
+    #[serde(default)]
+    pub backoff_max: Option<String>,
+    #[serde(default)]
+    pub ordered: Option<bool>,
+    /// `"oldest"` or `"newest"` (default): where a new subscription starts.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// A new signing secret (the old one stops working at once).
+    #[serde(default)]
+    pub rotate_secret: bool,
 }
 
 /// A call on the delayed messages of one of the caller's topics.
@@ -612,6 +658,32 @@ impl<'a> Command<'a> {
                     (Some(id), _) => DelayOp::Peek(id),
                 };
                 Command::Delays(Delays { topic, ver, op })
+            }
+            Route::Webhook {
+                method,
+                appid,
+                topic,
+                ver,
+                group,
+                action,
+            } => {
+                let topic = TopicPath::new(appid, topic, ver)?;
+                validate_part("group", group)?;
+                let op = match (action, method) {
+                    (Some("pause"), _) => WebhookOp::Pause,
+                    (Some("resume"), _) => WebhookOp::Resume,
+                    (Some(_), _) => WebhookOp::Log,
+                    (None, Method::Delete) => WebhookOp::Delete,
+                    (None, Method::Put) => {
+                        let body = crate::gzip::body(parts, 64 * 1024)?;
+                        let p: WebhookParams = serde_json::from_slice(&body).map_err(|e| {
+                            Error::new(ErrorKind::InvalidBody, format!("webhook: {e}"))
+                        })?;
+                        WebhookOp::Put(p)
+                    }
+                    (None, _) => WebhookOp::Get,
+                };
+                Command::Webhook(Webhook { topic, group, op })
             }
             Route::Clock => {
                 let advance = query::raw(q, "advance")

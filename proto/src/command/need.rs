@@ -38,6 +38,7 @@ impl<'a> Command<'a> {
                 ver: d.ver,
             },
             Command::Clock { .. } => Need::Operator,
+            Command::Webhook(w) => Need::Subscribe(w.topic.as_ref()),
             Command::Seek(s) => Need::Subscribe(s.topic.as_ref()),
             Command::TopicAdmin(t) => Need::Owner(t.topic.as_ref()),
             Command::Partitions(t) => Need::Read(t.as_ref()),
@@ -79,6 +80,9 @@ impl<'a> Command<'a> {
             | Route::WsPublish { topic, ver }
             | Route::Delays { topic, ver, .. } => Need::Publish { topic, ver },
             Route::Clock => Need::Operator,
+            Route::Webhook {
+                appid, topic, ver, ..
+            } => Need::Subscribe(t(appid, topic, ver)),
             Route::Subscribe { appid, topic, ver }
             | Route::WsSubscribe { appid, topic, ver }
             | Route::AckBatch {

@@ -11,6 +11,7 @@ mod status;
 pub mod stream;
 pub mod subscribe;
 mod topics;
+mod webhooks;
 
 use crate::metrics;
 use crate::node::Core;
@@ -44,6 +45,7 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Admin(a) => admin::run(core, caller, a).await,
         Command::Delays(d) => delays::run(core, caller, d).await,
         Command::Clock { advance } => delays::clock(core, advance),
+        Command::Webhook(w) => webhooks::run(core, caller, w).await,
     };
     r.unwrap_or_else(|e| Reply::error(&e))
 }
