@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_end_where_they_end() {
-        assert_eq!(chunked_end(b"5\r\nhello\r\n0\r\n\r\n"), Some(17));
+        assert_eq!(chunked_end(b"5\r\nhello\r\n0\r\n\r\n"), Some(15));
         assert_eq!(chunked_end(b"5\r\nhello\r\n0\r\n"), None);
         assert_eq!(chunked_end(b"5\r\nhel"), None);
         assert_eq!(chunked_end(b"0\r\nX-T: 1\r\n\r\n"), Some(13));
