@@ -35,6 +35,10 @@ pub struct CompareArgs {
     /// publish against an immediate one, and the memory held per 100 000 pending delays.
     #[arg(long)]
     pub delays: bool,
+    /// Only what webhook push costs (scenario `webhook-push`): messages per second and server
+    /// CPU per pushed message, against leasing and acking the same messages.
+    #[arg(long)]
+    pub webhooks: bool,
     /// CPU the servers run on.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
@@ -184,6 +188,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 ("KATEWAY_SERVER_PIN_CORES", "false"),
                 ("KATEWAY_LOG_LEVEL", "warn"),
                 ("KATEWAY_AUTH_ENABLED", "false"),
+                ("KATEWAY_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true"),
             ],
         )
     };
@@ -231,6 +236,13 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let report = json!({"machine": machine(), "settings": {
             "rounds": a.rounds, "message_bytes": a.size, "server_cpu": a.server_cpu,
             "client_cpu": a.client_cpu}, "scenarios": {"subscribe-lease": v}});
+        return finish(&a, report, &rows);
+    }
+    if a.webhooks {
+        let (rows, v) = crate::webhooks::run(&a, &kateway)?;
+        let report = json!({"machine": machine(), "settings": {
+            "rounds": a.rounds, "message_bytes": a.size, "server_cpu": a.server_cpu,
+            "client_cpu": a.client_cpu}, "scenarios": {"webhook-push": v}});
         return finish(&a, report, &rows);
     }
     if a.delays {

@@ -24,7 +24,7 @@ const BATCH: usize = 100;
 pub(crate) struct Conn {
     r: BufReader<TcpStream>,
     /// The last reply's `X-Batch-Receipt`.
-    batch: Option<String>,
+    pub(crate) batch: Option<String>,
 }
 
 impl Conn {
@@ -101,7 +101,7 @@ impl Conn {
 }
 
 /// Publishes `n` messages of `size` bytes to `bench.<topic>` in batches (not measured).
-fn fill(addr: &str, topic: &str, n: usize, size: usize) -> anyhow::Result<()> {
+pub(crate) fn fill(addr: &str, topic: &str, n: usize, size: usize) -> anyhow::Result<()> {
     scenario::create_topic(addr, "bench", topic, 4)?;
     let mut c = Conn::new(addr)?;
     let line = "x".repeat(size);

@@ -30,6 +30,7 @@ mod protocols;
 mod scenario;
 mod soak;
 mod tls;
+mod webhooks;
 mod wsclient;
 
 use clap::{Parser, Subcommand};
