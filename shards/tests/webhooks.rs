@@ -22,6 +22,23 @@ const ENV: &[(&str, &str)] = &[
     ("KATEWAY_WEBHOOK_PAUSE_AFTER_FAILURES", "0"),
 ];
 
+/// A gateway with `env` on `b`. On Kafka it has a metadata topic of its own: subscriptions
+/// live in the metadata, and the other tests' gateways on the shared broker (a cluster with
+/// other peppers) must not take part in its groups.
+fn gateway(b: Backend, env: &[(&str, &str)]) -> Gateway {
+    let meta = format!(
+        "__kateway_meta_wh_{}_{}",
+        std::process::id(),
+        support::free_port()
+    );
+    let mut all = env.to_vec();
+    if b == Backend::Kafka {
+        all.push(("KATEWAY_KAFKA_META_TOPIC", &meta));
+        return Gateway::on(b, &all);
+    }
+    Gateway::on(b, env)
+}
+
 /// The Python receiver, its log and its secret file.
 struct Receiver {
     child: Child,
@@ -150,7 +167,7 @@ fn publish(g: &Gateway, app: &str, query: &str, body: &str) {
 fn every_message_arrives_through_failures_and_poison_is_dead_lettered(b: Backend) {
     const N: usize = 200;
     const POISON: usize = 5;
-    let g = Gateway::on(b, ENV);
+    let g = gateway(b, ENV);
     let app = g.app("app");
     g.create_topic(&app, "t", 2);
     let r = Receiver::start(&[
@@ -251,7 +268,7 @@ fn every_message_arrives_through_failures_and_poison_is_dead_lettered(b: Backend
 fn ordered_delivery_keeps_each_keys_order_under_retries(b: Backend) {
     const KEYS: usize = 5;
     const PER_KEY: usize = 20;
-    let g = Gateway::on(b, ENV);
+    let g = gateway(b, ENV);
     let app = g.app("app");
     g.create_topic(&app, "t", 3);
     let r = Receiver::start(&[
@@ -302,7 +319,7 @@ fn ordered_delivery_keeps_each_keys_order_under_retries(b: Backend) {
 fn pause_resume_and_the_automatic_pause(b: Backend) {
     let mut env = ENV.to_vec();
     env[1] = ("KATEWAY_WEBHOOK_PAUSE_AFTER_FAILURES", "5");
-    let g = Gateway::on(b, &env);
+    let g = gateway(b, &env);
     let app = g.app("app");
     g.create_topic(&app, "t", 2);
     let r = Receiver::start(&[]);
@@ -373,7 +390,7 @@ fn pause_resume_and_the_automatic_pause(b: Backend) {
     );
     assert_eq!(d.status, 404);
     // Private addresses are refused unless the operator allows them.
-    let strict = Gateway::on(b, &[]);
+    let strict = gateway(b, &[]);
     let sapp = strict.app("app");
     strict.create_topic(&sapp, "t", 1);
     for url in [
@@ -390,4 +407,55 @@ fn pause_resume_and_the_automatic_pause(b: Backend) {
         );
         assert_eq!(r.status, 400, "{url}: {}", r.text());
     }
+}
+
+/// On Kafka, two gateways of a cluster share a subscription's group: each pushes the messages
+/// of the partitions it holds, and in normal operation none is pushed twice.
+#[test]
+fn kafka_two_gateways_share_the_pushing_and_push_each_message_once() {
+    const N: usize = 200;
+    let meta = format!("__kateway_meta_wh2_{}", std::process::id());
+    let mut env = ENV.to_vec();
+    env.push(("KATEWAY_KAFKA_META_TOPIC", &meta));
+    let a = Gateway::on(Backend::Kafka, &env);
+    let app = a.app("app");
+    a.create_topic(&app, "t", 4);
+    let pepper = a.data_dir().join("meta").join("pepper");
+    env.push(("KATEWAY_AUTH_PEPPER_FILE", pepper.to_str().unwrap()));
+    let b = support::kafka::gateway(&support::kafka::shared_brokers(), &env);
+    let r = Receiver::start(&[]);
+    subscribe(&a, &app, "g", &r, json!({"from": "oldest"}));
+    // Both run the endpoint, and the group settles.
+    let path = format!("/v1/webhooks/{app}/t/v1/g");
+    let t0 = Instant::now();
+    while [&a, &b]
+        .iter()
+        .any(|g| g.req("GET", &path, &[("Appid", &app)], b"").json()["state"].is_null())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "endpoints not running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let mut want = HashSet::new();
+    for i in 0..N {
+        let via = if i % 2 == 0 { &a } else { &b };
+        publish(via, &app, &format!("key=k{i}"), &format!("m{i}"));
+        want.insert(format!("m{i}"));
+    }
+    r.wait_for(&want, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let lines = r.lines();
+    assert!(lines.iter().all(|l| l["sig_ok"] == true), "both sign alike");
+    assert_eq!(lines.len(), N, "each message pushed once");
+    let delivered = |g: &Gateway| {
+        g.req("GET", &path, &[("Appid", &app)], b"").json()["state"]["delivered"]
+            .as_u64()
+            .unwrap()
+    };
+    let (da, db) = (delivered(&a), delivered(&b));
+    assert_eq!(da + db, N as u64);
+    assert!(da > 0 && db > 0, "both gateways pushed: {da} and {db}");
 }

@@ -226,6 +226,17 @@ impl Endpoint {
             };
             let leased = match core.queues.lease(&core.shard, &core.backend, call).await {
                 Ok(l) => l,
+                Err(e) if e.kind() == ErrorKind::UnknownTopic => {
+                    // A gateway that never saw the topic (on Kafka) learns it, so that every
+                    // gateway of a cluster takes its share of the group.
+                    if let Some(path) = path_of(&self.topic) {
+                        if let Err(e) = core.backend.resolve(&path).await {
+                            tracing::debug!(topic = %self.topic, "webhook topic: {e}");
+                        }
+                    }
+                    failing = true;
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(group = %self.group, topic = %self.topic, "webhook lease: {e}");
                     failing = true;
@@ -269,9 +280,12 @@ impl Endpoint {
         receipts: &[String],
         error: Option<String>,
     ) {
-        let topic = match core.shard.topic(&self.topic) {
-            Ok(t) => t,
-            Err(_) => return,
+        let topic = match path_of(&self.topic) {
+            Some(p) => match core.backend.resolve(&p).await {
+                Ok(t) => t,
+                Err(_) => return,
+            },
+            None => return,
         };
         let visibility = (op == SettleOp::Extend).then(|| self.lease_len());
         if let Err(e) = core
@@ -482,6 +496,16 @@ fn rand_u32() -> u32 {
         x ^= x << 17;
         r.set(x);
         (x >> 32) as u32
+    })
+}
+
+/// The parts of a topic's storage name.
+fn path_of(topic: &str) -> Option<kateway_proto::command::TopicPath<'_>> {
+    let mut it = topic.splitn(3, '.');
+    Some(kateway_proto::command::TopicPath {
+        appid: it.next()?,
+        topic: it.next()?,
+        ver: it.next()?,
     })
 }
 
