@@ -134,3 +134,37 @@ pub async fn request(shard: &Shard, op: AdminOp) -> Result<TopicMeta, Error> {
         )),
     }
 }
+
+/// The gateway's own topic at `path` (a dead-letter topic, the delay log), created with
+/// `partitions` and `retention_hours` if it does not exist yet; one created meanwhile by
+/// another core or gateway is taken as it is.
+pub async fn ensure(
+    shard: &Shard,
+    backend: &Backend,
+    path: &kateway_proto::command::TopicPath<'_>,
+    partitions: u32,
+    retention_hours: Option<u64>,
+) -> Result<Rc<crate::catalog::LocalTopic>, Error> {
+    match backend.resolve(path).await {
+        Ok(t) => return Ok(t),
+        Err(e) if e.kind() != kateway_core::ErrorKind::UnknownTopic => return Err(e),
+        Err(_) => {}
+    }
+    let op = AdminOp::Create(TopicMeta {
+        name: format!("{}.{}.{}", path.appid, path.topic, path.ver),
+        partitions,
+        retention_hours,
+        retention_bytes: None,
+        created_ms: crate::shard::now_ms(),
+    });
+    let conflict = |e: &Error| e.kind() == kateway_core::ErrorKind::Conflict;
+    match backend.administer(op, path).await {
+        Ok(op) => match request(shard, op).await {
+            Err(e) if !conflict(&e) => return Err(e),
+            _ => {}
+        },
+        Err(e) if !conflict(&e) => return Err(e),
+        Err(_) => {}
+    }
+    backend.resolve(path).await
+}

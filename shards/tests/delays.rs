@@ -328,7 +328,7 @@ fn a_30_day_delay_waits_on_disk_until_the_clock_reaches_it(b: Backend) {
     }
     assert_eq!(disk, FAR as f64);
     assert_eq!(g.metric("kateway_delays_pending_memory"), 0.0);
-    let buckets: Vec<_> = walk(&g.data_dir().join("delays"))
+    let buckets: Vec<_> = support::walk(&g.data_dir().join("delays"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "bucket"))
         .collect();
@@ -353,21 +353,6 @@ fn a_30_day_delay_waits_on_disk_until_the_clock_reaches_it(b: Backend) {
     plain
         .req("POST", "/v1/debug/clock?advance=1d", &[], b"")
         .assert_error(404);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Kafka: a gateway replaced by another (a new host, a fresh data directory) fires what the

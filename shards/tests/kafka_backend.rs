@@ -16,22 +16,6 @@ fn unique(name: &str) -> String {
     format!("{name}{}x{}", std::process::id(), rand_suffix())
 }
 
-/// Files below `dir` (none if it does not exist).
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 fn rand_suffix() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -91,7 +75,7 @@ fn publish_lands_in_kafka_and_groups_commit_there() {
 
     // Nothing was buffered, so no handoff log was created.
     let handoff = g.data_dir().join("handoff");
-    let logs = walk(&handoff);
+    let logs = support::walk(&handoff);
     assert!(logs.is_empty(), "handoff files without an outage: {logs:?}");
 
     // What Kafka holds, read without the gateway.

@@ -19,7 +19,7 @@
 pub mod index;
 
 use crate::backend::Backend;
-use crate::catalog::{AdminOp, LocalTopic, TopicMeta};
+use crate::catalog::LocalTopic;
 use crate::delivery::Subscription;
 use crate::request::Fetch;
 use crate::shard::{now_ms, Shard};
@@ -79,30 +79,16 @@ pub fn advance(ms: i64) -> i64 {
 /// The delay log's topic, created (with `delay.partitions` partitions, kept for
 /// `delay.max_delay` plus 7 days) if it does not exist yet.
 pub async fn log_topic(shard: &Shard, backend: &Backend) -> Result<Rc<LocalTopic>, Error> {
-    let path = log_path(shard);
-    match backend.resolve(&path).await {
-        Ok(t) => return Ok(t),
-        Err(e) if e.kind() != ErrorKind::UnknownTopic => return Err(e),
-        Err(_) => {}
-    }
     let d = &shard.cfg.delay;
-    let op = AdminOp::Create(TopicMeta {
-        name: format!("{}.{}.{}", path.appid, path.topic, path.ver),
-        partitions: d.partitions,
-        retention_hours: Some(d.max_delay.0.as_secs() / 3600 + 7 * 24),
-        retention_bytes: None,
-        created_ms: now_ms(),
-    });
-    match backend.administer(op, &path).await {
-        Ok(op) => match crate::admin::request(shard, op).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::Conflict => {}
-            Err(e) => return Err(e),
-        },
-        Err(e) if e.kind() == ErrorKind::Conflict => {}
-        Err(e) => return Err(e),
-    }
-    backend.resolve(&path).await
+    let retention = d.max_delay.0.as_secs() / 3600 + 7 * 24;
+    crate::admin::ensure(
+        shard,
+        backend,
+        &log_path(shard),
+        d.partitions,
+        Some(retention),
+    )
+    .await
 }
 
 /// A call to core 0's [`Delays`].

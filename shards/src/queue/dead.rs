@@ -7,8 +7,8 @@
 
 use crate::admin;
 use crate::backend::Backend;
-use crate::catalog::{AdminOp, LocalTopic, TopicMeta};
-use crate::shard::{now_ms, Shard};
+use crate::catalog::LocalTopic;
+use crate::shard::Shard;
 use bytes::Bytes;
 use kateway_core::{Ack, Delivered, Error, ErrorKind, Item};
 use kateway_proto::command::TopicPath;
@@ -39,28 +39,7 @@ pub async fn ensure(
         topic: &topic,
         ver: "v1",
     };
-    match backend.resolve(&path).await {
-        Ok(t) => return Ok(t),
-        Err(e) if e.kind() != ErrorKind::UnknownTopic => return Err(e),
-        Err(_) => {}
-    }
-    let op = AdminOp::Create(TopicMeta {
-        name: format!("{app}.{topic}.v1"),
-        partitions: 1,
-        retention_hours: None,
-        retention_bytes: None,
-        created_ms: now_ms(),
-    });
-    match backend.administer(op, &path).await {
-        Ok(op) => match admin::request(shard, op).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::Conflict => {}
-            Err(e) => return Err(e),
-        },
-        Err(e) if e.kind() == ErrorKind::Conflict => {}
-        Err(e) => return Err(e),
-    }
-    backend.resolve(&path).await
+    admin::ensure(shard, backend, &path, 1, None).await
 }
 
 /// What a dead letter of `m` (read from `origin`) carries.
