@@ -15,6 +15,7 @@ on_both_backends!(
     every_message_arrives_through_failures_and_poison_is_dead_lettered,
     ordered_delivery_keeps_each_keys_order_under_retries,
     pause_resume_and_the_automatic_pause,
+    https_endpoints_are_checked_against_the_system_roots,
 );
 
 const ENV: &[(&str, &str)] = &[
@@ -458,4 +459,63 @@ fn kafka_two_gateways_share_the_pushing_and_push_each_message_once() {
     let (da, db) = (delivered(&a), delivered(&b));
     assert_eq!(da + db, N as u64);
     assert!(da > 0 && db > 0, "both gateways pushed: {da} and {db}");
+}
+
+/// An https endpoint: its certificate is checked against the system's roots (here a test CA
+/// given through `SSL_CERT_FILE`, which the system roots loader reads), and one it does not
+/// trust gets nothing.
+fn https_endpoints_are_checked_against_the_system_roots(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = support::clients::cert(dir.path(), "receiver");
+    let (other, _) = support::clients::cert(dir.path(), "stranger");
+    let run = |trusted: &std::path::Path, delivered: bool| {
+        let mut env = ENV.to_vec();
+        env.push(("SSL_CERT_FILE", trusted.to_str().unwrap()));
+        let g = gateway(b, &env);
+        let app = g.app("app");
+        g.create_topic(&app, "t", 1);
+        let r = Receiver::start(&[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        let mut body = json!({"from": "oldest", "timeout": "2s", "backoff_base": "50ms",
+            "backoff_max": "100ms", "max_attempts": 1000});
+        body["url"] = json!(format!("https://127.0.0.1:{}/hook", r.port));
+        let resp = g.req(
+            "PUT",
+            &format!("/v1/webhooks/{app}/t/v1/g"),
+            &[("Appid", &app)],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        std::fs::write(&r.secret, resp.json()["secret"].as_str().unwrap()).unwrap();
+        publish(&g, &app, "", "secure");
+        if delivered {
+            r.wait_for(
+                &HashSet::from(["secure".to_owned()]),
+                Duration::from_secs(30),
+            );
+            assert!(r.lines().iter().all(|l| l["sig_ok"] == true));
+        } else {
+            let path = format!("/v1/webhooks/{app}/t/v1/g/log");
+            let t0 = Instant::now();
+            let err = loop {
+                let log = g.req("GET", &path, &[("Appid", &app)], b"").json();
+                if let Some(a) = log["attempts"].as_array().and_then(|a| a.first()) {
+                    break a["error"].as_str().unwrap_or("").to_owned();
+                }
+                assert!(t0.elapsed() < Duration::from_secs(30), "no attempt logged");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert!(err.contains("tls"), "{err}");
+            assert!(
+                r.lines().is_empty(),
+                "nothing reached an untrusted endpoint"
+            );
+        }
+    };
+    run(&cert, true);
+    run(&other, false);
 }

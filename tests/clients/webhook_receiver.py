@@ -7,7 +7,7 @@ the secret being the base64 after `whsec_`, read from --secret-file at each requ
 logged as one JSON line to --out: id, timestamp, key, body, whether the signature verified,
 the status answered, and whether the answer was held back past the client's timeout.
 
-It fails a share of requests at random (--fail-rate: answered 500), holds a share past
+With --cert and --key it serves HTTPS. It fails a share of requests at random (--fail-rate: answered 500), holds a share past
 --hang seconds (--timeout-rate: the gateway gives up first), and always answers 500 to bodies
 that start with --poison. With --status N it answers N to everything. Standard library only.
 
@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--poison", default="poison")
     ap.add_argument("--status", type=int, default=0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--key", help="and this private key (PEM)")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     out = open(a.out, "a", buffering=1)
@@ -100,6 +102,11 @@ def main():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     server.daemon_threads = True
+    if a.cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"listening on {a.port}", flush=True)
     server.serve_forever()
 

@@ -144,23 +144,31 @@ impl Client {
     }
 
     async fn connect(&self, url: &Url, deadline: Instant) -> Result<Conn, String> {
-        let addrs = resolve(&url.host, url.port, deadline).await?;
-        let addr = addrs
-            .iter()
-            .find(|a| self.allow_private || is_public(a.ip()))
-            .copied()
-            .ok_or_else(|| {
-                format!(
-                    "{} resolves to no public address (webhook.allow_private_addresses is off)",
-                    url.host
-                )
-            })?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let tcp = match monoio::time::timeout(left, TcpStream::connect_addr(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect {addr}: {e}")),
-            Err(_) => return Err(format!("connect {addr}: timed out")),
-        };
+        let addrs: Vec<SocketAddr> = resolve(&url.host, url.port, deadline)
+            .await?
+            .into_iter()
+            .filter(|a| self.allow_private || is_public(a.ip()))
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!(
+                "{} resolves to no public address (webhook.allow_private_addresses is off)",
+                url.host
+            ));
+        }
+        // Each address in turn, until one connects.
+        let mut tcp = Err(String::new());
+        for addr in addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tcp = match monoio::time::timeout(left, TcpStream::connect_addr(addr)).await {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+                Err(_) => Err(format!("connect {addr}: timed out")),
+            };
+            if tcp.is_ok() {
+                break;
+            }
+        }
+        let tcp = tcp?;
         let _ = tcp.set_nodelay(true);
         if !url.tls {
             return Ok(Conn {
