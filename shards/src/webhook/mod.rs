@@ -61,6 +61,8 @@ pub struct Endpoint {
     in_flight: Cell<usize>,
     /// Ordered delivery: the messages waiting behind each key's one in flight.
     keys: RefCell<HashMap<Bytes, VecDeque<Delivered>>>,
+    /// When the leases of the messages waiting behind their keys were last extended.
+    waiting_extended: Cell<std::time::Instant>,
     consecutive_failures: Cell<u32>,
     delivered: Cell<u64>,
     failed: Cell<u64>,
@@ -133,6 +135,7 @@ impl Webhooks {
                             done: Event::default(),
                             in_flight: Cell::new(0),
                             keys: RefCell::default(),
+                            waiting_extended: Cell::new(std::time::Instant::now()),
                             consecutive_failures: Cell::new(0),
                             delivered: Cell::new(0),
                             failed: Cell::new(0),
@@ -261,6 +264,10 @@ impl Endpoint {
 
     /// Ordered delivery: extends the leases of the messages waiting behind their key.
     async fn extend_waiting(&self, core: &Rc<Core>) {
+        if self.waiting_extended.get().elapsed() < self.lease_len() / 3 {
+            return;
+        }
+        self.waiting_extended.set(std::time::Instant::now());
         let receipts: Vec<String> = self
             .keys
             .borrow()
@@ -333,13 +340,18 @@ impl Endpoint {
         let receipts = [r];
         let id = format!("{}-{}", m.partition, m.offset);
         let mut attempt = m.leased.as_ref().map_or(1, |l| u32::from(l.attempt));
+        let mut extended = std::time::Instant::now();
         loop {
             if self.stop.get() || core.shard.stopping() {
                 // Its lease ends and it is delivered again.
                 return;
             }
             if self.paused() {
-                self.settle(core, SettleOp::Extend, &receipts, None).await;
+                // Held while paused: its lease is renewed well before it ends.
+                if extended.elapsed() >= self.lease_len() / 3 {
+                    self.settle(core, SettleOp::Extend, &receipts, None).await;
+                    extended = std::time::Instant::now();
+                }
                 core.shard.sleep(TICK).await;
                 continue;
             }
@@ -418,6 +430,7 @@ impl Endpoint {
             }
             // Hold the lease through the wait.
             self.settle(core, SettleOp::Extend, &receipts, None).await;
+            extended = std::time::Instant::now();
             let mut left = Duration::from_millis(wait);
             while !left.is_zero() && !self.stop.get() {
                 let step = left.min(self.lease_len() / 2);
@@ -427,6 +440,7 @@ impl Endpoint {
                 left -= step;
                 if !left.is_zero() {
                     self.settle(core, SettleOp::Extend, &receipts, None).await;
+                    extended = std::time::Instant::now();
                 }
             }
             attempt += 1;
