@@ -77,7 +77,8 @@ pub fn advance(ms: i64) -> i64 {
 }
 
 /// The delay log's topic, created (with `delay.partitions` partitions, kept for
-/// `delay.max_delay` plus 7 days) if it does not exist yet.
+/// `delay.max_delay` plus 7 days) if it does not exist yet: by the first delayed publish, so a
+/// gateway that never delays anything has no delay log.
 pub async fn log_topic(shard: &Shard, backend: &Backend) -> Result<Rc<LocalTopic>, Error> {
     let d = &shard.cfg.delay;
     let retention = d.max_delay.0.as_secs() / 3600 + 7 * 24;
@@ -203,7 +204,9 @@ impl Delays {
             }
             let cached = self.topic.borrow().clone();
             let Some(topic) = cached else {
-                match log_topic(&self.shard, &self.backend).await {
+                // The first delayed publish creates the delay log; until then there is
+                // nothing to hold.
+                match self.backend.resolve(&log_path(&self.shard)).await {
                     Ok(t) => {
                         *self.topic.borrow_mut() = Some(t.clone());
                         sub = Some(Subscription::new(
@@ -222,7 +225,7 @@ impl Delays {
                         ));
                     }
                     Err(e) => {
-                        if !warned {
+                        if !warned && e.kind() != ErrorKind::UnknownTopic {
                             tracing::warn!("the delay log is not available yet: {e}");
                             warned = true;
                         }
