@@ -42,6 +42,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
 }
 
 /// `[server]`
@@ -308,12 +310,25 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Topics with series of their own in `/metrics`; the rest are summed into `other`.
+    pub max_topic_series: u32,
+    /// Consumer groups (per topic) with lag series of their own; the rest are summed into `other`.
+    pub max_group_series: u32,
+    /// How often core 0 measures consumer-group lag (0: never).
+    pub lag_interval: Dur,
+}
+
 /// `KATEWAY_*` environment variables that are not settings: `KATEWAY_FAILPOINTS` (storage fault
 /// injection for tests) and `KATEWAY_RDKAFKA_DEBUG` (librdkafka's debug contexts), both read by
 /// the gateway at start.
 const NOT_SETTINGS: [&str; 2] = ["FAILPOINTS", "RDKAFKA_DEBUG"];
 
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
+    "metrics",
     "delay",
     "webhook",
     "auth",

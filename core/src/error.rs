@@ -25,6 +25,8 @@ macro_rules! kinds {
         pub enum ErrorKind { $($(#[$doc])* $name,)* }
 
         impl ErrorKind {
+            /// Every kind.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$name,)*];
             /// The stable numeric code sent to clients as `"code"`.
             pub const fn code(self) -> u32 { match self { $(ErrorKind::$name => $code,)* } }
             /// Where failures of this kind come from.

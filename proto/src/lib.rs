@@ -15,6 +15,8 @@
 //!   HTTP/2 implementation).
 //! * [`sse`]: the `text/event-stream` framing of delivered messages.
 //! * [`json`]: the tiny JSON string escaper used by hand-written responses.
+//! * [`openapi`]: the API's OpenAPI 3.1 document (`docs/openapi.json`, served at
+//!   `/openapi.json`), checked against the route table.
 //! * [`ws`]: a sans-I/O WebSocket (RFC 6455) codec: the upgrade handshake, a decoder of masked
 //!   client frames into messages (with fragmentation, UTF-8 and size limits checked before the
 //!   payload is buffered, and typed close codes), and the encoder of server frames.
@@ -25,6 +27,7 @@ pub mod gzip;
 pub mod h2scan;
 pub mod http1;
 pub mod json;
+pub mod openapi;
 pub mod query;
 pub mod reply;
 pub mod route;

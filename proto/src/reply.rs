@@ -91,6 +91,9 @@ pub struct Reply {
     pub close: bool,
     /// Kept by the transport until the reply is written, then dropped.
     pub hold: Option<Box<dyn Any>>,
+    /// The route that answered ([`crate::command::Command::route_name`]; `"none"` for a
+    /// request that named none), the label its latency is counted under.
+    pub route: &'static str,
 }
 
 impl std::fmt::Debug for Reply {
@@ -113,6 +116,7 @@ impl Reply {
             body: Body::Empty,
             close: false,
             hold: None,
+            route: "none",
         }
     }
 

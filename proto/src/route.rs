@@ -14,6 +14,8 @@ pub enum Route<'a> {
     ProcessStatus,
     /// `GET /metrics`
     Metrics,
+    /// `GET /openapi.json`: the API's OpenAPI document.
+    OpenApi,
     /// `POST /v1/msgs/:topic/:ver`
     Publish { topic: &'a str, ver: &'a str },
     /// `GET /v1/msgs/:appid/:topic/:ver`
@@ -183,6 +185,7 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
         ["alive"] => allow(get, "GET", Route::Alive),
         ["ready"] => allow(get, "GET", Route::Ready),
         ["metrics"] => allow(get, "GET", Route::Metrics),
+        ["openapi.json"] => allow(get, "GET", Route::OpenApi),
         ["v1", "status"] => allow(get, "GET", Route::ProcessStatus),
         ["v1", "msgs", topic, ver] => allow(method == Post, "POST", Route::Publish { topic, ver }),
         // Not HEAD: a subscribe hands messages out (and auto-ack commits them), which a HEAD
@@ -393,6 +396,7 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("GET", "/alive"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
     ("GET", "/v1/status"),
     ("POST", "/v1/msgs/t/v1"),
     ("GET", "/v1/msgs/a/t/v1"),
@@ -578,9 +582,10 @@ mod tests {
                 (Some("resume"), _) => 49,
                 _ => 50,
             },
+            Route::OpenApi => 51,
         }
     }
-    const KINDS: usize = 51;
+    const KINDS: usize = 52;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {
@@ -595,5 +600,23 @@ mod tests {
             seen.iter().all(|s| *s),
             "EVERY_ROUTE misses a route: {seen:?}"
         );
+    }
+
+    /// The OpenAPI document has an operation for every route and none that does not route: a
+    /// route added without its description fails here.
+    #[test]
+    fn the_openapi_document_has_every_route_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(crate::openapi::DOCUMENT).unwrap();
+        let mut seen = [false; KINDS];
+        for (m, template, _) in crate::openapi::operations(&doc) {
+            let p = crate::openapi::sample_path(&template);
+            let r = route(Method::parse(&m), &p)
+                .unwrap_or_else(|e| panic!("the document's {m} {template} does not route: {e:?}"));
+            seen[kind(&r)] = true;
+        }
+        for (m, p) in EVERY_ROUTE {
+            let k = kind(&route(Method::parse(m), p).unwrap());
+            assert!(seen[k], "{m} {p} is not in docs/openapi.json");
+        }
     }
 }

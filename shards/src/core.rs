@@ -97,6 +97,7 @@ pub async fn run(init: CoreInit) {
         let delays = crate::delay::Delays::new(shard.clone(), core.backend.clone());
         tasks.spawn("delays", delays.clone().run());
         let _ = core.delays.set(delays);
+        tasks.spawn("group lag", crate::metrics::lag::run(core.clone()));
     }
     if let Some(f) = init.forward {
         tasks.spawn(

@@ -224,6 +224,12 @@ impl Core {
     /// This core's metrics, storage and budget.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.shard.metrics.snapshot();
+        let m = &self.shard.metrics;
+        s.labelled = metrics::Labelled::of(
+            self.shard.catalog.borrow().stats(),
+            &m.routes,
+            &m.lags.borrow(),
+        );
         self.backend.snapshot(&mut s);
         s.response_bytes_held = self.shard.response_bytes.get() as u64;
         s.request_bytes_held = self.shard.request_bytes.get() as u64;

@@ -6,7 +6,9 @@ use support::{Backend, Gateway};
 on_both_backends!(
     create_alter_delete_topic,
     created_and_grown_partitions_are_readable_once_answered,
-    metrics_and_process_status
+    metrics_and_process_status,
+    topics_beyond_the_metrics_cap_are_summed_into_other,
+    group_lag_is_measured
 );
 
 fn create_alter_delete_topic(b: Backend) {
@@ -90,7 +92,43 @@ fn metrics_and_process_status(b: Backend) {
     let value = |name: &str| support::metric_value(&m, name);
     assert_eq!(value("kateway_pub_messages_total"), 5.0);
     assert_eq!(value("kateway_pub_bytes_total"), 25.0);
-    assert!(value("kateway_http_request_duration_seconds_count") >= 7.0);
+    // Labelled: per topic, and per route and status.
+    let t = format!("{{app=\"{app}\",topic=\"t\",ver=\"v1\"}}");
+    assert_eq!(
+        value(&format!("kateway_topic_published_messages_total{t}")),
+        5.0
+    );
+    assert_eq!(
+        value(&format!("kateway_topic_published_bytes_total{t}")),
+        25.0
+    );
+    assert_eq!(
+        value("kateway_http_request_duration_seconds_count{route=\"publish\",status=\"201\"}"),
+        5.0
+    );
+    assert_eq!(
+        g.drain(&app, &app, "t", "group=g&batch=10&wait=200ms")
+            .len(),
+        5
+    );
+    let m = g.req("GET", "/metrics", &[], b"").text();
+    let value = |name: &str| support::metric_value(&m, name);
+    assert_eq!(
+        value(&format!("kateway_topic_delivered_messages_total{t}")),
+        5.0
+    );
+    assert_eq!(
+        value(&format!("kateway_topic_delivered_bytes_total{t}")),
+        25.0
+    );
+    assert!(
+        value("kateway_http_request_duration_seconds_count{route=\"subscribe\",status=\"200\"}")
+            >= 1.0
+    );
+    assert!(
+        value("kateway_http_request_duration_seconds_count{route=\"subscribe\",status=\"204\"}")
+            >= 1.0
+    );
     if b == Backend::Embedded {
         // The embedded store's own figures.
         assert!(value("kateway_log_fsyncs_total") >= 1.0);
@@ -118,4 +156,72 @@ fn created_and_grown_partitions_are_readable_once_answered(b: Backend) {
         assert_eq!(r.json()["partitions"], n);
         assert_eq!(r.json()["offsets"].as_array().unwrap().len(), n as usize);
     }
+}
+
+/// With `metrics.max_topic_series = 1` the first topic by name keeps its labels and the
+/// others are summed into `other`.
+fn topics_beyond_the_metrics_cap_are_summed_into_other(b: Backend) {
+    let g = Gateway::on(b, &[("KATEWAY_METRICS_MAX_TOPIC_SERIES", "1")]);
+    let app = g.app("app1");
+    for (t, n) in [("ta", 1), ("tb", 2), ("tc", 3)] {
+        g.create_topic(&app, t, 1);
+        for _ in 0..n {
+            g.publish(&app, t, "", b"x");
+        }
+    }
+    let m = g.req("GET", "/metrics", &[], b"").text();
+    let series: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("kateway_topic_published_messages_total{"))
+        .collect();
+    assert_eq!(
+        series,
+        [
+            format!(
+                "kateway_topic_published_messages_total{{app=\"{app}\",topic=\"ta\",ver=\"v1\"}} 1"
+            ),
+            "kateway_topic_published_messages_total{app=\"other\",topic=\"other\",ver=\"other\"} 5"
+                .to_string(),
+        ],
+        "{m}"
+    );
+}
+
+/// `kateway_group_lag_messages` follows what a group has left to consume.
+fn group_lag_is_measured(b: Backend) {
+    let g = Gateway::on(b, &[("KATEWAY_METRICS_LAG_INTERVAL", "100ms")]);
+    let (app, sub) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app, "t", 1);
+    for _ in 0..5 {
+        g.publish(&app, "t", "", b"x");
+    }
+    // Two handed out (and committed: auto-ack); three left.
+    let r = g.sub(&sub, &app, "t", "group=g&batch=2&wait=2s", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let series = format!(
+        "kateway_group_lag_messages{{app=\"{app}\",topic=\"t\",ver=\"v1\",subscriber=\"{sub}\",group=\"g\"}}"
+    );
+    let lag = |want: u64| {
+        let line = format!("{series} {want}");
+        for _ in 0..300 {
+            let m = g.req("GET", "/metrics", &[], b"").text();
+            if m.lines().any(|l| l == line) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let m = g.req("GET", "/metrics", &[], b"").text();
+        let seen: Vec<_> = m
+            .lines()
+            .filter(|l| l.starts_with("kateway_group_lag"))
+            .collect();
+        panic!("no {line} within 15 s: {seen:?}");
+    };
+    lag(3);
+    assert_eq!(
+        g.drain(&sub, &app, "t", "group=g&batch=10&wait=200ms")
+            .len(),
+        3
+    );
+    lag(0);
 }

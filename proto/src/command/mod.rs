@@ -347,6 +347,8 @@ pub enum Command<'a> {
     Alive,
     Ready,
     Metrics,
+    /// `GET /openapi.json`
+    OpenApi,
     ProcessStatus,
     Publish(Publish<'a>),
     Subscribe(Subscribe<'a>),
@@ -372,6 +374,34 @@ pub enum Command<'a> {
     },
     /// `/v1/webhooks/:appid/:topic/:ver/:group[/pause|/resume|/log]`.
     Webhook(Webhook<'a>),
+}
+
+impl Command<'_> {
+    /// The route's name in metrics labels: one per kind of call.
+    pub fn route_name(&self) -> &'static str {
+        match self {
+            Command::Alive => "alive",
+            Command::Ready => "ready",
+            Command::Metrics => "metrics",
+            Command::OpenApi => "openapi",
+            Command::ProcessStatus => "process_status",
+            Command::Publish(_) => "publish",
+            Command::Subscribe(_) => "subscribe",
+            Command::Socket(Socket::Publish(_)) => "ws_publish",
+            Command::Socket(Socket::Subscribe(_)) => "ws_subscribe",
+            Command::AckBatch(_) => "ack_batch",
+            Command::Settle(_) => "settle",
+            Command::DeadLetters(_) => "dead_letters",
+            Command::Seek(_) => "seek",
+            Command::TopicAdmin(_) => "topic_admin",
+            Command::Partitions(_) => "partitions",
+            Command::TopicStatus { .. } => "topic_status",
+            Command::Admin(_) => "tenancy",
+            Command::Delays(_) => "delays",
+            Command::Clock { .. } => "clock",
+            Command::Webhook(_) => "webhook",
+        }
+    }
 }
 
 /// A call on the caller's group's webhook on a topic.
@@ -493,6 +523,7 @@ impl<'a> Command<'a> {
             Route::Alive => Command::Alive,
             Route::Ready => Command::Ready,
             Route::Metrics => Command::Metrics,
+            Route::OpenApi => Command::OpenApi,
             Route::ProcessStatus => Command::ProcessStatus,
             Route::Publish { topic, ver } => {
                 validate_part("topic", topic)?;
@@ -583,10 +614,7 @@ impl<'a> Command<'a> {
                     .parse()
                     .map_err(|_| bad_ack(format!("partition {partition:?} does not exist")))?;
                 if query::raw(q, "time").is_some() {
-                    return Err(Error::new(
-                        ErrorKind::NotImplemented,
-                        "seeking by time is not supported: use offset",
-                    ));
+                    return Err(Error::param("seeking by time is not supported: use offset"));
                 }
                 let offset =
                     num(q, "offset")?.ok_or_else(|| Error::param("missing offset parameter"))?;

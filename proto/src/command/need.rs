@@ -21,7 +21,7 @@ impl<'a> Command<'a> {
     /// Who may run this command.
     pub fn need(&self) -> Need<'a> {
         match self {
-            Command::Alive | Command::Ready => Need::Nothing,
+            Command::Alive | Command::Ready | Command::OpenApi => Need::Nothing,
             Command::Metrics | Command::ProcessStatus => Need::Operator,
             Command::Publish(p) | Command::Socket(Socket::Publish(p)) => Need::Publish {
                 topic: p.topic,
@@ -74,7 +74,7 @@ impl<'a> Command<'a> {
         use crate::route::AdminRoute as A;
         let t = |app, topic, ver| TopicRef { app, topic, ver };
         match r {
-            Route::Alive | Route::Ready => Need::Nothing,
+            Route::Alive | Route::Ready | Route::OpenApi => Need::Nothing,
             Route::Metrics | Route::ProcessStatus => Need::Operator,
             Route::Publish { topic, ver }
             | Route::WsPublish { topic, ver }

@@ -265,7 +265,7 @@ fn acks_seeks_and_topics() {
         })
     ));
     let p = req(Method::Put, "/v1/offset/a/t/v1/g/3?time=9", &[], b"");
-    assert_eq!(parse(&p).unwrap_err().kind().code(), 50100);
+    assert_eq!(parse(&p).unwrap_err().kind().code(), 40002);
     let p = req(Method::Put, "/v1/offset/a/t/v1/g/x?offset=1", &[], b"");
     assert_eq!(parse(&p).unwrap_err().kind().code(), 40005);
     let p = req(

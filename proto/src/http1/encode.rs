@@ -10,25 +10,31 @@ use bytes::{BufMut, BytesMut};
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        410 => "Gone",
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Unknown",
     }
 }
@@ -187,6 +193,15 @@ pub fn put_i64(out: &mut BytesMut, v: i64) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_error_status_has_its_reason_phrase() {
+        for k in kateway_core::ErrorKind::ALL {
+            let status = (k.code() / 100) as u16;
+            assert_ne!(reason(status), "Unknown", "{k:?} ({status})");
+        }
+    }
+
     use super::*;
 
     #[test]

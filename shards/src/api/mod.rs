@@ -23,10 +23,12 @@ use std::time::Instant;
 
 /// Runs a command for a caller.
 pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> Reply {
+    let route = cmd.route_name();
     let r = match cmd {
         Command::Alive => Ok(alive()),
         Command::Ready => status::ready(core).await,
         Command::Metrics => status::metrics(core).await,
+        Command::OpenApi => Ok(openapi()),
         Command::ProcessStatus => status::process(core).await,
         Command::Publish(p) => publish::publish(core, caller, p).await,
         Command::Subscribe(s) if s.lease.is_some() => queue::subscribe(core, caller, s).await,
@@ -47,7 +49,9 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Clock { advance } => delays::clock(core, advance),
         Command::Webhook(w) => webhooks::run(core, caller, w).await,
     };
-    r.unwrap_or_else(|e| Reply::error(&e))
+    let mut reply = r.unwrap_or_else(|e| Reply::error(&e));
+    reply.route = route;
+    reply
 }
 
 /// The answer to `/alive` or `/ready` (what a connection beyond the cap may still ask).
@@ -61,12 +65,17 @@ pub async fn alive_or_ready(core: &Rc<Core>, cmd: &Command<'_>) -> Reply {
 }
 
 /// The answer to `/alive`: the process answers.
+/// `GET /openapi.json`: the document compiled in.
+fn openapi() -> Reply {
+    Reply::json(200, kateway_proto::openapi::DOCUMENT.as_bytes())
+}
+
 pub fn alive() -> Reply {
     Reply::json(200, &b"{\"ok\":1}"[..])
 }
 
-/// Counts an answered request: by status class, and its latency from `t0`.
-pub fn count(core: &Core, status: u16, t0: Instant) {
+/// Counts an answered request: by status class, and its latency from `t0` by route and status.
+pub fn count(core: &Core, route: &'static str, status: u16, t0: Instant) {
     let m = &core.shard.metrics;
     metrics::inc(&m.http_requests_total);
     match status / 100 {
@@ -75,5 +84,5 @@ pub fn count(core: &Core, status: u16, t0: Instant) {
         5 => metrics::inc(&m.http_responses_5xx_total),
         _ => {}
     }
-    m.request_seconds.observe(t0.elapsed());
+    m.routes.observe(route, status, t0.elapsed());
 }

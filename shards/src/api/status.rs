@@ -114,7 +114,12 @@ pub async fn ready(core: &Rc<Core>) -> Result<Reply, Error> {
 
 /// `GET /metrics`
 pub async fn metrics(core: &Rc<Core>) -> Result<Reply, Error> {
-    let text = core.all_metrics().await?.render(core.shard.cores());
+    let cfg = &core.shard.cfg.metrics;
+    let (topics, groups) = (cfg.max_topic_series as usize, cfg.max_group_series as usize);
+    let text = core
+        .all_metrics()
+        .await?
+        .render(core.shard.cores(), topics, groups);
     Ok(Reply::bytes(200, "text/plain; version=0.0.4", text))
 }
 

@@ -61,6 +61,8 @@ pub struct LocalTopic {
     pub owned: Vec<u32>,
     /// Every core that owns a partition of the topic, ascending.
     pub owner_cores: Vec<usize>,
+    /// This core's publish and consume counts of the topic (kept when the topic changes).
+    pub stats: Rc<crate::metrics::TopicStats>,
 }
 
 impl std::ops::Deref for LocalTopic {
@@ -147,11 +149,17 @@ impl Catalog {
             (0..meta.partitions).map(|p| meta.owner(p, cores)).collect();
         owner_cores.sort_unstable();
         owner_cores.dedup();
+        let stats = self
+            .topics
+            .get(&name)
+            .map(|t| t.stats.clone())
+            .unwrap_or_default();
         let t = Rc::new(LocalTopic {
             meta,
             name: name.clone(),
             owned,
             owner_cores,
+            stats,
         });
         self.topics.insert(name, t.clone());
         t
@@ -167,6 +175,11 @@ impl Catalog {
         let mut v: Vec<TopicMeta> = self.topics.values().map(|t| t.meta.clone()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Every topic's name and counters on this core.
+    pub fn stats(&self) -> impl Iterator<Item = (&str, &crate::metrics::TopicStats)> {
+        self.topics.iter().map(|(n, t)| (&**n, &*t.stats))
     }
 
     /// Topics known.

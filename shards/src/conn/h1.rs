@@ -88,7 +88,7 @@ pub fn encode(
 ) -> (bool, Option<Box<dyn Any>>) {
     let close = !keep_alive || reply.close || core.shard.shutdown.get();
     let n = with_date(|d| write_reply(wbuf, &reply, d, head, close));
-    api::count(core, reply.status, t0);
+    api::count(core, reply.route, reply.status, t0);
     let mut hold = reply.hold;
     super::hold_encoded(&mut hold, n);
     (close, hold)

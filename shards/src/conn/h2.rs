@@ -370,7 +370,7 @@ async fn send(
     head_only: bool,
     t0: Instant,
 ) {
-    api::count(core, reply.status, t0);
+    api::count(core, reply.route, reply.status, t0);
     let mut reply = reply;
     // Encoded once, and the records it came from let go at once.
     let body = std::mem::replace(&mut reply.body, Body::Empty).encode();
@@ -430,7 +430,7 @@ async fn stream_events(
     lost: impl std::future::Future<Output = Error>,
 ) {
     let mut lost = std::pin::pin!(lost);
-    api::count(core, 200, t0);
+    api::count(core, "events", 200, t0);
     crate::metrics::inc(&core.shard.metrics.sse_streams_total);
     let head = http::Response::builder()
         .status(200)

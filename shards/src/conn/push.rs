@@ -65,7 +65,7 @@ async fn events_h1<S: Transport>(
     lost: impl Future<Output = Error>,
 ) {
     let mut lost = std::pin::pin!(lost);
-    api::count(core, 200, t0);
+    api::count(core, "events", 200, t0);
     crate::metrics::inc(&core.shard.metrics.sse_streams_total);
     let mut out = BytesMut::new();
     with_date(|d| {

@@ -76,12 +76,14 @@ impl Store {
         ack: Ack,
     ) -> Result<Published, Error> {
         let a = self.logs.append(topic, p, items)?;
-        let m = &self.shard().metrics;
+        let shard = self.shard();
+        let m = &shard.metrics;
+        let bytes = items.iter().map(|i| i.value.len() as u64).sum();
         metrics::add(&m.pub_messages_total, items.len() as u64);
-        metrics::add(
-            &m.pub_bytes_total,
-            items.iter().map(|i| i.value.len() as u64).sum(),
-        );
+        metrics::add(&m.pub_bytes_total, bytes);
+        if let Ok(t) = shard.topic(topic) {
+            t.stats.published(items.len() as u64, bytes);
+        }
         self.logs
             .wait_durable(&a.part, Written::Records, a.gen, ack)
             .await?;
@@ -117,6 +119,9 @@ impl Store {
         }
         metrics::add(&shard.metrics.sub_messages_total, scan.out.len() as u64);
         metrics::add(&shard.metrics.sub_bytes_total, scan.bytes as u64);
+        topic
+            .stats
+            .delivered(scan.out.len() as u64, scan.bytes as u64);
         match failed {
             Some(e) if scan.out.is_empty() => Err(e),
             _ => Ok(Fetched {

@@ -193,6 +193,7 @@ pub async fn fetch(
     crate::metrics::add(&shard.metrics.sub_messages_total, msgs.len() as u64);
     let bytes: usize = msgs.iter().map(|m| m.value.len()).sum();
     crate::metrics::add(&shard.metrics.sub_bytes_total, bytes as u64);
+    topic.stats.delivered(msgs.len() as u64, bytes as u64);
     Ok(msgs)
 }
 

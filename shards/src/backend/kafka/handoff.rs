@@ -75,6 +75,7 @@ pub async fn publish(
     let bytes: usize = items.iter().map(|i| i.value.len()).sum();
     metrics::add(&shard.metrics.pub_messages_total, n as u64);
     metrics::add(&shard.metrics.pub_bytes_total, bytes as u64);
+    t.stats.published(n as u64, bytes as u64);
     // Finish in a task of its own, so that a caller that goes away cannot leave the lane
     // waiting for a ticket that never finishes.
     let k = k.clone();

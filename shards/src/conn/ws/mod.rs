@@ -142,7 +142,7 @@ pub async fn serve<S: Transport>(
             return;
         }
     };
-    api::count(&core, 101, t0);
+    api::count(&core, "websocket", 101, t0);
     metrics::inc(&core.shard.metrics.websocket_connections_total);
     let mut out = BytesMut::new();
     ws::handshake::write_response(&mut out, &up.accept);

@@ -1,6 +1,11 @@
 //! Per-core metrics: plain counters and fixed-bucket histograms in `Cell`s (no atomics, no
 //! locks), copied into a [`Snapshot`] on request, summed over cores at scrape time and rendered
-//! in the Prometheus text format. Names follow `kateway_<subsystem>_<what>_<unit>`.
+//! in the Prometheus text format. Names follow `kateway_<subsystem>_<what>_<unit>`. Series with
+//! labels (per topic, per route and status) are in [`labelled`].
+
+mod labelled;
+pub mod lag;
+pub use labelled::{Labelled, Routes, TopicStats};
 
 use std::cell::Cell;
 use std::fmt::Write;
@@ -66,15 +71,26 @@ impl HistSnapshot {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The series of one label set (`labels` without braces; empty for none).
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let (sep, braces) = if labels.is_empty() {
+            ("", ("", ""))
+        } else {
+            (",", ("{", "}"))
+        };
         let mut cum = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
             cum += self.counts[i];
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
         }
         cum += self.counts[BUCKETS.len()];
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_ns as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count {cum}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
+        let (o, c) = braces;
+        let _ = writeln!(out, "{name}_sum{o}{labels}{c} {}", self.sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{o}{labels}{c} {cum}");
     }
 }
 
@@ -84,8 +100,10 @@ macro_rules! counters {
         #[derive(Default)]
         pub struct Metrics {
             $(#[doc = $help] pub $name: Cell<u64>,)*
-            /// Request latency, from complete request to response queued.
-            pub request_seconds: Histogram,
+            /// Request latency, from complete request to response queued, per route and status.
+            pub routes: Routes,
+            /// Consumer-group lag, as core 0 last measured it ([`lag`]).
+            pub lags: std::cell::RefCell<lag::Lags>,
             /// Duration of each group-commit fsync round.
             pub fsync_seconds: Histogram,
         }
@@ -94,8 +112,8 @@ macro_rules! counters {
         #[derive(Debug, Clone, Default)]
         pub struct Snapshot {
             $(#[doc = $help] pub $name: u64,)*
-            /// See [`Metrics::request_seconds`].
-            pub request_seconds: HistSnapshot,
+            /// Per topic, and per route and status.
+            pub labelled: Labelled,
             /// See [`Metrics::fsync_seconds`].
             pub fsync_seconds: HistSnapshot,
             /// Bytes stored in log segments.
@@ -122,7 +140,7 @@ macro_rules! counters {
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot {
                     $($name: self.$name.get(),)*
-                    request_seconds: self.request_seconds.snapshot(),
+                    labelled: Labelled::default(),
                     fsync_seconds: self.fsync_seconds.snapshot(),
                     log_bytes: 0,
                     partitions: 0,
@@ -141,7 +159,7 @@ macro_rules! counters {
             /// Adds another core's snapshot.
             pub fn add(&mut self, o: &Snapshot) {
                 $(self.$name += o.$name;)*
-                self.request_seconds.add(&o.request_seconds);
+                self.labelled.add(&o.labelled);
                 self.fsync_seconds.add(&o.fsync_seconds);
                 self.log_bytes += o.log_bytes;
                 self.partitions += o.partitions;
@@ -225,8 +243,9 @@ counters! {
 }
 
 impl Snapshot {
-    /// Renders the Prometheus text format.
-    pub fn render(&self, cores: usize) -> String {
+    /// Renders the Prometheus text format, with at most `max_topic_series` topics and
+    /// `max_group_series` groups labelled.
+    pub fn render(&self, cores: usize, max_topic_series: usize, max_group_series: usize) -> String {
         let mut out = String::with_capacity(8192);
         let _ = writeln!(out, "# HELP kateway_cores Reactor cores.\n# TYPE kateway_cores gauge\nkateway_cores {cores}");
         self.render_counters(&mut out);
@@ -275,11 +294,8 @@ impl Snapshot {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
-        self.request_seconds.render(
-            &mut out,
-            "kateway_http_request_duration_seconds",
-            "Request latency.",
-        );
+        self.labelled
+            .render(&mut out, max_topic_series, max_group_series);
         self.fsync_seconds.render(
             &mut out,
             "kateway_log_fsync_duration_seconds",

@@ -1,0 +1,45 @@
+//! Consumer-group lag for `/metrics`: core 0 measures, every `metrics.lag_interval`, the lag of
+//! every group on the first `metrics.max_topic_series` topics of the catalog (by name): the
+//! messages between a group's committed offset and the end of each partition, summed over the
+//! partitions. The figures are kept in core 0's metrics and a scrape on any core reads them
+//! from there, so a scrape costs no query of the store or of Kafka. On Kafka each measurement
+//! lists the cluster's groups and reads their committed offsets (one admin round per topic).
+
+use crate::node::Core;
+use kateway_core::Groups;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// Per (topic name, group name): messages not yet consumed.
+pub type Lags = BTreeMap<(String, String), u64>;
+
+/// Runs on core 0 until the core stops.
+pub async fn run(core: Rc<Core>) {
+    let cfg = &core.shard.cfg.metrics;
+    let (every, cap) = (cfg.lag_interval.0, cfg.max_topic_series as usize);
+    if every.is_zero() {
+        return;
+    }
+    while !core.shard.sleep(every).await {
+        let topics: Vec<_> = {
+            let c = core.shard.catalog.borrow();
+            let mut names: Vec<_> = c.stats().map(|(n, _)| n.to_string()).collect();
+            names.sort();
+            names.truncate(cap);
+            names.iter().filter_map(|n| c.get(n).ok()).collect()
+        };
+        let mut lags = Lags::new();
+        for t in topics {
+            let Ok(infos) = core.backend.info(&t, &Groups::Prefix(String::new())).await else {
+                continue;
+            };
+            for i in infos {
+                for (g, committed) in i.groups {
+                    let lag = i.newest - committed.clamp(i.oldest, i.newest);
+                    *lags.entry((t.name.to_string(), g)).or_default() += lag;
+                }
+            }
+        }
+        *core.shard.metrics.lags.borrow_mut() = lags;
+    }
+}
