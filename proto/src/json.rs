@@ -1,4 +1,5 @@
-//! Minimal JSON string escaping for hand-written responses (RFC 8259 §7).
+//! Minimal JSON string escaping for hand-written responses (RFC 8259 §7), and [`Obj`], which
+//! reads a request body's JSON object strictly.
 
 use bytes::{BufMut, BytesMut};
 
@@ -52,5 +53,66 @@ mod tests {
             &error_body("x", 40400)[..],
             b"{\"errmsg\":\"x\",\"code\":40400}"
         );
+    }
+}
+
+/// A struct read from a JSON object only. Derived `Deserialize` impls also take a JSON array
+/// (the fields by position), which `deny_unknown_fields` does not stop: `[5]` would be a quota
+/// of 5 publishes a second. Every request body that is an object is read through this.
+#[derive(Debug)]
+pub struct Obj<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData)).map(Obj)
+    }
+}
+
+#[cfg(test)]
+mod obj_tests {
+    use super::Obj;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Q {
+        a: Option<u32>,
+        b: Option<String>,
+    }
+
+    #[test]
+    fn objects_are_read_and_arrays_refused() {
+        let q: Obj<Q> = serde_json::from_str(r#"{"a":5,"b":"x"}"#).unwrap();
+        assert_eq!(
+            q.0,
+            Q {
+                a: Some(5),
+                b: Some("x".into())
+            }
+        );
+        let q: Obj<Q> = serde_json::from_str("{}").unwrap();
+        assert_eq!(q.0, Q { a: None, b: None });
+        for bad in [
+            "[5]",
+            "[]",
+            "5",
+            "\"x\"",
+            "null",
+            r#"{"c":1}"#,
+            r#"{"a":"5"}"#,
+        ] {
+            assert!(serde_json::from_str::<Obj<Q>>(bad).is_err(), "{bad}");
+        }
+        // The plain derive takes the array: what Obj is for.
+        assert!(serde_json::from_str::<Q>("[5, null]").is_ok());
     }
 }

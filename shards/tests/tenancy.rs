@@ -164,6 +164,11 @@ fn cross_app_attempts_change_nothing(b: Backend) {
 fn key_ids(g: &Gateway, app: &str) -> Vec<(String, bool, Option<i64>)> {
     let r = g.op("GET", &format!("/v1/keys/{app}"), b"");
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // A refusal is not cached either (a 404 is cacheable by default).
+    let missing = g.op("DELETE", &format!("/v1/keys/{app}/nokey"), b"");
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(missing.header("cache-control"), Some("no-store"));
     r.json()["keys"]
         .as_array()
         .unwrap()

@@ -171,9 +171,10 @@ pub(super) fn admin<'a>(
         AdminRoute::Quota { method, app: a } => match method {
             Method::Put => {
                 let body = crate::gzip::body(parts, limits.max_batch_bytes)?;
-                let quota: QuotaSpec = serde_json::from_slice(&body).map_err(|e| {
-                    Error::new(ErrorKind::InvalidBody, format!("invalid quota: {e}"))
-                })?;
+                let crate::json::Obj(quota): crate::json::Obj<QuotaSpec> =
+                    serde_json::from_slice(&body).map_err(|e| {
+                        Error::new(ErrorKind::InvalidBody, format!("invalid quota: {e}"))
+                    })?;
                 Admin::SetQuota {
                     app: app(a)?,
                     quota: Some(quota),
@@ -231,7 +232,8 @@ fn queue_policy(body: &[u8]) -> Result<QueuePolicySpec, Error> {
         backoff_max: Option<String>,
     }
     let invalid = |m: String| Error::new(ErrorKind::InvalidBody, format!("invalid policy: {m}"));
-    let b: Body = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let crate::json::Obj(b): crate::json::Obj<Body> =
+        serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
     let ms = |name: &str, v: Option<String>| {
         v.map(|s| {
             parse_duration(&s)

@@ -704,9 +704,10 @@ impl<'a> Command<'a> {
                     (None, Method::Delete) => WebhookOp::Delete,
                     (None, Method::Put) => {
                         let body = crate::gzip::body(parts, 64 * 1024)?;
-                        let p: WebhookParams = serde_json::from_slice(&body).map_err(|e| {
-                            Error::new(ErrorKind::InvalidBody, format!("webhook: {e}"))
-                        })?;
+                        let crate::json::Obj(p): crate::json::Obj<WebhookParams> =
+                            serde_json::from_slice(&body).map_err(|e| {
+                                Error::new(ErrorKind::InvalidBody, format!("webhook: {e}"))
+                            })?;
                         WebhookOp::Put(p)
                     }
                     (None, _) => WebhookOp::Get,

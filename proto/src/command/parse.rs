@@ -470,7 +470,7 @@ fn settle_object<'a>(
             .map(Some)
             .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("{name}: {e}"))),
     };
-    let b: Body = serde_json::from_slice(body)
+    let crate::json::Obj(b): crate::json::Obj<Body> = serde_json::from_slice(body)
         .map_err(|e| Error::new(ErrorKind::InvalidBody, format!("invalid settle body: {e}")))?;
     let op = match (op, b.settle) {
         (Some(op), None) => op,
@@ -622,7 +622,7 @@ pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
         partition: u32,
         offset: u64,
     }
-    let items: Vec<Item> = serde_json::from_slice(body).map_err(|e| {
+    let items: Vec<crate::json::Obj<Item>> = serde_json::from_slice(body).map_err(|e| {
         Error::new(
             ErrorKind::InvalidBody,
             format!("invalid ack json body: {e}"),
@@ -631,7 +631,10 @@ pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
     if items.is_empty() {
         return Err(Error::new(ErrorKind::InvalidBody, "empty ack list"));
     }
-    Ok(items.into_iter().map(|i| (i.partition, i.offset)).collect())
+    Ok(items
+        .into_iter()
+        .map(|crate::json::Obj(i)| (i.partition, i.offset))
+        .collect())
 }
 
 #[cfg(test)]

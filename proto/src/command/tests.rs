@@ -345,3 +345,47 @@ fn redrive_targets_take_a_slash_a_dot_or_an_encoded_slash() {
         assert_eq!(redrive_target("a", bad).unwrap_err().status(), 400, "{bad}");
     }
 }
+
+/// Bodies that are JSON objects are refused as arrays (which derived impls would read by
+/// position), and a list of acks holds objects only.
+#[test]
+fn object_bodies_refuse_arrays() {
+    let cases: [(Method, &str, &[u8]); 7] = [
+        (Method::Put, "/v1/quotas/a", b"[5]"),
+        (Method::Put, "/v1/quotas/a", b"[]"),
+        (Method::Put, "/v1/policies/a/g", b"[3,\"1m\"]"),
+        (Method::Put, "/v1/offsets/a/t/v1/g", b"[[1,0]]"),
+        (
+            Method::Put,
+            "/v1/webhooks/a/t/v1/g",
+            b"[\"http://example.com/x\"]",
+        ),
+        (Method::Post, "/v1/queue/a/t/v1/g/nack", b"[[\"r\"],\"1s\"]"),
+        (Method::Post, "/v1/queue/a/t/v1/g/ack", b"5"),
+    ];
+    for (m, path, body) in cases {
+        let p = req(m, path, &[], body);
+        let e = parse(&p).map(|_| ()).unwrap_err();
+        assert_eq!(
+            e.kind().code(),
+            40006,
+            "{path} {}: {e}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // The same as objects are read.
+    let p = req(
+        Method::Put,
+        "/v1/quotas/a",
+        &[],
+        b"{\"publish_messages_per_sec\":5}",
+    );
+    assert!(parse(&p).is_ok());
+    let p = req(
+        Method::Put,
+        "/v1/offsets/a/t/v1/g",
+        &[],
+        b"[{\"partition\":1,\"offset\":0}]",
+    );
+    assert!(parse(&p).is_ok());
+}

@@ -74,8 +74,5 @@ pub async fn run(core: &Rc<Core>, caller: Caller<'_>, a: Admin<'_>) -> Result<Re
         Admin::Audit { limit } => MetaCall::Audit(limit),
     };
     let (status, body) = core.meta(call).await?;
-    Ok(Reply::json(status, body).header(
-        "cache-control",
-        kateway_proto::reply::Value::Static("no-store"),
-    ))
+    Ok(Reply::json(status, body))
 }

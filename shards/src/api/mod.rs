@@ -51,6 +51,14 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
     };
     let mut reply = r.unwrap_or_else(|e| Reply::error(&e));
     reply.route = route;
+    if route == "tenancy" {
+        // Keys, secrets and grants: no answer of the Tenancy API is kept by a cache, its
+        // refusals (a 404 is cacheable by default) included.
+        reply = reply.header(
+            "cache-control",
+            kateway_proto::reply::Value::Static("no-store"),
+        );
+    }
     reply
 }
 

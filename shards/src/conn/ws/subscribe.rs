@@ -80,8 +80,8 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
                         }
                         continue;
                     }
-                    match serde_json::from_slice::<Control>(&m) {
-                        Ok(c) => {
+                    match serde_json::from_slice::<kateway_proto::json::Obj<Control>>(&m) {
+                        Ok(kateway_proto::json::Obj(c)) => {
                             if let Some(n) = c.credit {
                                 credit = credit.saturating_add(n).min(cfg.max_credit);
                             }
