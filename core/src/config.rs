@@ -621,6 +621,7 @@ impl Config {
             1 << 30,
         )?;
         range("store.max_open_files", st.max_open_files.into(), 0, 1 << 20)?;
+        range("store.retention_hours", st.retention_hours, 0, 876_000)?;
         range(
             "store.max_partitions",
             st.max_partitions.into(),

@@ -68,12 +68,50 @@ pub fn is_public(ip: IpAddr) -> bool {
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                // IPv4-compatible (::a.b.c.d) and IPv4-translated (::ffff:0:a.b.c.d).
+                || s[..6] == [0; 6]
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+                // Discard-only, Teredo and 6to4 (which embed IPv4 addresses), site-local.
+                || s[..4] == [0x100, 0, 0, 0]
+                || s[0] == 0x2001 && s[1] == 0
+                || s[0] == 0x2002
+                || (s[0] & 0xffc0) == 0xfec0
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
                 || s[0] == 0x2001 && s[1] == 0x0db8
                 || s[0] == 0x0064 && s[1] == 0xff9b)
         }
     }
+}
+
+/// The IPv4 address a host written the way `inet_aton` reads it names (`127.1`, `2130706433`,
+/// `0x7f.1`, `0177.0.0.1`: one to four numbers, each decimal, `0x` hex or `0` octal), which
+/// the system's resolver takes for an address; `None` for a host that is a name.
+pub fn inet_aton(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(4);
+    for p in &parts {
+        let v = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+            u64::from_str_radix(h, 16).ok()?
+        } else if p.len() > 1 && p.starts_with('0') {
+            u64::from_str_radix(&p[1..], 8).ok()?
+        } else {
+            p.parse::<u64>().ok()?
+        };
+        nums.push(v);
+    }
+    let (last, head) = nums.split_last()?;
+    if head.iter().any(|&n| n > 255) || *last >= 1u64 << (8 * (4 - head.len())) {
+        return None;
+    }
+    let mut v = *last as u32;
+    for (i, &n) in head.iter().enumerate() {
+        v |= (n as u32) << (24 - 8 * i);
+    }
+    Some(std::net::Ipv4Addr::from(v))
 }
 
 /// The parts of an endpoint URL: TLS or not, host, port, and the request target.
@@ -190,11 +228,45 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "::",
+            "::127.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(!is_public(a.parse().unwrap()), "{a}");
         }
         for a in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
             assert!(is_public(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn inet_aton_forms_are_addresses() {
+        let v4 = |s: &str| inet_aton(s).map(|a| a.to_string());
+        for (host, want) in [
+            ("127.1", "127.0.0.1"),
+            ("2130706433", "127.0.0.1"),
+            ("0x7f000001", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("0", "0.0.0.0"),
+            ("10.1.2", "10.1.0.2"),
+            ("8.8.8.8", "8.8.8.8"),
+        ] {
+            assert_eq!(v4(host).as_deref(), Some(want), "{host}");
+        }
+        for name in [
+            "example.com",
+            "cafe.de",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "1.2.3.256",
+            "",
+            "0x",
+        ] {
+            assert_eq!(v4(name), None, "{name}");
         }
     }
 

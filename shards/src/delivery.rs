@@ -36,6 +36,9 @@ pub struct Subscription {
     quota_app: Option<String>,
     /// Leased delivery: the queues that lease the group's messages, and the lease length.
     lease: Option<(Rc<crate::queue::Queues>, Option<std::time::Duration>)>,
+    /// A client's subscription, counted among the parked polls while it waits (not the
+    /// gateway's own readers: a leased group's pump, the delay pump).
+    counted: bool,
 }
 
 impl Subscription {
@@ -47,7 +50,15 @@ impl Subscription {
             fetch,
             quota_app: None,
             lease: None,
+            counted: true,
         }
+    }
+
+    /// The gateway's own reader (a queue's or the delays' pump): its waits are not client
+    /// polls, and `kateway_sub_parked_polls` does not count them.
+    pub fn internal(mut self) -> Self {
+        self.counted = false;
+        self
     }
 
     /// Leases what it delivers (`ack=lease`) from `queues`, for `visibility` (the configured
@@ -132,7 +143,7 @@ impl Subscription {
             // Not held while the membership waits for records; counted once they arrive.
             let mut f = self.fetch.clone();
             f.max_bytes = shard.hold_response(want)?.bytes();
-            let _parked = ParkedGauge::new(shard);
+            let _parked = self.counted.then(|| ParkedGauge::new(shard));
             let records = self.backend.read(&self.topic, f, deadline).await?.records;
             let bytes = records.iter().map(|m| m.value.len()).sum();
             let held = (!records.is_empty()).then(|| shard.account_response(bytes));
@@ -159,7 +170,7 @@ impl Subscription {
                 // Register, then read again: a wake-up for data appended after the owners saw
                 // the interest is then guaranteed, and data appended before it is found by
                 // that read.
-                parked = Some(Parked::new(shard, &self.topic).await);
+                parked = Some(Parked::new(shard, &self.topic, self.counted).await);
                 continue;
             }
             if ev.epoch() == seen {
@@ -214,10 +225,11 @@ struct Parked {
     shard: Rc<Shard>,
     topic: Rc<str>,
     remote: Vec<usize>,
+    counted: bool,
 }
 
 impl Parked {
-    async fn new(shard: &Rc<Shard>, topic: &LocalTopic) -> Self {
+    async fn new(shard: &Rc<Shard>, topic: &LocalTopic, counted: bool) -> Self {
         let remote: Vec<usize> = topic
             .owner_cores
             .iter()
@@ -230,7 +242,9 @@ impl Parked {
             *n += 1;
             *n == 1
         };
-        metrics::inc(&shard.metrics.sub_parked_polls);
+        if counted {
+            metrics::inc(&shard.metrics.sub_parked_polls);
+        }
         if first {
             for &c in &remote {
                 let req = Request::Interest {
@@ -245,13 +259,16 @@ impl Parked {
             shard: shard.clone(),
             topic: topic.name.clone(),
             remote,
+            counted,
         }
     }
 }
 
 impl Drop for Parked {
     fn drop(&mut self) {
-        metrics::dec(&self.shard.metrics.sub_parked_polls);
+        if self.counted {
+            metrics::dec(&self.shard.metrics.sub_parked_polls);
+        }
         let last = {
             let mut parked = self.shard.parked.borrow_mut();
             let n = parked.get_mut(&self.topic).map(|n| {

@@ -213,9 +213,28 @@ impl Core {
             }
             let core = self.clone();
             monoio::spawn(async move {
-                let a = core.execute(req).await;
+                // A leased long poll ends when its caller goes away (the client closed the
+                // connection and the caller's core dropped the call): parked on here, it would
+                // otherwise lease the next message to no one, spending one of its attempts.
+                let lease = match &req {
+                    Request::Lease(c) => Some((c.topic.clone(), c.group.clone())),
+                    _ => None,
+                };
+                let parks = lease.is_some();
+                let a = match &reply {
+                    Some(tx) if parks => monoio::select! {
+                        a = core.execute(req) => a,
+                        _ = caller_gone(tx) => return,
+                    },
+                    _ => core.execute(req).await,
+                };
                 if let Some(tx) = reply {
-                    let _ = tx.send(a);
+                    if let Err(flume::SendError(a)) = tx.send(a) {
+                        // Gone between the lease and its answer: the messages go back.
+                        if let (Answer::Delivered(Ok(f)), Some((topic, group))) = (a, lease) {
+                            core.queues.release(&topic, &group, &f.records);
+                        }
+                    }
                 }
             });
         }
@@ -254,5 +273,13 @@ impl Core {
             }
         }
         Ok(total)
+    }
+}
+
+/// Resolves once the caller waiting on `tx`'s answer has gone (checked every 50 ms: only
+/// parked calls watch it).
+async fn caller_gone<A>(tx: &flume::Sender<A>) {
+    while !tx.is_disconnected() {
+        monoio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -23,6 +23,7 @@ on_both_backends!(
     a_group_policy_sets_its_attempts,
     concurrent_redrives_and_purges_move_each_dead_letter_once,
     one_app_cannot_take_every_queue,
+    a_leased_poll_ends_with_its_client,
 );
 
 /// Fast retries, short leases and checkpoints, for tests.
@@ -1301,4 +1302,62 @@ fn one_app_cannot_take_every_queue(b: Backend) {
         let r = open(&mut c, &app3, &format!("mine{i}"));
         assert!(matches!(r.status, 200 | 204), "{}: {}", r.status, r.text());
     }
+}
+
+/// A leased long poll whose client goes away takes nothing: the next message goes to the next
+/// poll, at its first attempt, instead of to no one until its lease runs out. Several groups,
+/// so that the queues live on both cores (the poll's own and another).
+fn a_leased_poll_ends_with_its_client(b: Backend) {
+    let g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    let groups: Vec<String> = (0..6).map(|i| format!("ghost{i}")).collect();
+    let mut c = g.connect();
+    for group in &groups {
+        // The group's queue exists before the ghost poll parks.
+        assert!(lease(&mut c, &app1, &app2, group, "wait=0s").is_empty());
+    }
+    for round in 0..2 {
+        let ghosts: Vec<_> = groups
+            .iter()
+            .map(|group| {
+                let mut ghost = g.connect();
+                let path =
+                    format!("/v1/msgs/{app1}/t/v1?group={group}&ack=lease&wait=20s&visibility=60s");
+                ghost
+                    .send(
+                        "GET",
+                        &path,
+                        &[("Appid", &app2), ("Accept", "application/x-ndjson")],
+                        b"",
+                    )
+                    .unwrap();
+                ghost
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(ghosts);
+        std::thread::sleep(Duration::from_millis(500));
+        g.publish(
+            &app1,
+            "t",
+            "",
+            format!("after the ghosts {round}").as_bytes(),
+        );
+        for group in &groups {
+            let got = lease(&mut c, &app1, &app2, group, "wait=5s&visibility=60s");
+            assert_eq!(got.len(), 1, "{group}: the message, not a ghost's lease");
+            assert_eq!(got[0].attempt, 1, "{group}: no attempt spent on a ghost");
+            let out = settle(
+                &mut c,
+                &app1,
+                &app2,
+                group,
+                "ack",
+                serde_json::json!({"receipts": [got[0].receipt]}),
+            );
+            assert_eq!(out, ["acked"]);
+        }
+    }
+    assert_eq!(g.metric("kateway_sub_parked_polls"), 0.0);
 }

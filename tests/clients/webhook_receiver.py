@@ -9,7 +9,8 @@ the status answered, and whether the answer was held back past the client's time
 
 With --cert and --key it serves HTTPS. It fails a share of requests at random (--fail-rate: answered 500), holds a share past
 --hang seconds (--timeout-rate: the gateway gives up first), and always answers 500 to bodies
-that start with --poison. With --status N it answers N to everything. Standard library only.
+that start with --poison. With --status N it answers N to everything; with --interim N it sends
+the interim answer N (103, 100) before each final one. Standard library only.
 
     webhook_receiver.py --port 8080 --secret-file /tmp/secret --out /tmp/log.jsonl
 """
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--poison", default="poison")
     ap.add_argument("--status", type=int, default=0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--interim", type=int, default=0,
+                    help="send this 1xx interim answer (103 Early Hints, 100 Continue) before each final one")
     ap.add_argument("--cert", help="serve HTTPS with this certificate (PEM)")
     ap.add_argument("--key", help="and this private key (PEM)")
     a = ap.parse_args()
@@ -90,6 +93,11 @@ def main():
                 time.sleep(a.hang)
             reply = b"ok" if status < 300 else b"failed on purpose"
             try:
+                if a.interim:
+                    self.send_response_only(a.interim)
+                    self.send_header("link", "</style.css>; rel=preload; as=style")
+                    self.end_headers()
+                    self.wfile.flush()
                 self.send_response(status)
                 self.send_header("content-length", str(len(reply)))
                 self.end_headers()

@@ -657,6 +657,20 @@ impl PartitionQueue {
         Ok(self.fail(i, delay, now_ms, now_ms))
     }
 
+    /// Takes back a lease whose message never reached a client (the poll's caller went away
+    /// before the answer): the offset is pending again at once and the attempt is given back,
+    /// since none was made.
+    pub fn release(&mut self, offset: u64, lease: LeaseId) -> Result<(), QueueError> {
+        let i = self.current(offset, lease)?;
+        self.set_kind(i, Kind::Pending);
+        let s = &mut self.slots[i];
+        s.attempt = s.attempt.saturating_sub(1);
+        s.time_ms = 0;
+        self.ready.push(offset);
+        self.compact();
+        Ok(())
+    }
+
     /// Ends the lease `by_ms` after `now_ms` (clamped to the policy's cap); returns the new
     /// deadline. Refused once the deadline has passed, even before [`expire`](Self::expire).
     pub fn extend(

@@ -341,6 +341,9 @@ pub enum Socket<'a> {
     Subscribe(Subscribe<'a>),
 }
 
+/// The longest retention a topic may ask for (100 years, in hours).
+pub const MAX_RETENTION_HOURS: u64 = 876_000;
+
 /// A typed API call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -640,6 +643,15 @@ impl<'a> Command<'a> {
                     None => None,
                     Some(v) => Some(parse_size(v).map_err(Error::param)?),
                 };
+                let retention_hours: Option<u64> = num(q, "retention.hours")?;
+                if retention_hours.is_some_and(|h| h > MAX_RETENTION_HOURS) {
+                    return Err(Error::param(format!(
+                        "retention.hours must be 0..={MAX_RETENTION_HOURS} (100 years)"
+                    )));
+                }
+                if retention_bytes.is_some_and(|b| b > i64::MAX as u64) {
+                    return Err(Error::param("retention.bytes must be below 2^63"));
+                }
                 Command::TopicAdmin(TopicAdmin {
                     op: match method {
                         Method::Post => TopicOp::Create,
@@ -648,7 +660,7 @@ impl<'a> Command<'a> {
                     },
                     topic,
                     partitions,
-                    retention_hours: num(q, "retention.hours")?,
+                    retention_hours,
                     retention_bytes,
                 })
             }
@@ -717,9 +729,12 @@ impl<'a> Command<'a> {
             Route::Clock => {
                 let advance = query::raw(q, "advance")
                     .ok_or_else(|| Error::param("missing advance parameter (a duration)"))?;
-                Command::Clock {
-                    advance: kateway_core::units::parse_duration(advance).map_err(Error::param)?,
+                let advance = kateway_core::units::parse_duration(advance).map_err(Error::param)?;
+                // The clock never runs more than 100 years ahead in one step (nor overflows).
+                if advance > Duration::from_secs(MAX_RETENTION_HOURS * 3600) {
+                    return Err(Error::param("advance must be at most 100 years (36500d)"));
                 }
+                Command::Clock { advance }
             }
         })
     }

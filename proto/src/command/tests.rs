@@ -389,3 +389,40 @@ fn object_bodies_refuse_arrays() {
     );
     assert!(parse(&p).is_ok());
 }
+
+/// A retention beyond 100 years is refused (its seconds would overflow into a short one).
+#[test]
+fn retention_is_bounded() {
+    for q in [
+        "retention.hours=876001",
+        "retention.hours=18446744073709551615",
+        "retention.bytes=9223372036854775808",
+    ] {
+        let p = req(Method::Put, &format!("/v1/topics/a/t/v1?{q}"), &[], b"");
+        assert_eq!(
+            parse(&p).map(|_| ()).unwrap_err().kind().code(),
+            40002,
+            "{q}"
+        );
+    }
+    let p = req(
+        Method::Put,
+        "/v1/topics/a/t/v1?retention.hours=876000",
+        &[],
+        b"",
+    );
+    assert!(parse(&p).is_ok());
+}
+
+#[test]
+fn the_test_clock_moves_at_most_a_century_at_once() {
+    let p = req(
+        Method::Post,
+        "/v1/debug/clock?advance=18446744073709551615s",
+        &[],
+        b"",
+    );
+    assert_eq!(parse(&p).map(|_| ()).unwrap_err().kind().code(), 40002);
+    let p = req(Method::Post, "/v1/debug/clock?advance=30d", &[], b"");
+    assert!(parse(&p).is_ok());
+}

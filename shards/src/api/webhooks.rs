@@ -97,7 +97,12 @@ fn build(
 ) -> Result<WebhookSpec, Error> {
     let d = &core.shard.cfg.webhook;
     let url = Url::parse(&p.url).map_err(Error::param)?;
-    if let Ok(ip) = url.host.parse::<std::net::IpAddr>() {
+    let literal = url
+        .host
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| kateway_core::webhook::inet_aton(&url.host).map(std::net::IpAddr::V4));
+    if let Some(ip) = literal {
         if !d.allow_private_addresses && !is_public(ip) {
             return Err(Error::param(format!(
                 "{ip} is not a public address (webhook.allow_private_addresses is off)"

@@ -73,7 +73,11 @@ pub fn now() -> i64 {
 
 /// Moves the delay clock forward by `ms` (tests only); answers the skew now.
 pub fn advance(ms: i64) -> i64 {
-    SKEW_MS.fetch_add(ms, Ordering::Relaxed) + ms
+    let step = |s: i64| Some(s.saturating_add(ms));
+    let before = SKEW_MS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
+        .unwrap_or_default();
+    before.saturating_add(ms)
 }
 
 /// The delay log's topic, created (with `delay.partitions` partitions, kept for
@@ -209,20 +213,23 @@ impl Delays {
                 match self.backend.resolve(&log_path(&self.shard)).await {
                     Ok(t) => {
                         *self.topic.borrow_mut() = Some(t.clone());
-                        sub = Some(Subscription::new(
-                            self.shard.clone(),
-                            self.backend.clone(),
-                            t.clone(),
-                            Fetch {
-                                topic: t.name.to_string(),
-                                group: group(&self.shard),
-                                max: 1000,
-                                max_bytes: self.shard.cfg.subscribe.max_batch_bytes.0 as usize,
-                                reset: Reset::Oldest,
-                                auto_ack: false,
-                                tags: Vec::new(),
-                            },
-                        ));
+                        sub = Some(
+                            Subscription::new(
+                                self.shard.clone(),
+                                self.backend.clone(),
+                                t.clone(),
+                                Fetch {
+                                    topic: t.name.to_string(),
+                                    group: group(&self.shard),
+                                    max: 1000,
+                                    max_bytes: self.shard.cfg.subscribe.max_batch_bytes.0 as usize,
+                                    reset: Reset::Oldest,
+                                    auto_ack: false,
+                                    tags: Vec::new(),
+                                },
+                            )
+                            .internal(),
+                        );
                     }
                     Err(e) => {
                         if !warned && e.kind() != ErrorKind::UnknownTopic {

@@ -465,7 +465,8 @@ impl QueueGroup {
             self.backend.clone(),
             self.topic.clone(),
             fetch,
-        );
+        )
+        .internal();
         let interval = self.shard.cfg.queue.checkpoint_interval.0;
         let idle = self.shard.cfg.queue.idle_timeout.0;
         let mut last_save = Instant::now();
@@ -710,6 +711,21 @@ impl QueueGroup {
                 _ = self.shard.shutdown_event.wait(stop) => {}
             }
         }
+    }
+
+    /// Takes back the leases of `records`, which never reached a client.
+    pub fn release(&self, records: &[Delivered]) {
+        let mut parts = self.parts.borrow_mut();
+        for m in records {
+            let (Some(l), Some(part)) = (&m.leased, parts.get_mut(&m.partition)) else {
+                continue;
+            };
+            if part.q.release(m.offset, l.lease).is_ok() {
+                part.dirty = true;
+            }
+        }
+        drop(parts);
+        self.changed.notify();
     }
 
     fn take_leases(&self, max: usize, max_bytes: usize, vis: u64) -> Vec<Delivered> {

@@ -217,6 +217,15 @@ impl Queues {
         g.lease(c.max, c.max_bytes, c.visibility, c.deadline).await
     }
 
+    /// Takes back the leases of `records` of `group` on `topic` (this core owns the queue),
+    /// which never reached their client.
+    pub fn release(&self, topic: &str, group: &str, records: &[Delivered]) {
+        let id = (Rc::<str>::from(topic), group.to_owned());
+        if let Some(g) = self.groups.borrow().get(&id) {
+            g.release(records);
+        }
+    }
+
     /// Runs a settle call on this core, the owner.
     pub async fn settle_here(
         &self,

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 const POOL: usize = 64;
 /// Response bytes kept for the delivery log.
 const KEEP: usize = 256;
-/// The most of a response the client reads (head and body).
-const MAX_RESPONSE: usize = 1 << 20;
+/// The most of a response's head, and of its body, the client reads: a longer body is left
+/// unread and its connection closed instead of reused, so that what a request in flight holds
+/// stays small whatever an endpoint answers.
+const MAX_RESPONSE: usize = 16 << 10;
 
 enum Stream {
     Plain(TcpStream),
@@ -118,6 +120,11 @@ impl Client {
             body.len()
         );
         for (k, v) in headers {
+            // A value with control characters (a key or tags produced straight to Kafka, say)
+            // could end the head early or inject headers: it is left out.
+            if v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                continue;
+            }
             req.push_str(k);
             req.push_str(": ");
             req.push_str(v);
@@ -205,27 +212,43 @@ impl Client {
             Err(_) => return Err((false, "timed out writing the request".into())),
         }
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
-        let head_end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
+        // Interim answers (100 Continue, 103 Early Hints: RFC 9110 §15.2) come before the final
+        // one and are skipped, a few at most.
+        let mut interim = 0;
+        let (head_end, status) = loop {
+            let head_end = loop {
+                if let Some(i) = find(&buf, b"\r\n\r\n") {
+                    break i + 4;
+                }
+                if buf.len() > MAX_RESPONSE {
+                    return Err((false, "response head over 16 KiB".into()));
+                }
+                match read_more(&mut conn, &mut buf, deadline).await {
+                    Ok(0) => {
+                        return Err((buf.is_empty(), "connection closed before an answer".into()))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err((buf.is_empty() && e != TIMEOUT, e)),
+                }
+            };
+            let head = std::str::from_utf8(&buf[..head_end])
+                .map_err(|_| (false, "response head is not text".to_owned()))?;
+            let mut lines = head.split("\r\n");
+            let status: u16 = lines
+                .next()
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|c| c.parse().ok())
+                .ok_or((false, "no status line in the answer".to_owned()))?;
+            if (100..200).contains(&status) && status != 101 && interim < 8 {
+                interim += 1;
+                buf.drain(..head_end);
+                continue;
             }
-            if buf.len() > 64 * 1024 {
-                return Err((false, "response head over 64 KiB".into()));
-            }
-            match read_more(&mut conn, &mut buf, deadline).await {
-                Ok(0) => return Err((buf.is_empty(), "connection closed before an answer".into())),
-                Ok(_) => {}
-                Err(e) => return Err((buf.is_empty() && e != TIMEOUT, e)),
-            }
+            break (head_end, status);
         };
         let head = std::str::from_utf8(&buf[..head_end])
             .map_err(|_| (false, "response head is not text".to_owned()))?;
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or((false, "no status line in the answer".to_owned()))?;
+        let lines = head.split("\r\n").skip(1);
         let (mut len, mut chunked, mut close, mut retry_after, mut abort) =
             (None::<usize>, false, false, None, false);
         for l in lines {
@@ -250,7 +273,10 @@ impl Client {
             } else {
                 len.is_some_and(|n| body.len() >= n)
             };
-            if done || (len.is_none() && !chunked && status < 200) {
+            // No body: a 1xx past the limit, 204 and 304 (RFC 9112 §6.3).
+            if done
+                || (len.is_none() && !chunked && (status < 200 || status == 204 || status == 304))
+            {
                 break true;
             }
             if body.len() > MAX_RESPONSE {

@@ -64,6 +64,8 @@ pub struct Endpoint {
     /// When the leases of the messages waiting behind their keys were last extended.
     waiting_extended: Cell<std::time::Instant>,
     consecutive_failures: Cell<u32>,
+    /// A pause after failures is being written to the metadata.
+    pausing: Cell<bool>,
     delivered: Cell<u64>,
     failed: Cell<u64>,
     dead: Cell<u64>,
@@ -91,7 +93,13 @@ impl Webhooks {
             let view = core.shard.tenancy.view();
             let cores = core.shard.cores();
             let mut wanted = Vec::new();
+            let checked = core.shard.tenancy.enabled;
             for (group, topic, spec) in view.snap.webhooks() {
+                // An app that lost its grant on the topic is pushed nothing more (pushing
+                // resumes if the grant comes back).
+                if checked && !view.snap.may_push(group, topic) {
+                    continue;
+                }
                 if crate::queue::owner(topic, group, cores) == core.shard.id {
                     wanted.push((group.clone(), topic.clone(), spec.clone()));
                 }
@@ -117,6 +125,10 @@ impl Webhooks {
                             if let Ok(u) = Url::parse(&spec.url) {
                                 *ep.url.borrow_mut() = u;
                             }
+                            if ep.spec.borrow().paused.is_some() && spec.paused.is_none() {
+                                // Resumed: failures count afresh towards the next pause.
+                                ep.consecutive_failures.set(0);
+                            }
                             *ep.spec.borrow_mut() = spec;
                             ep.done.notify();
                         }
@@ -137,6 +149,7 @@ impl Webhooks {
                             keys: RefCell::default(),
                             waiting_extended: Cell::new(std::time::Instant::now()),
                             consecutive_failures: Cell::new(0),
+                            pausing: Cell::new(false),
                             delivered: Cell::new(0),
                             failed: Cell::new(0),
                             dead: Cell::new(0),
@@ -200,7 +213,9 @@ impl Endpoint {
     async fn dispatch(self: Rc<Self>, core: Rc<Core>, client: Rc<Client>) {
         let mut failing = false;
         loop {
-            if self.stop.get() || core.shard.stopping() {
+            // Draining: nothing new is leased (a lease would answer at once, empty, and this
+            // loop would spin and hold the core); deliveries in flight finish.
+            if self.stop.get() || core.shard.stopping() || core.shard.shutdown.get() {
                 break;
             }
             let spec = self.spec.borrow().clone();
@@ -246,6 +261,11 @@ impl Endpoint {
                     continue;
                 }
             };
+            if self.stop.get() || core.shard.stopping() || core.shard.shutdown.get() {
+                // Stopped while the lease waited: what it got goes back at once.
+                core.queues.release(&self.topic, &self.group, &leased);
+                break;
+            }
             for m in leased {
                 self.in_flight.set(self.in_flight.get() + 1);
                 if spec.ordered && !m.key.is_empty() {
@@ -295,6 +315,8 @@ impl Endpoint {
             None => return,
         };
         let visibility = (op == SettleOp::Extend).then(|| self.lease_len());
+        // A nack gives a message back for the next delivery at once.
+        let delay = (op == SettleOp::Nack).then_some(Duration::ZERO);
         if let Err(e) = core
             .queues
             .settle(
@@ -305,7 +327,7 @@ impl Endpoint {
                 op,
                 receipts,
                 None,
-                None,
+                delay,
                 visibility,
                 error,
                 false,
@@ -341,9 +363,18 @@ impl Endpoint {
         let id = format!("{}-{}", m.partition, m.offset);
         let mut attempt = m.leased.as_ref().map_or(1, |l| u32::from(l.attempt));
         let mut extended = std::time::Instant::now();
+        let mut tried = false;
         loop {
             if self.stop.get() || core.shard.stopping() {
-                // Its lease ends and it is delivered again.
+                // The endpoint was removed, changed hands or lost its grant, or the gateway
+                // stops: the message is given back for the next delivery at once (not when its
+                // lease would have run out), its attempt with it if none was made.
+                if tried {
+                    self.settle(core, SettleOp::Nack, &receipts, None).await;
+                } else {
+                    core.queues
+                        .release(&self.topic, &self.group, std::slice::from_ref(m));
+                }
                 return;
             }
             if self.paused() {
@@ -375,6 +406,7 @@ impl Endpoint {
                 headers.push(("x-tag", String::from_utf8_lossy(&m.tags).into_owned()));
             }
             let t0 = std::time::Instant::now();
+            tried = true;
             let got = client
                 .post(
                     &url,
@@ -462,9 +494,13 @@ impl Endpoint {
         let n = self.consecutive_failures.get() + 1;
         self.consecutive_failures.set(n);
         let limit = core.shard.cfg.webhook.pause_after_failures;
-        if limit == 0 || n != limit || self.paused() {
+        // At the limit or past it (failures of attempts in flight while the app had it paused
+        // count on), unless paused already or being paused by another attempt's failure.
+        if limit == 0 || n < limit || self.paused() || self.pausing.get() {
             return;
         }
+        self.pausing.set(true);
+        let _pausing = scopeguard(&self.pausing);
         let mut spec = self.spec.borrow().clone();
         spec.paused = Some(format!(
             "paused by the gateway after {n} failed deliveries in a row; the last: {error}"
@@ -493,6 +529,19 @@ impl Endpoint {
             Err(e) => tracing::warn!(group = %self.group, "webhook not paused: {e}"),
         }
     }
+}
+
+/// Clears `flag` when dropped.
+struct Clear<'a>(&'a Cell<bool>);
+
+impl Drop for Clear<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+fn scopeguard(flag: &Cell<bool>) -> Clear<'_> {
+    Clear(flag)
 }
 
 thread_local! {

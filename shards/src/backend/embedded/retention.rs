@@ -32,7 +32,7 @@ pub async fn run(logs: Rc<LogSet>) {
             let bytes = meta
                 .retention_bytes
                 .unwrap_or(shard.cfg.store.retention_bytes.0);
-            let age = (hours > 0).then(|| Duration::from_secs(hours * 3600));
+            let age = (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3600)));
             if let Err(e) = part.borrow_mut().log.enforce_retention(bytes, age) {
                 tracing::warn!(core = shard.id, topic = %topic, partition = p, "retention: {e}");
             }

@@ -64,7 +64,10 @@ async fn visible(kafka: &Kafka, name: &str, from: u32, partitions: u32) {
 /// catalog.
 pub async fn administer(kafka: &Kafka, op: AdminOp) -> Result<AdminOp, Error> {
     let k = kafka.shared.clone();
-    let hours = |h: Option<u64>| h.filter(|&h| h > 0).map(|h| Duration::from_secs(h * 3600));
+    let hours = |h: Option<u64>| {
+        h.filter(|&h| h > 0)
+            .map(|h| Duration::from_secs(h.saturating_mul(3600)))
+    };
     match op {
         AdminOp::Create(meta) => {
             k.admin
