@@ -18,6 +18,7 @@ on_both_backends!(
     https_endpoints_are_checked_against_the_system_roots,
     interim_answers_are_skipped,
     a_revoked_grant_stops_the_pushes,
+    waiting_messages_keep_their_leases_through_a_long_pause,
 );
 
 const ENV: &[(&str, &str)] = &[
@@ -631,5 +632,57 @@ fn a_revoked_grant_stops_the_pushes(b: Backend) {
     r.wait_for(
         &HashSet::from(["after the revocation".to_owned()]),
         Duration::from_secs(30),
+    );
+}
+
+/// Ordered messages waiting behind their key keep their leases while the endpoint is paused
+/// for longer than a lease (the endpoint's timeout plus 30 s): after the resume each arrives
+/// once, in order, instead of a second copy of each after its lease ran out.
+fn waiting_messages_keep_their_leases_through_a_long_pause(b: Backend) {
+    let g = gateway(b, ENV);
+    let app = g.app("app");
+    g.create_topic(&app, "t", 1);
+    let down = Receiver::start(&["--status", "503"]);
+    let settings = json!({"from": "oldest", "ordered": true, "timeout": "1s",
+        "backoff_base": "500ms", "backoff_max": "500ms", "max_attempts": 1000});
+    subscribe(&g, &app, "g", &down, settings.clone());
+    for i in 0..5 {
+        publish(&g, &app, "key=A", &format!("op{i}"));
+    }
+    // The head fails and retries; the others wait behind it.
+    let t0 = Instant::now();
+    while down.lines().len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the head is tried");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let path = format!("/v1/webhooks/{app}/t/v1/g");
+    let p = g.req("POST", &format!("{path}/pause"), &[("Appid", &app)], b"");
+    assert_eq!(p.status, 200, "{}", p.text());
+    std::thread::sleep(Duration::from_secs(40));
+    let up = Receiver::start(&[]);
+    let mut moved = settings;
+    moved["url"] = json!(up.url());
+    let r = g.req(
+        "PUT",
+        &path,
+        &[("Appid", &app)],
+        moved.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::write(&up.secret, std::fs::read(&down.secret).unwrap()).unwrap();
+    let q = g.req("POST", &format!("{path}/resume"), &[("Appid", &app)], b"");
+    assert_eq!(q.status, 200, "{}", q.text());
+    let want: HashSet<String> = (0..5).map(|i| format!("op{i}")).collect();
+    up.wait_for(&want, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let bodies: Vec<String> = up
+        .lines()
+        .iter()
+        .map(|l| l["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["op0", "op1", "op2", "op3", "op4"],
+        "once each, in order"
     );
 }

@@ -222,6 +222,8 @@ impl Endpoint {
             let room = (spec.max_in_flight as usize).saturating_sub(self.in_flight.get());
             if spec.paused.is_some() || room == 0 || failing {
                 failing = false;
+                // Paused or full, messages behind their keys keep their leases meanwhile.
+                self.extend_waiting(&core).await;
                 let seen = self.done.epoch();
                 monoio::select! {
                     _ = self.done.wait(seen) => {}
@@ -345,7 +347,9 @@ impl Endpoint {
             self.deliver_one(&core, &client, &m).await;
             self.in_flight.set(self.in_flight.get().saturating_sub(1));
             self.done.notify();
-            if self.spec.borrow().ordered && !m.key.is_empty() {
+            // The messages waiting behind this key (held while the subscription was ordered,
+            // which it may no longer be) go next.
+            if !m.key.is_empty() {
                 let mut keys = self.keys.borrow_mut();
                 match keys.get_mut(&m.key).and_then(VecDeque::pop_front) {
                     Some(n) => next = Some(n),
