@@ -418,6 +418,23 @@ impl Config {
             1,
             1_000_000,
         )?;
+        // A subscription that names none of its settings takes these: they must make one.
+        let wh = &self.webhook;
+        crate::tenancy::record::WebhookSpec {
+            url: "http://example.com/".into(),
+            secret_nonce: String::new(),
+            max_in_flight: wh.max_in_flight,
+            timeout_ms: wh.timeout.0.as_millis() as u64,
+            max_attempts: wh.max_attempts,
+            backoff_base_ms: wh.backoff_base.0.as_millis() as u64,
+            backoff_max_ms: wh.backoff_max.0.as_millis() as u64,
+            ordered: false,
+            paused: None,
+            from_oldest: false,
+            created_ms: 0,
+        }
+        .check()
+        .map_err(|e| format!("webhook defaults: {e}"))?;
         let d = &self.delay;
         crate::names::validate_part("delay.log", &d.log).map_err(|e| e.to_string())?;
         range("delay.partitions", d.partitions.into(), 1, 1024)?;

@@ -147,9 +147,24 @@ impl Url {
         if authority.contains('@') {
             return Err("url must not carry user info".into());
         }
+        if !authority.is_ascii() {
+            return Err(
+                "the url's host must be ASCII (an international name in its xn-- form)".into(),
+            );
+        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or("unclosed [ in the url's host")?;
-            (h.to_owned(), after.strip_prefix(':'))
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{h:?} is not an IPv6 address"));
+            }
+            let port = match after {
+                "" => None,
+                a => Some(
+                    a.strip_prefix(':')
+                        .ok_or("only :port may follow ] in the url")?,
+                ),
+            };
+            (h.to_owned(), port)
         } else {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (h.to_owned(), Some(p)),
@@ -293,5 +308,9 @@ mod tests {
         assert!(Url::parse("http://u:p@x/").is_err());
         assert!(Url::parse("http://x:99999/").is_err());
         assert!(Url::parse("http:///a").is_err());
+        assert!(Url::parse("http://[::1]garbage/x").is_err());
+        assert!(Url::parse("http://[not-v6]/x").is_err());
+        assert!(Url::parse("http://exämple.com/").is_err());
+        assert!(Url::parse("http://[::1]/x").is_ok());
     }
 }

@@ -177,6 +177,9 @@ impl WebhookSpec {
         if self.backoff_base_ms > self.backoff_max_ms || self.backoff_max_ms > QUEUE_POLICY_MAX_MS {
             return Err("backoff_base must be at most backoff_max, at most 30 days".into());
         }
+        if self.backoff_base_ms < 10 {
+            return Err("backoff_base must be at least 10ms".into());
+        }
         Ok(())
     }
 }
