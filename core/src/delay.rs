@@ -22,8 +22,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 const ID_BYTES: usize = 26;
 /// Characters of an id.
 pub const ID_LEN: usize = 35;
-const MINUTE: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
+/// A minute bucket's span, ms.
+pub const MINUTE: i64 = 60_000;
+/// An hour bucket's span, ms.
+pub const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
 
 /// The key delay ids are tagged with.
@@ -376,7 +378,15 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in_month = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&mo) || !(1..=days_in_month).contains(&d) || h > 23 || mi > 59 || sec > 60
+    {
         return None;
     }
     let mut at = 19;
@@ -398,7 +408,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         [b'Z' | b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
             let d = |x: &u8| x.is_ascii_digit().then(|| i64::from(x - b'0'));
-            let v = (d(h1)? * 10 + d(h2)?) * 60 + d(m1)? * 10 + d(m2)?;
+            let (oh, om) = (d(h1)? * 10 + d(h2)?, d(m1)? * 10 + d(m2)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let v = oh * 60 + om;
             if *sign == b'-' {
                 -v
             } else {
@@ -539,6 +553,19 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2026-13-24T18:00:00Z"), None);
+        for bad in [
+            "2027-02-31T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2027-02-29T00:00:00Z",
+            "2026-12-24T18:00:00+99:99",
+            "2026-12-24T18:00:00+24:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert!(
+            parse_rfc3339("2028-02-29T00:00:00Z").is_some(),
+            "a leap day"
+        );
         assert_eq!(parse_rfc3339("2026-12-24 18:00"), None);
         assert_eq!(
             format_rfc3339(1_798_135_200_500),

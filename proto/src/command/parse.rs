@@ -100,7 +100,10 @@ pub(super) fn publish_template<'a>(
 
 /// `delay=<duration>` or `X-Deliver-At: <RFC 3339 time>`.
 fn due(parts: &impl Parts, q: &str) -> Result<Option<Due>, Error> {
-    let at = parts.header("x-deliver-at");
+    let (at, twice) = parts.header_first("x-deliver-at");
+    if twice {
+        return Err(Error::param("X-Deliver-At given more than once"));
+    }
     match (query::raw(q, "delay"), at) {
         (None, None) => Ok(None),
         (Some(_), Some(_)) => Err(Error::param("give either delay= or X-Deliver-At, not both")),

@@ -426,3 +426,17 @@ fn the_test_clock_moves_at_most_a_century_at_once() {
     let p = req(Method::Post, "/v1/debug/clock?advance=30d", &[], b"");
     assert!(parse(&p).is_ok());
 }
+
+#[test]
+fn one_deliver_at_per_publish() {
+    let p = req(
+        Method::Post,
+        "/v1/msgs/t/v1",
+        &[
+            ("X-Deliver-At", "2030-01-01T00:00:00Z"),
+            ("X-Deliver-At", "2031-01-01T00:00:00Z"),
+        ],
+        b"m",
+    );
+    assert_eq!(parse(&p).map(|_| ()).unwrap_err().kind().code(), 40002);
+}

@@ -28,6 +28,12 @@ thread_local! {
     });
 }
 
+thread_local! {
+    /// The delay-log partition this core's next delayed publish goes to: random at start,
+    /// then round robin (apart from the ids' nonces, which a batch advances by its size).
+    static TURN: Cell<u64> = Cell::new(nonce().rotate_left(17));
+}
+
 fn nonce() -> u64 {
     NONCE.with(|n| {
         let v = n.get();
@@ -72,7 +78,12 @@ pub async fn publish(
     let keyless = core.shard.pick_partition(meta);
     let first = nonce();
     // One delay-log partition per publish, so that it is one append.
-    let dp = (first % u64::from(log.partitions)) as u16;
+    let turn = TURN.with(|t| {
+        let v = t.get();
+        t.set(v.wrapping_add(1));
+        v
+    });
+    let dp = (turn % u64::from(log.partitions)) as u16;
     let mut ids = Vec::with_capacity(messages.len());
     let mut items = Vec::with_capacity(messages.len());
     for (i, (key, value)) in messages.into_iter().enumerate() {

@@ -42,6 +42,17 @@ pub async fn administer(
         },
         TopicOp::Delete => AdminOp::Delete(name.clone()),
     };
+    // The partition budget holds before the topic changes where topics live (Kafka would
+    // otherwise grow a topic this gateway then refuses to learn).
+    let grows = match &op {
+        AdminOp::Create(m) => Some(m.partitions),
+        AdminOp::Alter { partitions, .. } => *partitions,
+        _ => None,
+    };
+    if let Some(n) = grows {
+        let max = u64::from(core.shard.cfg.store.max_partitions);
+        core.shard.catalog.borrow().fits(&name, n, max)?;
+    }
     let op = core.backend.administer(op, &t.topic).await?;
     let meta = match admin::request(&core.shard, op).await {
         // Deleted where topics live, though this gateway had not seen the topic yet.

@@ -52,7 +52,11 @@ pub async fn run(core: &Rc<Core>, caller: Caller<'_>, w: Webhook<'_>) -> Result<
         }
         WebhookOp::Log => {
             current.ok_or_else(missing)?;
-            let log = info(core, &group, &topic.name, true).await?;
+            let mut log = info(core, &group, &topic.name, true).await?;
+            if log.is_null() {
+                // No core runs it (yet, or no more: paused for a lost grant): no attempts.
+                log = serde_json::json!({ "attempts": [] });
+            }
             Ok(Reply::json(200, log.to_string()))
         }
         WebhookOp::Delete => {

@@ -192,6 +192,21 @@ impl Catalog {
         self.topics.is_empty()
     }
 
+    /// Whether topic `name` may have `partitions` partitions within `max_partitions` over all
+    /// topics (a check made before the topic changes where topics live, Kafka, as well as
+    /// when the catalog changes).
+    pub fn fits(&self, name: &str, partitions: u32, max_partitions: u64) -> Result<(), Error> {
+        let total: u64 = self.topics.values().map(|t| u64::from(t.partitions)).sum();
+        let old = self.topics.get(name).map_or(0, |t| t.partitions);
+        let after = total - u64::from(old) + u64::from(partitions);
+        if partitions > old && after > max_partitions {
+            return Err(Error::param(format!(
+                "{partitions} partitions would bring this gateway to {after} partitions over all topics; it holds at most {max_partitions} (store.max_partitions)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks `op` against the catalog and the rules (names exist or not, partitions only grow,
     /// at most `max_partitions` over all topics); returns the catalog after it and the change.
     pub fn plan(

@@ -172,7 +172,7 @@ impl Index {
 
     /// Takes a pending delay out (cancelled, or marked fired): from memory, or with a removal
     /// entry in its bucket if it waits in one.
-    pub fn remove(&mut self, now: i64, id: &[u8], due: i64) -> Cancelled {
+    pub fn remove(&mut self, id: &[u8], due: i64) -> Cancelled {
         if let Some(k) = self.mem_key(id) {
             if self.mem.get(&k).is_some_and(|p| p.firing) {
                 return Cancelled::Firing;
@@ -181,12 +181,9 @@ impl Index {
             self.drop_mem(&k);
             return Cancelled::Yes;
         }
-        let Some(b) = bucket_of(due, now, self.horizon) else {
+        let Some(b) = self.holder(due, id) else {
             return Cancelled::NotPending;
         };
-        if !self.bucket_holds(b, id) {
-            return Cancelled::NotPending;
-        }
         self.append(
             b,
             &BucketEntry::Removed {
@@ -194,6 +191,24 @@ impl Index {
             },
         );
         Cancelled::Yes
+    }
+
+    /// The bucket that holds `id`, due at `due`, pending. A delay is in the hour bucket of its
+    /// due time until that bucket is loaded, then in its minute bucket until that one is: not
+    /// necessarily the bucket [`bucket_of`] names now, since buckets are loaded by the pump's
+    /// next refill, a moment after their load time.
+    fn holder(&self, due: i64, id: &[u8]) -> Option<Bucket> {
+        let hour = Bucket {
+            level: 1,
+            n: due.div_euclid(kateway_core::delay::HOUR),
+        };
+        let minute = Bucket {
+            level: 0,
+            n: due.div_euclid(kateway_core::delay::MINUTE),
+        };
+        [hour, minute]
+            .into_iter()
+            .find(|&b| self.bucket_holds(b, id))
     }
 
     /// Whether bucket `b` holds `id` pending.
@@ -334,14 +349,11 @@ impl Index {
     }
 
     /// The pending delay `id`, from memory or its bucket.
-    pub fn find(&self, now: i64, id: &[u8], due: i64) -> Option<(u64, Delay)> {
+    pub fn find(&self, id: &[u8], due: i64) -> Option<(u64, Delay)> {
         if let Some(k) = self.mem_key(id) {
             return self.mem.get(&k).and_then(|p| Some((p.offset, p.delay()?)));
         }
-        let b = bucket_of(due, now, self.horizon)?;
-        if !self.buckets.contains_key(&b) {
-            return None;
-        }
+        let b = self.holder(due, id)?;
         let mut found = None;
         for e in self.read_bucket(b) {
             match e {
@@ -370,9 +382,14 @@ impl Index {
             .filter(|(_, d)| d.topic == topic)
             .take(max)
             .collect();
-        // Buckets by when they start: minutes come before the hours after them.
+        // Buckets by the time they cover (not by when they load: an hour bucket loads a day
+        // early): the minute buckets, within a day, before the hour buckets beyond it. Their
+        // spans do not overlap, so sorted buckets give sorted delays.
         let mut order: Vec<Bucket> = self.buckets.keys().copied().collect();
-        order.sort_by_key(|b| b.load_at(self.horizon));
+        order.sort_by_key(|b| match b.level {
+            0 => b.n * kateway_core::delay::MINUTE,
+            _ => b.n * kateway_core::delay::HOUR,
+        });
         for b in order {
             if out.len() >= max {
                 break;
@@ -448,12 +465,9 @@ mod tests {
         assert_eq!(ix.in_memory(), 1);
         assert_eq!(ix.on_disk(), 3);
         assert_eq!(ix.watermark(), 0);
-        assert_eq!(ix.remove(now, b"gone", now + 30 * day), Cancelled::Yes);
-        assert_eq!(
-            ix.remove(now, b"gone", now + 30 * day),
-            Cancelled::NotPending
-        );
-        assert!(ix.find(now, b"far", now + 30 * day).is_some());
+        assert_eq!(ix.remove(b"gone", now + 30 * day), Cancelled::Yes);
+        assert_eq!(ix.remove(b"gone", now + 30 * day), Cancelled::NotPending);
+        assert!(ix.find(b"far", now + 30 * day).is_some());
         let listed: Vec<Bytes> = ix.list("a.t.v1", 10).into_iter().map(|x| x.0).collect();
         assert_eq!(
             listed,
@@ -462,7 +476,7 @@ mod tests {
         // The near one fires.
         let due = ix.take_due(now + 1000, 10);
         assert_eq!(due.len(), 1);
-        assert_eq!(ix.remove(now, b"near", now + 1000), Cancelled::Firing);
+        assert_eq!(ix.remove(b"near", now + 1000), Cancelled::Firing);
         ix.fired(&[due[0].0.clone()], true);
         assert_eq!(ix.watermark(), 1);
         // Thirty days on, through the hour bucket and a minute bucket.
@@ -477,5 +491,47 @@ mod tests {
         assert_eq!(ix.watermark(), 3);
         ix.close();
         assert!(!dir.exists());
+    }
+
+    /// A delay past its hour bucket's load time, before the pump refilled that bucket, is
+    /// still found and cancelled there (not only in the bucket its due time names now).
+    #[test]
+    fn a_cancel_before_the_refill_finds_the_delay_in_its_older_bucket() {
+        let dir = std::env::temp_dir().join(format!("kgw-delay-ix2-{}", std::process::id()));
+        let hour = 3_600_000;
+        let now = 1_000 * 24 * hour;
+        let mut ix = Index::new(dir.clone(), 60_000, 0, 0);
+        let due = now + 25 * hour;
+        add(&mut ix, now, 0, b"race", delay(due, "a.t.v1"));
+        ix.next = 1;
+        // Two hours on: the hour bucket's load time has passed, no refill yet.
+        let later = now + 2 * hour;
+        assert!(ix.find(b"race", due).is_some(), "a peek finds it");
+        assert_eq!(ix.remove(b"race", due), Cancelled::Yes);
+        assert!(ix.find(b"race", due).is_none());
+        for step in [later, due - 50_000, due] {
+            ix.refill(step);
+        }
+        assert!(
+            ix.take_due(due, 10).is_empty(),
+            "a cancelled delay never fires"
+        );
+        ix.close();
+    }
+
+    /// The list is soonest first across bucket kinds: a delay in a minute bucket (within a
+    /// day) before one in an hour bucket that loads earlier than that minute bucket.
+    #[test]
+    fn the_list_is_soonest_first() {
+        let dir = std::env::temp_dir().join(format!("kgw-delay-ix3-{}", std::process::id()));
+        let hour = 3_600_000;
+        let now = 1_000 * 24 * hour;
+        let mut ix = Index::new(dir.clone(), 60_000, 0, 0);
+        add(&mut ix, now, 0, b"in25h", delay(now + 25 * hour, "a.t.v1"));
+        add(&mut ix, now, 1, b"in23h", delay(now + 23 * hour, "a.t.v1"));
+        ix.next = 2;
+        let first: Vec<Bytes> = ix.list("a.t.v1", 1).into_iter().map(|x| x.0).collect();
+        assert_eq!(first, vec![Bytes::from_static(b"in23h")]);
+        ix.close();
     }
 }

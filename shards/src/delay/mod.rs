@@ -407,11 +407,11 @@ impl Delays {
         match Record::decode(&r.value) {
             Ok(Record::Delay(d)) => ix.add(now, r.offset, r.key, d.deliver_at_ms, r.value),
             Ok(Record::Fired) => {
-                ix.remove(now, &r.key, due);
+                ix.remove(&r.key, due);
                 self.settle(&r.key, Settled::Fired);
             }
             Ok(Record::Cancel) => {
-                let outcome = match ix.remove(now, &r.key, due) {
+                let outcome = match ix.remove(&r.key, due) {
                     Cancelled::Yes => {
                         self.settle(&r.key, Settled::Cancelled);
                         crate::metrics::inc(&self.shard.metrics.delays_cancelled_total);
@@ -593,7 +593,7 @@ impl Delays {
                 let parts = self.parts.borrow();
                 let ix = parts.get(&partition);
                 Ok(DelayAnswer::Peek {
-                    found: ix.and_then(|ix| ix.find(now(), id.as_bytes(), due).map(|f| f.1)),
+                    found: ix.and_then(|ix| ix.find(id.as_bytes(), due).map(|f| f.1)),
                     held: ix.is_some(),
                 })
             }
@@ -607,7 +607,12 @@ impl Delays {
                 Ok(DelayAnswer::List {
                     delays,
                     held: parts.len(),
-                    partitions: self.shard.cfg.delay.partitions,
+                    // The log's own partitions (fixed when it was made), not the setting.
+                    partitions: self
+                        .topic
+                        .borrow()
+                        .as_ref()
+                        .map_or(self.shard.cfg.delay.partitions, |t| t.partitions),
                 })
             }
         }
