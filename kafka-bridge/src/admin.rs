@@ -118,6 +118,17 @@ impl Admin {
         res.into_iter().try_for_each(topic_result)
     }
 
+    /// The number of brokers the cluster's metadata names: a round trip to a broker. Blocks for
+    /// up to the request timeout.
+    pub fn brokers(&self) -> Result<usize, BridgeError> {
+        let md = self
+            .client
+            .inner()
+            .fetch_metadata(None, self.timeout)
+            .map_err(BridgeError::from_kafka)?;
+        Ok(md.brokers().len())
+    }
+
     /// The topic's partition count; [`BridgeError::UnknownTopic`] if it does not exist. Blocks
     /// for up to the request timeout.
     pub fn partitions(&self, name: &str) -> Result<u32, BridgeError> {
@@ -205,6 +216,45 @@ impl Admin {
                     .map_err(BridgeError::from_kafka)
             })
             .collect()
+    }
+
+    /// The offsets `group` committed on each partition of each `(topic, partitions)` given
+    /// (`None` where it has none), in one request to the group coordinator. Blocks.
+    pub fn committed_many(
+        &self,
+        group: &str,
+        topics: &[(String, u32)],
+    ) -> Result<Vec<Vec<Option<i64>>>, BridgeError> {
+        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(BridgeError::from_kafka)?;
+        let mut tpl = TopicPartitionList::new();
+        for (name, n) in topics {
+            for p in 0..*n as i32 {
+                tpl.add_partition(name, p);
+            }
+        }
+        let got = c
+            .committed_offsets(tpl, self.timeout)
+            .map_err(BridgeError::from_kafka)?;
+        let mut out: Vec<Vec<Option<i64>>> = topics
+            .iter()
+            .map(|(_, n)| vec![None; *n as usize])
+            .collect();
+        for e in got.elements() {
+            let Some(t) = topics.iter().position(|(name, _)| name == e.topic()) else {
+                continue;
+            };
+            if let (Offset::Offset(o), Some(slot)) =
+                (e.offset(), out[t].get_mut(e.partition() as usize))
+            {
+                *slot = Some(o);
+            }
+        }
+        Ok(out)
     }
 
     /// The offsets `group` committed on each of the topic's first `partitions` partitions

@@ -454,3 +454,49 @@ fn one_data_directory_serves_both_backends_without_mixing_their_topics() {
     assert_eq!(s.status, 200, "{}", s.text());
     assert_eq!(s.body, b"kept locally");
 }
+
+/// `/ready` answers 503, naming Kafka, until a broker has answered once, while `/alive` says
+/// the process answers; it turns 200 when the bootstrap address starts to lead to a broker
+/// (here a TCP relay to the shared broker, opened after the gateway started).
+#[test]
+fn ready_waits_until_a_broker_is_reached() {
+    let brokers = shared_brokers();
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = relay.local_addr().unwrap().port();
+    drop(relay);
+    let g = gateway(&format!("127.0.0.1:{port}"), &[]);
+    assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
+    // Two seconds of asking: no broker, never ready.
+    for _ in 0..10 {
+        let r = g.req("GET", "/ready", &[], b"");
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.text().contains("Kafka"), "{}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let relay = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for c in relay.incoming() {
+            let Ok(c) = c else { continue };
+            let Ok(up) = std::net::TcpStream::connect(&brokers) else {
+                continue;
+            };
+            let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut c, mut up) = (c, up);
+            std::thread::spawn(move || std::io::copy(&mut c, &mut up));
+            std::thread::spawn(move || std::io::copy(&mut up2, &mut c2));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = g.req("GET", "/ready", &[], b"");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready 40 s after the broker became reachable: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -92,6 +92,9 @@ fn not_ready(core: &Core, faults: &[String]) -> Vec<String> {
     if core.shard.shutdown.get() {
         why.push("shutting down".into());
     }
+    if let Some(backend) = core.backend.not_ready() {
+        why.push(backend.into());
+    }
     if !core.shard.tenancy.ready() {
         why.push("the tenancy metadata is not loaded yet".into());
     }

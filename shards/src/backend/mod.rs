@@ -115,6 +115,15 @@ impl Backend {
         }
     }
 
+    /// Why the backend cannot serve yet: on Kafka, until a broker has answered once.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        match self {
+            Backend::Embedded(_) => None,
+            Backend::Kafka(k) => (!k.shared.reached.load(std::sync::atomic::Ordering::Acquire))
+                .then_some("no Kafka broker has been reached yet"),
+        }
+    }
+
     fn shard(&self) -> &Rc<Shard> {
         match self {
             Backend::Embedded(s) => &s.logs.shard,
@@ -325,6 +334,29 @@ impl Backend {
             Backend::Embedded(s) => s.info_anywhere(topic, groups).await,
             Backend::Kafka(k) => kafka::topics::info(k, topic, groups).await,
         }
+    }
+
+    /// Every group's lag on each of `topics` (for `/metrics`): end offsets less committed
+    /// offsets, summed over partitions. On Kafka one committed-offsets request per group covers
+    /// all the topics; a topic or group that does not answer is left out of this round.
+    pub async fn lags(&self, topics: Vec<Rc<LocalTopic>>) -> metrics::lag::Lags {
+        if let Backend::Kafka(k) = self {
+            let names = topics.iter().map(|t| t.name.to_string()).collect();
+            return kafka::topics::lags(k, names).await;
+        }
+        let mut lags = metrics::lag::Lags::new();
+        for t in topics {
+            let Ok(infos) = self.info(&t, &Groups::Prefix(String::new())).await else {
+                continue;
+            };
+            for i in infos {
+                for (g, committed) in i.groups {
+                    let lag = i.newest - committed.clamp(i.oldest, i.newest);
+                    *lags.entry((t.name.to_string(), g)).or_default() += lag;
+                }
+            }
+        }
+        lags
     }
 
     /// Applies a topic administration call where topics live (Kafka first, for the Kafka

@@ -3,10 +3,10 @@
 //! messages between a group's committed offset and the end of each partition, summed over the
 //! partitions. The figures are kept in core 0's metrics and a scrape on any core reads them
 //! from there, so a scrape costs no query of the store or of Kafka. On Kafka each measurement
-//! lists the cluster's groups and reads their committed offsets (one admin round per topic).
+//! lists the cluster's groups once and reads each group's committed offsets on all the topics
+//! in one request; a group or topic that fails to answer is left out of that round only.
 
 use crate::node::Core;
-use kateway_core::Groups;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -21,25 +21,14 @@ pub async fn run(core: Rc<Core>) {
         return;
     }
     while !core.shard.sleep(every).await {
-        let topics: Vec<_> = {
+        let topics = {
             let c = core.shard.catalog.borrow();
             let mut names: Vec<_> = c.stats().map(|(n, _)| n.to_string()).collect();
             names.sort();
             names.truncate(cap);
             names.iter().filter_map(|n| c.get(n).ok()).collect()
         };
-        let mut lags = Lags::new();
-        for t in topics {
-            let Ok(infos) = core.backend.info(&t, &Groups::Prefix(String::new())).await else {
-                continue;
-            };
-            for i in infos {
-                for (g, committed) in i.groups {
-                    let lag = i.newest - committed.clamp(i.oldest, i.newest);
-                    *lags.entry((t.name.to_string(), g)).or_default() += lag;
-                }
-            }
-        }
+        let lags = core.backend.lags(topics).await;
         *core.shard.metrics.lags.borrow_mut() = lags;
     }
 }

@@ -44,11 +44,34 @@ pub struct KafkaShared {
     pub replication: i32,
     jobs: flume::Sender<Job>,
     pub groups: Mutex<HashMap<String, flume::Sender<groups::GroupReq>>>,
+    /// Whether a broker has answered since the start (`/ready` waits for it).
+    pub reached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long a producer may deliver nothing while messages wait before [`Kafka::unstick`]
 /// acts.
 const STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Asks the cluster for its metadata, once a second on a thread of its own, until a broker
+/// answers; then sets `reached` and ends.
+fn reach(admin: Arc<Admin>, reached: Arc<std::sync::atomic::AtomicBool>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("kateway-kafka-reach".into())
+        .spawn(move || loop {
+            match admin.brokers() {
+                Ok(n) if n > 0 => {
+                    tracing::info!(brokers = n, "reached the Kafka cluster");
+                    reached.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("Kafka not reached yet: {e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start kafka helper thread: {e}"))
+}
 
 /// Helper threads for blocking Kafka calls.
 const JOB_THREADS: usize = 2;
@@ -83,12 +106,15 @@ impl KafkaShared {
                 })
                 .map_err(|e| format!("cannot start kafka helper thread: {e}"))?;
         }
+        let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        reach(admin.clone(), reached.clone())?;
         Ok(Arc::new(Self {
             bridge,
             admin,
             replication: k.replication_factor,
             jobs: tx,
             groups: Mutex::new(HashMap::new()),
+            reached,
         }))
     }
 

@@ -168,6 +168,49 @@ pub async fn info(
     r.map_err(kafka_err)
 }
 
+/// The lag of every group on `topics`, for `/metrics` ([`crate::metrics::lag`]): the end
+/// offsets of each topic, the cluster's group list once, and one committed-offsets request per
+/// group for all the topics. A topic or group that fails to answer is left out of this round;
+/// the others are still measured.
+pub async fn lags(k: &Kafka, topics: Vec<String>) -> crate::metrics::lag::Lags {
+    let r = k
+        .shared
+        .blocking(move |a| {
+            let mut lags = crate::metrics::lag::Lags::new();
+            let marks: Vec<(String, Vec<(i64, i64)>)> = topics
+                .into_iter()
+                .filter_map(|t| a.watermarks(&t).ok().map(|m| (t, m)))
+                .collect();
+            if marks.is_empty() {
+                return lags;
+            }
+            let sizes: Vec<(String, u32)> = marks
+                .iter()
+                .map(|(t, m)| (t.clone(), m.len() as u32))
+                .collect();
+            for g in a.groups("").unwrap_or_default() {
+                let Ok(committed) = a.committed_many(&g, &sizes) else {
+                    continue;
+                };
+                for ((t, m), c) in marks.iter().zip(committed) {
+                    let mut sum = None;
+                    for (&(lo, hi), c) in m.iter().zip(c) {
+                        if let Some(c) = c {
+                            let (lo, hi) = (lo.max(0) as u64, hi.max(0) as u64);
+                            *sum.get_or_insert(0) += hi - (c.max(0) as u64).clamp(lo, hi);
+                        }
+                    }
+                    if let Some(lag) = sum {
+                        lags.insert((t.clone(), g.clone()), lag);
+                    }
+                }
+            }
+            lags
+        })
+        .await;
+    r.unwrap_or_default()
+}
+
 /// Core 0: refreshes partition counts of catalog topics from Kafka, and forgets topics Kafka
 /// no longer has (deleted through another gateway or Kafka's own tools).
 pub async fn refresh(k: Rc<Kafka>) {
