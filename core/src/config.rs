@@ -61,6 +61,7 @@ pub struct ServerConfig {
     pub idle_timeout: Dur,
     pub gzip_min_bytes: ByteSize,
     pub shutdown_timeout: Dur,
+    pub drain_grace: Dur,
 }
 
 /// `[http2]`

@@ -6,12 +6,14 @@
 use crate::admin;
 use crate::backend::{Backend, Shared};
 use crate::catalog::TopicMeta;
+use crate::conn::Listener;
 use crate::mesh::{Envelope, Mesh};
 use crate::node::Core;
 use crate::request::{Answer, Request};
 use crate::shard::Shard;
 use kateway_core::config::Config;
 use monoio::net::{ListenerOpts, TcpListener};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 /// Everything a core needs to start.
@@ -34,6 +36,8 @@ pub struct CoreInit {
     pub idem: Option<crate::idem::IdemInit>,
     /// Core 0 on Kafka: the follower of settles other gateways hand on.
     pub forward: Option<crate::queue::forward::ForwardInit>,
+    /// Listening sockets taken over from the previous process (an upgrade), by kind.
+    pub inherited: Vec<(crate::conn::Listener, std::net::TcpListener)>,
 }
 
 /// Runs a core to completion.
@@ -70,7 +74,13 @@ pub async fn run(init: CoreInit) {
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .backlog(init.cfg.server.backlog);
-    let listener = match TcpListener::bind_with_config(init.cfg.server.listen.as_str(), &opts) {
+    let mut inherited = init.inherited;
+    let listeners = match sockets_for(
+        &mut inherited,
+        Listener::Main,
+        &init.cfg.server.listen,
+        &opts,
+    ) {
         Ok(l) => l,
         Err(e) => {
             let _ = init.ready.send(Err(format!(
@@ -118,15 +128,16 @@ pub async fn run(init: CoreInit) {
     }
     core.backend.spawn(tasks);
     tasks.spawn("allocator", crate::alloc::run(shard.clone()));
-    tasks.spawn(
-        "acceptor",
-        crate::conn::accept(
-            core.clone(),
-            listener,
-            init.fds.conns_per_core,
-            crate::conn::Listener::Main,
-        ),
-    );
+    for l in listeners {
+        shard
+            .listeners
+            .borrow_mut()
+            .push((Listener::Main, l.as_raw_fd()));
+        tasks.spawn(
+            "acceptor",
+            crate::conn::accept(core.clone(), l, init.fds.conns_per_core, Listener::Main),
+        );
+    }
     // The operator's and the health checkers' listeners, where configured.
     let cfg = &init.cfg;
     let operator = (cfg.auth.enabled && !cfg.auth.operator_listen.is_empty())
@@ -134,17 +145,13 @@ pub async fn run(init: CoreInit) {
     let health = (!cfg.tls.health_listen.is_empty())
         .then_some((&cfg.tls.health_listen, "tls.health_listen"));
     for (name, kind, at) in [
-        (
-            "operator acceptor",
-            crate::conn::Listener::Operator,
-            operator,
-        ),
-        ("health acceptor", crate::conn::Listener::Health, health),
+        ("operator acceptor", Listener::Operator, operator),
+        ("health acceptor", Listener::Health, health),
     ] {
         let Some((addr, key)) = at else {
             continue;
         };
-        let l = match TcpListener::bind_with_config(addr.as_str(), &opts) {
+        let ls = match sockets_for(&mut inherited, kind, addr, &opts) {
             Ok(l) => l,
             Err(e) => {
                 let _ = init
@@ -153,8 +160,11 @@ pub async fn run(init: CoreInit) {
                 return;
             }
         };
-        let accept = crate::conn::accept(core.clone(), l, crate::conn::OVER_CAP, kind);
-        tasks.spawn(name, accept);
+        for l in ls {
+            shard.listeners.borrow_mut().push((kind, l.as_raw_fd()));
+            let accept = crate::conn::accept(core.clone(), l, crate::conn::OVER_CAP, kind);
+            tasks.spawn(name, accept);
+        }
     }
     let _ = init.ready.send(Ok(()));
     tracing::debug!(core = shard.id, "core ready");
@@ -174,4 +184,28 @@ pub async fn run(init: CoreInit) {
         );
     }
     tracing::debug!(core = shard.id, "core stopped");
+}
+
+/// The sockets a core accepts `kind` on: those inherited from the previous process, or one
+/// bound now (`SO_REUSEPORT`, beside the other cores' own).
+fn sockets_for(
+    inherited: &mut Vec<(Listener, std::net::TcpListener)>,
+    kind: Listener,
+    addr: &str,
+    opts: &ListenerOpts,
+) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    let mut rest = Vec::new();
+    for (k, l) in inherited.drain(..) {
+        if k == kind {
+            out.push(TcpListener::from_std(l)?);
+        } else {
+            rest.push((k, l));
+        }
+    }
+    *inherited = rest;
+    if out.is_empty() {
+        out.push(TcpListener::bind_with_config(addr, opts)?);
+    }
+    Ok(out)
 }

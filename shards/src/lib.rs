@@ -44,4 +44,5 @@ pub mod runtime;
 pub mod shard;
 pub mod tasks;
 pub mod tenancy;
+pub mod upgrade;
 pub mod webhook;

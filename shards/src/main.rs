@@ -1,5 +1,5 @@
 //! The `kateway` binary: `kateway serve [--config FILE] [--listen ADDR] [--data-dir DIR]
-//! [--cores N] [--backend embedded|kafka] [--brokers HOST:PORT,...]`. Configuration layers: shipped defaults, then the file, then `KATEWAY_*`
+//! [--cores N] [--backend embedded|kafka] [--brokers HOST:PORT,...] [--upgrade]`. Configuration layers: shipped defaults, then the file, then `KATEWAY_*`
 //! environment variables, then these flags.
 
 use clap::{Parser, Subcommand};
@@ -42,6 +42,10 @@ enum Cmd {
         /// Kafka bootstrap brokers, host:port[,host:port...] (kafka.brokers).
         #[arg(long)]
         brokers: Option<String>,
+        /// Take over from the gateway running on the same address: inherit its listening
+        /// sockets, wait for it to drain and release the data directory, then serve.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Print the shipped kateway.toml: every setting with its default and range.
     Defaults,
@@ -58,6 +62,7 @@ fn main() {
             cores,
             backend,
             brokers,
+            upgrade,
         } => {
             let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,
@@ -97,7 +102,7 @@ fn main() {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            if let Err(e) = kateway_shards::runtime::run(cfg) {
+            if let Err(e) = kateway_shards::runtime::run(cfg, upgrade) {
                 eprintln!("kateway: {e}");
                 std::process::exit(1);
             }

@@ -185,6 +185,11 @@ impl Core {
                     "metadata calls go to core 0",
                 ))),
             },
+            Request::Listeners => Answer::Listeners(shard.listeners.borrow().clone()),
+            Request::Unready => {
+                shard.unready.set(true);
+                Answer::None
+            }
             Request::Drain => {
                 shard.begin_shutdown();
                 while shard.metrics.http_connections_active.get() > 0 {

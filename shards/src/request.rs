@@ -86,6 +86,10 @@ pub enum Request {
     View(std::sync::Arc<crate::tenancy::View>),
     /// Core 0 only: a tenancy API call.
     Meta(crate::tenancy::writer::MetaCall),
+    /// The receiver's listening sockets (for an upgrade's handover).
+    Listeners,
+    /// Answer `/ready` with 503 from now on (a drain follows).
+    Unready,
     /// Stop accepting, finish requests, close connections; answer when none is left.
     Drain,
     /// Stop every task and the core.
@@ -105,5 +109,7 @@ pub enum Answer {
     Snapshot(Box<Snapshot>),
     /// A tenancy API call's status and JSON body.
     Meta(Result<(u16, String), Error>),
+    /// Listening sockets, by what they serve.
+    Listeners(Vec<(crate::conn::Listener, std::os::fd::RawFd)>),
     None,
 }

@@ -2,7 +2,8 @@
 //! directories on disk, start one pinned reactor thread per core (monoio on io_uring with
 //! `SINGLE_ISSUER | DEFER_TASKRUN`, falling back loudly to the epoll driver), wait until every
 //! core listens, then on SIGTERM/SIGINT drain every core, stop them and exit; SIGHUP reloads
-//! the TLS certificate.
+//! the TLS certificate; an upgrade ([`crate::upgrade`], SIGUSR2) hands the listening sockets to
+//! a new process, then drains and exits the same way.
 
 use crate::backend::{self, Shared};
 use crate::catalog::{file, TopicMeta};
@@ -12,11 +13,21 @@ use crate::mesh::Mesh;
 use crate::request::{Answer, Request};
 use kateway_core::config::Config;
 use std::rc::Rc;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Runs the gateway until a termination signal; returns an error if it cannot start.
-pub fn run(cfg: Config) -> Result<(), String> {
+/// What ends the serving loop.
+enum Event {
+    Signal(i32),
+    /// A new process asks for the listening sockets ([`crate::upgrade`]).
+    Upgrade(std::os::unix::net::UnixStream),
+}
+
+/// Runs the gateway until a termination signal or an upgrade hands it over; returns an error
+/// if it cannot start. With `upgrade`, takes the listening sockets over from the gateway
+/// running on the same address first (and starts as usual when there is none).
+pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
     let cores = match cfg.server.cores {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -39,7 +50,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.store.data_dir.display()
         )
     })?;
-    let _lock = exclusive(&cfg)?;
+    let taken = match upgrade {
+        false => None,
+        true => {
+            let got = crate::upgrade::take_over(&cfg.server.listen)?;
+            if got.is_none() {
+                tracing::warn!(listen = %cfg.server.listen, "--upgrade: no gateway runs on this address; starting as usual");
+            }
+            got
+        }
+    };
+    let claims = exclusive(&cfg, taken.is_some())?;
+    let mut inherited = match taken {
+        Some(i) => i.by_core(cores),
+        None => (0..cores).map(|_| Vec::new()).collect(),
+    };
     if cfg.tls.enabled() {
         crate::conn::tls::install(&cfg.tls)?;
     }
@@ -55,10 +80,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (mesh, inboxes) = Mesh::<Request, Answer>::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let cfg = Arc::new(cfg);
-    let mut sig = signal_hook::iterator::Signals::new([
+    let sig = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR2,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let mut threads = Vec::new();
@@ -72,6 +98,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let meta = if id == 0 { meta.take() } else { None };
         let idem = if id == 0 { idem.take() } else { None };
         let forward = if id == 0 { forward.take() } else { None };
+        let inherited = std::mem::take(&mut inherited[id]);
         let cpu = (cfg.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let t = std::thread::Builder::new()
             .name(format!("kateway-core-{id}"))
@@ -92,6 +119,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     meta,
                     idem,
                     forward,
+                    inherited,
                 };
                 reactor(id, cfg.server.ring_entries, init);
             })
@@ -107,16 +135,64 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
     }
     tracing::info!(listen = %cfg.server.listen, cores, data = %cfg.store.data_dir.display(),
-        backend = ?cfg.store.backend, "kateway serving");
-    for s in sig.forever() {
-        if s == signal_hook::consts::SIGHUP {
-            if cfg.tls.enabled() {
-                crate::conn::tls::reload(&cfg.tls);
+        backend = ?cfg.store.backend, pid = std::process::id(), "kateway serving");
+    crate::upgrade::notify_ready();
+    let (events, events_tx) = events(sig, &claims)?;
+    let mut handover = None;
+    while let Ok(e) = events.recv() {
+        match e {
+            Event::Signal(signal_hook::consts::SIGHUP) => {
+                if cfg.tls.enabled() {
+                    crate::conn::tls::reload(&cfg.tls);
+                }
             }
-            continue;
+            Event::Signal(signal_hook::consts::SIGUSR2) => {
+                match crate::upgrade::spawn_successor() {
+                    Ok(pid) => tracing::info!(pid, "SIGUSR2: started the successor process"),
+                    Err(e) => tracing::error!("SIGUSR2: cannot start the successor: {e}"),
+                }
+            }
+            Event::Signal(s) => {
+                tracing::info!(signal = s, "shutting down");
+                break;
+            }
+            Event::Upgrade(stream) => {
+                let sockets: Vec<_> = (0..cores)
+                    .filter_map(|c| mesh.ask_blocking(c, Request::Listeners))
+                    .filter_map(|rx| match rx.recv() {
+                        Ok(Answer::Listeners(l)) => Some(l),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                match crate::upgrade::hand_over(&stream, &sockets) {
+                    Ok(()) => {
+                        tracing::info!(
+                            sockets = sockets.len(),
+                            "handed the listening sockets to the successor: draining"
+                        );
+                        handover = Some(stream);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!("upgrade refused, still serving: {e}");
+                        watch_upgrades(&claims, events_tx.clone())?;
+                    }
+                }
+            }
         }
-        tracing::info!(signal = s, "shutting down");
-        break;
+    }
+    // An upgrade's successor holds the sockets already: no grace for load balancers.
+    let grace = cfg.server.drain_grace.0;
+    if !grace.is_zero() && handover.is_none() {
+        let told: Vec<_> = (0..cores)
+            .filter_map(|c| mesh.ask_blocking(c, Request::Unready))
+            .collect();
+        for rx in told {
+            let _ = rx.recv();
+        }
+        tracing::info!(?grace, "unready: draining after the grace period");
+        std::thread::sleep(grace);
     }
     let deadline = Instant::now() + cfg.server.shutdown_timeout.0;
     let drained: Vec<_> = (0..cores)
@@ -135,8 +211,55 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for t in threads {
         let _ = t.join();
     }
+    // The data directory is free once the lock and the address claim are gone.
+    drop(claims);
+    if let Some(stream) = handover {
+        crate::upgrade::finish(&stream, Ok(()));
+        tracing::info!("stopped; the successor serves");
+        return Ok(());
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Signals, and upgrade requests on the address claim's socket, as one stream of events.
+fn events(
+    mut sig: signal_hook::iterator::Signals,
+    claims: &Claims,
+) -> Result<(Receiver<Event>, Sender<Event>), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let signals = tx.clone();
+    std::thread::Builder::new()
+        .name("kateway-signals".into())
+        .spawn(move || {
+            for s in sig.forever() {
+                if signals.send(Event::Signal(s)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    watch_upgrades(claims, tx.clone())?;
+    Ok((rx, tx))
+}
+
+/// Waits on the address claim's socket for one upgrade request. One: the thread's copy of the
+/// socket must be gone once the process hands over (the claim is released with it); after a
+/// refused handover the caller watches again.
+fn watch_upgrades(claims: &Claims, tx: Sender<Event>) -> Result<(), String> {
+    let listener = claims
+        ._addr
+        .try_clone()
+        .map_err(|e| format!("cannot watch for upgrades: {e}"))?;
+    std::thread::Builder::new()
+        .name("kateway-upgrade".into())
+        .spawn(move || {
+            if let Ok((s, _)) = listener.accept() {
+                let _ = tx.send(Event::Upgrade(s));
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the upgrade thread: {e}"))
 }
 
 /// The pepper key hashes are keyed with: read from `auth.pepper_file` (or `<data>/meta/pepper`),
@@ -178,7 +301,7 @@ struct Claims {
 /// share one port without a word). The address is claimed with an abstract Unix socket named
 /// after it: binding one is atomic, so two gateways starting at the same moment cannot both
 /// pass, and the kernel releases it when the process exits, however it exits.
-fn exclusive(cfg: &Config) -> Result<Claims, String> {
+fn exclusive(cfg: &Config, inherited: bool) -> Result<Claims, String> {
     use nix::fcntl::{flock, FlockArg};
     use std::os::fd::AsRawFd;
     let path = cfg.store.data_dir.join("lock");
@@ -197,8 +320,10 @@ fn exclusive(cfg: &Config) -> Result<Claims, String> {
             e => format!("cannot lock {}: {e}", path.display()),
         });
     }
-    // A plain bind (no SO_REUSEPORT) fails while any socket listens on the address.
-    if let Err(e) = std::net::TcpListener::bind(cfg.server.listen.as_str()) {
+    // A plain bind (no SO_REUSEPORT) fails while any socket listens on the address (the
+    // inherited sockets of an upgrade do).
+    let bound = (!inherited).then(|| std::net::TcpListener::bind(cfg.server.listen.as_str()));
+    if let Some(Err(e)) = bound {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             return Err(format!(
                 "{} is already in use (is another kateway running?)",
@@ -217,7 +342,7 @@ fn exclusive(cfg: &Config) -> Result<Claims, String> {
 /// `EADDRINUSE`.
 fn claim_address(listen: &str) -> Result<std::os::unix::net::UnixListener, String> {
     use std::os::linux::net::SocketAddrExt;
-    let name = format!("kateway-listen:{listen}");
+    let name = crate::upgrade::socket_name(listen);
     let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
         .map_err(|e| format!("cannot claim {listen}: {e}"))?;
     std::os::unix::net::UnixListener::bind_addr(&at).map_err(|e| {

@@ -37,6 +37,10 @@ pub struct Shard {
     pub rr: Cell<usize>,
     /// Draining: no new connections or long polls.
     pub shutdown: Cell<bool>,
+    /// The sockets this core accepts on (an upgrade hands them to the next process).
+    pub listeners: RefCell<Vec<(crate::conn::Listener, std::os::fd::RawFd)>>,
+    /// Draining soon (`server.drain_grace`): `/ready` answers 503, everything else is served.
+    pub unready: Cell<bool>,
     pub shutdown_event: Event,
     /// Stopping: every task ends.
     pub stop_event: Event,
@@ -83,6 +87,8 @@ impl Shard {
             limits,
             rr: Cell::new(id),
             shutdown: Cell::new(false),
+            unready: Cell::new(false),
+            listeners: Default::default(),
             shutdown_event: Event::default(),
             stop_event: Event::default(),
             started: std::time::Instant::now(),

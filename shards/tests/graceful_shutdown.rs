@@ -1,11 +1,16 @@
-//! Graceful shutdown, on both backends: SIGTERM answers a parked long poll with 204 +
+//! Graceful shutdown, on both backends: SIGTERM first turns `/ready` to 503 for
+//! `server.drain_grace` while everything else is still served (so load balancers stop sending
+//! traffic before the listeners close), then answers a parked long poll with 204 +
 //! `Connection: close`, lets an in-flight publish finish, and exits 0 with everything durable.
 
 mod support;
 use std::time::Duration;
 use support::{Backend, Gateway};
 
-on_both_backends!(sigterm_ends_long_polls_and_finishes_publishes);
+on_both_backends!(
+    sigterm_ends_long_polls_and_finishes_publishes,
+    sigterm_turns_ready_off_while_still_serving,
+);
 
 fn sigterm_ends_long_polls_and_finishes_publishes(b: Backend) {
     let mut g = Gateway::on(b, &[]);
@@ -58,4 +63,71 @@ fn sigterm_ends_long_polls_and_finishes_publishes(b: Backend) {
         .collect();
     assert!(values.contains(&b"before"[..]), "{values:?}");
     assert!(values.contains(&b"inflight"[..]), "{values:?}");
+}
+
+fn sigterm_turns_ready_off_while_still_serving(b: Backend) {
+    let mut g = Gateway::on(b, &[("KATEWAY_SERVER_DRAIN_GRACE", "4s")]);
+    let app1 = g.app("app1");
+    g.create_topic(&app1, "t", 1);
+    let mut ready = 0;
+    for _ in 0..500 {
+        ready = g.req("GET", "/ready", &[], b"").status;
+        if ready == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ready, 200, "ready before SIGTERM");
+    // A keep-alive connection opened before the signal keeps being served during the grace.
+    let mut kept = g.connect();
+    assert_eq!(
+        kept.req("GET", "/alive", &[], b"").status,
+        200,
+        "served before SIGTERM"
+    );
+    let pid = g.child.as_ref().unwrap().id();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let mut unready = None;
+    for _ in 0..200 {
+        let r = g.req("GET", "/ready", &[], b"");
+        if r.status == 503 {
+            unready = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let unready = unready.expect("/ready answers 503 after SIGTERM");
+    assert!(
+        unready.text().contains("shutting down"),
+        "{}",
+        unready.text()
+    );
+    // Still serving: liveness, a publish on a new connection and one on the kept connection.
+    assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
+    let r = g.publish(&app1, "t", "ack=local", b"during the grace");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = kept.req(
+        "POST",
+        "/v1/msgs/t/v1?ack=local",
+        &[("Appid", app1.as_str())],
+        b"kept",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(
+        g.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "still running during the grace"
+    );
+    assert_eq!(g.terminate(), Some(0));
+    g.spawn();
+    let app2 = g.app("app2");
+    let values: std::collections::HashSet<Vec<u8>> = g
+        .drain(&app2, &app1, "t", "group=after&batch=10&wait=3s")
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert!(values.contains(&b"during the grace"[..]), "{values:?}");
+    assert!(values.contains(&b"kept"[..]), "{values:?}");
 }

@@ -89,7 +89,7 @@ pub async fn topic(
 /// Why this gateway should not get traffic now (empty when it should).
 fn not_ready(core: &Core, faults: &[String]) -> Vec<String> {
     let mut why = faults.to_vec();
-    if core.shard.shutdown.get() {
+    if core.shard.shutdown.get() || core.shard.unready.get() {
         why.push("shutting down".into());
     }
     if let Some(backend) = core.backend.not_ready() {
@@ -159,6 +159,7 @@ pub async fn process(core: &Rc<Core>) -> Result<Reply, Error> {
             "handoff_backlog_messages": m.handoff_backlog_messages,
             "kafka_breaker_open_cores": m.kafka_breaker_open,
             "cores": shard.cores(),
+            "pid": std::process::id(),
             "uptime_s": shard.started.elapsed().as_secs(),
             "topics": shard.catalog.borrow().len(),
             "connections": m.http_connections_active,

@@ -336,6 +336,8 @@ impl Gateway {
             if self.auth { "true" } else { "false" },
         )
         .env("KATEWAY_AUTH_OPERATOR_LISTEN", &self.op_addr)
+        // SIGTERM drains at once (the grace before it has a test of its own).
+        .env("KATEWAY_SERVER_DRAIN_GRACE", "0s")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
         if self.backend == Backend::Kafka {
@@ -400,6 +402,23 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("gateway did not come up");
+    }
+
+    /// Starts a successor with `--upgrade` on the same address and data directory and returns
+    /// the process it takes over from (still draining). The successor is this gateway's
+    /// process from now on.
+    pub fn upgrade(&mut self) -> Child {
+        let old = self.child.take().expect("running");
+        let mut cmd = self.command();
+        cmd.arg("--upgrade");
+        self.child = Some(cmd.spawn().expect("start kateway"));
+        old
+    }
+
+    /// The id of the process that answers `/v1/status` now.
+    pub fn serving_pid(&self) -> u64 {
+        let s = self.req("GET", "/v1/status", &[], b"").json();
+        s["pid"].as_u64().expect("status names its pid")
     }
 
     pub fn kill9(&mut self) {
@@ -711,6 +730,31 @@ impl Conn {
     pub fn req(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         self.send(method, path, headers, body).unwrap();
         self.read_reply(method == "HEAD").unwrap()
+    }
+
+    /// A request on a kept-alive connection, `None` when the server closed the connection
+    /// before answering a byte: a request it then never read, which a client may send again
+    /// on a new connection (as HTTP clients do for idempotent requests, and for requests with
+    /// an `Idempotency-Key`).
+    pub fn try_req(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Option<Resp>> {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+        let untouched =
+            |e: &std::io::Error| matches!(e.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
+        if let Err(e) = self.send(method, path, headers, body) {
+            return if untouched(&e) { Ok(None) } else { Err(e) };
+        }
+        if self.buf.is_empty() {
+            if let Err(e) = self.fill() {
+                return if untouched(&e) { Ok(None) } else { Err(e) };
+            }
+        }
+        self.read_reply(method == "HEAD").map(Some)
     }
 
     /// Whether the server closed the connection (reads EOF).

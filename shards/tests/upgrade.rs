@@ -1,0 +1,286 @@
+//! Zero-downtime upgrade, on both backends: a successor started with `--upgrade` (or by SIGUSR2)
+//! takes the listening sockets over while publishers and subscribers keep going; no request
+//! fails, no message is lost or delivered twice, and the old process exits 0.
+
+mod support;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{records, Backend, Conn, Gateway};
+
+on_both_backends!(
+    an_upgrade_under_load_fails_no_request,
+    sigusr2_starts_the_successor_itself
+);
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    published: AtomicU64,
+    /// Requests answered with anything but success, or whose connection failed otherwise
+    /// than by a close before any answer.
+    failed: AtomicU64,
+    /// Requests sent again on a new connection after the server closed a kept-alive one
+    /// without reading them.
+    resent: AtomicU64,
+}
+
+/// Sends a request on `c`, opening a new connection when the server closed it unanswered (the
+/// request was not read: sending it again is safe). Every other failure counts.
+fn send(
+    addr: &str,
+    c: &mut Option<Conn>,
+    t: &Tally,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<support::Resp> {
+    for _ in 0..50 {
+        let conn = c.get_or_insert_with(|| Gateway::connect_to(addr));
+        match conn.try_req(method, path, headers, body) {
+            Ok(Some(r)) => {
+                if r.header("connection") == Some("close") {
+                    *c = None;
+                }
+                return Some(r);
+            }
+            Ok(None) => {
+                t.resent.fetch_add(1, Ordering::Relaxed);
+                *c = None;
+            }
+            Err(e) => {
+                eprintln!("{method} {path}: {e}");
+                t.failed.fetch_add(1, Ordering::Relaxed);
+                *c = None;
+                return None;
+            }
+        }
+    }
+    t.failed.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+/// Publishers and subscribers running against `g` until `stop`; the messages received.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    subscribers: Vec<std::thread::JoinHandle<()>>,
+    stop_subs: Arc<AtomicBool>,
+}
+
+fn start_load(g: &Gateway, app: &str) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_subs = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for p in 0..3 {
+        let (addr, app, stop, t) = (g.addr.clone(), app.to_string(), stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut c = None;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("m-{p}-{i}");
+                let h = [("Appid", app.as_str()), ("Idempotency-Key", id.as_str())];
+                match send(
+                    &addr,
+                    &mut c,
+                    &t,
+                    "POST",
+                    "/v1/msgs/t/v1",
+                    &h,
+                    id.as_bytes(),
+                ) {
+                    Some(r) if r.status == 201 => {
+                        t.published.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    Some(r) => {
+                        eprintln!("publish {id}: {} {}", r.status, r.text());
+                        t.failed.fetch_add(1, Ordering::Relaxed);
+                        // Sent again: the idempotency key makes it one message.
+                    }
+                    None => {}
+                }
+            }
+        }));
+    }
+    let mut subscribers = Vec::new();
+    for _ in 0..2 {
+        let (addr, app, stop, t, got) = (
+            g.addr.clone(),
+            app.to_string(),
+            stop_subs.clone(),
+            tally.clone(),
+            got.clone(),
+        );
+        subscribers.push(std::thread::spawn(move || {
+            let mut c = None;
+            let path = format!("/v1/msgs/{app}/t/v1?group=g&batch=100&wait=1s&reset=oldest");
+            while !stop.load(Ordering::Relaxed) {
+                let h = [("Appid", app.as_str())];
+                match send(&addr, &mut c, &t, "GET", &path, &h, b"") {
+                    Some(r) if r.status == 200 => {
+                        let mut got = got.lock().unwrap();
+                        got.extend(records(&r.body).into_iter().map(|(_, _, v)| v));
+                    }
+                    Some(r) if r.status == 204 => {}
+                    Some(r) => {
+                        eprintln!("subscribe: {} {}", r.status, r.text());
+                        t.failed.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    None => {}
+                }
+            }
+        }));
+    }
+    Load {
+        stop,
+        tally,
+        got,
+        threads,
+        subscribers,
+        stop_subs,
+    }
+}
+
+impl Load {
+    /// Stops publishing, lets the subscribers catch up, and checks that each message arrived
+    /// exactly once and no request failed.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let published = self.tally.published.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (self.got.lock().unwrap().len() as u64) < published && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A moment more, for anything delivered twice.
+        std::thread::sleep(Duration::from_millis(1500));
+        self.stop_subs.store(true, Ordering::Relaxed);
+        for t in self.subscribers {
+            t.join().unwrap();
+        }
+        let got = self.got.lock().unwrap();
+        let distinct: HashSet<_> = got.iter().collect();
+        let (failed, resent) = (
+            self.tally.failed.load(Ordering::Relaxed),
+            self.tally.resent.load(Ordering::Relaxed),
+        );
+        eprintln!(
+            "published {published}, received {} ({} distinct), {resent} sent again, {failed} failed",
+            got.len(),
+            distinct.len()
+        );
+        assert!(published > 100, "the load ran: {published}");
+        assert_eq!(failed, 0, "no request failed");
+        assert_eq!(distinct.len() as u64, published, "no message lost");
+        assert_eq!(got.len(), distinct.len(), "no message delivered twice");
+    }
+}
+
+/// Waits (up to about 60 s) until a process other than `old` answers.
+fn wait_for_successor(g: &Gateway, old: u64) -> u64 {
+    for _ in 0..600 {
+        let pid = g.serving_pid();
+        if pid != old {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no successor took over from {old}");
+}
+
+fn an_upgrade_under_load_fails_no_request(b: Backend) {
+    let mut g = Gateway::on(b, &[]);
+    let app = g.app("up");
+    g.create_topic(&app, "t", 2);
+    let before = g.serving_pid();
+    let load = start_load(&g, &app);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut old = g.upgrade();
+    let after = wait_for_successor(&g, before);
+    assert_eq!(after, u64::from(g.pid()));
+    let status = old.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the old process exits cleanly");
+    std::thread::sleep(Duration::from_millis(1500));
+    load.finish();
+    // The successor is a gateway like any other: it drains and exits on SIGTERM.
+    assert_eq!(g.terminate(), Some(0));
+}
+
+/// The systemd flow (`Type=notify`, `systemctl kill -s USR2`): SIGUSR2 starts the successor,
+/// which tells the notify socket it is the main process as soon as it holds the sockets, then
+/// that it is ready.
+fn sigusr2_starts_the_successor_itself(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut g = Gateway::on(b, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    let app = g.app("up");
+    g.create_topic(&app, "t", 1);
+    g.publish(&app, "t", "", b"before");
+    let before = g.serving_pid();
+    let mut old = g.child.take().unwrap();
+    std::process::Command::new("kill")
+        .args(["-USR2", &before.to_string()])
+        .status()
+        .unwrap();
+    let after = wait_for_successor(&g, before);
+    assert_eq!(old.wait().unwrap().code(), Some(0));
+    // The same store, now served by the successor.
+    g.publish(&app, "t", "", b"after");
+    let got: Vec<_> = g
+        .drain(&app, &app, "t", "group=g&batch=10&wait=3s&reset=oldest")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(got, vec![b"before".to_vec(), b"after".to_vec()]);
+    let mut said = Vec::new();
+    for _ in 0..3 {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a notification");
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(
+        said,
+        [
+            format!("READY=1\nMAINPID={before}\n"),
+            format!("MAINPID={after}\n"),
+            format!("READY=1\nMAINPID={after}\n"),
+        ]
+    );
+    // Not this test's child: stopped by its pid.
+    std::process::Command::new("kill")
+        .args(["-TERM", &after.to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..1500 {
+        // Gone, or a zombie its new parent has not reaped yet.
+        match std::fs::read_to_string(format!("/proc/{after}/stat")) {
+            Err(_) => return,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return
+            }
+            Ok(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the successor did not exit on SIGTERM");
+}
