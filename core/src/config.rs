@@ -359,23 +359,12 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, String> {
-        let mut base: Value = toml::from_str(DEFAULT_TOML).map_err(|e| e.to_string())?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let user: Value =
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            merge(&mut base, user);
-        }
-        for (k, v) in env {
-            if let Some(rest) = k.strip_prefix("KATEWAY_") {
-                if NOT_SETTINGS.contains(&rest) {
-                    continue;
-                }
-                apply_env(&mut base, rest, &v)?;
-            }
-        }
-        let cfg: Config = base
+        Self::from_tree(tree(file, env)?)
+    }
+
+    /// The configuration a merged tree of settings describes, validated.
+    pub fn from_tree(tree: Value) -> Result<Self, String> {
+        let cfg: Config = tree
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;
         cfg.validate()?;
@@ -680,7 +669,31 @@ impl Config {
     }
 }
 
-fn merge(base: &mut Value, over: Value) {
+/// The shipped defaults, overridden by `file` (if any), overridden by `env` pairs named
+/// `KATEWAY_<SECTION>_<KEY>`: the settings as one TOML tree, not validated yet.
+pub fn tree(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Value, String> {
+    let mut base: Value = toml::from_str(DEFAULT_TOML).map_err(|e| e.to_string())?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let user: Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        merge(&mut base, user);
+    }
+    for (k, v) in env {
+        if let Some(rest) = k.strip_prefix("KATEWAY_") {
+            if NOT_SETTINGS.contains(&rest) {
+                continue;
+            }
+            apply_env(&mut base, rest, &v)?;
+        }
+    }
+    Ok(base)
+}
+
+pub(crate) fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Table(b), Value::Table(o)) => {
             for (k, v) in o {

@@ -85,6 +85,9 @@ kinds! {
     DelayFired = 40904, Client;
     /// This `Idempotency-Key` was used for a publish with another body.
     IdempotencyMismatch = 42200, Client;
+    /// A configuration reload was refused: the file does not parse or validate, or changes a
+    /// setting that cannot change while the gateway runs (the message names the keys).
+    ConfigRefused = 42201, Client;
     /// Content-Length is required and missing.
     LengthRequired = 41100, Client;
     /// A message, batch or body is over its limit.

@@ -4,7 +4,7 @@
 //! status), the naming rules for apps, topics, versions and groups, the message vocabulary the
 //! backends and the Kafka bridge share ([`message`]), Kafka's default partitioner (so the
 //! embedded and Kafka backends place keys identically), and the configuration schema with its
-//! defaults and validation, API keys ([`keys`]: format, keyed hashes, constant-time checks),
+//! defaults and validation (and [`live`]: what a reload may change), API keys ([`keys`]: format, keyed hashes, constant-time checks),
 //! tenancy ([`tenancy`]: apps, keys, grants and quotas as metadata records, the rules of every
 //! change, and the snapshot requests are authorized with), per-app rate quotas enforced per core
 //! with tokens leased from a per-process pool, concurrency slots and the failed-authentication
@@ -18,6 +18,7 @@ pub mod delay;
 pub mod error;
 pub mod idem;
 pub mod keys;
+pub mod live;
 pub mod message;
 pub mod metalog;
 pub mod names;

@@ -76,6 +76,8 @@ pub enum Route<'a> {
     },
     /// `POST /v1/debug/clock?advance=`: moves the delay clock forward (`delay.test_clock`).
     Clock,
+    /// `POST /v1/config/reload`: reads the configuration again and applies what may change live.
+    Reload,
     /// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
     Topic {
         method: Method,
@@ -385,6 +387,7 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
             },
         ),
         ["v1", "debug", "clock"] => allow(method == Post, "POST", Route::Clock),
+        ["v1", "config", "reload"] => allow(method == Post, "POST", Route::Reload),
         _ => Err(NotFound),
     }
 }
@@ -439,6 +442,7 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("GET", "/v1/delays/t/v1/i"),
     ("DELETE", "/v1/delays/t/v1/i"),
     ("POST", "/v1/debug/clock"),
+    ("POST", "/v1/config/reload"),
     ("GET", "/v1/webhooks/a/t/v1/g"),
     ("PUT", "/v1/webhooks/a/t/v1/g"),
     ("DELETE", "/v1/webhooks/a/t/v1/g"),
@@ -583,9 +587,10 @@ mod tests {
                 _ => 50,
             },
             Route::OpenApi => 51,
+            Route::Reload => 52,
         }
     }
-    const KINDS: usize = 52;
+    const KINDS: usize = 53;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {

@@ -34,9 +34,9 @@ pub fn drop_here(shard: &Shard, backend: &Backend, name: &str) {
 
 /// Core 0: applies `op` to the catalog file and every core; returns the topic as it is now.
 pub async fn apply(shard: &Rc<Shard>, backend: &Backend, op: AdminOp) -> Result<TopicMeta, Error> {
-    let path = backend::catalog_path(&shard.cfg);
-    let root = backend::data_root(&shard.cfg);
-    let max = u64::from(shard.cfg.store.max_partitions);
+    let path = backend::catalog_path(&shard.cfg());
+    let root = backend::data_root(&shard.cfg());
+    let max = u64::from(shard.cfg().store.max_partitions);
     let before = shard.catalog.borrow().metas();
     let (after, change) = shard.catalog.borrow().plan(op, max)?;
     match change {

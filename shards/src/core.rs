@@ -38,6 +38,8 @@ pub struct CoreInit {
     pub forward: Option<crate::queue::forward::ForwardInit>,
     /// Listening sockets taken over from the previous process (an upgrade), by kind.
     pub inherited: Vec<(crate::conn::Listener, std::net::TcpListener)>,
+    /// Where configuration reloads are asked for.
+    pub reload: std::sync::mpsc::Sender<crate::request::ReloadAsk>,
 }
 
 /// Runs a core to completion.
@@ -47,6 +49,7 @@ pub async fn run(init: CoreInit) {
         init.cfg.clone(),
         init.mesh,
         init.pepper.clone(),
+        init.reload.clone(),
     ));
     let backend = match Backend::new(&init.shared, shard.clone(), init.fds.files_per_core) {
         Ok(b) => b,

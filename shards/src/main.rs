@@ -1,10 +1,14 @@
 //! The `kateway` binary: `kateway serve [--config FILE] [--listen ADDR] [--data-dir DIR]
-//! [--cores N] [--backend embedded|kafka] [--brokers HOST:PORT,...] [--upgrade]`. Configuration layers: shipped defaults, then the file, then `KATEWAY_*`
-//! environment variables, then these flags.
+//! [--cores N] [--backend embedded|kafka] [--brokers HOST:PORT,...] [--upgrade]`.
+//! Configuration layers: shipped defaults, then the file, then `KATEWAY_*` environment
+//! variables, then these flags; a reload (SIGHUP, `POST /v1/config/reload`) reads them again
+//! the same way.
 
 use clap::{Parser, Subcommand};
-use kateway_core::config::Config;
+use kateway_core::live::Source;
 use std::path::PathBuf;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -64,48 +68,71 @@ fn main() {
             brokers,
             upgrade,
         } => {
-            let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
-                Ok(c) => c,
+            let mut source = Source {
+                file: config,
+                env: std::env::vars()
+                    .filter(|(k, _)| k.starts_with("KATEWAY_"))
+                    .collect(),
+                ..Default::default()
+            };
+            if let Some(l) = listen {
+                source.flag("server", "listen", l);
+            }
+            if let Some(d) = data_dir {
+                source.flag("store", "data_dir", d.to_string_lossy().into_owned());
+            }
+            if let Some(c) = cores {
+                source.flag("server", "cores", i64::from(c));
+            }
+            if let Some(b) = backend {
+                source.flag("store", "backend", b);
+            }
+            if let Some(b) = brokers {
+                source.flag("kafka", "brokers", b);
+            }
+            let loaded = match source.load() {
+                Ok(l) => l,
                 Err(e) => {
                     eprintln!("kateway: configuration error: {e}");
                     std::process::exit(2);
                 }
             };
-            if let Some(l) = listen {
-                cfg.server.listen = l;
-            }
-            if let Some(d) = data_dir {
-                cfg.store.data_dir = d;
-            }
-            if let Some(c) = cores {
-                cfg.server.cores = c;
-            }
-            if let Some(b) = backend {
-                cfg.store.backend = if b == "kafka" {
-                    kateway_core::config::Backend::Kafka
-                } else {
-                    kateway_core::config::Backend::Embedded
-                };
-            }
-            if let Some(b) = brokers {
-                cfg.kafka.brokers = b;
-            }
-            if let Err(e) = cfg.validate() {
-                eprintln!("kateway: configuration error: {e}");
-                std::process::exit(2);
-            }
-            let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_target(false)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            let filter = match level_filter(&loaded.cfg.log.level) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("kateway: configuration error: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_writer(std::io::stderr)
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                )
                 .init();
-            if let Err(e) = kateway_shards::runtime::run(cfg, upgrade) {
+            let log_level = Box::new(move |level: &str| {
+                let f = level_filter(level)?;
+                handle.reload(f).map_err(|e| format!("log.level: {e}"))
+            });
+            let how = kateway_shards::runtime::Start {
+                source,
+                loaded,
+                upgrade,
+                log_level,
+            };
+            if let Err(e) = kateway_shards::runtime::run(how) {
                 eprintln!("kateway: {e}");
                 std::process::exit(1);
             }
         }
     }
+}
+
+/// The log filter `log.level` names, or an error that names the key.
+fn level_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("log.level = {level:?}: {e}"))
 }

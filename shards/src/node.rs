@@ -190,12 +190,16 @@ impl Core {
                 shard.unready.set(true);
                 Answer::None
             }
+            Request::Reconfigure(cfg) => {
+                shard.reconfigure(Rc::new((*cfg).clone()));
+                Answer::None
+            }
             Request::Drain => {
                 shard.begin_shutdown();
                 while shard.metrics.http_connections_active.get() > 0 {
                     monoio::time::sleep(Duration::from_millis(5)).await;
                 }
-                backend.drain(shard.cfg.server.shutdown_timeout.0).await;
+                backend.drain(shard.cfg().server.shutdown_timeout.0).await;
                 self.queues.save_all().await;
                 Answer::None
             }

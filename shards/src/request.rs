@@ -90,11 +90,17 @@ pub enum Request {
     Listeners,
     /// Answer `/ready` with 503 from now on (a drain follows).
     Unready,
+    /// Put reloaded settings in force ([`crate::shard::Shard::reconfigure`]).
+    Reconfigure(std::sync::Arc<kateway_core::config::Config>),
     /// Stop accepting, finish requests, close connections; answer when none is left.
     Drain,
     /// Stop every task and the core.
     Stop,
 }
+
+/// A configuration reload asked of the process's main thread (`POST /v1/config/reload`): the
+/// answer is the changed keys, or why nothing changed.
+pub struct ReloadAsk(pub flume::Sender<Result<Vec<String>, String>>);
 
 /// The answer to a [`Request`].
 pub enum Answer {

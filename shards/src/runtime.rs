@@ -1,8 +1,9 @@
 //! Process bootstrap: plan cores and file descriptors, reconcile the topic catalog with the
 //! directories on disk, start one pinned reactor thread per core (monoio on io_uring with
 //! `SINGLE_ISSUER | DEFER_TASKRUN`, falling back loudly to the epoll driver), wait until every
-//! core listens, then on SIGTERM/SIGINT drain every core, stop them and exit; SIGHUP reloads
-//! the TLS certificate; an upgrade ([`crate::upgrade`], SIGUSR2) hands the listening sockets to
+//! core listens, then on SIGTERM/SIGINT drain every core, stop them and exit; SIGHUP (or
+//! `POST /v1/config/reload`) reads the configuration again and puts what may change live in
+//! force on every core ([`kateway_core::live`]), TLS files and log filter included; an upgrade ([`crate::upgrade`], SIGUSR2) hands the listening sockets to
 //! a new process, then drains and exits the same way.
 
 use crate::backend::{self, Shared};
@@ -10,24 +11,49 @@ use crate::catalog::{file, TopicMeta};
 use crate::core::{self, CoreInit};
 use crate::fds;
 use crate::mesh::Mesh;
-use crate::request::{Answer, Request};
+use crate::request::{Answer, ReloadAsk, Request};
 use kateway_core::config::Config;
+use kateway_core::live::{self, Loaded, Source};
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What ends the serving loop.
+/// What the serving loop acts on.
 enum Event {
     Signal(i32),
     /// A new process asks for the listening sockets ([`crate::upgrade`]).
     Upgrade(std::os::unix::net::UnixStream),
+    /// A core asks for a configuration reload (`POST /v1/config/reload`).
+    Reload(ReloadAsk),
+}
+
+/// Replaces the process's log filter with the one a `log.level` value names.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// How to start: the configuration and where it came from (a reload reads it again), whether
+/// to take over from a running gateway, and how to change the log filter.
+pub struct Start {
+    pub source: Source,
+    pub loaded: Loaded,
+    /// Take the listening sockets over from the gateway running on the same address.
+    pub upgrade: bool,
+    /// Replaces the log filter (`log.level`); an error names the key.
+    pub log_level: SetLogLevel,
 }
 
 /// Runs the gateway until a termination signal or an upgrade hands it over; returns an error
 /// if it cannot start. With `upgrade`, takes the listening sockets over from the gateway
 /// running on the same address first (and starts as usual when there is none).
-pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
+pub fn run(start: Start) -> Result<(), String> {
+    let Start {
+        source,
+        loaded,
+        upgrade,
+        log_level,
+    } = start;
+    let mut running = loaded.clone();
+    let cfg = loaded.cfg;
     let cores = match cfg.server.cores {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -79,6 +105,7 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let (mesh, inboxes) = Mesh::<Request, Answer>::new(cores, 4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel::<ReloadAsk>();
     let cfg = Arc::new(cfg);
     let sig = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -99,6 +126,7 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
         let idem = if id == 0 { idem.take() } else { None };
         let forward = if id == 0 { forward.take() } else { None };
         let inherited = std::mem::take(&mut inherited[id]);
+        let reload = reload_tx.clone();
         let cpu = (cfg.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let t = std::thread::Builder::new()
             .name(format!("kateway-core-{id}"))
@@ -120,6 +148,7 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
                     idem,
                     forward,
                     inherited,
+                    reload,
                 };
                 reactor(id, cfg.server.ring_entries, init);
             })
@@ -127,6 +156,7 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
         threads.push(t);
     }
     drop(ready_tx);
+    drop(reload_tx);
     for _ in 0..cores {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -137,14 +167,52 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
     tracing::info!(listen = %cfg.server.listen, cores, data = %cfg.store.data_dir.display(),
         backend = ?cfg.store.backend, pid = std::process::id(), "kateway serving");
     crate::upgrade::notify_ready();
-    let (events, events_tx) = events(sig, &claims)?;
+    let (events, events_tx) = events(sig, &claims, reload_rx)?;
+    let reload = |running: &mut Loaded| -> Result<Vec<String>, String> {
+        let new = source.load()?;
+        let keys = live::check(running, &new)?;
+        // Everything that can fail comes before anything changes.
+        let tls = match new.cfg.tls.enabled() {
+            true => Some(crate::conn::tls::load(&new.cfg.tls)?),
+            false => None,
+        };
+        if new.cfg.log.level != running.cfg.log.level {
+            log_level(&new.cfg.log.level)?;
+        }
+        if let Some(tls) = tls {
+            crate::conn::tls::put(tls);
+        }
+        let cfg = Arc::new(new.cfg.clone());
+        let told: Vec<_> = (0..cores)
+            .filter_map(|c| mesh.ask_blocking(c, Request::Reconfigure(cfg.clone())))
+            .collect();
+        for rx in told {
+            let _ = rx.recv();
+        }
+        *running = new;
+        Ok(keys)
+    };
+    let reload = |running: &mut Loaded, how: &str| {
+        let r = reload(running);
+        match &r {
+            Ok(keys) if keys.is_empty() => {
+                tracing::info!(by = how, "configuration reloaded: nothing changed")
+            }
+            Ok(keys) => {
+                tracing::info!(by = how, changed = %keys.join(", "), "configuration reloaded")
+            }
+            Err(e) => tracing::error!(by = how, "configuration reload refused: {e}"),
+        }
+        r
+    };
     let mut handover = None;
     while let Ok(e) = events.recv() {
         match e {
             Event::Signal(signal_hook::consts::SIGHUP) => {
-                if cfg.tls.enabled() {
-                    crate::conn::tls::reload(&cfg.tls);
-                }
+                let _ = reload(&mut running, "SIGHUP");
+            }
+            Event::Reload(ReloadAsk(answer)) => {
+                let _ = answer.send(reload(&mut running, "POST /v1/config/reload"));
             }
             Event::Signal(signal_hook::consts::SIGUSR2) => {
                 match crate::upgrade::spawn_successor() {
@@ -183,7 +251,7 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
         }
     }
     // An upgrade's successor holds the sockets already: no grace for load balancers.
-    let grace = cfg.server.drain_grace.0;
+    let grace = running.cfg.server.drain_grace.0;
     if !grace.is_zero() && handover.is_none() {
         let told: Vec<_> = (0..cores)
             .filter_map(|c| mesh.ask_blocking(c, Request::Unready))
@@ -194,7 +262,7 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
         tracing::info!(?grace, "unready: draining after the grace period");
         std::thread::sleep(grace);
     }
-    let deadline = Instant::now() + cfg.server.shutdown_timeout.0;
+    let deadline = Instant::now() + running.cfg.server.shutdown_timeout.0;
     let drained: Vec<_> = (0..cores)
         .filter_map(|c| mesh.ask_blocking(c, Request::Drain))
         .collect();
@@ -222,12 +290,25 @@ pub fn run(cfg: Config, upgrade: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Signals, and upgrade requests on the address claim's socket, as one stream of events.
+/// Signals, reloads asked for by cores, and upgrade requests on the address claim's socket, as
+/// one stream of events.
 fn events(
     mut sig: signal_hook::iterator::Signals,
     claims: &Claims,
+    reloads: Receiver<ReloadAsk>,
 ) -> Result<(Receiver<Event>, Sender<Event>), String> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let asks = tx.clone();
+    std::thread::Builder::new()
+        .name("kateway-reloads".into())
+        .spawn(move || {
+            for r in reloads {
+                if asks.send(Event::Reload(r)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
     let signals = tx.clone();
     std::thread::Builder::new()
         .name("kateway-signals".into())

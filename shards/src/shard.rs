@@ -27,12 +27,15 @@ pub fn now_ms() -> i64 {
 /// One core's context.
 pub struct Shard {
     pub id: usize,
-    pub cfg: Rc<Config>,
+    /// The settings in force ([`Shard::cfg`]); a reload replaces them.
+    cfg: RefCell<Rc<Config>>,
     pub mesh: Mesh<Request, Answer>,
     pub catalog: RefCell<Catalog>,
     pub metrics: Metrics,
-    /// The limits commands are parsed against.
-    pub limits: Limits,
+    /// The limits commands are parsed against ([`Shard::limits`]).
+    limits: Cell<Limits>,
+    /// Where a configuration reload is asked for (the process's main thread).
+    pub reload: std::sync::mpsc::Sender<crate::request::ReloadAsk>,
     /// Turns for round-robin choices (keyless partitions, the first core to fetch from).
     pub rr: Cell<usize>,
     /// Draining: no new connections or long polls.
@@ -66,25 +69,18 @@ impl Shard {
         cfg: Rc<Config>,
         mesh: Mesh<Request, Answer>,
         pepper: std::sync::Arc<kateway_core::keys::Pepper>,
+        reload: std::sync::mpsc::Sender<crate::request::ReloadAsk>,
     ) -> Self {
         let tenancy = crate::tenancy::Tenancy::new(&cfg, pepper);
-        let limits = Limits {
-            max_message: cfg.limits.max_message_bytes.0 as usize,
-            max_key: cfg.limits.max_key_bytes.0 as usize,
-            max_tag: cfg.limits.max_tag_bytes.0 as usize,
-            max_batch_messages: cfg.limits.max_batch_messages as usize,
-            max_batch_bytes: cfg.limits.max_batch_bytes.0 as usize,
-            max_subscribe_batch: cfg.subscribe.max_batch as usize,
-            default_wait: cfg.subscribe.default_wait.0,
-            max_wait: cfg.subscribe.max_wait.0,
-        };
+        let limits = Cell::new(limits_of(&cfg));
         Self {
             id,
-            cfg,
+            cfg: RefCell::new(cfg),
             mesh,
             catalog: Default::default(),
             metrics: Metrics::default(),
             limits,
+            reload,
             rr: Cell::new(id),
             shutdown: Cell::new(false),
             unready: Cell::new(false),
@@ -103,6 +99,25 @@ impl Shard {
 
     pub fn cores(&self) -> usize {
         self.mesh.cores()
+    }
+
+    /// The settings in force now.
+    pub fn cfg(&self) -> Rc<Config> {
+        self.cfg.borrow().clone()
+    }
+
+    /// The limits commands are parsed against now.
+    pub fn limits(&self) -> Limits {
+        self.limits.get()
+    }
+
+    /// Puts reloaded settings in force on this core (only those `kateway_core::live::LIVE`
+    /// names differ from the running ones): what is read per use takes them from here, and
+    /// what the core keeps derived from them is derived again.
+    pub fn reconfigure(&self, cfg: Rc<Config>) {
+        self.limits.set(limits_of(&cfg));
+        self.tenancy.reconfigure(&cfg);
+        *self.cfg.borrow_mut() = cfg;
     }
 
     /// Whether the core is stopping.
@@ -200,7 +215,7 @@ impl Shard {
     /// Holds up to `want` response bytes (at least one byte is granted, or 503 when the core's
     /// budget for unread answers is used up).
     pub fn hold_response(self: &Rc<Self>, want: usize) -> Result<Held, Error> {
-        let cap = self.cfg.limits.max_response_bytes_per_core.0 as usize;
+        let cap = self.cfg().limits.max_response_bytes_per_core.0 as usize;
         let free = cap.saturating_sub(self.response_bytes.get());
         if free == 0 {
             metrics::inc(&self.metrics.http_responses_refused_total);
@@ -284,7 +299,7 @@ impl HeldRequest {
     pub fn resize(&mut self, bytes: usize) -> Result<(), Error> {
         let r = &self.shard.request_bytes;
         let others = r.get() - self.bytes;
-        let cap = self.shard.cfg.limits.max_request_bytes_per_core.0 as usize;
+        let cap = self.shard.cfg().limits.max_request_bytes_per_core.0 as usize;
         if bytes > self.bytes && others + bytes > cap {
             metrics::inc(&self.shard.metrics.http_requests_refused_total);
             return Err(Error::new(
@@ -302,5 +317,19 @@ impl Drop for HeldRequest {
     fn drop(&mut self) {
         let r = &self.shard.request_bytes;
         r.set(r.get().saturating_sub(self.bytes));
+    }
+}
+
+/// The limits commands are parsed against, from the settings.
+fn limits_of(cfg: &Config) -> Limits {
+    Limits {
+        max_message: cfg.limits.max_message_bytes.0 as usize,
+        max_key: cfg.limits.max_key_bytes.0 as usize,
+        max_tag: cfg.limits.max_tag_bytes.0 as usize,
+        max_batch_messages: cfg.limits.max_batch_messages as usize,
+        max_batch_bytes: cfg.limits.max_batch_bytes.0 as usize,
+        max_subscribe_batch: cfg.subscribe.max_batch as usize,
+        default_wait: cfg.subscribe.default_wait.0,
+        max_wait: cfg.subscribe.max_wait.0,
     }
 }

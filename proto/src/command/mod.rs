@@ -40,7 +40,7 @@ pub trait Parts {
 }
 
 /// The limits commands are checked against (from the configuration).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_message: usize,
     pub max_key: usize,
@@ -375,6 +375,8 @@ pub enum Command<'a> {
     Clock {
         advance: Duration,
     },
+    /// `POST /v1/config/reload`: read the configuration again, apply what may change live.
+    Reload,
     /// `/v1/webhooks/:appid/:topic/:ver/:group[/pause|/resume|/log]`.
     Webhook(Webhook<'a>),
 }
@@ -402,6 +404,7 @@ impl Command<'_> {
             Command::Admin(_) => "tenancy",
             Command::Delays(_) => "delays",
             Command::Clock { .. } => "clock",
+            Command::Reload => "config_reload",
             Command::Webhook(_) => "webhook",
         }
     }
@@ -736,6 +739,7 @@ impl<'a> Command<'a> {
                 }
                 Command::Clock { advance }
             }
+            Route::Reload => Command::Reload,
         })
     }
 }

@@ -37,7 +37,7 @@ impl<'a> Command<'a> {
                 topic: d.topic,
                 ver: d.ver,
             },
-            Command::Clock { .. } => Need::Operator,
+            Command::Clock { .. } | Command::Reload => Need::Operator,
             Command::Webhook(w) => Need::Subscribe(w.topic.as_ref()),
             Command::Seek(s) => Need::Subscribe(s.topic.as_ref()),
             Command::TopicAdmin(t) => Need::Owner(t.topic.as_ref()),
@@ -79,7 +79,7 @@ impl<'a> Command<'a> {
             Route::Publish { topic, ver }
             | Route::WsPublish { topic, ver }
             | Route::Delays { topic, ver, .. } => Need::Publish { topic, ver },
-            Route::Clock => Need::Operator,
+            Route::Clock | Route::Reload => Need::Operator,
             Route::Webhook {
                 appid, topic, ver, ..
             } => Need::Subscribe(t(appid, topic, ver)),

@@ -210,6 +210,14 @@ impl Decoder {
         }
     }
 
+    /// Enforces `limits` from the next request on (a configuration reload); the request being
+    /// decoded, if any, keeps the limits it started under.
+    pub fn set_limits(&mut self, limits: Limits) {
+        if self.pending.is_none() {
+            self.limits = limits;
+        }
+    }
+
     /// Whether part of a request has been received (the head, or some of its bytes).
     pub fn in_progress(&self, buf: &BytesMut) -> bool {
         self.pending.is_some() || !buf.is_empty()

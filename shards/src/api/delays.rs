@@ -59,7 +59,7 @@ pub async fn publish(
         Due::After(d) => now.saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
         Due::At(ms) => ms,
     };
-    let max = core.shard.cfg.delay.max_delay.0.as_millis() as i64;
+    let max = core.shard.cfg().delay.max_delay.0.as_millis() as i64;
     let at = kateway_core::delay::due(at, now, max)?;
     let log = delay::log_topic(&core.shard, &core.backend).await?;
     let single = matches!(c.messages, Messages::One(_));
@@ -258,7 +258,7 @@ pub async fn run(core: &Rc<Core>, caller: Caller<'_>, d: Delays<'_>) -> Result<R
 
 /// `POST /v1/debug/clock?advance=`: 404 unless `delay.test_clock` is on.
 pub fn clock(core: &Core, advance: Duration) -> Result<Reply, Error> {
-    if !core.shard.cfg.delay.test_clock {
+    if !core.shard.cfg().delay.test_clock {
         return Err(Error::new(
             ErrorKind::UnknownRoute,
             "no route for /v1/debug/clock (delay.test_clock is off)",

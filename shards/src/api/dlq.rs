@@ -177,7 +177,7 @@ async fn take(
             topic: topic.name.to_string(),
             group: taker.to_owned(),
             max: max - out.len(),
-            max_bytes: core.shard.cfg.subscribe.max_batch_bytes.0 as usize,
+            max_bytes: core.shard.cfg().subscribe.max_batch_bytes.0 as usize,
             reset: Reset::Oldest,
             auto_ack: false,
             tags: Vec::new(),

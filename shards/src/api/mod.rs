@@ -47,6 +47,7 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Admin(a) => admin::run(core, caller, a).await,
         Command::Delays(d) => delays::run(core, caller, d).await,
         Command::Clock { advance } => delays::clock(core, advance),
+        Command::Reload => status::reload(core).await,
         Command::Webhook(w) => webhooks::run(core, caller, w).await,
     };
     let mut reply = r.unwrap_or_else(|e| Reply::error(&e));

@@ -32,7 +32,7 @@ pub async fn subscribe(
         group: group.clone(),
         reset: s.reset,
         max: s.batch.unwrap_or(1),
-        max_bytes: shard.cfg.subscribe.max_batch_bytes.0 as usize,
+        max_bytes: shard.cfg().subscribe.max_batch_bytes.0 as usize,
         visibility: s.lease.and_then(|l| l.visibility),
         deadline: Instant::now() + s.wait,
     };

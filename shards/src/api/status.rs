@@ -117,7 +117,7 @@ pub async fn ready(core: &Rc<Core>) -> Result<Reply, Error> {
 
 /// `GET /metrics`
 pub async fn metrics(core: &Rc<Core>) -> Result<Reply, Error> {
-    let cfg = &core.shard.cfg.metrics;
+    let cfg = &core.shard.cfg().metrics;
     let (topics, groups) = (cfg.max_topic_series as usize, cfg.max_group_series as usize);
     let text = core
         .all_metrics()
@@ -168,7 +168,7 @@ pub async fn process(core: &Rc<Core>) -> Result<Reply, Error> {
             "store": {
                 "failed_cores": m.store_faults.len(),
                 "faults": m.store_faults,
-                "recovery_mode": match shard.cfg.store.recovery_mode {
+                "recovery_mode": match shard.cfg().store.recovery_mode {
                     kateway_core::config::RecoveryMode::TolerateCorruption => "tolerate-corruption",
                     kateway_core::config::RecoveryMode::TolerateTail => "tolerate-tail",
                     kateway_core::config::RecoveryMode::Absolute => "absolute",
@@ -182,4 +182,20 @@ pub async fn process(core: &Rc<Core>) -> Result<Reply, Error> {
             "shutting_down": shard.shutdown.get(),
         }),
     ))
+}
+
+/// `POST /v1/config/reload`: the process's main thread reads the configuration again and puts
+/// what may change live in force on every core; 200 with the changed keys, or 422 (42201) why
+/// nothing changed.
+pub async fn reload(core: &Rc<Core>) -> Result<Reply, Error> {
+    let (tx, rx) = flume::bounded(1);
+    let gone = || Error::new(ErrorKind::ShuttingDown, "the gateway is shutting down");
+    core.shard
+        .reload
+        .send(crate::request::ReloadAsk(tx))
+        .map_err(|_| gone())?;
+    match rx.recv_async().await.map_err(|_| gone())? {
+        Ok(changed) => Ok(Reply::json(200, json!({ "changed": changed }).to_string())),
+        Err(e) => Err(Error::new(ErrorKind::ConfigRefused, e)),
+    }
 }

@@ -48,7 +48,7 @@ pub async fn events(
     let max = s.batch.unwrap_or(STREAM_BATCH);
     Ok(Events {
         sub: subscribe::open(core, caller, s, max).await?,
-        heartbeat: core.shard.cfg.sse.heartbeat.0,
+        heartbeat: core.shard.cfg().sse.heartbeat.0,
         done: false,
     })
 }

@@ -22,7 +22,7 @@ pub async fn administer(
     let name = TopicName::new(t.topic.appid, t.topic.topic, t.topic.ver)?.storage_name();
     let op = match t.op {
         TopicOp::Create => {
-            let default = match core.shard.cfg.store.default_partitions {
+            let default = match core.shard.cfg().store.default_partitions {
                 0 => core.shard.cores() as u32,
                 n => n,
             };
@@ -50,7 +50,7 @@ pub async fn administer(
         _ => None,
     };
     if let Some(n) = grows {
-        let max = u64::from(core.shard.cfg.store.max_partitions);
+        let max = u64::from(core.shard.cfg().store.max_partitions);
         core.shard.catalog.borrow().fits(&name, n, max)?;
     }
     let op = core.backend.administer(op, &t.topic).await?;

@@ -99,7 +99,7 @@ fn build(
     p: WebhookParams,
     current: Option<WebhookSpec>,
 ) -> Result<WebhookSpec, Error> {
-    let d = &core.shard.cfg.webhook;
+    let d = &core.shard.cfg().webhook;
     let url = Url::parse(&p.url).map_err(Error::param)?;
     let literal = url
         .host

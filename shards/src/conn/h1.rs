@@ -96,7 +96,7 @@ pub fn encode(
 
 /// The limits of this core's HTTP/1.1 decoder.
 pub fn limits(core: &Core) -> Limits {
-    let l = &core.shard.cfg.limits;
+    let l = &core.shard.cfg().limits;
     Limits {
         max_head: l.max_header_bytes.0 as usize,
         max_body: (l.max_batch_bytes.0.max(l.max_message_bytes.0) as usize).max(1 << 16),
@@ -105,7 +105,6 @@ pub fn limits(core: &Core) -> Limits {
 
 /// Serves a connection until it closes.
 pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
-    let cfg = core.shard.cfg.clone();
     let mut decoder = Decoder::new(limits(&core));
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
@@ -186,7 +185,9 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
             return;
         }
         // A request must arrive whole within request_timeout of its first byte, however slowly
-        // the client trickles it in; between requests the idle timeout applies.
+        // the client trickles it in; between requests the idle timeout applies (both as in
+        // force now: a reload changes them for open connections too).
+        let cfg = core.shard.cfg();
         let timeout = if partial {
             let started = *request_started.get_or_insert_with(Instant::now);
             cfg.server
@@ -195,6 +196,7 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
                 .saturating_sub(started.elapsed())
         } else {
             request_started = None;
+            decoder.set_limits(limits(&core));
             cfg.server.idle_timeout.0
         };
         let seen = core.shard.shutdown_event.epoch();
@@ -265,7 +267,7 @@ async fn refuse<S: Transport>(core: &Core, mut stream: S, err: &Error) {
         false,
         Instant::now(),
     );
-    let limit = core.shard.cfg.server.write_timeout.0;
+    let limit = core.shard.cfg().server.write_timeout.0;
     if let Ok((Ok(_), _)) = monoio::time::timeout(limit, stream.write_all(buf)).await {
         lingering_close(stream).await;
     }
@@ -314,7 +316,7 @@ async fn answer<S: Transport>(
     rbuf: &mut BytesMut,
     peer: Peer,
 ) -> Answered {
-    let cmd = match Command::parse(&req, &core.shard.limits) {
+    let cmd = match Command::parse(&req, &core.shard.limits()) {
         Ok(cmd) => cmd,
         Err(e) => return Answered::Reply(Reply::error(&refused(&core.shard, &req, peer, e))),
     };
@@ -371,7 +373,7 @@ pub(super) async fn write_out<S: Transport>(
     stream: &mut S,
     wbuf: &mut BytesMut,
 ) -> Result<(), ()> {
-    let limit = core.shard.cfg.server.write_timeout.0;
+    let limit = core.shard.cfg().server.write_timeout.0;
     while !wbuf.is_empty() {
         let piece = if wbuf.len() <= WRITE_PIECE {
             std::mem::take(wbuf)

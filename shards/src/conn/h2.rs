@@ -43,7 +43,7 @@ pub async fn serve<T>(core: Rc<Core>, io: T, peer: Peer)
 where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let cfg = core.shard.cfg.clone();
+    let cfg = core.shard.cfg().clone();
     let h = &cfg.http2;
     let mut b = h2::server::Builder::new();
     b.max_concurrent_streams(h.max_concurrent_streams)
@@ -100,7 +100,7 @@ where
                 }
                 None
             },
-            _ = async { monoio::time::sleep(cfg.server.idle_timeout.0).await }, if idle => {
+            _ = async { monoio::time::sleep(core.shard.cfg().server.idle_timeout.0).await }, if idle => {
                 // Nothing open for the idle timeout: say goodbye, finish what is in flight.
                 draining = true;
                 conn.graceful_shutdown();
@@ -222,7 +222,7 @@ async fn stream(
         }
     };
     let req = H2Request { method, head, body };
-    let cmd = match Command::parse(&req, &core.shard.limits) {
+    let cmd = match Command::parse(&req, &core.shard.limits()) {
         Ok(c) => c,
         Err(e) => {
             let e = refused(&core.shard, &req, peer, e);
@@ -294,7 +294,7 @@ async fn collect(core: &Rc<Core>, mut body: RecvStream) -> Result<Bytes, Error> 
         }
         Ok(())
     };
-    match monoio::time::timeout(core.shard.cfg.server.request_timeout.0, read).await {
+    match monoio::time::timeout(core.shard.cfg().server.request_timeout.0, read).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(Error::new(
@@ -401,7 +401,7 @@ pub(super) async fn send_data(
         // waits for the window, so a client that does not read holds back its writer.)
         return out.send_data(data, end).map_err(|_| ());
     }
-    let limit = core.shard.cfg.server.write_timeout.0;
+    let limit = core.shard.cfg().server.write_timeout.0;
     while !data.is_empty() {
         out.reserve_capacity(data.len());
         match monoio::time::timeout(limit, poll_fn(|cx| out.poll_capacity(cx))).await {

@@ -66,7 +66,7 @@ pub async fn gzip(core: &Core, req: &impl Parts, reply: Reply) -> Reply {
     if !kateway_proto::gzip::accepted(req) {
         return reply;
     }
-    let min = core.shard.cfg.server.gzip_min_bytes.0 as usize;
+    let min = core.shard.cfg().server.gzip_min_bytes.0 as usize;
     let Some(mut g) = kateway_proto::gzip::Gzip::of(&reply, min) else {
         return reply;
     };
@@ -169,14 +169,14 @@ async fn serve(core: Rc<Core>, stream: TcpStream, peer: Peer) {
     let Some(proto) = sniff(&core, &stream).await else {
         return;
     };
-    let https_only = core.shard.cfg.tls.https_only;
+    let https_only = core.shard.cfg().tls.https_only;
     match proto {
         Sniffed::Tls => {
             let Some(acceptor) = tls::acceptor() else {
                 // Not configured: HTTP/1.1 answers the bytes with 400.
                 return h1::serve(core, stream, peer).await;
             };
-            let limit = core.shard.cfg.server.request_timeout.0;
+            let limit = core.shard.cfg().server.request_timeout.0;
             let Ok(Ok(tls)) = monoio::time::timeout(limit, acceptor.accept(stream)).await else {
                 metrics::inc(&core.shard.metrics.tls_handshakes_failed_total);
                 return;
@@ -204,7 +204,7 @@ async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
     use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
     let shard = &core.shard;
-    let deadline = Instant::now() + shard.cfg.server.idle_timeout.0;
+    let deadline = Instant::now() + shard.cfg().server.idle_timeout.0;
     // After a lone `P`, the next byte is waited for a few times (1, 2, 4 ... 64 ms); a client
     // that sends one byte and stops (or closes: a peeked byte hides the end of the stream)
     // is then served as HTTP/1.1, which reads the byte and sees the rest.
@@ -281,7 +281,7 @@ async fn serve_over_cap(core: Rc<Core>, mut stream: TcpStream) {
     // A health check however it is written (GET or HEAD, a query, a trailing slash): what the
     // router makes of it, not its bytes.
     let health = req.as_ref().and_then(|r| {
-        Command::parse(r, &core.shard.limits)
+        Command::parse(r, &core.shard.limits())
             .ok()
             .filter(|c| matches!(c, Command::Alive | Command::Ready))
             .map(|c| (r, c))
@@ -322,7 +322,7 @@ fn answer_over_cap_now(core: &Core, stream: &TcpStream) -> bool {
             return true;
         }
     };
-    match Command::parse(&req, &core.shard.limits) {
+    match Command::parse(&req, &core.shard.limits()) {
         Ok(Command::Alive) => {
             let mut out = BytesMut::new();
             let head = req.method == Method::Head;

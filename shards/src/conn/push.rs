@@ -31,7 +31,7 @@ pub async fn serve<S: Transport>(
     t0: Instant,
     peer: Peer,
 ) {
-    let Ok(cmd) = Command::parse(&req, &core.shard.limits) else {
+    let Ok(cmd) = Command::parse(&req, &core.shard.limits()) else {
         return;
     };
     // Held until the stream ends: its slot among the app's streams.

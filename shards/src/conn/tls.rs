@@ -1,8 +1,8 @@
 //! TLS with rustls (ring provider): the server configuration built from the PEM files in
 //! `[tls]`, with ALPN `h2` and `http/1.1`. It is built once at startup, where a missing or bad
-//! file is an error that names it, and again on SIGHUP: every core's next handshake uses the
-//! new certificate, connections already open keep their session, and a reload that fails keeps
-//! the old configuration and says why. The configuration is read once per handshake (a lock
+//! file is an error that names it, and again on every configuration reload (SIGHUP): every
+//! core's next handshake uses the new certificate, connections already open keep their
+//! session, and a reload whose files fail to load is refused and changes nothing. The configuration is read once per handshake (a lock
 //! outside the data path).
 
 use kateway_core::config::TlsConfig;
@@ -45,19 +45,13 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
 
 /// Installs the configuration for the cores' handshakes (at startup: an error stops it).
 pub fn install(cfg: &TlsConfig) -> Result<(), String> {
-    let sc = load(cfg)?;
-    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(sc);
+    put(load(cfg)?);
     Ok(())
 }
 
-/// Reloads the files (SIGHUP); on failure the configuration in use stays.
-pub fn reload(cfg: &TlsConfig) {
-    match install(cfg) {
-        Ok(()) => tracing::info!(cert = %cfg.cert.display(), "TLS certificate reloaded"),
-        Err(e) => {
-            tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use")
-        }
-    }
+/// Puts a configuration built by [`load`] in force for the next handshakes (a reload).
+pub fn put(sc: Arc<ServerConfig>) {
+    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(sc);
 }
 
 /// An acceptor with the current configuration, if TLS is configured.

@@ -36,10 +36,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The delay log, `_kgw.<delay.log>.v1`.
-fn log_path(shard: &Shard) -> TopicPath<'_> {
+fn log_path(cfg: &kateway_core::config::Config) -> TopicPath<'_> {
     TopicPath {
         appid: kateway_proto::command::RESERVED_APP,
-        topic: &shard.cfg.delay.log,
+        topic: &cfg.delay.log,
         ver: "v1",
     }
 }
@@ -49,7 +49,7 @@ fn group(shard: &Shard) -> String {
     format!(
         "{}.{}",
         kateway_proto::command::RESERVED_APP,
-        shard.cfg.delay.log
+        shard.cfg().delay.log
     )
 }
 /// The longest the pump sleeps: delays fire at most this late (plus the firing itself).
@@ -84,12 +84,13 @@ pub fn advance(ms: i64) -> i64 {
 /// `delay.max_delay` plus 7 days) if it does not exist yet: by the first delayed publish, so a
 /// gateway that never delays anything has no delay log.
 pub async fn log_topic(shard: &Shard, backend: &Backend) -> Result<Rc<LocalTopic>, Error> {
-    let d = &shard.cfg.delay;
+    let cfg = shard.cfg();
+    let d = &cfg.delay;
     let retention = d.max_delay.0.as_secs() / 3600 + 7 * 24;
     crate::admin::ensure(
         shard,
         backend,
-        &log_path(shard),
+        &log_path(&cfg),
         d.partitions,
         Some(retention),
     )
@@ -164,7 +165,7 @@ pub struct Delays {
 
 impl Delays {
     pub fn new(shard: Rc<Shard>, backend: Backend) -> Rc<Self> {
-        let root = shard.cfg.store.data_dir.join("delays");
+        let root = shard.cfg().store.data_dir.join("delays");
         // A cache of the log for one process only: rebuilt from the log.
         let _ = std::fs::remove_dir_all(&root);
         Rc::new(Self {
@@ -179,7 +180,7 @@ impl Delays {
     }
 
     fn horizon(&self) -> i64 {
-        self.shard.cfg.delay.memory_horizon.0.as_millis() as i64
+        self.shard.cfg().delay.memory_horizon.0.as_millis() as i64
     }
 
     /// Sets the gauges of pending delays.
@@ -201,7 +202,7 @@ impl Delays {
         let mut last_held = None::<Instant>;
         let mut last_save = Instant::now();
         let mut warned = false;
-        let interval = self.shard.cfg.queue.checkpoint_interval.0;
+        let interval = self.shard.cfg().queue.checkpoint_interval.0;
         loop {
             if self.shard.stopping() || self.shard.shutdown.get() {
                 break;
@@ -210,7 +211,8 @@ impl Delays {
             let Some(topic) = cached else {
                 // The first delayed publish creates the delay log; until then there is
                 // nothing to hold.
-                match self.backend.resolve(&log_path(&self.shard)).await {
+                let cfg = self.shard.cfg();
+                match self.backend.resolve(&log_path(&cfg)).await {
                     Ok(t) => {
                         *self.topic.borrow_mut() = Some(t.clone());
                         sub = Some(
@@ -222,7 +224,8 @@ impl Delays {
                                     topic: t.name.to_string(),
                                     group: group(&self.shard),
                                     max: 1000,
-                                    max_bytes: self.shard.cfg.subscribe.max_batch_bytes.0 as usize,
+                                    max_bytes: self.shard.cfg().subscribe.max_batch_bytes.0
+                                        as usize,
                                     reset: Reset::Oldest,
                                     auto_ack: false,
                                     tags: Vec::new(),
@@ -349,7 +352,7 @@ impl Delays {
         let start = committed.unwrap_or(oldest).max(oldest);
         let dir = self
             .shard
-            .cfg
+            .cfg()
             .store
             .data_dir
             .join("delays")
@@ -612,7 +615,7 @@ impl Delays {
                         .topic
                         .borrow()
                         .as_ref()
-                        .map_or(self.shard.cfg.delay.partitions, |t| t.partitions),
+                        .map_or(self.shard.cfg().delay.partitions, |t| t.partitions),
                 })
             }
         }

@@ -154,7 +154,7 @@ fn enter(set: &LogSet, e: &LogError, update: impl FnOnce(&mut Fault, String) -> 
 /// Retries a faulted set's storage every `store.fault_retry` until it works again.
 pub async fn recover(set: Rc<LogSet>) {
     let shard = set.shard.clone();
-    let every = shard.cfg.store.fault_retry.0;
+    let every = shard.cfg().store.fault_retry.0;
     while !shard.sleep(every).await {
         if !set.dur.fault.borrow().active() {
             continue;
@@ -238,7 +238,7 @@ fn probe(set: &LogSet) -> Result<(), LogError> {
     use std::io::Write;
     let path = set
         .shard
-        .cfg
+        .cfg()
         .store
         .data_dir
         .join(format!("meta/.probe-{}-core{}", set.what, set.shard.id));

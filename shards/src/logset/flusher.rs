@@ -30,8 +30,8 @@ pub const SYNC_BATCH: usize = 64;
 /// Runs the flusher until the core stops (after a final write and sync).
 pub async fn run(set: Rc<LogSet>) {
     let shard = set.shard.clone();
-    let interval = shard.cfg.store.fsync_interval.0;
-    let fsync_bytes = shard.cfg.store.fsync_bytes.0;
+    let interval = shard.cfg().store.fsync_interval.0;
+    let fsync_bytes = shard.cfg().store.fsync_bytes.0;
     let mut unsynced: HashSet<PartKey> = HashSet::new();
     let mut unsynced_bytes: u64 = 0;
     let mut last_sync = Instant::now();

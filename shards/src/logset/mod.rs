@@ -85,8 +85,8 @@ impl LogSet {
     ) -> Self {
         let cfg = PartitionConfig {
             segment_bytes,
-            index_interval: shard.cfg.store.index_interval_bytes.0,
-            recovery: recovery_mode(shard.cfg.store.recovery_mode),
+            index_interval: shard.cfg().store.index_interval_bytes.0,
+            recovery: recovery_mode(shard.cfg().store.recovery_mode),
         };
         Self {
             shard,
@@ -132,7 +132,7 @@ impl LogSet {
         }
         let dir = self.dir(name, p);
         set_aside_stray(&dir);
-        let compact = self.shard.cfg.store.offsets_compact_bytes.0;
+        let compact = self.shard.cfg().store.offsets_compact_bytes.0;
         let (offsets, damaged) =
             OffsetLog::open(&dir, compact, &self.files).map_err(|e| storage_err(name, p, &e))?;
         for d in damaged {
@@ -228,7 +228,7 @@ impl LogSet {
         if self.dur.fault.borrow().active() {
             return Err(self.dur.fault_error("write refused"));
         }
-        let max = self.shard.cfg.limits.max_pending_bytes_per_core.0 as usize;
+        let max = self.shard.cfg().limits.max_pending_bytes_per_core.0 as usize;
         if self.pending_bytes.get() > max {
             return Err(Error::new(
                 ErrorKind::Overloaded,

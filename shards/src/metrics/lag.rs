@@ -15,7 +15,7 @@ pub type Lags = BTreeMap<(String, String), u64>;
 
 /// Runs on core 0 until the core stops.
 pub async fn run(core: Rc<Core>) {
-    let cfg = &core.shard.cfg.metrics;
+    let cfg = &core.shard.cfg().metrics;
     let (every, cap) = (cfg.lag_interval.0, cfg.max_topic_series as usize);
     if every.is_zero() {
         return;

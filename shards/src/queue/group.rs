@@ -129,7 +129,7 @@ impl QueueGroup {
         key: Rc<ReceiptKey>,
         reset: Reset,
     ) -> Self {
-        let q = &shard.cfg.queue;
+        let q = &shard.cfg().queue;
         let policy_epoch = shard.tenancy.changed.epoch();
         let view = shard.tenancy.view();
         let policy = super::policy::resolve(
@@ -172,7 +172,7 @@ impl QueueGroup {
     }
 
     fn max_bytes(&self) -> usize {
-        self.shard.cfg.queue.max_window_bytes.0 as usize
+        self.shard.cfg().queue.max_window_bytes.0 as usize
     }
 
     /// Puts the group's policy in force anew if the tenancy metadata changed since it was
@@ -185,7 +185,7 @@ impl QueueGroup {
         self.policy_epoch.set(epoch);
         let view = self.shard.tenancy.view();
         let p = super::policy::resolve(
-            &self.shard.cfg.queue,
+            &self.shard.cfg().queue,
             view.snap.queue_policy(&self.group),
             self.policy.get().backoff.seed,
         );
@@ -455,7 +455,7 @@ impl QueueGroup {
             topic: self.topic.name.to_string(),
             group: self.group.clone(),
             max: READ_BATCH,
-            max_bytes: self.shard.cfg.subscribe.max_batch_bytes.0 as usize,
+            max_bytes: self.shard.cfg().subscribe.max_batch_bytes.0 as usize,
             reset: self.reset,
             auto_ack: false,
             tags: Vec::new(),
@@ -467,8 +467,8 @@ impl QueueGroup {
             fetch,
         )
         .internal();
-        let interval = self.shard.cfg.queue.checkpoint_interval.0;
-        let idle = self.shard.cfg.queue.idle_timeout.0;
+        let interval = self.shard.cfg().queue.checkpoint_interval.0;
+        let idle = self.shard.cfg().queue.idle_timeout.0;
         let mut last_save = Instant::now();
         let mut last_held = None::<Instant>;
         let mut failing = false;
@@ -918,7 +918,7 @@ impl QueueGroup {
         if !elsewhere.is_empty() {
             let strings = elsewhere.iter().map(|(_, s)| s.clone()).collect();
             let f = super::forward::record(&c, strings);
-            if let Err(e) = super::forward::send(&self.backend, &self.shard.cfg, &f).await {
+            if let Err(e) = super::forward::send(&self.backend, &self.shard.cfg(), &f).await {
                 for (i, _) in &elsewhere {
                     out[*i] = Outcome::Failed(e.clone());
                 }

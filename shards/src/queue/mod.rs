@@ -118,7 +118,7 @@ impl Queues {
             // Its topic was deleted (and maybe created again): a new queue starts.
             g.closed.set(true);
         }
-        let limit = shard.cfg.queue.max_groups_per_core as usize;
+        let limit = shard.cfg().queue.max_groups_per_core as usize;
         {
             let mut groups = self.groups.borrow_mut();
             if groups.len() >= limit {
@@ -135,7 +135,7 @@ impl Queues {
             }
             // One app takes at most its share of them (limits.app_share_per_core), so that
             // it cannot leave the other apps without queues.
-            let share = (limit * shard.cfg.limits.app_share_per_core as usize / 100).max(1);
+            let share = (limit * shard.cfg().limits.app_share_per_core as usize / 100).max(1);
             let app = group.split_once('.').map_or(group, |(a, _)| a);
             let of_app = groups
                 .keys()
@@ -293,7 +293,7 @@ impl Queues {
         let mut decoded = decoded;
         if let Some(b) = batch {
             // A batch receipt names at most what one leased poll hands out.
-            let max = (shard.cfg.subscribe.max_batch as usize).max(1);
+            let max = (shard.cfg().subscribe.max_batch as usize).max(1);
             match kateway_core::queue::batch::decode(&self.key, b.trim(), max) {
                 Ok((f, items))
                     if f == fp && items.iter().all(|r| r.partition < topic.partitions) =>

@@ -454,7 +454,7 @@ fn stream_slot(shard: &Shard, app: &str) -> Result<Option<SlotGuard>, Error> {
 /// holds its share (so one app's flood leaves room for the others).
 fn place(shard: &Rc<Shard>, app: Option<&str>) -> Result<Place, Error> {
     let t = &shard.tenancy;
-    if t.in_flight.get() >= t.max_in_flight {
+    if t.in_flight.get() >= t.max_in_flight.get() {
         metrics::inc(&shard.metrics.admission_refusals_total);
         return Err(Error::new(
             ErrorKind::Busy,
@@ -467,7 +467,7 @@ fn place(shard: &Rc<Shard>, app: Option<&str>) -> Result<Place, Error> {
             Some(n) => n,
             None => per_app.entry(app.to_owned()).or_insert(0),
         };
-        if *n >= t.app_max_in_flight {
+        if *n >= t.app_max_in_flight.get() {
             metrics::inc(&shard.metrics.admission_refusals_total);
             return Err(Error::new(
                 ErrorKind::AppBusy,

@@ -104,8 +104,8 @@ pub struct Tenancy {
     /// Requests running now, and per app.
     pub(crate) in_flight: Cell<u32>,
     pub(crate) app_in_flight: RefCell<FxHashMap<String, u32>>,
-    pub(crate) max_in_flight: u32,
-    pub(crate) app_max_in_flight: u32,
+    pub(crate) max_in_flight: Cell<u32>,
+    pub(crate) app_max_in_flight: Cell<u32>,
 }
 
 impl Tenancy {
@@ -125,19 +125,24 @@ impl Tenancy {
             changed: Event::default(),
             ready: Cell::new(false),
             verified: Default::default(),
-            fails: RefCell::new(FailLimiter::new(
-                Rate {
-                    per_sec: a.failed_per_second.into(),
-                    burst: a.failed_burst.into(),
-                },
-                kateway_core::quota::FAIL_CAP,
-            )),
+            fails: RefCell::new(fail_limiter(cfg)),
             locals: Default::default(),
             in_flight: Cell::new(0),
             app_in_flight: Default::default(),
-            max_in_flight: max,
-            app_max_in_flight: (u64::from(max) * u64::from(cfg.limits.app_share_per_core) / 100)
-                .max(1) as u32,
+            max_in_flight: Cell::new(max),
+            app_max_in_flight: Cell::new(app_max_in_flight(cfg)),
+        }
+    }
+
+    /// Takes reloaded admission limits and failed-authentication rates (a changed rate starts
+    /// the failure counts afresh).
+    pub fn reconfigure(&self, cfg: &kateway_core::config::Config) {
+        self.max_in_flight
+            .set(cfg.limits.max_requests_in_flight_per_core);
+        self.app_max_in_flight.set(app_max_in_flight(cfg));
+        let rate = fail_limiter(cfg).rate();
+        if self.fails.borrow().rate() != rate {
+            *self.fails.borrow_mut() = fail_limiter(cfg);
         }
     }
 
@@ -188,4 +193,20 @@ impl Tenancy {
         v.insert(keyid.to_owned(), secret.into());
         true
     }
+}
+
+fn fail_limiter(cfg: &kateway_core::config::Config) -> FailLimiter {
+    FailLimiter::new(
+        Rate {
+            per_sec: cfg.auth.failed_per_second.into(),
+            burst: cfg.auth.failed_burst.into(),
+        },
+        kateway_core::quota::FAIL_CAP,
+    )
+}
+
+/// One app's share of a core's requests in flight (`limits.app_share_per_core` percent).
+fn app_max_in_flight(cfg: &kateway_core::config::Config) -> u32 {
+    let max = cfg.limits.max_requests_in_flight_per_core;
+    (u64::from(max) * u64::from(cfg.limits.app_share_per_core) / 100).max(1) as u32
 }

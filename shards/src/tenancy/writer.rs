@@ -200,7 +200,7 @@ impl Writer {
                 "live keys were made with another pepper than this gateway's (auth.pepper_file): they cannot authenticate here; restore the pepper file, or issue new keys"
             );
         }
-        if !core.shard.cfg.auth.enabled
+        if !core.shard.cfg().auth.enabled
             || self.state.borrow().usable_operator_keys(now_ms(), &id) > 0
         {
             return;
@@ -281,7 +281,7 @@ impl Writer {
                     .get(&(app.clone(), group.clone()))
                     .copied();
                 let effective =
-                    crate::queue::policy::resolve(&core.shard.cfg.queue, spec.as_ref(), 0);
+                    crate::queue::policy::resolve(&core.shard.cfg().queue, spec.as_ref(), 0);
                 (
                     200,
                     json!({"app": app, "group": group, "policy": spec, "effective": crate::queue::policy::json(&effective)}),

@@ -85,7 +85,7 @@ fn secret_of(core: &Core, nonce: &str) -> [u8; 32] {
 impl Webhooks {
     /// Follows the tenancy view until the core stops.
     pub async fn run(core: Rc<Core>) {
-        let client = Client::new(core.shard.cfg.webhook.allow_private_addresses);
+        let client = Client::new(core.shard.cfg().webhook.allow_private_addresses);
         loop {
             if core.shard.stopping() {
                 break;
@@ -240,7 +240,7 @@ impl Endpoint {
                     Reset::Newest
                 },
                 max: room,
-                max_bytes: core.shard.cfg.subscribe.max_batch_bytes.0 as usize,
+                max_bytes: core.shard.cfg().subscribe.max_batch_bytes.0 as usize,
                 visibility: Some(self.lease_len()),
                 deadline: std::time::Instant::now() + Duration::from_secs(1),
             };
@@ -497,7 +497,7 @@ impl Endpoint {
     async fn failure(&self, core: &Rc<Core>, error: &str) {
         let n = self.consecutive_failures.get() + 1;
         self.consecutive_failures.set(n);
-        let limit = core.shard.cfg.webhook.pause_after_failures;
+        let limit = core.shard.cfg().webhook.pause_after_failures;
         // At the limit or past it (failures of attempts in flight while the app had it paused
         // count on), unless paused already or being paused by another attempt's failure.
         if limit == 0 || n < limit || self.paused() || self.pausing.get() {

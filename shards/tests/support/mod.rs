@@ -69,6 +69,8 @@ pub struct Gateway {
     pub op_addr: String,
     /// Where the process's stderr goes (inherited when `None`).
     pub stderr_file: Option<PathBuf>,
+    /// A configuration file passed with `--config`.
+    pub config: Option<PathBuf>,
     /// With authentication on, whether starting waits for the operator key file (a gateway
     /// joining another's metadata makes none).
     pub makes_operator_key: bool,
@@ -196,6 +198,7 @@ impl Gateway {
             auth: false,
             op_addr: String::new(),
             stderr_file: None,
+            config: None,
             makes_operator_key: true,
             waits_ready: true,
         }
@@ -329,9 +332,13 @@ impl Gateway {
             &self.addr,
             "--data-dir",
         ])
-        .arg(&self.data)
-        .env("KATEWAY_LOG_LEVEL", "warn")
-        .env(
+        .arg(&self.data);
+        // A test with a configuration file sets the log level there (a reload may change it).
+        match &self.config {
+            Some(f) => cmd.arg("--config").arg(f),
+            None => cmd.env("KATEWAY_LOG_LEVEL", "warn"),
+        };
+        cmd.env(
             "KATEWAY_AUTH_ENABLED",
             if self.auth { "true" } else { "false" },
         )

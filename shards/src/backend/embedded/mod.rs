@@ -42,8 +42,8 @@ pub struct Store {
 
 impl Store {
     pub fn new(shard: Rc<Shard>, open_files: usize) -> Self {
-        let root = crate::backend::data_root(&shard.cfg);
-        let segment = shard.cfg.store.segment_bytes.0;
+        let root = crate::backend::data_root(&shard.cfg());
+        let segment = shard.cfg().store.segment_bytes.0;
         Self {
             logs: Rc::new(LogSet::new(shard, "topics", root, segment, open_files)),
         }

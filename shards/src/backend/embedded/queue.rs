@@ -17,7 +17,7 @@ impl Store {
         let dir = self
             .logs
             .shard
-            .cfg
+            .cfg()
             .store
             .data_dir
             .join("queues")
@@ -34,7 +34,7 @@ impl Store {
     fn checkpoint_path(&self, topic: &str, group: &str, p: u32) -> PathBuf {
         self.logs
             .shard
-            .cfg
+            .cfg()
             .store
             .data_dir
             .join("queues")

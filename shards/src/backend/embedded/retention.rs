@@ -10,7 +10,7 @@ use std::time::Duration;
 pub async fn run(logs: Rc<LogSet>) {
     let shard = logs.shard.clone();
     let every = shard
-        .cfg
+        .cfg()
         .store
         .retention_check_interval
         .0
@@ -28,10 +28,10 @@ pub async fn run(logs: Rc<LogSet>) {
             };
             let hours = meta
                 .retention_hours
-                .unwrap_or(shard.cfg.store.retention_hours);
+                .unwrap_or(shard.cfg().store.retention_hours);
             let bytes = meta
                 .retention_bytes
-                .unwrap_or(shard.cfg.store.retention_bytes.0);
+                .unwrap_or(shard.cfg().store.retention_bytes.0);
             let age = (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3600)));
             if let Err(e) = part.borrow_mut().log.enforce_retention(bytes, age) {
                 tracing::warn!(core = shard.id, topic = %topic, partition = p, "retention: {e}");

@@ -16,7 +16,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// Runs until the core stops.
 pub async fn run(logs: Rc<LogSet>) {
     let shard = logs.shard.clone();
-    let rate = shard.cfg.store.scrub_bytes_per_second.0;
+    let rate = shard.cfg().store.scrub_bytes_per_second.0;
     if rate == 0 {
         return;
     }

@@ -275,9 +275,9 @@ pub fn send(
         let tx = match tx {
             Some(tx) => tx,
             None => {
-                let tx = join(&k.shared, &id, group, topic, reset, &shard.cfg)?;
+                let tx = join(&k.shared, &id, group, topic, reset, &shard.cfg())?;
                 let mut cache = k.groups.borrow_mut();
-                if cache.len() >= shard.cfg.kafka.max_groups as usize {
+                if cache.len() >= shard.cfg().kafka.max_groups as usize {
                     // Forget memberships that have left since.
                     cache.retain(|_, tx| !tx.is_disconnected());
                 }

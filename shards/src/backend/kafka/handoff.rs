@@ -136,7 +136,7 @@ async fn complete(
         .iter()
         .map(|it| producer.send(topic, Some(p as i32), &it.key, &it.tags, &it.value, kack))
         .collect();
-    let deadline = Instant::now() + shard.cfg.kafka.produce_timeout.0;
+    let deadline = Instant::now() + shard.cfg().kafka.produce_timeout.0;
     let mut offsets = vec![-1; n];
     // Sends that failed for good while Kafka was unreachable, and sends still out at the
     // deadline: both are buffered; the second kind is shadowed (see `Shadow`).

@@ -208,7 +208,7 @@ impl Kafka {
         shard: Rc<Shard>,
         open_files: usize,
     ) -> Result<Self, String> {
-        let cfg = shard.cfg.clone();
+        let cfg = shard.cfg().clone();
         let (core, cores) = (shard.id, shard.cores());
         let producer = Producer::new(&shared.bridge, core).map_err(|e| e.to_string())?;
         let root = crate::backend::data_root(&cfg);

@@ -118,7 +118,7 @@ pub async fn store(
     if checkpoint.len() <= INLINE_BYTES {
         return Ok(inline(checkpoint));
     }
-    let state_topic = &k.shard.cfg.kafka.queue_state_topic;
+    let state_topic = &k.shard.cfg().kafka.queue_state_topic;
     let unavailable = |e: &dyn std::fmt::Display| {
         Error::new(
             ErrorKind::KafkaUnavailable,
@@ -154,7 +154,7 @@ pub async fn load(
             len,
         } => (partition, offset, len),
     };
-    let state_topic = k.shard.cfg.kafka.queue_state_topic.clone();
+    let state_topic = k.shard.cfg().kafka.queue_state_topic.clone();
     let t = state_topic.clone();
     let got = k
         .shared

@@ -42,7 +42,7 @@ const STILL_DOWN_EVERY: Duration = Duration::from_secs(30);
 pub async fn run(k: Rc<Kafka>) {
     let shard = k.shard.clone();
     let backoff = shard
-        .cfg
+        .cfg()
         .kafka
         .replay_backoff
         .0
@@ -143,7 +143,7 @@ pub async fn watchdog(k: Rc<Kafka>) {
 /// Closes and deletes handoff logs that have had nothing to replay for
 /// `kafka.handoff_idle_close`, so that the files of an outage do not stay open for good.
 fn close_idle(k: &Kafka) {
-    let after = k.shard.cfg.kafka.handoff_idle_close.0;
+    let after = k.shard.cfg().kafka.handoff_idle_close.0;
     let now = std::time::Instant::now();
     let parts: Vec<(PartKey, bool)> = k
         .buffer
@@ -180,7 +180,7 @@ async fn round(k: &Rc<Kafka>, topic: &str, p: u32) -> Round {
     let Ok(part) = k.buffer.part(topic, p) else {
         return Round::Idle;
     };
-    let batch = shard.cfg.kafka.replay_batch as usize;
+    let batch = shard.cfg().kafka.replay_batch as usize;
     let recs = {
         let st = part.borrow();
         let read = st.log.read(replay_cursor(&st), batch, ROUND_BYTES);

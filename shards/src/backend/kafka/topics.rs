@@ -216,7 +216,7 @@ pub async fn lags(k: &Kafka, topics: Vec<String>) -> crate::metrics::lag::Lags {
 pub async fn refresh(k: Rc<Kafka>) {
     let shard = k.shard.clone();
     let every = shard
-        .cfg
+        .cfg()
         .kafka
         .metadata_refresh
         .0

@@ -157,7 +157,7 @@ pub async fn serve<S: Transport>(
         closing: Cell::new(false),
         ev: Event::default(),
     };
-    let cfg = &core.shard.cfg.websocket;
+    let cfg = &core.shard.cfg().websocket;
     // A published message larger than a message may be is refused by the codec (1009) before
     // it is buffered, rather than read whole and answered with an error.
     // A subscriber only sends small control frames ({"credit":n}, {"ack":[p,o]}).
@@ -166,7 +166,7 @@ pub async fn serve<S: Transport>(
             cfg.max_frame_bytes.0,
             cfg.max_message_bytes
                 .0
-                .min(core.shard.cfg.limits.max_message_bytes.0),
+                .min(core.shard.cfg().limits.max_message_bytes.0),
         ),
         Mode::Subscribe { .. } => (CONTROL_FRAME, CONTROL_FRAME),
     };
@@ -253,7 +253,7 @@ async fn prepare<'a>(
             Ok(Mode::Publish(p))
         }
         Socket::Subscribe(s) => {
-            let cfg = &core.shard.cfg.websocket;
+            let cfg = &core.shard.cfg().websocket;
             let credit = match query::raw(req.query(), "credit") {
                 None => cfg.default_credit,
                 Some(c) => match c.parse::<u32>() {
@@ -332,7 +332,7 @@ async fn flush<W: AsyncWriteRent>(core: &Core, wr: &mut W, out: &mut BytesMut) -
     if out.is_empty() {
         return true;
     }
-    let limit = core.shard.cfg.server.write_timeout.0;
+    let limit = core.shard.cfg().server.write_timeout.0;
     let buf = std::mem::take(out);
     match monoio::time::timeout(limit, wr.write_all(buf)).await {
         Ok((Ok(_), mut b)) => {

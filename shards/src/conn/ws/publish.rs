@@ -92,10 +92,10 @@ pub(super) async fn publish<W: AsyncWriteRent>(
     wr: &mut W,
 ) {
     let shard = &core.shard;
-    let every = shard.cfg.websocket.ping_interval.0;
+    let every = shard.cfg().websocket.ping_interval.0;
     let mut out = BytesMut::new();
     let mut in_flight = FuturesOrdered::new();
-    let max_batch = shard.cfg.limits.max_batch_messages as usize;
+    let max_batch = shard.cfg().limits.max_batch_messages as usize;
     let mut closing: Option<(u16, &'static str)> = None;
     let mut last_ping = Instant::now();
     loop {

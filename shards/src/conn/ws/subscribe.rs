@@ -58,7 +58,7 @@ pub(super) async fn subscribe<W: AsyncWriteRent>(
     wr: &mut W,
 ) {
     let shard = &core.shard;
-    let cfg = &shard.cfg.websocket;
+    let cfg = &shard.cfg().websocket;
     let every = cfg.ping_interval.0;
     let batch = s.batch.unwrap_or(100);
     let mut out = BytesMut::new();
