@@ -338,11 +338,16 @@ impl Backend {
 
     /// Every group's lag on each of `topics` (for `/metrics`): end offsets less committed
     /// offsets, summed over partitions. On Kafka one committed-offsets request per group covers
-    /// all the topics; a topic or group that does not answer is left out of this round.
-    pub async fn lags(&self, topics: Vec<Rc<LocalTopic>>) -> metrics::lag::Lags {
+    /// all the topics, and a round measures the cluster's other groups in turn, within a time
+    /// budget, keeping their `previous` figures meanwhile ([`kafka::topics::lags`]).
+    pub async fn lags(
+        &self,
+        topics: Vec<Rc<LocalTopic>>,
+        previous: metrics::lag::Lags,
+    ) -> metrics::lag::Lags {
         if let Backend::Kafka(k) = self {
             let names = topics.iter().map(|t| t.name.to_string()).collect();
-            return kafka::topics::lags(k, names).await;
+            return kafka::topics::lags(k, names, previous).await;
         }
         let mut lags = metrics::lag::Lags::new();
         for t in topics {

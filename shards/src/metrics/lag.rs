@@ -4,7 +4,9 @@
 //! partitions. The figures are kept in core 0's metrics and a scrape on any core reads them
 //! from there, so a scrape costs no query of the store or of Kafka. On Kafka each measurement
 //! lists the cluster's groups once and reads each group's committed offsets on all the topics
-//! in one request; a group or topic that fails to answer is left out of that round only.
+//! in one request: the groups this gateway serves every round, the cluster's others in turn
+//! within a time budget a round (their figures may be a few rounds old on a cluster of many
+//! groups); a group or topic that fails to answer keeps its last figures.
 
 use crate::node::Core;
 use std::collections::BTreeMap;
@@ -28,7 +30,8 @@ pub async fn run(core: Rc<Core>) {
             names.truncate(cap);
             names.iter().filter_map(|n| c.get(n).ok()).collect()
         };
-        let lags = core.backend.lags(topics).await;
+        let previous = core.shard.metrics.lags.borrow().clone();
+        let lags = core.backend.lags(topics, previous).await;
         *core.shard.metrics.lags.borrow_mut() = lags;
     }
 }

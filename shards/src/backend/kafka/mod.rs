@@ -46,6 +46,9 @@ pub struct KafkaShared {
     pub groups: Mutex<HashMap<String, flume::Sender<groups::GroupReq>>>,
     /// Whether a broker has answered since the start (`/ready` waits for it).
     pub reached: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the next lag round goes on among the cluster's other groups
+    /// ([`topics::lags`]).
+    pub lag_cursor: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How long a producer may deliver nothing while messages wait before [`Kafka::unstick`]
@@ -115,6 +118,7 @@ impl KafkaShared {
             jobs: tx,
             groups: Mutex::new(HashMap::new()),
             reached,
+            lag_cursor: Default::default(),
         }))
     }
 

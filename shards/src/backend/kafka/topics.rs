@@ -6,6 +6,7 @@
 
 use super::{kafka_err, Kafka};
 use crate::catalog::{AdminOp, TopicMeta};
+use crate::metrics::lag::Lags;
 use crate::request::{Answer, Request};
 use crate::shard::now_ms;
 use kateway_core::{Error, ErrorKind, Groups, PartitionInfo};
@@ -168,19 +169,43 @@ pub async fn info(
     r.map_err(kafka_err)
 }
 
+/// How long one round of lag measurement may ask about the cluster's other groups (those this
+/// gateway holds no membership of) before it yields the helper thread; the next round goes on
+/// where it stopped.
+const LAG_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The lag of every group on `topics`, for `/metrics` ([`crate::metrics::lag`]): the end
-/// offsets of each topic, the cluster's group list once, and one committed-offsets request per
-/// group for all the topics. A topic or group that fails to answer is left out of this round;
-/// the others are still measured.
-pub async fn lags(k: &Kafka, topics: Vec<String>) -> crate::metrics::lag::Lags {
+/// offsets of each topic, the cluster's group list, and one committed-offsets request per group
+/// for all the topics. The groups this gateway holds memberships of are measured every round;
+/// the cluster's other groups in turn, for at most [`LAG_BUDGET`] a round, so on a cluster of
+/// many groups their figures are up to one turn old (`previous` keeps them meanwhile). A topic
+/// or group that fails to answer keeps its previous figures; a group the cluster no longer
+/// lists is dropped.
+pub async fn lags(k: &Kafka, topics: Vec<String>, previous: Lags) -> Lags {
+    let mut local: Vec<String> = {
+        let reg = k.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
+        reg.keys()
+            .filter_map(|id| id.split_once('\n').map(|(g, _)| g.to_owned()))
+            .collect()
+    };
+    local.sort();
+    local.dedup();
+    let cursor = k.shared.lag_cursor.clone();
+    let fallback = previous.clone();
     let r = k
         .shared
         .blocking(move |a| {
-            let mut lags = crate::metrics::lag::Lags::new();
+            let wanted = topics.clone();
             let marks: Vec<(String, Vec<(i64, i64)>)> = topics
                 .into_iter()
                 .filter_map(|t| a.watermarks(&t).ok().map(|m| (t, m)))
                 .collect();
+            let Ok(all) = a.groups("") else {
+                return previous;
+            };
+            let mut lags = previous;
+            // Groups the cluster no longer has, and topics no longer measured, go.
+            lags.retain(|(t, g), _| all.binary_search(g).is_ok() && wanted.contains(t));
             if marks.is_empty() {
                 return lags;
             }
@@ -188,27 +213,50 @@ pub async fn lags(k: &Kafka, topics: Vec<String>) -> crate::metrics::lag::Lags {
                 .iter()
                 .map(|(t, m)| (t.clone(), m.len() as u32))
                 .collect();
-            for g in a.groups("").unwrap_or_default() {
-                let Ok(committed) = a.committed_many(&g, &sizes) else {
-                    continue;
+            let mut measure = |g: &str| {
+                let Ok(committed) = a.committed_many(g, &sizes) else {
+                    return;
                 };
+                lags.retain(|(_, lg), _| lg != g);
                 for ((t, m), c) in marks.iter().zip(committed) {
-                    let mut sum = None;
-                    for (&(lo, hi), c) in m.iter().zip(c) {
-                        if let Some(c) = c {
-                            let (lo, hi) = (lo.max(0) as u64, hi.max(0) as u64);
-                            *sum.get_or_insert(0) += hi - (c.max(0) as u64).clamp(lo, hi);
-                        }
-                    }
-                    if let Some(lag) = sum {
-                        lags.insert((t.clone(), g.clone()), lag);
+                    if let Some(lag) = group_lag(m, &c) {
+                        lags.insert((t.clone(), g.to_owned()), lag);
                     }
                 }
+            };
+            for g in local.iter().filter(|g| all.binary_search(g).is_ok()) {
+                measure(g);
             }
+            let others: Vec<&String> = all.iter().filter(|g| !local.contains(g)).collect();
+            let until = std::time::Instant::now() + LAG_BUDGET;
+            let start = cursor.load(std::sync::atomic::Ordering::Relaxed);
+            let mut done = 0;
+            while done < others.len() && std::time::Instant::now() < until {
+                measure(others[(start + done) % others.len()]);
+                done += 1;
+            }
+            let next = match others.len() {
+                0 => 0,
+                n => (start + done) % n,
+            };
+            cursor.store(next, std::sync::atomic::Ordering::Relaxed);
             lags
         })
         .await;
-    r.unwrap_or_default()
+    r.unwrap_or(fallback)
+}
+
+/// A group's lag on one topic: end offsets less committed offsets, summed over the partitions
+/// it committed on (`None` when it committed on none).
+fn group_lag(marks: &[(i64, i64)], committed: &[Option<i64>]) -> Option<u64> {
+    let mut sum = None;
+    for (&(lo, hi), &c) in marks.iter().zip(committed) {
+        if let Some(c) = c {
+            let (lo, hi) = (lo.max(0) as u64, hi.max(0) as u64);
+            *sum.get_or_insert(0) += hi - (c.max(0) as u64).clamp(lo, hi);
+        }
+    }
+    sum
 }
 
 /// Core 0: refreshes partition counts of catalog topics from Kafka, and forgets topics Kafka
