@@ -19,13 +19,17 @@
 //!   ask each other for things. Cores share nothing mutable.
 //! * [`tenancy`]: apps, keys, grants and quotas: authentication and admission at the edge,
 //!   the per-core view they are checked against, and core 0's metadata writer.
-//! * [`runtime`], [`core`], [`fds`]: process and core bootstrap, and the open-file budget.
+//! * [`runtime`], [`core`], [`fds`], [`upgrade`]: process and core bootstrap, the open-file
+//!   budget, and the handover of the listening sockets to a new binary.
+//! * [`cli`]: the admin commands (`kateway status|topics|groups|tail|keys ...`), clients of a
+//!   running gateway's API.
 
 pub mod admin;
 pub mod alloc;
 pub mod api;
 pub mod backend;
 pub mod catalog;
+pub mod cli;
 pub mod conn;
 pub mod core;
 pub mod date;

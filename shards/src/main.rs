@@ -1,5 +1,8 @@
 //! The `kateway` binary: `kateway serve [--config FILE] [--listen ADDR] [--data-dir DIR]
-//! [--cores N] [--backend embedded|kafka] [--brokers HOST:PORT,...] [--upgrade]`.
+//! [--cores N] [--backend embedded|kafka] [--brokers HOST:PORT,...] [--upgrade]` runs the
+//! gateway; `kateway defaults` prints the shipped settings; the admin commands
+//! (`status`, `topics`, `groups`, `tail`, `keys`, `reload`, `redrive`: [`kateway_shards::cli`])
+//! talk to a running one.
 //! Configuration layers: shipped defaults, then the file, then `KATEWAY_*` environment
 //! variables, then these flags; a reload (SIGHUP, `POST /v1/config/reload`) reads them again
 //! the same way.
@@ -20,6 +23,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Thread-per-core HTTP Pub/Sub gateway with an embedded log store or in front of Apache Kafka"
 )]
 struct Cli {
+    #[command(flatten)]
+    target: kateway_shards::cli::Target,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -53,12 +58,21 @@ enum Cmd {
     },
     /// Print the shipped kateway.toml: every setting with its default and range.
     Defaults,
+    #[command(flatten)]
+    Admin(kateway_shards::cli::Admin),
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Defaults => print!("{}", kateway_core::config::DEFAULT_TOML),
+        Cmd::Admin(a) => match kateway_shards::cli::run(&cli.target, a) {
+            Ok(out) => print!("{out}"),
+            Err(e) => {
+                eprintln!("kateway: {e}");
+                std::process::exit(1);
+            }
+        },
         Cmd::Serve {
             config,
             listen,
