@@ -1,7 +1,7 @@
 //! The admin CLI (`kateway status|topics|groups|tail|keys|reload`) against a real gateway, on
 //! both backends: it creates, grows, shows and deletes a topic, follows its messages, shows the
-//! group it read with, manages an app's keys and reloads the configuration with authentication
-//! on, and says why a call failed (exit status 1, the gateway's message on stderr).
+//! group it read with, redrives dead letters in steps, manages an app's keys and reloads the
+//! configuration with authentication on, and says why a call failed (exit status 1, the gateway's message on stderr).
 
 mod support;
 use std::process::Command;
@@ -9,7 +9,8 @@ use support::{Backend, Gateway};
 
 on_both_backends!(
     the_cli_administers_and_follows_a_topic,
-    the_cli_manages_keys_with_authentication_on
+    the_cli_manages_keys_with_authentication_on,
+    the_cli_redrives_dead_letters_with_progress
 );
 
 /// Runs `kateway ARGS` against `addr`; (success, stdout, stderr).
@@ -180,4 +181,69 @@ fn the_cli_manages_keys_with_authentication_on(b: Backend) {
     // Without a key: refused, and said so.
     let (ok, _, err) = kw(&g.op_addr, &["status"], &[]);
     assert!(!ok && err.starts_with("kateway: 401: "), "{err}");
+}
+
+/// 150 dead letters redriven in steps of 100, with progress on stderr.
+fn the_cli_redrives_dead_letters_with_progress(b: Backend) {
+    let g = Gateway::on(b, &[]);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    for i in 0..150 {
+        let r = g.publish(&app1, "t", "", format!("m{i}").as_bytes());
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let mut c = g.connect();
+    let mut receipts = Vec::new();
+    while receipts.len() < 150 {
+        let r = c.req(
+            "GET",
+            &format!("/v1/msgs/{app1}/t/v1?group=g&ack=lease&batch=100&wait=5s"),
+            &[("Appid", app2.as_str()), ("Accept", "application/x-ndjson")],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        for l in r.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            receipts.push(v["receipt"].as_str().unwrap().to_owned());
+        }
+    }
+    let r = c.req(
+        "POST",
+        &format!("/v1/queue/{app1}/t/v1/g/bury"),
+        &[("Appid", app2.as_str())],
+        serde_json::json!({ "receipts": receipts })
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waiting = |c: &mut support::Conn| {
+        let r = c.req(
+            "GET",
+            &format!("/v1/dlq/{app2}/g"),
+            &[("Appid", app2.as_str())],
+            b"",
+        );
+        r.json()["messages"].as_u64().unwrap()
+    };
+    assert_eq!(waiting(&mut c), 150);
+    let (ok, out, err) = kw(
+        &g.addr,
+        &["redrive", &app2, "g"],
+        &[("KATEWAY_APPID", app2.as_str())],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "redriven 150 of 150 waiting\n");
+    assert!(
+        err.contains("redriven 100/150") && err.contains("redriven 150/150"),
+        "{err:?}"
+    );
+    assert_eq!(waiting(&mut c), 0);
+    // Published again: the topic holds each message twice now.
+    let r = g.req(
+        "GET",
+        &format!("/v1/partitions/{app1}/t/v1"),
+        &[("Appid", app1.as_str())],
+        b"",
+    );
+    assert_eq!(r.json()["offsets"][0]["newest"], 300, "{}", r.text());
 }
