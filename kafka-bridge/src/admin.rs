@@ -265,28 +265,8 @@ impl Admin {
         name: &str,
         partitions: u32,
     ) -> Result<Vec<Option<i64>>, BridgeError> {
-        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(BridgeError::from_kafka)?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions as i32 {
-            tpl.add_partition(name, p);
-        }
-        let got = c
-            .committed_offsets(tpl, self.timeout)
-            .map_err(BridgeError::from_kafka)?;
-        let mut out = vec![None; partitions as usize];
-        for e in got.elements() {
-            if let (Offset::Offset(o), Some(slot)) =
-                (e.offset(), out.get_mut(e.partition() as usize))
-            {
-                *slot = Some(o);
-            }
-        }
-        Ok(out)
+        let mut all = self.committed_many(group, &[(name.to_owned(), partitions)])?;
+        Ok(all.pop().unwrap_or_default())
     }
 
     /// The key and value of the record at exactly `offset` of partition `partition`, or `None`
