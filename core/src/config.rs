@@ -475,9 +475,33 @@ impl Config {
             1,
             100,
         )?;
-        if s.write_timeout.0.is_zero() {
-            return Err("server.write_timeout must be greater than 0".into());
+        // A time limit below 100 ms would cut off every request that takes more than one
+        // packet, or every connection between two requests.
+        for (key, d) in [
+            ("server.request_timeout", s.request_timeout),
+            ("server.write_timeout", s.write_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+        ] {
+            range(
+                &format!("{key} (ms)"),
+                d.0.as_millis() as u64,
+                100,
+                86_400_000,
+            )?;
         }
+        range(
+            "server.shutdown_timeout (seconds)",
+            s.shutdown_timeout.0.as_secs(),
+            0,
+            3600,
+        )?;
+        range(
+            "server.drain_grace (seconds)",
+            s.drain_grace.0.as_secs(),
+            0,
+            300,
+        )?;
+        check_log_level(&self.log.level)?;
         let h = &self.http2;
         range(
             "http2.max_concurrent_streams",
@@ -669,6 +693,69 @@ impl Config {
     }
 }
 
+/// Refuses a `log.level` that is not a list of `level` or `target=level` directives: a stray
+/// word would otherwise read as a target name and silence every other log line.
+fn check_log_level(v: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let bad = |why: &str| Err(format!("log.level = {v:?}: {why}"));
+    if v.trim().is_empty() {
+        return bad("empty (use \"info\", \"warn\", or target=level directives)");
+    }
+    for d in v.split(',').map(str::trim) {
+        let (target, level) = match d.split_once('=') {
+            Some((t, l)) => (Some(t), l),
+            None => (None, d),
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return bad(&format!(
+                "{level:?} is not a level (one of {})",
+                LEVELS.join(", ")
+            ));
+        }
+        if let Some(t) = target {
+            if t.is_empty()
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':' || b == b'-')
+            {
+                return bad(&format!("{t:?} is not a module path"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The most a configuration file may hold.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration file: a regular file of at most [`MAX_FILE_BYTES`]. It is opened
+/// without blocking, so a FIFO or a device named by mistake is refused instead of holding the
+/// reader (a reload would wait for a writer forever).
+fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} bytes; a configuration file holds at most {MAX_FILE_BYTES}",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other("grew past the size limit while read"));
+    }
+    Ok(text)
+}
+
 /// The shipped defaults, overridden by `file` (if any), overridden by `env` pairs named
 /// `KATEWAY_<SECTION>_<KEY>`: the settings as one TOML tree, not validated yet.
 pub fn tree(
@@ -677,8 +764,7 @@ pub fn tree(
 ) -> Result<Value, String> {
     let mut base: Value = toml::from_str(DEFAULT_TOML).map_err(|e| e.to_string())?;
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = read_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let user: Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         merge(&mut base, user);
     }
@@ -747,6 +833,55 @@ mod tests {
         assert_eq!(c.limits.max_message_bytes.0, 512 * 1024);
         assert_eq!(c.store.fsync_interval.0, Duration::from_millis(50));
         assert_eq!(c.store.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn time_limits_and_log_levels_that_would_break_serving_are_refused() {
+        let load = |k: &str, v: &str| Config::load(None, vec![(k.to_string(), v.to_string())]);
+        for k in [
+            "KATEWAY_SERVER_IDLE_TIMEOUT",
+            "KATEWAY_SERVER_REQUEST_TIMEOUT",
+            "KATEWAY_SERVER_WRITE_TIMEOUT",
+        ] {
+            let e = load(k, "0s").unwrap_err();
+            assert!(e.contains("out of range"), "{k}: {e}");
+            assert!(load(k, "2s").is_ok(), "{k}");
+        }
+        assert!(load("KATEWAY_SERVER_DRAIN_GRACE", "1h")
+            .unwrap_err()
+            .contains("server.drain_grace"));
+        assert!(load("KATEWAY_SERVER_DRAIN_GRACE", "30s").is_ok());
+        for bad in ["", "garbage", "info,kateway=loud", "=debug", "a b=info"] {
+            let e = load("KATEWAY_LOG_LEVEL", bad).unwrap_err();
+            assert!(e.contains("log.level"), "{bad:?}: {e}");
+        }
+        for good in ["info", "WARN", "warn,kateway_shards::conn=trace", "off"] {
+            assert!(load("KATEWAY_LOG_LEVEL", good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn a_fifo_or_an_oversized_file_is_refused_without_waiting() {
+        let dir = std::env::temp_dir().join(format!("kw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.toml");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // With a blocking open this would wait for a writer forever.
+        let e = Config::load(Some(&fifo), Vec::new()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_FILE_BYTES + 1) as usize]).unwrap();
+        let e = Config::load(Some(&big), Vec::new()).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+        let ok = dir.join("ok.toml");
+        std::fs::write(&ok, "[server]\ncores = 2\n").unwrap();
+        assert_eq!(Config::load(Some(&ok), Vec::new()).unwrap().server.cores, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
