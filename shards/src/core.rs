@@ -142,17 +142,11 @@ pub async fn run(init: CoreInit) {
         );
     }
     // The operator's and the health checkers' listeners, where configured.
-    let cfg = &init.cfg;
-    let operator = (cfg.auth.enabled && !cfg.auth.operator_listen.is_empty())
-        .then_some((&cfg.auth.operator_listen, "auth.operator_listen"));
-    let health = (!cfg.tls.health_listen.is_empty())
-        .then_some((&cfg.tls.health_listen, "tls.health_listen"));
-    for (name, kind, at) in [
-        ("operator acceptor", Listener::Operator, operator),
-        ("health acceptor", Listener::Health, health),
-    ] {
-        let Some((addr, key)) = at else {
-            continue;
+    for (kind, addr, key) in Listener::configured(&init.cfg) {
+        let name = match kind {
+            Listener::Main => continue,
+            Listener::Operator => "operator acceptor",
+            Listener::Health => "health acceptor",
         };
         let ls = match sockets_for(&mut inherited, kind, addr, &opts) {
             Ok(l) => l,

@@ -76,28 +76,48 @@ pub fn run(start: Start) -> Result<(), String> {
             cfg.store.data_dir.display()
         )
     })?;
+    // Signals are caught from here on: one that arrives during an upgrade's handover is acted
+    // on once this process serves, instead of killing it while it holds the sockets.
+    let sig = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR2,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // What can be checked without the data directory is checked before an upgrade takes the
+    // sockets, so that a bad certificate or pepper leaves the running gateway serving.
+    if cfg.tls.enabled() {
+        crate::conn::tls::install(&cfg.tls)?;
+    }
+    let pepper_file = read_pepper(&cfg)?;
     let taken = match upgrade {
         false => None,
         true => {
-            let got = crate::upgrade::take_over(&cfg.server.listen)?;
+            let wanted: Vec<_> = crate::conn::Listener::configured(&cfg)
+                .into_iter()
+                .map(|(kind, addr, key)| crate::upgrade::Wanted {
+                    kind,
+                    addr: addr.to_owned(),
+                    key,
+                })
+                .collect();
+            let got = crate::upgrade::take_over(&cfg.server.listen, &cfg.store.data_dir, &wanted)?;
             if got.is_none() {
                 tracing::warn!(listen = %cfg.server.listen, "--upgrade: no gateway runs on this address; starting as usual");
             }
             got
         }
     };
-    let claims = exclusive(&cfg, taken.is_some())?;
+    let claims = exclusive(&cfg, taken.as_ref().map(|t| t.released))?;
     let mut inherited = match taken {
-        Some(i) => i.by_core(cores),
+        Some(t) => t.inherited.by_core(cores),
         None => (0..cores).map(|_| Vec::new()).collect(),
     };
-    if cfg.tls.enabled() {
-        crate::conn::tls::install(&cfg.tls)?;
-    }
     let topics = load_catalog(&cfg)?;
     let shared = Shared::start(&cfg)?;
     let meta = crate::backend::meta::open(&cfg, shared.bridge())?;
-    let pepper = Arc::new(load_pepper(&cfg, !meta.records.is_empty())?);
+    let pepper = Arc::new(load_pepper(&cfg, pepper_file, !meta.records.is_empty())?);
     let mut meta = Some(meta);
     let mut idem = Some(crate::idem::open(&cfg, shared.bridge())?);
     let mut forward = crate::queue::forward::open(&cfg, shared.bridge())?;
@@ -107,13 +127,6 @@ pub fn run(start: Start) -> Result<(), String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (reload_tx, reload_rx) = std::sync::mpsc::channel::<ReloadAsk>();
     let cfg = Arc::new(cfg);
-    let sig = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGUSR2,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let mut threads = Vec::new();
     for (id, inbox) in inboxes.into_iter().enumerate() {
         let cfg = cfg.clone();
@@ -167,7 +180,8 @@ pub fn run(start: Start) -> Result<(), String> {
     tracing::info!(listen = %cfg.server.listen, cores, data = %cfg.store.data_dir.display(),
         backend = ?cfg.store.backend, pid = std::process::id(), "kateway serving");
     crate::upgrade::notify_ready();
-    let (events, events_tx) = events(sig, &claims, reload_rx)?;
+    let data_id = crate::upgrade::data_dir_id(&cfg.store.data_dir);
+    let (events, events_tx) = events(sig, &claims, reload_rx, &data_id)?;
     let reload = |running: &mut Loaded| -> Result<Vec<String>, String> {
         let new = source.load()?;
         let keys = live::check(running, &new)?;
@@ -222,6 +236,7 @@ pub fn run(start: Start) -> Result<(), String> {
             }
             Event::Signal(s) => {
                 tracing::info!(signal = s, "shutting down");
+                crate::upgrade::notify_stopping();
                 break;
             }
             Event::Upgrade(stream) => {
@@ -244,7 +259,8 @@ pub fn run(start: Start) -> Result<(), String> {
                     }
                     Err(e) => {
                         tracing::error!("upgrade refused, still serving: {e}");
-                        watch_upgrades(&claims, events_tx.clone())?;
+                        crate::upgrade::finish(&stream, Err(e));
+                        watch_upgrades(&claims, events_tx.clone(), &data_id)?;
                     }
                 }
             }
@@ -259,9 +275,21 @@ pub fn run(start: Start) -> Result<(), String> {
         for rx in told {
             let _ = rx.recv();
         }
-        tracing::info!(?grace, "unready: draining after the grace period");
-        std::thread::sleep(grace);
+        tracing::info!(
+            ?grace,
+            "unready: draining after the grace period (a second SIGTERM or SIGINT drains now)"
+        );
+        let end = Instant::now() + grace;
+        while let Ok(e) = events.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            if refuse_in_drain(e) {
+                tracing::info!("second signal: draining now");
+                break;
+            }
+        }
     }
+    // Reloads asked for from now on are answered 503 (their answer channel is dropped) and
+    // upgrade requests find no one listening.
+    drop(events);
     let deadline = Instant::now() + running.cfg.server.shutdown_timeout.0;
     let drained: Vec<_> = (0..cores)
         .filter_map(|c| mesh.ask_blocking(c, Request::Drain))
@@ -290,12 +318,31 @@ pub fn run(start: Start) -> Result<(), String> {
     Ok(())
 }
 
+/// What arrives during the drain grace: a reload (503) or an upgrade is refused (the gateway
+/// is shutting down); returns whether it was a second termination signal, which ends the grace.
+fn refuse_in_drain(e: Event) -> bool {
+    match e {
+        Event::Signal(signal_hook::consts::SIGTERM | signal_hook::consts::SIGINT) => true,
+        Event::Signal(s) => {
+            tracing::warn!(signal = s, "ignored: the gateway is shutting down");
+            false
+        }
+        // Its answer channel dropped unanswered: the route answers 503.
+        Event::Reload(_) => false,
+        Event::Upgrade(stream) => {
+            crate::upgrade::finish(&stream, Err("the gateway is shutting down".into()));
+            false
+        }
+    }
+}
+
 /// Signals, reloads asked for by cores, and upgrade requests on the address claim's socket, as
 /// one stream of events.
 fn events(
     mut sig: signal_hook::iterator::Signals,
     claims: &Claims,
     reloads: Receiver<ReloadAsk>,
+    data_id: &str,
 ) -> Result<(Receiver<Event>, Sender<Event>), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let asks = tx.clone();
@@ -320,22 +367,25 @@ fn events(
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    watch_upgrades(claims, tx.clone())?;
+    watch_upgrades(claims, tx.clone(), data_id)?;
     Ok((rx, tx))
 }
 
-/// Waits on the address claim's socket for one upgrade request. One: the thread's copy of the
-/// socket must be gone once the process hands over (the claim is released with it); after a
-/// refused handover the caller watches again.
-fn watch_upgrades(claims: &Claims, tx: Sender<Event>) -> Result<(), String> {
+/// Waits on the address claim's socket for one acceptable upgrade request
+/// ([`crate::upgrade::accept_request`]: its checks run here, so a silent or foreign caller
+/// never holds up the serving loop). One: the thread's copy of the socket must be gone once
+/// the process hands over (the claim is released with it); after a refused handover the
+/// caller watches again.
+fn watch_upgrades(claims: &Claims, tx: Sender<Event>, data_id: &str) -> Result<(), String> {
     let listener = claims
         ._addr
         .try_clone()
         .map_err(|e| format!("cannot watch for upgrades: {e}"))?;
+    let data_id = data_id.to_owned();
     std::thread::Builder::new()
         .name("kateway-upgrade".into())
         .spawn(move || {
-            if let Ok((s, _)) = listener.accept() {
+            if let Ok(s) = crate::upgrade::accept_request(&listener, &data_id) {
                 let _ = tx.send(Event::Upgrade(s));
             }
         })
@@ -343,20 +393,37 @@ fn watch_upgrades(claims: &Claims, tx: Sender<Event>) -> Result<(), String> {
         .map_err(|e| format!("cannot start the upgrade thread: {e}"))
 }
 
-/// The pepper key hashes are keyed with: read from `auth.pepper_file` (or `<data>/meta/pepper`),
-/// or made (32 random bytes, mode 0600) on the first start; refused when it is missing although
-/// the metadata (`has_keys`) was made with one: every key would stop working for good.
-fn load_pepper(cfg: &Config, has_keys: bool) -> Result<kateway_core::keys::Pepper, String> {
+/// The pepper file (`auth.pepper_file`, or `<data>/meta/pepper`): `None` when there is none
+/// yet; an unreadable or short one is an error.
+fn read_pepper(cfg: &Config) -> Result<Option<kateway_core::keys::Pepper>, String> {
     use kateway_core::keys::Pepper;
     let path = cfg.auth.pepper_path(&cfg.store.data_dir);
     match std::fs::read(&path) {
         Ok(b) => Pepper::new(&b)
+            .map(Some)
             .ok_or_else(|| format!("{}: a pepper file holds at least 32 bytes", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && has_keys => Err(format!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The pepper key hashes are keyed with: the file [`read_pepper`] found, or one made (32
+/// random bytes, mode 0600) on the first start; refused when it is missing although the
+/// metadata (`has_keys`) was made with one: every key would stop working for good.
+fn load_pepper(
+    cfg: &Config,
+    found: Option<kateway_core::keys::Pepper>,
+    has_keys: bool,
+) -> Result<kateway_core::keys::Pepper, String> {
+    use kateway_core::keys::Pepper;
+    let path = cfg.auth.pepper_path(&cfg.store.data_dir);
+    match found {
+        Some(p) => Ok(p),
+        None if has_keys => Err(format!(
             "the pepper file {} is missing, but the metadata holds keys hashed with it: restore it from a backup",
             path.display()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
@@ -366,9 +433,11 @@ fn load_pepper(cfg: &Config, has_keys: bool) -> Result<kateway_core::keys::Peppe
             tracing::info!(file = %path.display(), "made the pepper that key hashes are keyed with: back it up");
             Pepper::new(&bytes).ok_or_else(|| "pepper".to_string())
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
+
+/// How long a successor whose predecessor died mid-handover waits for the data directory's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a running gateway holds to keep a second one off its data directory and address.
 struct Claims {
@@ -382,7 +451,11 @@ struct Claims {
 /// share one port without a word). The address is claimed with an abstract Unix socket named
 /// after it: binding one is atomic, so two gateways starting at the same moment cannot both
 /// pass, and the kernel releases it when the process exits, however it exits.
-fn exclusive(cfg: &Config, inherited: bool) -> Result<Claims, String> {
+///
+/// `inherited`: the listening sockets came from a previous process (`Some`), which said it
+/// released the directory (`true`) or went away without a word (`false`: its lock is waited
+/// for, up to [`LOCK_WAIT`], while the kernel closes its files).
+fn exclusive(cfg: &Config, inherited: Option<bool>) -> Result<Claims, String> {
     use nix::fcntl::{flock, FlockArg};
     use std::os::fd::AsRawFd;
     let path = cfg.store.data_dir.join("lock");
@@ -392,7 +465,17 @@ fn exclusive(cfg: &Config, inherited: bool) -> Result<Claims, String> {
         .write(true)
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    if let Err(e) = flock(file.as_raw_fd(), FlockArg::LockExclusiveNonblock) {
+    let patience = match inherited {
+        Some(false) => LOCK_WAIT,
+        _ => std::time::Duration::ZERO,
+    };
+    let until = Instant::now() + patience;
+    let mut locked = flock(file.as_raw_fd(), FlockArg::LockExclusiveNonblock);
+    while locked == Err(nix::errno::Errno::EWOULDBLOCK) && Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        locked = flock(file.as_raw_fd(), FlockArg::LockExclusiveNonblock);
+    }
+    if let Err(e) = locked {
         return Err(match e {
             nix::errno::Errno::EWOULDBLOCK => format!(
                 "data dir {} is in use by another kateway process",
@@ -403,7 +486,9 @@ fn exclusive(cfg: &Config, inherited: bool) -> Result<Claims, String> {
     }
     // A plain bind (no SO_REUSEPORT) fails while any socket listens on the address (the
     // inherited sockets of an upgrade do).
-    let bound = (!inherited).then(|| std::net::TcpListener::bind(cfg.server.listen.as_str()));
+    let bound = inherited
+        .is_none()
+        .then(|| std::net::TcpListener::bind(cfg.server.listen.as_str()));
     if let Some(Err(e)) = bound {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             return Err(format!(

@@ -3,27 +3,41 @@
 //!
 //! The running gateway holds the abstract Unix socket `kateway-listen:<listen>` (which also
 //! keeps a second gateway off its address). `kateway serve --upgrade` connects to it and says
-//! `upgrade`; the running one sends a duplicate of every core's listening sockets, then drains
-//! as on SIGTERM (parked long polls answered, in-flight requests finished, idle connections
-//! closed, the store flushed), stops its cores, releases the data directory's lock and says
-//! `released`. Only then does the new process take the lock, recover the store and accept on
-//! the inherited sockets. Meanwhile new connections wait in the sockets' accept queues (the
-//! sockets never close): they are served late, never refused. SIGUSR2 makes the running
-//! gateway start the upgrade itself: it runs the binary at the path it was started from (the
-//! new version once replaced) with its own arguments and `--upgrade`.
+//! `upgrade` with its data directory; the running one checks that the caller runs as its own
+//! user (or root) and serves the same directory, then sends a duplicate of every core's
+//! listening sockets. The new process checks that each socket listens where its own
+//! configuration says (else it refuses and the running one keeps serving). Then the running
+//! one drains as on SIGTERM (parked long polls answered, in-flight requests finished, idle
+//! connections closed, the store flushed), stops its cores, releases the data directory's lock
+//! and says `released`. Only then does the new process take the lock, recover the store and
+//! accept on the inherited sockets; if the running one dies instead, the new one takes the
+//! lock as soon as the kernel frees it. Meanwhile new connections wait in the sockets' accept
+//! queues (the sockets never close): they are served late, never refused. SIGUSR2 makes the
+//! running gateway start the upgrade itself: it runs the binary at the path it was started
+//! from (the new version once replaced) with its own arguments and `--upgrade`.
 //!
-//! The exchange, one line each way at a time: `upgrade` →; ← `fds <kind>...` with the sockets
-//! attached (at most [`CHUNK`] per line), → `ok` after each; ← `end`; ← `released` (or
-//! `failed <why>`).
+//! The exchange, one line each way at a time, each within [`STEP`] and at most [`MAX_LINE`]
+//! bytes: `upgrade data=<hex path>` →; ← `fds <kind>...` with the sockets attached (at most
+//! [`CHUNK`] per line), → `ok` (or `refused <why>`) after each; ← `end`, → `ok`; ← `released`
+//! once drained (or `failed <why>` at any step).
 
 use crate::conn::Listener;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
 
 /// Sockets per message (the kernel takes at most 253).
 const CHUNK: usize = 200;
+/// How long either side waits for the other's next line (but the successor waits for the
+/// drain as long as it takes).
+const STEP: Duration = Duration::from_secs(5);
+/// The longest line either side reads.
+const MAX_LINE: usize = 8192;
 
 /// The abstract Unix socket name a gateway on `listen` holds.
 pub fn socket_name(listen: &str) -> String {
@@ -77,9 +91,144 @@ impl Inherited {
     }
 }
 
+/// What the new process got: the sockets, and whether the previous process said it released
+/// the data directory (`false`: it died first, and the lock is free once the kernel has
+/// closed its files).
+pub struct Taken {
+    pub inherited: Inherited,
+    pub released: bool,
+}
+
+/// Lines in and out of the upgrade socket, with the descriptors that came with them.
+struct Wire<'a> {
+    s: &'a UnixStream,
+    pending: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl<'a> Wire<'a> {
+    fn new(s: &'a UnixStream) -> std::io::Result<Self> {
+        s.set_read_timeout(Some(STEP))?;
+        s.set_write_timeout(Some(STEP))?;
+        Ok(Wire {
+            s,
+            pending: Vec::new(),
+            fds: VecDeque::new(),
+        })
+    }
+
+    /// The next line without its newline; `None` at the end of the stream.
+    fn line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            if let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+                let rest = self.pending.split_off(i + 1);
+                let line = std::mem::replace(&mut self.pending, rest);
+                let text = String::from_utf8_lossy(&line[..i]).into_owned();
+                return Ok(Some(text));
+            }
+            if self.pending.len() > MAX_LINE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a line longer than the protocol allows",
+                ));
+            }
+            if self.recv()? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next line; the end of the stream is an error.
+    fn expect_line(&mut self) -> std::io::Result<String> {
+        self.line()?
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    }
+
+    // Taking ownership of the descriptors `SCM_RIGHTS` installed needs `from_raw_fd`.
+    #[allow(unsafe_code)]
+    fn recv(&mut self) -> std::io::Result<usize> {
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([RawFd; CHUNK]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            self.s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        for c in msg.cmsgs() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for us.
+                self.fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        self.pending.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn say(&self, line: &str) -> std::io::Result<()> {
+        let mut w = self.s;
+        w.write_all(format!("{line}\n").as_bytes())
+    }
+}
+
+/// The hex form of a path's bytes (a path may hold spaces, never a newline once encoded).
+fn hex(p: &Path) -> String {
+    p.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The data directory as both sides compare it: canonical where it exists.
+pub fn data_dir_id(p: &Path) -> String {
+    hex(&std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+/// A listener the new process's configuration asks for: kind, address and the key naming it.
+pub struct Wanted {
+    pub kind: Listener,
+    pub addr: String,
+    pub key: &'static str,
+}
+
+/// Why an inherited socket of `kind` cannot serve: this process's configuration does not place
+/// that kind at the address it listens on.
+fn misplaced(kind: Listener, fd: &OwnedFd, wanted: &[Wanted]) -> Option<String> {
+    let Some(w) = wanted.iter().find(|w| w.kind == kind) else {
+        // The new configuration drops this listener: its socket is closed once taken.
+        return None;
+    };
+    // A duplicate, closed again at once, to ask the socket's address the standard way.
+    let at = fd
+        .try_clone()
+        .ok()
+        .and_then(|d| std::net::TcpListener::from(d).local_addr().ok());
+    let want = w.addr.parse::<SocketAddr>().ok();
+    match (at, want) {
+        (Some(a), Some(b)) if a == b => None,
+        (a, _) => Some(format!(
+            "{} = {} here, but the running gateway listens on {} for it: restart instead of upgrading to change it",
+            w.key,
+            w.addr,
+            a.map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
+        )),
+    }
+}
+
 /// The new process's side: asks the gateway listening on `listen` for its sockets and waits
 /// until it has released the data directory. `Ok(None)` when no gateway holds the address.
-pub fn take_over(listen: &str) -> Result<Option<Inherited>, String> {
+pub fn take_over(
+    listen: &str,
+    data_dir: &Path,
+    wanted: &[Wanted],
+) -> Result<Option<Taken>, String> {
     use std::os::linux::net::SocketAddrExt;
     let name = socket_name(listen);
     let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
@@ -90,23 +239,41 @@ pub fn take_over(listen: &str) -> Result<Option<Inherited>, String> {
         Err(e) => return Err(format!("cannot reach the running gateway on {listen}: {e}")),
     };
     let lost = |e: std::io::Error| format!("the running gateway broke off the upgrade: {e}");
-    (&stream).write_all(b"upgrade\n").map_err(lost)?;
+    let mut wire = Wire::new(&stream).map_err(lost)?;
+    wire.say(&format!("upgrade data={}", data_dir_id(data_dir)))
+        .map_err(lost)?;
     let mut got = Inherited::default();
     loop {
-        let (line, fds) = recv_line(&stream).map_err(lost)?;
+        let line = wire.expect_line().map_err(lost)?;
         let mut words = line.split_ascii_whitespace();
         match words.next() {
             Some("fds") => {
                 let kinds: Vec<_> = words.map(kind_of).collect();
-                if kinds.len() != fds.len() || kinds.iter().any(Option::is_none) {
+                if kinds.len() > wire.fds.len() || kinds.iter().any(Option::is_none) {
+                    let _ = wire.say("refused bad socket list");
                     return Err(format!(
                         "the running gateway sent a bad socket list: {line}"
                     ));
                 }
-                got.sockets.extend(kinds.into_iter().flatten().zip(fds));
-                (&stream).write_all(b"ok\n").map_err(lost)?;
+                let fds: Vec<OwnedFd> = wire.fds.drain(..kinds.len()).collect();
+                let pairs: Vec<_> = kinds.into_iter().flatten().zip(fds).collect();
+                if let Some(why) = pairs.iter().find_map(|(k, fd)| misplaced(*k, fd, wanted)) {
+                    let _ = wire.say(&format!("refused {why}"));
+                    return Err(why);
+                }
+                got.sockets.extend(pairs);
+                wire.say("ok").map_err(lost)?;
             }
-            Some("end") => break,
+            Some("end") => {
+                wire.say("ok").map_err(lost)?;
+                break;
+            }
+            Some("failed") => {
+                return Err(format!(
+                    "the running gateway refused the upgrade: {}",
+                    line.trim_start_matches("failed").trim()
+                ))
+            }
             _ => return Err(format!("the running gateway answered {line:?}")),
         }
     }
@@ -115,63 +282,93 @@ pub fn take_over(listen: &str) -> Result<Option<Inherited>, String> {
         sockets = got.sockets.len(),
         "took the listening sockets over; waiting for the running gateway to drain"
     );
-    // The rest arrives as plain lines.
-    let mut r = BufReader::new(&stream);
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(lost)?;
-    match line.trim_end() {
-        "released" => Ok(Some(got)),
-        "" => Err("the running gateway exited without releasing its data directory".into()),
-        other => Err(format!("the running gateway did not hand over: {other}")),
+    // The drain takes as long as it takes (up to the running gateway's shutdown timeout).
+    stream.set_read_timeout(None).map_err(lost)?;
+    match wire.line() {
+        Ok(Some(l)) if l == "released" => Ok(Some(Taken {
+            inherited: got,
+            released: true,
+        })),
+        Ok(Some(l)) => Err(format!("the running gateway did not hand over: {l}")),
+        Ok(None) | Err(_) => {
+            tracing::warn!("the running gateway went away without releasing its data directory; taking it once its lock is free");
+            Ok(Some(Taken {
+                inherited: got,
+                released: false,
+            }))
+        }
     }
 }
 
-/// One line and the descriptors attached to it.
-// Taking ownership of the descriptors `SCM_RIGHTS` installed needs `from_raw_fd`.
-#[allow(unsafe_code)]
-fn recv_line(s: &UnixStream) -> std::io::Result<(String, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 8192];
-    let mut cmsg = nix::cmsg_space!([RawFd; CHUNK]);
-    let (n, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            s.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs() {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                // SAFETY: the kernel just installed these descriptors in this process for us.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
+/// The running gateway's side: waits on the address claim's socket for an upgrade request
+/// from a process of this user (or root) that serves the same data directory (`data_id`, from
+/// [`data_dir_id`]); others are answered `failed <why>` and logged. The stream returned has
+/// said `upgrade`.
+pub fn accept_request(listener: &UnixListener, data_id: &str) -> std::io::Result<UnixStream> {
+    loop {
+        let (s, _) = listener.accept()?;
+        match check_request(&s, data_id) {
+            Ok(()) => return Ok(s),
+            Err(why) => {
+                tracing::warn!("upgrade request refused: {why}");
+                if let Ok(w) = Wire::new(&s) {
+                    let _ = w.say(&format!("failed {why}"));
+                }
             }
         }
-        (msg.bytes, fds)
-    };
-    if n == 0 {
-        return Ok((String::new(), fds));
     }
-    let line = String::from_utf8_lossy(&buf[..n]).trim_end().to_string();
-    Ok((line, fds))
 }
 
-/// The running gateway's side, before it drains: reads the request and sends duplicates of
-/// `sockets` (the caller keeps its own, and keeps accepting until it drains).
-pub fn hand_over(stream: &UnixStream, sockets: &[(Listener, RawFd)]) -> Result<(), String> {
-    let lost = |e: std::io::Error| format!("the upgrading process went away: {e}");
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(lost)?;
-    if line.trim_end() != "upgrade" {
+fn check_request(s: &UnixStream, data_id: &str) -> Result<(), String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let me = nix::unistd::geteuid().as_raw();
+    let peer = getsockopt(s.as_raw_fd(), PeerCredentials)
+        .map_err(|e| format!("cannot tell who asks: {e}"))?;
+    if peer.uid() != me && peer.uid() != 0 {
         return Err(format!(
-            "unexpected request on the upgrade socket: {line:?}"
+            "process {} runs as uid {}, this gateway as uid {me}",
+            peer.pid(),
+            peer.uid()
         ));
     }
+    let mut wire = Wire::new(s).map_err(|e| e.to_string())?;
+    let line = wire
+        .expect_line()
+        .map_err(|e| format!("process {}: {e}", peer.pid()))?;
+    let mut words = line.split_ascii_whitespace();
+    if words.next() != Some("upgrade") {
+        return Err(format!("process {} sent {line:?}", peer.pid()));
+    }
+    for w in words {
+        if let Some(theirs) = w.strip_prefix("data=") {
+            if theirs != data_id {
+                return Err(format!(
+                    "process {} serves another data directory than this gateway's",
+                    peer.pid()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The running gateway's side, once a request is accepted: sends duplicates of `sockets` (the
+/// caller keeps its own, and keeps accepting until it drains) and waits for the new process to
+/// accept them.
+pub fn hand_over(stream: &UnixStream, sockets: &[(Listener, RawFd)]) -> Result<(), String> {
+    let lost = |e: std::io::Error| format!("the upgrading process went away: {e}");
+    let mut wire = Wire::new(stream).map_err(lost)?;
+    let answered = |wire: &mut Wire| -> Result<(), String> {
+        let line = wire.expect_line().map_err(lost)?;
+        match line.as_str() {
+            "ok" => Ok(()),
+            l => Err(format!(
+                "the upgrading process {}",
+                l.strip_prefix("refused ")
+                    .map_or_else(|| format!("answered {l:?}"), |w| format!("refused: {w}"))
+            )),
+        }
+    };
     for chunk in sockets.chunks(CHUNK) {
         let mut head = String::from("fds");
         for (k, _) in chunk {
@@ -189,25 +386,24 @@ pub fn hand_over(stream: &UnixStream, sockets: &[(Listener, RawFd)]) -> Result<(
             None,
         )
         .map_err(|e| lost(e.into()))?;
-        line.clear();
-        r.read_line(&mut line).map_err(lost)?;
-        if line.trim_end() != "ok" {
-            return Err(format!("the upgrading process answered {line:?}"));
-        }
+        answered(&mut wire)?;
     }
-    let mut w = stream;
-    w.write_all(b"end\n").map_err(lost)
+    wire.say("end").map_err(lost)?;
+    answered(&mut wire)
 }
 
 /// The running gateway's last word, once its lock is released (or why the handover failed).
 pub fn finish(stream: &UnixStream, outcome: Result<(), String>) {
     let mut w = stream;
-    let line = match outcome {
+    let line = match &outcome {
         Ok(()) => "released\n".to_string(),
         Err(e) => format!("failed {e}\n"),
     };
+    let released = outcome.is_ok();
     if let Err(e) = w.write_all(line.as_bytes()) {
-        tracing::warn!("could not tell the upgrading process that the directory is free: {e}");
+        if released {
+            tracing::warn!("could not tell the upgrading process that the directory is free: {e}");
+        }
     }
 }
 
@@ -231,13 +427,29 @@ pub fn spawn_successor() -> Result<u32, String> {
         .arg("--upgrade")
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    Ok(child.id())
+    let pid = child.id();
+    // Reaped when it exits: a successor that failed leaves no zombie, and says how it ended.
+    let mut child = child;
+    let _ = std::thread::Builder::new()
+        .name("kateway-successor".into())
+        .spawn(move || match child.wait() {
+            Ok(s) if s.success() => {}
+            Ok(s) => tracing::error!(pid, "the successor process failed ({s}); still serving"),
+            Err(e) => tracing::warn!(pid, "cannot wait for the successor process: {e}"),
+        });
+    Ok(pid)
 }
 
 /// Tells systemd (`Type=notify`, `NotifyAccess=all`) that this process is ready and is the
 /// service's main process. Nothing happens outside systemd (`NOTIFY_SOCKET` unset).
 pub fn notify_ready() {
     notify(&format!("READY=1\nMAINPID={}\n", std::process::id()));
+}
+
+/// Tells systemd that the service is stopping (on SIGTERM or SIGINT; not on an upgrade, whose
+/// successor is the service's main process by then).
+pub fn notify_stopping() {
+    notify("STOPPING=1\n");
 }
 
 /// Tells systemd that this process is the service's main process from now on: sent by a

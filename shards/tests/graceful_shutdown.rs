@@ -1,7 +1,9 @@
 //! Graceful shutdown, on both backends: SIGTERM first turns `/ready` to 503 for
 //! `server.drain_grace` while everything else is still served (so load balancers stop sending
-//! traffic before the listeners close), then answers a parked long poll with 204 +
-//! `Connection: close`, lets an in-flight publish finish, and exits 0 with everything durable.
+//! traffic before the listeners close; a reload is refused, a second SIGTERM ends the grace),
+//! then answers a parked long poll with 204 + `Connection: close`, lets an in-flight publish
+//! finish, answers a connection accepted before the drain whose request comes after it, and
+//! exits 0 with everything durable.
 
 mod support;
 use std::time::Duration;
@@ -37,6 +39,9 @@ fn sigterm_ends_long_polls_and_finishes_publishes(b: Backend) {
         .as_bytes(),
     )
     .unwrap();
+    // A connection accepted before the signal whose request comes after it: answered, not
+    // dropped (its client had no way to know the server was about to close it).
+    let mut fresh = g.connect();
     g.metric_until("kateway_sub_parked_polls", 100, |v| v >= 1.0);
     std::thread::sleep(Duration::from_millis(200));
     let pid = g.child.as_ref().unwrap().id();
@@ -47,6 +52,14 @@ fn sigterm_ends_long_polls_and_finishes_publishes(b: Backend) {
     std::thread::sleep(Duration::from_millis(200));
     pubc.send_raw(b"flight").unwrap();
     let r = pubc.read_response().unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    let r = fresh.req(
+        "POST",
+        "/v1/msgs/t/v1?ack=local",
+        &[("Appid", app1.as_str())],
+        b"fresh",
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.header("connection"), Some("close"));
     let s = poll.join().unwrap();
@@ -63,10 +76,12 @@ fn sigterm_ends_long_polls_and_finishes_publishes(b: Backend) {
         .collect();
     assert!(values.contains(&b"before"[..]), "{values:?}");
     assert!(values.contains(&b"inflight"[..]), "{values:?}");
+    assert!(values.contains(&b"fresh"[..]), "{values:?}");
 }
 
 fn sigterm_turns_ready_off_while_still_serving(b: Backend) {
-    let mut g = Gateway::on(b, &[("KATEWAY_SERVER_DRAIN_GRACE", "4s")]);
+    // Longer than `terminate` waits: the second SIGTERM must cut it short.
+    let mut g = Gateway::on(b, &[("KATEWAY_SERVER_DRAIN_GRACE", "120s")]);
     let app1 = g.app("app1");
     g.create_topic(&app1, "t", 1);
     let mut ready = 0;
@@ -120,6 +135,11 @@ fn sigterm_turns_ready_off_while_still_serving(b: Backend) {
         g.child.as_mut().unwrap().try_wait().unwrap().is_none(),
         "still running during the grace"
     );
+    // A reload is refused while shutting down, and answered at once.
+    let r = g.req("POST", "/v1/config/reload", &[], b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("shutting down"), "{}", r.text());
+    // A second SIGTERM ends the grace: the drain starts at once.
     assert_eq!(g.terminate(), Some(0));
     g.spawn();
     let app2 = g.app("app2");

@@ -1,6 +1,9 @@
 //! Zero-downtime upgrade, on both backends: a successor started with `--upgrade` (or by SIGUSR2)
 //! takes the listening sockets over while publishers and subscribers keep going; no request
-//! fails, no message is lost or delivered twice, and the old process exits 0.
+//! fails, no message is lost or delivered twice, and the old process exits 0. A caller of
+//! another user, one that says nothing, a successor on another data directory or with a
+//! listener elsewhere is refused and the gateway keeps serving; a successor whose predecessor
+//! dies during the drain takes over once the data directory's lock is free.
 
 mod support;
 use std::collections::HashSet;
@@ -11,7 +14,9 @@ use support::{records, Backend, Conn, Gateway};
 
 on_both_backends!(
     an_upgrade_under_load_fails_no_request,
-    sigusr2_starts_the_successor_itself
+    sigusr2_starts_the_successor_itself,
+    a_successor_that_does_not_fit_leaves_the_gateway_serving,
+    a_successor_whose_predecessor_dies_mid_drain_takes_over,
 );
 
 /// What the load saw.
@@ -283,4 +288,139 @@ fn sigusr2_starts_the_successor_itself(b: Backend) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("the successor did not exit on SIGTERM");
+}
+
+/// Connects to the upgrade socket of the gateway on `addr`.
+fn upgrade_socket(addr: &str) -> std::os::unix::net::UnixStream {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("kateway-listen:{addr}");
+    let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    std::os::unix::net::UnixStream::connect_addr(&at).expect("the upgrade socket")
+}
+
+/// Waits for a refused successor and returns its stderr.
+fn refused(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the successor is refused: {err}"
+    );
+    err
+}
+
+fn a_successor_that_does_not_fit_leaves_the_gateway_serving(b: Backend) {
+    let health = format!("127.0.0.1:{}", support::free_port());
+    let mut g = Gateway::on(b, &[("KATEWAY_TLS_HEALTH_LISTEN", health.as_str())]);
+    let app = g.app("up");
+    g.create_topic(&app, "t", 1);
+    g.publish(&app, "t", "", b"before");
+    let pid = g.serving_pid();
+    // A caller that connects and says nothing holds no one up: it is dropped after a few
+    // seconds, and signals and requests are handled meanwhile (it stays open to the end).
+    let silent = upgrade_socket(&g.addr);
+    assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
+    // A process of another user is refused (needs root to be another user).
+    if nix_euid() == 0 {
+        let script = format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect('\\0kateway-listen:{}'); \
+             s.sendall(b'upgrade\\n'); print(s.recv(4096).decode())",
+            g.addr
+        );
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(&script)
+            .output()
+            .expect("setpriv");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with("failed") && said.contains("uid 65534"),
+            "another user is refused: {said:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("not root: the other-user case is not run");
+    }
+    // Another data directory.
+    let other = tempfile::tempdir().unwrap();
+    let err = refused(g.successor(&[], Some(other.path())));
+    assert!(err.contains("another data directory"), "{err}");
+    // A listener that the running gateway has elsewhere.
+    let elsewhere = format!("127.0.0.1:{}", support::free_port());
+    let err = refused(g.successor(&[("KATEWAY_TLS_HEALTH_LISTEN", elsewhere.as_str())], None));
+    assert!(err.contains("tls.health_listen"), "{err}");
+    // Still the same process, serving everything.
+    assert_eq!(g.serving_pid(), pid);
+    g.publish(&app, "t", "", b"after");
+    let mut h = Gateway::connect_to(&health);
+    assert_eq!(h.req("GET", "/alive", &[], b"").status, 200);
+    let got: Vec<_> = g
+        .drain(&app, &app, "t", "group=g&batch=10&wait=3s&reset=oldest")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(got, vec![b"before".to_vec(), b"after".to_vec()]);
+    // And a fitting successor still takes over.
+    let mut old = g.upgrade();
+    wait_for_successor(&g, pid);
+    assert_eq!(old.wait().unwrap().code(), Some(0));
+    assert_eq!(g.terminate(), Some(0));
+    drop(silent);
+}
+
+fn nix_euid() -> u32 {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn a_successor_whose_predecessor_dies_mid_drain_takes_over(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut g = Gateway::on(b, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    let app = g.app("up");
+    g.create_topic(&app, "t", 1);
+    g.publish(&app, "t", "ack=all", b"before");
+    let before = g.serving_pid();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], format!("READY=1\nMAINPID={before}\n").as_bytes());
+    // A request whose body has not arrived keeps the drain going (up to request_timeout).
+    let mut slow = g.connect();
+    slow.send_raw(
+        format!("POST /v1/msgs/t/v1 HTTP/1.1\r\nAppid: {app}\r\nContent-Length: 10\r\n\r\nab")
+            .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut old = g.upgrade();
+    // The successor holds the sockets once it says it is the main process.
+    let n = notify.recv(&mut buf).unwrap();
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("MAINPID="), "{said}");
+    assert_ne!(said, format!("MAINPID={before}\n"));
+    // The old process dies mid-drain, without releasing anything.
+    old.kill().unwrap();
+    old.wait().unwrap();
+    let after = wait_for_successor(&g, before);
+    assert_eq!(after, u64::from(g.pid()));
+    g.publish(&app, "t", "ack=all", b"after");
+    let got: Vec<_> = g
+        .drain(&app, &app, "t", "group=g&batch=10&wait=3s&reset=oldest")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(got, vec![b"before".to_vec(), b"after".to_vec()]);
+    drop(slow);
+    assert_eq!(g.terminate(), Some(0));
 }

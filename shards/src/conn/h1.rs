@@ -42,6 +42,10 @@ const WRITE_PIECE: usize = 256 << 10;
 /// at most this long, and this much (a WebSocket the server closes first lingers as long).
 pub(super) const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 4 << 20;
+/// How long a connection that has not sent its first request yet is still waited for once
+/// draining begins: it was accepted, so its client is about to send a request that must be
+/// answered (closing it would fail a request that no other process will see).
+pub(super) const FIRST_REQUEST_IN_DRAIN: Duration = Duration::from_secs(1);
 /// How long a request that may park runs before its socket is watched.
 const WATCH_AFTER: Duration = Duration::from_millis(100);
 
@@ -111,6 +115,9 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
     let mut holds: Vec<Box<dyn Any>> = Vec::new();
     let mut request_started: Option<Instant> = None;
     let mut held = HeldRequest::new(&core.shard);
+    // Until its first request, a connection is not closed as idle when draining begins.
+    let mut fresh = true;
+    let mut drain_cut: Option<Instant> = None;
     loop {
         // Answer every complete request in the buffer.
         let mut close = false;
@@ -127,6 +134,7 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
                 Ok(Some(Event::Continue)) => write_continue(&mut wbuf),
                 Ok(Some(Event::Request(req))) => {
                     request_started = None;
+                    fresh = false;
                     let t0 = Instant::now();
                     let (head, keep_alive) = (req.method == Method::Head, req.keep_alive);
                     let answered = answer(&core, req, &mut stream, &mut rbuf, peer).await;
@@ -181,7 +189,8 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
         }
         // Read more, within the timeout that applies now.
         let partial = decoder.in_progress(&rbuf);
-        if core.shard.shutdown.get() && !partial {
+        let draining = core.shard.shutdown.get();
+        if draining && !partial && !fresh {
             return;
         }
         // A request must arrive whole within request_timeout of its first byte, however slowly
@@ -197,7 +206,12 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
         } else {
             request_started = None;
             decoder.set_limits(limits(&core));
-            cfg.server.idle_timeout.0
+            match draining {
+                true => drain_cut
+                    .get_or_insert_with(|| Instant::now() + FIRST_REQUEST_IN_DRAIN)
+                    .saturating_duration_since(Instant::now()),
+                false => cfg.server.idle_timeout.0,
+            }
         };
         let seen = core.shard.shutdown_event.epoch();
         let spare = spare(rbuf);
@@ -216,11 +230,19 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
             refuse(&core, stream, &e).await;
             return;
         }
+        // Biased: a read that completed in the same turn as the drain's start is taken.
         let read = monoio::select! {
+            biased;
             r = monoio::time::timeout(timeout, stream.read(spare)) => Some(r),
             _ = core.shard.shutdown_event.wait(seen), if !partial => None,
         };
         match read {
+            // Draining began: a fresh connection waits a moment for its request (it had none
+            // buffered, so the read's buffer is simply replaced).
+            None if fresh => {
+                rbuf = BytesMut::new();
+                continue;
+            }
             None => return,
             Some(Err(_elapsed)) => {
                 if partial {

@@ -17,6 +17,7 @@ use crate::metrics;
 use crate::node::Core;
 pub use crate::tenancy::edge::Peer;
 use bytes::BytesMut;
+use kateway_core::config::Config;
 use kateway_core::{Error, ErrorKind};
 use kateway_proto::command::{Command, Parts};
 use kateway_proto::http1::encode::write_reply;
@@ -85,6 +86,30 @@ pub enum Listener {
     Health,
     /// The operator API, for operator keys only (`auth.operator_listen`).
     Operator,
+}
+
+impl Listener {
+    /// The listeners a configuration asks for: each kind with its address and the key that
+    /// names it (the main one always; the operator's with authentication on and
+    /// `auth.operator_listen` set; the health checkers' with `tls.health_listen` set).
+    pub fn configured(cfg: &Config) -> Vec<(Listener, &str, &'static str)> {
+        let mut out = vec![(Listener::Main, cfg.server.listen.as_str(), "server.listen")];
+        if cfg.auth.enabled && !cfg.auth.operator_listen.is_empty() {
+            out.push((
+                Listener::Operator,
+                cfg.auth.operator_listen.as_str(),
+                "auth.operator_listen",
+            ));
+        }
+        if !cfg.tls.health_listen.is_empty() {
+            out.push((
+                Listener::Health,
+                cfg.tls.health_listen.as_str(),
+                "tls.health_listen",
+            ));
+        }
+        out
+    }
 }
 
 /// The protocol a connection's first bytes announce.
@@ -198,8 +223,8 @@ async fn serve(core: Rc<Core>, stream: TcpStream, peer: Peer) {
 
 /// Waits for a connection's first bytes and tells its protocol without consuming them: a TLS
 /// record starts with 0x16, the HTTP/2 preface with `PR` (no HTTP/1.1 method does); anything
-/// else is HTTP/1.1. `None`: the client closed or sent nothing within the idle timeout, or the
-/// core is draining.
+/// else is HTTP/1.1. `None`: the client closed or sent nothing within the idle timeout, or
+/// within [`h1::FIRST_REQUEST_IN_DRAIN`] of the core's draining.
 async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
     use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
@@ -209,10 +234,15 @@ async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
     // that sends one byte and stops (or closes: a peeked byte hides the end of the stream)
     // is then served as HTTP/1.1, which reads the byte and sees the rest.
     let mut pause = Duration::from_millis(1);
+    let mut deadline = deadline;
+    let mut cut = false;
     loop {
         let seen = shard.shutdown_event.epoch();
-        if shard.shutdown.get() {
-            return None;
+        // Draining: the client was accepted and is about to send its request; it is waited
+        // for a moment (and answered with `connection: close`), not dropped.
+        if shard.shutdown.get() && !cut {
+            cut = true;
+            deadline = deadline.min(Instant::now() + h1::FIRST_REQUEST_IN_DRAIN);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -220,8 +250,11 @@ async fn sniff(core: &Core, stream: &TcpStream) -> Option<Sniffed> {
         }
         let ready = monoio::select! {
             r = monoio::time::timeout(left, stream.readable(false)) => matches!(r, Ok(Ok(()))),
-            _ = shard.shutdown_event.wait(seen) => false,
+            _ = shard.shutdown_event.wait(seen), if !cut => false,
         };
+        if !ready && !cut && shard.shutdown.get() {
+            continue;
+        }
         if !ready {
             return None;
         }

@@ -313,6 +313,10 @@ impl Gateway {
     }
 
     fn command(&self) -> Command {
+        self.command_for(&self.data)
+    }
+
+    fn command_for(&self, data: &Path) -> Command {
         let bin = env!("CARGO_BIN_EXE_kateway");
         let mut cmd = match self.nofile {
             None => Command::new(bin),
@@ -332,7 +336,7 @@ impl Gateway {
             &self.addr,
             "--data-dir",
         ])
-        .arg(&self.data);
+        .arg(data);
         // A test with a configuration file sets the log level there (a reload may change it).
         match &self.config {
             Some(f) => cmd.arg("--config").arg(f),
@@ -420,6 +424,18 @@ impl Gateway {
         cmd.arg("--upgrade");
         self.child = Some(cmd.spawn().expect("start kateway"));
         old
+    }
+
+    /// Starts `kateway serve --upgrade` the way [`Gateway::upgrade`] does, but with `env` added,
+    /// on `data` (or this gateway's directory) and stderr piped, and without making it this
+    /// gateway's process: for a successor that is to be refused.
+    pub fn successor(&self, env: &[(&str, &str)], data: Option<&Path>) -> Child {
+        let mut cmd = self.command_for(data.unwrap_or(&self.data));
+        cmd.arg("--upgrade").stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("start kateway")
     }
 
     /// The id of the process that answers `/v1/status` now.
