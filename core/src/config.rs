@@ -242,6 +242,7 @@ pub struct StoreConfig {
     pub default_partitions: u32,
     pub segment_bytes: ByteSize,
     pub index_interval_bytes: ByteSize,
+    pub preallocate_bytes: ByteSize,
     pub fsync_interval: Dur,
     pub fsync_bytes: ByteSize,
     pub retention_hours: u64,
@@ -645,6 +646,14 @@ impl Config {
             1 << 20,
         )?;
         range("store.fsync_bytes", st.fsync_bytes.0, 1, 1 << 40)?;
+        if st.preallocate_bytes.0 != 0 {
+            range(
+                "store.preallocate_bytes",
+                st.preallocate_bytes.0,
+                4 << 10,
+                1 << 30,
+            )?;
+        }
         range(
             "store.offsets_compact_bytes",
             st.offsets_compact_bytes.0,

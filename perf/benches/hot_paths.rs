@@ -48,6 +48,7 @@ fn log(c: &mut Criterion) {
     let cfg = PartitionConfig {
         segment_bytes: 256 << 20,
         index_interval: 4096,
+        preallocate: 1 << 20,
         recovery: kateway_log::RecoveryMode::TolerateCorruption,
     };
     let files = kateway_log::Files::new(64);

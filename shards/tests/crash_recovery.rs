@@ -98,10 +98,13 @@ fn torn_tail_is_truncated_and_the_partition_keeps_working() {
     let seg = g
         .data_dir()
         .join("topics/app1.t.v1/0/00000000000000000000.log");
-    let good = std::fs::metadata(&seg).unwrap().len();
-    // A half-written record at the end, as a crash in the middle of a write leaves it.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    std::io::Write::write_all(&mut f, &[0, 0, 0, 200, 0xde, 0xad, 0xbe, 0xef, 1, 0, 0, 0]).unwrap();
+    // Where the records end: zeros written ahead of the appends follow them.
+    let data = std::fs::read(&seg).unwrap();
+    let good = data.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
+    // A half-written record after them, as a crash in the middle of a write leaves it.
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    let torn = [0, 0, 0, 200, 0xde, 0xad, 0xbe, 0xef, 1, 0, 0, 0];
+    std::os::unix::fs::FileExt::write_all_at(&f, &torn, good).unwrap();
     drop(f);
     g.spawn();
     assert_eq!(

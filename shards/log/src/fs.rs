@@ -26,6 +26,8 @@ pub const FP_WRITE: &str = "log::write";
 pub const FP_OFFSETS_WRITE: &str = "log::offsets_write";
 /// Failpoint of data fsyncs (evaluated by whoever issues the fsync).
 pub const FP_FSYNC: &str = "log::fsync";
+/// Failpoint of the zero-filled space written ahead of a segment's appends.
+pub const FP_PREALLOCATE: &str = "log::preallocate";
 /// Failpoint of segment creation.
 pub const FP_CREATE: &str = "log::create";
 /// Failpoint of atomic file replacement (catalogs, offsets-log compaction).

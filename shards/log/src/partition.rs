@@ -30,6 +30,9 @@ pub struct PartitionConfig {
     pub segment_bytes: u64,
     /// One index entry per this many bytes.
     pub index_interval: u64,
+    /// Zeros written ahead of the active segment's appends, in steps of this many bytes (0 =
+    /// none): see [`crate::segment`].
+    pub preallocate: u64,
     /// How much damage to tolerate.
     pub recovery: RecoveryMode,
 }
@@ -159,6 +162,11 @@ impl Partition {
         let index = std::mem::take(&mut self.pending_index);
         let next = self.next_offset;
         let active = self.segments.last_mut().expect("one segment");
+        active.preallocate(
+            active.size + data.len() as u64,
+            self.cfg.preallocate,
+            self.cfg.segment_bytes,
+        );
         if let Err(e) = active.append(&data, next, &index) {
             // Keep the records pending for write_pending to drop them consistently.
             self.pending = BytesMut::from(&data[..]);
@@ -172,6 +180,7 @@ impl Partition {
         let base = self.segments.last().expect("one segment").next_offset;
         let seg = Segment::create(&self.files, &self.dir, base, self.cfg.index_interval)?;
         let old = self.segments.last().expect("one segment");
+        old.trim();
         old.seal();
         if old.synced < old.size {
             self.sealed_unsynced.push(old.base);
@@ -451,6 +460,11 @@ impl Partition {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Cuts the zeros written ahead of the active segment's appends (a clean stop).
+    pub fn trim(&self) {
+        self.segments.last().expect("one segment").trim();
     }
 
     /// Closes every descriptor of the partition (it reopens what it needs).

@@ -10,11 +10,18 @@
 //! ([`reader`]).
 //! A sealed segment whose file cannot be opened or read any more is reported once
 //! ([`Segment::unreadable`]); the partition then treats its offsets as damaged.
+//!
+//! Space ahead: the active segment's file is extended with zeros ahead of its appends
+//! ([`Segment::preallocate`]), so that an append rarely changes the file's size and its
+//! `fdatasync` writes the data alone instead of also committing the inode through the file
+//! system's journal (about half the cost of each sync on ext4). Records end where zeros begin:
+//! a scan takes a tail of zeros for the end of the segment, not for damage. Sealing, a clean
+//! stop and recovery cut the zeros off.
 
 mod index;
 mod reader;
 
-use crate::fs::{Files, LogFile, FP_WRITE};
+use crate::fs::{Files, LogFile, FP_PREALLOCATE, FP_WRITE};
 use crate::record::{Record, HEADER};
 use crate::{Damage, DamageKind, LogError, Result};
 use bytes::{Bytes, BytesMut};
@@ -31,6 +38,11 @@ pub(crate) struct Segment {
     pub file: LogFile,
     /// Bytes in the file up to the end of the last valid record.
     pub size: u64,
+    /// The file's length as this segment made it: `size`, or more once zeros were written
+    /// ahead ([`Segment::preallocate`]).
+    pub allocated: Cell<u64>,
+    /// Whether writing zeros ahead failed (a full disk): not tried again in this segment.
+    pub no_preallocation: Cell<bool>,
     /// Bytes known to be on disk (fsynced).
     pub synced: u64,
     /// Offset after the last record (or the partition's high watermark, if higher).
@@ -66,6 +78,8 @@ impl Segment {
             base,
             file,
             size: 0,
+            allocated: Cell::new(0),
+            no_preallocation: Cell::new(false),
             synced: 0,
             next_offset: base,
             index: RefCell::new(Vec::new()),
@@ -95,6 +109,7 @@ impl Segment {
             .len();
         let file = LogFile::at(files, path);
         let mut seg = Self::empty(base, file, interval);
+        seg.allocated.set(len);
         if let Some(next_base) = next_base.filter(|_| min_offset <= base) {
             if seg.load_index(len, next_base) {
                 seg.synced = seg.size;
@@ -130,6 +145,8 @@ impl Segment {
                     pos += n;
                     self.size = pos;
                 }
+                // Zeros to the end: space written ahead of appends, not damage.
+                At::Bad if r.zeros_from(pos)? => break,
                 At::Bad => match r.resync(pos + 1, expect)? {
                     Some((q, rec)) => {
                         let d = Damage {
@@ -168,6 +185,7 @@ impl Segment {
         self.file
             .set_len(self.size)
             .map_err(|e| LogError::io("truncate", &path, e))?;
+        self.allocated.set(self.size);
         self.file
             .sync_data()
             .map_err(|e| LogError::io("fsync", &path, e))
@@ -186,15 +204,57 @@ impl Segment {
                 .push(((off - self.base) as u32, (self.size + p as u64) as u32));
         }
         self.size += data.len() as u64;
+        self.allocated.set(self.allocated.get().max(self.size));
         self.next_offset = next_offset;
         Ok(())
+    }
+
+    /// Writes zeros ahead so that the file holds at least `end` bytes: up to `end + step`, but
+    /// not past `cap` (the segment's roll size), and nothing when `step` is 0, when `end` is
+    /// past `cap`, or after a failure. A failure (a full disk) gives the space back; appends
+    /// then grow the file as they would without it.
+    pub fn preallocate(&self, end: u64, step: u64, cap: u64) {
+        let have = self.allocated.get().max(self.size);
+        if step == 0 || end <= have || end > cap || self.no_preallocation.get() {
+            return;
+        }
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let target = (end + step).min(cap);
+        let mut pos = have;
+        while pos < target {
+            let n = ((target - pos) as usize).min(ZEROS.len());
+            if let Err(e) = self.file.write_all_at(FP_PREALLOCATE, &ZEROS[..n], pos) {
+                tracing::warn!(path = %self.file.path().display(), "cannot write space ahead of appends ({e}): appending without");
+                self.no_preallocation.set(true);
+                let _ = self.file.set_len(have);
+                return;
+            }
+            pos += n as u64;
+        }
+        self.allocated.set(target);
+    }
+
+    /// Cuts the zeros written ahead (sealing, a clean stop): the file ends with its last record.
+    pub fn trim(&self) {
+        if self.allocated.get() <= self.size {
+            return;
+        }
+        match self.file.set_len(self.size) {
+            Ok(()) => self.allocated.set(self.size),
+            Err(e) => {
+                tracing::warn!(path = %self.file.path().display(), "cannot cut the space written ahead: {e}")
+            }
+        }
     }
 
     /// After a failed write: removes whatever part of it reached the file (best effort; a
     /// leftover is a damaged tail that recovery cuts).
     pub fn cut_partial(&self) {
-        if let Err(e) = self.file.set_len(self.size) {
-            tracing::warn!(path = %self.file.path().display(), "cannot cut a failed write: {e}");
+        match self.file.set_len(self.size) {
+            Ok(()) => self.allocated.set(self.size),
+            Err(e) => {
+                tracing::warn!(path = %self.file.path().display(), "cannot cut a failed write: {e}")
+            }
         }
     }
 
@@ -393,6 +453,7 @@ impl Segment {
                 self.file
                     .set_len(pos)
                     .map_err(|e| LogError::io("truncate", &path, e))?;
+                self.allocated.set(pos);
             }
         }
         self.file

@@ -89,6 +89,10 @@ pub async fn run(set: Rc<LogSet>) {
             && set.dirty.borrow().is_empty()
             && (unsynced.is_empty() || set.dur.fault.borrow().active())
         {
+            // A clean stop leaves each segment ending with its last record.
+            for part in set.parts.borrow().values() {
+                part.borrow().log.trim();
+            }
             return;
         }
     }

@@ -86,6 +86,7 @@ impl LogSet {
         let cfg = PartitionConfig {
             segment_bytes,
             index_interval: shard.cfg().store.index_interval_bytes.0,
+            preallocate: shard.cfg().store.preallocate_bytes.0,
             recovery: recovery_mode(shard.cfg().store.recovery_mode),
         };
         Self {

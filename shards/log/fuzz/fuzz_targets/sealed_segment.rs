@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let cfg = PartitionConfig {
         segment_bytes: 1 << 20,
         index_interval: 64,
+        preallocate: 0,
         recovery: RecoveryMode::TolerateCorruption,
     };
     let (p, _) = Partition::open(dir.path(), cfg, &files, Floor::default()).expect("tolerant open");

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&seg, data).unwrap();
     let files = Files::new(8);
     for mode in [RecoveryMode::Absolute, RecoveryMode::TolerateTail] {
-        let cfg = PartitionConfig { segment_bytes: 1 << 20, index_interval: 256, recovery: mode };
+        let cfg = PartitionConfig { segment_bytes: 1 << 20, index_interval: 256, preallocate: 0, recovery: mode };
         if let Ok((p, _)) = Partition::open(dir.path(), cfg, &files, Floor::default()) {
             if let Ok(recs) = p.read(0, 100_000, usize::MAX) {
                 common::check_records(&recs, &[data]);
@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let cfg = PartitionConfig {
         segment_bytes: 1 << 20,
         index_interval: 256,
+        preallocate: 0,
         recovery: RecoveryMode::TolerateCorruption,
     };
     let (mut p, rep) = Partition::open(dir.path(), cfg, &files, Floor::default()).expect("tolerant open");

@@ -9,12 +9,14 @@ use std::io::Write;
 pub(crate) const CFG: PartitionConfig = PartitionConfig {
     segment_bytes: 4096,
     index_interval: 256,
+    preallocate: 0,
     recovery: RecoveryMode::TolerateCorruption,
 };
 /// Large enough that the tests' records stay in one segment.
 pub(crate) const ONE_SEGMENT: PartitionConfig = PartitionConfig {
     segment_bytes: 1 << 20,
     index_interval: 256,
+    preallocate: 0,
     recovery: RecoveryMode::TolerateCorruption,
 };
 
@@ -545,4 +547,124 @@ fn a_sealed_segment_lost_while_running_is_damage_reported_once() {
     );
     assert_eq!(p.read(next, 1, usize::MAX).unwrap()[0].offset, next);
     assert_eq!(p.take_damage().len(), 1);
+}
+
+/// Segments that roll at 64 KiB, with zeros written 16 KiB ahead of their appends.
+const AHEAD: PartitionConfig = PartitionConfig {
+    segment_bytes: 64 << 10,
+    index_interval: 256,
+    preallocate: 16 << 10,
+    recovery: RecoveryMode::TolerateTail,
+};
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn space_written_ahead_is_no_damage_and_is_cut_when_sealed_and_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _) = open(dir.path(), AHEAD);
+    fill(&mut p, 10);
+    let active = seg_path(&p, 0);
+    let size = p.segments[0].size;
+    assert!(
+        file_len(&active) >= 16 << 10,
+        "zeros ahead: {} for {size} bytes of records",
+        file_len(&active)
+    );
+    // A crash now (nothing trimmed): the zeros read as the end of the segment, not as a torn
+    // tail; the strictest tail mode accepts them, and recovery cuts them.
+    drop(p);
+    let (mut p, rep) = open(dir.path(), AHEAD);
+    assert!(rep.damage.is_empty(), "{:?}", rep.damage);
+    assert_eq!(offsets(&p), (0..10).collect::<Vec<_>>());
+    assert_eq!(file_len(&active), size);
+    let absolute = PartitionConfig {
+        recovery: RecoveryMode::Absolute,
+        ..AHEAD
+    };
+    fill(&mut p, 4000);
+    assert!(p.segments.len() > 2, "rolled");
+    for i in 0..p.segments.len() - 1 {
+        assert_eq!(
+            file_len(&seg_path(&p, i)),
+            p.segments[i].size,
+            "a sealed segment ends with its last record"
+        );
+    }
+    p.trim();
+    let last = p.segments.len() - 1;
+    assert_eq!(file_len(&seg_path(&p, last)), p.segments[last].size);
+    drop(p);
+    let (p, rep) = open(dir.path(), absolute);
+    assert!(rep.damage.is_empty(), "{:?}", rep.damage);
+    assert_eq!(offsets(&p), (0..4010).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_torn_record_before_the_zeros_is_still_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _) = open(dir.path(), AHEAD);
+    fill(&mut p, 10);
+    let active = seg_path(&p, 0);
+    let size = p.segments[0].size;
+    drop(p);
+    // The first bytes of a record, as a crash in the middle of its write leaves them.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0, 0, 0, 200, 0xde, 0xad, 1, 0], size).unwrap();
+    drop(f);
+    let (p, rep) = open(dir.path(), AHEAD);
+    assert_eq!(rep.damage.len(), 1, "{:?}", rep.damage);
+    assert_eq!(rep.damage[0].kind, DamageKind::TornTail);
+    assert_eq!(offsets(&p), (0..10).collect::<Vec<_>>());
+    assert_eq!(file_len(&active), size);
+    // Records after a zeroed gap are not a tail of zeros: damage, and the records are kept.
+    drop(p);
+    let (mut p, _) = open(dir.path(), AHEAD);
+    fill(&mut p, 5);
+    drop(p);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0; 40], size).unwrap();
+    drop(f);
+    let tolerant = PartitionConfig {
+        recovery: RecoveryMode::TolerateCorruption,
+        ..AHEAD
+    };
+    let (p, rep) = open(dir.path(), tolerant);
+    assert_eq!(rep.damage.len(), 1, "{:?}", rep.damage);
+    assert_eq!(rep.damage[0].kind, DamageKind::Corrupt);
+    assert!(
+        offsets(&p).ends_with(&[11, 12, 13, 14]),
+        "{:?}",
+        offsets(&p)
+    );
+}
+
+#[test]
+fn when_zeros_cannot_be_written_ahead_appends_grow_the_file() {
+    let _g = fail::test_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _) = open(dir.path(), AHEAD);
+    fail::configure("log::preallocate=short(100)").unwrap();
+    fill(&mut p, 10);
+    fail::clear();
+    let active = seg_path(&p, 0);
+    assert_eq!(
+        file_len(&active),
+        p.segments[0].size,
+        "the space given back, the records written"
+    );
+    fill(&mut p, 10);
+    assert_eq!(file_len(&active), p.segments[0].size, "not tried again");
+    drop(p);
+    let (p, rep) = open(dir.path(), AHEAD);
+    assert!(rep.damage.is_empty(), "{:?}", rep.damage);
+    assert_eq!(offsets(&p), (0..20).collect::<Vec<_>>());
 }

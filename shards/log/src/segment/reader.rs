@@ -78,6 +78,19 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Whether every byte from `pos` to the limit is zero (space written ahead of appends).
+    pub(crate) fn zeros_from(&mut self, pos: u64) -> Result<bool> {
+        let mut at = pos;
+        while at < self.limit {
+            let n = ((self.limit - at) as usize).min(self.chunk.max(SCAN_CHUNK));
+            if self.bytes(at, n)?.iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
+    }
+
     /// The first position at or after `from` where a valid record with offset ≥ `min_offset`
     /// starts, and that record; `None` if there is none before the limit.
     pub(crate) fn resync(&mut self, from: u64, min_offset: u64) -> Result<Option<(u64, Record)>> {
