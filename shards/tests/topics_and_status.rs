@@ -107,8 +107,8 @@ fn metrics_and_process_status(b: Backend) {
         5.0
     );
     assert_eq!(
-        g.drain(&app, &app, "t", "group=g&batch=10&wait=200ms")
-            .len(),
+        // A wait long enough for a Kafka consumer to fetch both partitions under load.
+        g.drain(&app, &app, "t", "group=g&batch=10&wait=3s").len(),
         5
     );
     let m = g.req("GET", "/metrics", &[], b"").text();
