@@ -26,6 +26,7 @@ fn prepare(dir: &std::path::Path, how: Space) -> File {
     let _ = std::fs::remove_file(&path);
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)
