@@ -78,6 +78,17 @@ pub enum Route<'a> {
     Clock,
     /// `POST /v1/config/reload`: reads the configuration again and applies what may change live.
     Reload,
+    /// `GET /ui`: the live dashboard's page.
+    Ui,
+    /// `GET /v1/dashboard`: what the dashboard shows, once or as server-sent events.
+    Dashboard,
+    /// `GET /v1/dashboard/messages/:appid/:topic/:ver?partition=&n=`: the latest messages of a
+    /// partition (the dashboard's message browser).
+    Browse {
+        appid: &'a str,
+        topic: &'a str,
+        ver: &'a str,
+    },
     /// `POST|PUT|DELETE /v1/topics/:appid/:topic/:ver`
     Topic {
         method: Method,
@@ -388,6 +399,11 @@ pub fn route<'a>(method: Method, path: &'a str) -> Result<Route<'a>, RouteError>
         ),
         ["v1", "debug", "clock"] => allow(method == Post, "POST", Route::Clock),
         ["v1", "config", "reload"] => allow(method == Post, "POST", Route::Reload),
+        ["ui"] => allow(get, "GET", Route::Ui),
+        ["v1", "dashboard"] => allow(method == Get, "GET", Route::Dashboard),
+        ["v1", "dashboard", "messages", appid, topic, ver] => {
+            allow(method == Get, "GET", Route::Browse { appid, topic, ver })
+        }
         _ => Err(NotFound),
     }
 }
@@ -443,6 +459,9 @@ pub const EVERY_ROUTE: &[(&str, &str)] = &[
     ("DELETE", "/v1/delays/t/v1/i"),
     ("POST", "/v1/debug/clock"),
     ("POST", "/v1/config/reload"),
+    ("GET", "/ui"),
+    ("GET", "/v1/dashboard"),
+    ("GET", "/v1/dashboard/messages/a/t/v1"),
     ("GET", "/v1/webhooks/a/t/v1/g"),
     ("PUT", "/v1/webhooks/a/t/v1/g"),
     ("DELETE", "/v1/webhooks/a/t/v1/g"),
@@ -588,9 +607,12 @@ mod tests {
             },
             Route::OpenApi => 51,
             Route::Reload => 52,
+            Route::Ui => 53,
+            Route::Dashboard => 54,
+            Route::Browse { .. } => 55,
         }
     }
-    const KINDS: usize = 53;
+    const KINDS: usize = 56;
 
     #[test]
     fn every_route_is_listed_once_and_routes() {

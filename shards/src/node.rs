@@ -266,22 +266,30 @@ impl Core {
 
     /// Every core's snapshot, summed.
     pub async fn all_metrics(&self) -> Result<Snapshot, kateway_core::Error> {
-        let mut total = self.snapshot();
+        let mut each = self.per_core_metrics().await?.into_iter();
+        let mut total = each.next().unwrap_or_default();
+        for s in each {
+            total.add(&s);
+        }
+        Ok(total)
+    }
+
+    /// Every core's snapshot, by core id.
+    pub async fn per_core_metrics(&self) -> Result<Vec<Snapshot>, kateway_core::Error> {
+        let me = self.shard.id;
         metrics::add(
             &self.shard.metrics.mesh_messages_total,
             self.shard.cores() as u64 - 1,
         );
-        for a in self
-            .shard
-            .mesh
-            .broadcast(self.shard.id, |_| Request::Metrics)
-            .await
-        {
+        let mut others = Vec::new();
+        for a in self.shard.mesh.broadcast(me, |_| Request::Metrics).await {
             if let Answer::Snapshot(s) = a? {
-                total.add(&s);
+                others.push(*s);
             }
         }
-        Ok(total)
+        // The broadcast answers in core order, this core left out.
+        others.insert(me.min(others.len()), self.snapshot());
+        Ok(others)
     }
 }
 

@@ -377,6 +377,19 @@ pub enum Command<'a> {
     },
     /// `POST /v1/config/reload`: read the configuration again, apply what may change live.
     Reload,
+    /// `GET /ui`: the dashboard's page.
+    Ui,
+    /// `GET /v1/dashboard`: a snapshot, or (`Accept: text/event-stream`) one every second.
+    Dashboard {
+        events: bool,
+    },
+    /// `GET /v1/dashboard/messages/:appid/:topic/:ver?partition=&n=`: the latest `n` messages
+    /// of a partition.
+    Browse {
+        topic: TopicPath<'a>,
+        partition: u32,
+        n: usize,
+    },
     /// `/v1/webhooks/:appid/:topic/:ver/:group[/pause|/resume|/log]`.
     Webhook(Webhook<'a>),
 }
@@ -405,6 +418,9 @@ impl Command<'_> {
             Command::Delays(_) => "delays",
             Command::Clock { .. } => "clock",
             Command::Reload => "config_reload",
+            Command::Ui => "ui",
+            Command::Dashboard { .. } => "dashboard",
+            Command::Browse { .. } => "dashboard_browse",
             Command::Webhook(_) => "webhook",
         }
     }
@@ -491,6 +507,7 @@ impl Command<'_> {
     /// A subscribe that streams server-sent events.
     pub fn events(&self) -> bool {
         matches!(self, Command::Subscribe(s) if s.events)
+            || matches!(self, Command::Dashboard { events: true })
     }
 }
 
@@ -740,6 +757,21 @@ impl<'a> Command<'a> {
                 Command::Clock { advance }
             }
             Route::Reload => Command::Reload,
+            Route::Ui => Command::Ui,
+            Route::Dashboard => Command::Dashboard {
+                events: parts.header("accept").is_some_and(|a| {
+                    a.windows(crate::sse::CONTENT_TYPE.len())
+                        .any(|w| w.eq_ignore_ascii_case(crate::sse::CONTENT_TYPE.as_bytes()))
+                }),
+            },
+            Route::Browse { appid, topic, ver } => Command::Browse {
+                topic: TopicPath { appid, topic, ver },
+                partition: num(q, "partition")?.unwrap_or(0),
+                n: match num(q, "n")?.unwrap_or(20usize) {
+                    n @ 1..=1000 => n,
+                    n => return Err(Error::param(format!("n = {n}: 1 to 1000 messages"))),
+                },
+            },
         })
     }
 }

@@ -38,6 +38,8 @@ impl<'a> Command<'a> {
                 ver: d.ver,
             },
             Command::Clock { .. } | Command::Reload => Need::Operator,
+            Command::Ui => Need::Nothing,
+            Command::Dashboard { .. } | Command::Browse { .. } => Need::Operator,
             Command::Webhook(w) => Need::Subscribe(w.topic.as_ref()),
             Command::Seek(s) => Need::Subscribe(s.topic.as_ref()),
             Command::TopicAdmin(t) => Need::Owner(t.topic.as_ref()),
@@ -80,6 +82,8 @@ impl<'a> Command<'a> {
             | Route::WsPublish { topic, ver }
             | Route::Delays { topic, ver, .. } => Need::Publish { topic, ver },
             Route::Clock | Route::Reload => Need::Operator,
+            Route::Ui => Need::Nothing,
+            Route::Dashboard | Route::Browse { .. } => Need::Operator,
             Route::Webhook {
                 appid, topic, ver, ..
             } => Need::Subscribe(t(appid, topic, ver)),

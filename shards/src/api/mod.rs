@@ -3,6 +3,7 @@
 //! ([`Reply::error`]). The transport counts the reply ([`count`]).
 
 mod admin;
+pub mod dashboard;
 mod delays;
 mod dlq;
 pub mod publish;
@@ -48,6 +49,13 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Delays(d) => delays::run(core, caller, d).await,
         Command::Clock { advance } => delays::clock(core, advance),
         Command::Reload => status::reload(core).await,
+        Command::Ui => Ok(dashboard::page()),
+        Command::Dashboard { .. } => dashboard::snapshot_reply(core).await,
+        Command::Browse {
+            topic,
+            partition,
+            n,
+        } => dashboard::browse(core, topic, partition, n).await,
         Command::Webhook(w) => webhooks::run(core, caller, w).await,
     };
     let mut reply = r.unwrap_or_else(|e| Reply::error(&e));

@@ -39,6 +39,17 @@ impl Chunk {
     }
 }
 
+/// What an event stream sends: the next piece, or `None` once the stream is over.
+pub(crate) trait EventSource {
+    async fn next(&mut self) -> Option<Chunk>;
+}
+
+impl EventSource for Events {
+    async fn next(&mut self) -> Option<Chunk> {
+        Events::next(self).await
+    }
+}
+
 /// Opens the event stream of a subscribe (`Accept: text/event-stream`).
 pub async fn events(
     core: &Rc<Core>,

@@ -12,7 +12,7 @@
 //! connection closes once its streams are done.
 
 use crate::api;
-use crate::api::stream::Events;
+use crate::api::stream::EventSource;
 use crate::event::Event;
 use crate::node::Core;
 use crate::shard::HeldRequest;
@@ -248,6 +248,10 @@ async fn stream(
             return;
         }
     }
+    if let Command::Dashboard { events: true } = &cmd {
+        let snapshots = api::dashboard::Snapshots::new(core.clone());
+        return stream_events(&core, respond, snapshots, t0, lost).await;
+    }
     let reply = if cmd.may_park() {
         // A parked poll whose stream the client resets is dropped at once; one whose key
         // loses access is answered 401 or 403.
@@ -425,7 +429,7 @@ pub(super) async fn send_data(
 async fn stream_events(
     core: &Rc<Core>,
     mut respond: SendResponse<Bytes>,
-    mut events: Events,
+    mut events: impl EventSource,
     t0: Instant,
     lost: impl std::future::Future<Output = Error>,
 ) {

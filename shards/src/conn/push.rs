@@ -6,7 +6,7 @@
 use super::h1::{answer_last, write_out};
 use super::Transport;
 use crate::api;
-use crate::api::stream::Events;
+use crate::api::stream::EventSource;
 use crate::date::with_date;
 use crate::node::Core;
 use crate::tenancy::edge::{admit, lost, Peer};
@@ -52,6 +52,11 @@ pub async fn serve<S: Transport>(
             }
             Err(e) => answer_last(&core, &mut stream, Reply::error(&e), t0).await,
         },
+        Command::Dashboard { .. } => {
+            let lost = lost(&core.shard, admitted.principal.as_ref(), need);
+            let snapshots = api::dashboard::Snapshots::new(core.clone());
+            events_h1(&core, stream, snapshots, t0, lost).await
+        }
         _ => {}
     }
 }
@@ -60,7 +65,7 @@ pub async fn serve<S: Transport>(
 async fn events_h1<S: Transport>(
     core: &Core,
     mut stream: S,
-    mut events: Events,
+    mut events: impl EventSource,
     t0: Instant,
     lost: impl Future<Output = Error>,
 ) {

@@ -62,6 +62,16 @@ pub struct HistSnapshot {
 }
 
 impl HistSnapshot {
+    /// Observations recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Their total, in nanoseconds.
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns
+    }
+
     fn add(&mut self, o: &HistSnapshot) {
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;

@@ -1,0 +1,275 @@
+//! The live dashboard (`/ui`): its page, compiled into the binary (`shards/ui/dashboard.html`,
+//! no build step, no external assets); the snapshot it draws (`GET /v1/dashboard`: topics with
+//! their partitions, end offsets and each group's lag per partition, publish and consume
+//! counters, the cores with their connections, requests and fsync times, the Kafka backend's
+//! breaker and handoff backlog), once or every second as server-sent events; and its message
+//! browser (`GET /v1/dashboard/messages/...`: the latest messages of a partition). Rates and
+//! sparklines are computed by the page from successive snapshots. Operator only.
+
+use super::stream::{Chunk, EventSource};
+use crate::node::Core;
+use crate::request::Fetch;
+use bytes::BytesMut;
+use kateway_core::{Delivered, Error, ErrorKind, GroupName, Groups, Reset};
+use kateway_proto::command::TopicPath;
+use kateway_proto::reply::{RecordFormat, Reply};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The page.
+const PAGE: &str = include_str!("../../ui/dashboard.html");
+
+/// Topics a snapshot describes at most (by name); the rest are counted.
+const MAX_TOPICS: usize = 50;
+
+/// How often the event stream sends a snapshot.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// The time a snapshot spends measuring topics' offsets and lags (a query of the cluster per
+/// topic on Kafka); topics past it keep the figures of an earlier snapshot of the same stream,
+/// and are measured first the next time.
+const BUDGET: Duration = Duration::from_millis(1500);
+
+/// What a stream's earlier snapshots measured, per topic, and where to start measuring next.
+#[derive(Default)]
+pub struct Measured {
+    partitions: std::collections::HashMap<String, Value>,
+    next: usize,
+}
+
+/// The group the message browser reads with (in the topic owner's app); its offsets are moved
+/// for each look and mean nothing else.
+const BROWSER: &str = "kateway-dashboard-browser";
+
+/// `GET /ui`
+pub fn page() -> Reply {
+    Reply::bytes(200, "text/html; charset=utf-8", PAGE.as_bytes()).header(
+        "cache-control",
+        kateway_proto::reply::Value::Static("no-cache"),
+    )
+}
+
+/// `GET /v1/dashboard`: one snapshot.
+pub async fn snapshot_reply(core: &Rc<Core>) -> Result<Reply, Error> {
+    let v = snapshot(core, &mut Measured::default()).await?;
+    Ok(Reply::json(200, v.to_string()))
+}
+
+/// What the dashboard draws, now (topics' offsets within [`BUDGET`], the rest from `measured`).
+pub async fn snapshot(core: &Rc<Core>, measured: &mut Measured) -> Result<Value, Error> {
+    let per_core = core.per_core_metrics().await?;
+    let mut total = crate::metrics::Snapshot::default();
+    for s in &per_core {
+        total.add(s);
+    }
+    let cores: Vec<Value> = per_core
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({
+                "core": i,
+                "connections": s.http_connections_active,
+                "requests": s.http_requests_total,
+                "fsyncs": s.fsync_seconds.count(),
+                "fsync_ns": s.fsync_seconds.sum_ns(),
+            })
+        })
+        .collect();
+    let topics: Vec<Rc<crate::catalog::LocalTopic>> = {
+        let c = core.shard.catalog.borrow();
+        let mut names: Vec<String> = c.stats().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        names.iter().filter_map(|n| c.get(n).ok()).collect()
+    };
+    let count = topics.len();
+    let shown: Vec<_> = topics.into_iter().take(MAX_TOPICS).collect();
+    // Measured in turn from where the last snapshot stopped, within the budget.
+    let started = Instant::now();
+    let first = measured.next.min(shown.len());
+    let mut stopped = None;
+    for (i, t) in shown
+        .iter()
+        .enumerate()
+        .cycle()
+        .skip(first)
+        .take(shown.len())
+    {
+        if started.elapsed() >= BUDGET {
+            stopped = Some(i);
+            break;
+        }
+        // A topic that cannot be measured now (Kafka unreachable) keeps its last figures.
+        if let Ok(infos) = core.backend.info(t, &Groups::Prefix(String::new())).await {
+            measured
+                .partitions
+                .insert(t.name.to_string(), partitions_json(&infos));
+        }
+    }
+    measured.next = stopped.unwrap_or(first);
+    let mut out = Vec::new();
+    for t in &shown {
+        let counts = total
+            .labelled
+            .topics
+            .get(t.name.as_ref())
+            .copied()
+            .unwrap_or_default();
+        let partitions = measured
+            .partitions
+            .get(t.name.as_ref())
+            .cloned()
+            .unwrap_or_else(|| json!([]));
+        out.push(json!({
+            "topic": t.name.as_ref(),
+            "partitions": partitions,
+            "published": counts[0],
+            "published_bytes": counts[1],
+            "delivered": counts[2],
+            "delivered_bytes": counts[3],
+        }));
+    }
+    let kafka = (core.backend.name() == "kafka").then(|| {
+        json!({
+            "breaker_open_cores": total.kafka_breaker_open,
+            "handoff_backlog_messages": total.handoff_backlog_messages,
+        })
+    });
+    Ok(json!({
+        "at_ms": crate::shard::now_ms(),
+        "backend": core.backend.name(),
+        "pid": std::process::id(),
+        "uptime_s": core.shard.started.elapsed().as_secs(),
+        "cores": cores,
+        "kafka": kafka,
+        "topics": out,
+        "topics_total": count,
+    }))
+}
+
+/// Partitions with their offsets and each group's lag (the browser's own group left out).
+fn partitions_json(infos: &[kateway_core::PartitionInfo]) -> Value {
+    infos
+        .iter()
+        .map(|i| {
+            let groups: BTreeMap<&str, u64> = i
+                .groups
+                .iter()
+                .filter(|(g, _)| !g.ends_with(BROWSER))
+                .map(|(g, o)| (g.as_str(), i.newest.saturating_sub((*o).max(i.oldest))))
+                .collect();
+            json!({"partition": i.partition, "oldest": i.oldest, "newest": i.newest, "lag": groups})
+        })
+        .collect()
+}
+
+/// `GET /v1/dashboard` with `Accept: text/event-stream`: a `snapshot` event at once and every
+/// second after, until the client goes away or the core drains.
+pub struct Snapshots {
+    core: Rc<Core>,
+    first: bool,
+    measured: Measured,
+}
+
+impl Snapshots {
+    pub fn new(core: Rc<Core>) -> Self {
+        Snapshots {
+            core,
+            first: true,
+            measured: Measured::default(),
+        }
+    }
+}
+
+impl EventSource for Snapshots {
+    async fn next(&mut self) -> Option<Chunk> {
+        let shard = &self.core.shard;
+        if !std::mem::replace(&mut self.first, false) {
+            let seen = shard.shutdown_event.epoch();
+            if shard.shutdown.get() {
+                return None;
+            }
+            monoio::select! {
+                _ = monoio::time::sleep(EVERY) => {},
+                _ = shard.shutdown_event.wait(seen) => return None,
+            }
+        }
+        let mut data = BytesMut::new();
+        match snapshot(&self.core, &mut self.measured).await {
+            Ok(v) => {
+                data.extend_from_slice(b"event: snapshot\ndata: ");
+                data.extend_from_slice(v.to_string().as_bytes());
+                data.extend_from_slice(b"\n\n");
+                Some(Chunk { data, hold: None })
+            }
+            Err(e) => Some(Chunk::error(&e)),
+        }
+    }
+}
+
+/// `GET /v1/dashboard/messages/:appid/:topic/:ver?partition=&n=`: the latest `n` messages of a
+/// partition, oldest first (ndjson), read with the browser's own group, which is moved there
+/// for the look (every other partition of it to its end).
+pub async fn browse(
+    core: &Rc<Core>,
+    path: TopicPath<'_>,
+    partition: u32,
+    n: usize,
+) -> Result<Reply, Error> {
+    let topic = core.backend.resolve(&path).await?;
+    if partition >= topic.meta.partitions {
+        return Err(Error::new(
+            ErrorKind::UnknownTopic,
+            format!(
+                "{} has partitions 0 to {}",
+                topic.name,
+                topic.meta.partitions.saturating_sub(1)
+            ),
+        ));
+    }
+    let group = GroupName::new(path.appid, BROWSER)?.to_string();
+    let infos = core.backend.info(&topic, &Groups::None).await?;
+    let mut from = 0;
+    for i in &infos {
+        let at = if i.partition == partition {
+            from = i.newest.saturating_sub(n as u64).max(i.oldest);
+            from
+        } else {
+            i.newest
+        };
+        core.backend
+            .commit(&topic, i.partition, &group, at, true)
+            .await?;
+    }
+    let mut got: Vec<Delivered> = Vec::new();
+    while got.len() < n {
+        let f = Fetch {
+            topic: topic.name.to_string(),
+            group: group.clone(),
+            max: n - got.len(),
+            max_bytes: core.shard.cfg().subscribe.max_batch_bytes.0 as usize,
+            reset: Reset::Newest,
+            auto_ack: false,
+            tags: Vec::new(),
+        };
+        // A Kafka consumer group may take a moment to form on the first look.
+        let wait = if got.is_empty() { 3000 } else { 0 };
+        let read = core
+            .backend
+            .read(&topic, f, Instant::now() + Duration::from_millis(wait))
+            .await?;
+        if read.records.is_empty() {
+            break;
+        }
+        got.extend(
+            read.records
+                .into_iter()
+                .filter(|r| r.partition == partition && r.offset >= from),
+        );
+    }
+    if got.is_empty() {
+        return Ok(Reply::empty(204));
+    }
+    Ok(Reply::records(200, RecordFormat::NdJson, got))
+}

@@ -1,0 +1,80 @@
+//! The live dashboard, on both backends, with authentication on: `/ui` is served to anyone
+//! (it holds no data), its data routes only with the operator key; in a real browser (headless
+//! Chromium, `tests/clients/dashboard.py`) the page shows the publish rate, the published total
+//! and a group's lag change as messages are published and consumed through the API, and its
+//! message browser shows the latest messages; no console errors. The screenshot taken under
+//! load lands in the temporary directory.
+
+mod support;
+use support::clients::python;
+use support::{Backend, Gateway};
+
+on_both_backends!(the_dashboard_shows_what_flows_in_a_real_browser);
+
+fn the_dashboard_shows_what_flows_in_a_real_browser(b: Backend) {
+    let (g, app, keys, _, _) = Gateway::secured_world(b, &[], "dash", "other");
+    // Anyone gets the page; its data needs the operator key.
+    let page = g.req("GET", "/ui", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().contains("EventSource"));
+    let anon = Gateway::connect_to(&g.op_addr).req("GET", "/v1/dashboard", &[], b"");
+    assert_eq!(anon.status, 401, "{}", anon.text());
+    let by_app = g.req_as(&keys.admin, "GET", "/v1/dashboard", b"");
+    assert!(
+        by_app.status == 401 || by_app.status == 403,
+        "{}",
+        by_app.text()
+    );
+    let snap = g.op("GET", "/v1/dashboard", b"");
+    assert_eq!(snap.status, 200, "{}", snap.text());
+    let name = format!("{app}.t.v1");
+    assert!(
+        snap.json()["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["topic"] == name.as_str()),
+        "{}",
+        snap.text()
+    );
+    // A group that has consumed once, so that it has a lag to show.
+    let r = g.req_as(&keys.publish, "POST", "/v1/msgs/t/v1", b"first");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = g.req_as(
+        &keys.subscribe,
+        "GET",
+        &format!("/v1/msgs/{app}/t/v1?group=watch&reset=oldest&wait=5s"),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let shot = std::env::temp_dir().join(format!("kateway-dashboard-{b:?}.png"));
+    let (ok, out) = python(
+        "dashboard.py",
+        &[
+            "--ui",
+            &format!("http://{}", g.op_addr),
+            "--key",
+            &g.operator_key(),
+            "--api",
+            &format!("http://{}", g.addr),
+            "--pub-key",
+            &keys.publish,
+            "--sub-key",
+            &keys.subscribe,
+            "--app",
+            &app,
+            "--topic",
+            "t",
+            "--group",
+            "watch",
+            "--screenshot",
+            shot.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    eprintln!("dashboard screenshot: {}", shot.display());
+}
