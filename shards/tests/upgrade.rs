@@ -191,6 +191,19 @@ impl Load {
     }
 }
 
+/// A gateway whose notify socket (`NOTIFY_SOCKET`, as systemd's) is the returned one, in a
+/// directory kept as long as the first value is.
+fn notified(b: Backend) -> (tempfile::TempDir, std::os::unix::net::UnixDatagram, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let g = Gateway::on(b, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    (dir, notify, g)
+}
+
 /// Waits (up to about 60 s) until a process other than `old` answers.
 fn wait_for_successor(g: &Gateway, old: u64) -> u64 {
     for _ in 0..600 {
@@ -225,13 +238,7 @@ fn an_upgrade_under_load_fails_no_request(b: Backend) {
 /// which tells the notify socket it is the main process as soon as it holds the sockets, then
 /// that it is ready.
 fn sigusr2_starts_the_successor_itself(b: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut g = Gateway::on(b, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    let (_dir, notify, mut g) = notified(b);
     let app = g.app("up");
     g.create_topic(&app, "t", 1);
     g.publish(&app, "t", "", b"before");
@@ -381,13 +388,7 @@ fn nix_euid() -> u32 {
 }
 
 fn a_successor_whose_predecessor_dies_mid_drain_takes_over(b: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut g = Gateway::on(b, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    let (_dir, notify, mut g) = notified(b);
     let app = g.app("up");
     g.create_topic(&app, "t", 1);
     g.publish(&app, "t", "ack=all", b"before");

@@ -8,9 +8,8 @@
 
 use super::stream::{Chunk, EventSource};
 use crate::node::Core;
-use crate::request::Fetch;
 use bytes::BytesMut;
-use kateway_core::{Delivered, Error, ErrorKind, GroupName, Groups, Reset};
+use kateway_core::{Delivered, Error, ErrorKind, GroupName, Groups};
 use kateway_proto::command::TopicPath;
 use kateway_proto::reply::{RecordFormat, Reply};
 use serde_json::{json, Value};
@@ -242,32 +241,12 @@ pub async fn browse(
             .commit(&topic, i.partition, &group, at, true)
             .await?;
     }
-    let mut got: Vec<Delivered> = Vec::new();
-    while got.len() < n {
-        let f = Fetch {
-            topic: topic.name.to_string(),
-            group: group.clone(),
-            max: n - got.len(),
-            max_bytes: core.shard.cfg().subscribe.max_batch_bytes.0 as usize,
-            reset: Reset::Newest,
-            auto_ack: false,
-            tags: Vec::new(),
-        };
-        // A Kafka consumer group may take a moment to form on the first look.
-        let wait = if got.is_empty() { 3000 } else { 0 };
-        let read = core
-            .backend
-            .read(&topic, f, Instant::now() + Duration::from_millis(wait))
-            .await?;
-        if read.records.is_empty() {
-            break;
-        }
-        got.extend(
-            read.records
-                .into_iter()
-                .filter(|r| r.partition == partition && r.offset >= from),
-        );
-    }
+    // A Kafka consumer group may take a moment to form on the first look.
+    let got: Vec<Delivered> = super::dlq::take(core, &topic, &group, n, Duration::from_secs(3))
+        .await?
+        .into_iter()
+        .filter(|r| r.partition == partition && r.offset >= from)
+        .collect();
     if got.is_empty() {
         return Ok(Reply::empty(204));
     }

@@ -112,7 +112,7 @@ pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
             ))
         }
         DeadLetterOp::Peek { max } => {
-            let got = take(core, &topic, &taker, max).await?;
+            let got = take(core, &topic, &taker, max, TAKE_WAIT).await?;
             // Taking nothing: the group goes back to where it was on each partition.
             for (&p, &first) in &firsts(&got) {
                 backend.commit(&topic, p, &taker, first, true).await?;
@@ -123,7 +123,7 @@ pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
             Ok(Reply::records(200, RecordFormat::NdJson, got))
         }
         DeadLetterOp::Redrive { max, to } => {
-            let got = take(core, &topic, &taker, max).await?;
+            let got = take(core, &topic, &taker, max, TAKE_WAIT).await?;
             let mut done: BTreeMap<u32, u64> = BTreeMap::new();
             let mut n = 0;
             let result = async {
@@ -165,11 +165,17 @@ pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
 }
 
 /// Reads up to `max` dead letters for `taker` (advancing its read position, not its offset).
-async fn take(
+/// How long a first read of dead letters waits for records (a Kafka group forming).
+const TAKE_WAIT: Duration = Duration::from_millis(1000);
+
+/// Reads up to `max` records with `taker` (auto-ack off), waiting up to `first_wait` for the
+/// first and not at all for more.
+pub(super) async fn take(
     core: &Rc<Core>,
     topic: &Rc<crate::catalog::LocalTopic>,
     taker: &str,
     max: usize,
+    first_wait: Duration,
 ) -> Result<Vec<Delivered>, Error> {
     let mut out = Vec::new();
     while out.len() < max {
@@ -182,11 +188,12 @@ async fn take(
             auto_ack: false,
             tags: Vec::new(),
         };
-        let wait = if out.is_empty() { 1000 } else { 0 };
-        let got = core
-            .backend
-            .read(topic, f, Instant::now() + Duration::from_millis(wait))
-            .await?;
+        let wait = if out.is_empty() {
+            first_wait
+        } else {
+            Duration::ZERO
+        };
+        let got = core.backend.read(topic, f, Instant::now() + wait).await?;
         if got.records.is_empty() {
             break;
         }
