@@ -1,5 +1,6 @@
 //! The live dashboard, on both backends, with authentication on: `/ui` is served to anyone
-//! (it holds no data), its data routes only with the operator key; in a real browser (headless
+//! (it holds no data), its data routes with the operator key, or an app-admin key for its own
+//! app's view (`?app=`) and topics; in a real browser (headless
 //! Chromium, `tests/clients/dashboard.py`) the page shows the publish rate, the published total
 //! and a group's lag change as messages are published and consumed through the API, and its
 //! message browser shows the latest messages; no console errors. The screenshot taken under
@@ -29,6 +30,36 @@ fn the_dashboard_shows_what_flows_in_a_real_browser(b: Backend) {
         "{}",
         by_app.text()
     );
+    // An app's admin sees its own app's topics only, and nothing of the process.
+    let other_admin = g.make_app(&format!("{app}x")).admin;
+    let r = g.req_as(
+        &other_admin,
+        "POST",
+        &format!("/v1/topics/{app}x/hidden/v1?partitions=1"),
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mine = g.req_as(&keys.admin, "GET", &format!("/v1/dashboard?app={app}"), b"");
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    let topics: Vec<_> = mine.json()["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(topics, vec![format!("{app}.t.v1")]);
+    assert_eq!(mine.json()["cores"], serde_json::json!([]));
+    let theirs = g.req_as(
+        &keys.admin,
+        "GET",
+        &format!("/v1/dashboard?app={app}x"),
+        b"",
+    );
+    assert_eq!(theirs.status, 403, "{}", theirs.text());
+    let peek = format!("/v1/dashboard/messages/{app}x/hidden/v1");
+    assert_eq!(g.req_as(&keys.admin, "GET", &peek, b"").status, 403);
+    let empty = g.req_as(&other_admin, "GET", &peek, b"");
+    assert_eq!(empty.status, 204, "{}", empty.text());
     let snap = g.op("GET", "/v1/dashboard", b"");
     assert_eq!(snap.status, 200, "{}", snap.text());
     let name = format!("{app}.t.v1");

@@ -379,9 +379,11 @@ pub enum Command<'a> {
     Reload,
     /// `GET /ui`: the dashboard's page.
     Ui,
-    /// `GET /v1/dashboard`: a snapshot, or (`Accept: text/event-stream`) one every second.
+    /// `GET /v1/dashboard[?app=A]`: a snapshot, or (`Accept: text/event-stream`) one every
+    /// second; with `app`, only that app's topics (for its app-admin key).
     Dashboard {
         events: bool,
+        app: Option<&'a str>,
     },
     /// `GET /v1/dashboard/messages/:appid/:topic/:ver?partition=&n=`: the latest `n` messages
     /// of a partition.
@@ -507,7 +509,7 @@ impl Command<'_> {
     /// A subscribe that streams server-sent events.
     pub fn events(&self) -> bool {
         matches!(self, Command::Subscribe(s) if s.events)
-            || matches!(self, Command::Dashboard { events: true })
+            || matches!(self, Command::Dashboard { events: true, .. })
     }
 }
 
@@ -763,6 +765,13 @@ impl<'a> Command<'a> {
                     a.windows(crate::sse::CONTENT_TYPE.len())
                         .any(|w| w.eq_ignore_ascii_case(crate::sse::CONTENT_TYPE.as_bytes()))
                 }),
+                app: match query::raw(q, "app") {
+                    None => None,
+                    Some(a) => {
+                        kateway_core::names::validate_part("app", a)?;
+                        Some(a)
+                    }
+                },
             },
             Route::Browse { appid, topic, ver } => Command::Browse {
                 topic: TopicPath { appid, topic, ver },

@@ -39,7 +39,9 @@ impl<'a> Command<'a> {
             },
             Command::Clock { .. } | Command::Reload => Need::Operator,
             Command::Ui => Need::Nothing,
-            Command::Dashboard { .. } | Command::Browse { .. } => Need::Operator,
+            Command::Dashboard { app: None, .. } => Need::Operator,
+            Command::Dashboard { app: Some(app), .. } => Need::AppAdmin(app),
+            Command::Browse { topic, .. } => Need::AppAdmin(topic.appid),
             Command::Webhook(w) => Need::Subscribe(w.topic.as_ref()),
             Command::Seek(s) => Need::Subscribe(s.topic.as_ref()),
             Command::TopicAdmin(t) => Need::Owner(t.topic.as_ref()),
@@ -83,7 +85,9 @@ impl<'a> Command<'a> {
             | Route::Delays { topic, ver, .. } => Need::Publish { topic, ver },
             Route::Clock | Route::Reload => Need::Operator,
             Route::Ui => Need::Nothing,
-            Route::Dashboard | Route::Browse { .. } => Need::Operator,
+            // An app's view (`?app=`) is for its app-admin key too: the command says.
+            Route::Dashboard => Need::Operator,
+            Route::Browse { appid, .. } => Need::AppAdmin(appid),
             Route::Webhook {
                 appid, topic, ver, ..
             } => Need::Subscribe(t(appid, topic, ver)),

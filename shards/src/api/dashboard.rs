@@ -4,7 +4,8 @@
 //! counters, the cores with their connections, requests and fsync times, the Kafka backend's
 //! breaker and handoff backlog), once or every second as server-sent events; and its message
 //! browser (`GET /v1/dashboard/messages/...`: the latest messages of a partition). Rates and
-//! sparklines are computed by the page from successive snapshots. Operator only.
+//! sparklines are computed by the page from successive snapshots. The operator sees everything;
+//! an app's admin key sees its app's topics (`?app=`), without the process's cores and backend.
 
 use super::stream::{Chunk, EventSource};
 use crate::node::Core;
@@ -51,13 +52,18 @@ pub fn page() -> Reply {
 }
 
 /// `GET /v1/dashboard`: one snapshot.
-pub async fn snapshot_reply(core: &Rc<Core>) -> Result<Reply, Error> {
-    let v = snapshot(core, &mut Measured::default()).await?;
+pub async fn snapshot_reply(core: &Rc<Core>, app: Option<&str>) -> Result<Reply, Error> {
+    let v = snapshot(core, &mut Measured::default(), app).await?;
     Ok(Reply::json(200, v.to_string()))
 }
 
-/// What the dashboard draws, now (topics' offsets within [`BUDGET`], the rest from `measured`).
-pub async fn snapshot(core: &Rc<Core>, measured: &mut Measured) -> Result<Value, Error> {
+/// What the dashboard draws, now (topics' offsets within [`BUDGET`], the rest from `measured`);
+/// with `app`, that app's topics only, and no cores or backend state.
+pub async fn snapshot(
+    core: &Rc<Core>,
+    measured: &mut Measured,
+    app: Option<&str>,
+) -> Result<Value, Error> {
     let per_core = core.per_core_metrics().await?;
     let mut total = crate::metrics::Snapshot::default();
     for s in &per_core {
@@ -65,6 +71,7 @@ pub async fn snapshot(core: &Rc<Core>, measured: &mut Measured) -> Result<Value,
     }
     let cores: Vec<Value> = per_core
         .iter()
+        .filter(|_| app.is_none())
         .enumerate()
         .map(|(i, s)| {
             json!({
@@ -78,7 +85,13 @@ pub async fn snapshot(core: &Rc<Core>, measured: &mut Measured) -> Result<Value,
         .collect();
     let topics: Vec<Rc<crate::catalog::LocalTopic>> = {
         let c = core.shard.catalog.borrow();
-        let mut names: Vec<String> = c.stats().map(|(n, _)| n.to_string()).collect();
+        let mine = |n: &str| app.is_none_or(|a| n.split('.').next() == Some(a));
+        let mut names: Vec<String> = c
+            .stats()
+            .map(|(n, _)| n)
+            .filter(|n| mine(n))
+            .map(str::to_string)
+            .collect();
         names.sort();
         names.iter().filter_map(|n| c.get(n).ok()).collect()
     };
@@ -129,7 +142,7 @@ pub async fn snapshot(core: &Rc<Core>, measured: &mut Measured) -> Result<Value,
             "delivered_bytes": counts[3],
         }));
     }
-    let kafka = (core.backend.name() == "kafka").then(|| {
+    let kafka = (core.backend.name() == "kafka" && app.is_none()).then(|| {
         json!({
             "breaker_open_cores": total.kafka_breaker_open,
             "handoff_backlog_messages": total.handoff_backlog_messages,
@@ -167,14 +180,17 @@ fn partitions_json(infos: &[kateway_core::PartitionInfo]) -> Value {
 /// second after, until the client goes away or the core drains.
 pub struct Snapshots {
     core: Rc<Core>,
+    app: Option<String>,
     first: bool,
     measured: Measured,
 }
 
 impl Snapshots {
-    pub fn new(core: Rc<Core>) -> Self {
+    /// The stream of everything, or of `app`'s view.
+    pub fn new(core: Rc<Core>, app: Option<String>) -> Self {
         Snapshots {
             core,
+            app,
             first: true,
             measured: Measured::default(),
         }
@@ -195,7 +211,7 @@ impl EventSource for Snapshots {
             }
         }
         let mut data = BytesMut::new();
-        match snapshot(&self.core, &mut self.measured).await {
+        match snapshot(&self.core, &mut self.measured, self.app.as_deref()).await {
             Ok(v) => {
                 data.extend_from_slice(b"event: snapshot\ndata: ");
                 data.extend_from_slice(v.to_string().as_bytes());
@@ -229,6 +245,12 @@ pub async fn browse(
     }
     let group = GroupName::new(path.appid, BROWSER)?.to_string();
     let infos = core.backend.info(&topic, &Groups::None).await?;
+    if infos
+        .iter()
+        .any(|i| i.partition == partition && i.newest <= i.oldest)
+    {
+        return Ok(Reply::empty(204));
+    }
     let mut from = 0;
     for i in &infos {
         let at = if i.partition == partition {
@@ -237,9 +259,19 @@ pub async fn browse(
         } else {
             i.newest
         };
-        core.backend
+        // On Kafka a commit can be refused while the group (re)forms: tried again a few times.
+        let mut tries = 0;
+        while let Err(e) = core
+            .backend
             .commit(&topic, i.partition, &group, at, true)
-            .await?;
+            .await
+        {
+            tries += 1;
+            if tries == 5 {
+                return Err(e);
+            }
+            monoio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
     // A Kafka consumer group may take a moment to form on the first look.
     let got: Vec<Delivered> = super::dlq::take(core, &topic, &group, n, Duration::from_secs(3))

@@ -50,7 +50,7 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
         Command::Clock { advance } => delays::clock(core, advance),
         Command::Reload => status::reload(core).await,
         Command::Ui => Ok(dashboard::page()),
-        Command::Dashboard { .. } => dashboard::snapshot_reply(core).await,
+        Command::Dashboard { app, .. } => dashboard::snapshot_reply(core, app).await,
         Command::Browse {
             topic,
             partition,

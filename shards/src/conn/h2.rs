@@ -248,8 +248,8 @@ async fn stream(
             return;
         }
     }
-    if let Command::Dashboard { events: true } = &cmd {
-        let snapshots = api::dashboard::Snapshots::new(core.clone());
+    if let Command::Dashboard { events: true, app } = &cmd {
+        let snapshots = api::dashboard::Snapshots::new(core.clone(), app.map(str::to_owned));
         return stream_events(&core, respond, snapshots, t0, lost).await;
     }
     let reply = if cmd.may_park() {

@@ -52,9 +52,9 @@ pub async fn serve<S: Transport>(
             }
             Err(e) => answer_last(&core, &mut stream, Reply::error(&e), t0).await,
         },
-        Command::Dashboard { .. } => {
+        Command::Dashboard { app, .. } => {
             let lost = lost(&core.shard, admitted.principal.as_ref(), need);
-            let snapshots = api::dashboard::Snapshots::new(core.clone());
+            let snapshots = api::dashboard::Snapshots::new(core.clone(), app.map(str::to_owned));
             events_h1(&core, stream, snapshots, t0, lost).await
         }
         _ => {}
