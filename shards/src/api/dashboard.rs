@@ -225,8 +225,28 @@ impl EventSource for Snapshots {
 
 /// `GET /v1/dashboard/messages/:appid/:topic/:ver?partition=&n=`: the latest `n` messages of a
 /// partition, oldest first (ndjson), read with the browser's own group, which is moved there
-/// for the look (every other partition of it to its end).
+/// for the look (every other partition of it to its end). A look that takes longer than
+/// [`BROWSE_LIMIT`] (a Kafka consumer group forming) answers 503 (50309), to be asked again.
 pub async fn browse(
+    core: &Rc<Core>,
+    path: TopicPath<'_>,
+    partition: u32,
+    n: usize,
+) -> Result<Reply, Error> {
+    monoio::time::timeout(BROWSE_LIMIT, look(core, path, partition, n))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Busy,
+                "the partition could not be read in time (a consumer group forming): try again",
+            ))
+        })
+}
+
+/// How long a look at a partition may take.
+const BROWSE_LIMIT: Duration = Duration::from_secs(6);
+
+async fn look(
     core: &Rc<Core>,
     path: TopicPath<'_>,
     partition: u32,
@@ -274,7 +294,7 @@ pub async fn browse(
         }
     }
     // A Kafka consumer group may take a moment to form on the first look.
-    let got: Vec<Delivered> = super::dlq::take(core, &topic, &group, n, Duration::from_secs(3))
+    let got: Vec<Delivered> = super::dlq::take(core, &topic, &group, n, Duration::from_secs(2))
         .await?
         .into_iter()
         .filter(|r| r.partition == partition && r.offset >= from)
