@@ -351,6 +351,7 @@ enum Kind {
 impl Kind {
     const COUNT: usize = 6;
 
+    #[inline]
     fn is_done(self) -> bool {
         matches!(self, Kind::Acked | Kind::Moved)
     }
@@ -641,6 +642,38 @@ impl PartitionQueue {
         Ok(Ack::Acked { late })
     }
 
+    /// Acks every `(offset, lease)` of `items` in turn, answering each through `each` exactly
+    /// as [`ack`](Self::ack) would have, one after the other. The watermark moves and the heaps
+    /// are pruned once, after the last (and before an ack of an offset not read yet, which is
+    /// judged against the moved watermark): a batch of acks costs one pass over the batch, not
+    /// a pass over the window's front per ack.
+    pub fn ack_many(
+        &mut self,
+        items: impl IntoIterator<Item = (u64, Option<LeaseId>)>,
+        mut each: impl FnMut(u64, Result<Ack, QueueError>),
+    ) {
+        for (offset, lease) in items {
+            let answer = if offset < self.watermark {
+                Ok(Ack::AlreadyDone)
+            } else if let Some(i) = self.index(offset) {
+                let s = self.slots[i];
+                if s.kind.is_done() {
+                    Ok(Ack::AlreadyDone)
+                } else {
+                    let late = !lease.is_some_and(|l| self.is_current(&s, l));
+                    self.set_kind(i, Kind::Acked);
+                    Ok(Ack::Acked { late })
+                }
+            } else {
+                self.advance();
+                self.ack(offset, lease)
+            };
+            each(offset, answer);
+        }
+        self.advance();
+        self.compact();
+    }
+
     /// A failed attempt reported by the consumer holding `lease`: the offset waits `delay_ms`
     /// (capped at the backoff cap; the policy's backoff when `None`) before it is deliverable
     /// again, or is dead if its attempts are spent. A lease past its deadline is still current
@@ -835,6 +868,7 @@ impl PartitionQueue {
     }
 
     /// The slot index of `offset`, if it lies in `[watermark, fetch_pos)`.
+    #[inline]
     fn index(&self, offset: u64) -> Option<usize> {
         let i = offset.checked_sub(self.watermark)?;
         (i < self.slots.len() as u64).then_some(i as usize)
@@ -861,6 +895,7 @@ impl PartitionQueue {
         Ok(i)
     }
 
+    #[inline]
     fn is_current(&self, s: &Slot, lease: LeaseId) -> bool {
         s.kind == Kind::Leased
             && lease.seq != 0
@@ -946,6 +981,7 @@ impl PartitionQueue {
         self.slots.push_back(slot);
     }
 
+    #[inline]
     fn set_kind(&mut self, i: usize, kind: Kind) {
         let s = &mut self.slots[i];
         self.counts[s.kind as usize] -= 1;
@@ -1855,6 +1891,57 @@ mod tests {
             deliveries.iter().filter(|&&d| d > 1).count() > 1_000,
             "nacks and expiries redeliver"
         );
+    }
+
+    /// `ack_many` answers every ack as acking one after the other does, and leaves the same
+    /// window: acks below the watermark, in the window (current, stale, repeated), of offsets
+    /// not read yet (within the capacity and beyond it), with and without a lease.
+    #[test]
+    fn ack_many_is_acks_one_after_the_other() {
+        for seed in 0..300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37));
+            let mut q = PartitionQueue::new(policy(3), 64, 10, 1);
+            let read = 10 + rng.below(60);
+            q.offer_range(10, read, 0);
+            let mut leases = Vec::new();
+            for _ in 0..rng.below(4) {
+                leases.extend(q.lease(rng.below(20) as usize, 0, VIS));
+            }
+            for l in leases.iter().filter(|_| rng.below(4) == 0) {
+                let _ = q.nack(l.offset, l.id, Some(0), 0);
+            }
+            for l in leases.iter().filter(|_| rng.below(3) == 0) {
+                let _ = q.ack(l.offset, Some(l.id));
+            }
+            let items: Vec<(u64, Option<LeaseId>)> = (0..rng.below(40))
+                .map(|_| {
+                    let o = 5 + rng.below(100);
+                    let lease = match rng.below(3) {
+                        0 => None,
+                        1 => leases.iter().find(|l| l.offset == o).map(|l| l.id),
+                        _ => Some(LeaseId {
+                            generation: 1,
+                            seq: rng.below(50) as u32 + 1,
+                        }),
+                    };
+                    (o, lease)
+                })
+                .collect();
+            let (mut one, mut many) = (q.clone(), q);
+            let by_one: Vec<_> = items.iter().map(|&(o, l)| (o, one.ack(o, l))).collect();
+            let mut by_many = Vec::new();
+            many.ack_many(items.iter().copied(), |o, a| by_many.push((o, a)));
+            assert_eq!(by_one, by_many, "seed {seed}");
+            assert_eq!(one.watermark(), many.watermark(), "seed {seed}");
+            assert_eq!(one.stats(), many.stats(), "seed {seed}");
+            assert_eq!(one.checkpoint(), many.checkpoint(), "seed {seed}");
+            assert_eq!(one.fetch_pos(), many.fetch_pos(), "seed {seed}");
+            assert_eq!(
+                one.lease(100, 5, VIS),
+                many.lease(100, 5, VIS),
+                "seed {seed}"
+            );
+        }
     }
 
     #[test]

@@ -950,28 +950,53 @@ impl QueueGroup {
         })
     }
 
-    /// Acks `receipts`, whose windows are all open, adding each outcome to `out`.
+    /// Acks `receipts`, whose windows are all open, adding each outcome to `out`: each run of
+    /// receipts of one partition in one pass of its window ([`PartitionQueue::ack_many`]),
+    /// dropping the records of the messages now done.
     fn ack_open(&self, receipts: Vec<Result<Receipt, Error>>, out: &mut Vec<Outcome>) {
         let mut parts = self.parts.borrow_mut();
-        for r in receipts {
-            let r = match r {
-                Ok(r) => r,
+        let mut freed = 0;
+        let mut rest = &receipts[..];
+        while let Some(first) = rest.first() {
+            let p = match first {
+                Ok(r) => r.partition,
                 Err(e) => {
-                    out.push(Outcome::Failed(e));
+                    out.push(Outcome::Failed(e.clone()));
+                    rest = &rest[1..];
                     continue;
                 }
             };
-            let Some(part) = parts.get_mut(&r.partition) else {
+            let n = rest
+                .iter()
+                .take_while(|r| matches!(r, Ok(r) if r.partition == p))
+                .count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let Some(part) = parts.get_mut(&p) else {
                 // Not reached: every window was open before the first ack.
-                out.push(Outcome::Failed(closed_here(r.partition)));
+                out.extend(run.iter().map(|_| Outcome::Failed(closed_here(p))));
                 continue;
             };
             part.dirty = true;
-            out.push(
-                self.ack_in(part, &r)
-                    .unwrap_or_else(|e| Outcome::Failed(queue_err(e, r.partition))),
-            );
+            let Part {
+                q, records, errors, ..
+            } = part;
+            let items = run.iter().flatten().map(|r| (r.offset, Some(r.lease)));
+            q.ack_many(items, |o, answer| {
+                out.push(match answer {
+                    Ok(a) => {
+                        // Done now or before: its record is not needed any more.
+                        freed += records.forget(o).unwrap_or(0);
+                        if !errors.is_empty() {
+                            errors.remove(&o);
+                        }
+                        outcome(a)
+                    }
+                    Err(e) => Outcome::Failed(queue_err(e, p)),
+                })
+            });
         }
+        self.bytes.set(self.bytes.get().saturating_sub(freed));
     }
 
     /// Acks the message `r` names in its partition's window and drops its record if it is
@@ -979,10 +1004,7 @@ impl QueueGroup {
     fn ack_in(&self, part: &mut Part, r: &Receipt) -> Result<Outcome, QueueError> {
         let a = part.q.ack(r.offset, Some(r.lease))?;
         self.forget_if_done(part, r.offset);
-        Ok(match a {
-            Ack::Acked { .. } => Outcome::Acked,
-            Ack::AlreadyDone => Outcome::AlreadyDone,
-        })
+        Ok(outcome(a))
     }
 
     /// Counts of the windows' states, for status.
@@ -1011,6 +1033,14 @@ impl Drop for Use<'_> {
 }
 
 /// A settle of a message whose partition's window closed here meanwhile.
+/// The outcome of an ack the window took.
+fn outcome(a: Ack) -> Outcome {
+    match a {
+        Ack::Acked { .. } => Outcome::Acked,
+        Ack::AlreadyDone => Outcome::AlreadyDone,
+    }
+}
+
 fn closed_here(p: u32) -> Error {
     Error::new(
         ErrorKind::StaleLease,

@@ -56,6 +56,9 @@ type Registry = Rc<RefCell<HashMap<(Rc<str>, String), Rc<QueueGroup>>>>;
 pub struct Queues {
     key: Rc<ReceiptKey>,
     groups: Registry,
+    /// The last (topic, group) whose receipts were made or checked, and its fingerprint (a
+    /// SHA-256 each time otherwise).
+    last_fingerprint: RefCell<(String, String, u32)>,
 }
 
 /// The core that keeps `group`'s queue on `topic` (the same answer on every core).
@@ -97,7 +100,21 @@ impl Queues {
         Self {
             key: Rc::new(ReceiptKey::new(secret)),
             groups: Rc::default(),
+            last_fingerprint: RefCell::default(),
         }
+    }
+
+    /// [`kateway_core::queue::fingerprint`]`(topic, group)`, remembered for the last pair.
+    fn fingerprint(&self, topic: &str, group: &str) -> u32 {
+        let mut last = self.last_fingerprint.borrow_mut();
+        if last.0 != topic || last.1 != group || last.0.is_empty() {
+            *last = (
+                topic.to_owned(),
+                group.to_owned(),
+                kateway_core::queue::fingerprint(topic, group),
+            );
+        }
+        last.2
     }
 
     /// The group's queue on this core (the owner), started if it is not running.
@@ -184,7 +201,7 @@ impl Queues {
                 })
             })
             .collect();
-        let fp = kateway_core::queue::fingerprint(topic, group);
+        let fp = self.fingerprint(topic, group);
         kateway_core::queue::batch::encode(&self.key, fp, &items)
     }
 
@@ -275,7 +292,7 @@ impl Queues {
         error: Option<String>,
         forwarded: bool,
     ) -> Result<Vec<Outcome>, Error> {
-        let fp = kateway_core::queue::fingerprint(&topic.name, group);
+        let fp = self.fingerprint(&topic.name, group);
         let decoded = receipts
             .iter()
             .map(|r| match Receipt::decode(&self.key, r) {
