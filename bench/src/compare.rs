@@ -292,7 +292,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let mut rows: Vec<String> = Vec::new();
 
     // Single publish, both durabilities, the three servers in alternating order.
-    let mut kateway_local_peak = 0.0;
+    let (mut kateway_local_peak, mut kateway_all_peak) = (0.0, 0.0);
     for ack in ["local", "all"] {
         let mut runs: Vec<(&str, Vec<Measured>)> =
             servers.iter().map(|s| (s.name, Vec::new())).collect();
@@ -333,6 +333,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         let ratio = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a / b).collect::<Vec<_>>();
         if ack == "local" {
             kateway_local_peak = median(&rps(0));
+        } else {
+            kateway_all_peak = median(&rps(0));
         }
         let mut sc = json!({});
         for (i, (name, ms)) in runs.iter().enumerate() {
@@ -420,6 +422,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let mut lat = json!({"rate": rate});
     for s in [&kateway, &noop] {
         let mut ms = Vec::new();
+        let before = (s.name == "kateway")
+            .then(|| crate::stages::read(&s.addr).ok())
+            .flatten();
         for round in 0..a.rounds {
             eprintln!(
                 "[latency ack=local at {rate:.0} req/s] round {} {}",
@@ -448,8 +453,45 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             median(&q(|o| o.max_us)),
         ));
         lat[s.name] = json!({"p50_us": stats(&q(|o| o.p50_us)), "p90_us": stats(&q(|o| o.p90_us)), "p99_us": stats(&q(|o| o.p99_us)), "p999_us": stats(&q(|o| o.p999_us)), "max_us": stats(&q(|o| o.max_us))});
+        if let Some(b) = before {
+            let st = crate::stages::between(&b, &crate::stages::read(&s.addr)?);
+            rows.extend(crate::stages::rows("stages, ack=local", &st));
+            lat["kateway_stages"] = stage_json(&st);
+        }
     }
     report["scenarios"]["latency_half_peak"] = lat;
+
+    // The same for ack=all at half of its peak (kateway only): p99 beside the fsync's.
+    let rate = (kateway_all_peak / 2.0).max(1000.0);
+    let before = crate::stages::read(&kateway.addr).ok();
+    let mut ms = Vec::new();
+    for round in 0..a.rounds {
+        eprintln!("[latency ack=all at {rate:.0} req/s] round {}", round + 1);
+        let conns = a.conns_all.max(32);
+        let m = measure(
+            &load(
+                &kateway.addr,
+                Kind::Publish,
+                &shape("all"),
+                "",
+                conns,
+                Some(rate),
+            ),
+            Some(kateway.child.id()),
+        );
+        ms.push(m.outcome.p99_us as f64);
+    }
+    rows.push(format!(
+        "| latency, open loop {rate:.0} req/s ack=all | kateway | | p99 {:.0} us | | |",
+        median(&ms)
+    ));
+    let mut lat_all = json!({"rate": rate, "p99_us": stats(&ms)});
+    if let (Some(b), Ok(after)) = (before, crate::stages::read(&kateway.addr)) {
+        let st = crate::stages::between(&b, &after);
+        rows.extend(crate::stages::rows("stages, ack=all", &st));
+        lat_all["kateway_stages"] = stage_json(&st);
+    }
+    report["scenarios"]["latency_half_peak_ack_all"] = lat_all;
 
     // End-to-end: publish -> long-polling subscriber.
     let e2e_rate = 10_000.0;
@@ -620,4 +662,17 @@ pub(crate) fn kateway_binary(given: &std::path::Path) -> anyhow::Result<String> 
         anyhow::ensure!(ok, "cargo build of kateway failed");
     }
     Ok(built.to_string_lossy().into_owned())
+}
+
+/// The stage quantiles as JSON: `{stage: {count, p50_us, p99_us}}`.
+fn stage_json(st: &[(&'static str, u64, f64, f64)]) -> Value {
+    st.iter()
+        .map(|(name, n, p50, p99)| {
+            (
+                name.to_string(),
+                json!({"count": n, "p50_us": p50, "p99_us": p99}),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }

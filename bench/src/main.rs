@@ -29,6 +29,7 @@ mod procstat;
 mod protocols;
 mod scenario;
 mod soak;
+mod stages;
 mod tls;
 mod webhooks;
 mod wsclient;

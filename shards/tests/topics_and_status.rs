@@ -134,6 +134,21 @@ fn metrics_and_process_status(b: Backend) {
         assert!(value("kateway_log_fsyncs_total") >= 1.0);
         assert!(value("kateway_log_size_bytes") > 25.0);
         assert_eq!(value("kateway_log_partitions"), 2.0);
+        // Where publishes spend their time: every publish appended and waited for its write;
+        // all but the ack=local one waited for an fsync (ack=all is the default).
+        let r = g.req("POST", "/v1/msgs/t/v1?ack=local", &[("Appid", app.as_str())], b"x");
+        assert_eq!(r.status, 201);
+        let m = g.req("GET", "/metrics", &[], b"").text();
+        let stage = |s: &str| {
+            support::metric_value(
+                &m,
+                &format!("kateway_publish_stage_duration_seconds_count{{stage=\"{s}\"}}"),
+            )
+        };
+        assert_eq!(stage("append"), 6.0);
+        assert_eq!(stage("write_wait"), 6.0);
+        assert_eq!(stage("sync_wait"), 5.0);
+        assert!(stage("write") >= 1.0);
     }
 }
 

@@ -96,6 +96,8 @@ pub struct Durability {
     pub fault: RefCell<Fault>,
     /// Generations whose fsync failed (`ack=all` waiters of them get 503).
     pub sync_failed: RefCell<Ranges>,
+    /// When the last few generations were written (for the publish stage histograms).
+    pub written_at: RefCell<std::collections::VecDeque<(u64, std::time::Instant)>>,
 }
 
 impl Durability {
@@ -104,6 +106,22 @@ impl Durability {
         let d = Self::default();
         d.next.set(1);
         d
+    }
+
+    /// Records that generation `gen` was written at `t`.
+    pub fn mark_written(&self, gen: u64, t: std::time::Instant) {
+        let mut w = self.written_at.borrow_mut();
+        if w.len() == WRITTEN_AT {
+            w.pop_front();
+        }
+        w.push_back((gen, t));
+    }
+
+    /// When generation `gen` (or, if it wrote nothing of its own, the first after it) was
+    /// written, if that is among the last few.
+    pub fn written_time(&self, gen: u64) -> Option<std::time::Instant> {
+        let w = self.written_at.borrow();
+        w.iter().find(|(g, _)| *g >= gen).map(|&(_, t)| t)
     }
 
     /// The error for requests refused or failed by the fault.
@@ -117,6 +135,9 @@ impl Durability {
         )
     }
 }
+
+/// Generations whose write time [`Durability::written_time`] remembers.
+const WRITTEN_AT: usize = 8;
 
 /// Records a failed write (logged with its path; counted).
 pub fn write_failed(set: &LogSet, e: &LogError) {

@@ -17,7 +17,7 @@
 //! 503 (see [`super::durability`]).
 
 use super::{durability, LogSet, PartKey};
-use crate::metrics;
+use crate::metrics::{self, Stage};
 use kateway_log::fs::FP_FSYNC;
 use kateway_log::{LogError, LogFile, SyncPlan};
 use std::collections::HashSet;
@@ -57,7 +57,13 @@ pub async fn run(set: Rc<LogSet>) {
         }
         let gen = set.dur.next.get();
         set.dur.next.set(gen + 1);
+        let t0 = Instant::now();
         let written = write_dirty(&set, gen, &mut unsynced);
+        let t1 = Instant::now();
+        if written > 0 {
+            shard.metrics.stage(Stage::Write, t1 - t0);
+        }
+        set.dur.mark_written(gen, t1);
         unsynced_bytes += written;
         set.dur.written.set(gen);
         set.dur.progress.notify();

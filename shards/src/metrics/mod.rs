@@ -22,10 +22,52 @@ pub struct DamageEntry {
 }
 
 /// Histogram bucket upper bounds in seconds.
-pub const BUCKETS: [f64; 14] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-    10.0,
+pub const BUCKETS: [f64; 17] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
 ];
+
+/// The stages of a publish to the embedded log (`kateway_publish_stage_duration_seconds`). The
+/// rest of a publish's latency (`kateway_http_request_duration_seconds`: parsing, routing, the
+/// reply) is what these leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Appending the records to the partition's pending buffer.
+    Append,
+    /// From the append to the flusher's write of its generation (the flusher's wake-up, the
+    /// requests batched with it, the write).
+    WriteWait,
+    /// From that write to the fsync that covers it (`ack=all` only).
+    SyncWait,
+    /// The flusher's positioned writes of one generation (one per partition written).
+    Write,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::Append,
+        Stage::WriteWait,
+        Stage::SyncWait,
+        Stage::Write,
+    ];
+
+    /// Its `stage` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Append => "append",
+            Stage::WriteWait => "write_wait",
+            Stage::SyncWait => "sync_wait",
+            Stage::Write => "write",
+        }
+    }
+}
+
+impl Metrics {
+    /// Records `d` spent in `stage`.
+    pub fn stage(&self, stage: Stage, d: std::time::Duration) {
+        self.stages[stage as usize].observe(d);
+    }
+}
 
 /// A latency histogram owned by one core.
 #[derive(Default)]
@@ -116,6 +158,8 @@ macro_rules! counters {
             pub lags: std::cell::RefCell<lag::Lags>,
             /// Duration of each group-commit fsync round.
             pub fsync_seconds: Histogram,
+            /// Where a publish to this core's log spends its time, by [`Stage`].
+            pub stages: [Histogram; Stage::ALL.len()],
         }
 
         /// A copy of every core's metrics, summed.
@@ -126,6 +170,8 @@ macro_rules! counters {
             pub labelled: Labelled,
             /// See [`Metrics::fsync_seconds`].
             pub fsync_seconds: HistSnapshot,
+            /// See [`Metrics::stages`].
+            pub stages: [HistSnapshot; Stage::ALL.len()],
             /// Bytes stored in log segments.
             pub log_bytes: u64,
             /// Partitions owned.
@@ -152,6 +198,7 @@ macro_rules! counters {
                     $($name: self.$name.get(),)*
                     labelled: Labelled::default(),
                     fsync_seconds: self.fsync_seconds.snapshot(),
+                    stages: std::array::from_fn(|i| self.stages[i].snapshot()),
                     log_bytes: 0,
                     partitions: 0,
                     store_faults: Vec::new(),
@@ -171,6 +218,9 @@ macro_rules! counters {
                 $(self.$name += o.$name;)*
                 self.labelled.add(&o.labelled);
                 self.fsync_seconds.add(&o.fsync_seconds);
+                for (a, b) in self.stages.iter_mut().zip(&o.stages) {
+                    a.add(b);
+                }
                 self.log_bytes += o.log_bytes;
                 self.partitions += o.partitions;
                 self.store_faults.extend(o.store_faults.iter().cloned());
@@ -311,6 +361,14 @@ impl Snapshot {
             "kateway_log_fsync_duration_seconds",
             "Group-commit fsync latency.",
         );
+        let name = "kateway_publish_stage_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Where publishes to the embedded log spend their time, by stage.\n# TYPE {name} histogram"
+        );
+        for (stage, h) in Stage::ALL.iter().zip(&self.stages) {
+            h.render_series(&mut out, name, &format!("stage=\"{}\"", stage.name()));
+        }
         out
     }
 }

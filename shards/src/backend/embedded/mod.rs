@@ -12,7 +12,7 @@ pub mod scrub;
 
 use crate::catalog::TopicMeta;
 use crate::logset::{storage_err, LogSet, Written};
-use crate::metrics;
+use crate::metrics::{self, Stage};
 use crate::request::{Fetch, Fetched};
 use crate::shard::Shard;
 use kateway_core::message::tags_match;
@@ -20,6 +20,7 @@ use kateway_core::{
     Ack, Delivered, Error, ErrorKind, Groups, Item, PartitionInfo, Published, Reset,
 };
 use std::rc::Rc;
+use std::time::Instant;
 
 /// How many bytes of records one fetch may look at past those a tag filter rejects before it
 /// returns (saying there is more), so that a rare tag in a long log neither holds the core nor
@@ -75,9 +76,12 @@ impl Store {
         items: &[Item],
         ack: Ack,
     ) -> Result<Published, Error> {
+        let t0 = Instant::now();
         let a = self.logs.append(topic, p, items)?;
+        let appended = Instant::now();
         let shard = self.shard();
         let m = &shard.metrics;
+        m.stage(Stage::Append, appended - t0);
         let bytes = items.iter().map(|i| i.value.len() as u64).sum();
         metrics::add(&m.pub_messages_total, items.len() as u64);
         metrics::add(&m.pub_bytes_total, bytes);
@@ -87,6 +91,19 @@ impl Store {
         self.logs
             .wait_durable(&a.part, Written::Records, a.gen, ack)
             .await?;
+        if ack != Ack::Async {
+            let now = Instant::now();
+            let written = self
+                .logs
+                .dur
+                .written_time(a.gen)
+                .unwrap_or(now)
+                .max(appended);
+            m.stage(Stage::WriteWait, written - appended);
+            if ack == Ack::All {
+                m.stage(Stage::SyncWait, now.saturating_duration_since(written));
+            }
+        }
         Ok(Published {
             offsets: a.offsets.into_iter().map(|o| o as i64).collect(),
             buffered: false,
