@@ -136,7 +136,12 @@ fn metrics_and_process_status(b: Backend) {
         assert_eq!(value("kateway_log_partitions"), 2.0);
         // Where publishes spend their time: every publish appended and waited for its write;
         // all but the ack=local one waited for an fsync (ack=all is the default).
-        let r = g.req("POST", "/v1/msgs/t/v1?ack=local", &[("Appid", app.as_str())], b"x");
+        let r = g.req(
+            "POST",
+            "/v1/msgs/t/v1?ack=local",
+            &[("Appid", app.as_str())],
+            b"x",
+        );
         assert_eq!(r.status, 201);
         let m = g.req("GET", "/metrics", &[], b"").text();
         let stage = |s: &str| {

@@ -25,22 +25,50 @@ use std::time::Instant;
 /// Runs a command for a caller.
 pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> Reply {
     let route = cmd.route_name();
+    // A connection's task is as large as the largest future any of its requests could need:
+    // publishes, subscribes and batch acks run inline; settles (whose future is the largest
+    // of the data path) and every other route in a box of their own, allocated per request.
     let r = match cmd {
+        Command::Alive => Ok(alive()),
+        Command::Publish(p) => publish::publish(core, caller, p).await,
+        Command::Subscribe(s) if s.lease.is_some() => queue::subscribe(core, caller, s).await,
+        Command::Subscribe(s) => subscribe::subscribe(core, caller, s).await,
+        Command::Settle(s) => Box::pin(queue::settle(core, caller, s)).await,
+        Command::AckBatch(a) => subscribe::ack_batch(core, caller, a).await,
+        cmd => Box::pin(other(core, caller, cmd)).await,
+    };
+    let mut reply = r.unwrap_or_else(|e| Reply::error(&e));
+    reply.route = route;
+    if route == "tenancy" {
+        // Keys, secrets and grants: no answer of the Tenancy API is kept by a cache, its
+        // refusals (a 404 is cacheable by default) included.
+        reply = reply.header(
+            "cache-control",
+            kateway_proto::reply::Value::Static("no-store"),
+        );
+    }
+    reply
+}
+
+/// Every route but the data path's (see [`execute`]).
+async fn other(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> Result<Reply, Error> {
+    match cmd {
         Command::Alive => Ok(alive()),
         Command::Ready => status::ready(core).await,
         Command::Metrics => status::metrics(core).await,
         Command::OpenApi => Ok(openapi()),
         Command::ProcessStatus => status::process(core).await,
-        Command::Publish(p) => publish::publish(core, caller, p).await,
-        Command::Subscribe(s) if s.lease.is_some() => queue::subscribe(core, caller, s).await,
-        Command::Subscribe(s) => subscribe::subscribe(core, caller, s).await,
-        Command::Settle(s) => queue::settle(core, caller, s).await,
+        Command::Publish(_) | Command::Subscribe(_) | Command::Settle(_) | Command::AckBatch(_) => {
+            Err(Error::new(
+                ErrorKind::Internal,
+                "a data-path route reached the other routes",
+            ))
+        }
         Command::DeadLetters(d) => dlq::run(core, d).await,
         Command::Socket(_) => Err(Error::new(
             ErrorKind::UpgradeRequired,
             "this route speaks WebSocket: send a GET with Upgrade: websocket",
         )),
-        Command::AckBatch(a) => subscribe::ack_batch(core, caller, a).await,
         Command::Seek(s) => subscribe::seek(core, caller, s).await,
         Command::TopicAdmin(t) => topics::administer(core, caller, t).await,
         Command::Partitions(t) => status::partitions(core, t).await,
@@ -57,18 +85,7 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
             n,
         } => dashboard::browse(core, topic, partition, n).await,
         Command::Webhook(w) => webhooks::run(core, caller, w).await,
-    };
-    let mut reply = r.unwrap_or_else(|e| Reply::error(&e));
-    reply.route = route;
-    if route == "tenancy" {
-        // Keys, secrets and grants: no answer of the Tenancy API is kept by a cache, its
-        // refusals (a 404 is cacheable by default) included.
-        reply = reply.header(
-            "cache-control",
-            kateway_proto::reply::Value::Static("no-store"),
-        );
     }
-    reply
 }
 
 /// The answer to `/alive` or `/ready` (what a connection beyond the cap may still ask).

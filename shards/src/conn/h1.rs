@@ -149,7 +149,9 @@ pub async fn serve<S: Transport>(core: Rc<Core>, mut stream: S, peer: Peer) {
                                 return;
                             }
                             drop((holds, held, decoder, wbuf));
-                            super::push::serve(core, stream, rbuf, req, t0, peer).await;
+                            // Boxed: a stream's future is large, and every connection's task
+                            // would be sized by it.
+                            Box::pin(super::push::serve(core, stream, rbuf, req, t0, peer)).await;
                             return;
                         }
                     };
@@ -358,14 +360,16 @@ async fn answer<S: Transport>(
         Err(e) => return Answered::Reply(Reply::error(&e)),
     };
     let caller = admitted.caller(&req);
-    if !cmd.may_park() {
-        let reply = api::execute(core, caller, cmd).await;
+    let (park, need) = (cmd.may_park(), cmd.need());
+    // One execution future for both paths: two would each take a slot in this function's
+    // state, and every connection's task is as large as that state.
+    let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
+    if !park {
+        let reply = (&mut fut).await;
         return Answered::Reply(super::gzip(core, &req, reply).await);
     }
-    let need = cmd.need();
     let lost = lost(&core.shard, admitted.principal.as_ref(), need);
     let mut lost = std::pin::pin!(lost);
-    let mut fut = std::pin::pin!(api::execute(core, caller, cmd));
     {
         // Most subscribes are answered at once; only a poll that is still waiting after a
         // moment pays for a readiness watch (io_uring poll, which consumes no data).
