@@ -50,10 +50,9 @@ pub fn parse_ndjson(
     let mut start = 0;
     let b = &body[..];
     while start < b.len() {
-        let end = b[start..]
-            .iter()
-            .position(|&c| c == b'\n')
-            .map_or(b.len(), |i| start + i);
+        // memchr compares a vector of bytes at a time: a byte-wise scan was a third of a
+        // batch publish's instructions.
+        let end = memchr::memchr(b'\n', &b[start..]).map_or(b.len(), |i| start + i);
         let mut line_end = end;
         if line_end > start && b[line_end - 1] == b'\r' {
             line_end -= 1;

@@ -172,16 +172,31 @@ pub fn put_u64(out: &mut BytesMut, v: u64) {
     let mut b = [0u8; 20];
     let mut i = b.len();
     let mut v = v;
-    loop {
+    // Two digits at a time from a table (as `itoa` does): half the divisions.
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        b[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    }
+    if v >= 10 {
+        let d = v as usize * 2;
+        i -= 2;
+        b[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    } else {
         i -= 1;
-        b[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        b[i] = b'0' + v as u8;
     }
     out.put_slice(&b[i..]);
 }
+
+/// "00" to "99", back to back.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
 
 /// Appends the decimal form of `v`.
 pub fn put_i64(out: &mut BytesMut, v: i64) {
@@ -224,5 +239,15 @@ mod tests {
         put_i64(&mut n, -42);
         put_u64(&mut n, u64::MAX);
         assert_eq!(&n[..], b"0-4218446744073709551615");
+        // Every length of number, and each side of every power of ten.
+        let mut v = 1u64;
+        for _ in 0..20 {
+            for x in [v - 1, v, v + 1, v.wrapping_mul(7) / 3, v * 9 / 10 + 9] {
+                let mut n = BytesMut::new();
+                put_u64(&mut n, x);
+                assert_eq!(&n[..], x.to_string().as_bytes());
+            }
+            v = v.saturating_mul(10);
+        }
     }
 }
