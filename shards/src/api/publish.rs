@@ -10,7 +10,7 @@ use kateway_core::partitioner::partition_for_key;
 use kateway_core::{Ack, Error, ErrorKind, Item};
 use kateway_proto::batch::BatchItem;
 use kateway_proto::command::{Caller, Messages, Publish, TopicPath};
-use kateway_proto::http1::encode::{put_i64, put_u64};
+use kateway_proto::http1::encode::{put_u64, write_u64};
 use kateway_proto::reply::{Reply, Value};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -179,6 +179,27 @@ pub async fn publish_all(
     items: Vec<BatchItem>,
 ) -> Result<(Vec<(u32, i64)>, bool), Error> {
     let keyless = core.shard.pick_partition(meta);
+    if items.iter().all(|it| it.key.is_none()) {
+        // The common batch: no message has a key of its own, so all go to one partition, in
+        // order, without sorting them by partition.
+        let k: Bytes = c.key.clone().unwrap_or_default();
+        let p = if k.is_empty() {
+            keyless
+        } else {
+            partition_for_key(&k, meta.partitions)
+        };
+        let items = items
+            .into_iter()
+            .map(|it| Item {
+                key: k.clone(),
+                tags: c.tags.clone(),
+                value: it.value,
+            })
+            .collect();
+        let done = core.backend.publish(meta, p, items, c.ack).await?;
+        let results = done.offsets.into_iter().map(|o| (p, o)).collect();
+        return Ok((results, done.buffered));
+    }
     let mut by_part: BTreeMap<u32, Vec<(usize, Item)>> = BTreeMap::new();
     for (i, it) in items.into_iter().enumerate() {
         let k: Bytes = it.key.or_else(|| c.key.clone()).unwrap_or_default();
@@ -217,10 +238,46 @@ fn buffered(r: Reply, buffered: bool) -> Reply {
     }
 }
 
+/// Appends `{"partition":p,"offset":o}`, made on the stack and copied once (a batch's reply
+/// has one per message).
 fn put_result(body: &mut BytesMut, p: u32, o: i64) {
-    body.put_slice(b"{\"partition\":");
-    put_u64(body, p.into());
-    body.put_slice(b",\"offset\":");
-    put_i64(body, o);
-    body.put_u8(b'}');
+    const PARTITION: &[u8] = b"{\"partition\":";
+    const OFFSET: &[u8] = b",\"offset\":";
+    let mut line = [0u8; 64];
+    line[..PARTITION.len()].copy_from_slice(PARTITION);
+    let mut n = PARTITION.len() + write_u64(&mut line[PARTITION.len()..], p.into());
+    line[n..n + OFFSET.len()].copy_from_slice(OFFSET);
+    n += OFFSET.len();
+    if o < 0 {
+        line[n] = b'-';
+        n += 1;
+    }
+    n += write_u64(&mut line[n..], o.unsigned_abs());
+    line[n] = b'}';
+    body.put_slice(&line[..=n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_the_json_of_its_partition_and_offset() {
+        for (p, o) in [
+            (0, 0),
+            (7, 41),
+            (u32::MAX, i64::MAX),
+            (3, -1),
+            (12, i64::MIN),
+        ] {
+            let mut b = BytesMut::new();
+            put_result(&mut b, p, o);
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"partition": p, "offset": o}),
+                "{p} {o}"
+            );
+        }
+    }
 }
