@@ -6,7 +6,9 @@
 //! start; either way nothing changes.
 
 use crate::config::{merge, tree, Config};
+use crate::units::{parse_duration, parse_size};
 use std::path::PathBuf;
+use std::time::Duration;
 use toml::Value;
 
 /// Settings a reload applies on every core without a restart. Limits and timeouts take effect
@@ -116,9 +118,28 @@ fn diff(at: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
                 });
             }
         }
-        (a, b) if a == b => {}
+        (a, b) if same(a, b) => {}
         _ => out.push(at.to_owned()),
     }
+}
+
+/// Whether two settings mean the same: equal, or the same byte size (`"1MiB"`, `1048576`) or
+/// the same duration (`"1s"`, `"1000ms"`, `1`) however written. A value that reads as neither
+/// is compared as it is.
+fn same(a: &Value, b: &Value) -> bool {
+    let size = |v: &Value| match v {
+        Value::Integer(n) => u64::try_from(*n).ok(),
+        Value::String(s) => parse_size(s).ok(),
+        _ => None,
+    };
+    let duration = |v: &Value| match v {
+        Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
+        Value::String(s) => parse_duration(s).ok(),
+        _ => None,
+    };
+    a == b
+        || matches!((size(a), size(b)), (Some(x), Some(y)) if x == y)
+        || matches!((duration(a), duration(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// What a reload from `old` to `new` changes: the changed keys when every one of them may
@@ -188,6 +209,26 @@ mod tests {
         );
         assert_eq!(new.cfg.limits.max_message_bytes.0, 1024);
         assert!(check(&old, &old).unwrap().is_empty());
+    }
+
+    #[test]
+    fn another_spelling_of_the_same_value_is_no_change() {
+        let old = load(
+            "[store]\nsegment_bytes = \"8MiB\"\n[server]\nidle_timeout = \"60s\"\n",
+            &[],
+        )
+        .unwrap();
+        let new = load(
+            "[store]\nsegment_bytes = 8388608\n[server]\nidle_timeout = \"1m\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(check(&old, &new), Ok(Vec::new()));
+        // A different value is still a change, and a fixed one is refused.
+        let moved = load("[store]\nsegment_bytes = \"16MiB\"\n", &[]).unwrap();
+        assert!(check(&old, &moved)
+            .unwrap_err()
+            .starts_with("store.segment_bytes"));
     }
 
     #[test]
