@@ -25,7 +25,7 @@ need() {
 # start_kateway [wrapper...]: starts the profiling build on $SERVER_CPU, sets KW_PID.
 start_kateway() {
   DATA=$(mktemp -d)
-  KATEWAY_SERVER_PIN_CORES=false KATEWAY_LOG_LEVEL=warn \
+  KATEWAY_SERVER_PIN_CORES=false KATEWAY_LOG_LEVEL=warn KATEWAY_AUTH_ENABLED=false \
     taskset -c "$SERVER_CPU" "$@" "$ROOT/target/profiling/kateway" serve --cores 1 --listen "$ADDR" --data-dir "$DATA" &
   KW_PID=$!
   for _ in $(seq 1 600); do
