@@ -132,6 +132,10 @@ impl Admin {
     /// The topic's partition count; [`BridgeError::UnknownTopic`] if it does not exist. Blocks
     /// for up to the request timeout.
     pub fn partitions(&self, name: &str) -> Result<u32, BridgeError> {
+        if !legal_topic(name) {
+            // librdkafka refuses to make a handle for such a name, and rust-rdkafka unwraps it.
+            return Err(BridgeError::UnknownTopic(name.to_owned()));
+        }
         let md = self
             .client
             .inner()
@@ -153,6 +157,9 @@ impl Admin {
     /// reads of it fail (`NotLeaderForPartition`). Blocks for up to the request timeout;
     /// `false` if some partition did not answer by then.
     pub fn await_partitions(&self, name: &str, from: u32, to: u32) -> bool {
+        if !legal_topic(name) {
+            return false;
+        }
         let deadline = std::time::Instant::now() + self.timeout;
         let mut next = from;
         loop {
@@ -334,5 +341,30 @@ impl Admin {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+/// Whether `name` is a topic name Kafka accepts: 1 to 249 characters of `[a-zA-Z0-9._-]`.
+/// librdkafka cannot make a topic handle for others, and asking about one would panic inside
+/// rust-rdkafka, so they are answered as unknown without asking.
+pub fn legal_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::legal_topic;
+
+    #[test]
+    fn only_names_kafka_accepts_are_asked_about() {
+        assert!(legal_topic("app1.orders.v1"));
+        assert!(legal_topic(&"a".repeat(249)));
+        for bad in ["", "a b", "a/b", "tópico", "a\0b"] {
+            assert!(!legal_topic(bad), "{bad:?}");
+        }
+        assert!(!legal_topic(&"a".repeat(250)));
     }
 }

@@ -774,7 +774,7 @@ impl<'a> Command<'a> {
                 },
             },
             Route::Browse { appid, topic, ver } => Command::Browse {
-                topic: TopicPath { appid, topic, ver },
+                topic: TopicPath::new(appid, topic, ver)?,
                 partition: num(q, "partition")?.unwrap_or(0),
                 n: match num(q, "n")?.unwrap_or(20usize) {
                     n @ 1..=1000 => n,
