@@ -2,7 +2,9 @@
 //! backend (closed loop, `--conns` HTTP connections) against the same messages produced
 //! directly with librdkafka from this process with the same acks and the same number of
 //! messages in flight, in alternating rounds (gateway, direct, gateway, ...). Reports messages
-//! per second of each, their ratio, and the gateway's CPU time per message.
+//! per second of each, their ratio, and the gateway's CPU time per message beside what the HTTP
+//! hop alone costs (the do-nothing server under the same HTTP load) plus what librdkafka costs
+//! per message when producing directly.
 
 use crate::client::{self, Count, Load};
 use crate::compare::{kateway_binary, machine, median, start, stats};
@@ -56,8 +58,12 @@ pub struct KafkaArgs {
     pub out: PathBuf,
 }
 
-/// Messages per second produced directly, keeping `window` messages in flight.
-fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<f64> {
+/// Messages per second produced directly, keeping `conns × batch` messages in flight, and this
+/// process's CPU microseconds per message produced (librdkafka's threads and the loop driving
+/// them; the HTTP client threads are idle meanwhile).
+fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<(f64, f64)> {
+    let me = std::process::id();
+    let cpu0 = crate::procstat::cpu_time(me)?;
     let mut cfg = BridgeConfig::new(a.brokers.clone());
     cfg.linger = Duration::from_millis(a.linger_ms);
     let producer = Producer::new(&cfg, 999).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -70,9 +76,10 @@ fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<f64> {
         }
         let from = Instant::now() + Duration::from_secs(a.warmup_s);
         let until = from + Duration::from_secs(a.duration_s);
-        let mut counted = 0u64;
+        let (mut counted, mut all) = (0u64, 0u64);
         while let Some(r) = inflight.next().await {
             r.map_err(|e| anyhow::anyhow!("direct produce: {e}"))?;
+            all += 1;
             let now = Instant::now();
             if now >= from && now < until {
                 counted += 1;
@@ -81,7 +88,11 @@ fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<f64> {
                 inflight.push(send().map_err(|e| anyhow::anyhow!("{e}"))?);
             }
         }
-        Ok(counted as f64 / a.duration_s as f64)
+        let cpu = crate::procstat::cpu_time(me)?.saturating_sub(cpu0);
+        Ok((
+            counted as f64 / a.duration_s as f64,
+            cpu.as_secs_f64() * 1e6 / all.max(1) as f64,
+        ))
     })
 }
 
@@ -120,6 +131,22 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
             ("KATEWAY_KAFKA_LINGER", &linger),
         ],
     )?;
+    // The do-nothing HTTP server under the same load: the HTTP hop's own cost.
+    let noop_addr = format!("127.0.0.1:{}", crate::compare::free_port());
+    let me = std::env::current_exe()?.to_string_lossy().into_owned();
+    let noop = start(
+        "noop",
+        &cpus,
+        &me,
+        &[
+            "serve-noop".into(),
+            "--listen".into(),
+            noop_addr.clone(),
+            "--cpus".into(),
+            "0".into(),
+        ],
+        &[],
+    )?;
     let topic = format!("k{}", std::process::id());
     create_topic(&addr, "bench", &topic, a.partitions)?;
     let kafka_topic = format!("bench.{topic}.v1");
@@ -153,7 +180,16 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         count,
     };
     let (mut gw_mps, mut gw_cpu_us, mut direct_mps, mut ratios) = (vec![], vec![], vec![], vec![]);
+    let (mut direct_cpu_us, mut noop_cpu_us, mut cost_ratios) = (vec![], vec![], vec![]);
     for round in 0..a.rounds {
+        let n = measure(
+            &Load {
+                addr: noop_addr.clone(),
+                ..load.clone()
+            },
+            Some(noop.child.id()),
+        );
+        let noop_us = n.server_cpu_s * 1e6 / n.outcome.requests.max(1) as f64 / a.batch as f64;
         let m = measure(&load, Some(gw.child.id()));
         anyhow::ensure!(
             m.outcome.non_2xx == 0 && m.outcome.errors == 0,
@@ -161,18 +197,21 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
             m.outcome.non_2xx,
             m.outcome.errors
         );
-        let d = direct(&a, &kafka_topic, &payload)?;
+        let (d, d_us) = direct(&a, &kafka_topic, &payload)?;
         let g = m.outcome.mps();
+        let g_us = m.server_cpu_s * 1e6 / m.outcome.messages.max(1) as f64;
         eprintln!(
-            "round {}: gateway {g:.0} msg/s ({:.1} us CPU/msg), direct librdkafka {d:.0} msg/s, ratio {:.2}",
+            "round {}: gateway {g:.0} msg/s ({g_us:.1} us CPU/msg), direct librdkafka {d:.0} msg/s ({d_us:.1} us CPU/msg), ratio {:.2}; noop {noop_us:.1} us CPU per message's share of a request",
             round + 1,
-            m.server_cpu_s * 1e6 / m.outcome.messages.max(1) as f64,
             g / d
         );
         gw_mps.push(g);
-        gw_cpu_us.push(m.server_cpu_s * 1e6 / m.outcome.messages.max(1) as f64);
+        gw_cpu_us.push(g_us);
         direct_mps.push(d);
         ratios.push(g / d);
+        direct_cpu_us.push(d_us);
+        noop_cpu_us.push(noop_us);
+        cost_ratios.push(g_us / (noop_us + d_us));
     }
     let buffered = client_metric(&addr, "kateway_handoff_buffered_messages_total")?;
     anyhow::ensure!(
@@ -190,6 +229,15 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         ratios.iter().cloned().fold(0.0, f64::max),
         median(&gw_cpu_us),
     );
+    println!(
+        "CPU per message: gateway {:.1} us, HTTP hop (noop) {:.1} us + librdkafka directly {:.1} us; gateway / (noop + direct) {:.2} (min {:.2}, max {:.2})",
+        median(&gw_cpu_us),
+        median(&noop_cpu_us),
+        median(&direct_cpu_us),
+        median(&cost_ratios),
+        cost_ratios.iter().cloned().fold(f64::MAX, f64::min),
+        cost_ratios.iter().cloned().fold(0.0, f64::max),
+    );
     let report = json!({
         "machine": machine(),
         "settings": {
@@ -201,6 +249,9 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         "gateway_cpu_us_per_msg": stats(&gw_cpu_us),
         "direct_msgs_per_s": stats(&direct_mps),
         "ratio": stats(&ratios),
+        "direct_cpu_us_per_msg": stats(&direct_cpu_us),
+        "noop_cpu_us_per_msg": stats(&noop_cpu_us),
+        "gateway_cpu_per_noop_plus_direct": stats(&cost_ratios),
     });
     std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)?;
     drop(gw);
