@@ -66,7 +66,11 @@ fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<(f64, f6
     let cpu0 = crate::procstat::cpu_time(me)?;
     let mut cfg = BridgeConfig::new(a.brokers.clone());
     cfg.linger = Duration::from_millis(a.linger_ms);
-    let producer = Producer::new(&cfg, 999).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let producer =
+        std::sync::Arc::new(Producer::new(&cfg, 999).map_err(|e| anyhow::anyhow!("{e}"))?);
+    // Delivery reports are served on a thread of their own, as librdkafka's threaded
+    // producers do.
+    kateway_kafka_bridge::serve_reports_on_thread(&producer, "bench-reports".into())?;
     let ack = if a.ack == "all" { Ack::All } else { Ack::Local };
     let send = || producer.send(topic, None, b"", b"", payload, ack);
     futures_executor::block_on(async {
@@ -181,6 +185,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
     };
     let (mut gw_mps, mut gw_cpu_us, mut direct_mps, mut ratios) = (vec![], vec![], vec![], vec![]);
     let (mut direct_cpu_us, mut noop_cpu_us, mut cost_ratios) = (vec![], vec![], vec![]);
+    let (mut paced_noop_us, mut paced_ratios) = (vec![], vec![]);
     for round in 0..a.rounds {
         let n = measure(
             &Load {
@@ -197,11 +202,24 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
             m.outcome.non_2xx,
             m.outcome.errors
         );
+        // The do-nothing server again, paced at the gateway's request rate over the same
+        // connections: the HTTP hop's cost at the rate the gateway ran at. A saturated server
+        // takes many requests per wake-up; one at a third of its peak takes fewer.
+        let paced = measure(
+            &Load {
+                addr: noop_addr.clone(),
+                rate: Some(m.outcome.requests as f64 / a.duration_s as f64),
+                ..load.clone()
+            },
+            Some(noop.child.id()),
+        );
+        let paced_us =
+            paced.server_cpu_s * 1e6 / paced.outcome.requests.max(1) as f64 / a.batch as f64;
         let (d, d_us) = direct(&a, &kafka_topic, &payload)?;
         let g = m.outcome.mps();
         let g_us = m.server_cpu_s * 1e6 / m.outcome.messages.max(1) as f64;
         eprintln!(
-            "round {}: gateway {g:.0} msg/s ({g_us:.1} us CPU/msg), direct librdkafka {d:.0} msg/s ({d_us:.1} us CPU/msg), ratio {:.2}; noop {noop_us:.1} us CPU per message's share of a request",
+            "round {}: gateway {g:.0} msg/s ({g_us:.1} us CPU/msg), direct librdkafka {d:.0} msg/s ({d_us:.1} us CPU/msg), ratio {:.2}; noop {noop_us:.1} us CPU per message's share of a request, {paced_us:.1} us at the gateway's rate",
             round + 1,
             g / d
         );
@@ -212,6 +230,8 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         direct_cpu_us.push(d_us);
         noop_cpu_us.push(noop_us);
         cost_ratios.push(g_us / (noop_us + d_us));
+        paced_noop_us.push(paced_us);
+        paced_ratios.push(g_us / (paced_us + d_us));
     }
     let buffered = client_metric(&addr, "kateway_handoff_buffered_messages_total")?;
     anyhow::ensure!(
@@ -238,6 +258,13 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         cost_ratios.iter().cloned().fold(f64::MAX, f64::min),
         cost_ratios.iter().cloned().fold(0.0, f64::max),
     );
+    println!(
+        "the same with noop paced at the gateway's request rate: noop {:.1} us; gateway / (noop + direct) {:.2} (min {:.2}, max {:.2})",
+        median(&paced_noop_us),
+        median(&paced_ratios),
+        paced_ratios.iter().cloned().fold(f64::MAX, f64::min),
+        paced_ratios.iter().cloned().fold(0.0, f64::max),
+    );
     let report = json!({
         "machine": machine(),
         "settings": {
@@ -252,6 +279,8 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         "direct_cpu_us_per_msg": stats(&direct_cpu_us),
         "noop_cpu_us_per_msg": stats(&noop_cpu_us),
         "gateway_cpu_per_noop_plus_direct": stats(&cost_ratios),
+        "noop_paced_cpu_us_per_msg": stats(&paced_noop_us),
+        "gateway_cpu_per_paced_noop_plus_direct": stats(&paced_ratios),
     });
     std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)?;
     drop(gw);

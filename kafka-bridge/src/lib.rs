@@ -5,8 +5,9 @@
 //!   for durable publishes, `acks=1` for leader-acknowledged and fire-and-forget ones. Keys are
 //!   placed with `murmur2_random`, Kafka's default partitioner, so a key lands on the same
 //!   partition as with the embedded store or a Java client. Sending never blocks: it enqueues and
-//!   returns a [`Delivery`] whose future resolves on librdkafka's delivery report, from any
-//!   executor (the report arrives on librdkafka's thread and wakes the waiting task).
+//!   returns a [`Delivery`] whose future resolves, in any executor, when its delivery report is
+//!   served: by the owner's event loop when librdkafka signals the producer's eventfd, or by
+//!   [`serve_reports_on_thread`].
 //! * [`GroupConsumer`]: one consumer-group membership per process, group and topic, with
 //!   explicit commits that Kafka's own tools see.
 //! * [`Admin`]: create, grow and delete topics, and read partition counts.
@@ -25,7 +26,7 @@ mod producer;
 pub use admin::Admin;
 pub use consumer::GroupConsumer;
 pub use kateway_core::{Ack, Reset};
-pub use producer::{tags_of, Delivery, Producer, TAGS_HEADER};
+pub use producer::{serve_reports_on_thread, tags_of, Delivery, Producer, TAGS_HEADER};
 
 use std::time::Duration;
 

@@ -1,12 +1,20 @@
 //! Per-core producers and delivery futures.
+//!
+//! Delivery reports are not handed to a polling thread: each producer's main queue writes to
+//! an eventfd when a report arrives ([`Producer::reports_fd`]), and whoever owns the producer
+//! serves the reports on its own thread ([`Producer::serve_reports`]): the gateway's core from
+//! its event loop, so a report resolves its [`Delivery`] and wakes the waiting task without
+//! crossing threads; anything else from a thread of its own ([`Producer::wait_reports`]).
 
+use crate::native::{EventFd, MainQueue};
 use crate::{BridgeConfig, BridgeError};
+use futures_channel::oneshot;
 use kateway_core::Ack;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,20 +104,42 @@ impl ClientContext for Watch {
     }
 }
 
+/// A message's partition and offset, or why it was not delivered.
+type Report = Result<(i32, i64), BridgeError>;
+
+impl ProducerContext for Watch {
+    type DeliveryOpaque = Box<oneshot::Sender<Report>>;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, to: Self::DeliveryOpaque) {
+        let report = match r {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(BridgeError::from_kafka(e.clone())),
+        };
+        // The waiter may be gone (fire-and-forget, or it stopped waiting): nothing to do.
+        let _ = to.send(report);
+    }
+}
+
 /// One core's producers.
 pub struct Producer {
-    all: FutureProducer<Watch>,
-    local: FutureProducer<Watch>,
+    // Released before the producers (see `Drop`).
+    queues: [MainQueue; 2],
+    all: BaseProducer<Watch>,
+    local: BaseProducer<Watch>,
+    reports: EventFd,
     watch: Watch,
     brokers: String,
 }
+
+/// Events a [`Producer::serve_reports`] takes from one queue before it lets others run.
+const SERVE_BUDGET: usize = 1024;
 
 fn client(
     cfg: &BridgeConfig,
     acks: &str,
     suffix: &str,
     watch: &Watch,
-) -> Result<FutureProducer<Watch>, BridgeError> {
+) -> Result<BaseProducer<Watch>, BridgeError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", format!("{}-{suffix}", cfg.client_id))
@@ -151,12 +181,60 @@ impl Producer {
     /// Creates the producers (no connection is made until the first send).
     pub fn new(cfg: &BridgeConfig, core: usize) -> Result<Self, BridgeError> {
         let watch = Watch::default();
+        let all = client(cfg, "all", &format!("{core}-all"), &watch)?;
+        let local = client(cfg, "1", &format!("{core}-local"), &watch)?;
+        let reports = EventFd::new()
+            .map_err(|e| BridgeError::Config(format!("cannot create an eventfd: {e}")))?;
+        use rdkafka::producer::Producer as _;
+        let queues = [MainQueue::of(all.client()), MainQueue::of(local.client())];
+        for q in &queues {
+            q.notify(reports.raw());
+        }
+        // librdkafka writes only when a queue goes from empty to one event: events that came
+        // before `notify` (a log line, a connection error) would otherwise never be announced.
+        reports.signal();
         Ok(Self {
-            all: client(cfg, "all", &format!("{core}-all"), &watch)?,
-            local: client(cfg, "1", &format!("{core}-local"), &watch)?,
+            queues,
+            all,
+            local,
+            reports,
             watch,
             brokers: cfg.brokers.clone(),
         })
+    }
+
+    /// The eventfd that becomes readable when delivery reports wait (a descriptor of the
+    /// caller's own): read it (resetting it), then call [`Producer::serve_reports`]. It is
+    /// also signalled once when the producer is dropped.
+    pub fn reports_file(&self) -> std::io::Result<std::fs::File> {
+        self.reports.file()
+    }
+
+    /// Serves the waiting delivery reports (and error events) on the calling thread: each
+    /// resolves its [`Delivery`]. Returns false when it stopped with reports still waiting
+    /// (after [`SERVE_BUDGET`] events of a queue), so that the caller lets other work run and
+    /// calls again without waiting for the eventfd.
+    pub fn serve_reports(&self) -> bool {
+        let mut drained = true;
+        for (q, p) in self.queues.iter().zip([&self.all, &self.local]) {
+            let mut budget = SERVE_BUDGET;
+            while q.len() > 0 {
+                if budget == 0 {
+                    drained = false;
+                    break;
+                }
+                p.poll(std::time::Duration::ZERO);
+                budget -= 1;
+            }
+        }
+        drained
+    }
+
+    /// Waits at most `timeout` for delivery reports and serves them on the calling thread:
+    /// for a thread that does nothing else (an event loop reads [`Producer::reports_fd`]).
+    pub fn wait_reports(&self, timeout: std::time::Duration) {
+        self.reports.wait(timeout);
+        while !self.serve_reports() {}
     }
 
     /// Whether librdkafka reported every broker down, or failed to connect to one, since the
@@ -193,7 +271,9 @@ impl Producer {
         timestamp: Option<i64>,
         ack: Ack,
     ) -> Result<Delivery, BridgeError> {
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(value);
+        let (tx, rx) = oneshot::channel();
+        let mut rec: BaseRecord<'_, [u8], [u8], _> =
+            BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(value);
         if let Some(ts) = timestamp {
             rec = rec.timestamp(ts);
         }
@@ -214,12 +294,9 @@ impl Producer {
         } else {
             &self.local
         };
-        match producer.send_result(rec) {
-            Ok(f) if ack == Ack::Async => {
-                drop(f);
-                Ok(Delivery::Queued)
-            }
-            Ok(f) => Ok(Delivery::Pending(f)),
+        match producer.send(rec) {
+            Ok(()) if ack == Ack::Async => Ok(Delivery::Queued),
+            Ok(()) => Ok(Delivery::Pending(rx)),
             Err((e, _)) => Err(BridgeError::from_kafka(e)),
         }
     }
@@ -250,10 +327,36 @@ impl Producer {
     }
 }
 
-/// The outcome of a send: a future of `(partition, offset)`.
+/// Serves `p`'s delivery reports on a thread of its own, named `name`, until `p` is dropped:
+/// for a producer whose owner has no event loop to read [`Producer::reports_file`] from.
+pub fn serve_reports_on_thread(p: &std::sync::Arc<Producer>, name: String) -> std::io::Result<()> {
+    let weak = std::sync::Arc::downgrade(p);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            while let Some(p) = weak.upgrade() {
+                p.wait_reports(std::time::Duration::from_millis(100));
+            }
+        })
+        .map(drop)
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        // librdkafka must not write to the eventfd once it is closed (its number may be
+        // reused); the reader is woken to notice that the producer is gone.
+        for q in &self.queues {
+            q.notify(-1);
+        }
+        self.reports.signal();
+    }
+}
+
+/// The outcome of a send: a future of `(partition, offset)`, resolved when its delivery report
+/// is served.
 pub enum Delivery {
     /// Waiting for the delivery report.
-    Pending(DeliveryFuture),
+    Pending(oneshot::Receiver<Report>),
     /// Fire-and-forget: resolves at once with offset -1.
     Queued,
 }
@@ -269,9 +372,76 @@ impl Future for Delivery {
                 Poll::Ready(Err(_canceled)) => {
                     Poll::Ready(Err(BridgeError::Unavailable("producer closed".into())))
                 }
-                Poll::Ready(Ok(Ok(d))) => Poll::Ready(Ok((d.partition, d.offset))),
-                Poll::Ready(Ok(Err((e, _)))) => Poll::Ready(Err(BridgeError::from_kafka(e))),
+                Poll::Ready(Ok(report)) => Poll::Ready(report),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Reads the producer's eventfd on a thread; the receiver gets `()` once it was signalled.
+    fn watch(p: &Producer) -> mpsc::Receiver<()> {
+        let mut f = p.reports_file().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8];
+            if f.read_exact(&mut buf).is_ok() {
+                let _ = tx.send(());
+            }
+        });
+        rx
+    }
+
+    fn poll_once(d: &mut Delivery) -> Poll<Report> {
+        Pin::new(d).poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[test]
+    fn a_report_signals_the_eventfd_and_resolves_only_when_served() {
+        let mut cfg = BridgeConfig::new("127.0.0.1:1");
+        cfg.message_timeout = Duration::from_millis(300);
+        let p = Producer::new(&cfg, 0).unwrap();
+        let signalled = watch(&p);
+        // The signal `new` sends for events that came before the eventfd was set up.
+        signalled.recv_timeout(Duration::from_secs(5)).unwrap();
+        while !p.serve_reports() {}
+        let mut d = p.send("t.v1", Some(0), b"", b"", b"x", Ack::All).unwrap();
+        // Connection errors signal too: serve until the delivery's own report came.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            watch(&p)
+                .recv_timeout(left)
+                .expect("the failed delivery's report signals the eventfd");
+            assert!(
+                poll_once(&mut d).is_pending(),
+                "no one served the report yet"
+            );
+            while !p.serve_reports() {}
+            if let Poll::Ready(r) = poll_once(&mut d) {
+                let e = r.expect_err("nothing can be delivered to port 1");
+                assert!(e.is_unavailable(), "{e}");
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_the_producer_wakes_its_reader() {
+        let p = Producer::new(&BridgeConfig::new("127.0.0.1:1"), 0).unwrap();
+        let signalled = watch(&p);
+        signalled.recv_timeout(Duration::from_secs(5)).unwrap(); // the signal of `new`
+        let signalled = watch(&p);
+        assert!(signalled.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(p);
+        signalled
+            .recv_timeout(Duration::from_secs(10))
+            .expect("dropping signals the eventfd");
     }
 }

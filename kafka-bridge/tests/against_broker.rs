@@ -13,6 +13,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+/// A producer whose delivery reports a thread of its own serves.
+fn producer(cfg: &BridgeConfig, core: usize) -> std::sync::Arc<Producer> {
+    let p = std::sync::Arc::new(Producer::new(cfg, core).unwrap());
+    kateway_kafka_bridge::serve_reports_on_thread(&p, format!("reports-{core}")).unwrap();
+    p
+}
+
 fn brokers() -> String {
     std::env::var("TEST_KAFKA_BROKERS")
         .expect("TEST_KAFKA_BROKERS must name a running Kafka broker: run the suite with scripts/test, which starts one")
@@ -83,7 +90,7 @@ fn keyed_messages_land_where_kafka_puts_them_with_key_and_tags() {
     let admin = Admin::new(&cfg).unwrap();
     let topic = unique("keyed");
     block_on(admin.create_topic(&topic, 3, 1, None, None)).unwrap();
-    let producer = Producer::new(&cfg, 0).unwrap();
+    let producer = producer(&cfg, 0);
     let mut sent = Vec::new();
     for i in 0..30 {
         let key = format!("k{}", i % 6);
@@ -126,7 +133,7 @@ fn leader_acks_and_fire_and_forget() {
     let topic = unique("acks");
     block_on(admin.create_topic(&topic, 1, 1, Some(Duration::from_secs(3600)), Some(1 << 30)))
         .unwrap();
-    let producer = Producer::new(&cfg, 1).unwrap();
+    let producer = producer(&cfg, 1);
     let d = producer
         .send(&topic, Some(0), b"", b"", b"local", Ack::Local)
         .unwrap();
@@ -181,7 +188,7 @@ fn admin_creates_grows_and_deletes_topics() {
 fn unreachable_kafka_is_reported_as_unavailable() {
     let mut cfg = BridgeConfig::new("127.0.0.1:1");
     cfg.message_timeout = Duration::from_millis(500);
-    let producer = Producer::new(&cfg, 0).unwrap();
+    let producer = producer(&cfg, 0);
     let d = producer
         .send("any.topic.v1", Some(0), b"", b"", b"x", Ack::All)
         .unwrap();
@@ -212,7 +219,7 @@ fn members_of_a_group_split_partitions_and_commits_are_visible_to_kafka() {
         }
     }
     assert!(joined, "both members got partitions");
-    let producer = Producer::new(&cfg, 0).unwrap();
+    let producer = producer(&cfg, 0);
     let deliveries: Vec<_> = (0..40)
         .map(|i| {
             producer

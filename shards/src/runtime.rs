@@ -539,8 +539,20 @@ fn load_catalog(cfg: &Config) -> Result<Vec<TopicMeta>, String> {
     Ok(topics)
 }
 
+thread_local! {
+    /// Whether this thread's reactor runs on io_uring (not the epoll fallback).
+    static ON_URING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling core's reactor runs on io_uring, where any descriptor can be awaited
+/// by reading it; the epoll fallback reads files by blocking.
+pub fn on_uring() -> bool {
+    ON_URING.with(|u| u.get())
+}
+
 fn reactor(id: usize, entries: u32, init: CoreInit) {
     if monoio::utils::detect_uring() {
+        ON_URING.with(|u| u.set(true));
         let mut urb = io_uring::IoUring::builder();
         urb.setup_single_issuer().setup_defer_taskrun();
         let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -565,6 +577,7 @@ fn reactor(id: usize, entries: u32, init: CoreInit) {
             }
         }
     }
+    ON_URING.with(|u| u.set(false));
     tracing::error!(core = id, "io_uring is unavailable: FALLING BACK TO THE EPOLL DRIVER (slower; check kernel.io_uring_disabled, seccomp and memlock)");
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()

@@ -143,24 +143,22 @@ async fn complete(
     let mut failed: Vec<usize> = Vec::new();
     let mut late: Vec<(usize, Delivery)> = Vec::new();
     let mut refused: Option<BridgeError> = None;
+    let mut delivered = false;
     for (i, s) in sends.into_iter().enumerate() {
         let r = match s {
-            Ok(mut d) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match monoio::time::timeout(left, &mut d).await {
-                    Ok(r) => r,
-                    Err(_elapsed) => {
-                        late.push((i, d));
-                        continue;
-                    }
+            Ok(mut d) => match monoio::time::timeout_at(deadline.into(), &mut d).await {
+                Ok(r) => r,
+                Err(_elapsed) => {
+                    late.push((i, d));
+                    continue;
                 }
-            }
+            },
             Err(e) => Err(e),
         };
         match r {
             Ok((_, o)) => {
                 offsets[i] = o;
-                k.last_progress.set(Instant::now());
+                delivered = true;
             }
             Err(e) if e.is_unavailable() => failed.push(i),
             Err(e) => {
@@ -168,6 +166,9 @@ async fn complete(
                 refused.get_or_insert(e);
             }
         }
+    }
+    if delivered {
+        k.last_progress.set(Instant::now());
     }
     let buffered = !failed.is_empty() || !late.is_empty();
     if buffered {

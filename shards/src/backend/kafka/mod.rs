@@ -176,13 +176,54 @@ pub async fn acknowledged(d: kateway_kafka_bridge::Delivery) -> Result<(i32, i64
     }
 }
 
+/// Creates a core's producers and serves their delivery reports on this core: on io_uring a
+/// task reads the producers' eventfd and serves what woke it, so a report resolves its
+/// delivery and wakes the publish waiting for it without leaving the core; on the epoll
+/// fallback (where reading a descriptor blocks) a thread of its own serves them. Either ends
+/// once the producers are dropped.
+fn start_producer(
+    cfg: &kateway_kafka_bridge::BridgeConfig,
+    core: usize,
+) -> Result<Arc<Producer>, BridgeError> {
+    let p = Arc::new(Producer::new(cfg, core)?);
+    if !crate::runtime::on_uring() {
+        kateway_kafka_bridge::serve_reports_on_thread(&p, format!("kateway-reports-{core}"))
+            .map_err(|e| BridgeError::Config(format!("cannot start a report thread: {e}")))?;
+        return Ok(p);
+    }
+    let weak = Arc::downgrade(&p);
+    // A descriptor of the pump's own, valid after the producers (and their copy) are gone.
+    let file = p
+        .reports_file()
+        .and_then(monoio::fs::File::from_std)
+        .map_err(|e| BridgeError::Config(format!("cannot watch the report eventfd: {e}")))?;
+    monoio::spawn(async move {
+        let mut buf = vec![0u8; 8];
+        loop {
+            let (r, b) = file.read_at(buf, 0).await;
+            buf = b;
+            if let Err(e) = r {
+                tracing::error!(core, "cannot read the Kafka report eventfd: {e}");
+                return;
+            }
+            let Some(p) = weak.upgrade() else {
+                return;
+            };
+            while !p.serve_reports() {
+                crate::event::yield_now().await;
+            }
+        }
+    });
+    Ok(p)
+}
+
 /// One core's Kafka state.
 pub struct Kafka {
     pub shard: Rc<Shard>,
     pub shared: Arc<KafkaShared>,
     /// The hinted-handoff buffer.
     pub buffer: Rc<LogSet>,
-    producer: RefCell<Rc<Producer>>,
+    producer: RefCell<Arc<Producer>>,
     core: usize,
     /// When a message last reached Kafka (direct or replayed), and when the producers were last
     /// given their bootstrap brokers again.
@@ -214,7 +255,7 @@ impl Kafka {
     ) -> Result<Self, String> {
         let cfg = shard.cfg().clone();
         let (core, cores) = (shard.id, shard.cores());
-        let producer = Producer::new(&shared.bridge, core).map_err(|e| e.to_string())?;
+        let producer = start_producer(&shared.bridge, core).map_err(|e| e.to_string())?;
         let root = crate::backend::data_root(&cfg);
         let buffer = LogSet::new(
             shard.clone(),
@@ -227,7 +268,7 @@ impl Kafka {
             shard,
             shared,
             buffer: Rc::new(buffer),
-            producer: RefCell::new(Rc::new(producer)),
+            producer: RefCell::new(producer),
             core,
             last_progress: Cell::new(std::time::Instant::now()),
             last_unstick: Cell::new(std::time::Instant::now()),
@@ -242,7 +283,7 @@ impl Kafka {
     }
 
     /// This core's producers.
-    pub fn producer(&self) -> Rc<Producer> {
+    pub fn producer(&self) -> Arc<Producer> {
         self.producer.borrow().clone()
     }
 
@@ -276,13 +317,13 @@ impl Kafka {
         let Some(why) = self.producer.borrow().fatal_error() else {
             return;
         };
-        match Producer::new(&self.shared.bridge, self.core) {
+        match start_producer(&self.shared.bridge, self.core) {
             Ok(p) => {
                 tracing::error!(
                     core = self.core,
                     "kafka producer failed fatally ({why}): replaced it"
                 );
-                *self.producer.borrow_mut() = Rc::new(p);
+                *self.producer.borrow_mut() = p;
             }
             Err(e) => tracing::error!(
                 core = self.core,
