@@ -83,6 +83,16 @@ impl Drop for Server {
     }
 }
 
+/// Writes back the page cache's dirty data (`sync`), so that what one scenario wrote is not
+/// written back during the next one's measurement.
+fn settle_writeback() {
+    let t = std::time::Instant::now();
+    match std::process::Command::new("sync").status() {
+        Ok(s) if s.success() => eprintln!("[sync] dirty pages written back in {:?}", t.elapsed()),
+        other => eprintln!("[sync] failed ({other:?}): later scenarios may see writeback"),
+    }
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -383,6 +393,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     }
 
     // Batch publish (100 per request) and batch subscribe (100 per response), kateway only.
+    settle_writeback();
     for (label, kind, ack) in [
         ("publish-batch ack=local", Kind::PublishBatch, "local"),
         ("subscribe batch=100", Kind::Subscribe, "local"),
@@ -416,6 +427,9 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
             json!({"messages_per_s": stats(&mps), "messages_per_cpu_s": stats(&per_cpu)});
     }
 
+    // The batch rounds leave gigabytes of dirty page cache: written back during the latency
+    // runs, they would stall kateway's writes (dirty throttling) and take the CPUs.
+    settle_writeback();
     // Open-loop latency at half of kateway's peak (ack=local), kateway and the noop ceiling
     // driven identically, so the client's own contribution is visible.
     let rate = (kateway_local_peak / 2.0).max(1000.0);
