@@ -66,11 +66,10 @@ fn direct(a: &KafkaArgs, topic: &str, payload: &[u8]) -> anyhow::Result<(f64, f6
     let cpu0 = crate::procstat::cpu_time(me)?;
     let mut cfg = BridgeConfig::new(a.brokers.clone());
     cfg.linger = Duration::from_millis(a.linger_ms);
-    let producer =
-        std::sync::Arc::new(Producer::new(&cfg, 999).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let producer = Producer::new(&cfg, 999).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Delivery reports are served on a thread of their own, as librdkafka's threaded
     // producers do.
-    kateway_kafka_bridge::serve_reports_on_thread(&producer, "bench-reports".into())?;
+    kateway_kafka_bridge::serve_reports_on_thread(producer.reports(), "bench-reports".into())?;
     let ack = if a.ack == "all" { Ack::All } else { Ack::Local };
     let send = || producer.send(topic, None, b"", b"", payload, ack);
     futures_executor::block_on(async {

@@ -303,6 +303,9 @@ pub struct KafkaConfig {
     pub group_idle_timeout: Dur,
     pub session_timeout: Dur,
     pub max_groups: u32,
+    /// How long a request for the groups on a topic may spend asking Kafka for their committed
+    /// offsets (one request per group); groups past it are counted, not measured.
+    pub status_budget: Dur,
 }
 
 /// `[log]`

@@ -34,6 +34,7 @@ pub const LIVE: &[&str] = &[
     "limits.max_request_bytes_per_core",
     "limits.max_requests_in_flight_per_core",
     "limits.app_share_per_core",
+    "kafka.status_budget",
     "subscribe.default_wait",
     "subscribe.max_wait",
     "subscribe.max_batch",

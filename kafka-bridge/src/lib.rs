@@ -26,7 +26,7 @@ mod producer;
 pub use admin::Admin;
 pub use consumer::GroupConsumer;
 pub use kateway_core::{Ack, Reset};
-pub use producer::{serve_reports_on_thread, tags_of, Delivery, Producer, TAGS_HEADER};
+pub use producer::{serve_reports_on_thread, tags_of, Delivery, Producer, Reports, TAGS_HEADER};
 
 use std::time::Duration;
 

@@ -125,3 +125,123 @@ impl EventFd {
         }
     }
 }
+
+/// An application handle on one of a client's topics (`rd_kafka_topic_t`): producing through
+/// it skips librdkafka's lookup of the topic by name, a linear search of every topic the client
+/// ever produced to, under the client's lock, on each message.
+pub(crate) struct TopicHandle(*mut rdkafka::bindings::rd_kafka_topic_t);
+
+// SAFETY: librdkafka topic handles may be used from any thread; the handle is a counted
+// reference released in `Drop`, which the owner runs before the client is destroyed.
+unsafe impl Send for TopicHandle {}
+unsafe impl Sync for TopicHandle {}
+
+impl TopicHandle {
+    /// A handle on `name` in `client` (created with the client's default topic settings);
+    /// `None` for a name librdkafka refuses.
+    pub(crate) fn new<C: ClientContext>(client: &Client<C>, name: &str) -> Option<Self> {
+        let name = CString::new(name).ok()?;
+        // SAFETY: a live client; the name is NUL-terminated and only read during the call; a
+        // NULL configuration means the client's defaults.
+        let rkt = unsafe {
+            rdkafka::bindings::rd_kafka_topic_new(
+                client.native_ptr(),
+                name.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        (!rkt.is_null()).then_some(Self(rkt))
+    }
+}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: releases the reference `new` took, once.
+        unsafe { rdkafka::bindings::rd_kafka_topic_destroy(self.0) }
+    }
+}
+
+/// One record for [`produce`]; `opaque` comes back with its delivery report.
+pub(crate) struct Record<'a> {
+    pub partition: i32,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    /// Milliseconds since the epoch; 0: now.
+    pub timestamp: i64,
+    /// One header `(name, value)` when set.
+    pub header: Option<(&'a str, &'a [u8])>,
+}
+
+/// Enqueues `rec` on `topic` of `client` (librdkafka copies key, value and header), with
+/// `opaque` as the message's opaque, which comes back with its delivery report; on refusal the
+/// error code is returned with the opaque.
+pub(crate) fn produce<C: ClientContext, O: rdkafka::util::IntoOpaque>(
+    client: &Client<C>,
+    topic: &TopicHandle,
+    rec: &Record<'_>,
+    opaque: O,
+) -> Result<(), (rdkafka::types::RDKafkaErrorCode, O)> {
+    use rdkafka::bindings as rd;
+    use rdkafka::bindings::rd_kafka_vtype_t::*;
+    let key = if rec.key.is_empty() {
+        std::ptr::null()
+    } else {
+        rec.key.as_ptr()
+    };
+    let headers = match rec.header {
+        None => std::ptr::null_mut(),
+        Some((name, value)) => {
+            // SAFETY: a new header list that we own until producev takes it; the name and
+            // value are copied by `rd_kafka_header_add` with the lengths given.
+            unsafe {
+                let h = rd::rd_kafka_headers_new(1);
+                rd::rd_kafka_header_add(
+                    h,
+                    name.as_ptr().cast(),
+                    name.len() as isize,
+                    value.as_ptr().cast(),
+                    value.len() as isize,
+                );
+                h
+            }
+        }
+    };
+    // SAFETY: the argument list pairs each `RD_KAFKA_VTYPE_*` tag with an argument of the type
+    // librdkafka reads for it (as the `rdkafka` crate's own `BaseProducer::send` does, with a
+    // topic handle in place of a topic name), ended by `RD_KAFKA_VTYPE_END`; `MSG_F_COPY`
+    // makes librdkafka copy the key and value before returning; the topic handle is live.
+    let opaque = opaque.into_ptr();
+    let err = unsafe {
+        rd::rd_kafka_producev(
+            client.native_ptr(),
+            RD_KAFKA_VTYPE_RKT,
+            topic.0,
+            RD_KAFKA_VTYPE_PARTITION,
+            rec.partition,
+            RD_KAFKA_VTYPE_MSGFLAGS,
+            rd::RD_KAFKA_MSG_F_COPY,
+            RD_KAFKA_VTYPE_VALUE,
+            rec.value.as_ptr(),
+            rec.value.len(),
+            RD_KAFKA_VTYPE_KEY,
+            key,
+            rec.key.len(),
+            RD_KAFKA_VTYPE_OPAQUE,
+            opaque,
+            RD_KAFKA_VTYPE_TIMESTAMP,
+            rec.timestamp,
+            RD_KAFKA_VTYPE_HEADERS,
+            headers,
+            RD_KAFKA_VTYPE_END,
+        )
+    };
+    if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return Ok(());
+    }
+    if !headers.is_null() {
+        // SAFETY: producev takes the headers only when it succeeds.
+        unsafe { rd::rd_kafka_headers_destroy(headers) }
+    }
+    // SAFETY: producev did not take the opaque: it is still the pointer `into_ptr` made.
+    Err((err.into(), unsafe { O::from_ptr(opaque) }))
+}

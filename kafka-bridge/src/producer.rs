@@ -1,24 +1,29 @@
 //! Per-core producers and delivery futures.
 //!
 //! Delivery reports are not handed to a polling thread: each producer's main queue writes to
-//! an eventfd when a report arrives ([`Producer::reports_fd`]), and whoever owns the producer
-//! serves the reports on its own thread ([`Producer::serve_reports`]): the gateway's core from
-//! its event loop, so a report resolves its [`Delivery`] and wakes the waiting task without
-//! crossing threads; anything else from a thread of its own ([`Producer::wait_reports`]).
+//! an eventfd when a report arrives ([`Reports::file`]), and whoever owns the producer serves
+//! the reports on its own thread ([`Reports::serve`]): the gateway's core from its event loop,
+//! so a report resolves its [`Delivery`] and wakes the waiting task without crossing threads;
+//! anything else from a thread of its own ([`serve_reports_on_thread`]).
+//!
+//! A message names its topic by a handle the producer keeps per topic, so librdkafka does not
+//! look the name up among every topic the client ever produced to on each message.
 
-use crate::native::{EventFd, MainQueue};
+use crate::native::{produce, EventFd, MainQueue, Record, TopicHandle};
 use crate::{BridgeConfig, BridgeError};
 use futures_channel::oneshot;
 use kateway_core::Ack;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 /// The record header that carries a message's tags (`a;b`), as sent in `X-Tag`.
@@ -120,18 +125,42 @@ impl ProducerContext for Watch {
     }
 }
 
-/// One core's producers.
-pub struct Producer {
-    // Released before the producers (see `Drop`).
+/// The two librdkafka clients of a [`Producer`] and what serves their delivery reports: shared
+/// with whatever serves them ([`Reports`]).
+struct Clients {
+    // Released before the clients (see `Drop`).
     queues: [MainQueue; 2],
     all: BaseProducer<Watch>,
     local: BaseProducer<Watch>,
     reports: EventFd,
     watch: Watch,
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        // librdkafka must not write to the eventfd once it is closed (its number may be
+        // reused).
+        for q in &self.queues {
+            q.notify(-1);
+        }
+    }
+}
+
+/// One core's producers. Not `Sync`: it keeps a handle on each topic it produced to, so a
+/// message names its topic without librdkafka looking the name up; their delivery reports are
+/// served through [`Producer::reports`], from any thread.
+pub struct Producer {
+    // Released before the clients.
+    topics: RefCell<HashMap<Box<str>, [TopicHandle; 2]>>,
+    clients: Arc<Clients>,
     brokers: String,
 }
 
-/// Events a [`Producer::serve_reports`] takes from one queue before it lets others run.
+/// Serves the delivery reports of a [`Producer`] for as long as it lives.
+#[derive(Clone)]
+pub struct Reports(Weak<Clients>);
+
+/// Events a [`Reports::serve`] takes from one queue before it lets others run.
 const SERVE_BUDGET: usize = 1024;
 
 fn client(
@@ -177,6 +206,53 @@ fn client(
         .map_err(BridgeError::from_kafka)
 }
 
+impl Reports {
+    /// The eventfd that becomes readable when delivery reports wait (a descriptor of the
+    /// caller's own): read it (resetting it), then call [`Reports::serve`]. It is also
+    /// signalled when the producer is dropped. `None` once it was.
+    pub fn file(&self) -> Option<std::io::Result<std::fs::File>> {
+        self.0.upgrade().map(|c| c.reports.file())
+    }
+
+    /// Serves the waiting delivery reports (and error events) on the calling thread: each
+    /// resolves its [`Delivery`]. `Some(false)` when it stopped with reports still waiting
+    /// (after [`SERVE_BUDGET`] events of a queue), so that the caller lets other work run and
+    /// calls again without waiting for the eventfd; `None` once the producer is gone.
+    pub fn serve(&self) -> Option<bool> {
+        let c = self.0.upgrade()?;
+        let mut drained = true;
+        for (q, p) in c.queues.iter().zip([&c.all, &c.local]) {
+            let mut budget = SERVE_BUDGET;
+            while q.len() > 0 {
+                if budget == 0 {
+                    drained = false;
+                    break;
+                }
+                p.poll(std::time::Duration::ZERO);
+                budget -= 1;
+            }
+        }
+        Some(drained)
+    }
+
+    /// Waits at most `timeout` for delivery reports and serves them on the calling thread, for
+    /// a thread that does nothing else; false once the producer is gone.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let Some(c) = self.0.upgrade() else {
+            return false;
+        };
+        c.reports.wait(timeout);
+        drop(c);
+        loop {
+            match self.serve() {
+                Some(true) => return true,
+                Some(false) => continue,
+                None => return false,
+            }
+        }
+    }
+}
+
 impl Producer {
     /// Creates the producers (no connection is made until the first send).
     pub fn new(cfg: &BridgeConfig, core: usize) -> Result<Self, BridgeError> {
@@ -194,54 +270,28 @@ impl Producer {
         // before `notify` (a log line, a connection error) would otherwise never be announced.
         reports.signal();
         Ok(Self {
-            queues,
-            all,
-            local,
-            reports,
-            watch,
+            topics: RefCell::default(),
+            clients: Arc::new(Clients {
+                queues,
+                all,
+                local,
+                reports,
+                watch,
+            }),
             brokers: cfg.brokers.clone(),
         })
     }
 
-    /// The eventfd that becomes readable when delivery reports wait (a descriptor of the
-    /// caller's own): read it (resetting it), then call [`Producer::serve_reports`]. It is
-    /// also signalled once when the producer is dropped.
-    pub fn reports_file(&self) -> std::io::Result<std::fs::File> {
-        self.reports.file()
-    }
-
-    /// Serves the waiting delivery reports (and error events) on the calling thread: each
-    /// resolves its [`Delivery`]. Returns false when it stopped with reports still waiting
-    /// (after [`SERVE_BUDGET`] events of a queue), so that the caller lets other work run and
-    /// calls again without waiting for the eventfd.
-    pub fn serve_reports(&self) -> bool {
-        let mut drained = true;
-        for (q, p) in self.queues.iter().zip([&self.all, &self.local]) {
-            let mut budget = SERVE_BUDGET;
-            while q.len() > 0 {
-                if budget == 0 {
-                    drained = false;
-                    break;
-                }
-                p.poll(std::time::Duration::ZERO);
-                budget -= 1;
-            }
-        }
-        drained
-    }
-
-    /// Waits at most `timeout` for delivery reports and serves them on the calling thread:
-    /// for a thread that does nothing else (an event loop reads [`Producer::reports_fd`]).
-    pub fn wait_reports(&self, timeout: std::time::Duration) {
-        self.reports.wait(timeout);
-        while !self.serve_reports() {}
+    /// What serves this producer's delivery reports.
+    pub fn reports(&self) -> Reports {
+        Reports(Arc::downgrade(&self.clients))
     }
 
     /// Whether librdkafka reported every broker down, or failed to connect to one, since the
     /// last call (and forgets it).
     /// Messages already queued still wait for their timeout; new ones need not be sent.
     pub fn take_brokers_down(&self) -> bool {
-        self.watch.down.swap(false, Ordering::AcqRel)
+        self.clients.watch.down.swap(false, Ordering::AcqRel)
     }
 
     /// Enqueues a message for `partition` (or Kafka's partitioner when `None`: murmur2 of the
@@ -271,33 +321,37 @@ impl Producer {
         timestamp: Option<i64>,
         ack: Ack,
     ) -> Result<Delivery, BridgeError> {
-        let (tx, rx) = oneshot::channel();
-        let mut rec: BaseRecord<'_, [u8], [u8], _> =
-            BaseRecord::with_opaque_to(topic, Box::new(tx)).payload(value);
-        if let Some(ts) = timestamp {
-            rec = rec.timestamp(ts);
-        }
-        if !key.is_empty() {
-            rec = rec.key(key);
-        }
-        if let Some(p) = partition {
-            rec = rec.partition(p);
-        }
-        if !tags.is_empty() {
-            rec = rec.headers(OwnedHeaders::new().insert(Header {
-                key: TAGS_HEADER,
-                value: Some(tags),
-            }));
-        }
-        let producer = if ack == Ack::All {
-            &self.all
+        use rdkafka::producer::Producer as _;
+        let i = usize::from(ack != Ack::All);
+        let client = if i == 0 {
+            self.clients.all.client()
         } else {
-            &self.local
+            self.clients.local.client()
         };
-        match producer.send(rec) {
+        let mut topics = self.topics.borrow_mut();
+        let handles = match topics.get(topic) {
+            Some(h) => h,
+            None => {
+                let refused = || BridgeError::Refused(format!("invalid topic name {topic:?}"));
+                let h = [
+                    TopicHandle::new(self.clients.all.client(), topic).ok_or_else(refused)?,
+                    TopicHandle::new(self.clients.local.client(), topic).ok_or_else(refused)?,
+                ];
+                topics.entry(topic.into()).or_insert(h)
+            }
+        };
+        let rec = Record {
+            partition: partition.unwrap_or(-1),
+            key,
+            value,
+            timestamp: timestamp.unwrap_or(0),
+            header: (!tags.is_empty()).then_some((TAGS_HEADER, tags)),
+        };
+        let (tx, rx) = oneshot::channel::<Report>();
+        match produce(client, &handles[i], &rec, Box::new(tx)) {
             Ok(()) if ack == Ack::Async => Ok(Delivery::Queued),
             Ok(()) => Ok(Delivery::Pending(rx)),
-            Err((e, _)) => Err(BridgeError::from_kafka(e)),
+            Err((code, _)) => Err(BridgeError::from_kafka(KafkaError::MessageProduction(code))),
         }
     }
 
@@ -305,15 +359,15 @@ impl Producer {
     /// producer that stopped making progress. Returns how many brokers were new to them.
     pub fn rebootstrap(&self) -> i32 {
         use rdkafka::producer::Producer as _;
-        crate::native::add_brokers(self.all.client(), &self.brokers)
-            + crate::native::add_brokers(self.local.client(), &self.brokers)
+        crate::native::add_brokers(self.clients.all.client(), &self.brokers)
+            + crate::native::add_brokers(self.clients.local.client(), &self.brokers)
     }
 
     /// The fatal error the producers are in, if any: a producer in that state delivers nothing
     /// again and must be replaced.
     pub fn fatal_error(&self) -> Option<String> {
         use rdkafka::producer::Producer as _;
-        [&self.all, &self.local]
+        [&self.clients.all, &self.clients.local]
             .iter()
             .find_map(|p| p.client().fatal_error())
             .map(|(code, why)| format!("{code:?}: {why}"))
@@ -322,33 +376,30 @@ impl Producer {
     /// Waits until every queued message was delivered or failed, at most `timeout`.
     pub fn flush(&self, timeout: std::time::Duration) -> Result<(), BridgeError> {
         use rdkafka::producer::Producer as _;
-        self.all.flush(timeout).map_err(BridgeError::from_kafka)?;
-        self.local.flush(timeout).map_err(BridgeError::from_kafka)
+        self.clients
+            .all
+            .flush(timeout)
+            .map_err(BridgeError::from_kafka)?;
+        self.clients
+            .local
+            .flush(timeout)
+            .map_err(BridgeError::from_kafka)
     }
 }
 
-/// Serves `p`'s delivery reports on a thread of its own, named `name`, until `p` is dropped:
-/// for a producer whose owner has no event loop to read [`Producer::reports_file`] from.
-pub fn serve_reports_on_thread(p: &std::sync::Arc<Producer>, name: String) -> std::io::Result<()> {
-    let weak = std::sync::Arc::downgrade(p);
+/// Serves `reports` on a thread of its own, named `name`, until their producer is dropped: for
+/// a producer whose owner has no event loop to read [`Reports::file`] from.
+pub fn serve_reports_on_thread(reports: Reports, name: String) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || {
-            while let Some(p) = weak.upgrade() {
-                p.wait_reports(std::time::Duration::from_millis(100));
-            }
-        })
+        .spawn(move || while reports.wait(std::time::Duration::from_millis(100)) {})
         .map(drop)
 }
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        // librdkafka must not write to the eventfd once it is closed (its number may be
-        // reused); the reader is woken to notice that the producer is gone.
-        for q in &self.queues {
-            q.notify(-1);
-        }
-        self.reports.signal();
+        // Wakes whoever waits on the eventfd, to find the producer gone.
+        self.clients.reports.signal();
     }
 }
 
@@ -387,7 +438,7 @@ mod tests {
 
     /// Reads the producer's eventfd on a thread; the receiver gets `()` once it was signalled.
     fn watch(p: &Producer) -> mpsc::Receiver<()> {
-        let mut f = p.reports_file().unwrap();
+        let mut f = p.reports().file().unwrap().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8];
@@ -410,7 +461,7 @@ mod tests {
         let signalled = watch(&p);
         // The signal `new` sends for events that came before the eventfd was set up.
         signalled.recv_timeout(Duration::from_secs(5)).unwrap();
-        while !p.serve_reports() {}
+        while !p.reports().serve().unwrap() {}
         let mut d = p.send("t.v1", Some(0), b"", b"", b"x", Ack::All).unwrap();
         // Connection errors signal too: serve until the delivery's own report came.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -423,13 +474,29 @@ mod tests {
                 poll_once(&mut d).is_pending(),
                 "no one served the report yet"
             );
-            while !p.serve_reports() {}
+            while !p.reports().serve().unwrap() {}
             if let Poll::Ready(r) = poll_once(&mut d) {
                 let e = r.expect_err("nothing can be delivered to port 1");
                 assert!(e.is_unavailable(), "{e}");
                 break;
             }
         }
+    }
+
+    #[test]
+    fn a_topic_is_looked_up_once_and_a_name_librdkafka_refuses_is_an_error() {
+        let p = Producer::new(&BridgeConfig::new("127.0.0.1:1"), 0).unwrap();
+        for ack in [Ack::All, Ack::Local, Ack::All] {
+            p.send("t.v1", Some(0), b"k", b"a;b", b"x", ack).unwrap();
+        }
+        p.send("u.v1", None, b"", b"", b"", Ack::Async).unwrap();
+        assert_eq!(p.topics.borrow().len(), 2);
+        let e = p
+            .send("bad\0name", Some(0), b"", b"", b"x", Ack::All)
+            .err()
+            .expect("a NUL in a topic name is refused");
+        assert!(!e.is_unavailable(), "{e}");
+        assert_eq!(p.topics.borrow().len(), 2);
     }
 
     #[test]

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// A producer whose delivery reports a thread of its own serves.
-fn producer(cfg: &BridgeConfig, core: usize) -> std::sync::Arc<Producer> {
-    let p = std::sync::Arc::new(Producer::new(cfg, core).unwrap());
-    kateway_kafka_bridge::serve_reports_on_thread(&p, format!("reports-{core}")).unwrap();
+fn producer(cfg: &BridgeConfig, core: usize) -> Producer {
+    let p = Producer::new(cfg, core).unwrap();
+    kateway_kafka_bridge::serve_reports_on_thread(p.reports(), format!("reports-{core}")).unwrap();
     p
 }
 

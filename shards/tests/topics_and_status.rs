@@ -8,7 +8,8 @@ on_both_backends!(
     created_and_grown_partitions_are_readable_once_answered,
     metrics_and_process_status,
     topics_beyond_the_metrics_cap_are_summed_into_other,
-    group_lag_is_measured
+    group_lag_is_measured,
+    a_topics_groups_are_measured_within_the_status_budget
 );
 
 fn create_alter_delete_topic(b: Backend) {
@@ -244,4 +245,64 @@ fn group_lag_is_measured(b: Backend) {
         3
     );
     lag(0);
+}
+
+/// On Kafka a topic's groups are measured one request per group, within `kafka.status_budget`:
+/// with none, only the first group asked about is measured and the others are counted; a group
+/// asked about by name is always measured. The embedded store measures every group.
+fn a_topics_groups_are_measured_within_the_status_budget(b: Backend) {
+    let g = Gateway::on(b, &[("KATEWAY_KAFKA_STATUS_BUDGET", "0s")]);
+    let (app, sub) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app, "t", 1);
+    for _ in 0..3 {
+        g.publish(&app, "t", "", b"x");
+    }
+    for group in ["g1", "g2", "g3"] {
+        let r = g.sub(
+            &sub,
+            &app,
+            "t",
+            &format!("group={group}&ack=1&wait=2s"),
+            &[],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = g.req(
+            "PUT",
+            &format!("/v1/offsets/{app}/t/v1/{group}"),
+            &[("Appid", sub.as_str())],
+            b"[{\"partition\":0,\"offset\":0}]",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let status = |query: &str| {
+        let r = g.req(
+            "GET",
+            &format!("/v1/status/{app}/t/v1{query}"),
+            &[("Appid", sub.as_str())],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let names: Vec<String> = v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["group"].as_str().unwrap().to_owned())
+            .collect();
+        (names, v.get("unmeasured_groups").cloned())
+    };
+    let (names, unmeasured) = status("");
+    match b {
+        Backend::Embedded => {
+            assert_eq!(names, ["g1", "g2", "g3"]);
+            assert_eq!(unmeasured, None);
+        }
+        Backend::Kafka => {
+            assert_eq!(names, ["g1"]);
+            assert_eq!(unmeasured, Some(serde_json::json!(2)));
+        }
+    }
+    let (names, unmeasured) = status("?group=g3");
+    assert_eq!(names, ["g3"]);
+    assert_eq!(unmeasured, None);
 }

@@ -43,7 +43,7 @@ pub async fn topic(
         None if everyone => Groups::Prefix(String::new()),
         None => Groups::Prefix(format!("{me}.")),
     };
-    let infos = core.backend.info(&meta, &query).await?;
+    let (infos, unmeasured) = core.backend.info_within(&meta, &query).await?;
     let exact = match &query {
         Groups::Exact(g) => Some(g.as_str()),
         _ => None,
@@ -80,10 +80,11 @@ pub async fn topic(
             json!({"group": short, "app": app, "lag": lag, "partitions": parts})
         })
         .collect();
-    Ok(json_reply(
-        200,
-        json!({"topic": meta.name.as_ref(), "groups": groups}),
-    ))
+    let mut out = json!({"topic": meta.name.as_ref(), "groups": groups});
+    if unmeasured > 0 {
+        out["unmeasured_groups"] = json!(unmeasured);
+    }
+    Ok(json_reply(200, out))
 }
 
 /// Why this gateway should not get traffic now (empty when it should).

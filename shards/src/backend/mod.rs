@@ -330,8 +330,21 @@ impl Backend {
         topic: &LocalTopic,
         groups: &Groups,
     ) -> Result<Vec<PartitionInfo>, Error> {
+        self.info_within(topic, groups)
+            .await
+            .map(|(infos, _)| infos)
+    }
+
+    /// [`Backend::info`], and how many of the groups asked about were left out: on Kafka,
+    /// committed offsets are asked for one group at a time, within a time budget
+    /// ([`kafka::topics::info`]); the embedded store leaves none out.
+    pub async fn info_within(
+        &self,
+        topic: &LocalTopic,
+        groups: &Groups,
+    ) -> Result<(Vec<PartitionInfo>, usize), Error> {
         match self {
-            Backend::Embedded(s) => s.info_anywhere(topic, groups).await,
+            Backend::Embedded(s) => s.info_anywhere(topic, groups).await.map(|i| (i, 0)),
             Backend::Kafka(k) => kafka::topics::info(k, topic, groups).await,
         }
     }

@@ -184,17 +184,18 @@ pub async fn acknowledged(d: kateway_kafka_bridge::Delivery) -> Result<(i32, i64
 fn start_producer(
     cfg: &kateway_kafka_bridge::BridgeConfig,
     core: usize,
-) -> Result<Arc<Producer>, BridgeError> {
-    let p = Arc::new(Producer::new(cfg, core)?);
+) -> Result<Rc<Producer>, BridgeError> {
+    let p = Rc::new(Producer::new(cfg, core)?);
+    let reports = p.reports();
     if !crate::runtime::on_uring() {
-        kateway_kafka_bridge::serve_reports_on_thread(&p, format!("kateway-reports-{core}"))
+        kateway_kafka_bridge::serve_reports_on_thread(reports, format!("kateway-reports-{core}"))
             .map_err(|e| BridgeError::Config(format!("cannot start a report thread: {e}")))?;
         return Ok(p);
     }
-    let weak = Arc::downgrade(&p);
     // A descriptor of the pump's own, valid after the producers (and their copy) are gone.
-    let file = p
-        .reports_file()
+    let file = reports
+        .file()
+        .unwrap_or_else(|| Err(std::io::Error::other("the producer is gone")))
         .and_then(monoio::fs::File::from_std)
         .map_err(|e| BridgeError::Config(format!("cannot watch the report eventfd: {e}")))?;
     monoio::spawn(async move {
@@ -206,11 +207,12 @@ fn start_producer(
                 tracing::error!(core, "cannot read the Kafka report eventfd: {e}");
                 return;
             }
-            let Some(p) = weak.upgrade() else {
-                return;
-            };
-            while !p.serve_reports() {
-                crate::event::yield_now().await;
+            loop {
+                match reports.serve() {
+                    Some(true) => break,
+                    Some(false) => crate::event::yield_now().await,
+                    None => return,
+                }
             }
         }
     });
@@ -223,7 +225,7 @@ pub struct Kafka {
     pub shared: Arc<KafkaShared>,
     /// The hinted-handoff buffer.
     pub buffer: Rc<LogSet>,
-    producer: RefCell<Arc<Producer>>,
+    producer: RefCell<Rc<Producer>>,
     core: usize,
     /// When a message last reached Kafka (direct or replayed), and when the producers were last
     /// given their bootstrap brokers again.
@@ -283,7 +285,7 @@ impl Kafka {
     }
 
     /// This core's producers.
-    pub fn producer(&self) -> Arc<Producer> {
+    pub fn producer(&self) -> Rc<Producer> {
         self.producer.borrow().clone()
     }
 

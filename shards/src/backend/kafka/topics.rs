@@ -126,24 +126,36 @@ pub async fn administer(kafka: &Kafka, op: AdminOp) -> Result<AdminOp, Error> {
     }
 }
 
-/// Partition offsets from Kafka, with the committed offsets of the groups asked about.
+/// Partition offsets from Kafka, with the committed offsets of the groups asked about, and how
+/// many of those groups were not asked about within `kafka.status_budget` (one request per
+/// group: on a cluster of hundreds of groups, asking about every one would keep the client
+/// waiting for many seconds). The groups this gateway is a member of are asked first.
 pub async fn info(
     k: &Kafka,
     meta: &TopicMeta,
     groups: &Groups,
-) -> Result<Vec<PartitionInfo>, Error> {
+) -> Result<(Vec<PartitionInfo>, usize), Error> {
     let name = meta.name.clone();
     let groups = groups.clone();
+    let budget = k.shard.cfg().kafka.status_budget.0;
+    let members: Vec<String> = {
+        let reg = k.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
+        reg.keys()
+            .filter_map(|id| id.split_once('\n').map(|(g, _)| g.to_owned()))
+            .collect()
+    };
     let r = k
         .shared
         .blocking(
-            move |a| -> Result<Vec<PartitionInfo>, kateway_kafka_bridge::BridgeError> {
+            move |a| -> Result<(Vec<PartitionInfo>, usize), kateway_kafka_bridge::BridgeError> {
                 let marks = a.watermarks(&name)?;
-                let groups = match groups {
+                let mut groups = match groups {
                     Groups::None => Vec::new(),
                     Groups::Exact(g) => vec![g],
                     Groups::Prefix(p) => a.groups(&p)?,
                 };
+                // Members first (a stable sort keeps the rest in name order).
+                groups.sort_by_key(|g| !members.contains(g));
                 let mut infos: Vec<PartitionInfo> = marks
                     .iter()
                     .enumerate()
@@ -154,15 +166,22 @@ pub async fn info(
                         groups: Vec::new(),
                     })
                     .collect();
-                for g in groups {
-                    let committed = a.committed(&g, &name, marks.len() as u32)?;
+                let until = std::time::Instant::now() + budget;
+                let mut asked = 0;
+                for g in &groups {
+                    // An exact group is always asked about.
+                    if asked > 0 && std::time::Instant::now() >= until {
+                        break;
+                    }
+                    asked += 1;
+                    let committed = a.committed(g, &name, marks.len() as u32)?;
                     for (i, c) in committed.into_iter().enumerate() {
                         if let Some(c) = c {
                             infos[i].groups.push((g.clone(), c.max(0) as u64));
                         }
                     }
                 }
-                Ok(infos)
+                Ok((infos, groups.len() - asked))
             },
         )
         .await?;
