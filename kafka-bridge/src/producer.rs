@@ -151,7 +151,7 @@ impl Drop for Clients {
 /// served through [`Producer::reports`], from any thread.
 pub struct Producer {
     // Released before the clients.
-    topics: RefCell<HashMap<Box<str>, [TopicHandle; 2]>>,
+    topics: RefCell<HashMap<Box<str>, [Option<TopicHandle>; 2]>>,
     clients: Arc<Clients>,
     brokers: String,
 }
@@ -328,17 +328,16 @@ impl Producer {
         } else {
             self.clients.local.client()
         };
+        // A handle per client, made when the client first produces to the topic (a client
+        // learns, and asks metadata for, every topic it has a handle on).
         let mut topics = self.topics.borrow_mut();
-        let handles = match topics.get(topic) {
-            Some(h) => h,
-            None => {
-                let refused = || BridgeError::Refused(format!("invalid topic name {topic:?}"));
-                let h = [
-                    TopicHandle::new(self.clients.all.client(), topic).ok_or_else(refused)?,
-                    TopicHandle::new(self.clients.local.client(), topic).ok_or_else(refused)?,
-                ];
-                topics.entry(topic.into()).or_insert(h)
-            }
+        if topics.get(topic).is_none_or(|h| h[i].is_none()) {
+            let h = TopicHandle::new(client, topic)
+                .ok_or_else(|| BridgeError::Refused(format!("invalid topic name {topic:?}")))?;
+            topics.entry(topic.into()).or_default()[i] = Some(h);
+        }
+        let Some(handle) = topics.get(topic).and_then(|h| h[i].as_ref()) else {
+            return Err(BridgeError::Config(format!("no handle on topic {topic}")));
         };
         let rec = Record {
             partition: partition.unwrap_or(-1),
@@ -348,7 +347,7 @@ impl Producer {
             header: (!tags.is_empty()).then_some((TAGS_HEADER, tags)),
         };
         let (tx, rx) = oneshot::channel::<Report>();
-        match produce(client, &handles[i], &rec, Box::new(tx)) {
+        match produce(client, handle, &rec, Box::new(tx)) {
             Ok(()) if ack == Ack::Async => Ok(Delivery::Queued),
             Ok(()) => Ok(Delivery::Pending(rx)),
             Err((code, _)) => Err(BridgeError::from_kafka(KafkaError::MessageProduction(code))),
@@ -491,6 +490,9 @@ mod tests {
         }
         p.send("u.v1", None, b"", b"", b"", Ack::Async).unwrap();
         assert_eq!(p.topics.borrow().len(), 2);
+        // Only the client that produced to a topic has a handle on it.
+        assert!(p.topics.borrow()["u.v1"][0].is_none());
+        assert!(p.topics.borrow()["u.v1"][1].is_some());
         let e = p
             .send("bad\0name", Some(0), b"", b"", b"x", Ack::All)
             .err()
@@ -501,11 +503,16 @@ mod tests {
 
     #[test]
     fn dropping_the_producer_wakes_its_reader() {
-        let p = Producer::new(&BridgeConfig::new("127.0.0.1:1"), 0).unwrap();
+        // A "broker" that takes connections and never answers: no error event for seconds.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = BridgeConfig::new(silent.local_addr().unwrap().to_string());
+        let p = Producer::new(&cfg, 0).unwrap();
+        watch(&p)
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the signal of `new`");
+        while !p.reports().serve().unwrap() {}
         let signalled = watch(&p);
-        signalled.recv_timeout(Duration::from_secs(5)).unwrap(); // the signal of `new`
-        let signalled = watch(&p);
-        assert!(signalled.recv_timeout(Duration::from_millis(200)).is_err());
+        assert!(signalled.recv_timeout(Duration::from_millis(300)).is_err());
         drop(p);
         signalled
             .recv_timeout(Duration::from_secs(10))

@@ -204,7 +204,20 @@ fn start_producer(
             let (r, b) = file.read_at(buf, 0).await;
             buf = b;
             if let Err(e) = r {
-                tracing::error!(core, "cannot read the Kafka report eventfd: {e}");
+                // Reports must still be served, or every delivery would wait forever.
+                tracing::error!(
+                    core,
+                    "cannot read the Kafka report eventfd ({e}): serving reports on a thread"
+                );
+                if let Err(e) = kateway_kafka_bridge::serve_reports_on_thread(
+                    reports.clone(),
+                    format!("kateway-reports-{core}"),
+                ) {
+                    tracing::error!(core, "cannot start a report thread ({e}): polling");
+                    while reports.serve().is_some() {
+                        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
                 return;
             }
             loop {

@@ -127,9 +127,11 @@ pub async fn administer(kafka: &Kafka, op: AdminOp) -> Result<AdminOp, Error> {
 }
 
 /// Partition offsets from Kafka, with the committed offsets of the groups asked about, and how
-/// many of those groups were not asked about within `kafka.status_budget` (one request per
-/// group: on a cluster of hundreds of groups, asking about every one would keep the client
-/// waiting for many seconds). The groups this gateway is a member of are asked first.
+/// many of those groups were not measured: not asked about within `kafka.status_budget` of the
+/// request (one request per group: on a cluster of hundreds of groups, asking about every one
+/// would keep the client waiting for many seconds), or failing to answer. The groups this
+/// gateway is a member of on the topic are asked first. A prefix query lists the cluster's
+/// groups by name, not by topic, so the groups left out may include some that never read it.
 pub async fn info(
     k: &Kafka,
     meta: &TopicMeta,
@@ -137,11 +139,14 @@ pub async fn info(
 ) -> Result<(Vec<PartitionInfo>, usize), Error> {
     let name = meta.name.clone();
     let groups = groups.clone();
-    let budget = k.shard.cfg().kafka.status_budget.0;
-    let members: Vec<String> = {
+    // The clock runs from the request: waiting for a helper thread counts too.
+    let until = std::time::Instant::now() + k.shard.cfg().kafka.status_budget.0;
+    let members: std::collections::HashSet<String> = {
         let reg = k.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
         reg.keys()
-            .filter_map(|id| id.split_once('\n').map(|(g, _)| g.to_owned()))
+            .filter_map(|id| id.split_once('\n'))
+            .filter(|(_, t)| *t == name.as_str())
+            .map(|(g, _)| g.to_owned())
             .collect()
     };
     let r = k
@@ -166,22 +171,30 @@ pub async fn info(
                         groups: Vec::new(),
                     })
                     .collect();
-                let until = std::time::Instant::now() + budget;
-                let mut asked = 0;
+                let (mut asked, mut failed) = (0, 0);
                 for g in &groups {
-                    // An exact group is always asked about.
+                    // The first group is always asked about (an exact one above all).
                     if asked > 0 && std::time::Instant::now() >= until {
                         break;
                     }
                     asked += 1;
-                    let committed = a.committed(g, &name, marks.len() as u32)?;
+                    let committed = match a.committed(g, &name, marks.len() as u32) {
+                        Ok(c) => c,
+                        // A group named exactly is the answer: its failure is the request's.
+                        Err(e) if groups.len() == 1 => return Err(e),
+                        // One group that cannot be read leaves the others' answer standing.
+                        Err(_) => {
+                            failed += 1;
+                            continue;
+                        }
+                    };
                     for (i, c) in committed.into_iter().enumerate() {
                         if let Some(c) = c {
                             infos[i].groups.push((g.clone(), c.max(0) as u64));
                         }
                     }
                 }
-                Ok((infos, groups.len() - asked))
+                Ok((infos, groups.len() - asked + failed))
             },
         )
         .await?;
