@@ -16,14 +16,18 @@ on_both_backends!(
 /// The delay clock hook on, webhooks to loopback allowed; a small partition budget (growing a
 /// topic to 10 000 partitions is allowed by the API, and takes the embedded store longer than
 /// the fuzzer's request timeout); failed authentications not limited (the fuzzer sends bad
-/// keys on purpose, and a limited address would answer nothing but 429).
-fn env() -> [(&'static str, &'static str); 5] {
+/// keys on purpose, and a limited address would answer nothing but 429); a short default
+/// subscribe wait.
+fn env() -> [(&'static str, &'static str); 6] {
     [
         ("KATEWAY_DELAY_TEST_CLOCK", "true"),
         ("KATEWAY_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true"),
         ("KATEWAY_STORE_MAX_PARTITIONS", "256"),
         ("KATEWAY_AUTH_FAILED_BURST", "1000000"),
         ("KATEWAY_AUTH_FAILED_PER_SECOND", "1000000"),
+        // A fuzzed subscribe without `wait` on a drained group long-polls for the default
+        // wait: within Schemathesis's request timeout (10 s), not the shipped 30 s.
+        ("KATEWAY_SUBSCRIBE_DEFAULT_WAIT", "2s"),
     ]
 }
 

@@ -261,7 +261,13 @@ pub(super) fn subscribe<'a>(
         }
     };
     let explicit = matches!(query::raw(q, "ack"), Some("1") | Some("true"));
-    let ack = if explicit { ack_headers(parts)? } else { None };
+    let ack = if explicit {
+        ack_headers(parts)?
+    } else {
+        // Only an explicit ack uses them, but malformed ones are refused either way.
+        ack_header_numbers(parts)?;
+        None
+    };
     let lease = match query::raw(q, "ack") {
         Some("lease") => Some(Leasing {
             visibility: match duration(q, "visibility")? {
@@ -615,6 +621,22 @@ fn ack_headers(parts: &impl Parts) -> Result<Option<(u32, u64)>, Error> {
         )));
     }
     Ok(Some((p as u32, o as u64)))
+}
+
+/// `X-Partition` and `X-Offset`, where present, are integers (a subscribe without `ack=1`
+/// does not use them, but does not take garbage in them either).
+fn ack_header_numbers(parts: &impl Parts) -> Result<(), Error> {
+    for (name, what) in [("x-partition", "partition"), ("x-offset", "offset")] {
+        if let Some(v) = parts.header(name) {
+            let ok = std::str::from_utf8(v)
+                .ok()
+                .is_some_and(|t| t.trim().parse::<i64>().is_ok());
+            if !ok {
+                return Err(bad_ack(format!("{name} is not an integer {what}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The body of a batch acknowledgement: `[{"partition":p,"offset":o}, ...]`.

@@ -227,7 +227,21 @@ fn subscribes() {
         ),
         40005
     );
-    let p = req(Method::Get, "/v1/msgs/a/t/v1?group=g&wait=0s", &[], b"");
+    // Without ack=1 the ack headers are unused, but garbage in them is still refused.
+    assert_eq!(
+        code(
+            "/v1/msgs/a/t/v1?group=g",
+            &[("X-Offset", ""), ("X-Partition", ")5l")]
+        ),
+        40005
+    );
+    assert_eq!(code("/v1/msgs/a/t/v1?group=g", &[("X-Offset", "x")]), 40005);
+    let p = req(
+        Method::Get,
+        "/v1/msgs/a/t/v1?group=g&wait=0s",
+        &[("X-Partition", "1")],
+        b"",
+    );
     assert!(!parse(&p).unwrap().may_park());
 }
 
