@@ -141,9 +141,14 @@ pub(crate) fn stats(v: &[f64]) -> Value {
 }
 
 pub(crate) fn median(v: &[f64]) -> f64 {
+    spread(v).0
+}
+
+/// The median, minimum and maximum of the rounds' figures.
+pub(crate) fn spread(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    s[s.len() / 2]
+    (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
 fn cmd_out(c: &str, args: &[&str]) -> String {

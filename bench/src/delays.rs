@@ -49,12 +49,8 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
     let far = pending_rss(kateway, &mut c, "30d", a.size)?;
     let near = pending_rss(kateway, &mut c, "50s", a.size)?;
     let range = |v: &[f64]| {
-        format!(
-            "×{:.2} (min {:.2}, max {:.2})",
-            median(v),
-            v.iter().copied().fold(f64::MAX, f64::min),
-            v.iter().copied().fold(0.0, f64::max)
-        )
+        let (med, lo, hi) = crate::compare::spread(v);
+        format!("×{med:.2} (min {lo:.2}, max {hi:.2})")
     };
     let rows = vec![
         format!(

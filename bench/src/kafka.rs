@@ -7,7 +7,7 @@
 //! per message when producing directly.
 
 use crate::client::{self, Count, Load};
-use crate::compare::{kateway_binary, machine, median, start, stats};
+use crate::compare::{kateway_binary, machine, median, spread, start, stats};
 use crate::scenario::{create_topic, measure};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use kateway_kafka_bridge::{Ack, BridgeConfig, Producer};
@@ -193,7 +193,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
             },
             Some(noop.child.id()),
         );
-        let noop_us = n.server_cpu_s * 1e6 / n.outcome.requests.max(1) as f64 / a.batch as f64;
+        let noop_us = n.cpu_us_per_req() / a.batch as f64;
         let m = measure(&load, Some(gw.child.id()));
         anyhow::ensure!(
             m.outcome.non_2xx == 0 && m.outcome.errors == 0,
@@ -212,11 +212,10 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
             },
             Some(noop.child.id()),
         );
-        let paced_us =
-            paced.server_cpu_s * 1e6 / paced.outcome.requests.max(1) as f64 / a.batch as f64;
+        let paced_us = paced.cpu_us_per_req() / a.batch as f64;
         let (d, d_us) = direct(&a, &kafka_topic, &payload)?;
         let g = m.outcome.mps();
-        let g_us = m.server_cpu_s * 1e6 / m.outcome.messages.max(1) as f64;
+        let g_us = m.cpu_us_per_msg();
         eprintln!(
             "round {}: gateway {g:.0} msg/s ({g_us:.1} us CPU/msg), direct librdkafka {d:.0} msg/s ({d_us:.1} us CPU/msg), ratio {:.2}; noop {noop_us:.1} us CPU per message's share of a request, {paced_us:.1} us at the gateway's rate",
             round + 1,
@@ -237,32 +236,26 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         buffered == 0.0,
         "the gateway buffered {buffered} messages: Kafka was not reachable throughout"
     );
+    let (ratio, ratio_lo, ratio_hi) = spread(&ratios);
     println!(
-        "kafka ack={} batch={}: gateway {:.0} msg/s, direct librdkafka {:.0} msg/s, ratio {:.2} (min {:.2}, max {:.2}); gateway CPU {:.1} us/msg",
+        "kafka ack={} batch={}: gateway {:.0} msg/s, direct librdkafka {:.0} msg/s, ratio {ratio:.2} (min {ratio_lo:.2}, max {ratio_hi:.2}); gateway CPU {:.1} us/msg",
         a.ack,
         a.batch,
         median(&gw_mps),
         median(&direct_mps),
-        median(&ratios),
-        ratios.iter().cloned().fold(f64::MAX, f64::min),
-        ratios.iter().cloned().fold(0.0, f64::max),
         median(&gw_cpu_us),
     );
+    let (cost, cost_lo, cost_hi) = spread(&cost_ratios);
     println!(
-        "CPU per message: gateway {:.1} us, HTTP hop (noop) {:.1} us + librdkafka directly {:.1} us; gateway / (noop + direct) {:.2} (min {:.2}, max {:.2})",
+        "CPU per message: gateway {:.1} us, HTTP hop (noop) {:.1} us + librdkafka directly {:.1} us; gateway / (noop + direct) {cost:.2} (min {cost_lo:.2}, max {cost_hi:.2})",
         median(&gw_cpu_us),
         median(&noop_cpu_us),
         median(&direct_cpu_us),
-        median(&cost_ratios),
-        cost_ratios.iter().cloned().fold(f64::MAX, f64::min),
-        cost_ratios.iter().cloned().fold(0.0, f64::max),
     );
+    let (paced, paced_lo, paced_hi) = spread(&paced_ratios);
     println!(
-        "the same with noop paced at the gateway's request rate: noop {:.1} us; gateway / (noop + direct) {:.2} (min {:.2}, max {:.2})",
+        "the same with noop paced at the gateway's request rate: noop {:.1} us; gateway / (noop + direct) {paced:.2} (min {paced_lo:.2}, max {paced_hi:.2})",
         median(&paced_noop_us),
-        median(&paced_ratios),
-        paced_ratios.iter().cloned().fold(f64::MAX, f64::min),
-        paced_ratios.iter().cloned().fold(0.0, f64::max),
     );
     let report = json!({
         "machine": machine(),

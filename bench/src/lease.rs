@@ -373,13 +373,7 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
     }
     eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
     let cost = ack_cost(kateway, a.size, 12)?;
-    let m = |v: &[f64]| {
-        (
-            median(v),
-            v.iter().copied().fold(f64::MAX, f64::min),
-            v.iter().copied().fold(0.0, f64::max),
-        )
-    };
+    let m = crate::compare::spread;
     let us = |v: &[f64]| {
         let (med, lo, hi) = m(v);
         format!("{med:.1} µs server CPU (min {lo:.1}, max {hi:.1})")
