@@ -265,7 +265,7 @@ pub(super) fn subscribe<'a>(
         ack_headers(parts)?
     } else {
         // Only an explicit ack uses them, but malformed ones are refused either way.
-        ack_header_numbers(parts)?;
+        ack_numbers(parts)?;
         None
     };
     let lease = match query::raw(q, "ack") {
@@ -600,18 +600,11 @@ fn checked(mut s: Settle<'_>) -> Result<Settle<'_>, Error> {
 
 /// `X-Partition`/`X-Offset` of an explicit ack: both or neither; `-1/-1` means nothing.
 fn ack_headers(parts: &impl Parts) -> Result<Option<(u32, u64)>, Error> {
-    let text = |n| {
-        parts
-            .header(n)
-            .map(|v| std::str::from_utf8(v).map(str::trim).unwrap_or("?"))
-    };
-    let (p, o) = match (text("x-partition"), text("x-offset")) {
+    let (p, o) = match ack_numbers(parts)? {
         (None, None) => return Ok(None),
         (Some(p), Some(o)) => (p, o),
         _ => return Err(bad_ack("partial ack: send both X-Partition and X-Offset")),
     };
-    let p: i64 = p.parse().map_err(|_| bad_ack("ack with bad partition"))?;
-    let o: i64 = o.parse().map_err(|_| bad_ack("ack with bad offset"))?;
     if p == -1 && o == -1 {
         return Ok(None);
     }
@@ -623,20 +616,22 @@ fn ack_headers(parts: &impl Parts) -> Result<Option<(u32, u64)>, Error> {
     Ok(Some((p as u32, o as u64)))
 }
 
-/// `X-Partition` and `X-Offset`, where present, are integers (a subscribe without `ack=1`
-/// does not use them, but does not take garbage in them either).
-fn ack_header_numbers(parts: &impl Parts) -> Result<(), Error> {
-    for (name, what) in [("x-partition", "partition"), ("x-offset", "offset")] {
-        if let Some(v) = parts.header(name) {
-            let ok = std::str::from_utf8(v)
-                .ok()
-                .is_some_and(|t| t.trim().parse::<i64>().is_ok());
-            if !ok {
-                return Err(bad_ack(format!("{name} is not an integer {what}")));
-            }
-        }
-    }
-    Ok(())
+/// `X-Partition` and `X-Offset` as integers, each `None` when absent; one that is not an
+/// integer is refused (a subscribe without `ack=1` does not use them, but does not take
+/// garbage in them either).
+fn ack_numbers(parts: &impl Parts) -> Result<(Option<i64>, Option<i64>), Error> {
+    let number = |name, what| match parts.header(name) {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .map(Some)
+            .ok_or_else(|| bad_ack(format!("ack with bad {what}"))),
+    };
+    Ok((
+        number("x-partition", "partition")?,
+        number("x-offset", "offset")?,
+    ))
 }
 
 /// The body of a batch acknowledgement: `[{"partition":p,"offset":o}, ...]`.
