@@ -122,6 +122,20 @@ impl KafkaShared {
         }))
     }
 
+    /// The groups this process holds memberships of, on `topic` (any topic: `None`), sorted.
+    pub fn member_groups(&self, topic: Option<&str>) -> Vec<String> {
+        let reg = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups: Vec<String> = reg
+            .keys()
+            .filter_map(|id| id.split_once('\n'))
+            .filter(|(_, t)| topic.is_none_or(|want| *t == want))
+            .map(|(g, _)| g.to_owned())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
     /// Runs `f` on a helper thread and waits for its answer without blocking the reactor.
     pub async fn blocking<T: Send + 'static>(
         &self,
@@ -187,8 +201,11 @@ fn start_producer(
 ) -> Result<Rc<Producer>, BridgeError> {
     let p = Rc::new(Producer::new(cfg, core)?);
     let reports = p.reports();
-    if !crate::runtime::on_uring() {
+    let on_thread = move |reports| {
         kateway_kafka_bridge::serve_reports_on_thread(reports, format!("kateway-reports-{core}"))
+    };
+    if !crate::runtime::on_uring() {
+        on_thread(reports)
             .map_err(|e| BridgeError::Config(format!("cannot start a report thread: {e}")))?;
         return Ok(p);
     }
@@ -209,10 +226,7 @@ fn start_producer(
                     core,
                     "cannot read the Kafka report eventfd ({e}): serving reports on a thread"
                 );
-                if let Err(e) = kateway_kafka_bridge::serve_reports_on_thread(
-                    reports.clone(),
-                    format!("kateway-reports-{core}"),
-                ) {
+                if let Err(e) = on_thread(reports.clone()) {
                     tracing::error!(core, "cannot start a report thread ({e}): polling");
                     while reports.serve().is_some() {
                         monoio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -141,14 +141,8 @@ pub async fn info(
     let groups = groups.clone();
     // The clock runs from the request: waiting for a helper thread counts too.
     let until = std::time::Instant::now() + k.shard.cfg().kafka.status_budget.0;
-    let members: std::collections::HashSet<String> = {
-        let reg = k.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
-        reg.keys()
-            .filter_map(|id| id.split_once('\n'))
-            .filter(|(_, t)| *t == name.as_str())
-            .map(|(g, _)| g.to_owned())
-            .collect()
-    };
+    let members = k.shared.member_groups(Some(&name));
+    let exact = matches!(groups, Groups::Exact(_));
     let r = k
         .shared
         .blocking(
@@ -160,7 +154,7 @@ pub async fn info(
                     Groups::Prefix(p) => a.groups(&p)?,
                 };
                 // Members first (a stable sort keeps the rest in name order).
-                groups.sort_by_key(|g| !members.contains(g));
+                groups.sort_by_key(|g| members.binary_search(g).is_err());
                 let mut infos: Vec<PartitionInfo> = marks
                     .iter()
                     .enumerate()
@@ -181,7 +175,7 @@ pub async fn info(
                     let committed = match a.committed(g, &name, marks.len() as u32) {
                         Ok(c) => c,
                         // A group named exactly is the answer: its failure is the request's.
-                        Err(e) if groups.len() == 1 => return Err(e),
+                        Err(e) if exact => return Err(e),
                         // One group that cannot be read leaves the others' answer standing.
                         Err(_) => {
                             failed += 1;
@@ -214,14 +208,7 @@ const LAG_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 /// or group that fails to answer keeps its previous figures; a group the cluster no longer
 /// lists is dropped.
 pub async fn lags(k: &Kafka, topics: Vec<String>, previous: Lags) -> Lags {
-    let mut local: Vec<String> = {
-        let reg = k.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
-        reg.keys()
-            .filter_map(|id| id.split_once('\n').map(|(g, _)| g.to_owned()))
-            .collect()
-    };
-    local.sort();
-    local.dedup();
+    let local = k.shared.member_groups(None);
     let cursor = k.shared.lag_cursor.clone();
     let fallback = previous.clone();
     let r = k
