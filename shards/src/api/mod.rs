@@ -29,7 +29,6 @@ pub async fn execute(core: &Rc<Core>, caller: Caller<'_>, cmd: Command<'_>) -> R
     // publishes, subscribes and batch acks run inline; settles (whose future is the largest
     // of the data path) and every other route in a box of their own, allocated per request.
     let r = match cmd {
-        Command::Alive => Ok(alive()),
         Command::Publish(p) => publish::publish(core, caller, p).await,
         Command::Subscribe(s) if s.lease.is_some() => queue::subscribe(core, caller, s).await,
         Command::Subscribe(s) => subscribe::subscribe(core, caller, s).await,
