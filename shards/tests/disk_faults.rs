@@ -1,7 +1,8 @@
 //! Storage faults injected through the log engine's failpoints (`KATEWAY_FAILPOINTS`): a write
 //! or fsync that fails is never acknowledged, nothing acknowledged is lost, and the core takes
 //! writes again by itself once the disk does, with the failed state visible in `/ready`,
-//! `/v1/status` and the metrics meanwhile.
+//! `/v1/status` and the metrics meanwhile; and a slow or failed fsync holds back only what waits
+//! for it.
 
 mod support;
 
@@ -333,4 +334,103 @@ fn many_partitions_cannot_exhaust_descriptors_or_stop_a_restart() {
     let s = g.sub("b", "app", "big", "group=g&wait=2s", &[]);
     assert_eq!((s.status, &s.body[..]), (200, &b"hello"[..]));
     g.create_topic("app", "small", 2);
+}
+
+/// A disk that stops answering an fsync holds back only the `ack=all` publishes waiting for
+/// it: writes go on while the fsync is in flight, so `ack=local` publishes are answered and
+/// readable meanwhile, and the `ack=all` one is never acknowledged.
+#[test]
+fn an_fsync_that_never_ends_holds_back_only_ack_all_publishes() {
+    let mut g = Gateway::start_with(&[("KATEWAY_FAILPOINTS", "log::fsync=hang")]);
+    g.create_topic("app", "t", 1);
+    let mut durable = g.connect();
+    durable
+        .send(
+            "POST",
+            "/v1/msgs/t/v1?ack=all",
+            &[("Appid", "app")],
+            b"durable",
+        )
+        .unwrap();
+    // Readable once written; the fsync that follows the write never ends.
+    let first = g.sub("reader", "app", "t", "group=g&batch=100&wait=30s", &[]);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let values = |r: &support::Resp| -> Vec<String> {
+        support::records(&r.body)
+            .into_iter()
+            .map(|(_, _, v)| String::from_utf8(v).unwrap())
+            .collect()
+    };
+    assert_eq!(values(&first), ["durable"]);
+    for i in 0..20 {
+        let r = g.publish("app", "t", "ack=local", format!("local{i}").as_bytes());
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let rest = g.sub("reader", "app", "t", "group=g&batch=100&wait=30s", &[]);
+    assert_eq!(rest.status, 200, "{}", rest.text());
+    let want: Vec<String> = (0..20).map(|i| format!("local{i}")).collect();
+    assert_eq!(values(&rest), want);
+    assert_eq!(g.metric("kateway_log_fsyncs_total"), 0.0, "no fsync ended");
+    // Whatever the gateway had answered is in this socket's buffer when it dies.
+    g.kill9();
+    // An error is the connection closed unanswered.
+    if let Ok(r) = durable.read_reply(false) {
+        assert_ne!(r.status, 201, "acknowledged without an fsync: {}", r.text());
+    }
+}
+
+/// After a failed fsync and the recovery, a later publish is a generation of its own: it is
+/// stored and acknowledged, not refused for the failure before it.
+#[test]
+fn a_publish_after_the_recovery_is_not_refused_for_the_failure_before_it() {
+    let g = Gateway::start_with(&[
+        ("KATEWAY_FAILPOINTS", "log::fsync=5*off->1*eio->off"),
+        ("KATEWAY_STORE_FAULT_RETRY", "100ms"),
+    ]);
+    g.create_topic("app", "t", 1);
+    let mut c = g.connect();
+    let publish = |c: &mut support::Conn, i: usize| {
+        c.req(
+            "POST",
+            "/v1/msgs/t/v1?ack=all",
+            &[("Appid", "app")],
+            format!("m{i}").as_bytes(),
+        )
+    };
+    let refused = (0..50).find(|&i| {
+        let r = publish(&mut c, i);
+        assert!(matches!(r.status, 201 | 503), "{}", r.text());
+        r.status == 503
+    });
+    assert!(refused.is_some(), "the failed fsync refused its publish");
+    wait_ready(&g);
+    for i in 100..105 {
+        let r = publish(&mut c, i);
+        assert_eq!(r.status, 201, "after the recovery: {}", r.text());
+    }
+}
+
+/// A commit repeated while the first one is written but not yet fsynced (a seek to where a
+/// read left the group) is answered once that commit is synced, and the sync starts at once:
+/// it does not wait for the fsync interval.
+#[test]
+fn a_repeated_commit_is_synced_at_once() {
+    let g = Gateway::start_with(&[
+        ("KATEWAY_STORE_FSYNC_INTERVAL", "1h"),
+        ("KATEWAY_STORE_FSYNC_BYTES", "1GiB"),
+    ]);
+    g.create_topic("app", "t", 1);
+    g.publish("app", "t", "ack=local", b"m0");
+    // Auto-ack: reading commits the group at offset 1 (written, not synced).
+    let s = g.sub("reader", "app", "t", "group=g&wait=5s", &[]);
+    assert_eq!(s.body, b"m0");
+    let synced = g.metric("kateway_log_fsyncs_total");
+    let r = g.req(
+        "PUT",
+        "/v1/offset/app/t/v1/g/0?offset=1",
+        &[("Appid", "reader")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(g.metric("kateway_log_fsyncs_total") > synced);
 }

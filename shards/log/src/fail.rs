@@ -9,7 +9,9 @@
 //! One `name=actions` per `;`; actions run in order, each `N*` times (forever without a count):
 //! `off` (pass), `eio`, `enospc` (fail with that OS error), `short(N)` (write only the first N
 //! bytes, then fail with ENOSPC), `torn(N)` (write the first N bytes, then abort the process, as
-//! a power cut in the middle of a write), `panic`. The gateway reads a spec from the
+//! a power cut in the middle of a write), `panic`, `hang` (an fsync issued through io_uring never
+//! completes, as on a disk that stopped answering; a blocking fsync passes, and other operations
+//! fail as with `eio`). The gateway reads a spec from the
 //! `KATEWAY_FAILPOINTS` environment variable at start (tests only); nothing is configured
 //! otherwise, and an unconfigured point costs one relaxed atomic load.
 
@@ -28,6 +30,9 @@ pub enum Action {
     Torn(usize),
     /// Panic.
     Panic,
+    /// Never complete (the gateway's asynchronous fsyncs; a blocking fsync passes, anything
+    /// else fails with EIO).
+    Hang,
 }
 
 impl Action {
@@ -37,6 +42,7 @@ impl Action {
             Action::Errno(e) => std::io::Error::from_raw_os_error(e),
             Action::Short(_) | Action::Torn(_) => std::io::Error::from_raw_os_error(ENOSPC),
             Action::Panic => std::io::Error::other("failpoint panic"),
+            Action::Hang => std::io::Error::from_raw_os_error(EIO),
         }
     }
 }
@@ -149,6 +155,7 @@ fn parse_step(s: &str) -> Result<Step, String> {
         "eio" => Some(Action::Errno(EIO)),
         "enospc" => Some(Action::Errno(ENOSPC)),
         "panic" => Some(Action::Panic),
+        "hang" => Some(Action::Hang),
         a if a.starts_with("short(") => Some(Action::Short(arg(&a[6..])?)),
         a if a.starts_with("torn(") => Some(Action::Torn(arg(&a[5..])?)),
         _ => return Err(format!("failpoint step {s:?}: unknown action")),

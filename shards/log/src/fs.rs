@@ -247,8 +247,9 @@ impl LogFile {
     /// `fdatasync` on this thread, passing the `log::fsync` failpoint (recovery and tests; the
     /// gateway's group commit issues its fsyncs through io_uring).
     pub fn sync_data(&self) -> io::Result<()> {
-        if let Some(a) = fail::eval(FP_FSYNC) {
-            return Err(a.error());
+        match fail::eval(FP_FSYNC) {
+            None | Some(Action::Hang) => {}
+            Some(a) => return Err(a.error()),
         }
         self.handle()?.sync_data()
     }

@@ -33,6 +33,9 @@ use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+/// The most zeros one append writes ahead of itself ([`Segment::preallocate`]).
+pub const TOP_UP: u64 = 128 << 10;
+
 pub(crate) struct Segment {
     pub base: u64,
     pub file: LogFile,
@@ -209,18 +212,27 @@ impl Segment {
         Ok(())
     }
 
-    /// Writes zeros ahead so that the file holds at least `end` bytes: up to `end + step`, but
-    /// not past `cap` (the segment's roll size), and nothing when `step` is 0, when `end` is
-    /// past `cap`, or after a failure. A failure (a full disk) gives the space back; appends
+    /// Keeps zeros written `step` bytes ahead of `end` (where the coming append ends), but not
+    /// past `cap` (the segment's roll size); nothing when `step` is 0, when `end` is past `cap`,
+    /// or after a failure. Once less than half of `step` is left ahead, one piece is added
+    /// past what was written ahead (or past `end`, if the append reaches further; the append
+    /// itself covers up to `end`): [`TOP_UP`], or twice the append if that is more, so that
+    /// large appends land in zeros too instead of growing the file each time. The zeros cost a copy as large as the data,
+    /// spread over the writes, instead of one long write every `step` bytes that the requests
+    /// of that flush would wait behind. A failure (a full disk) gives the space back; appends
     /// then grow the file as they would without it.
     pub fn preallocate(&self, end: u64, step: u64, cap: u64) {
         let have = self.allocated.get().max(self.size);
-        if step == 0 || end <= have || end > cap || self.no_preallocation.get() {
+        if step == 0 || end > cap || self.no_preallocation.get() || have >= end + step / 2 {
             return;
         }
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let target = (end + step).min(cap);
-        let mut pos = have;
+        let mut pos = have.max(end);
+        let piece = step.min(TOP_UP).max(2 * end.saturating_sub(self.size));
+        let target = (pos + piece).min(end + step).min(cap);
+        if target <= pos {
+            return;
+        }
         while pos < target {
             let n = ((target - pos) as usize).min(ZEROS.len());
             if let Err(e) = self.file.write_all_at(FP_PREALLOCATE, &ZEROS[..n], pos) {

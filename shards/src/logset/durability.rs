@@ -1,7 +1,7 @@
 //! Group-commit generations and the core's disk-fault state.
 //!
-//! Appends join generation `next`; the flusher writes a generation (`written`) and then fsyncs
-//! it (`synced`). A publish is answered when its generation reached the level it asked for, and
+//! Appends join generation `next`; the flusher's writer writes a generation (`written`) and
+//! its syncer fsyncs what was written (`synced`). A publish is answered when its generation reached the level it asked for, and
 //! only if nothing failed on the way: a partition whose write failed records the generations it
 //! dropped ([`Ranges`], per partition), and a failed fsync records the generations it could not
 //! make durable (per core). Waiters check those before the progress counters, so no write that
@@ -89,10 +89,19 @@ pub struct Durability {
     pub synced: Cell<u64>,
     /// The highest generation an `ack=all` caller waits to see synced.
     pub sync_wanted: Cell<u64>,
-    /// Moves after every write and every sync, and when a fault is recorded.
+    /// The highest generation an `ack=local` caller waits to see written.
+    pub write_wanted: Cell<u64>,
+    /// Moves when `write_wanted` does: the writer holds no write back for a sync then.
+    pub urgent: Event,
+    /// Moves after every write, and when a fault is recorded or cleared (`ack=local` waiters).
     pub progress: Event,
-    /// Wakes the flusher.
+    /// Moves after every sync, and when a fault is recorded or cleared (`ack=all` waiters, who
+    /// would only look and sleep again after a write).
+    pub sync_progress: Event,
+    /// Wakes the flusher's writer.
     pub work: Event,
+    /// Wakes the flusher's syncer (an `ack=all` wait, a write it should know of).
+    pub kick: Event,
     pub fault: RefCell<Fault>,
     /// Generations whose fsync failed (`ack=all` waiters of them get 503).
     pub sync_failed: RefCell<Ranges>,
@@ -149,8 +158,10 @@ pub fn write_failed(set: &LogSet, e: &LogError) {
 pub fn sync_failed(set: &LogSet, e: &LogError) {
     metrics::inc(&set.shard.metrics.store_fsync_errors_total);
     let d = &set.dur;
-    // Up to the generation appends join now: whatever was appended before the fault.
+    // Up to the generation appends join now: whatever was appended before the fault. Later
+    // appends join a generation of their own, which the failure does not cover.
     d.sync_failed.borrow_mut().add(d.synced.get(), d.next.get());
+    d.next.set(d.next.get() + 1);
     enter(set, e, |f, why| f.sync.get_or_insert(why));
 }
 
@@ -170,6 +181,7 @@ fn enter(set: &LogSet, e: &LogError, update: impl FnOnce(&mut Fault, String) -> 
     }
     drop(f);
     set.dur.progress.notify();
+    set.dur.sync_progress.notify();
 }
 
 /// Retries a faulted set's storage every `store.fault_retry` until it works again.
@@ -222,6 +234,7 @@ pub async fn recover(set: Rc<LogSet>) {
             set.mark_dirty(&topic, p);
         }
         set.dur.progress.notify();
+        set.dur.sync_progress.notify();
         set.dur.work.notify();
     }
 }

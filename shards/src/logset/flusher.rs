@@ -1,25 +1,32 @@
-//! Group commit. One flusher task per core turns appends into file writes and fsyncs:
+//! Group commit. Two tasks per core turn appends into file writes and fsyncs.
 //!
-//! 1. wait for work (an append or commit marked a partition dirty) or for the fsync interval;
-//! 2. yield once, so every request that is ready in this reactor tick can join the batch;
-//! 3. close generation `g`, write every dirty partition's pending bytes with one positioned
-//!    write each, mark `g` written (wakes `ack=local` publishes, and the long polls of the
-//!    topics written, here and on the cores that asked: [`crate::shard::Shard::wake`]);
-//! 4. if an `ack=all` publish waits for `g`, or unsynced bytes or age passed the configured
-//!    bounds, fsync every file written since the last sync, concurrently through io_uring, and
-//!    mark `g` synced.
+//! The writer:
+//! 1. waits for work (an append or commit marked a partition dirty);
+//! 2. yields once, so every request that is ready in this reactor tick can join the batch;
+//! 3. closes generation `g`, writes every dirty partition's pending bytes with one positioned
+//!    write each, and marks `g` written (wakes `ack=local` publishes, and the long polls of the
+//!    topics written, here and on the cores that asked: [`crate::shard::Shard::wake`]).
 //!
-//! Appends that arrive while a sync is in flight form the next generation, so one fsync covers
-//! as many publishes as arrived during the previous one. A failed write drops that partition's
-//! pending records and records their generations as failed; a failed fsync records every
-//! generation not yet synced as failed and stops syncing until [`durability::recover`]
-//! has rewritten and synced what was written. Either way the waiters of those generations get
-//! 503 (see [`super::durability`]).
+//! The syncer fsyncs every file written since its last sync, concurrently through io_uring,
+//! when an `ack=all` publish waits for a written generation, or when the unsynced bytes or
+//! their age pass the configured bounds; then it marks the last generation written before the
+//! sync began as synced.
+//!
+//! Writes go on while an fsync is in flight, so an `ack=local` publish never waits for one.
+//! Appends that no `ack=local` publish waits for are held until the sync ends and written then
+//! as one generation: one fsync covers as many `ack=all` publishes as arrived during the
+//! previous one, with one write.
+//!
+//! A failed write drops that partition's pending records and records their generations as
+//! failed; a failed fsync records every generation not yet synced as failed and stops syncing
+//! until [`durability::recover`] has rewritten and synced what was written. Either way the
+//! waiters of those generations get 503 (see [`super::durability`]).
 
 use super::{durability, LogSet, PartKey};
 use crate::metrics::{self, Stage};
 use kateway_log::fs::FP_FSYNC;
 use kateway_log::{LogError, LogFile, SyncPlan};
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Instant;
@@ -27,80 +34,160 @@ use std::time::Instant;
 /// Files fsynced at once (each needs a duplicated descriptor while its fsync is in flight).
 pub const SYNC_BATCH: usize = 64;
 
-/// Runs the flusher until the core stops (after a final write and sync).
+/// What the writer and the syncer share.
+#[derive(Default)]
+struct Unsynced {
+    /// Partitions written since the last sync began.
+    parts: RefCell<HashSet<PartKey>>,
+    /// Bytes written since then.
+    bytes: Cell<u64>,
+    /// When the oldest of them was written.
+    since: Cell<Option<Instant>>,
+    /// Whether an fsync is in flight.
+    syncing: Cell<bool>,
+    /// The writer is done (the core stops): the syncer ends.
+    done: Cell<bool>,
+}
+
+/// Runs the writer and the syncer until the core stops (after a final write and sync).
 pub async fn run(set: Rc<LogSet>) {
-    let shard = set.shard.clone();
-    let interval = shard.cfg().store.fsync_interval.0;
+    let un = Rc::new(Unsynced::default());
+    let syncer = monoio::spawn(sync_loop(set.clone(), un.clone()));
+    write_loop(&set, &un).await;
+    syncer.await;
+    // A clean stop leaves each segment ending with its last record.
+    for part in set.parts.borrow().values() {
+        part.borrow().log.trim();
+    }
+}
+
+async fn write_loop(set: &LogSet, un: &Unsynced) {
+    let shard = &set.shard;
+    let dur = &set.dur;
     let fsync_bytes = shard.cfg().store.fsync_bytes.0;
-    let mut unsynced: HashSet<PartKey> = HashSet::new();
-    let mut unsynced_bytes: u64 = 0;
-    let mut last_sync = Instant::now();
     loop {
         let stopping = shard.stop_event.epoch() > 0;
-        if set.dirty.borrow().is_empty() && !stopping {
-            let seen = set.dur.work.epoch();
-            let stop_seen = shard.stop_event.epoch();
-            if unsynced.is_empty() {
-                monoio::select! {
-                    _ = set.dur.work.wait(seen) => {},
-                    _ = shard.stop_event.wait(stop_seen) => {},
-                }
-            } else {
-                let left = interval.saturating_sub(last_sync.elapsed());
-                monoio::select! {
-                    _ = set.dur.work.wait(seen) => {},
-                    _ = shard.stop_event.wait(stop_seen) => {},
-                    _ = monoio::time::sleep(left) => {},
-                }
-            }
-            crate::event::yield_now().await;
-        }
-        let gen = set.dur.next.get();
-        set.dur.next.set(gen + 1);
-        let t0 = Instant::now();
-        let written = write_dirty(&set, gen, &mut unsynced);
-        let t1 = Instant::now();
-        if written > 0 {
-            shard.metrics.stage(Stage::Write, t1 - t0);
-        }
-        set.dur.mark_written(gen, t1);
-        unsynced_bytes += written;
-        set.dur.written.set(gen);
-        set.dur.progress.notify();
-        let sync_fault = set.dur.fault.borrow().sync.is_some();
-        let want_sync = set.dur.sync_wanted.get() > set.dur.synced.get()
-            || unsynced_bytes >= fsync_bytes
-            || last_sync.elapsed() >= interval
-            || shard.stop_event.epoch() > 0;
-        if sync_fault {
-            // Nothing is synced until the recovery has rewritten what the failed fsync may
-            // have lost; a plain retry would report success without the data.
-        } else if want_sync && !unsynced.is_empty() {
+        let dirty = !set.dirty.borrow().is_empty();
+        // During an fsync only `ack=local` waiters need their write now.
+        let hold = un.syncing.get() && dur.write_wanted.get() <= dur.written.get() && !stopping;
+        if dirty && !hold {
+            let gen = dur.next.get();
+            dur.next.set(gen + 1);
+            let clean = un.parts.borrow().is_empty();
             let t0 = Instant::now();
-            let ok = sync_all(&set, &mut unsynced).await;
-            shard.metrics.fsync_seconds.observe(t0.elapsed());
-            metrics::inc(&shard.metrics.log_fsyncs_total);
-            if ok {
-                unsynced_bytes = 0;
-                last_sync = Instant::now();
-                set.dur.synced.set(gen);
+            let written = write_dirty(set, gen, &mut un.parts.borrow_mut());
+            let t1 = Instant::now();
+            if written > 0 {
+                shard.metrics.stage(Stage::Write, t1 - t0);
             }
-            set.dur.progress.notify();
-        } else if unsynced.is_empty() {
-            last_sync = Instant::now();
-            set.dur.synced.set(gen);
-            set.dur.progress.notify();
+            dur.mark_written(gen, t1);
+            un.bytes.set(un.bytes.get() + written);
+            let first = clean && !un.parts.borrow().is_empty();
+            if first {
+                un.since.set(Some(t1));
+            }
+            dur.written.set(gen);
+            dur.progress.notify();
+            // The syncer sleeps until its interval unless it has a reason to sync sooner.
+            if first
+                || dur.sync_wanted.get() > dur.synced.get()
+                || un.bytes.get() >= fsync_bytes
+                || stopping
+            {
+                dur.kick.notify();
+            }
+            continue;
         }
-        if shard.stop_event.epoch() > 0
-            && set.dirty.borrow().is_empty()
-            && (unsynced.is_empty() || set.dur.fault.borrow().active())
-        {
-            // A clean stop leaves each segment ending with its last record.
-            for part in set.parts.borrow().values() {
-                part.borrow().log.trim();
+        if stopping && !dirty && !un.syncing.get() {
+            // A failed write leaves the other partitions to sync; a failed fsync leaves
+            // nothing that can be synced before the recovery.
+            let clean = un.parts.borrow().is_empty() || dur.fault.borrow().sync.is_some();
+            if clean {
+                un.done.set(true);
+                dur.kick.notify();
+                return;
             }
+            dur.kick.notify();
+        }
+        let (work, urgent) = (dur.work.epoch(), dur.urgent.epoch());
+        let (synced, stop_seen) = (dur.sync_progress.epoch(), shard.stop_event.epoch());
+        if hold || stopping {
+            // Until the sync ends (or, when stopping, until it has synced what is left), unless
+            // an `ack=local` publish comes.
+            monoio::select! {
+                _ = dur.urgent.wait(urgent) => {},
+                _ = dur.sync_progress.wait(synced) => {},
+                _ = dur.work.wait(work), if stopping => {},
+                _ = shard.stop_event.wait(stop_seen), if !stopping => {},
+            }
+        } else {
+            monoio::select! {
+                _ = dur.work.wait(work) => {},
+                _ = shard.stop_event.wait(stop_seen) => {},
+            }
+        }
+        crate::event::yield_now().await;
+    }
+}
+
+async fn sync_loop(set: Rc<LogSet>, un: Rc<Unsynced>) {
+    let shard = set.shard.clone();
+    let dur = &set.dur;
+    let interval = shard.cfg().store.fsync_interval.0;
+    let fsync_bytes = shard.cfg().store.fsync_bytes.0;
+    loop {
+        if un.done.get() {
             return;
         }
+        let faulted = dur.fault.borrow().sync.is_some();
+        let clean = un.parts.borrow().is_empty();
+        if clean && !faulted && dur.synced.get() < dur.written.get() {
+            // Nothing written since the last sync: every written generation is synced.
+            dur.synced.set(dur.written.get());
+            dur.sync_progress.notify();
+        }
+        let age = un.since.get().map(|t| t.elapsed());
+        let wanted = dur.sync_wanted.get().min(dur.written.get()) > dur.synced.get();
+        let due = wanted
+            || un.bytes.get() >= fsync_bytes
+            || age.is_some_and(|a| a >= interval)
+            || shard.stop_event.epoch() > 0;
+        if faulted || clean || !due {
+            // Nothing is synced while a failed fsync is unresolved: until the recovery has
+            // rewritten what it may have lost, a plain retry would report success without it.
+            let (kick, stop) = (dur.kick.epoch(), shard.stop_event.epoch());
+            // Faulted, it looks again at the interval: the recovery clears the fault.
+            let left = match age {
+                _ if faulted => Some(interval),
+                Some(a) if !clean => Some(interval.saturating_sub(a)),
+                _ => None,
+            };
+            monoio::select! {
+                _ = dur.kick.wait(kick) => {},
+                _ = shard.stop_event.wait(stop) => {},
+                _ = monoio::time::sleep(left.unwrap_or_default()), if left.is_some() => {},
+            }
+            continue;
+        }
+        // Everything written up to `gen` is in the partitions taken now.
+        let gen = dur.written.get();
+        let bytes = un.bytes.replace(0);
+        un.since.set(None);
+        un.syncing.set(true);
+        let t0 = Instant::now();
+        let ok = sync_all(&set, &un.parts).await;
+        un.syncing.set(false);
+        shard.metrics.fsync_seconds.observe(t0.elapsed());
+        metrics::inc(&shard.metrics.log_fsyncs_total);
+        if ok {
+            dur.synced.set(gen.max(dur.synced.get()));
+        } else {
+            un.bytes.set(un.bytes.get() + bytes);
+            if un.since.get().is_none() {
+                un.since.set(Some(t0));
+            }
+        }
+        dur.sync_progress.notify();
     }
 }
 
@@ -167,6 +254,9 @@ fn write_dirty(set: &LogSet, gen: u64, unsynced: &mut HashSet<PartKey>) -> u64 {
 /// What one partition's fsync covers.
 struct Job {
     key: PartKey,
+    /// The partition the plan was made for: one removed and opened again during the fsync
+    /// (a topic deleted and created anew) is another, which this sync did not cover.
+    part: Rc<RefCell<super::LogPart>>,
     plan: Option<SyncPlan>,
     offsets: Option<(u64, u64)>,
     files: Vec<LogFile>,
@@ -174,9 +264,10 @@ struct Job {
 
 /// fsyncs every file written since the last sync, concurrently; returns whether all succeeded
 /// (on failure the core is faulted and the partitions stay unsynced).
-async fn sync_all(set: &LogSet, unsynced: &mut HashSet<PartKey>) -> bool {
+async fn sync_all(set: &LogSet, unsynced: &RefCell<HashSet<PartKey>>) -> bool {
     let mut jobs = Vec::new();
-    for key in unsynced.drain() {
+    let taken = std::mem::take(&mut *unsynced.borrow_mut());
+    for key in taken {
         let Some(part) = set.parts.borrow().get(&key).cloned() else {
             continue;
         };
@@ -187,8 +278,10 @@ async fn sync_all(set: &LogSet, unsynced: &mut HashSet<PartKey>) -> bool {
             files.push(f.clone());
             t
         });
+        drop(st);
         jobs.push(Job {
             key,
+            part,
             plan,
             offsets,
             files,
@@ -224,10 +317,11 @@ async fn sync_all(set: &LogSet, unsynced: &mut HashSet<PartKey>) -> bool {
         }
     }
     for (job, ok) in jobs.into_iter().zip(results) {
-        let Some(part) = set.parts.borrow().get(&job.key).cloned() else {
+        let now = set.parts.borrow().get(&job.key).cloned();
+        if !now.is_some_and(|p| Rc::ptr_eq(&p, &job.part)) {
             continue;
-        };
-        let mut st = part.borrow_mut();
+        }
+        let mut st = job.part.borrow_mut();
         if let Some(plan) = job.plan {
             st.log.sync_done(plan, ok);
         }
@@ -236,7 +330,7 @@ async fn sync_all(set: &LogSet, unsynced: &mut HashSet<PartKey>) -> bool {
                 st.offsets.synced(t);
             }
         } else {
-            unsynced.insert(job.key);
+            unsynced.borrow_mut().insert(job.key);
         }
     }
     match failure {
@@ -250,8 +344,10 @@ async fn sync_all(set: &LogSet, unsynced: &mut HashSet<PartKey>) -> bool {
 
 /// `fdatasync` through io_uring on a descriptor of its own.
 async fn fsync(f: &LogFile) -> std::io::Result<()> {
-    if let Some(a) = kateway_log::fail::eval(FP_FSYNC) {
-        return Err(a.error());
+    match kateway_log::fail::eval(FP_FSYNC) {
+        None => {}
+        Some(kateway_log::fail::Action::Hang) => std::future::pending::<()>().await,
+        Some(a) => return Err(a.error()),
     }
     let file = monoio::fs::File::from_std(f.dup()?)?;
     file.sync_data().await

@@ -304,7 +304,17 @@ impl LogSet {
     ) -> Result<(), Error> {
         if ack == Ack::All && self.dur.sync_wanted.get() < gen {
             self.dur.sync_wanted.set(gen);
-            self.dur.work.notify();
+            // The writer, if `gen` is not written yet (it wakes the syncer once it is); the
+            // syncer, if it is.
+            if self.dur.written.get() >= gen {
+                self.dur.kick.notify();
+            } else {
+                self.dur.work.notify();
+            }
+        }
+        if ack == Ack::Local && self.dur.write_wanted.get() < gen {
+            self.dur.write_wanted.set(gen);
+            self.dur.urgent.notify();
         }
         loop {
             {
@@ -335,8 +345,12 @@ impl LogSet {
                 }
                 Ack::Local => {}
             }
-            let seen = self.dur.progress.epoch();
-            self.dur.progress.wait(seen).await;
+            let ev = match ack {
+                Ack::All => &self.dur.sync_progress,
+                _ => &self.dur.progress,
+            };
+            let seen = ev.epoch();
+            ev.wait(seen).await;
         }
     }
 

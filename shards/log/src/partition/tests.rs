@@ -668,3 +668,61 @@ fn when_zeros_cannot_be_written_ahead_appends_grow_the_file() {
     assert!(rep.damage.is_empty(), "{:?}", rep.damage);
     assert_eq!(offsets(&p), (0..20).collect::<Vec<_>>());
 }
+
+#[test]
+fn appends_larger_than_a_piece_of_zeros_still_land_in_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PartitionConfig {
+        segment_bytes: 4 << 20,
+        preallocate: 1 << 20,
+        ..AHEAD
+    };
+    let (mut p, _) = open(dir.path(), cfg);
+    let active = seg_path(&p, 0);
+    let value = vec![7u8; 1000];
+    // Flushes of about 200 KiB, more than one piece of zeros (128 KiB): after the first, each
+    // lands in zeros written by a flush before it, so the file does not grow with the data.
+    let mut grown_by_data = 0;
+    for flush in 0..12 {
+        let before = file_len(&active);
+        for i in 0..200 {
+            p.append(i, b"k", b"", &value);
+        }
+        p.write_pending().unwrap();
+        let size = p.segments[0].size;
+        assert!(file_len(&active) > size, "zeros ahead after flush {flush}");
+        if flush > 0 && size > before {
+            grown_by_data += 1;
+        }
+    }
+    assert_eq!(grown_by_data, 0, "appends that grew the file");
+}
+
+#[test]
+fn zeros_ahead_are_written_a_piece_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PartitionConfig {
+        segment_bytes: 4 << 20,
+        preallocate: 1 << 20,
+        ..AHEAD
+    };
+    let (mut p, _) = open(dir.path(), cfg);
+    let active = seg_path(&p, 0);
+    let value = vec![7u8; 1000];
+    // Small flushes: no flush writes more zeros than one piece, however far ahead the zeros
+    // are kept; over many flushes they reach half of `preallocate` ahead.
+    let mut most = 0;
+    for i in 0..3000 {
+        let before = file_len(&active);
+        p.append(i, b"k", b"", &value);
+        p.write_pending().unwrap();
+        most = most.max(file_len(&active).saturating_sub(before));
+    }
+    // One piece, and the record itself when the first flush starts the zeros.
+    assert!(
+        most <= crate::segment::TOP_UP + 2048,
+        "{most} bytes at once"
+    );
+    let ahead = file_len(&active) - p.segments[0].size;
+    assert!(ahead >= 512 << 10, "{ahead} bytes ahead");
+}
