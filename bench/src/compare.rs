@@ -436,15 +436,15 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     // runs, they would stall kateway's writes (dirty throttling) and take the CPUs.
     settle_writeback();
     // Open-loop latency at half of kateway's peak (ack=local), kateway and the noop ceiling
-    // driven identically, so the client's own contribution is visible.
+    // driven identically, so the client's own contribution is visible; alternating round by
+    // round, as the other scenarios do, so that the host's moods fall on both alike.
     let rate = (kateway_local_peak / 2.0).max(1000.0);
     let mut lat = json!({"rate": rate});
-    for s in [&kateway, &noop] {
-        let mut ms = Vec::new();
-        let before = (s.name == "kateway")
-            .then(|| crate::stages::read(&s.addr).ok())
-            .flatten();
-        for round in 0..a.rounds {
+    let servers = [&kateway, &noop];
+    let before = crate::stages::read(&kateway.addr).ok();
+    let mut ms: Vec<Vec<Measured>> = vec![Vec::new(); servers.len()];
+    for round in 0..a.rounds {
+        for (i, s) in servers.iter().enumerate() {
             eprintln!(
                 "[latency ack=local at {rate:.0} req/s] round {} {}",
                 round + 1,
@@ -458,25 +458,38 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 "    p50 {} us, p99 {} us, p99.9 {} us",
                 m.outcome.p50_us, m.outcome.p99_us, m.outcome.p999_us
             );
-            ms.push(m);
+            ms[i].push(m);
         }
-        let q = |f: fn(&client::Outcome) -> u64| {
-            ms.iter().map(|m| f(&m.outcome) as f64).collect::<Vec<_>>()
-        };
+    }
+    let q = |ms: &[Measured], f: fn(&client::Outcome) -> u64| {
+        ms.iter().map(|m| f(&m.outcome) as f64).collect::<Vec<_>>()
+    };
+    for (s, ms) in servers.iter().zip(&ms) {
         rows.push(format!(
             "| latency, open loop {rate:.0} req/s ack=local | {} | p50 {:.0} us | p99 {:.0} us | p99.9 {:.0} us | max {:.0} us |",
             s.name,
-            median(&q(|o| o.p50_us)),
-            median(&q(|o| o.p99_us)),
-            median(&q(|o| o.p999_us)),
-            median(&q(|o| o.max_us)),
+            median(&q(ms, |o| o.p50_us)),
+            median(&q(ms, |o| o.p99_us)),
+            median(&q(ms, |o| o.p999_us)),
+            median(&q(ms, |o| o.max_us)),
         ));
-        lat[s.name] = json!({"p50_us": stats(&q(|o| o.p50_us)), "p90_us": stats(&q(|o| o.p90_us)), "p99_us": stats(&q(|o| o.p99_us)), "p999_us": stats(&q(|o| o.p999_us)), "max_us": stats(&q(|o| o.max_us))});
-        if let Some(b) = before {
-            let st = crate::stages::between(&b, &crate::stages::read(&s.addr)?);
-            rows.extend(crate::stages::rows("stages, ack=local", &st));
-            lat["kateway_stages"] = stage_json(&st);
-        }
+        lat[s.name] = json!({"p50_us": stats(&q(ms, |o| o.p50_us)), "p90_us": stats(&q(ms, |o| o.p90_us)), "p99_us": stats(&q(ms, |o| o.p99_us)), "p999_us": stats(&q(ms, |o| o.p999_us)), "max_us": stats(&q(ms, |o| o.max_us))});
+    }
+    // p99 of kateway over noop's, round by round (side by side in time).
+    let ratios: Vec<f64> = q(&ms[0], |o| o.p99_us)
+        .iter()
+        .zip(q(&ms[1], |o| o.p99_us))
+        .map(|(k, n)| k / n.max(1.0))
+        .collect();
+    let (mid, lo, hi) = spread(&ratios);
+    rows.push(format!(
+        "| latency ack=local p99 | **kateway/noop** | ×{mid:.2} (min {lo:.2}, max {hi:.2}) | | | |"
+    ));
+    lat["p99_kateway_over_noop"] = stats(&ratios);
+    if let Some(b) = before {
+        let st = crate::stages::between(&b, &crate::stages::read(&kateway.addr)?);
+        rows.extend(crate::stages::rows("stages, ack=local", &st));
+        lat["kateway_stages"] = stage_json(&st);
     }
     report["scenarios"]["latency_half_peak"] = lat;
 
