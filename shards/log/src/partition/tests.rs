@@ -669,28 +669,35 @@ fn when_zeros_cannot_be_written_ahead_appends_grow_the_file() {
     assert_eq!(offsets(&p), (0..20).collect::<Vec<_>>());
 }
 
+/// Segments of 4 MiB with zeros kept 1 MiB ahead (the default distance).
+const FAR_AHEAD: PartitionConfig = PartitionConfig {
+    segment_bytes: 4 << 20,
+    preallocate: 1 << 20,
+    ..AHEAD
+};
+
+/// Appends `records` records of 1000 bytes to the first segment and writes them: the file's
+/// length before and after, and where the records end.
+fn flush_of(p: &mut Partition, records: i64) -> (u64, u64, u64) {
+    let active = seg_path(p, 0);
+    let before = file_len(&active);
+    for i in 0..records {
+        p.append(i, b"k", b"", &[7u8; 1000]);
+    }
+    p.write_pending().unwrap();
+    (before, file_len(&active), p.segments[0].size)
+}
+
 #[test]
 fn appends_larger_than_a_piece_of_zeros_still_land_in_zeros() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = PartitionConfig {
-        segment_bytes: 4 << 20,
-        preallocate: 1 << 20,
-        ..AHEAD
-    };
-    let (mut p, _) = open(dir.path(), cfg);
-    let active = seg_path(&p, 0);
-    let value = vec![7u8; 1000];
+    let (mut p, _) = open(dir.path(), FAR_AHEAD);
     // Flushes of about 200 KiB, more than one piece of zeros (128 KiB): after the first, each
     // lands in zeros written by a flush before it, so the file does not grow with the data.
     let mut grown_by_data = 0;
     for flush in 0..12 {
-        let before = file_len(&active);
-        for i in 0..200 {
-            p.append(i, b"k", b"", &value);
-        }
-        p.write_pending().unwrap();
-        let size = p.segments[0].size;
-        assert!(file_len(&active) > size, "zeros ahead after flush {flush}");
+        let (before, after, size) = flush_of(&mut p, 200);
+        assert!(after > size, "zeros ahead after flush {flush}");
         if flush > 0 && size > before {
             grown_by_data += 1;
         }
@@ -701,28 +708,20 @@ fn appends_larger_than_a_piece_of_zeros_still_land_in_zeros() {
 #[test]
 fn zeros_ahead_are_written_a_piece_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = PartitionConfig {
-        segment_bytes: 4 << 20,
-        preallocate: 1 << 20,
-        ..AHEAD
-    };
-    let (mut p, _) = open(dir.path(), cfg);
-    let active = seg_path(&p, 0);
-    let value = vec![7u8; 1000];
+    let (mut p, _) = open(dir.path(), FAR_AHEAD);
     // Small flushes: no flush writes more zeros than one piece, however far ahead the zeros
     // are kept; over many flushes they reach half of `preallocate` ahead.
     let mut most = 0;
-    for i in 0..3000 {
-        let before = file_len(&active);
-        p.append(i, b"k", b"", &value);
-        p.write_pending().unwrap();
-        most = most.max(file_len(&active).saturating_sub(before));
+    let mut ahead = 0;
+    for _ in 0..3000 {
+        let (before, after, size) = flush_of(&mut p, 1);
+        most = most.max(after.saturating_sub(before));
+        ahead = after - size;
     }
     // One piece, and the record itself when the first flush starts the zeros.
     assert!(
         most <= crate::segment::TOP_UP + 2048,
         "{most} bytes at once"
     );
-    let ahead = file_len(&active) - p.segments[0].size;
     assert!(ahead >= 512 << 10, "{ahead} bytes ahead");
 }
