@@ -779,6 +779,25 @@ fn kafka_acks_sent_to_the_other_gateway_are_honoured() {
         assert_eq!(r.status, 201, "{}", r.text());
     }
     let (mut ca, mut cb) = (a.connect(), b.connect());
+    // Both gateways join the group, and it settles with a partition each, before any ack: a
+    // rebalance after an ack restores the moved partition from its last checkpoint, and acks
+    // since then may be delivered again (docs/queues.md, "On Kafka"). Each gateway leases one
+    // message here (an attempt of the three allowed); those leases end after a second and the
+    // messages are leased again below.
+    let t0 = Instant::now();
+    let mut holds = [false, false];
+    while holds != [true, true] {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the group never gave each gateway a partition: {holds:?}"
+        );
+        for (i, c) in [&mut ca, &mut cb].into_iter().enumerate() {
+            if !holds[i] {
+                let got = lease(c, &app1, &app2, "g", "batch=1&wait=1s&visibility=1s");
+                holds[i] = !got.is_empty();
+            }
+        }
+    }
     let mut acked = HashSet::new();
     let mut forwarded = 0;
     let t0 = Instant::now();
