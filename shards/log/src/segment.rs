@@ -217,10 +217,10 @@ impl Segment {
     /// or after a failure. Once less than half of `step` is left ahead, one piece is added
     /// past what was written ahead (or past `end`, if the append reaches further; the append
     /// itself covers up to `end`): [`TOP_UP`], or twice the append if that is more, so that
-    /// large appends land in zeros too instead of growing the file each time. The zeros cost a copy as large as the data,
-    /// spread over the writes, instead of one long write every `step` bytes that the requests
-    /// of that flush would wait behind. A failure (a full disk) gives the space back; appends
-    /// then grow the file as they would without it.
+    /// large appends land in zeros too instead of growing the file each time. The zeros cost
+    /// a copy as large as the data, spread over the writes, instead of one long write every
+    /// `step` bytes that the requests of that flush would wait behind. A failure (a full disk)
+    /// gives the space back; appends then grow the file as they would without it.
     pub fn preallocate(&self, end: u64, step: u64, cap: u64) {
         let have = self.allocated.get().max(self.size);
         if step == 0 || end > cap || self.no_preallocation.get() || have >= end + step / 2 {

@@ -1,11 +1,12 @@
 //! Group-commit generations and the core's disk-fault state.
 //!
 //! Appends join generation `next`; the flusher's writer writes a generation (`written`) and
-//! its syncer fsyncs what was written (`synced`). A publish is answered when its generation reached the level it asked for, and
-//! only if nothing failed on the way: a partition whose write failed records the generations it
-//! dropped ([`Ranges`], per partition), and a failed fsync records the generations it could not
-//! make durable (per core). Waiters check those before the progress counters, so no write that
-//! failed is ever acknowledged, however late its waiter runs.
+//! its syncer fsyncs what was written (`synced`). A publish is answered when its generation
+//! reached the level it asked for, and only if nothing failed on the way: a partition whose
+//! write failed records the generations it dropped ([`Ranges`], per partition), and a failed
+//! fsync records the generations it could not make durable (per core). Waiters check those
+//! before the progress counters, so no write that failed is ever acknowledged, however late
+//! its waiter runs.
 //!
 //! After a failure the core is *faulted*: it refuses writes with 503 and `Retry-After`, and
 //! [`recover`] retries at `store.fault_retry`: after a failed fsync it rewrites what was written
@@ -133,6 +134,12 @@ impl Durability {
         w.iter().find(|(g, _)| *g >= gen).map(|&(_, t)| t)
     }
 
+    /// A fault was recorded or cleared: every waiter looks again, whatever level it waits for.
+    pub fn fault_changed(&self) {
+        self.progress.notify();
+        self.sync_progress.notify();
+    }
+
     /// The error for requests refused or failed by the fault.
     pub fn fault_error(&self, what: &str) -> Error {
         Error::new(
@@ -180,8 +187,7 @@ fn enter(set: &LogSet, e: &LogError, update: impl FnOnce(&mut Fault, String) -> 
         tracing::debug!(core = set.shard.id, "storage failure: {e}");
     }
     drop(f);
-    set.dur.progress.notify();
-    set.dur.sync_progress.notify();
+    set.dur.fault_changed();
 }
 
 /// Retries a faulted set's storage every `store.fault_retry` until it works again.
@@ -233,8 +239,7 @@ pub async fn recover(set: Rc<LogSet>) {
         for (topic, p) in pending {
             set.mark_dirty(&topic, p);
         }
-        set.dur.progress.notify();
-        set.dur.sync_progress.notify();
+        set.dur.fault_changed();
         set.dur.work.notify();
     }
 }
