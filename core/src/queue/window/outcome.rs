@@ -37,7 +37,7 @@ pub enum Next {
         visible_at_ms: i64,
     },
     /// Its attempts are spent: the caller copies it to the dead-letter topic, then calls
-    /// [`PartitionQueue::moved`].
+    /// [`PartitionQueue::moved`](super::PartitionQueue::moved).
     Dead,
 }
 
@@ -77,7 +77,7 @@ pub enum Entered {
     /// Already done (acked before a restart): the record is not needed.
     Done,
     /// Restored with its attempts spent: copy it to the dead-letter topic, then call
-    /// [`PartitionQueue::moved`].
+    /// [`PartitionQueue::moved`](super::PartitionQueue::moved).
     Dead,
     /// Below the read position: already in the window or done; nothing changed.
     Known,
@@ -102,7 +102,7 @@ pub enum QueueError {
     /// by another owner).
     #[error("stale lease for offset {0}")]
     StaleLease(u64),
-    /// [`PartitionQueue::moved`] for an offset that is not dead.
+    /// [`PartitionQueue::moved`](super::PartitionQueue::moved) for an offset that is not dead.
     #[error("offset {0} is not dead")]
     NotDead(u64),
 }
@@ -124,7 +124,7 @@ pub enum SlotState {
         /// When it becomes deliverable again.
         visible_at_ms: i64,
     },
-    /// Attempts spent, awaiting [`PartitionQueue::moved`].
+    /// Attempts spent, awaiting [`PartitionQueue::moved`](super::PartitionQueue::moved).
     Dead,
     /// Acked by a consumer.
     Acked,
@@ -132,7 +132,7 @@ pub enum SlotState {
     Moved,
 }
 
-/// One offset of the window, as [`PartitionQueue::slot`] shows it.
+/// One offset of the window, as [`PartitionQueue::slot`](super::PartitionQueue::slot) shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotView {
     /// Its state.
@@ -158,7 +158,7 @@ pub struct Stats {
     pub done: usize,
 }
 
-/// How [`PartitionQueue::restore`] started.
+/// How [`PartitionQueue::restore`](super::PartitionQueue::restore) started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
     /// From the checkpoint.
