@@ -1,5 +1,8 @@
-//! The `Date` header value (RFC 9110 §5.6.7), formatted at most once per second per core.
+//! The `Date` header value (RFC 9110 §5.6.7), formatted at most once per second per core. The
+//! second is read from the kernel's coarse real-time clock (a memory read, where the precise
+//! clock reads the time-stamp counter too): whole seconds need no more.
 
+use nix::time::{clock_gettime, ClockId};
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,9 +12,12 @@ thread_local! {
 
 /// Calls `f` with the current IMF-fixdate, e.g. `Mon, 30 Nov 2026 21:12:44 GMT`.
 pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
+        Ok(t) => t.tv_sec() as u64,
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {

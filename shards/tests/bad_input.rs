@@ -212,6 +212,21 @@ fn silent_client_gets_408_and_is_disconnected() {
     still_serving(&g);
 }
 
+/// The idle timeout counts from a connection's last answer, not from when it opened: one that
+/// keeps asking stays open past it, and one that stops asking is closed after it.
+#[test]
+fn the_idle_timeout_counts_from_the_last_answer() {
+    let g = Gateway::start_with(&[("KATEWAY_SERVER_IDLE_TIMEOUT", "1s")]);
+    let mut c = g.connect();
+    // Three idle timeouts' worth of requests on one connection, 300 ms apart.
+    for i in 0..10 {
+        assert_eq!(c.req("GET", "/alive", &[], b"").status, 200, "request {i}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(c.is_closed(), "closed once it stopped asking");
+    still_serving(&g);
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let g = Gateway::start();

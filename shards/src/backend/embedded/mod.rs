@@ -92,15 +92,16 @@ impl Store {
             .wait_durable(&a.part, Written::Records, a.gen, ack)
             .await?;
         if ack != Ack::Async {
-            let now = Instant::now();
+            let now = (ack == Ack::All).then(Instant::now);
             let written = self
                 .logs
                 .dur
                 .written_time(a.gen)
-                .unwrap_or(now)
+                .or(now)
+                .unwrap_or_else(Instant::now)
                 .max(appended);
             m.stage(Stage::WriteWait, written - appended);
-            if ack == Ack::All {
+            if let Some(now) = now {
                 m.stage(Stage::SyncWait, now.saturating_duration_since(written));
             }
         }
