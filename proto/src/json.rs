@@ -59,6 +59,10 @@ mod tests {
 /// A struct read from a JSON object only. Derived `Deserialize` impls also take a JSON array
 /// (the fields by position), which `deny_unknown_fields` does not stop: `[5]` would be a quota
 /// of 5 publishes a second. Every request body that is an object is read through this.
+///
+/// A member that is `null` is refused, as the API's schema says: an optional field is left out,
+/// never null (`Option` fields would otherwise take `null` as absent, which the schema does not
+/// allow). A member named twice is refused too.
 #[derive(Debug)]
 pub struct Obj<T>(pub T);
 
@@ -70,8 +74,21 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+                use serde::de::Error;
+                let mut obj = serde_json::Map::new();
+                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    if v.is_null() {
+                        return Err(A::Error::custom(format!(
+                            "`{k}` is null: leave an optional field out instead"
+                        )));
+                    }
+                    if obj.contains_key(&k) {
+                        return Err(A::Error::custom(format!("duplicate field `{k}`")));
+                    }
+                    obj.insert(k, v);
+                }
+                T::deserialize(serde_json::Value::Object(obj)).map_err(A::Error::custom)
             }
         }
         d.deserialize_map(V(std::marker::PhantomData)).map(Obj)
@@ -114,5 +131,10 @@ mod obj_tests {
         }
         // The plain derive takes the array: what Obj is for.
         assert!(serde_json::from_str::<Q>("[5, null]").is_ok());
+        // An optional field is left out, never null; and named once.
+        for bad in [r#"{"a":null}"#, r#"{"a":5,"b":null}"#, r#"{"a":5,"a":6}"#] {
+            let e = serde_json::from_str::<Obj<Q>>(bad).unwrap_err().to_string();
+            assert!(e.contains("`a`") || e.contains("`b`"), "{bad}: {e}");
+        }
     }
 }

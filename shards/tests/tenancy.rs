@@ -761,6 +761,15 @@ fn quotas_hold_within_ten_percent_on_one_and_two_cores(b: Backend) {
             br#"{"publish_messages_per_sec":200,"max_streams":2}"#,
         );
         assert_eq!(r.status, 200, "{}", r.text());
+        // An optional field is left out, never null (the schema's type is an integer): refused,
+        // and the quota set above stays (the limits below hold).
+        let r = g.op(
+            "PUT",
+            &format!("/v1/quotas/{a}"),
+            br#"{"publish_messages_per_sec":200,"max_streams":null}"#,
+        );
+        r.assert_error(400);
+        assert!(r.text().contains("max_streams"), "{}", r.text());
         // A batch larger than the burst could never pass: 413, at once.
         let auth = format!("Bearer {}", k.publish);
         let batch = "m\n".repeat(201);

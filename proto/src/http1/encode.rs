@@ -246,7 +246,7 @@ mod tests {
         // Every length of number, and each side of every power of ten.
         let mut v = 1u64;
         for _ in 0..20 {
-            for x in [v - 1, v, v + 1, v.wrapping_mul(7) / 3, v * 9 / 10 + 9] {
+            for x in [v - 1, v, v + 1, v.wrapping_mul(7) / 3, v / 10 * 9 + 9] {
                 let mut n = BytesMut::new();
                 put_u64(&mut n, x);
                 assert_eq!(&n[..], x.to_string().as_bytes());
