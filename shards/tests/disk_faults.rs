@@ -434,3 +434,68 @@ fn a_repeated_commit_is_synced_at_once() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(g.metric("kateway_log_fsyncs_total") > synced);
 }
+
+/// A topic deleted and created again while an fsync of its old partition is in flight: that
+/// fsync covered the old files, not the new ones, so an `ack=all` publish written to the new
+/// partition during it is answered only after an fsync of its own. (Taking the old sync's plan
+/// for the new partition marked the new file synced up to the old file's size, and its publish
+/// was answered 201 with no fsync at all.)
+#[test]
+fn a_partition_made_anew_during_an_fsync_is_synced_on_its_own() {
+    const DELAY: Duration = Duration::from_millis(2000);
+    let g = Arc::new(Gateway::start_with(&[(
+        "KATEWAY_FAILPOINTS",
+        "log::fsync=delay(2000)",
+    )]));
+    g.create_topic("app", "t", 1);
+    let timed = |g: &Arc<Gateway>, body: Vec<u8>| {
+        let g = g.clone();
+        std::thread::spawn(move || {
+            let r = g.req("POST", "/v1/msgs/t/v1?ack=all", &[("Appid", "app")], &body);
+            (r.status, Instant::now())
+        })
+    };
+    // The old partition's fsync: 10 KiB, in flight for DELAY.
+    let old = timed(&g, vec![b'o'; 10 << 10]);
+    std::thread::sleep(Duration::from_millis(400));
+    let r = g.req("DELETE", "/v1/topics/app/t/v1", &[], b"");
+    assert!(r.status < 300, "{}", r.text());
+    g.create_topic("app", "t", 1);
+    // Held while the old fsync runs, then written with the `ack=local` publish below: both
+    // end far inside the old file's 10 KiB.
+    let new = timed(&g, b"new".to_vec());
+    std::thread::sleep(Duration::from_millis(200));
+    g.publish("app", "t", "ack=local", b"local");
+    let (_, old_done) = old.join().unwrap();
+    let (status, new_done) = new.join().unwrap();
+    assert_eq!(status, 201);
+    let after = new_done.saturating_duration_since(old_done);
+    assert!(
+        after >= DELAY / 2,
+        "answered {after:?} after the old partition's fsync ended: no fsync of its own"
+    );
+}
+
+/// A gateway told to stop while its fsyncs fail (or its writes do) stops at once: what cannot
+/// be synced before a recovery is not waited for, and no task is left running at the shutdown
+/// deadline (which the gateway reports, then exits anyway).
+#[test]
+fn a_gateway_stops_while_its_disk_fails() {
+    for spec in ["log::fsync=eio", "log::write=eio"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut g = Gateway::new_with(&[
+            ("KATEWAY_FAILPOINTS", spec),
+            ("KATEWAY_STORE_FAULT_RETRY", "1h"),
+        ]);
+        g.stderr_file = Some(log.clone());
+        g.spawn();
+        g.create_topic("app", "t", 1);
+        let r = g.req("POST", "/v1/msgs/t/v1?ack=all", &[("Appid", "app")], b"m");
+        assert_eq!(r.status, 503, "{spec}: {}", r.text());
+        assert_eq!(g.terminate(), Some(0), "{spec}");
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(log.contains("refusing writes"), "{spec}: {log}");
+        assert!(!log.contains("still running at the shutdown deadline"), "{spec}: {log}");
+    }
+}

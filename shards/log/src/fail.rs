@@ -11,7 +11,8 @@
 //! bytes, then fail with ENOSPC), `torn(N)` (write the first N bytes, then abort the process, as
 //! a power cut in the middle of a write), `panic`, `hang` (an fsync issued through io_uring never
 //! completes, as on a disk that stopped answering; a blocking fsync passes, and other operations
-//! fail as with `eio`). The gateway reads a spec from the
+//! fail as with `eio`), `delay(N)` (an fsync issued through io_uring completes after N ms, as on
+//! a slow disk; otherwise as `hang`). The gateway reads a spec from the
 //! `KATEWAY_FAILPOINTS` environment variable at start (tests only); nothing is configured
 //! otherwise, and an unconfigured point costs one relaxed atomic load.
 
@@ -33,6 +34,9 @@ pub enum Action {
     /// Never complete (the gateway's asynchronous fsyncs; a blocking fsync passes, anything
     /// else fails with EIO).
     Hang,
+    /// Complete after this many milliseconds (the gateway's asynchronous fsyncs; otherwise as
+    /// [`Action::Hang`]).
+    Delay(u64),
 }
 
 impl Action {
@@ -42,7 +46,7 @@ impl Action {
             Action::Errno(e) => std::io::Error::from_raw_os_error(e),
             Action::Short(_) | Action::Torn(_) => std::io::Error::from_raw_os_error(ENOSPC),
             Action::Panic => std::io::Error::other("failpoint panic"),
-            Action::Hang => std::io::Error::from_raw_os_error(EIO),
+            Action::Hang | Action::Delay(_) => std::io::Error::from_raw_os_error(EIO),
         }
     }
 }
@@ -158,6 +162,7 @@ fn parse_step(s: &str) -> Result<Step, String> {
         "hang" => Some(Action::Hang),
         a if a.starts_with("short(") => Some(Action::Short(arg(&a[6..])?)),
         a if a.starts_with("torn(") => Some(Action::Torn(arg(&a[5..])?)),
+        a if a.starts_with("delay(") => Some(Action::Delay(arg(&a[6..])? as u64)),
         _ => return Err(format!("failpoint step {s:?}: unknown action")),
     };
     Ok(Step { times, action })
@@ -206,7 +211,11 @@ mod tests {
         assert_eq!(eval("y"), None);
         set("x", "off").unwrap();
         assert_eq!(eval("x"), None);
+        set("x", "1*delay(250)->hang").unwrap();
+        assert_eq!(eval("x"), Some(Action::Delay(250)));
+        assert_eq!(eval("x"), Some(Action::Hang));
         assert!(configure("x=bogus").is_err());
+        assert!(configure("x=delay(x)").is_err());
         assert!(configure("x=0*eio").is_err());
         assert!(configure("noequals").is_err());
         clear();

@@ -248,7 +248,7 @@ impl LogFile {
     /// gateway's group commit issues its fsyncs through io_uring).
     pub fn sync_data(&self) -> io::Result<()> {
         match fail::eval(FP_FSYNC) {
-            None | Some(Action::Hang) => {}
+            None | Some(Action::Hang | Action::Delay(_)) => {}
             Some(a) => return Err(a.error()),
         }
         self.handle()?.sync_data()

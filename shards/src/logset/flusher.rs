@@ -347,6 +347,9 @@ async fn fsync(f: &LogFile) -> std::io::Result<()> {
     match kateway_log::fail::eval(FP_FSYNC) {
         None => {}
         Some(kateway_log::fail::Action::Hang) => std::future::pending::<()>().await,
+        Some(kateway_log::fail::Action::Delay(ms)) => {
+            monoio::time::sleep(std::time::Duration::from_millis(ms)).await
+        }
         Some(a) => return Err(a.error()),
     }
     let file = monoio::fs::File::from_std(f.dup()?)?;
