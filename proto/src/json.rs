@@ -62,7 +62,8 @@ mod tests {
 ///
 /// A member that is `null` is refused, as the API's schema says: an optional field is left out,
 /// never null (`Option` fields would otherwise take `null` as absent, which the schema does not
-/// allow). A member named twice is refused too.
+/// allow). A member named twice is refused too (by the derived impl). The object is read in
+/// place ([`strict::Strict`]): nothing is copied.
 #[derive(Debug)]
 pub struct Obj<T>(pub T);
 
@@ -74,49 +75,19 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
-                use serde::de::Error;
-                let mut obj = serde_json::Map::new();
-                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
-                    if v.is_null() {
-                        return Err(A::Error::custom(format!(
-                            "`{k}` is null: leave an optional field out instead"
-                        )));
-                    }
-                    if obj.contains_key(&k) {
-                        return Err(A::Error::custom(format!("duplicate field `{k}`")));
-                    }
-                    obj.insert(k, v);
-                }
-                T::deserialize(serde_json::Value::Object(obj)).map_err(A::Error::custom)
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                let strict = strict::Strict {
+                    map,
+                    key: std::borrow::Cow::Borrowed(""),
+                };
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(strict))
             }
         }
         d.deserialize_map(V(std::marker::PhantomData)).map(Obj)
     }
 }
 
-/// [`Obj`] without its checks for `null` and repeated members, for objects whose fields are all
-/// required: the derived impl refuses both itself, and the object is read in place, without the
-/// copy through a map that [`Obj`] makes. The items of a batch acknowledgement are read this way
-/// (a hundred objects to a request).
-#[derive(Debug)]
-pub struct Required<T>(pub T);
-
-impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Required<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData)).map(Required)
-    }
-}
+mod strict;
 
 #[cfg(test)]
 mod obj_tests {
@@ -154,21 +125,27 @@ mod obj_tests {
         }
         // The plain derive takes the array: what Obj is for.
         assert!(serde_json::from_str::<Q>("[5, null]").is_ok());
-        // All fields required: null and repeated members are refused by the derive itself.
+        // Required fields, nested values, a key with escapes.
         #[derive(serde::Deserialize, Debug)]
         #[serde(deny_unknown_fields)]
         #[allow(dead_code)]
         struct R {
             a: u32,
+            b: Option<(u32, Vec<String>)>,
         }
-        let r: super::Required<R> = serde_json::from_str(r#"{"a":5}"#).unwrap();
-        assert_eq!(r.0.a, 5);
-        for bad in [r#"{"a":null}"#, r#"{"a":5,"a":6}"#, "[5]", "{}"] {
-            assert!(
-                serde_json::from_str::<super::Required<R>>(bad).is_err(),
-                "{bad}"
-            );
+        let r: Obj<R> = serde_json::from_str(r#"{"\u0061":5,"b":[1,["x"]]}"#).unwrap();
+        assert_eq!((r.0.a, r.0.b), (5, Some((1, vec!["x".to_owned()]))));
+        for bad in [
+            r#"{"a":null}"#,
+            r#"{"a":5,"a":6}"#,
+            r#"{"a":5,"b":[1,null]}"#,
+            "[5]",
+            "{}",
+        ] {
+            assert!(serde_json::from_str::<Obj<R>>(bad).is_err(), "{bad}");
         }
+        let e = serde_json::from_str::<Obj<R>>(r#"{"a":1,"\u0062":null}"#).unwrap_err();
+        assert!(e.to_string().contains("`b` is null"), "{e}");
         // An optional field is left out, never null; and named once.
         for bad in [r#"{"a":null}"#, r#"{"a":5,"b":null}"#, r#"{"a":5,"a":6}"#] {
             let e = serde_json::from_str::<Obj<Q>>(bad).unwrap_err().to_string();

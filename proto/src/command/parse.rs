@@ -642,7 +642,7 @@ pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
         partition: u32,
         offset: u64,
     }
-    let items: Vec<crate::json::Required<Item>> = serde_json::from_slice(body).map_err(|e| {
+    let items: Vec<crate::json::Obj<Item>> = serde_json::from_slice(body).map_err(|e| {
         Error::new(
             ErrorKind::InvalidBody,
             format!("invalid ack json body: {e}"),
@@ -653,7 +653,7 @@ pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
     }
     Ok(items
         .into_iter()
-        .map(|crate::json::Required(i)| (i.partition, i.offset))
+        .map(|crate::json::Obj(i)| (i.partition, i.offset))
         .collect())
 }
 
