@@ -2,8 +2,8 @@
 //! compiled in as the base layer; a user file overrides any subset; `KATEWAY_<SECTION>_<KEY>`
 //! environment variables override both. Validation names the key and its allowed range.
 //!
-//! Here: the schema; [`layers`] merges the layers into one tree of settings, [`validate`]
-//! checks the ranges.
+//! Here: the schema; `layers` merges the layers into one tree of settings ([`tree`]),
+//! `validate` checks the ranges ([`Config::validate`]).
 
 mod layers;
 #[cfg(test)]
