@@ -16,6 +16,8 @@
 //!   that is the duplicate window, and each fired message carries its id as the tag
 //!   `kgw-delay=<id>`.
 
+mod calls;
+mod fire;
 pub mod index;
 
 use crate::backend::Backend;
@@ -456,110 +458,6 @@ impl Delays {
         }
     }
 
-    /// One firing round: publishes what is due in the partitions whose index is complete,
-    /// then marks it fired. Answers whether it fired anything.
-    async fn fire(&self, log: &Rc<LocalTopic>) -> bool {
-        let now = now();
-        let rounds: Vec<(u32, Vec<Due>)> = self
-            .parts
-            .borrow_mut()
-            .iter_mut()
-            .filter(|(_, ix)| ix.ready())
-            .map(|(&p, ix)| (p, ix.take_due(now, ROUND)))
-            .filter(|(_, due)| !due.is_empty())
-            .collect();
-        if rounds.is_empty() {
-            return false;
-        }
-        let mut any = false;
-        for (dp, due) in rounds {
-            let ids: Vec<Bytes> = due.iter().map(|d| d.0.clone()).collect();
-            let ok = self.publish_due(due).await;
-            if ok {
-                let marks: Vec<Item> = ids
-                    .iter()
-                    .map(|id| Item {
-                        key: id.clone(),
-                        tags: Bytes::new(),
-                        value: Record::Fired.encode(),
-                    })
-                    .collect();
-                if let Err(e) = self.backend.publish(log, dp, marks, Ack::All).await {
-                    // They fired: a restart before marks are written fires them again.
-                    tracing::warn!(
-                        partition = dp,
-                        "fired delays not marked in the delay log: {e}"
-                    );
-                }
-                for id in &ids {
-                    self.settle(id, Settled::Fired);
-                }
-                crate::metrics::add(&self.shard.metrics.delays_fired_total, ids.len() as u64);
-                any = true;
-            }
-            if let Some(ix) = self.parts.borrow_mut().get_mut(&dp) {
-                ix.fired(&ids, ok);
-            }
-        }
-        if !any {
-            // Targets failing: try again after a tick, not at once.
-            self.shard.sleep(TICK).await;
-        }
-        any
-    }
-
-    /// Publishes due delays to their targets, grouped by target partition. A target topic
-    /// deleted since counts as done (its delays are dropped, with a warning).
-    async fn publish_due(&self, due: Vec<Due>) -> bool {
-        let mut by_target: BTreeMap<(String, u32), Vec<Item>> = BTreeMap::new();
-        for (id, _, d) in due {
-            let mut tags = BytesMut::with_capacity(d.tags.len() + 12 + id.len());
-            tags.extend_from_slice(&d.tags);
-            if !tags.is_empty() {
-                tags.extend_from_slice(b";");
-            }
-            tags.extend_from_slice(b"kgw-delay=");
-            tags.extend_from_slice(&id);
-            by_target
-                .entry((d.topic, d.partition))
-                .or_default()
-                .push(Item {
-                    key: d.key,
-                    tags: tags.freeze(),
-                    value: d.value,
-                });
-        }
-        for ((topic, p), items) in by_target {
-            let mut parts = topic.splitn(3, '.');
-            let (Some(appid), Some(name), Some(ver)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let path = TopicPath {
-                appid,
-                topic: name,
-                ver,
-            };
-            let meta = match self.backend.resolve(&path).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == ErrorKind::UnknownTopic => {
-                    tracing::warn!(%topic, dropped = items.len(), "delayed messages dropped: their topic was deleted");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(%topic, "delayed messages not fired yet: {e}");
-                    return false;
-                }
-            };
-            let p = p.min(meta.partitions.saturating_sub(1));
-            if let Err(e) = self.backend.publish(&meta, p, items, Ack::All).await {
-                tracing::warn!(%topic, partition = p, "delayed messages not fired yet: {e}");
-                return false;
-            }
-        }
-        true
-    }
-
     /// Commits each partition's watermark where it moved.
     async fn save(&self, topic: &Rc<LocalTopic>) {
         let marks: Vec<(u32, u64)> = self
@@ -581,106 +479,6 @@ impl Delays {
                 }
                 Err(e) => tracing::debug!(partition = p, "delay log watermark not committed: {e}"),
             }
-        }
-    }
-
-    /// Runs a call from the API.
-    pub async fn call(&self, c: DelayCall) -> Result<DelayAnswer, Error> {
-        match c {
-            DelayCall::Cancel { id, partition } => self
-                .cancel(Bytes::from(id), partition)
-                .await
-                .map(DelayAnswer::Cancel),
-            DelayCall::Peek { id, partition, due } => {
-                self.catch_up(Some(partition)).await;
-                let parts = self.parts.borrow();
-                let ix = parts.get(&partition);
-                Ok(DelayAnswer::Peek {
-                    found: ix.and_then(|ix| ix.find(id.as_bytes(), due).map(|f| f.1)),
-                    held: ix.is_some(),
-                })
-            }
-            DelayCall::List { topic, max } => {
-                self.catch_up(None).await;
-                let parts = self.parts.borrow();
-                let mut delays: Vec<(Bytes, Delay)> =
-                    parts.values().flat_map(|ix| ix.list(&topic, max)).collect();
-                delays.sort_by_key(|(_, d)| d.deliver_at_ms);
-                delays.truncate(max);
-                Ok(DelayAnswer::List {
-                    delays,
-                    held: parts.len(),
-                    // The log's own partitions (fixed when it was made), not the setting.
-                    partitions: self
-                        .topic
-                        .borrow()
-                        .as_ref()
-                        .map_or(self.shard.cfg().delay.partitions, |t| t.partitions),
-                })
-            }
-        }
-    }
-
-    /// Waits (at most 5 s) until the pump has read the held partitions (or just `only`) as far
-    /// as the delay log reaches now, so that a peek or a list sees every delay accepted before
-    /// it.
-    async fn catch_up(&self, only: Option<u32>) {
-        let cached = self.topic.borrow().clone();
-        let Some(topic) = cached else { return };
-        let Ok(info) = self.backend.info(&topic, &Groups::None).await else {
-            return;
-        };
-        let ends: Vec<(u32, u64)> = info
-            .iter()
-            .filter(|i| only.is_none_or(|p| p == i.partition))
-            .map(|i| (i.partition, i.newest))
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let behind = ends
-                .iter()
-                .any(|(p, end)| self.parts.borrow().get(p).is_some_and(|ix| ix.next < *end));
-            if !behind || self.shard.sleep(Duration::from_millis(5)).await {
-                return;
-            }
-        }
-    }
-
-    /// Appends a cancel for `id` to the delay log and, if this gateway holds its partition,
-    /// waits for the pump to read it and answer.
-    async fn cancel(&self, id: Bytes, p: u32) -> Result<CancelOutcome, Error> {
-        let cached = self.topic.borrow().clone();
-        let topic = match cached {
-            Some(t) => t,
-            None => log_topic(&self.shard, &self.backend).await?,
-        };
-        if p >= topic.partitions {
-            return Ok(CancelOutcome::Unknown);
-        }
-        let held = self.parts.borrow().contains_key(&p);
-        let (tx, rx) = flume::bounded(1);
-        if held {
-            self.waiters
-                .borrow_mut()
-                .entry(id.clone())
-                .or_default()
-                .push(tx);
-        }
-        let item = Item {
-            key: id.clone(),
-            tags: Bytes::new(),
-            value: Record::Cancel.encode(),
-        };
-        if let Err(e) = self.backend.publish(&topic, p, vec![item], Ack::All).await {
-            self.waiters.borrow_mut().remove(&id);
-            return Err(e);
-        }
-        if !held {
-            return Ok(CancelOutcome::Requested);
-        }
-        match monoio::time::timeout(Duration::from_secs(10), rx.recv_async()).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            _ => Ok(CancelOutcome::Requested),
         }
     }
 }
