@@ -216,7 +216,7 @@ impl Reports {
 
     /// Serves the waiting delivery reports (and error events) on the calling thread: each
     /// resolves its [`Delivery`]. `Some(false)` when it stopped with reports still waiting
-    /// (after [`SERVE_BUDGET`] events of a queue), so that the caller lets other work run and
+    /// (after `SERVE_BUDGET` events of a queue), so that the caller lets other work run and
     /// calls again without waiting for the eventfd; `None` once the producer is gone.
     pub fn serve(&self) -> Option<bool> {
         let c = self.0.upgrade()?;

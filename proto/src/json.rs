@@ -63,7 +63,7 @@ mod tests {
 /// A member that is `null` is refused, as the API's schema says: an optional field is left out,
 /// never null (`Option` fields would otherwise take `null` as absent, which the schema does not
 /// allow). A member named twice is refused too (by the derived impl). The object is read in
-/// place ([`strict::Strict`]): nothing is copied.
+/// place (`strict::Strict`): nothing is copied.
 #[derive(Debug)]
 pub struct Obj<T>(pub T);
 

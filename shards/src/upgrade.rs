@@ -16,9 +16,9 @@
 //! running gateway start the upgrade itself: it runs the binary at the path it was started
 //! from (the new version once replaced) with its own arguments and `--upgrade`.
 //!
-//! The exchange, one line each way at a time, each within [`STEP`] and at most [`MAX_LINE`]
+//! The exchange, one line each way at a time, each within `STEP` and at most `MAX_LINE`
 //! bytes: `upgrade data=<hex path>` →; ← `fds <kind>...` with the sockets attached (at most
-//! [`CHUNK`] per line), → `ok` (or `refused <why>`) after each; ← `end`, → `ok`; ← `released`
+//! `CHUNK` per line), → `ok` (or `refused <why>`) after each; ← `end`, → `ok`; ← `released`
 //! once drained (or `failed <why>` at any step).
 
 use crate::conn::Listener;

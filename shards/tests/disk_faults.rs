@@ -496,6 +496,9 @@ fn a_gateway_stops_while_its_disk_fails() {
         assert_eq!(g.terminate(), Some(0), "{spec}");
         let log = std::fs::read_to_string(&log).unwrap();
         assert!(log.contains("refusing writes"), "{spec}: {log}");
-        assert!(!log.contains("still running at the shutdown deadline"), "{spec}: {log}");
+        assert!(
+            !log.contains("still running at the shutdown deadline"),
+            "{spec}: {log}"
+        );
     }
 }

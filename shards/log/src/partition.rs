@@ -31,7 +31,7 @@ pub struct PartitionConfig {
     /// One index entry per this many bytes.
     pub index_interval: u64,
     /// Zeros written ahead of the active segment's appends, in steps of this many bytes (0 =
-    /// none): see [`crate::segment`].
+    /// none): see the `segment` module.
     pub preallocate: u64,
     /// How much damage to tolerate.
     pub recovery: RecoveryMode,

@@ -57,7 +57,7 @@ pub async fn snapshot_reply(core: &Rc<Core>, app: Option<&str>) -> Result<Reply,
     Ok(Reply::json(200, v.to_string()))
 }
 
-/// What the dashboard draws, now (topics' offsets within [`BUDGET`], the rest from `measured`);
+/// What the dashboard draws, now (topics' offsets within `BUDGET`, the rest from `measured`);
 /// with `app`, that app's topics only, and no cores or backend state.
 pub async fn snapshot(
     core: &Rc<Core>,
@@ -226,7 +226,7 @@ impl EventSource for Snapshots {
 /// `GET /v1/dashboard/messages/:appid/:topic/:ver?partition=&n=`: the latest `n` messages of a
 /// partition, oldest first (ndjson), read with the browser's own group, which is moved there
 /// for the look (every other partition of it to its end). A look that takes longer than
-/// [`BROWSE_LIMIT`] (a Kafka consumer group forming) answers 503 (50309), to be asked again.
+/// `BROWSE_LIMIT` (a Kafka consumer group forming) answers 503 (50309), to be asked again.
 pub async fn browse(
     core: &Rc<Core>,
     path: TopicPath<'_>,

@@ -1,6 +1,6 @@
 //! Connections: each core's acceptor, the cap on connections a core serves at once, and what a
 //! connection beyond the cap gets (503, except that health checks are still answered). A
-//! connection's first bytes tell its protocol ([`sniff`]): a TLS handshake ([`tls`], then ALPN
+//! connection's first bytes tell its protocol (`sniff`): a TLS handshake ([`tls`], then ALPN
 //! picks HTTP/2 or HTTP/1.1), the HTTP/2 connection preface (h2c with prior knowledge), or
 //! else HTTP/1.1. Each protocol is a driver of its own that turns its bytes into commands and
 //! writes the replies: [`h1`] for HTTP/1.1 (and the WebSocket and event-stream upgrades of its

@@ -1,7 +1,7 @@
 //! Per-core metrics: plain counters and fixed-bucket histograms in `Cell`s (no atomics, no
 //! locks), copied into a [`Snapshot`] on request, summed over cores at scrape time and rendered
 //! in the Prometheus text format. Names follow `kateway_<subsystem>_<what>_<unit>`. Series with
-//! labels (per topic, per route and status) are in [`labelled`].
+//! labels (per topic, per route and status) are in `labelled`.
 
 mod labelled;
 pub mod lag;

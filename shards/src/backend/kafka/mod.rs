@@ -182,7 +182,7 @@ pub fn kafka_err(e: BridgeError) -> Error {
 const OWN_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits for the acknowledgement of a [`Kafka::send_own`]: the record's partition and offset,
-/// or why it did not come within [`OWN_WRITE_TIMEOUT`].
+/// or why it did not come within `OWN_WRITE_TIMEOUT`.
 pub async fn acknowledged(d: kateway_kafka_bridge::Delivery) -> Result<(i32, i64), String> {
     match monoio::time::timeout(OWN_WRITE_TIMEOUT, d).await {
         Ok(r) => r.map_err(|e| e.to_string()),

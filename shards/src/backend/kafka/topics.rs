@@ -203,7 +203,7 @@ const LAG_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 /// The lag of every group on `topics`, for `/metrics` ([`crate::metrics::lag`]): the end
 /// offsets of each topic, the cluster's group list, and one committed-offsets request per group
 /// for all the topics. The groups this gateway holds memberships of are measured every round;
-/// the cluster's other groups in turn, for at most [`LAG_BUDGET`] a round, so on a cluster of
+/// the cluster's other groups in turn, for at most `LAG_BUDGET` a round, so on a cluster of
 /// many groups their figures are up to one turn old (`previous` keeps them meanwhile). A topic
 /// or group that fails to answer keeps its previous figures; a group the cluster no longer
 /// lists is dropped.

@@ -8,8 +8,8 @@
 //! in a short overflow, and the pump reads no more while that overflow or the records held
 //! reach their bounds.
 //!
-//! Here: the group's state and the opening of windows; [`pump`] reads records into them;
-//! [`settle`] leases and settles.
+//! Here: the group's state and the opening of windows; `pump` reads records into them;
+//! `settle` leases and settles.
 
 mod pump;
 mod settle;
