@@ -13,16 +13,18 @@ use bytes::Bytes;
 use kateway_core::names::{validate_part, validate_ver};
 use kateway_core::units::{parse_duration, parse_size};
 use kateway_core::{Ack, Error, ErrorKind, Reset};
-use parse::{ack_list, bad_ack, num, publish, publish_template, redrive_target, settle, subscribe};
+use parse::{ack_list, bad_ack, num, publish, publish_template, redrive_target, subscribe};
+use settle::settle;
 
 mod admin;
 mod need;
 mod parse;
 mod request;
+mod settle;
 #[cfg(test)]
 mod tests;
 pub use admin::{Admin, DEFAULT_GRACE};
-pub use parse::{settle_frame, settle_json, MAX_RECEIPTS};
+pub use settle::{settle_frame, settle_json, MAX_RECEIPTS};
 use std::time::Duration;
 
 /// What a transport exposes of a request.
