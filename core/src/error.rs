@@ -159,12 +159,28 @@ pub struct Error {
     limit: Option<Box<(String, String)>>,
 }
 
+/// The longest message an error keeps, in bytes: a message that quotes what a client sent (an
+/// unknown key, a bad value) is cut there, so that a 5 MiB key is not sent back.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `msg` cut to [`MAX_MESSAGE`] bytes at a character boundary, ending in "…" when cut.
+fn bounded(msg: Cow<'static, str>) -> Cow<'static, str> {
+    if msg.len() <= MAX_MESSAGE {
+        return msg;
+    }
+    let mut end = MAX_MESSAGE - '…'.len_utf8();
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &msg[..end]))
+}
+
 impl Error {
-    /// A new error of `kind`.
+    /// A new error of `kind`, its message at most [`MAX_MESSAGE`] bytes.
     pub fn new(kind: ErrorKind, msg: impl Into<Cow<'static, str>>) -> Self {
         Self {
             kind,
-            msg: msg.into(),
+            msg: bounded(msg.into()),
             allow: None,
             retry: None,
             limit: None,
@@ -237,6 +253,18 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let short = Error::param("x".repeat(MAX_MESSAGE));
+        assert_eq!(short.message().len(), MAX_MESSAGE);
+        for pad in ["k", "é", "€", "😀"] {
+            let e = Error::param(format!("unknown field `{}`", pad.repeat(5 << 20)));
+            assert!(e.message().len() <= MAX_MESSAGE, "{pad}");
+            assert!(e.message().starts_with("unknown field `"));
+            assert!(e.message().ends_with('…'));
+        }
+    }
 
     #[test]
     fn status_is_code_div_100() {

@@ -13,15 +13,25 @@ use kateway_core::{Error, ErrorKind};
 use std::borrow::Cow;
 use std::io::{Read, Write};
 
-/// The request body, inflated if it is gzip-coded; at most `max` bytes once inflated.
+/// The request body, inflated if it is gzip-coded; at most `max` bytes once inflated, and at
+/// most `max` bytes as sent when it is not coded (413 either way).
 pub fn body<'a>(parts: &'a impl Parts, max: usize) -> Result<Cow<'a, Bytes>, Error> {
     let raw = parts.body();
+    let identity = |raw: &'a Bytes| {
+        if raw.len() > max {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the body is larger than {max} bytes"),
+            ));
+        }
+        Ok(Cow::Borrowed(raw))
+    };
     let coding = match parts.header("content-encoding") {
-        None => return Ok(Cow::Borrowed(raw)),
+        None => return identity(raw),
         Some(c) => c.trim_ascii(),
     };
     if coding.eq_ignore_ascii_case(b"identity") {
-        return Ok(Cow::Borrowed(raw));
+        return identity(raw);
     }
     if !coding.eq_ignore_ascii_case(b"gzip") && !coding.eq_ignore_ascii_case(b"x-gzip") {
         return Err(Error::new(
@@ -190,6 +200,19 @@ mod tests {
         assert_eq!(body(&r, 1000).unwrap_err().status(), 415);
         let r = request("POST / HTTP/1.1\r\n", b"plain");
         assert!(matches!(body(&r, 1000).unwrap(), Cow::Borrowed(_)));
+        // The limit holds for a body that is not coded, too.
+        for head in [
+            "POST / HTTP/1.1\r\n",
+            "POST / HTTP/1.1\r\ncontent-encoding: identity\r\n",
+        ] {
+            let r = request(head, &[b' '; 1001]);
+            assert_eq!(
+                body(&r, 1000).unwrap_err().kind(),
+                ErrorKind::PayloadTooLarge
+            );
+            let r = request(head, &[b' '; 1000]);
+            assert!(body(&r, 1000).is_ok());
+        }
     }
 
     #[test]

@@ -145,7 +145,22 @@ mod obj_tests {
             assert!(serde_json::from_str::<Obj<R>>(bad).is_err(), "{bad}");
         }
         let e = serde_json::from_str::<Obj<R>>(r#"{"a":1,"\u0062":null}"#).unwrap_err();
-        assert!(e.to_string().contains("`b` is null"), "{e}");
+        assert!(e.to_string().starts_with("`b` is null"), "{e}");
+        // Any member's error names it, with the position once.
+        for (bad, want) in [
+            (
+                r#"{"a":null}"#,
+                "`a`: invalid type: null, expected u32 at line 1 column",
+            ),
+            (
+                r#"{"a":1,"b":[1,[2]]}"#,
+                "`b`: invalid type: integer `2`, expected a string",
+            ),
+        ] {
+            let e = serde_json::from_str::<Obj<R>>(bad).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{bad}: {e}");
+            assert_eq!(e.matches(" at line ").count(), 1, "{e}");
+        }
         // An optional field is left out, never null; and named once.
         for bad in [r#"{"a":null}"#, r#"{"a":5,"b":null}"#, r#"{"a":5,"a":6}"#] {
             let e = serde_json::from_str::<Obj<Q>>(bad).unwrap_err().to_string();

@@ -123,6 +123,21 @@ fn api_errors_have_statuses_and_json_bodies(b: Backend) {
     )
     .assert_error(400);
     g.req("GET", "/v1/unknown", &[], b"").assert_error(404);
+    // An error quoting what the client sent is cut short: a 1 MiB unknown key is not sent back;
+    // a member's error names the member.
+    let ack = format!("/v1/offsets/{app1}/t/v1/g");
+    let huge = format!("[{{\"{}\":0}}]", "k".repeat(1 << 20));
+    let r = g.req("PUT", &ack, &[("Appid", app1.as_str())], huge.as_bytes());
+    r.assert_error(400);
+    assert!(r.body.len() < 2048, "{} bytes", r.body.len());
+    let r = g.req(
+        "PUT",
+        &ack,
+        &[("Appid", app1.as_str())],
+        br#"[{"partition":null,"offset":0}]"#,
+    );
+    r.assert_error(400);
+    assert!(r.text().contains("`partition`"), "{}", r.text());
     let r = g.req("DELETE", "/v1/msgs/t/v1", &[], b"");
     r.assert_error(405);
     assert_eq!(r.header("allow"), Some("POST"));

@@ -331,6 +331,12 @@ fn pause_resume_and_the_automatic_pause(b: Backend) {
     g.create_topic(&app, "t", 2);
     let r = Receiver::start(&[]);
     let path = format!("/v1/webhooks/{app}/t/v1/g");
+    // A body over 64 KiB is refused whether it is gzip-coded or not, and makes nothing.
+    let padded = format!("{{\"url\":\"{}\"{}}}", r.url(), " ".repeat(70 << 10));
+    let big = format!("/v1/webhooks/{app}/t/v1/big");
+    let refused = g.req("PUT", &big, &[("Appid", &app)], padded.as_bytes());
+    refused.assert_error(413);
+    assert_eq!(g.req("GET", &big, &[("Appid", &app)], b"").status, 404);
     subscribe(&g, &app, "g", &r, json!({"from": "oldest"}));
     let batch = |from: usize| -> HashSet<String> {
         (from..from + 10)

@@ -164,7 +164,9 @@ fn a_leased_subscribe_settles_with_frames(b: Backend) {
 }
 
 /// `{"ack":[p,o]}` commits a group's offset, which a leased group's queue keeps itself: on a
-/// leased socket it is answered with an error frame, and the socket stays open.
+/// leased socket it is answered with an error frame, and the socket stays open. A settle frame
+/// is read as one even with its key written in escapes; on a socket that is not leased it is
+/// refused the same way.
 fn a_leased_socket_refuses_offset_acks(b: Backend) {
     let g = Gateway::on(b, &[]);
     let (app1, app2) = (g.app("app1"), g.app("app2"));
@@ -181,6 +183,24 @@ fn a_leased_socket_refuses_offset_acks(b: Backend) {
     s.write_all(&frame(0x9, b"still", true)).unwrap();
     let (op, p) = read_frame(&mut s);
     assert_eq!((op, p.as_slice()), (0xA, &b"still"[..]));
+    // `\u0073ettle` is `settle`: the frame settles (its receipt is no receipt, and says so).
+    let escaped = br#"{"\u0073ettle":"ack","receipts":["AQnotareceipt"]}"#;
+    s.write_all(&frame(0x1, escaped, true)).unwrap();
+    let (_, text) = read_frame(&mut s);
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let why = v["error"]["errmsg"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("receipt") && v["error"]["code"] != 40006,
+        "{v}"
+    );
+    // A socket that commits offsets has no leases to settle.
+    let path = format!("/v1/ws/msgs/{app1}/t/v1?appid={app2}&group=g2&ack=1");
+    let mut s = open(&g.addr, &path);
+    s.write_all(&frame(0x1, br#"{"settle":"ack","receipts":["AQx"]}"#, true))
+        .unwrap();
+    let (_, text) = read_frame(&mut s);
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(v["error"]["code"], 40002, "{v}");
 }
 
 fn a_message_over_the_limit_closes_with_1009(b: Backend) {

@@ -31,12 +31,29 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Strict<'de, A> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
         let key = &*self.key;
-        self.map.next_value_seed(NotNullSeed { seed, key })
+        self.map
+            .next_value_seed(NotNullSeed { seed, key })
+            .map_err(|e| named(e, key))
     }
 
     fn size_hint(&self) -> Option<usize> {
         self.map.size_hint()
     }
+}
+
+/// A member's error, naming the member unless it does already (`invalid type: null, expected
+/// a string` becomes ``` `url`: invalid type: null, expected a string```). The position
+/// `serde_json` put in the message is left to it to add again, once, to the new error.
+fn named<E: de::Error + fmt::Display>(e: E, key: &str) -> E {
+    let text = e.to_string();
+    if text.starts_with(&format!("`{key}`")) {
+        return e;
+    }
+    let text = match text.rfind(" at line ") {
+        Some(i) if text[i..].contains(" column ") => &text[..i],
+        _ => &text,
+    };
+    E::custom(format!("`{key}`: {text}"))
 }
 
 /// A key's text, borrowed from the body where it can be.

@@ -33,11 +33,16 @@ async fn settle_frame(
     s: &Subscribe<'_>,
     m: &[u8],
 ) -> Option<Option<Vec<u8>>> {
-    // Other frames (`{"credit":n}`, `{"ack":[p,o]}`) never name "settle".
-    if !m.windows(8).any(|w| w == b"\"settle\"") {
+    if !names_settle(m) {
         return None;
     }
-    let settle = kateway_proto::command::settle_frame(s.topic, s.group, m);
+    let settle = match s.lease {
+        // Receipts come from leases: an offset-committing socket has none to settle.
+        None => Err(Error::param(
+            "{\"settle\":op,...} settles leased messages: subscribe with ack=lease",
+        )),
+        Some(_) => kateway_proto::command::settle_frame(s.topic, s.group, m),
+    };
     let reply = match settle {
         Ok(c) => api::execute(core, caller, Command::Settle(c)).await,
         Err(e) => Reply::error(&e),
@@ -45,6 +50,38 @@ async fn settle_frame(
     let text = ack_text(reply);
     let failed = text.starts_with(b"{\"error\"") || text.windows(8).any(|w| w == b"\"failed\"");
     Some(failed.then(|| text.to_vec()))
+}
+
+/// Whether a frame has a `settle` member. Other frames (`{"credit":n}`, `{"ack":[p,o]}`) never
+/// name "settle", so the bytes tell, unless a key is written with escapes (`"\u0073ettle"`):
+/// only then are the frame's keys read.
+fn names_settle(m: &[u8]) -> bool {
+    struct Keys(bool);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut found = false;
+                    while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        found |= k == "settle";
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    Ok(Keys(found))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    m.windows(8).any(|w| w == b"\"settle\"")
+        || (m.contains(&b'\\') && serde_json::from_slice::<Keys>(m).is_ok_and(|k| k.0))
 }
 
 /// The writer of a subscribing socket.
