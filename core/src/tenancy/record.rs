@@ -162,8 +162,13 @@ impl WebhookSpec {
         if host.is_empty() || host.contains('@') {
             return Err("url needs a host (and no user info)".into());
         }
-        if self.url.len() > 2048 || self.url.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err("url must be at most 2048 visible characters".into());
+        if self.url.len() > 2048 {
+            return Err(format!("url is {} bytes: at most 2048", self.url.len()));
+        }
+        if let Some(b) = self.url.bytes().find(|&b| b <= b' ' || b == 0x7f) {
+            return Err(format!(
+                "url holds a space or control character (byte 0x{b:02x}): percent-encode it"
+            ));
         }
         if !(1..=1000).contains(&self.max_in_flight) {
             return Err("max_in_flight must be 1..=1000".into());
@@ -318,5 +323,36 @@ mod tests {
         let h = [0xabu8; 32];
         assert_eq!(unhex32(&hex(&h)), Some(h));
         assert_eq!(unhex32("zz"), None);
+    }
+
+    #[test]
+    fn a_webhook_url_is_refused_with_its_reason() {
+        let spec = |url: &str| WebhookSpec {
+            url: url.into(),
+            secret_nonce: String::new(),
+            max_in_flight: 10,
+            timeout_ms: 1000,
+            max_attempts: 5,
+            backoff_base_ms: 100,
+            backoff_max_ms: 1000,
+            ordered: false,
+            paused: None,
+            from_oldest: false,
+            created_ms: 0,
+        };
+        assert_eq!(spec("https://example.com/hook?a=b").check(), Ok(()));
+        for (url, why) in [
+            ("ftp://example.com/", "must start with http"),
+            ("http:///x", "needs a host"),
+            ("http://u@example.com/", "needs a host"),
+            ("http://example.com/a b", "byte 0x20"),
+            ("http://example.com/\r\nX: y", "byte 0x0d"),
+            ("http://example.com/\u{7f}", "byte 0x7f"),
+        ] {
+            let e = spec(url).check().unwrap_err();
+            assert!(e.contains(why), "{url:?}: {e}");
+        }
+        let long = format!("http://example.com/{}", "a".repeat(2048));
+        assert!(spec(&long).check().unwrap_err().contains("at most 2048"));
     }
 }
