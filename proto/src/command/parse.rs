@@ -407,8 +407,21 @@ pub(super) fn ack_list(body: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
     if items.is_empty() {
         return Err(Error::new(ErrorKind::InvalidBody, "empty ack list"));
     }
-    Ok(items
+    let mut acks: Vec<(u32, u64)> = items
         .into_iter()
         .map(|crate::json::Obj(i)| (i.partition, i.offset))
-        .collect())
+        .collect();
+    // A partition named more than once commits the highest offset (its last processed), not
+    // whichever came last: acks gathered from parallel workers may arrive out of order.
+    if acks.windows(2).any(|w| w[0].0 >= w[1].0) {
+        acks.sort_unstable();
+        acks.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = kept.1.max(later.1);
+            }
+            same
+        });
+    }
+    Ok(acks)
 }

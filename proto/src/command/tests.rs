@@ -265,6 +265,22 @@ fn acks_seeks_and_topics() {
             acks: vec![(1, 5)]
         })
     );
+    // A partition named twice commits its highest offset.
+    for (body, want) in [
+        (
+            &br#"[{"partition":1,"offset":7},{"partition":1,"offset":5}]"#[..],
+            vec![(1, 7)],
+        ),
+        (
+            br#"[{"partition":1,"offset":7},{"partition":0,"offset":3}]"#,
+            vec![(0, 3), (1, 7)],
+        ),
+    ] {
+        match parse(&req(Method::Put, "/v1/offsets/a/t/v1/g", &[], body)).unwrap() {
+            Command::AckBatch(a) => assert_eq!(a.acks, want),
+            c => panic!("{c:?}"),
+        }
+    }
     for bad in [&b"[]"[..], b"{", br#"[{"partition":1}]"#] {
         let p = req(Method::Put, "/v1/offsets/a/t/v1/g", &[], bad);
         assert_eq!(parse(&p).unwrap_err().kind().code(), 40006);
