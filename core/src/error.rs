@@ -168,11 +168,8 @@ fn bounded(msg: Cow<'static, str>) -> Cow<'static, str> {
     if msg.len() <= MAX_MESSAGE {
         return msg;
     }
-    let mut end = MAX_MESSAGE - '…'.len_utf8();
-    while !msg.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}…", &msg[..end]))
+    let kept = crate::text::prefix(&msg, MAX_MESSAGE - '…'.len_utf8());
+    Cow::Owned(format!("{kept}…"))
 }
 
 impl Error {

@@ -26,6 +26,7 @@ pub mod partitioner;
 pub mod queue;
 pub mod quota;
 pub mod tenancy;
+pub mod text;
 pub mod units;
 pub mod webhook;
 

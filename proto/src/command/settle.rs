@@ -233,11 +233,7 @@ fn checked(mut s: Settle<'_>) -> Result<Settle<'_>, Error> {
     }
     if let Some(e) = &mut s.error {
         // Kept with a dead letter: bounded, one line.
-        let mut end = e.len().min(200);
-        while !e.is_char_boundary(end) {
-            end -= 1;
-        }
-        e.truncate(end);
+        e.truncate(kateway_core::text::prefix(e, 200).len());
         // Control characters would break the dead letter's tags (and the headers a single
         // message is delivered with), and `;` separates its tags.
         *e = e.replace(|c: char| c.is_control() || c == ';', " ");

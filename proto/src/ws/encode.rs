@@ -69,10 +69,7 @@ pub fn write_pong(out: &mut BytesMut, payload: &[u8]) {
 /// boundary. The code should be one a peer may send (see
 /// [`is_valid_close_code`](super::is_valid_close_code)).
 pub fn write_close(out: &mut BytesMut, code: u16, reason: &str) {
-    let mut end = reason.len().min(MAX_CONTROL - 2);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = kateway_core::text::prefix(reason, MAX_CONTROL - 2).len();
     let mut payload = [0u8; MAX_CONTROL];
     payload[..2].copy_from_slice(&code.to_be_bytes());
     payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);

@@ -56,32 +56,10 @@ async fn settle_frame(
 /// name "settle", so the bytes tell, unless a key is written with escapes (`"\u0073ettle"`):
 /// only then are the frame's keys read.
 fn names_settle(m: &[u8]) -> bool {
-    struct Keys(bool);
-    impl<'de> serde::Deserialize<'de> for Keys {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Keys;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<Keys, A::Error> {
-                    let mut found = false;
-                    while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                        found |= k == "settle";
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                    Ok(Keys(found))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
     m.windows(8).any(|w| w == b"\"settle\"")
-        || (m.contains(&b'\\') && serde_json::from_slice::<Keys>(m).is_ok_and(|k| k.0))
+        || (m.contains(&b'\\')
+            && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(m)
+                .is_ok_and(|o| o.contains_key("settle")))
 }
 
 /// The writer of a subscribing socket.
