@@ -6,7 +6,8 @@
 
 use crate::client::Count;
 use crate::client::{self, Load};
-use crate::compare::{free_port, median, start, stats, CompareArgs, Server};
+use crate::compare::CompareArgs;
+use crate::harness::{free_port, median, start, stats, Server};
 use crate::scenario::{self, measure, Measured};
 use serde_json::{json, Value};
 use std::io::{Read, Write};

@@ -2,13 +2,11 @@
 //! same run, with the servers pinned to one CPU and the client to another, in alternating rounds.
 
 use crate::client::{self, Load};
-use crate::procstat;
+use crate::harness::{free_port, kateway_binary, machine, median, spread, start, stats, TempDir};
 use crate::scenario::{self, create_topic, measure, Kind, Measured, Shape};
 use serde_json::{json, Value};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct CompareArgs {
@@ -70,19 +68,6 @@ pub struct CompareArgs {
     pub size: usize,
 }
 
-pub(crate) struct Server {
-    pub name: &'static str,
-    pub addr: String,
-    pub child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Writes back the page cache's dirty data (`sync`), so that what one scenario wrote is not
 /// written back during the next one's measurement.
 fn settle_writeback() {
@@ -91,91 +76,6 @@ fn settle_writeback() {
         Ok(s) if s.success() => eprintln!("[sync] dirty pages written back in {:?}", t.elapsed()),
         other => eprintln!("[sync] failed ({other:?}): later scenarios may see writeback"),
     }
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a server on the CPUs `cpus` (a taskset list) and waits until it listens.
-pub(crate) fn start(
-    name: &'static str,
-    cpus: &str,
-    program: &str,
-    args: &[String],
-    env: &[(&str, &str)],
-) -> anyhow::Result<Server> {
-    let addr = args
-        .iter()
-        .skip_while(|a| *a != "--listen")
-        .nth(1)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no --listen"))?;
-    let mut cmd = Command::new("taskset");
-    cmd.arg("-c")
-        .arg(cpus)
-        .arg(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Server { name, addr, child })
-}
-
-pub(crate) fn stats(v: &[f64]) -> Value {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    json!({"min": s[0], "median": s[s.len() / 2], "max": s[s.len() - 1], "all": v})
-}
-
-pub(crate) fn median(v: &[f64]) -> f64 {
-    spread(v).0
-}
-
-/// The median, minimum and maximum of the rounds' figures.
-pub(crate) fn spread(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (s[s.len() / 2], s[0], s[s.len() - 1])
-}
-
-fn cmd_out(c: &str, args: &[&str]) -> String {
-    Command::new(c)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-pub(crate) fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    json!({
-        "kernel": cmd_out("uname", &["-r"]),
-        "cpu": cpu,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "commit": cmd_out("git", &["rev-parse", "--short", "HEAD"]),
-        "dirty": !cmd_out("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty(),
-        "rustc": cmd_out("rustc", &["--version"]),
-    })
 }
 
 pub fn run(a: CompareArgs) -> anyhow::Result<()> {
@@ -565,7 +465,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         );
     }
     if idle > 0 {
-        let (idle_kib, parked_kib) = connections(kateway.child.id(), &kateway.addr, idle)?;
+        let (idle_kib, parked_kib) =
+            crate::memory::connections(kateway.child.id(), &kateway.addr, idle)?;
         rows.push(format!(
             "| memory, {} idle connections | kateway | {idle_kib:.1} KiB each | | | |",
             idle
@@ -580,16 +481,6 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     finish(&a, report, &rows)
 }
 
-/// The servers' data directories, removed when the run ends (declared before the servers, so
-/// it is dropped after they stop).
-pub(crate) struct TempDir(pub PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Prints the table and writes the JSON report (the servers stop as their handles drop).
 fn finish(a: &CompareArgs, mut report: Value, rows: &[String]) -> anyhow::Result<()> {
     println!("\n| scenario | server | requests/s (median) | per server CPU second | CPU us/request | p99 us |");
@@ -601,99 +492,6 @@ fn finish(a: &CompareArgs, mut report: Value, rows: &[String]) -> anyhow::Result
     std::fs::write(&a.out, serde_json::to_string_pretty(&report)?)?;
     eprintln!("\nreport written to {}", a.out.display());
     Ok(())
-}
-
-/// Opens `n` idle keep-alive connections, then `n` parked long polls on `bench/empty/v1`; returns
-/// the server's RSS growth per connection and per poll, in KiB.
-pub fn connections(pid: u32, addr: &str, n: usize) -> anyhow::Result<(f64, f64)> {
-    let addr = addr.to_owned();
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, u64)>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let mut rt = client::runtime();
-        rt.block_on(async move {
-            use monoio::io::AsyncWriteRentExt;
-            std::thread::sleep(Duration::from_millis(500));
-            let base = procstat::rss_bytes(pid).unwrap_or(0);
-            let mut idle = Vec::with_capacity(n);
-            let alive = client::request("GET", "/alive", &[], b"");
-            for _ in 0..n {
-                let mut s = monoio::net::TcpStream::connect(addr.as_str())
-                    .await
-                    .expect("connect");
-                let (r, _) = s.write_all(alive.clone()).await;
-                r.expect("write");
-                let mut buf = bytes::BytesMut::with_capacity(512);
-                client::read_response(&mut s, &mut buf)
-                    .await
-                    .expect("alive");
-                idle.push(s);
-            }
-            monoio::time::sleep(Duration::from_millis(500)).await;
-            let with_idle = procstat::rss_bytes(pid).unwrap_or(0);
-            let poll = client::request(
-                "GET",
-                "/v1/msgs/bench/empty/v1?group=mem&wait=300s",
-                &[("Appid", "benchsub")],
-                b"",
-            );
-            let mut parked = Vec::with_capacity(n);
-            for _ in 0..n {
-                let mut s = monoio::net::TcpStream::connect(addr.as_str())
-                    .await
-                    .expect("connect");
-                let (r, _) = s.write_all(poll.clone()).await;
-                r.expect("write");
-                parked.push(s);
-            }
-            monoio::time::sleep(Duration::from_millis(1500)).await;
-            let with_parked = procstat::rss_bytes(pid).unwrap_or(0);
-            let _ = tx.send((base, with_idle, with_parked));
-            let _ = done_rx.recv();
-            drop(idle);
-            drop(parked);
-        })
-    });
-    let (base, with_idle, with_parked) = rx.recv()?;
-    let _ = done_tx.send(());
-    let kib = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 1024.0 / n as f64;
-    eprintln!(
-        "[connections] rss base {} KiB, +{n} idle {} KiB, +{n} parked {} KiB",
-        base / 1024,
-        with_idle / 1024,
-        with_parked / 1024
-    );
-    Ok((kib(base, with_idle), kib(with_idle, with_parked)))
-}
-
-/// The kateway binary to benchmark: the given path, or the workspace's release build, built
-/// first when it is missing (so `cargo run -p kateway-bench -- compare` works on a fresh clone).
-pub(crate) fn kateway_binary(given: &std::path::Path) -> anyhow::Result<String> {
-    if given.exists() {
-        return Ok(given.to_string_lossy().into_owned());
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
-    let built = root.join("target/release/kateway");
-    if !built.exists() {
-        eprintln!("building {} ...", built.display());
-        let ok = Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "kateway-shards",
-                "--bin",
-                "kateway",
-            ])
-            .current_dir(&root)
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "cargo build of kateway failed");
-    }
-    Ok(built.to_string_lossy().into_owned())
 }
 
 /// The stage quantiles as JSON: `{stage: {count, p50_us, p99_us}}`.

@@ -5,7 +5,8 @@
 //! (held in the on-disk index) and due within the memory horizon (held in memory with their
 //! messages).
 
-use crate::compare::{median, CompareArgs, Server};
+use crate::compare::CompareArgs;
+use crate::harness::{median, Server};
 use crate::lease::{cpu_per_request, Conn};
 use crate::scenario;
 use serde_json::{json, Value};
@@ -49,7 +50,7 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
     let far = pending_rss(kateway, &mut c, "30d", a.size)?;
     let near = pending_rss(kateway, &mut c, "50s", a.size)?;
     let range = |v: &[f64]| {
-        let (med, lo, hi) = crate::compare::spread(v);
+        let (med, lo, hi) = crate::harness::spread(v);
         format!("×{med:.2} (min {lo:.2}, max {hi:.2})")
     };
     let rows = vec![

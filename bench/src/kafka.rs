@@ -7,7 +7,7 @@
 //! per message when producing directly.
 
 use crate::client::{self, Count, Load};
-use crate::compare::{kateway_binary, machine, median, spread, start, stats};
+use crate::harness::{kateway_binary, machine, median, spread, start, stats};
 use crate::scenario::{create_topic, measure};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use kateway_kafka_bridge::{Ack, BridgeConfig, Producer};
@@ -104,7 +104,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let kw = kateway_binary(&a.kateway)?;
-    let addr = format!("127.0.0.1:{}", crate::compare::free_port());
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port());
     let cpus = format!(
         "0-{}",
         std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
@@ -135,7 +135,7 @@ pub fn run(a: KafkaArgs) -> anyhow::Result<()> {
         ],
     )?;
     // The do-nothing HTTP server under the same load: the HTTP hop's own cost.
-    let noop_addr = format!("127.0.0.1:{}", crate::compare::free_port());
+    let noop_addr = format!("127.0.0.1:{}", crate::harness::free_port());
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     let noop = start(
         "noop",

@@ -8,7 +8,8 @@
 //! request.
 
 use crate::client::Outcome;
-use crate::compare::{median, stats, CompareArgs, Server};
+use crate::compare::CompareArgs;
+use crate::harness::{median, stats, Server};
 use crate::scenario::{self, measure_whole};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -373,7 +374,7 @@ pub fn run(a: &CompareArgs, kateway: &Server) -> anyhow::Result<(Vec<String>, Va
     }
     eprintln!("[subscribe-lease] ack of {BATCH} receipts against one publish");
     let cost = ack_cost(kateway, a.size, 12)?;
-    let m = crate::compare::spread;
+    let m = crate::harness::spread;
     let us = |v: &[f64]| {
         let (med, lo, hi) = m(v);
         format!("{med:.1} µs server CPU (min {lo:.1}, max {hi:.1})")

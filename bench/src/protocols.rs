@@ -7,9 +7,9 @@
 //! `run --scenario publish-h2|publish-tls|publish-ws|subscribe-ws` against a running server.
 
 use crate::client::{self, Load, Outcome};
-use crate::compare::{free_port, kateway_binary, machine, median, start, stats, TempDir};
 use crate::h2client::{self, H2Load};
 use crate::h2load::H2load;
+use crate::harness::{free_port, kateway_binary, machine, median, start, stats, TempDir};
 use crate::scenario::{
     self, create_topic, measure, measure_whole, measure_with, Kind, Measured, RunArgs, Shape,
 };

@@ -266,7 +266,7 @@ pub fn run_cli(a: RunArgs) -> anyhow::Result<()> {
                 .pid
                 .ok_or_else(|| anyhow::anyhow!("the connections scenario needs --pid"))?;
             create_topic(&a.addr, "bench", "empty", 1)?;
-            let (idle, parked) = crate::compare::connections(pid, &a.addr, a.idle)?;
+            let (idle, parked) = crate::memory::connections(pid, &a.addr, a.idle)?;
             println!("server RSS per idle connection {idle:.1} KiB, per parked long poll {parked:.1} KiB ({} each)", a.idle);
             return Ok(());
         }

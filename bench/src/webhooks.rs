@@ -4,7 +4,8 @@
 //! and server CPU per delivered message, against consuming the same messages with leases and
 //! acks by batch receipt in batches of 100 (the work the push replaces).
 
-use crate::compare::{median, CompareArgs, Server};
+use crate::compare::CompareArgs;
+use crate::harness::{median, Server};
 use crate::lease::{cpu_per_request, Conn};
 use crate::scenario::measure_whole;
 use serde_json::{json, Value};
