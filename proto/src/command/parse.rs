@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The prefix of the tags the gateway sets (`kgw-origin`, `kgw-delay`, …), which a publisher may
+/// not: a dead letter's `kgw-origin` decides where a redrive publishes it.
+const RESERVED_TAG: &[u8] = b"kgw-";
+
 pub(super) fn bad_ack(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::new(ErrorKind::InvalidAck, msg)
 }
@@ -83,7 +87,18 @@ pub(super) fn publish_template<'a>(
                 lim.max_tag
             )))
         }
-        Some(t) => Bytes::copy_from_slice(t.trim_ascii()),
+        Some(t) => {
+            if let Some(r) = t.split(|&b| b == b';').map(<[u8]>::trim_ascii).find(|t| {
+                t.len() >= RESERVED_TAG.len()
+                    && t[..RESERVED_TAG.len()].eq_ignore_ascii_case(RESERVED_TAG)
+            }) {
+                return Err(Error::param(format!(
+                    "{name} {:?}: tags starting with kgw- are the gateway's (a dead letter's origin, a delayed message's id)",
+                    String::from_utf8_lossy(r)
+                )));
+            }
+            Bytes::copy_from_slice(t.trim_ascii())
+        }
         None => Bytes::new(),
     };
     Ok(Publish {

@@ -132,6 +132,7 @@ pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
                         (Some(t), _) => core.backend.resolve(t).await.map(|t| (t, None)),
                         (None, Some((origin, p, _))) => {
                             let t = TopicName::parse_storage(&origin)?;
+                            may_redrive_to(core, &group, &origin, &t.appid, m.offset)?;
                             let path = TopicPath {
                                 appid: &t.appid,
                                 topic: &t.topic,
@@ -162,6 +163,32 @@ pub async fn run(core: &Rc<Core>, d: DeadLetters<'_>) -> Result<Reply, Error> {
             Ok(Reply::json(200, json!({"redriven": n}).to_string()))
         }
     }
+}
+
+/// Whether the dead letter at `offset` may go back to its origin topic `origin` (of app
+/// `owner`): one the group's app still reads (its own, or one it holds a grant on), never one of
+/// the gateway's own. The gateway alone writes `kgw-origin` tags (publishers may not), so this
+/// only matters for a grant revoked since the message died, or for records written into the
+/// dead-letter topic by other means (a Kafka producer).
+fn may_redrive_to(
+    core: &Core,
+    group: &str,
+    origin: &str,
+    owner: &str,
+    offset: u64,
+) -> Result<(), Error> {
+    let tenancy = &core.shard.tenancy;
+    let readable = !tenancy.enabled || tenancy.view().snap.may_push(group, origin);
+    if owner == kateway_proto::command::RESERVED_APP || !readable {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            format!(
+                "dead letter at offset {offset} names origin {origin}, which group {group} does not read: \
+                 redrive it with to=<topic>/<ver>, or purge it"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads up to `max` dead letters for `taker` (advancing its read position, not its offset).

@@ -207,6 +207,95 @@ pub(crate) fn a_group_policy_sets_its_attempts(b: Backend) {
     }
 }
 
+/// A dead letter goes back only where its group still reads: publishers cannot set the
+/// gateway's `kgw-` tags (which would let them name any topic as a dead letter's origin), and a
+/// redrive after the group's app lost its grant on the origin is refused (403) and moves
+/// nothing, while `to=` one of the app's own topics still takes the letters.
+pub(crate) fn dead_letters_go_back_only_where_their_group_reads(b: Backend) {
+    let (g, a1, k1, a2, k2) = Gateway::secured_world(b, QUEUE_ENV, "app1", "app2");
+    // The forgery: app2 publishing into its own dead-letter topic a record whose origin names
+    // app1's topic, then redriving it there.
+    let dlq_topic = format!("/v1/topics/{a2}/g-dlq/v1?partitions=1");
+    assert_eq!(g.req_as(&k2.admin, "POST", &dlq_topic, b"").status, 201);
+    for (q, tag) in [
+        ("", format!("a;kgw-origin={a1}.t.v1/0/0")),
+        ("", "KGW-delay=1".to_owned()),
+        ("?tag=kgw-attempts%3D1", String::new()),
+    ] {
+        let mut h = vec![("Authorization", format!("Bearer {}", k2.publish))];
+        if !tag.is_empty() {
+            h.push(("X-Tag", tag.clone()));
+        }
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = g.req("POST", &format!("/v1/msgs/g-dlq/v1{q}"), &h, b"forged");
+        r.assert_error(400);
+        assert!(r.text().contains("kgw-"), "{tag} {q}: {}", r.text());
+    }
+    let r = g.req_as(&k2.admin, "POST", &format!("/v1/dlq/{a2}/g/redrive"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["redriven"], 0, "{}", r.text());
+
+    // A real dead letter of app2's group g, read from app1's topic under a grant.
+    let grant = format!("/v1/grants/{a1}/t/v1/{a2}");
+    assert_eq!(g.req_as(&k1.admin, "PUT", &grant, b"").status, 200);
+    let r = g.req_as(&k1.publish, "POST", "/v1/msgs/t/v1", b"0");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sub = format!("Bearer {}", k2.subscribe);
+    let r = g.req(
+        "GET",
+        &format!("/v1/msgs/{a1}/t/v1?group=g&ack=lease&batch=1&wait=15s"),
+        &[("Authorization", &sub), ("Accept", "application/x-ndjson")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = parse(&r.body).remove(0);
+    let r = g.req(
+        "POST",
+        &format!("/v1/queue/{a1}/t/v1/g/bury"),
+        &[("Authorization", &sub)],
+        serde_json::json!({"receipts": [m.receipt]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.json()["results"][0]["status"], "buried", "{}", r.text());
+    let count = || {
+        let r = g.req_as(&k2.admin, "GET", &format!("/v1/dlq/{a2}/g"), b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["messages"].as_u64().unwrap()
+    };
+    let t0 = Instant::now();
+    while count() != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no dead letter");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The grant revoked: the letter may not go back to app1's topic.
+    assert_eq!(g.req_as(&k1.admin, "DELETE", &grant, b"").status, 200);
+    let r = g.req_as(&k2.admin, "POST", &format!("/v1/dlq/{a2}/g/redrive"), b"");
+    r.assert_error(403);
+    assert!(r.text().contains(&format!("{a1}.t.v1")), "{}", r.text());
+    assert_eq!(count(), 1, "a refused redrive takes nothing");
+    let r = g.req_as(
+        &k1.subscribe,
+        "GET",
+        &format!("/v1/msgs/{a1}/t/v1?group=check&reset=oldest&batch=10&wait=1s"),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(records(&r.body).len(), 1, "app1's topic got nothing more");
+    // To a topic of its own, it goes.
+    let own = format!("/v1/topics/{a2}/back/v1?partitions=1");
+    assert_eq!(g.req_as(&k2.admin, "POST", &own, b"").status, 201);
+    let r = g.req_as(
+        &k2.admin,
+        "POST",
+        &format!("/v1/dlq/{a2}/g/redrive?to=back/v1"),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["redriven"], 1, "{}", r.text());
+    assert_eq!(count(), 0);
+}
+
 /// Redrives and purges of one group's dead letters sent at once from many connections: each
 /// runs alone or is refused (409, `Retry-After`), and every dead letter is redriven or purged
 /// exactly once: what the answers count is what was published again, and nothing is left.

@@ -15,7 +15,7 @@ use settle::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Backend, Conn, Gateway};
+use support::{records, Backend, Conn, Gateway};
 
 on_both_backends!(
     every_message_is_acked_once_and_poison_ones_are_dead_lettered,
@@ -25,6 +25,7 @@ on_both_backends!(
     acked_messages_stay_acked_across_kill_9,
     a_large_checkpoint_survives_kill_9,
     dead_letters_are_counted_peeked_redriven_and_purged,
+    dead_letters_go_back_only_where_their_group_reads,
     a_topic_created_again_starts_its_queues_afresh,
     batch_receipts_settle_whole_batches,
     a_message_is_buried_once,
