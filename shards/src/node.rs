@@ -33,6 +33,11 @@ pub struct Core {
     pub delay_key: kateway_core::delay::DelayKey,
     /// The webhook endpoints this core runs.
     pub webhooks: crate::webhook::Webhooks,
+    /// The connections each kind of listener serves on this core, by [`Listener`] (each kind has
+    /// a cap of its own, so a flood on the main port cannot lock operators out).
+    ///
+    /// [`Listener`]: crate::conn::Listener
+    pub serving: [Cell<usize>; 3],
 }
 
 impl Core {
@@ -54,6 +59,7 @@ impl Core {
             backend,
             tasks: Tasks::default(),
             admin_busy: Cell::new(false),
+            serving: Default::default(),
             admin_done: Event::default(),
             writer,
         }

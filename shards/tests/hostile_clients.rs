@@ -7,7 +7,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{rss_kib, Gateway};
+use support::{rss_kib, Backend, Gateway};
 
 #[test]
 fn subscribers_that_never_read_cannot_pin_memory() {
@@ -128,6 +128,27 @@ fn a_connection_flood_beyond_the_descriptor_limit_leaves_health_checks_and_the_s
     g.publish("app", "t", "", b"after");
     let got = g.drain("b", "app", "t", "group=g&batch=10&wait=1s");
     assert_eq!(got.len(), 2);
+}
+
+/// The operator listener has a cap of its own: hundreds of idle connections on the main port
+/// (more than the operator's 128 per core) leave operators able to act, and so does the
+/// health listener's `/metrics`.
+#[test]
+fn a_flood_on_the_main_port_leaves_the_operator_listener_working() {
+    let g = Gateway::secured(Backend::Embedded, &[]);
+    let flood: Vec<TcpStream> = (0..600)
+        .filter_map(|_| TcpStream::connect(&g.addr).ok())
+        .collect();
+    assert_eq!(flood.len(), 600);
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..8 {
+        let r = g.op("POST", &format!("/v1/apps/flooded{i}"), b"");
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // The main port still serves within its own cap.
+    let r = g.req("GET", "/alive", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(flood);
 }
 
 #[test]

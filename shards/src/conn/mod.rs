@@ -134,7 +134,8 @@ const OVER_CAP_LIMITS: Limits = Limits {
     max_body: 0,
 };
 
-/// Accepts connections until draining begins; at most `max` are served at once.
+/// Accepts connections until draining begins; at most `max` of this kind of listener are served
+/// at once on the core.
 pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Listener) {
     let shard = core.shard.clone();
     let over_cap = Rc::new(Cell::new(0usize));
@@ -154,7 +155,8 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Lis
         };
         let m = &shard.metrics;
         metrics::inc(&m.http_connections_accepted_total);
-        if m.http_connections_active.get() as usize >= max {
+        let serving = &core.serving[kind as usize];
+        if serving.get() >= max {
             metrics::inc(&m.http_connections_rejected_total);
             // Answered at once when its request is already there (a health check queued behind
             // a flood), else given a moment to send one if a slot is free, else refused.
@@ -174,6 +176,7 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Lis
         }
         let _ = stream.set_nodelay(true);
         metrics::inc(&m.http_connections_active);
+        serving.set(serving.get() + 1);
         let c = core.clone();
         let peer = Peer {
             ip: addr.ip(),
@@ -185,6 +188,8 @@ pub async fn accept(core: Rc<Core>, listener: TcpListener, max: usize, kind: Lis
                 Listener::Health => h1::serve(c.clone(), stream, peer).await,
             }
             metrics::dec(&c.shard.metrics.http_connections_active);
+            let serving = &c.serving[kind as usize];
+            serving.set(serving.get() - 1);
         });
     }
 }
