@@ -29,6 +29,7 @@ on_both_backends!(
     a_topic_created_again_starts_its_queues_afresh,
     batch_receipts_settle_whole_batches,
     a_message_is_buried_once,
+    an_ack_racing_a_bury_never_both_succeed,
     a_group_policy_sets_its_attempts,
     concurrent_redrives_and_purges_move_each_dead_letter_once,
     one_app_cannot_take_every_queue,

@@ -529,3 +529,85 @@ pub(crate) fn a_message_is_buried_once(b: Backend) {
     assert!(dead[0].1.contains("kgw-error=a b c d"), "{}", dead[0].1);
     assert!(!dead[0].1.chars().any(char::is_control), "{:?}", dead[0].1);
 }
+
+/// An ack and a bury of the same leased message sent at once from two connections: never both
+/// succeed. A message answered `acked` is not in the dead letters, and every one answered
+/// `buried` is.
+pub(crate) fn an_ack_racing_a_bury_never_both_succeed(b: Backend) {
+    const N: usize = 150;
+    let g = Gateway::on(b, QUEUE_ENV);
+    let (app1, app2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&app1, "t", 1);
+    publish_numbered(&g, &app1, N);
+    let mut c = g.connect();
+    let mut got = Vec::new();
+    while got.len() < N {
+        let more = lease(
+            &mut c,
+            &app1,
+            &app2,
+            "g",
+            &format!("batch={}&wait=5s&visibility=5m", N - got.len()),
+        );
+        assert!(!more.is_empty(), "leased {} of {N}", got.len());
+        got.extend(more);
+    }
+    let receipts: Vec<String> = got.iter().map(|m| m.receipt.clone()).collect();
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let run = |op: &'static str| {
+        let (g, app1, app2) = (&g, app1.clone(), app2.clone());
+        let (receipts, start) = (receipts.clone(), start.clone());
+        move || {
+            let mut c = g.connect();
+            receipts
+                .iter()
+                .map(|r| {
+                    // Both calls for one message leave together.
+                    start.wait();
+                    let body = serde_json::json!({ "receipts": [r] }).to_string();
+                    let r = c.req(
+                        "POST",
+                        &format!("/v1/queue/{app1}/t/v1/g/{op}"),
+                        &[("Appid", app2.as_str())],
+                        body.as_bytes(),
+                    );
+                    // A call whose every receipt failed is answered with that error.
+                    match r.status {
+                        200 => r.json()["results"][0]["status"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                        409 => "failed".to_owned(),
+                        s => panic!("{op}: {s} {}", r.text()),
+                    }
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+    let (buries, acks) = std::thread::scope(|s| {
+        let b = s.spawn(run("bury"));
+        let a = s.spawn(run("ack"));
+        (b.join().unwrap(), a.join().unwrap())
+    });
+    let mut buried = HashSet::new();
+    for (i, (b, a)) in buries.iter().zip(&acks).enumerate() {
+        assert!(
+            !(b == "buried" && a == "acked"),
+            "message {i} was answered both buried and acked"
+        );
+        if b == "buried" {
+            buried.insert(num(&got[i].value));
+        }
+    }
+    assert!(!buried.is_empty(), "no bury won a race");
+    let dead: HashSet<usize> = dead_letters(&g, &app2, "g")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(dead, buried);
+    eprintln!(
+        "{} buried, {} acked",
+        buried.len(),
+        acks.iter().filter(|a| *a == "acked").count()
+    );
+}

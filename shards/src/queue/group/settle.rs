@@ -131,7 +131,10 @@ impl QueueGroup {
         let mut elsewhere: Vec<(usize, String)> = Vec::new();
         let now = now_ms();
         // The common case, acks of messages whose windows are open here, in one pass.
-        let receipts = if op == SettleOp::Ack && self.all_open(&receipts) {
+        let receipts = if op == SettleOp::Ack
+            && self.burying.borrow().is_empty()
+            && self.all_open(&receipts)
+        {
             self.ack_open(receipts, &mut out);
             Vec::new()
         } else {
@@ -180,15 +183,14 @@ impl QueueGroup {
                 continue;
             };
             let o = r.offset;
-            // Only a nack, extend or bury can clash with a bury in progress.
-            let being_buried = op != SettleOp::Ack && {
+            // A message being copied to the dead letters is settled by that bury alone: an ack
+            // meanwhile would be answered `acked` for a message that still ends up dead.
+            let being_buried = {
                 let b = self.burying.borrow();
                 !b.is_empty() && b.contains(&(r.partition, o))
             };
             let res = match op {
-                SettleOp::Nack | SettleOp::Extend | SettleOp::Bury if being_buried => {
-                    Err(QueueError::StaleLease(o))
-                }
+                _ if being_buried => Err(QueueError::StaleLease(o)),
                 SettleOp::Ack => self.ack_in(part, &r),
                 SettleOp::Nack => {
                     let d = delay.map(|d| d.as_millis() as u64);
