@@ -146,7 +146,15 @@ fn main() {
     }
 }
 
-/// The log filter `log.level` names, or an error that names the key.
+/// The log filter `log.level` names, or an error that names the key. The `h2` crate logs a line
+/// at WARN for each odd frame a peer sends (an acknowledgement of a ping never sent, a reset
+/// stream past its limit), which would let one client fill the disk: what it handles is answered
+/// on the connection, so its own lines are kept to errors unless `log.level` names it.
 fn level_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
-    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| format!("log.level = {level:?}: {e}"))
+    let f = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("log.level = {level:?}: {e}"))?;
+    if level.split(',').any(|d| d.trim().starts_with("h2")) {
+        return Ok(f);
+    }
+    Ok(f.add_directive("h2=error".parse().expect("a valid directive")))
 }

@@ -241,3 +241,20 @@ fn floods_and_hpack_bombs_get_enhance_your_calm(b: Backend) {
     let rss = support::rss_kib(g.pid());
     assert!(rss < 512 * 1024, "memory stayed bounded: {rss} KiB");
 }
+
+/// 20 000 acknowledgements of pings the gateway never sent cost the log nothing: the `h2` crate
+/// logs each at WARN, which would let one client fill the disk.
+#[test]
+fn frames_a_peer_should_not_send_do_not_fill_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let mut g = Gateway::new_with(&[]);
+    g.stderr_file = Some(log.clone());
+    g.spawn();
+    let (ok, out) = python("h2_client.py", &[&g.addr, "ping-ack-flood"]);
+    assert!(ok, "{out}");
+    assert_eq!(g.req("GET", "/alive", &[], b"").status, 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.lines().filter(|l| l.contains("PING")).count();
+    assert!(lines < 10, "{lines} log lines about pings");
+}

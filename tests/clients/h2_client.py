@@ -11,7 +11,7 @@ frames from `hyperframe`: a client no one on the project wrote.
   h2_client.py ADDR partial-bodies --app A --topic T [--streams N --body-kib K --expect-status S]
       Many publish streams whose bodies arrive but never end: the core's request budget must
       refuse some (503) rather than hold them all.
-  h2_client.py ADDR rapid-reset|continuation|hpack-bomb|settings-flood|ping-flood
+  h2_client.py ADDR rapid-reset|continuation|hpack-bomb|settings-flood|ping-flood|ping-ack-flood
       Attacks; each must end with the connection closed (GOAWAY or EOF) or the attack answered
       without the gateway buffering it, within the timeout. Prints what the gateway did.
 
@@ -249,6 +249,11 @@ def raw_attack(a, frames_fn):
                 break
     except (BrokenPipeError, ConnectionResetError, socket.timeout):
         pass
+    try:
+        # Done sending: a gateway that kept the connection open closes it at this EOF.
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
     reader.join(timeout=12)
     s.close()
     return bytes(got), sent
@@ -304,8 +309,14 @@ def attack(a):
         for i in range(200000):
             yield PingFrame(0, opaque_data=i.to_bytes(8, "big")).serialize()
 
+    def ping_ack_flood():
+        # Acks of pings the gateway never sent: nothing to answer, and nothing worth a log line.
+        for i in range(20000):
+            yield PingFrame(0, opaque_data=i.to_bytes(8, "big"), flags=["ACK"]).serialize()
+
     fn = {"rapid-reset": rapid_reset, "continuation": continuation, "hpack-bomb": hpack_bomb,
-          "settings-flood": settings_flood, "ping-flood": ping_flood}[a.mode]
+          "settings-flood": settings_flood, "ping-flood": ping_flood,
+          "ping-ack-flood": ping_ack_flood}[a.mode]
     got, sent = raw_attack(a, fn)
     code = goaway_code(got)
     print(f"{a.mode}: sent {sent} bytes; gateway sent {len(got)} bytes; GOAWAY code {code}")
