@@ -242,6 +242,15 @@ fn floods_and_hpack_bombs_get_enhance_your_calm(b: Backend) {
     assert!(rss < 512 * 1024, "memory stayed bounded: {rss} KiB");
 }
 
+/// A connection whose last stream ended and that then says nothing gets GOAWAY and is closed
+/// after the idle timeout (it was held open until the client spoke again).
+#[test]
+fn a_connection_quiet_after_its_last_stream_is_closed_when_idle() {
+    let g = Gateway::start_with(&[("KATEWAY_SERVER_IDLE_TIMEOUT", "1s")]);
+    let (ok, out) = python("h2_client.py", &[&g.addr, "idle-after-request"]);
+    assert!(ok, "{out}");
+}
+
 /// 20 000 acknowledgements of pings the gateway never sent cost the log nothing: the `h2` crate
 /// logs each at WARN, which would let one client fill the disk.
 #[test]

@@ -12,6 +12,8 @@ frames from `hyperframe`: a client no one on the project wrote.
       Many publish streams whose bodies arrive but never end: the core's request budget must
       refuse some (503) rather than hold them all.
   h2_client.py ADDR rapid-reset|continuation|hpack-bomb|settings-flood|ping-flood|ping-ack-flood
+  h2_client.py ADDR idle-after-request
+      One request, then silence: GOAWAY and close must follow the idle timeout.
       Attacks; each must end with the connection closed (GOAWAY or EOF) or the attack answered
       without the gateway buffering it, within the timeout. Prints what the gateway did.
 
@@ -25,6 +27,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import hpack
 from hyperframe.frame import (ContinuationFrame, HeadersFrame, PingFrame, RstStreamFrame,
                               SettingsFrame)
@@ -95,6 +98,37 @@ def status_of(evs, sid):
 def body_of(evs, sid):
     return b"".join(e.data for e in evs
                     if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+
+
+def idle_after_request(a):
+    """One GET /alive, then silence: the gateway must send GOAWAY and close the connection
+    after its idle timeout (the client answers nothing, not even the GOAWAY's PING)."""
+    s, c = connect(a.addr)
+    request(c, 1, "GET", "/alive")
+    s.sendall(c.data_to_send())
+    evs = pump(s, c, ended(1))
+    if status_of(evs, 1) != "200":
+        fail(f"GET /alive: {evs}")
+    t0 = time.time()
+    goaway = False
+    s.settimeout(30)
+    while True:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            fail("the connection was still open 30 s after its last stream ended")
+        if not data:
+            break
+        # After the GOAWAY the gateway may still send its PING: only EOF is awaited then.
+        if not goaway:
+            try:
+                evs = c.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                evs = []
+            goaway = any(isinstance(ev, h2.events.ConnectionTerminated) for ev in evs)
+    if not goaway:
+        fail("closed without GOAWAY")
+    print(f"idle-after-request: GOAWAY and close {time.time() - t0:.1f} s after the last stream")
 
 
 def multiplex(a):
@@ -338,6 +372,8 @@ def main():
     a = p.parse_args()
     if a.mode == "multiplex":
         multiplex(a)
+    elif a.mode == "idle-after-request":
+        idle_after_request(a)
     elif a.mode == "parked":
         parked(a)
     elif a.mode == "partial-bodies":

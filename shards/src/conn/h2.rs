@@ -69,6 +69,8 @@ where
     let shard = core.shard.clone();
     crate::metrics::inc(&shard.metrics.http2_connections_total);
     let open = Rc::new(Cell::new(0usize));
+    // Told when the last open stream ends, so that the idle timer starts then.
+    let quiet = Rc::new(Event::default());
     let mut draining = false;
     let mut forced = false;
     loop {
@@ -77,6 +79,7 @@ where
             conn.graceful_shutdown();
         }
         let seen = shard.shutdown_event.epoch();
+        let quiet_seen = quiet.epoch();
         let idle = open.get() == 0 && !draining;
         let flooded = flood.epoch();
         let next = monoio::select! {
@@ -89,6 +92,7 @@ where
                 None
             },
             _ = shard.shutdown_event.wait(seen), if !draining => None,
+            _ = quiet.wait(quiet_seen), if !idle && !draining => None,
             // (Timers in async blocks: select! builds every branch's future, and a sleep reads
             // the clock when it is made; these are made only for an enabled branch.)
             _ = async { monoio::time::sleep(Duration::from_secs(1)).await }, if draining && !forced => {
@@ -111,10 +115,13 @@ where
             None => continue,
             Some(Some(Ok((req, respond)))) => {
                 open.set(open.get() + 1);
-                let (c, o) = (core.clone(), open.clone());
+                let (c, o, q) = (core.clone(), open.clone(), quiet.clone());
                 monoio::spawn(async move {
                     stream(c, req, respond, peer).await;
                     o.set(o.get() - 1);
+                    if o.get() == 0 {
+                        q.notify();
+                    }
                 });
             }
             Some(Some(Err(e))) => {
