@@ -225,3 +225,39 @@ pub(crate) fn http2_and_event_streams_authenticate_and_end_on_revocation(b: Back
         "the stream ends with an error event: {body}"
     );
 }
+
+/// An app-admin key narrowed with `topics=` administers only those topics and makes no
+/// app-wide call: it neither touches the app's other topics nor mints keys (which would reach
+/// them).
+pub(crate) fn a_narrowed_app_admin_key_stays_within_its_topics(b: Backend) {
+    let (g, a, ka, _z, _kz) = world(b, &[]);
+    let r = g.op(
+        "POST",
+        &format!("/v1/keys/{a}?scope=app_admin&topics=t.v1"),
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let narrow = r.json()["key"].as_str().unwrap().to_owned();
+    let r = g.req_as(
+        &narrow,
+        "PUT",
+        &format!("/v1/topics/{a}/t/v1?partitions=2"),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    g.req_as(&narrow, "POST", &format!("/v1/topics/{a}/other/v1"), b"")
+        .assert_error(403);
+    let r = g.req_as(&narrow, "POST", &format!("/v1/keys/{a}?scope=publish"), b"");
+    r.assert_error(403);
+    assert!(r.text().contains("narrowed"), "{}", r.text());
+    // The app's own unnarrowed admin key still does both.
+    let r = g.req_as(&ka.admin, "POST", &format!("/v1/topics/{a}/other/v1"), b"");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = g.req_as(
+        &ka.admin,
+        "POST",
+        &format!("/v1/keys/{a}?scope=publish"),
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}

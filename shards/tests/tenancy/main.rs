@@ -23,6 +23,7 @@ on_both_backends!(
     http2_and_event_streams_authenticate_and_end_on_revocation,
     subscribe_bytes_quota_holds_back_deliveries,
     every_route_needs_a_key,
+    a_narrowed_app_admin_key_stays_within_its_topics,
     cross_app_attempts_change_nothing,
     rotation_grace_and_revocation,
     revoked_websocket_closes_with_1008,

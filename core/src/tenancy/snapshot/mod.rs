@@ -384,12 +384,19 @@ impl Snapshot {
                 if t.app != me {
                     return Err(forbidden(format!("topics of app {} are not yours", t.app)));
                 }
-                Ok(())
+                narrowed(t)
             }
             Need::AppAdmin(app) => {
                 scope(Scope::AppAdmin)?;
                 if *app != me {
                     return Err(forbidden(format!("app {app} is not yours")));
+                }
+                // App-wide calls (keys, grants, quotas, dead letters…) would reach past the
+                // topics a narrowed key names: they need a key for the whole app.
+                if key.is_some_and(|k| k.topics.is_some()) {
+                    return Err(forbidden(
+                        "this key is narrowed to some topics: app-wide calls need an app-admin key without topics=".into(),
+                    ));
                 }
                 Ok(())
             }

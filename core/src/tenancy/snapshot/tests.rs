@@ -218,3 +218,35 @@ fn narrowed_keys_and_storage_names() {
         "expiry"
     );
 }
+
+/// A narrowed app-admin key administers only its topics, and makes no app-wide call (a key it
+/// minted could otherwise reach every topic of the app).
+#[test]
+fn a_narrowed_app_admin_key_stays_within_its_topics() {
+    let mut snap = Snapshot::default();
+    for (id, topics) in [("n", Some(vec!["a.t.v1".to_string()])), ("w", None)] {
+        let e = KeyEntry {
+            app: "a".into(),
+            scope: Scope::AppAdmin,
+            topics: topics.map(Vec::into_boxed_slice),
+            hash: [0; 32],
+            expires_ms: None,
+        };
+        snap.keys.insert(id.into(), e);
+    }
+    let (n, w) = (
+        Principal::new("a", "n", Scope::AppAdmin),
+        Principal::new("a", "w", Scope::AppAdmin),
+    );
+    let other = TopicRef {
+        app: "a",
+        topic: "u",
+        ver: "v1",
+    };
+    let ok = |p: &Principal, need: Need<'_>| snap.authorize(p, &need, 0).map_err(|e| e.status());
+    assert_eq!(ok(&n, Need::Owner(t("a"))), Ok(()));
+    assert_eq!(ok(&n, Need::Owner(other)), Err(403));
+    assert_eq!(ok(&n, Need::AppAdmin("a")), Err(403));
+    assert_eq!(ok(&w, Need::Owner(other)), Ok(()));
+    assert_eq!(ok(&w, Need::AppAdmin("a")), Ok(()));
+}
