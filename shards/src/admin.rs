@@ -36,9 +36,9 @@ pub fn drop_here(shard: &Shard, backend: &Backend, name: &str) {
 pub async fn apply(shard: &Rc<Shard>, backend: &Backend, op: AdminOp) -> Result<TopicMeta, Error> {
     let path = backend::catalog_path(&shard.cfg());
     let root = backend::data_root(&shard.cfg());
-    let max = u64::from(shard.cfg().store.max_partitions);
+    let budget = crate::catalog::Budget::of(&shard.cfg());
     let before = shard.catalog.borrow().metas();
-    let (after, change) = shard.catalog.borrow().plan(op, max)?;
+    let (after, change) = shard.catalog.borrow().plan(op, budget)?;
     match change {
         Change::None(meta) => Ok(meta),
         Change::Apply(meta) => {

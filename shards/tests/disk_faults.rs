@@ -314,7 +314,10 @@ fn a_failed_topic_growth_leaves_nothing_behind() {
 
 #[test]
 fn many_partitions_cannot_exhaust_descriptors_or_stop_a_restart() {
-    let mut g = Gateway::new_with(&[("KATEWAY_STORE_MAX_PARTITIONS", "12000")]);
+    let mut g = Gateway::new_with(&[
+        ("KATEWAY_STORE_MAX_PARTITIONS", "12000"),
+        ("KATEWAY_STORE_MAX_PARTITIONS_PER_APP", "12000"),
+    ]);
     g.nofile = Some(256);
     g.spawn();
     g.create_topic("app", "big", 10_000);

@@ -9,7 +9,8 @@ on_both_backends!(
     metrics_and_process_status,
     topics_beyond_the_metrics_cap_are_summed_into_other,
     group_lag_is_measured,
-    a_topics_groups_are_measured_within_the_status_budget
+    a_topics_groups_are_measured_within_the_status_budget,
+    one_app_cannot_take_every_partition,
 );
 
 fn create_alter_delete_topic(b: Backend) {
@@ -305,4 +306,41 @@ fn a_topics_groups_are_measured_within_the_status_budget(b: Backend) {
     let (names, unmeasured) = status("?group=g3");
     assert_eq!(names, ["g3"]);
     assert_eq!(unmeasured, None);
+}
+
+/// An app's topics hold at most `store.max_partitions_per_app` partitions, so that one app
+/// cannot take the gateway's whole partition budget from the others; the refusal names the
+/// setting and leaves nothing behind.
+fn one_app_cannot_take_every_partition(b: Backend) {
+    let g = Gateway::on(b, &[("KATEWAY_STORE_MAX_PARTITIONS_PER_APP", "8")]);
+    let (a1, a2) = (g.app("app1"), g.app("app2"));
+    g.create_topic(&a1, "t", 6);
+    let r = g.req(
+        "POST",
+        &format!("/v1/topics/{a1}/u/v1?partitions=3"),
+        &[],
+        b"",
+    );
+    r.assert_error(400);
+    assert!(
+        r.text().contains("store.max_partitions_per_app"),
+        "{}",
+        r.text()
+    );
+    let r = g.req(
+        "PUT",
+        &format!("/v1/topics/{a1}/t/v1?partitions=9"),
+        &[],
+        b"",
+    );
+    r.assert_error(400);
+    let r = g.req(
+        "GET",
+        &format!("/v1/partitions/{a1}/u/v1"),
+        &[("Appid", a1.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    g.create_topic(&a1, "u", 2);
+    g.create_topic(&a2, "t", 8);
 }

@@ -263,6 +263,7 @@ pub struct StoreConfig {
     pub recovery_mode: RecoveryMode,
     pub max_open_files: u32,
     pub max_partitions: u32,
+    pub max_partitions_per_app: u32,
     pub fault_retry: Dur,
     pub scrub_bytes_per_second: ByteSize,
 }

@@ -300,6 +300,12 @@ impl Config {
             1,
             10_000_000,
         )?;
+        range(
+            "store.max_partitions_per_app",
+            st.max_partitions_per_app.into(),
+            1,
+            10_000_000,
+        )?;
         if st.fault_retry.0 < std::time::Duration::from_millis(10) {
             return Err("store.fault_retry must be at least 10ms".into());
         }

@@ -50,8 +50,8 @@ pub async fn administer(
         _ => None,
     };
     if let Some(n) = grows {
-        let max = u64::from(core.shard.cfg().store.max_partitions);
-        core.shard.catalog.borrow().fits(&name, n, max)?;
+        let budget = crate::catalog::Budget::of(&core.shard.cfg());
+        core.shard.catalog.borrow().fits(&name, n, budget)?;
     }
     let op = core.backend.administer(op, &t.topic).await?;
     let meta = match admin::request(&core.shard, op).await {

@@ -100,6 +100,29 @@ pub enum Change {
     None(TopicMeta),
 }
 
+/// How many partitions topics may hold: over all of them (`store.max_partitions`) and over
+/// one app's (`store.max_partitions_per_app`).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub total: u64,
+    pub per_app: u64,
+}
+
+impl Budget {
+    /// The budget `cfg` sets.
+    pub fn of(cfg: &kateway_core::config::Config) -> Self {
+        Budget {
+            total: cfg.store.max_partitions.into(),
+            per_app: cfg.store.max_partitions_per_app.into(),
+        }
+    }
+}
+
+/// The app of topic storage name `<app>.<topic>.<ver>`.
+fn app_of(name: &str) -> &str {
+    name.split_once('.').map_or(name, |(a, _)| a)
+}
+
 /// One core's copy of the catalog.
 #[derive(Default)]
 pub struct Catalog {
@@ -192,39 +215,46 @@ impl Catalog {
         self.topics.is_empty()
     }
 
-    /// Whether topic `name` may have `partitions` partitions within `max_partitions` over all
-    /// topics (a check made before the topic changes where topics live, Kafka, as well as
-    /// when the catalog changes).
-    pub fn fits(&self, name: &str, partitions: u32, max_partitions: u64) -> Result<(), Error> {
-        let total: u64 = self.topics.values().map(|t| u64::from(t.partitions)).sum();
+    /// Whether topic `name` (a storage name, `<app>.<topic>.<ver>`) may have `partitions`
+    /// partitions within the budget: over all topics, and over its app's topics (a check made
+    /// before the topic changes where topics live, Kafka, as well as when the catalog changes).
+    pub fn fits(&self, name: &str, partitions: u32, budget: Budget) -> Result<(), Error> {
         let old = self.topics.get(name).map_or(0, |t| t.partitions);
-        let after = total - u64::from(old) + u64::from(partitions);
-        if partitions > old && after > max_partitions {
+        if partitions <= old {
+            return Ok(());
+        }
+        let grow = |sum: u64| sum - u64::from(old) + u64::from(partitions);
+        let total = grow(self.topics.values().map(|t| u64::from(t.partitions)).sum());
+        if total > budget.total {
             return Err(Error::param(format!(
-                "{partitions} partitions would bring this gateway to {after} partitions over all topics; it holds at most {max_partitions} (store.max_partitions)"
+                "{partitions} partitions would bring this gateway to {total} partitions over all topics; it holds at most {} (store.max_partitions)",
+                budget.total
+            )));
+        }
+        let app = app_of(name);
+        if app == kateway_proto::command::RESERVED_APP {
+            return Ok(());
+        }
+        let mine = grow(
+            self.topics
+                .values()
+                .filter(|t| app_of(&t.name) == app)
+                .map(|t| u64::from(t.partitions))
+                .sum(),
+        );
+        if mine > budget.per_app {
+            return Err(Error::param(format!(
+                "{partitions} partitions would bring app {app} to {mine} partitions over its topics; an app holds at most {} (store.max_partitions_per_app)",
+                budget.per_app
             )));
         }
         Ok(())
     }
 
     /// Checks `op` against the catalog and the rules (names exist or not, partitions only grow,
-    /// at most `max_partitions` over all topics); returns the catalog after it and the change.
-    pub fn plan(
-        &self,
-        op: AdminOp,
-        max_partitions: u64,
-    ) -> Result<(Vec<TopicMeta>, Change), Error> {
+    /// within the partition budget); returns the catalog after it and the change.
+    pub fn plan(&self, op: AdminOp, budget: Budget) -> Result<(Vec<TopicMeta>, Change), Error> {
         let mut all = self.metas();
-        let total: u64 = all.iter().map(|t| u64::from(t.partitions)).sum();
-        let fits = |old: u32, new: u32| -> Result<(), Error> {
-            let after = total - u64::from(old) + u64::from(new);
-            if new > old && after > max_partitions {
-                return Err(Error::param(format!(
-                    "{new} partitions would bring this gateway to {after} partitions over all topics; it holds at most {max_partitions} (store.max_partitions)"
-                )));
-            }
-            Ok(())
-        };
         let unknown =
             |name: &str| Error::new(ErrorKind::UnknownTopic, format!("unknown topic {name}"));
         let change = match op {
@@ -235,7 +265,7 @@ impl Catalog {
                         format!("topic {} already exists", meta.name),
                     ));
                 }
-                fits(0, meta.partitions)?;
+                self.fits(&meta.name, meta.partitions, budget)?;
                 all.push(meta.clone());
                 Change::Apply(meta)
             }
@@ -256,7 +286,7 @@ impl Catalog {
                             t.partitions
                         )));
                     }
-                    fits(t.partitions, p)?;
+                    self.fits(&name, p, budget)?;
                     t.partitions = p;
                 }
                 if retention_hours.is_some() {
@@ -305,6 +335,11 @@ mod tests {
         }
     }
 
+    const B: Budget = Budget {
+        total: 100,
+        per_app: 100,
+    };
+
     #[test]
     fn ownership_spreads_partitions() {
         let mut seen = [0; 4];
@@ -327,12 +362,9 @@ mod tests {
             ErrorKind::UnknownTopic
         );
         let code = |r: Result<(Vec<TopicMeta>, Change), Error>| r.unwrap_err().kind().code();
-        assert_eq!(code(c.plan(AdminOp::Create(meta("a.t.v1", 1)), 100)), 40900);
-        assert_eq!(
-            code(c.plan(AdminOp::Create(meta("a.u.v1", 97)), 100)),
-            40002
-        );
-        let (all, ch) = c.plan(AdminOp::Create(meta("a.u.v1", 96)), 100).unwrap();
+        assert_eq!(code(c.plan(AdminOp::Create(meta("a.t.v1", 1)), B)), 40900);
+        assert_eq!(code(c.plan(AdminOp::Create(meta("a.u.v1", 97)), B)), 40002);
+        let (all, ch) = c.plan(AdminOp::Create(meta("a.u.v1", 96)), B).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(ch, Change::Apply(meta("a.u.v1", 96)));
         let shrink = AdminOp::Alter {
@@ -341,12 +373,45 @@ mod tests {
             retention_hours: None,
             retention_bytes: None,
         };
-        assert_eq!(code(c.plan(shrink, 100)), 40002);
-        let (all, ch) = c.plan(AdminOp::Delete("a.t.v1".into()), 100).unwrap();
+        assert_eq!(code(c.plan(shrink, B)), 40002);
+        let (all, ch) = c.plan(AdminOp::Delete("a.t.v1".into()), B).unwrap();
         assert!(all.is_empty());
         assert_eq!(ch, Change::Remove(meta("a.t.v1", 4)));
-        assert_eq!(code(c.plan(AdminOp::Delete("a.x.v1".into()), 100)), 40400);
-        let (_, ch) = c.plan(AdminOp::Learn(meta("a.t.v1", 4)), 100).unwrap();
+        assert_eq!(code(c.plan(AdminOp::Delete("a.x.v1".into()), B)), 40400);
+        let (_, ch) = c.plan(AdminOp::Learn(meta("a.t.v1", 4)), B).unwrap();
         assert_eq!(ch, Change::None(meta("a.t.v1", 4)));
+    }
+
+    /// One app's topics hold at most `per_app` partitions; other apps and the gateway's own
+    /// topics are not held back by it.
+    #[test]
+    fn one_app_holds_at_most_its_share() {
+        let mut c = Catalog::default();
+        c.insert(meta("a.t.v1", 6), 1, 1);
+        let b = Budget {
+            total: 100,
+            per_app: 10,
+        };
+        let code =
+            |r: Result<(Vec<TopicMeta>, Change), Error>| r.map(|_| ()).map_err(|e| e.kind().code());
+        assert_eq!(code(c.plan(AdminOp::Create(meta("a.u.v1", 4)), b)), Ok(()));
+        assert_eq!(
+            code(c.plan(AdminOp::Create(meta("a.u.v1", 5)), b)),
+            Err(40002)
+        );
+        let grow = |p| AdminOp::Alter {
+            name: "a.t.v1".into(),
+            partitions: Some(p),
+            retention_hours: None,
+            retention_bytes: None,
+        };
+        assert_eq!(code(c.plan(grow(10), b)), Ok(()));
+        assert_eq!(code(c.plan(grow(11), b)), Err(40002));
+        assert_eq!(code(c.plan(AdminOp::Create(meta("z.u.v1", 10)), b)), Ok(()));
+        assert_eq!(
+            code(c.plan(AdminOp::Create(meta("_kgw.d.v1", 50)), b)),
+            Ok(())
+        );
+        assert!(c.fits("a.t.v1", 3, b).is_ok(), "no growth is always fine");
     }
 }
