@@ -104,11 +104,33 @@ fn credential<'a>(
             .map(Credential::Key)
             .map_err(|_| unauthorized("not a valid kateway key (mistyped or cut?)"))
     };
-    if let Some(h) = once("authorization")? {
+    let auth = once("authorization")?;
+    let (pubkey, subkey) = (
+        once("pubkey")?.and_then(text),
+        once("subkey")?.and_then(text),
+    );
+    // Two credentials that differ are as ambiguous as one header given twice.
+    let token = query::raw(parts.query(), "access_token").filter(|s| !s.is_empty());
+    let given = [
+        auth.map(|h| keys::bearer(h).unwrap_or("")),
+        pubkey,
+        subkey,
+        token,
+    ];
+    let mut named = given.iter().flatten();
+    if let Some(first) = named.next() {
+        if named.any(|k| k != first) {
+            return Err(Error::new(
+                ErrorKind::InvalidParam,
+                "two different credentials (Authorization, Pubkey, Subkey, access_token): give one",
+            ));
+        }
+    }
+    if let Some(h) = auth {
         let k = keys::bearer(h).ok_or_else(|| unauthorized("use Authorization: Bearer <key>"))?;
         return Ok(Some((key(k)?, claimed)));
     }
-    let secret = once("pubkey")?.or(once("subkey")?).and_then(text);
+    let secret = pubkey.or(subkey);
     if let Some(s) = secret {
         if s.starts_with("kw") && keys::parse(s).is_ok() {
             return Ok(Some((key(s)?, claimed)));
@@ -117,7 +139,7 @@ fn credential<'a>(
             claimed.ok_or_else(|| unauthorized("a secret in Pubkey or Subkey needs Appid"))?;
         return Ok(Some((Credential::Legacy { app, secret: s }, claimed)));
     }
-    match query::raw(parts.query(), "access_token").filter(|s| !s.is_empty()) {
+    match token {
         Some(k) => Ok(Some((key(k)?, claimed))),
         None => Ok(None),
     }

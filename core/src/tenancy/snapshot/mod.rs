@@ -346,10 +346,18 @@ impl Snapshot {
             if p.scope.allows(wanted) {
                 Ok(())
             } else {
+                let a = |n: &str| {
+                    if n.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "an"
+                    } else {
+                        "a"
+                    }
+                };
+                let (have, need) = (p.scope.name(), wanted.name());
                 Err(forbidden(format!(
-                    "a {} key cannot do this: it needs a {} key",
-                    p.scope.name(),
-                    wanted.name()
+                    "{} {have} key cannot do this: it needs {} {need} key",
+                    a(have),
+                    a(need)
                 )))
             }
         };
