@@ -48,6 +48,16 @@ impl State {
                         k.stamp = stamp.clone();
                         v.push(Record::Key(k));
                     }
+                    // Its subscriptions go with it: a new app of the same name starts bare.
+                    for (a, group, topic) in self.webhooks.keys().filter(|(a, _, _)| *a == app) {
+                        v.push(Record::Webhook {
+                            app: a.clone(),
+                            group: group.clone(),
+                            topic: topic.clone(),
+                            spec: None,
+                            stamp: stamp.clone(),
+                        });
+                    }
                     for (topic, sub) in self.grants.keys().filter(|(t, s)| {
                         *s == app || TopicName::parse_storage(t).is_ok_and(|n| n.appid == app)
                     }) {

@@ -264,7 +264,32 @@ fn grants_quotas_deletion_and_compaction() {
     assert_eq!(again.grants, s.grants);
     assert_eq!(again.quotas, s.quotas);
     assert_eq!(again.audit, s.audit);
+    let hook = WebhookSpec {
+        url: "https://example.com/hook".into(),
+        secret_nonce: "00".into(),
+        max_in_flight: 1,
+        timeout_ms: 1000,
+        max_attempts: 1,
+        backoff_base_ms: 100,
+        backoff_max_ms: 1000,
+        ordered: false,
+        paused: None,
+        from_oldest: false,
+        created_ms: 0,
+    };
+    for app in ["a", "b"] {
+        let op = Op::SetWebhook {
+            app: app.into(),
+            group: "g".into(),
+            topic: "a.t.v1".into(),
+            spec: Some(hook.clone()),
+        };
+        run(&mut s, op, 4).unwrap();
+    }
     run(&mut s, Op::DeleteApp { app: "b".into() }, 5).unwrap();
+    // Its subscriptions went with it; another app's stay.
+    let hooks: Vec<&str> = s.webhooks.keys().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(hooks, ["a"]);
     assert!(s.grants.is_empty());
     assert!(s.keys.values().all(|k| k.revoked));
     assert!(!s.app_exists("b"));
