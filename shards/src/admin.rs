@@ -16,13 +16,16 @@ use kateway_core::{Error, ErrorKind};
 use std::path::Path;
 use std::rc::Rc;
 
-/// Installs (or replaces) a topic on this core and opens its partitions here.
-pub fn apply_here(shard: &Shard, backend: &Backend, meta: &TopicMeta) -> Result<(), Error> {
+/// Opens a topic's partitions here and then installs (or replaces) it on this core: requests
+/// see the topic (or its new partitions) only once every partition is open, since opening many
+/// lets the core serve other requests in between.
+pub async fn apply_here(shard: &Shard, backend: &Backend, meta: &TopicMeta) -> Result<(), Error> {
+    backend.apply_topic(meta).await?;
     shard
         .catalog
         .borrow_mut()
         .insert(meta.clone(), shard.id, shard.cores());
-    backend.apply_topic(meta)
+    Ok(())
 }
 
 /// Forgets a topic on this core and closes its partitions here (core 0 removes the files).
@@ -74,7 +77,7 @@ async fn everywhere_apply(
     backend: &Backend,
     meta: &TopicMeta,
 ) -> Result<(), Error> {
-    apply_here(shard, backend, meta)?;
+    apply_here(shard, backend, meta).await?;
     for a in shard
         .mesh
         .broadcast(shard.id, |_| Request::Apply(meta.clone()))

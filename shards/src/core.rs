@@ -69,7 +69,7 @@ pub async fn run(init: CoreInit) {
     });
     let core = Rc::new(Core::new(shard.clone(), backend, writer.clone()));
     for t in &init.topics {
-        if let Err(e) = admin::apply_here(&shard, &core.backend, t) {
+        if let Err(e) = admin::apply_here(&shard, &core.backend, t).await {
             let _ = init.ready.send(Err(e.to_string()));
             return;
         }

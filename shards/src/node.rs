@@ -174,7 +174,7 @@ impl Core {
                 self.admin_done.notify();
                 Answer::Topic(r)
             }
-            Request::Apply(meta) => Answer::Done(admin::apply_here(shard, backend, &meta)),
+            Request::Apply(meta) => Answer::Done(admin::apply_here(shard, backend, &meta).await),
             Request::Drop(name) => {
                 admin::drop_here(shard, backend, &name);
                 Answer::Done(Ok(()))

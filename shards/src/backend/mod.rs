@@ -133,11 +133,11 @@ impl Backend {
 
     /// Opens this core's partitions of a topic being installed (and closes any beyond its
     /// partition count, which only a growth rolled back can leave).
-    pub fn apply_topic(&self, meta: &TopicMeta) -> Result<(), Error> {
+    pub async fn apply_topic(&self, meta: &TopicMeta) -> Result<(), Error> {
         match self {
             Backend::Embedded(s) => {
                 s.logs.remove_beyond(&meta.name, meta.partitions);
-                s.apply_topic(meta)
+                s.apply_topic(meta).await
             }
             Backend::Kafka(k) => {
                 k.buffer.remove_beyond(&meta.name, meta.partitions);
