@@ -21,6 +21,13 @@ pub fn validate_part(what: &str, s: &str) -> Result<(), Error> {
     }
 }
 
+/// The app of a topic or group storage name (`<app>.<topic>.<ver>`, `<app>.<group>`).
+pub fn app_of(storage_name: &str) -> &str {
+    storage_name
+        .split_once('.')
+        .map_or(storage_name, |(a, _)| a)
+}
+
 /// Checks a version: `v` followed by 1-9 digits.
 pub fn validate_ver(s: &str) -> Result<(), Error> {
     let ok = s.len() >= 2

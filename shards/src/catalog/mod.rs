@@ -118,11 +118,6 @@ impl Budget {
     }
 }
 
-/// The app of topic storage name `<app>.<topic>.<ver>`.
-fn app_of(name: &str) -> &str {
-    name.split_once('.').map_or(name, |(a, _)| a)
-}
-
 /// One core's copy of the catalog.
 #[derive(Default)]
 pub struct Catalog {
@@ -231,14 +226,14 @@ impl Catalog {
                 budget.total
             )));
         }
-        let app = app_of(name);
+        let app = kateway_core::names::app_of(name);
         if app == kateway_proto::command::RESERVED_APP {
             return Ok(());
         }
         let mine = grow(
             self.topics
                 .values()
-                .filter(|t| app_of(&t.name) == app)
+                .filter(|t| kateway_core::names::app_of(&t.name) == app)
                 .map(|t| u64::from(t.partitions))
                 .sum(),
         );

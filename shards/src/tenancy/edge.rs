@@ -111,12 +111,8 @@ fn credential<'a>(
     );
     // Two credentials that differ are as ambiguous as one header given twice.
     let token = query::raw(parts.query(), "access_token").filter(|s| !s.is_empty());
-    let given = [
-        auth.map(|h| keys::bearer(h).unwrap_or("")),
-        pubkey,
-        subkey,
-        token,
-    ];
+    let bearer = auth.map(keys::bearer);
+    let given = [bearer.map(|b| b.unwrap_or("")), pubkey, subkey, token];
     let mut named = given.iter().flatten();
     if let Some(first) = named.next() {
         if named.any(|k| k != first) {
@@ -126,8 +122,8 @@ fn credential<'a>(
             ));
         }
     }
-    if let Some(h) = auth {
-        let k = keys::bearer(h).ok_or_else(|| unauthorized("use Authorization: Bearer <key>"))?;
+    if let Some(b) = bearer {
+        let k = b.ok_or_else(|| unauthorized("use Authorization: Bearer <key>"))?;
         return Ok(Some((key(k)?, claimed)));
     }
     let secret = pubkey.or(subkey);

@@ -241,9 +241,8 @@ impl Snapshot {
     /// Whether the app of `group` (`<app>.<group>`) may still read `topic` (`<app>.<topic>.<ver>`):
     /// its own topic, or one it holds a grant on. A webhook whose app lost that is not pushed.
     pub fn may_push(&self, group: &str, topic: &str) -> bool {
-        let app = group.split_once('.').map_or(group, |(a, _)| a);
-        let owner = topic.split_once('.').map_or(topic, |(a, _)| a);
-        owner == app || self.granted(topic).iter().any(|a| a == app)
+        let app = crate::names::app_of(group);
+        crate::names::app_of(topic) == app || self.granted(topic).iter().any(|a| a == app)
     }
 
     /// The webhook of group `group` (`<app>.<group>`) on `topic`.
